@@ -1,0 +1,5 @@
+//! End-to-end tests: each test starts its own `crius serve` with temporary
+//! directories (see harness.rs) and talks CRI to it over the unix socket.
+
+mod harness;
+mod runtime;

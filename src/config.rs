@@ -1,0 +1,296 @@
+//! The daemon's configuration: a TOML file (`/etc/crius/crius.toml` by default)
+//! whose every key has a built-in default, overridden by command-line flags.
+//!
+//! Every path the daemon touches comes from here, so tests run a real daemon
+//! with temporary roots. Unknown keys are an error that names the key: a typo
+//! must not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Classify, Kind};
+
+/// Where the daemon looks for its file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
+
+/// The full default configuration, commented: what `crius config default`
+/// prints. A unit test keeps it equal to `Config::default()`.
+pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        Kind::InvalidArgument
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket the CRI gRPC server listens on.
+    pub listen: PathBuf,
+    /// Persistent state: images, layers, the metadata database.
+    pub root: PathBuf,
+    /// Ephemeral state: pinned namespaces, monitor sockets, exit files.
+    pub state: PathBuf,
+    /// tracing filter: error, warn, info, debug, trace (or a full filter).
+    pub log_level: String,
+    #[serde(default)]
+    pub cgroup: CgroupConfig,
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub pod: PodConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// "cgroupfs" or "systemd"; kubelet reads it through the RuntimeConfig RPC.
+    pub driver: CgroupDriver,
+    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent.
+    pub default_parent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Directory of containerd-style `<host>/hosts.toml` files.
+    pub config_path: PathBuf,
+    /// Never pulled by crius (pods need no pause container), but reported
+    /// pinned when present so kubelet's image GC keeps it.
+    pub sandbox_image: String,
+    /// A pull that makes no progress for this many seconds is cancelled.
+    pub pull_progress_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// CNI configuration directory: the first .conflist/.conf/.json wins.
+    pub conf_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Use the built-in bridge network when conf_dir holds no config.
+    pub default_network: bool,
+    /// Subnet of the built-in bridge network (unless kubelet sets a pod CIDR).
+    pub default_subnet: String,
+    /// Timeout of one CNI plugin invocation, in seconds.
+    pub plugin_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodConfig {
+    /// Size of each pod's /dev/shm tmpfs, in bytes.
+    pub shm_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "/run/crius/crius.sock".into(),
+            root: "/var/lib/crius".into(),
+            state: "/run/crius".into(),
+            log_level: "info".into(),
+            cgroup: CgroupConfig::default(),
+            registry: RegistryConfig::default(),
+            network: NetworkConfig::default(),
+            pod: PodConfig::default(),
+        }
+    }
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            driver: CgroupDriver::Cgroupfs,
+            default_parent: "/crius".into(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: "/etc/crius/certs.d".into(),
+            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            pull_progress_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            default_network: true,
+            default_subnet: "10.88.0.0/16".into(),
+            plugin_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig { shm_size: 64 << 20 }
+    }
+}
+
+impl RegistryConfig {
+    pub fn pull_progress_timeout(&self) -> Duration {
+        Duration::from_secs(self.pull_progress_timeout_secs)
+    }
+}
+
+impl NetworkConfig {
+    pub fn plugin_timeout(&self) -> Duration {
+        Duration::from_secs(self.plugin_timeout_secs)
+    }
+}
+
+impl Config {
+    /// Loads `path`; with `None` the default path is used and may be absent
+    /// (built-in defaults). A file named explicitly must exist.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let (path, must_exist) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.into(),
+                    source,
+                });
+            }
+        };
+        let config = Config::parse(&text).map_err(|source| Error::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document; keys left out keep their defaults.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        // Top-level keys default individually: merge the document over the
+        // defaults' own TOML form, then deserialize strictly.
+        let mut merged = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let doc: toml::Table = toml::from_str(text)?;
+        for (k, v) in doc {
+            merged.insert(k, v);
+        }
+        toml::Value::Table(merged).try_into()
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, p) in [
+            ("listen", &self.listen),
+            ("root", &self.root),
+            ("state", &self.state),
+        ] {
+            if !p.is_absolute() {
+                return Err(Error::Invalid(format!(
+                    "{name} must be an absolute path, got {}",
+                    p.display()
+                )));
+            }
+        }
+        if !self.cgroup.default_parent.starts_with('/')
+            && self.cgroup.driver == CgroupDriver::Cgroupfs
+        {
+            return Err(Error::Invalid(format!(
+                "cgroup.default_parent must be an absolute cgroup path, got {:?}",
+                self.cgroup.default_parent
+            )));
+        }
+        Ok(())
+    }
+
+    /// The metadata database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("crius.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_equals_builtin_defaults() {
+        assert_eq!(Config::parse(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = Config::parse("root = \"/x\"\n[network]\nconf_dir = \"/cni\"\n").unwrap();
+        assert_eq!(c.root, PathBuf::from("/x"));
+        assert_eq!(c.network.conf_dir, PathBuf::from("/cni"));
+        assert_eq!(c.network.bin_dirs, NetworkConfig::default().bin_dirs);
+        assert_eq!(c.state, PathBuf::from("/run/crius"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("lissten = \"/x\"").unwrap_err().to_string();
+        assert!(e.contains("lissten"), "{e}");
+        let e = Config::parse("[network]\nconfdir = \"/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("confdir"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let c = Config::parse("root = \"rel\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("root"));
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error_default_is_not() {
+        let e = Config::load(Some(Path::new("/nonexistent/crius.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/crius.toml"));
+    }
+}

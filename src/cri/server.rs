@@ -1,0 +1,263 @@
+//! Serving the CRI over a unix socket: socket setup, the per-RPC layer
+//! (deadline and tracing span) and graceful shutdown.
+//!
+//! crius drives hyper's HTTP/2 server itself instead of tonic's transport so
+//! that an expired `grpc-timeout` answers DEADLINE_EXCEEDED, the code kubelet
+//! and critest check (tonic's own timeout layer answers CANCELLED).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::UnixListener;
+use tonic::Status;
+use tonic::service::Routes;
+use tracing::Instrument;
+
+use super::Cri;
+use super::proto::image_service_server::ImageServiceServer;
+use super::proto::runtime_service_server::RuntimeServiceServer;
+use crate::error::{Classify, Kind};
+
+/// kubelet's gRPC message size limit, both ways (tonic's default is 4 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// How long shutdown waits for in-flight RPCs before it closes anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("create socket directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket {0} is in use by a running server")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket")]
+    NotSocket(PathBuf),
+    #[error("listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        Kind::Internal
+    }
+}
+
+/// Binds the CRI socket: parent directories created, a stale socket left by a
+/// dead server replaced, mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::InUse(path.into()));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(_) => return Err(Error::NotSocket(path.into())),
+        Err(_) => {}
+    }
+    let bind_err = |source| Error::Bind {
+        path: path.into(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serves `cri` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight RPCs finish and removes the socket file.
+pub async fn serve(
+    cri: Cri,
+    listener: UnixListener,
+    path: &Path,
+    shutdown: impl Future<Output = ()>,
+) {
+    let routes = Routes::new(
+        RuntimeServiceServer::new(cri.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    )
+    .add_service(
+        ImageServiceServer::new(cri)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    )
+    .prepare();
+    let service = RpcService { routes };
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http.max_frame_size(MAX_FRAME_SIZE);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(err) = conn.await {
+                            tracing::debug!(?err, "connection closed with an error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(?err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(path);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}; closing");
+    }
+}
+
+/// HTTP/2 frame size: large frames make 16 MiB messages cheaper.
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+
+/// Wraps the tonic routes: one tracing span per RPC (ids recorded by the
+/// handlers), duration at debug level, and the client's deadline.
+#[derive(Clone)]
+struct RpcService {
+    routes: Routes,
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl hyper::service::Service<http::Request<Incoming>> for RpcService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            pod_id = tracing::field::Empty,
+            container_id = tracing::field::Empty,
+            image = tracing::field::Empty,
+        );
+        let routes = self.routes.clone();
+        Box::pin(
+            async move {
+                let start = Instant::now();
+                let call = tower::ServiceExt::oneshot(routes, req);
+                let response = match deadline {
+                    None => call.await,
+                    Some(limit) => match tokio::time::timeout(limit, call).await {
+                        Ok(response) => response,
+                        Err(_) => Ok(Status::deadline_exceeded(format!(
+                            "{method}: deadline of {limit:?} exceeded"
+                        ))
+                        .into_http()),
+                    },
+                };
+                tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "rpc done");
+                response
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Parses a gRPC `grpc-timeout` header value: up to 8 digits and a unit.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_grpc_timeout("3H"),
+            Some(Duration::from_secs(3 * 3600))
+        );
+        assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/crius.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let live = bind(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o660);
+            assert!(matches!(bind(&path), Err(Error::InUse(_))));
+            drop(live);
+            // The file stays behind with nobody listening: a stale socket.
+            assert!(path.exists());
+            bind(&path).unwrap();
+        });
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(bind(&file), Err(Error::NotSocket(_))));
+    }
+}

@@ -1,0 +1,43 @@
+//! The daemon's shared state: what every RPC handler reaches through `Arc<Daemon>`.
+//! Each service (images, pods, containers) is a field that owns its own locks,
+//! so a slow pull or CNI call never blocks an unrelated List or Status.
+
+use std::sync::RwLock;
+
+use crate::config::Config;
+
+pub struct Daemon {
+    pub config: Config,
+    /// Settings kubelet pushes with UpdateRuntimeConfig.
+    runtime_config: RwLock<RuntimeConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The node's pod CIDR, once kubelet has sent it ("" before).
+    pub pod_cidr: String,
+}
+
+impl Daemon {
+    pub fn new(config: Config) -> Daemon {
+        Daemon {
+            config,
+            runtime_config: RwLock::new(RuntimeConfig::default()),
+        }
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        self.runtime_config.read().expect("lock poisoned").clone()
+    }
+
+    pub fn update_runtime_config(&self, update: RuntimeConfig) {
+        *self.runtime_config.write().expect("lock poisoned") = update;
+    }
+}
+
+impl Daemon {
+    /// Whether pods can get a network, and why not: Status's NetworkReady.
+    pub fn network_readiness(&self) -> Result<(), String> {
+        Err("pod networking (CNI) is not implemented by crius yet".into())
+    }
+}

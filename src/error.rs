@@ -1,0 +1,39 @@
+//! The one classification of errors that the gRPC layer maps to status codes.
+//!
+//! Every module has its own `thiserror` enum and says, through [`Classify`],
+//! which kind each variant is; `cri::error::status` is the single mapping of
+//! those kinds to `tonic::Status`.
+
+/// What a caller can do about an error: the gRPC code families the CRI uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    DeadlineExceeded,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+    Internal,
+}
+
+pub trait Classify: std::error::Error {
+    fn kind(&self) -> Kind;
+}
+
+/// The error and its sources as one line: `a: b: c`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // thiserror messages often embed their source already.
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

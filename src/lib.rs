@@ -1,0 +1,10 @@
+//! crius: a Kubernetes CRI v1 container runtime. A container is an ordinary
+//! host process; namespaces change what it can see, cgroups limit what it can
+//! use. See docs/ARCHITECTURE.md for the map of modules.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod cri;
+pub mod daemon;
+pub mod error;
+pub mod ids;

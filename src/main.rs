@@ -1,0 +1,154 @@
+//! The `crius` command: `serve` runs the CRI daemon; `config default` prints
+//! the embedded default configuration; `version` prints the version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crius::config::{Config, DEFAULT_TOML};
+use crius::cri::{Cri, server};
+use crius::daemon::Daemon;
+
+#[derive(Parser)]
+#[command(
+    name = "crius",
+    version,
+    about = "A Kubernetes CRI v1 container runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CRI gRPC server.
+    Serve(ServeArgs),
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration, commented.
+    Default,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file [default: /etc/crius/crius.toml, built-in defaults when absent]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Unix socket to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Persistent state directory (overrides `root`).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Ephemeral state directory (overrides `state`).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log level or tracing filter (overrides `log_level`).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Version => {
+            println!("crius {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("crius: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.root {
+        config.root = v;
+    }
+    if let Some(v) = args.state {
+        config.state = v;
+    }
+    if let Some(v) = args.log_level {
+        config.log_level = v;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => env,
+        _ => level.to_string(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .with_context(|| format!("invalid log level {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    init_logging(&config.log_level)?;
+    for dir in [&config.root, &config.state] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("crius")
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen.clone();
+        let listener = server::bind(&listen)?;
+        let daemon = Arc::new(Daemon::new(config));
+        tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
+        server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
+        tracing::info!("crius stopped");
+        Ok(())
+    })
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    })
+}
