@@ -5,9 +5,12 @@
 use std::sync::RwLock;
 
 use crate::config::Config;
+use crate::store::{self, Store};
 
 pub struct Daemon {
     pub config: Config,
+    /// The metadata database under the root dir.
+    pub store: Store,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
 }
@@ -19,11 +22,14 @@ pub struct RuntimeConfig {
 }
 
 impl Daemon {
-    pub fn new(config: Config) -> Daemon {
-        Daemon {
+    /// Opens the daemon's state under the configured root.
+    pub fn open(config: Config) -> Result<Daemon, store::Error> {
+        let store = Store::open(&config.db_path())?;
+        Ok(Daemon {
             config,
+            store,
             runtime_config: RwLock::new(RuntimeConfig::default()),
-        }
+        })
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

@@ -8,3 +8,4 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod store;

@@ -131,7 +131,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listen = config.listen.clone();
         let listener = server::bind(&listen)?;
-        let daemon = Arc::new(Daemon::new(config));
+        let daemon = Arc::new(Daemon::open(config)?);
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
         tracing::info!("crius stopped");

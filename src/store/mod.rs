@@ -1,0 +1,268 @@
+//! The metadata database: pods, containers and images as records in one
+//! embedded transactional store (redb), so a crash never leaves half a record
+//! and a multi-record change (an image and its tags, a pod and its intent)
+//! commits atomically or not at all.
+//!
+//! Records are JSON values in named tables keyed by a string (an id). Each
+//! module owns its tables: `const PODS: Table<PodRecord> = Table::new("pods");`.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Classify, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("open metadata database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("metadata database {table}")]
+    Db {
+        table: &'static str,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("decode record {key:?} of table {table}")]
+    Decode {
+        table: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encode record {key:?} of table {table}")]
+    Encode {
+        table: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        Kind::Internal
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A named table whose values are `T` (as JSON) keyed by strings.
+pub struct Table<T> {
+    name: &'static str,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Table<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Table<T> {}
+
+impl<T> Table<T> {
+    pub const fn new(name: &'static str) -> Table<T> {
+        Table {
+            name,
+            _value: PhantomData,
+        }
+    }
+
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+}
+
+pub struct Store {
+    db: redb::Database,
+}
+
+fn db_err<E: Into<redb::Error>>(table: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Db {
+        table,
+        source: e.into(),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database file; its directory must exist.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = redb::Database::create(path).map_err(|e| Error::Open {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        Ok(Store { db })
+    }
+
+    /// Reads one record.
+    pub fn get<T: DeserializeOwned>(&self, table: Table<T>, key: &str) -> Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(db_err(table.name))?;
+        let t = match txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(table.name)(e)),
+        };
+        let value = t.get(key).map_err(db_err(table.name))?;
+        value.map(|v| decode(table, key, v.value())).transpose()
+    }
+
+    /// Reads every record of a table, in key order.
+    pub fn list<T: DeserializeOwned>(&self, table: Table<T>) -> Result<Vec<(String, T)>> {
+        let txn = self.db.begin_read().map_err(db_err(table.name))?;
+        let t = match txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(table.name)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err(table.name))? {
+            let (k, v) = entry.map_err(db_err(table.name))?;
+            let key = k.value().to_string();
+            let value = decode(table, &key, v.value())?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Writes one record (insert or replace).
+    pub fn put<T: Serialize>(&self, table: Table<T>, key: &str, value: &T) -> Result<()> {
+        self.write(|txn| txn.put(table, key, value))
+    }
+
+    /// Deletes one record; `true` when it existed.
+    pub fn delete<T>(&self, table: Table<T>, key: &str) -> Result<bool> {
+        self.write(|txn| txn.delete(table, key))
+    }
+
+    /// Runs `f` in one write transaction: all its changes commit together,
+    /// or none do when it returns an error.
+    pub fn write<R, E>(&self, f: impl FnOnce(&mut Txn) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<Error>,
+    {
+        let txn = self.db.begin_write().map_err(db_err("<transaction>"))?;
+        let mut wrapped = Txn { txn };
+        let out = f(&mut wrapped)?;
+        wrapped.txn.commit().map_err(db_err("<commit>"))?;
+        Ok(out)
+    }
+}
+
+/// A write transaction: see [`Store::write`].
+pub struct Txn {
+    txn: redb::WriteTransaction,
+}
+
+impl Txn {
+    pub fn put<T: Serialize>(&mut self, table: Table<T>, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| Error::Encode {
+            table: table.name,
+            key: key.into(),
+            source,
+        })?;
+        let mut t = self
+            .txn
+            .open_table(table.def())
+            .map_err(db_err(table.name))?;
+        t.insert(key, bytes.as_slice())
+            .map_err(db_err(table.name))?;
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(&mut self, table: Table<T>, key: &str) -> Result<Option<T>> {
+        let t = self
+            .txn
+            .open_table(table.def())
+            .map_err(db_err(table.name))?;
+        let value = t.get(key).map_err(db_err(table.name))?;
+        value.map(|v| decode(table, key, v.value())).transpose()
+    }
+
+    pub fn delete<T>(&mut self, table: Table<T>, key: &str) -> Result<bool> {
+        let mut t = self
+            .txn
+            .open_table(table.def())
+            .map_err(db_err(table.name))?;
+        let existed = t.remove(key).map_err(db_err(table.name))?.is_some();
+        Ok(existed)
+    }
+}
+
+fn decode<T: DeserializeOwned>(table: Table<T>, key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+        table: table.name,
+        key: key.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        n: u32,
+    }
+    const RECS: Table<Rec> = Table::new("recs");
+    const OTHER: Table<Rec> = Table::new("other");
+
+    #[test]
+    fn put_get_list_delete_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(
+                s.get(RECS, "a").unwrap(),
+                None,
+                "missing table reads as empty"
+            );
+            assert!(s.list(RECS).unwrap().is_empty());
+            s.put(RECS, "b", &Rec { n: 2 }).unwrap();
+            s.put(RECS, "a", &Rec { n: 1 }).unwrap();
+            assert_eq!(s.get(RECS, "a").unwrap(), Some(Rec { n: 1 }));
+            let keys: Vec<_> = s.list(RECS).unwrap().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["a", "b"]);
+            assert!(s.delete(RECS, "b").unwrap());
+            assert!(!s.delete(RECS, "b").unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.list(RECS).unwrap().len(), 1, "records survive reopening");
+    }
+
+    #[test]
+    fn a_failed_transaction_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let r: Result<(), Error> = s.write(|t| {
+            t.put(RECS, "x", &Rec { n: 1 })?;
+            t.put(OTHER, "y", &Rec { n: 2 })?;
+            Err(Error::Decode {
+                table: "recs",
+                key: "x".into(),
+                source: serde_json::from_str::<Rec>("!").unwrap_err(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(s.get(RECS, "x").unwrap(), None);
+        assert_eq!(s.get(OTHER, "y").unwrap(), None);
+        s.write(|t| {
+            t.put(RECS, "x", &Rec { n: 1 })?;
+            t.put(OTHER, "y", &Rec { n: 2 })
+        })
+        .unwrap();
+        assert_eq!(s.get(OTHER, "y").unwrap(), Some(Rec { n: 2 }));
+    }
+}
