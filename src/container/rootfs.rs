@@ -233,10 +233,8 @@ pub fn beneath(rootfs: &Path, dest: &Path) -> Result<PathBuf, Error> {
     for c in dest.components() {
         match c {
             Component::Normal(p) => parts.push(p),
-            Component::ParentDir => {
-                if parts.pop().is_none() {
-                    return Err(Error::Escapes(dest.into()));
-                }
+            Component::ParentDir if parts.pop().is_none() => {
+                return Err(Error::Escapes(dest.into()));
             }
             _ => {}
         }
