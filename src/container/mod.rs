@@ -7,5 +7,6 @@
 //! external OCI runtime could be plugged in later and the translation is
 //! unit-tested without privileges.
 
+pub mod rootfs;
 pub mod spec;
 pub mod user;
