@@ -9,4 +9,5 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod network;
 pub mod store;
