@@ -154,6 +154,16 @@ boot() {
   if [ "$mode" = systemd ]; then
     cmdline+=" systemd.unit=crius-vm.target systemd.unified_cgroup_hierarchy=1 fstab=no"
     cmdline+=" systemd.show_status=1 systemd.firstboot=off"
+    # What a VM without network, disks or users has no use for (boot time
+    # under TCG); journald, udev, tmpfiles and D-Bus run as on a node.
+    local u
+    for u in systemd-timesyncd systemd-binfmt systemd-random-seed systemd-update-utmp \
+      modprobe@dm_mod modprobe@drm modprobe@efi_pstore modprobe@fuse modprobe@loop \
+      systemd-journal-flush apt-daily.timer apt-daily-upgrade.timer man-db.timer \
+      dpkg-db-backup.timer e2scrub_all.timer; do
+      [[ "$u" == *.* ]] || u+=.service
+      cmdline+=" systemd.mask=$u"
+    done
   fi
   say "booting the $mode guest"
   start=$(date +%s)
