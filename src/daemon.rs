@@ -5,12 +5,15 @@
 use std::sync::RwLock;
 
 use crate::config::Config;
+use crate::network::Network;
 use crate::store::{self, Store};
 
 pub struct Daemon {
     pub config: Config,
     /// The metadata database under the root dir.
     pub store: Store,
+    /// Pod networking (CNI).
+    pub network: Network,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
 }
@@ -25,9 +28,11 @@ impl Daemon {
     /// Opens the daemon's state under the configured root.
     pub fn open(config: Config) -> Result<Daemon, store::Error> {
         let store = Store::open(&config.db_path())?;
+        let network = Network::new(&config.network, &config.state);
         Ok(Daemon {
             config,
             store,
+            network,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
     }
@@ -44,6 +49,6 @@ impl Daemon {
 impl Daemon {
     /// Whether pods can get a network, and why not: Status's NetworkReady.
     pub fn network_readiness(&self) -> Result<(), String> {
-        Err("pod networking (CNI) is not implemented by crius yet".into())
+        self.network.readiness()
     }
 }

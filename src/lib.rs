@@ -5,8 +5,10 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod network;
 pub mod store;
