@@ -76,7 +76,8 @@ pub enum CgroupDriver {
 pub struct CgroupConfig {
     /// "cgroupfs" or "systemd"; kubelet reads it through the RuntimeConfig RPC.
     pub driver: CgroupDriver,
-    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent.
+    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent; with
+    /// the systemd driver a path maps to the slice of the same name.
     pub default_parent: String,
 }
 

@@ -108,6 +108,10 @@ pub struct Security {
     pub no_new_privs: bool,
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
+    /// Paths to mask / make read-only; empty = containerd's defaults
+    /// (kubelet sends its own list for unprivileged containers).
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
 }
 
 /// The CRI container config, in crius's own terms.
@@ -665,19 +669,20 @@ pub fn build(
         .cgroups_path(pod.cgroup_path.clone())
         .rootfs_propagation(rootfs_propagation(&config.mounts));
     if !config.security.privileged {
+        let or_default = |given: &Vec<String>, default: &[&str]| -> Vec<String> {
+            if given.is_empty() {
+                default.iter().map(|s| s.to_string()).collect()
+            } else {
+                given.clone()
+            }
+        };
         linux = linux
-            .masked_paths(
-                MASKED_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .readonly_paths(
-                READONLY_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            );
+            .masked_paths(or_default(&config.security.masked_paths, &MASKED_PATHS))
+            .readonly_paths(or_default(&config.security.readonly_paths, &READONLY_PATHS));
+    } else {
+        // The builder's defaults mask paths too: a privileged container
+        // sees everything.
+        linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
     }
     let spec = SpecBuilder::default()
         .version("1.2.0")

@@ -320,3 +320,28 @@ fn bad_inputs_are_invalid_arguments() {
         Err(Error::Invalid { .. })
     ));
 }
+
+#[test]
+fn masked_paths_from_the_request_replace_the_defaults() {
+    let mut c = ContainerConfig::default();
+    c.security.masked_paths = strings(&["/proc/secret"]);
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let linux = spec.linux().as_ref().unwrap();
+    assert_eq!(linux.masked_paths().as_ref().unwrap(), &["/proc/secret"]);
+    assert!(
+        linux
+            .readonly_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/sys".to_string())
+    );
+    c.security.privileged = true;
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let linux = spec.linux().as_ref().unwrap();
+    assert_eq!(
+        linux.masked_paths().as_deref(),
+        Some(&[][..]),
+        "privileged: nothing masked"
+    );
+    assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
+}
