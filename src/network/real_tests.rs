@@ -211,6 +211,17 @@ async fn real_plugins_add_reach_portmap_and_del() {
     let mut env = Env::new();
     let net = env.network();
     net.readiness().unwrap();
+    // Debian's plugins speak the test list's 1.0.0 ...
+    probe::check(&net.probe_job(net.load("").unwrap()).unwrap())
+        .await
+        .unwrap();
+    // ... but not 1.1.0: readiness would say so.
+    let mut newer = net.load("").unwrap();
+    newer.cni_version = "1.1.0".into();
+    let e = probe::check(&net.probe_job(newer).unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not support cniVersion 1.1.0"), "{e}");
     let netns = env.add_netns();
     let host_port = 20000 + u16::from(env.octet) * 10;
     let pod = env.pod(&netns, host_port);
