@@ -227,7 +227,9 @@ async fn real_plugins_add_reach_portmap_and_del() {
     let pod = env.pod(&netns, host_port);
 
     // ADD: the pod gets an address of the test subnet on eth0, lo is up.
+    let started = std::time::Instant::now();
     let status = net.setup(&pod).await.unwrap();
+    eprintln!("loopback + bridge + portmap ADD: {:?}", started.elapsed());
     let ip = status.ip.expect("pod IP");
     assert!(
         ip.to_string()
@@ -259,7 +261,9 @@ async fn real_plugins_add_reach_portmap_and_del() {
     // DEL with a fresh instance (as after a daemon restart): lease, link,
     // NAT rules and cache are gone; a second DEL does nothing.
     let net = env.network();
+    let started = std::time::Instant::now();
     net.teardown(&pod.pod_id, &netns).await.unwrap();
+    eprintln!("portmap + bridge DEL: {:?}", started.elapsed());
     assert!(!env.lease(ip).exists());
     let links = ok("ip", &["-n", &ns_name, "link", "show"]);
     assert!(!links.contains("eth0"), "{links}");
