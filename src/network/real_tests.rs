@@ -336,3 +336,62 @@ async fn real_failed_add_is_undone() {
     assert!(!nat_rules().contains(&pod.pod_id));
     assert_eq!(net.cached_pods().unwrap(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_parallel_pods_get_distinct_ips_and_release_them() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const PODS: usize = 8;
+    let mut env = Env::new();
+    let net = std::sync::Arc::new(env.network());
+    let pods: Vec<PodNetwork> = (0..PODS)
+        .map(|_| {
+            let netns = env.add_netns();
+            env.pod(&netns, 0)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = pods
+        .iter()
+        .cloned()
+        .map(|p| {
+            let net = net.clone();
+            tokio::spawn(async move { net.setup(&p).await })
+        })
+        .collect();
+    let mut ips = Vec::new();
+    for t in tasks {
+        ips.push(t.await.unwrap().unwrap().ip.unwrap());
+    }
+    eprintln!("{PODS} parallel ADDs: {:?}", started.elapsed());
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), PODS, "{ips:?}");
+    for ip in &ips {
+        assert!(env.lease(*ip).exists());
+    }
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = pods
+        .iter()
+        .cloned()
+        .map(|p| {
+            let net = net.clone();
+            tokio::spawn(async move { net.teardown(&p.pod_id, &p.netns).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    eprintln!("{PODS} parallel DELs: {:?}", started.elapsed());
+    for ip in &ips {
+        assert!(!env.lease(*ip).exists());
+    }
+    let rules = nat_rules();
+    for p in &pods {
+        assert!(!rules.contains(&p.pod_id));
+    }
+    assert!(net.cached_pods().unwrap().is_empty());
+}
