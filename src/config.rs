@@ -76,7 +76,8 @@ pub enum CgroupDriver {
 pub struct CgroupConfig {
     /// "cgroupfs" or "systemd"; kubelet reads it through the RuntimeConfig RPC.
     pub driver: CgroupDriver,
-    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent.
+    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent; with
+    /// the systemd driver a path maps to the slice of the same name.
     pub default_parent: String,
 }
 
@@ -304,6 +305,22 @@ mod tests {
     fn relative_paths_are_refused() {
         let c = Config::parse("root = \"rel\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("root"));
+    }
+
+    #[test]
+    fn network_values_are_checked() {
+        for (text, key) in [
+            ("[network]\ndefault_bridge = \"\"", "default_bridge"),
+            (
+                "[network]\ndefault_bridge = \"a-very-long-bridge0\"",
+                "default_bridge",
+            ),
+            ("[network]\nplugin_timeout_secs = 0", "plugin_timeout_secs"),
+        ] {
+            let e = Config::parse(text).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        Config::default().validate().unwrap();
     }
 
     #[test]

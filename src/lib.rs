@@ -3,6 +3,7 @@
 //! use. See docs/ARCHITECTURE.md for the map of modules.
 #![deny(unsafe_code)]
 
+pub mod cgroups;
 pub mod config;
 pub mod container;
 pub mod cri;
