@@ -178,7 +178,11 @@ boot() {
     </dev/null >"$share/console.log" 2>&1 || rc=$?
   local took=$(($(date +%s) - start))
   if [ ! -f "$share/status" ]; then
-    say "the $mode guest gave no result (qemu exit $rc after ${took}s); its console:"
+    if [ "$rc" = 124 ]; then
+      say "the $mode guest timed out after ${took}s (CRIUS_VM_TIMEOUT=$timeout_s); its console:"
+    else
+      say "the $mode guest gave no result (qemu exit $rc after ${took}s); its console:"
+    fi
     tail -n 150 "$share/console.log" >&2
     [ ! -f "$share/guest.log" ] || { say "guest.log:"; cat "$share/guest.log" >&2; }
     return 1
