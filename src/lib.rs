@@ -8,4 +8,5 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod image;
 pub mod store;
