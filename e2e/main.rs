@@ -5,3 +5,4 @@ mod harness;
 mod image;
 mod registry;
 mod runtime;
+mod vm;

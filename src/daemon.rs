@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 use crate::image::{self, Images};
+use crate::network::Network;
 use crate::store::{self, Store};
 
 pub struct Daemon {
@@ -14,6 +15,8 @@ pub struct Daemon {
     pub store: Arc<Store>,
     /// Images: pull, store, unpack, list, remove (see crate::image).
     pub images: Images,
+    /// Pod networking (CNI).
+    pub network: Network,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
 }
@@ -44,10 +47,12 @@ impl Daemon {
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         let store = Arc::new(Store::open(&config.db_path())?);
         let images = Images::open(&config, store.clone())?;
+        let network = Network::new(&config.network, &config.state);
         Ok(Daemon {
             config,
             store,
             images,
+            network,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
     }
@@ -64,6 +69,6 @@ impl Daemon {
 impl Daemon {
     /// Whether pods can get a network, and why not: Status's NetworkReady.
     pub fn network_readiness(&self) -> Result<(), String> {
-        Err("pod networking (CNI) is not implemented by crius yet".into())
+        self.network.readiness()
     }
 }
