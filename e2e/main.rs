@@ -2,5 +2,7 @@
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
 mod harness;
+mod image;
+mod registry;
 mod runtime;
 mod vm;

@@ -2,20 +2,38 @@
 //! Each service (images, pods, containers) is a field that owns its own locks,
 //! so a slow pull or CNI call never blocks an unrelated List or Status.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
+use crate::image::{self, Images};
 use crate::network::Network;
 use crate::store::{self, Store};
 
 pub struct Daemon {
     pub config: Config,
     /// The metadata database under the root dir.
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// Images: pull, store, unpack, list, remove (see crate::image).
+    pub images: Images,
     /// Pod networking (CNI).
     pub network: Network,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
+}
+
+/// Why the daemon's state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("open image store")]
+    Images(#[from] image::Error),
+}
+
+impl crate::error::Classify for OpenError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Internal
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,12 +44,14 @@ pub struct RuntimeConfig {
 
 impl Daemon {
     /// Opens the daemon's state under the configured root.
-    pub fn open(config: Config) -> Result<Daemon, store::Error> {
-        let store = Store::open(&config.db_path())?;
+    pub fn open(config: Config) -> Result<Daemon, OpenError> {
+        let store = Arc::new(Store::open(&config.db_path())?);
+        let images = Images::open(&config, store.clone())?;
         let network = Network::new(&config.network, &config.state);
         Ok(Daemon {
             config,
             store,
+            images,
             network,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })

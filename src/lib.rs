@@ -10,5 +10,6 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod image;
 pub mod network;
 pub mod store;
