@@ -25,6 +25,8 @@ pub struct TestDaemon {
     pub state: PathBuf,
     pub config: PathBuf,
     pub child: Option<Child>,
+    /// Extra environment of the daemon process (test hooks).
+    pub env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -32,24 +34,7 @@ impl TestDaemon {
     /// Starts a daemon whose config file holds `extra_toml` (paths are given
     /// as flags) and waits until it answers Version.
     pub async fn start(extra_toml: &str) -> TestDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix("crius-e2e-")
-            .tempdir()
-            .unwrap();
-        let base = dir.path().to_path_buf();
-        let mut d = TestDaemon {
-            socket: base.join("run/crius.sock"),
-            root: base.join("root"),
-            state: base.join("state"),
-            config: base.join("crius.toml"),
-            log: base.join("crius.log"),
-            dir,
-            child: None,
-        };
-        std::fs::write(&d.config, extra_toml).unwrap();
-        d.spawn();
-        d.wait_ready().await;
-        d
+        start_with_env(extra_toml, &[]).await
     }
 
     /// Starts the process (again, after `kill`), keeping the same dirs.
@@ -71,6 +56,7 @@ impl TestDaemon {
             .arg(&self.state)
             .arg("--log-level")
             .arg("debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -161,6 +147,90 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             eprintln!("--- crius log ---\n{}", self.log());
         }
+        kill_leftovers(&self.state);
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Starts a daemon with extra environment variables (test hooks).
+pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemon {
+    let dir = tempfile::Builder::new()
+        .prefix("crius-e2e-")
+        .tempdir()
+        .unwrap();
+    let base = dir.path().to_path_buf();
+    let mut d = TestDaemon {
+        socket: base.join("run/crius.sock"),
+        root: base.join("root"),
+        state: base.join("state"),
+        config: base.join("crius.toml"),
+        log: base.join("crius.log"),
+        dir,
+        child: None,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    std::fs::write(&d.config, extra_toml).unwrap();
+    d.spawn();
+    d.wait_ready().await;
+    d
+}
+
+/// The pids of the pod monitors a daemon with this state dir started, from
+/// the pid files they write (alive ones only).
+pub fn monitor_pids(state: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir(state.join("pods")) else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read(e.path().join("monitor.pid")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let (Some(pid), Some(start)) = (v["pid"].as_i64(), v["start_time"].as_u64()) else {
+            continue;
+        };
+        if crius::linux::process::start_time(pid as i32) == Some(start) {
+            pids.push(pid as i32);
+        }
+    }
+    pids
+}
+
+/// Kills the monitors a test left behind, and their children (pod inits).
+fn kill_leftovers(state: &Path) {
+    for pid in monitor_pids(state) {
+        for child in children_of(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The direct children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Lazily unmounts everything mounted under `dir` (deepest first).
+pub fn unmount_under(dir: &Path) {
+    for m in crius::linux::mount::mounts_under(dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -2,4 +2,5 @@
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
 mod harness;
+mod pod;
 mod runtime;

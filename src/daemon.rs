@@ -2,17 +2,28 @@
 //! Each service (images, pods, containers) is a field that owns its own locks,
 //! so a slow pull or CNI call never blocks an unrelated List or Status.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
+use crate::pod::{self, Pods};
 use crate::store::{self, Store};
 
 pub struct Daemon {
     pub config: Config,
     /// The metadata database under the root dir.
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// Pod sandboxes.
+    pub pods: Arc<Pods>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Pod(#[from] pod::Error),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,13 +34,24 @@ pub struct RuntimeConfig {
 
 impl Daemon {
     /// Opens the daemon's state under the configured root.
-    pub fn open(config: Config) -> Result<Daemon, store::Error> {
-        let store = Store::open(&config.db_path())?;
+    pub fn open(config: Config) -> Result<Daemon, OpenError> {
+        let store = Arc::new(Store::open(&config.db_path())?);
+        let pods = Arc::new(Pods::new(
+            store.clone(),
+            pod::Settings::from_config(&config),
+        )?);
         Ok(Daemon {
             config,
             store,
+            pods,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
+    }
+
+    /// Brings the services in line with what the host holds (pods left by
+    /// a previous run, a crash, a reboot); run once before serving.
+    pub async fn reconcile(&self) -> Result<(), pod::Error> {
+        pod::reconcile::start(&self.pods).await
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

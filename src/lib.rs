@@ -8,4 +8,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod linux;
+pub mod monitor;
+pub mod pod;
 pub mod store;

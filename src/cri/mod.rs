@@ -6,6 +6,7 @@
 
 pub mod error;
 mod image;
+mod pod;
 pub mod proto;
 mod runtime;
 pub mod server;
