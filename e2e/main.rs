@@ -4,3 +4,4 @@
 mod harness;
 mod pod;
 mod runtime;
+mod vm;

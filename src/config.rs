@@ -76,7 +76,8 @@ pub enum CgroupDriver {
 pub struct CgroupConfig {
     /// "cgroupfs" or "systemd"; kubelet reads it through the RuntimeConfig RPC.
     pub driver: CgroupDriver,
-    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent.
+    /// Parent of pod cgroups when kubelet sends an empty cgroup_parent; with
+    /// the systemd driver a path maps to the slice of the same name.
     pub default_parent: String,
 }
 
@@ -103,6 +104,8 @@ pub struct NetworkConfig {
     pub default_network: bool,
     /// Subnet of the built-in bridge network (unless kubelet sets a pod CIDR).
     pub default_subnet: String,
+    /// Linux bridge of the built-in network.
+    pub default_bridge: String,
     /// Timeout of one CNI plugin invocation, in seconds.
     pub plugin_timeout_secs: u64,
 }
@@ -158,6 +161,7 @@ impl Default for NetworkConfig {
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             default_network: true,
             default_subnet: "10.88.0.0/16".into(),
+            default_bridge: "crius0".into(),
             plugin_timeout_secs: 60,
         }
     }
@@ -245,6 +249,21 @@ impl Config {
                 "cgroup.default_parent must be an absolute cgroup path, got {:?}",
                 self.cgroup.default_parent
             )));
+        }
+        let net = &self.network;
+        if net.default_bridge.is_empty()
+            || net.default_bridge.len() > 15
+            || net.default_bridge.contains(['/', ' '])
+        {
+            return Err(Error::Invalid(format!(
+                "network.default_bridge must be a link name of 1 to 15 characters, got {:?}",
+                net.default_bridge
+            )));
+        }
+        if net.plugin_timeout_secs == 0 {
+            return Err(Error::Invalid(
+                "network.plugin_timeout_secs must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
+use crate::network::Network;
 use crate::pod::{self, Pods};
 use crate::store::{self, Store};
 
@@ -12,6 +13,8 @@ pub struct Daemon {
     pub config: Config,
     /// The metadata database under the root dir.
     pub store: Arc<Store>,
+    /// Pod networking (CNI).
+    pub network: Arc<Network>,
     /// Pod sandboxes.
     pub pods: Arc<Pods>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
@@ -36,6 +39,7 @@ impl Daemon {
     /// Opens the daemon's state under the configured root.
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         let store = Arc::new(Store::open(&config.db_path())?);
+        let network = Arc::new(Network::new(&config.network, &config.state));
         let pods = Arc::new(Pods::new(
             store.clone(),
             pod::Settings::from_config(&config),
@@ -43,6 +47,7 @@ impl Daemon {
         Ok(Daemon {
             config,
             store,
+            network,
             pods,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
@@ -66,6 +71,6 @@ impl Daemon {
 impl Daemon {
     /// Whether pods can get a network, and why not: Status's NetworkReady.
     pub fn network_readiness(&self) -> Result<(), String> {
-        Err("pod networking (CNI) is not implemented by crius yet".into())
+        self.network.readiness()
     }
 }

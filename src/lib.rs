@@ -3,12 +3,15 @@
 //! use. See docs/ARCHITECTURE.md for the map of modules.
 #![deny(unsafe_code)]
 
+pub mod cgroups;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
 pub mod linux;
 pub mod monitor;
+pub mod network;
 pub mod pod;
 pub mod store;

@@ -4,6 +4,7 @@
 //! the module that does the work, convert back. No prost type is used below
 //! this module.
 
+pub mod container;
 pub mod error;
 mod image;
 mod pod;

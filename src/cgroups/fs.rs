@@ -1,0 +1,609 @@
+//! The cgroupfs operations on one cgroup path in every hierarchy of a
+//! [`Layout`]: create the directories (enabling v2 controllers on the way
+//! down, seeding v1 cpusets), apply resource writes all-or-nothing, move
+//! processes, kill them all, read counters, remove.
+//!
+//! The systemd driver uses these too once systemd has made the unit: runc
+//! does the same, since systemd does not realize every cgroup itself.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::Error;
+use super::layout::{Layout, Mode};
+use super::resources::Write;
+
+/// How long `remove` waits for a cgroup's processes to finish exiting.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a freeze may take before crius kills without it.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The cgroup trees crius works on.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub layout: Layout,
+    /// Tests on fixture trees: plays the kernel by filling new directories
+    /// with interface files, and removes trees with their files.
+    #[cfg(test)]
+    pub fake_kernel: bool,
+}
+
+impl Tree {
+    pub fn new(layout: Layout) -> Tree {
+        Tree {
+            layout,
+            #[cfg(test)]
+            fake_kernel: false,
+        }
+    }
+
+    /// Whether the cgroup exists (judged in the reference hierarchy).
+    pub fn exists(&self, path: &str) -> bool {
+        self.layout.reference().dir(path).is_dir()
+    }
+
+    /// Creates `path` in every hierarchy, with any missing ancestors.
+    /// Returns the directories made, deepest last, for `undo_create`.
+    pub fn create_dirs(&self, path: &str) -> Result<Vec<PathBuf>, Error> {
+        let mut made = Vec::new();
+        let result = self.create_dirs_into(path, &mut made);
+        if let Err(e) = result {
+            self.undo_create(&made);
+            return Err(e);
+        }
+        Ok(made)
+    }
+
+    fn create_dirs_into(&self, path: &str, made: &mut Vec<PathBuf>) -> Result<(), Error> {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for h in &self.layout.hierarchies {
+            let mut dir = h.mount.clone();
+            for part in &parts {
+                if h.unified {
+                    enable_controllers(&dir);
+                }
+                let parent = dir.clone();
+                dir.push(part);
+                if dir.is_dir() {
+                    continue;
+                }
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => made.push(dir.clone()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(source) => {
+                        return Err(Error::Io {
+                            op: "create cgroup",
+                            path: dir,
+                            source,
+                        });
+                    }
+                }
+                #[cfg(test)]
+                if self.fake_kernel {
+                    tests::populate(&dir, h);
+                }
+                if h.has("cpuset") && !h.unified {
+                    seed_cpuset(&parent, &dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes directories `create_dirs` made, deepest first.
+    pub fn undo_create(&self, made: &[PathBuf]) {
+        for dir in made.iter().rev() {
+            if let Err(e) = self.rmdir(dir) {
+                tracing::warn!(dir = %dir.display(), err = %e, "undo cgroup creation");
+            }
+        }
+    }
+
+    /// Applies `writes` to `path`: every file is checked first, and on a
+    /// failure the values already written are restored.
+    pub fn apply(&self, path: &str, writes: &[Write]) -> Result<(), Error> {
+        // 1. Resolve and check every file before touching any.
+        let mut todo: Vec<(PathBuf, &Write)> = Vec::new();
+        for w in writes {
+            let file = self.layout.hierarchies[w.hierarchy].dir(path).join(&w.file);
+            if !file.is_file() {
+                if w.optional {
+                    tracing::debug!(file = %file.display(), "cgroup file absent, skipped");
+                    continue;
+                }
+                return Err(Error::MissingFile { path: file });
+            }
+            todo.push((file, w));
+        }
+        order_v1_memory(&mut todo);
+
+        // 2. Write, remembering the old values.
+        let mut done: Vec<(PathBuf, String)> = Vec::new();
+        for (file, w) in &todo {
+            let old = match read_trimmed(file) {
+                Ok(old) => old,
+                Err(e) => {
+                    restore(&done);
+                    return Err(e);
+                }
+            };
+            if let Err(source) = std::fs::write(file, &w.value) {
+                restore(&done);
+                return Err(Error::Write {
+                    path: file.clone(),
+                    value: w.value.clone(),
+                    source,
+                });
+            }
+            done.push((file.clone(), old));
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files of `path`, one per hierarchy: writing a pid
+    /// to each moves that process into the cgroup.
+    pub fn procs_files(&self, path: &str) -> Vec<PathBuf> {
+        self.layout
+            .hierarchies
+            .iter()
+            .map(|h| h.dir(path).join("cgroup.procs"))
+            .collect()
+    }
+
+    pub fn add_process(&self, path: &str, pid: i32) -> Result<(), Error> {
+        for file in self.procs_files(path) {
+            std::fs::write(&file, pid.to_string()).map_err(|source| Error::Write {
+                path: file.clone(),
+                value: pid.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every process in `path` and the cgroups below it, in any hierarchy.
+    pub fn procs(&self, path: &str) -> Result<Vec<i32>, Error> {
+        let mut pids = BTreeSet::new();
+        for h in &self.layout.hierarchies {
+            pids.extend(subtree_procs(&h.dir(path))?);
+        }
+        Ok(pids.into_iter().collect())
+    }
+
+    /// SIGKILLs every process of `path` and below: v2 `cgroup.kill` when
+    /// the kernel has it, then (v1, or an old v2) freeze, kill each pid,
+    /// thaw, so nothing forks while the pids are read.
+    pub fn kill_all(&self, path: &str) -> Result<(), Error> {
+        let mut killed_by_v2 = false;
+        if let Some(u) = self.layout.unified() {
+            let file = u.dir(path).join("cgroup.kill");
+            if file.is_file() {
+                std::fs::write(&file, "1").map_err(|source| Error::Write {
+                    path: file.clone(),
+                    value: "1".into(),
+                    source,
+                })?;
+                killed_by_v2 = true;
+            }
+        }
+        if killed_by_v2 && self.layout.mode == Mode::Unified {
+            return Ok(());
+        }
+        let freezer = self.freezer(path);
+        if let Some(f) = &freezer {
+            f.freeze()?;
+        }
+        let result = self.procs(path).map(|pids| {
+            for pid in pids {
+                match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => tracing::warn!(pid, err = %e, "kill cgroup process"),
+                }
+            }
+        });
+        if let Some(f) = &freezer {
+            // A frozen cgroup never lets its killed processes die.
+            f.thaw()?;
+        }
+        result
+    }
+
+    fn freezer(&self, path: &str) -> Option<Freezer> {
+        if let Some(h) = self
+            .layout
+            .hierarchies
+            .iter()
+            .find(|h| !h.unified && h.has("freezer"))
+        {
+            let dir = h.dir(path);
+            return dir
+                .is_dir()
+                .then_some(Freezer::V1(dir.join("freezer.state")));
+        }
+        let u = self.layout.unified()?;
+        let dir = u.dir(path);
+        dir.join("cgroup.freeze")
+            .is_file()
+            .then_some(Freezer::V2(dir))
+    }
+
+    /// How many processes the OOM killer killed in `path` (and below).
+    pub fn oom_kills(&self, path: &str) -> Result<u64, Error> {
+        let h = self
+            .layout
+            .controller("memory")
+            .ok_or_else(|| Error::InvalidResources("no memory controller on this host".into()))?;
+        let file = h.dir(path).join(if h.unified {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        });
+        Ok(key_value(&read_trimmed(&file)?, "oom_kill").unwrap_or(0))
+    }
+
+    /// Removes `path` and every cgroup below it in every hierarchy; an
+    /// absent cgroup is not an error. Waits (up to a few seconds) for
+    /// killed processes to finish exiting (EBUSY).
+    pub fn remove(&self, path: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        for h in &self.layout.hierarchies {
+            let top = h.dir(path);
+            if top == h.mount {
+                return Err(Error::InvalidPath {
+                    path: path.into(),
+                    reason: "the root cgroup cannot be removed".into(),
+                });
+            }
+            let mut dirs = Vec::new();
+            collect_subtree(&top, &mut dirs)?;
+            // Deepest first.
+            for dir in dirs.iter().rev() {
+                self.rmdir_waiting(dir, deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rmdir_waiting(&self, dir: &Path, deadline: Instant) -> Result<(), Error> {
+        loop {
+            match self.rmdir(dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(Error::Busy {
+                        path: dir.into(),
+                        pids: subtree_procs(dir)
+                            .map(|p| p.into_iter().collect())
+                            .unwrap_or_default(),
+                    });
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "remove cgroup",
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn rmdir(&self, dir: &Path) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fake_kernel {
+            return match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            };
+        }
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Usage counters of `path` (each `None` when its controller is absent).
+    pub fn stats(&self, path: &str) -> Result<super::Stats, Error> {
+        let mut s = super::Stats::default();
+        if let Some(h) = self.layout.controller("cpuacct") {
+            s.cpu_usage_ns = Some(parse_u64(&h.dir(path).join("cpuacct.usage"))?);
+        } else if let Some(h) = self.layout.controller("cpu").filter(|h| h.unified) {
+            let stat = read_trimmed(&h.dir(path).join("cpu.stat"))?;
+            s.cpu_usage_ns = key_value(&stat, "usage_usec").map(|us| us * 1000);
+        }
+        if let Some(h) = self.layout.controller("memory") {
+            let dir = h.dir(path);
+            let (usage, inactive_key) = if h.unified {
+                (parse_u64(&dir.join("memory.current"))?, "inactive_file")
+            } else {
+                (
+                    parse_u64(&dir.join("memory.usage_in_bytes"))?,
+                    "total_inactive_file",
+                )
+            };
+            let stat = read_trimmed(&dir.join("memory.stat"))?;
+            let inactive = key_value(&stat, inactive_key).unwrap_or(0);
+            s.memory_usage_bytes = Some(usage);
+            // What kubelet evicts on: usage minus reclaimable page cache.
+            s.memory_working_set_bytes = Some(usage.saturating_sub(inactive));
+        }
+        if let Some(h) = self.layout.controller("pids") {
+            s.pids = Some(parse_u64(&h.dir(path).join("pids.current"))?);
+        }
+        Ok(s)
+    }
+}
+
+enum Freezer {
+    /// v1 `freezer.state`.
+    V1(PathBuf),
+    /// v2 cgroup dir with `cgroup.freeze` and `cgroup.events`.
+    V2(PathBuf),
+}
+
+impl Freezer {
+    fn freeze(&self) -> Result<(), Error> {
+        let (file, value) = match self {
+            Freezer::V1(f) => (f.clone(), "FROZEN"),
+            Freezer::V2(d) => (d.join("cgroup.freeze"), "1"),
+        };
+        write(&file, value)?;
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        while Instant::now() < deadline {
+            let frozen = match self {
+                Freezer::V1(f) => read_trimmed(f)? == "FROZEN",
+                Freezer::V2(d) => {
+                    key_value(&read_trimmed(&d.join("cgroup.events"))?, "frozen") == Some(1)
+                }
+            };
+            if frozen {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::debug!(file = %file.display(), "cgroup not frozen in time, killing anyway");
+        Ok(())
+    }
+
+    fn thaw(&self) -> Result<(), Error> {
+        match self {
+            Freezer::V1(f) => write(f, "THAWED"),
+            Freezer::V2(d) => write(&d.join("cgroup.freeze"), "0"),
+        }
+    }
+}
+
+/// Enables in `dir` every controller its `cgroup.controllers` offers, so
+/// the child about to be made gets their files. Failures (a cgroup with
+/// processes cannot delegate domain controllers) are logged: the resource
+/// writes that need a missing file fail later with its name.
+fn enable_controllers(dir: &Path) {
+    let Ok(available) = std::fs::read_to_string(dir.join("cgroup.controllers")) else {
+        return;
+    };
+    let file = dir.join("cgroup.subtree_control");
+    let enabled = std::fs::read_to_string(&file).unwrap_or_default();
+    let enabled: BTreeSet<&str> = enabled.split_whitespace().collect();
+    let missing: Vec<String> = available
+        .split_whitespace()
+        .filter(|c| !enabled.contains(c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if std::fs::write(&file, missing.join(" ")).is_ok() {
+        return;
+    }
+    // All at once failed: enable what can be enabled, one by one.
+    for c in missing {
+        if let Err(e) = std::fs::write(&file, &c) {
+            tracing::debug!(file = %file.display(), controller = %c, err = %e, "enable controller");
+        }
+    }
+}
+
+/// A new v1 cpuset starts with no cpus and mems, and then no process can
+/// join it: copy the parent's, as runc does.
+fn seed_cpuset(parent: &Path, dir: &Path) -> Result<(), Error> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let own = dir.join(file);
+        if !own.is_file() || !read_trimmed(&own)?.is_empty() {
+            continue;
+        }
+        let value = read_trimmed(&parent.join(file))?;
+        write(&own, &value)?;
+    }
+    Ok(())
+}
+
+/// Moves v1 memory writes into an order the kernel accepts: the memory
+/// limit may never exceed memory+swap, so raise memsw first when the new
+/// memory limit is above the current memsw.
+pub(crate) fn order_v1_memory(todo: &mut [(PathBuf, &Write)]) {
+    let pos = |name: &str| todo.iter().position(|(_, w)| w.file == name);
+    let (Some(mem), Some(memsw)) = (
+        pos("memory.limit_in_bytes"),
+        pos("memory.memsw.limit_in_bytes"),
+    ) else {
+        return;
+    };
+    let as_limit = |v: &str| match v.parse::<i64>() {
+        Ok(-1) | Err(_) => i64::MAX,
+        Ok(v) => v,
+    };
+    let new_mem = as_limit(&todo[mem].1.value);
+    let current_memsw = read_trimmed(&todo[memsw].0)
+        .map(|v| as_limit(&v))
+        .unwrap_or(i64::MAX);
+    let memory_first = new_mem <= current_memsw;
+    if memory_first != (mem < memsw) {
+        todo.swap(mem, memsw);
+    }
+}
+
+/// Best-effort restore of written values, newest first; a second pass
+/// catches values whose order mattered (v1 memory and memsw).
+fn restore(done: &[(PathBuf, String)]) {
+    let mut failed = Vec::new();
+    for (file, old) in done.iter().rev() {
+        if std::fs::write(file, old).is_err() {
+            failed.push((file, old));
+        }
+    }
+    for (file, old) in failed {
+        if let Err(e) = std::fs::write(file, old) {
+            tracing::warn!(file = %file.display(), old = %old, err = %e, "restore cgroup value");
+        }
+    }
+}
+
+/// `dir` and every directory below it, parents before children. An absent
+/// `dir` gives nothing.
+fn collect_subtree(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "list cgroup",
+                path: dir.into(),
+                source,
+            });
+        }
+    };
+    out.push(dir.into());
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_subtree(&entry.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
+fn subtree_procs(dir: &Path) -> Result<BTreeSet<i32>, Error> {
+    let mut dirs = Vec::new();
+    collect_subtree(dir, &mut dirs)?;
+    let mut pids = BTreeSet::new();
+    for d in dirs {
+        let file = d.join("cgroup.procs");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            // Removed meanwhile, or a fixture without the file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "read",
+                    path: file,
+                    source,
+                });
+            }
+        };
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    Ok(pids)
+}
+
+fn read_trimmed(file: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(file)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| Error::Io {
+            op: "read",
+            path: file.into(),
+            source,
+        })
+}
+
+fn write(file: &Path, value: &str) -> Result<(), Error> {
+    std::fs::write(file, value).map_err(|source| Error::Write {
+        path: file.into(),
+        value: value.into(),
+        source,
+    })
+}
+
+fn parse_u64(file: &Path) -> Result<u64, Error> {
+    let text = read_trimmed(file)?;
+    text.parse().map_err(|_| Error::Parse {
+        path: file.into(),
+        text,
+    })
+}
+
+/// The value of `key` in a flat-keyed file (`oom_kill 3`).
+fn key_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cgroups::layout::Hierarchy;
+
+    /// The interface files a kernel would create in a new cgroup of `h`,
+    /// with its defaults.
+    pub fn populate(dir: &Path, h: &Hierarchy) {
+        let mut files: Vec<(&str, &str)> = vec![("cgroup.procs", "")];
+        if h.unified {
+            files.extend([
+                ("cgroup.controllers", "cpu cpuset memory pids hugetlb"),
+                ("cgroup.subtree_control", ""),
+                ("cgroup.freeze", "0"),
+                ("cgroup.kill", ""),
+                ("cgroup.events", "populated 0\nfrozen 0"),
+            ]);
+        }
+        for c in &h.controllers {
+            let v1 = !h.unified;
+            match c.as_str() {
+                "cpu" if v1 => files.extend([
+                    ("cpu.shares", "1024"),
+                    ("cpu.cfs_period_us", "100000"),
+                    ("cpu.cfs_quota_us", "-1"),
+                ]),
+                "cpu" => files.extend([
+                    ("cpu.weight", "100"),
+                    ("cpu.max", "max 100000"),
+                    ("cpu.stat", "usage_usec 7\nuser_usec 5"),
+                ]),
+                "cpuacct" => files.push(("cpuacct.usage", "12345")),
+                "cpuset" => files.extend([("cpuset.cpus", ""), ("cpuset.mems", "")]),
+                "memory" if v1 => files.extend([
+                    ("memory.limit_in_bytes", "9223372036854771712"),
+                    ("memory.memsw.limit_in_bytes", "9223372036854771712"),
+                    (
+                        "memory.oom_control",
+                        "oom_kill_disable 0\nunder_oom 0\noom_kill 0",
+                    ),
+                    ("memory.usage_in_bytes", "4096"),
+                    ("memory.stat", "cache 0\ntotal_inactive_file 1024"),
+                ]),
+                "memory" => files.extend([
+                    ("memory.max", "max"),
+                    ("memory.swap.max", "max"),
+                    ("memory.oom.group", "0"),
+                    ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0"),
+                    ("memory.current", "8192"),
+                    ("memory.stat", "anon 0\ninactive_file 4096"),
+                ]),
+                "pids" => files.extend([("pids.max", "max"), ("pids.current", "0")]),
+                "hugetlb" if v1 => files.push(("hugetlb.2MB.limit_in_bytes", "0")),
+                "hugetlb" => files.push(("hugetlb.2MB.max", "max")),
+                "freezer" => files.push(("freezer.state", "THAWED")),
+                _ => {}
+            }
+        }
+        for (f, v) in files {
+            std::fs::write(dir.join(f), v).unwrap();
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The cgroup layer on this machine's real hierarchies (whatever layout it
+//! has: v1 and hybrid here, v2 in the VM tier), under a unique
+//! `/crius-test-<rand>` that a guard removes even when a test fails.
+//! They need root and say so when they skip. Gated tiers:
+//! `CRIUS_TEST_CGROUP_V2=1` (cgroup2 alone at /sys/fs/cgroup) and
+//! `CRIUS_TEST_SYSTEMD=1` (systemd as PID 1 with the system bus).
+
+use std::io::Write as _;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{CgroupConfig, CgroupDriver};
+
+fn env_set(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: writing real cgroups needs root");
+    false
+}
+
+/// A test's own cgroup prefix, its processes, and their cleanup.
+struct Guard {
+    cg: Cgroups,
+    prefix: CgroupPath,
+    children: Vec<Child>,
+}
+
+impl Guard {
+    fn new(driver: CgroupDriver, default_parent: String) -> Guard {
+        let config = CgroupConfig {
+            driver,
+            default_parent: default_parent.clone(),
+        };
+        let cg = Cgroups::from_config(&config).expect("detect host cgroups");
+        if env_set("CRIUS_TEST_CGROUP_V2") {
+            assert!(
+                cg.is_unified(),
+                "CRIUS_TEST_CGROUP_V2=1 but the host is not cgroup v2 alone"
+            );
+        }
+        let prefix = match driver {
+            CgroupDriver::Cgroupfs => CgroupPath {
+                path: default_parent,
+                unit: None,
+            },
+            CgroupDriver::Systemd => paths::slice_path(&default_parent).unwrap(),
+        };
+        Guard {
+            cg,
+            prefix,
+            children: Vec::new(),
+        }
+    }
+
+    fn cgroupfs() -> Guard {
+        Guard::new(
+            CgroupDriver::Cgroupfs,
+            format!("/crius-test-{}", &crate::ids::new_id()[..12]),
+        )
+    }
+
+    /// `sh -c 'read x; <script>'` in no cgroup of ours yet: it runs the
+    /// script once `go` is called, after it has been placed.
+    fn spawn(&mut self, script: &str) -> i32 {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read x; {script}"))
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id() as i32;
+        self.children.push(child);
+        pid
+    }
+
+    fn go(&mut self, pid: i32) {
+        let child = self.child(pid);
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+
+    fn child(&mut self, pid: i32) -> &mut Child {
+        self.children
+            .iter_mut()
+            .find(|c| c.id() as i32 == pid)
+            .expect("our child")
+    }
+
+    fn wait_signal(&mut self, pid: i32) -> Option<i32> {
+        self.child(pid).wait().unwrap().signal()
+    }
+
+    /// A file of `path` in the hierarchy of `controller`.
+    fn read(&self, controller: &str, path: &CgroupPath, file: &str) -> String {
+        let h = self.cg.layout().controller(controller).expect(controller);
+        let p = h.dir(&path.path).join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+            .trim()
+            .to_string()
+    }
+
+    fn unified(&self, controller: &str) -> bool {
+        self.cg.layout().controller(controller).unwrap().unified
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Err(e) = self.cg.kill_all(&self.prefix) {
+            eprintln!("cleanup: kill {}: {e}", self.prefix);
+        }
+        if let Err(e) = self.cg.remove(&self.prefix) {
+            eprintln!("cleanup: remove {}: {e}", self.prefix);
+        }
+    }
+}
+
+fn limits() -> Resources {
+    Resources {
+        cpu_shares: Some(512),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        cpuset_cpus: Some("0".into()),
+        cpuset_mems: Some("0".into()),
+        memory_limit: Some(64 << 20),
+        memory_swap_limit: Some(96 << 20),
+        hugepage_limits: [("2MB".to_string(), 4 << 20)].into(),
+        pids_limit: Some(50),
+        ..Default::default()
+    }
+}
+
+fn memsw_supported(g: &Guard) -> bool {
+    g.unified("memory")
+        || g.cg
+            .layout()
+            .controller("memory")
+            .unwrap()
+            .mount
+            .join("memory.memsw.limit_in_bytes")
+            .exists()
+}
+
+#[test]
+fn host_limits_are_written_and_updated_all_or_nothing() {
+    if !is_root() {
+        return;
+    }
+    let g = Guard::cgroupfs();
+    let pod = g.cg.pod_path("", "limits").unwrap();
+    let mut res = limits();
+    if !memsw_supported(&g) {
+        res.memory_swap_limit = None;
+    }
+    assert!(g.cg.create(&pod, &res).unwrap());
+    assert!(g.cg.exists(&pod));
+    let v2 = g.unified("memory");
+    if g.unified("cpu") {
+        assert_eq!(g.read("cpu", &pod, "cpu.weight"), "20");
+        assert_eq!(g.read("cpu", &pod, "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(g.read("cpu", &pod, "cpu.shares"), "512");
+        assert_eq!(g.read("cpu", &pod, "cpu.cfs_quota_us"), "50000");
+        assert_eq!(g.read("cpu", &pod, "cpu.cfs_period_us"), "100000");
+    }
+    assert_eq!(g.read("cpuset", &pod, "cpuset.cpus"), "0");
+    if v2 {
+        assert_eq!(g.read("memory", &pod, "memory.max"), "67108864");
+        assert_eq!(g.read("memory", &pod, "memory.swap.max"), "33554432");
+    } else {
+        assert_eq!(g.read("memory", &pod, "memory.limit_in_bytes"), "67108864");
+        if res.memory_swap_limit.is_some() {
+            assert_eq!(
+                g.read("memory", &pod, "memory.memsw.limit_in_bytes"),
+                "100663296"
+            );
+        }
+    }
+    assert_eq!(g.read("pids", &pod, "pids.max"), "50");
+    // hugetlb: on the cgroup2 mount here, maybe absent elsewhere.
+    let huge_files = std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists();
+    match g.cg.layout().controller("hugetlb") {
+        Some(h) if huge_files => {
+            let file = if h.unified {
+                "hugetlb.2MB.max"
+            } else {
+                "hugetlb.2MB.limit_in_bytes"
+            };
+            assert_eq!(g.read("hugetlb", &pod, file), "4194304");
+        }
+        _ => eprintln!("no hugetlb controller or 2MB pages: hugetlb not checked"),
+    }
+
+    // Lower both (v1: memory before memsw), then raise both (memsw first).
+    for (mem, swap) in [(32i64 << 20, 32i64 << 20), (128 << 20, 256 << 20)] {
+        let r = Resources {
+            memory_limit: Some(mem),
+            memory_swap_limit: res.memory_swap_limit.map(|_| swap),
+            ..Default::default()
+        };
+        g.cg.update(&pod, &r).unwrap();
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        assert_eq!(g.read("memory", &pod, file), mem.to_string());
+    }
+
+    // The kernel refuses the cpuset after the cpu value was written: the
+    // cpu value goes back.
+    let cpu_file = if g.unified("cpu") {
+        "cpu.weight"
+    } else {
+        "cpu.shares"
+    };
+    let before = g.read("cpu", &pod, cpu_file);
+    let bad = Resources {
+        cpu_shares: Some(4096),
+        cpuset_cpus: Some("0-4095".into()),
+        ..Default::default()
+    };
+    let e = g.cg.update(&pod, &bad).unwrap_err();
+    assert!(e.to_string().contains("cpuset.cpus"), "{e}");
+    assert_eq!(g.read("cpu", &pod, cpu_file), before);
+
+    // A cgroup that exists is kubelet's: untouched, not ours to remove.
+    assert!(
+        !g.cg
+            .create(
+                &pod,
+                &Resources {
+                    pids_limit: Some(7),
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+    );
+    assert_eq!(g.read("pids", &pod, "pids.max"), "50");
+    g.cg.remove(&pod).unwrap();
+    assert!(!g.cg.exists(&pod));
+}
+
+#[test]
+fn host_failed_create_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let g = Guard::cgroupfs();
+    let pod = g.cg.pod_path("", "fail").unwrap();
+    let bad = Resources {
+        cpu_shares: Some(512),
+        cpuset_cpus: Some("0-4095".into()),
+        ..Default::default()
+    };
+    assert!(g.cg.create(&pod, &bad).is_err());
+    for h in &g.cg.layout().hierarchies {
+        assert!(
+            !h.dir(&pod.path).exists(),
+            "{} left",
+            h.dir(&pod.path).display()
+        );
+        assert!(
+            !h.dir(&g.prefix.path).exists(),
+            "{} left",
+            h.dir(&g.prefix.path).display()
+        );
+    }
+}
+
+#[test]
+fn host_processes_join_are_listed_and_killed() {
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let pod = g.cg.pod_path("", "procs").unwrap();
+    assert!(g.cg.create(&pod, &Resources::default()).unwrap());
+    let leaf = g.cg.container_path(&pod, "c1").unwrap();
+    // The script forks two more sleeps once it is inside.
+    let pid = g.spawn("sleep 100 & sleep 100 & wait");
+    g.cg.create_with_pid(
+        &leaf,
+        &Resources {
+            pids_limit: Some(10),
+            ..Default::default()
+        },
+        pid,
+    )
+    .unwrap();
+    for file in g.cg.procs_files(&leaf) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.lines().any(|l| l == pid.to_string()),
+            "{}: {text}",
+            file.display()
+        );
+    }
+    g.go(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let procs = loop {
+        let procs = g.cg.procs(&pod).unwrap();
+        if procs.len() == 3 || Instant::now() > deadline {
+            break procs;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    assert!(procs.contains(&pid));
+    assert_eq!(g.cg.stats(&leaf).unwrap().pids, Some(3));
+
+    let started = Instant::now();
+    g.cg.kill_all(&pod).unwrap();
+    assert_eq!(g.wait_signal(pid), Some(9));
+    // The orphaned sleeps die too; remove waits for them to be gone.
+    g.cg.remove(&leaf).unwrap();
+    eprintln!("kill_all + remove took {:?}", started.elapsed());
+    assert!(!g.cg.exists(&leaf));
+    g.cg.remove(&pod).unwrap();
+    g.cg.remove(&pod).unwrap();
+}
+
+#[test]
+fn host_oom_kill_is_counted() {
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let pod = g.cg.pod_path("", "oom").unwrap();
+    g.cg.create(&pod, &Resources::default()).unwrap();
+    let leaf = g.cg.container_path(&pod, "c").unwrap();
+    // No swap: memory+swap = memory (v2: memory.swap.max 0).
+    let res = Resources {
+        memory_limit: Some(16 << 20),
+        memory_swap_limit: memsw_supported(&g).then_some(16 << 20),
+        ..Default::default()
+    };
+    // The shell keeps 64 MiB of command output in memory.
+    let pid = g.spawn("x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}");
+    g.cg.create_with_pid(&leaf, &res, pid).unwrap();
+    assert_eq!(g.cg.oom_kills(&leaf).unwrap(), 0);
+    g.go(pid);
+    assert_eq!(g.wait_signal(pid), Some(9));
+    let kills = g.cg.oom_kills(&leaf).unwrap();
+    assert!(kills >= 1, "oom_kill {kills}");
+    assert!(g.cg.oom_kills(&pod).unwrap() >= 1 || !g.unified("memory"));
+    g.cg.kill_all(&leaf).unwrap();
+    g.cg.remove(&leaf).unwrap();
+}
+
+#[test]
+fn host_v2_unified_map_and_cgroup_kill() {
+    if !env_set("CRIUS_TEST_CGROUP_V2") {
+        eprintln!(
+            "skipped: needs cgroup v2 alone at /sys/fs/cgroup; the VM tier sets \
+             CRIUS_TEST_CGROUP_V2=1"
+        );
+        return;
+    }
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let pod = g.cg.pod_path("", "v2").unwrap();
+    g.cg.create(&pod, &Resources::default()).unwrap();
+    let leaf = g.cg.container_path(&pod, "c").unwrap();
+    let res = Resources {
+        cpu_shares: Some(1024),
+        unified: [("memory.oom.group".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    let pid = g.spawn("sleep 100");
+    g.cg.create_with_pid(&leaf, &res, pid).unwrap();
+    assert_eq!(g.read("memory", &leaf, "memory.oom.group"), "1");
+    assert_eq!(g.read("cpu", &leaf, "cpu.weight"), "39");
+    let kill =
+        g.cg.layout()
+            .unified()
+            .unwrap()
+            .dir(&leaf.path)
+            .join("cgroup.kill");
+    assert!(kill.exists(), "kernel without cgroup.kill");
+    g.go(pid);
+    g.cg.kill_all(&leaf).unwrap();
+    assert_eq!(g.wait_signal(pid), Some(9));
+    g.cg.remove(&pod).unwrap();
+}
+
+#[test]
+fn host_systemd_slices_and_scopes() {
+    if !env_set("CRIUS_TEST_SYSTEMD") {
+        eprintln!(
+            "skipped: needs systemd as PID 1 with the system bus; the VM tier's systemd \
+             guest sets CRIUS_TEST_SYSTEMD=1"
+        );
+        return;
+    }
+    if !is_root() {
+        return;
+    }
+    let tag = &crate::ids::new_id()[..12];
+    let mut g = Guard::new(CgroupDriver::Systemd, format!("criustest{tag}.slice"));
+    // crius's own pod slice (empty parent) and a kubelet-style one.
+    let own = g.cg.pod_path("", "p1").unwrap();
+    assert_eq!(
+        own.path,
+        format!("/criustest{tag}.slice/criustest{tag}-podp1.slice")
+    );
+    let res = Resources {
+        memory_limit: Some(256 << 20),
+        pids_limit: Some(100),
+        ..Default::default()
+    };
+    assert!(g.cg.create(&own, &res).unwrap());
+    assert_eq!(g.read("pids", &own, "pids.max"), "100");
+    let kubelet =
+        g.cg.pod_path(&format!("criustest{tag}-burstable-pod{tag}.slice"), "p2")
+            .unwrap();
+    assert!(g.cg.create(&kubelet, &Resources::default()).unwrap());
+    assert!(!g.cg.create(&kubelet, &Resources::default()).unwrap());
+
+    // A container scope with its first process, then its limits.
+    let leaf = g.cg.container_path(&own, "c1").unwrap();
+    let pid = g.spawn("x=$(head -c 67108864 /dev/zero | tr '\\0' a)");
+    let limit = Resources {
+        memory_limit: Some(16 << 20),
+        memory_swap_limit: Some(16 << 20),
+        ..Default::default()
+    };
+    g.cg.create_with_pid(&leaf, &limit, pid).unwrap();
+    assert!(leaf.path.ends_with("/crius-c1.scope"));
+    assert!(g.cg.procs(&leaf).unwrap().contains(&pid));
+    let mem_file = if g.unified("memory") {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    assert_eq!(g.read("memory", &leaf, mem_file), (16 << 20).to_string());
+    g.cg.update(
+        &leaf,
+        &Resources {
+            pids_limit: Some(20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(g.read("pids", &leaf, "pids.max"), "20");
+    // OOM is read while the scope still has a process: one more joins
+    // first, since systemd removes an empty scope at once.
+    let keeper = g.spawn("sleep 100");
+    g.cg.add_process(&leaf, keeper).unwrap();
+    g.go(pid);
+    assert_eq!(g.wait_signal(pid), Some(9));
+    assert!(g.cg.oom_kills(&leaf).unwrap() >= 1);
+    g.cg.kill_all(&leaf).unwrap();
+    assert_eq!(g.wait_signal(keeper), Some(9));
+    g.cg.remove(&leaf).unwrap();
+    assert!(!g.cg.exists(&leaf));
+    g.cg.remove(&own).unwrap();
+    g.cg.remove(&kubelet).unwrap();
+    assert!(!g.cg.exists(&own) && !g.cg.exists(&kubelet));
+}

@@ -1,0 +1,519 @@
+//! The cgroup layer on fixture trees (v1, v2, hybrid) with a fake kernel
+//! that fills new directories with interface files, and the systemd driver
+//! against a recording fake: no privileges needed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::layout::tests::{hybrid_mountinfo, legacy_mountinfo, unified_mountinfo};
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    cg: Cgroups,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    V1,
+    V2,
+    Hybrid,
+}
+
+fn fixture(kind: Kind) -> Fixture {
+    fixture_with(kind, CgroupDriver::Cgroupfs, None)
+}
+
+fn fixture_with(kind: Kind, driver: CgroupDriver, units: Option<Box<dyn UnitManager>>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cgroup");
+    let mountinfo = match kind {
+        Kind::V1 => legacy_mountinfo(&root),
+        Kind::V2 => unified_mountinfo(&root),
+        Kind::Hybrid => hybrid_mountinfo(&root),
+    };
+    // The mounts' roots, as the kernel shows them.
+    let text = &mountinfo;
+    let parsed = Layout::parse(text, &root, |_| Ok(String::new())).unwrap();
+    for h in &parsed.hierarchies {
+        std::fs::create_dir_all(&h.mount).unwrap();
+        fs::tests::populate(&h.mount, h);
+        if h.has("cpuset") {
+            std::fs::write(h.mount.join("cpuset.cpus"), "0-3").unwrap();
+            std::fs::write(h.mount.join("cpuset.mems"), "0").unwrap();
+        }
+    }
+    if kind == Kind::Hybrid {
+        std::fs::write(root.join("unified/cgroup.controllers"), "hugetlb").unwrap();
+    }
+    let mi = dir.path().join("mountinfo");
+    std::fs::write(&mi, mountinfo).unwrap();
+    let layout = Layout::detect(&mi, &root).unwrap();
+    let mut cg = Cgroups::with_parts(driver, layout, units);
+    cg.tree.fake_kernel = true;
+    Fixture {
+        _dir: dir,
+        root,
+        cg,
+    }
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p.as_ref())
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.as_ref().display()))
+        .trim()
+        .to_string()
+}
+
+fn limits() -> Resources {
+    Resources {
+        cpu_shares: Some(512),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        cpuset_cpus: Some("1".into()),
+        memory_limit: Some(64 << 20),
+        memory_swap_limit: Some(96 << 20),
+        hugepage_limits: [("2MB".to_string(), 2 << 20)].into(),
+        pids_limit: Some(50),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn v1_pod_and_container_get_their_limits() {
+    let f = fixture(Kind::V1);
+    let pod = f.cg.pod_path("", "p1").unwrap();
+    assert_eq!(pod.path, "/crius/pod-p1");
+    assert!(f.cg.create(&pod, &limits()).unwrap());
+    let r = &f.root;
+    assert_eq!(read(r.join("cpu,cpuacct/crius/pod-p1/cpu.shares")), "512");
+    assert_eq!(
+        read(r.join("cpu,cpuacct/crius/pod-p1/cpu.cfs_quota_us")),
+        "50000"
+    );
+    assert_eq!(
+        read(r.join("memory/crius/pod-p1/memory.limit_in_bytes")),
+        "67108864"
+    );
+    assert_eq!(
+        read(r.join("memory/crius/pod-p1/memory.memsw.limit_in_bytes")),
+        "100663296"
+    );
+    assert_eq!(read(r.join("pids/crius/pod-p1/pids.max")), "50");
+    assert_eq!(
+        read(r.join("hugetlb/crius/pod-p1/hugetlb.2MB.limit_in_bytes")),
+        "2097152"
+    );
+    // New v1 cpusets are seeded from their parent, then limited.
+    assert_eq!(read(r.join("cpuset/crius/cpuset.cpus")), "0-3");
+    assert_eq!(read(r.join("cpuset/crius/pod-p1/cpuset.cpus")), "1");
+    assert_eq!(read(r.join("cpuset/crius/pod-p1/cpuset.mems")), "0");
+    // Every hierarchy has the cgroup; freezer too.
+    assert!(r.join("freezer/crius/pod-p1").is_dir());
+
+    let c = f.cg.container_path(&pod, "c1").unwrap();
+    f.cg.create_with_pid(&c, &Resources::default(), std::process::id() as i32)
+        .unwrap();
+    assert_eq!(f.cg.procs_files(&c).len(), 6);
+    for file in f.cg.procs_files(&c) {
+        assert_eq!(read(file), std::process::id().to_string());
+    }
+    assert_eq!(f.cg.procs(&pod).unwrap(), vec![std::process::id() as i32]);
+}
+
+#[test]
+fn existing_cgroup_is_left_as_kubelet_set_it() {
+    let f = fixture(Kind::V1);
+    let pod = f.cg.pod_path("/kubepods/burstable/podu1", "p1").unwrap();
+    assert!(f.cg.create(&pod, &Resources::default()).unwrap());
+    let shares = f
+        .root
+        .join("cpu,cpuacct/kubepods/burstable/podu1/cpu.shares");
+    assert_eq!(read(&shares), "1024");
+    assert!(!f.cg.create(&pod, &limits()).unwrap());
+    assert_eq!(read(&shares), "1024");
+}
+
+#[test]
+fn v2_enables_controllers_and_converts() {
+    let f = fixture(Kind::V2);
+    assert!(f.cg.is_unified());
+    let pod = f.cg.pod_path("/kubepods/podu2", "p").unwrap();
+    let mut res = limits();
+    res.unified.insert("memory.oom.group".into(), "1".into());
+    assert!(f.cg.create(&pod, &res).unwrap());
+    let d = f.root.join("kubepods/podu2");
+    assert_eq!(read(d.join("cpu.weight")), "20");
+    assert_eq!(read(d.join("cpu.max")), "50000 100000");
+    assert_eq!(read(d.join("memory.max")), "67108864");
+    assert_eq!(read(d.join("memory.swap.max")), "33554432");
+    assert_eq!(read(d.join("hugetlb.2MB.max")), "2097152");
+    assert_eq!(read(d.join("pids.max")), "50");
+    assert_eq!(read(d.join("memory.oom.group")), "1");
+    assert_eq!(read(d.join("cpuset.cpus")), "1");
+    // Every ancestor delegates its controllers down.
+    for anc in [f.root.clone(), f.root.join("kubepods")] {
+        let sc = read(anc.join("cgroup.subtree_control"));
+        assert!(sc.contains("+memory") && sc.contains("+cpu"), "{sc}");
+    }
+}
+
+#[test]
+fn hybrid_host_writes_hugetlb_to_the_unified_mount() {
+    let f = fixture(Kind::Hybrid);
+    assert!(!f.cg.is_unified());
+    assert_eq!(f.cg.layout().mode, Mode::Hybrid);
+    let pod = f.cg.pod_path("", "h").unwrap();
+    assert!(f.cg.create(&pod, &limits()).unwrap());
+    assert_eq!(
+        read(f.root.join("unified/crius/pod-h/hugetlb.2MB.max")),
+        "2097152"
+    );
+    assert_eq!(read(f.root.join("cpu/crius/pod-h/cpu.shares")), "512");
+    assert_eq!(
+        read(f.root.join("unified/cgroup.subtree_control")),
+        "+hugetlb"
+    );
+    // The process joins the unified hierarchy too.
+    let c = f.cg.container_path(&pod, "c").unwrap();
+    f.cg.create_with_pid(&c, &Resources::default(), 7).unwrap();
+    assert_eq!(
+        read(f.root.join("unified/crius/pod-h/crius-c/cgroup.procs")),
+        "7"
+    );
+}
+
+#[test]
+fn update_is_all_or_nothing() {
+    let f = fixture(Kind::V2);
+    let pod = f.cg.pod_path("", "u").unwrap();
+    f.cg.create(&pod, &limits()).unwrap();
+    let d = f.root.join("crius/pod-u");
+
+    // A file that cannot be read mid-way: what was written is restored.
+    std::fs::write(d.join("pids.max"), [0xff, 0xfe]).unwrap();
+    let res = Resources {
+        cpu_shares: Some(2048),
+        memory_limit: Some(32 << 20),
+        pids_limit: Some(10),
+        ..Default::default()
+    };
+    let e = f.cg.update(&pod, &res).unwrap_err();
+    assert!(e.to_string().contains("pids.max"), "{e}");
+    assert_eq!(read(d.join("cpu.weight")), "20");
+    assert_eq!(read(d.join("memory.max")), "67108864");
+
+    // A missing file is found before anything is written.
+    std::fs::remove_file(d.join("pids.max")).unwrap();
+    let e = f.cg.update(&pod, &res).unwrap_err();
+    assert!(matches!(e, Error::MissingFile { .. }), "{e}");
+    assert_eq!(read(d.join("cpu.weight")), "20");
+
+    // Bad values are refused before anything is written.
+    let e =
+        f.cg.update(
+            &pod,
+            &Resources {
+                cpu_shares: Some(2048),
+                cpu_quota: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        crate::error::Classify::kind(&e),
+        crate::error::Kind::InvalidArgument
+    );
+    assert_eq!(read(d.join("cpu.weight")), "20");
+
+    std::fs::write(d.join("pids.max"), "50").unwrap();
+    f.cg.update(&pod, &res).unwrap();
+    assert_eq!(read(d.join("cpu.weight")), "79");
+    assert_eq!(read(d.join("memory.max")), "33554432");
+    assert_eq!(read(d.join("pids.max")), "10");
+
+    let gone = f.cg.pod_path("", "gone").unwrap();
+    let e = f.cg.update(&gone, &res).unwrap_err();
+    assert!(e.to_string().contains("pod-gone"), "{e}");
+}
+
+#[test]
+fn v1_memory_order_follows_the_current_memsw() {
+    let f = fixture(Kind::V1);
+    let pod = f.cg.pod_path("", "m").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    let d = f.root.join("memory/crius/pod-m");
+    let writes = resources::plan(
+        f.cg.layout(),
+        &Resources {
+            memory_limit: Some(100),
+            memory_swap_limit: Some(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // memsw currently unlimited: memory may go first.
+    f.cg.tree.apply(&pod.path, &writes).unwrap();
+    assert_eq!(read(d.join("memory.memsw.limit_in_bytes")), "200");
+    // Raising both above the current memsw: the plan order would write
+    // memory 300 > memsw 200 first; the kernel refuses that, so crius
+    // raises memsw first. Seen through a file that records the order.
+    let raise = resources::plan(
+        f.cg.layout(),
+        &Resources {
+            memory_limit: Some(300),
+            memory_swap_limit: Some(400),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut todo: Vec<(PathBuf, &resources::Write)> =
+        raise.iter().map(|w| (d.join(&w.file), w)).collect();
+    super::fs::order_v1_memory(&mut todo);
+    assert_eq!(todo[0].1.file, "memory.memsw.limit_in_bytes");
+}
+
+#[test]
+fn kill_all_kills_through_the_freezer_on_v1() {
+    let f = fixture(Kind::V1);
+    let pod = f.cg.pod_path("", "k").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    let c = f.cg.container_path(&pod, "c").unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    f.cg.create_with_pid(&c, &Resources::default(), child.id() as i32)
+        .unwrap();
+    f.cg.kill_all(&pod).unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(
+        read(f.root.join("freezer/crius/pod-k/freezer.state")),
+        "THAWED"
+    );
+}
+
+#[test]
+fn kill_all_uses_cgroup_kill_on_v2() {
+    let f = fixture(Kind::V2);
+    let pod = f.cg.pod_path("", "k").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    f.cg.kill_all(&pod).unwrap();
+    assert_eq!(read(f.root.join("crius/pod-k/cgroup.kill")), "1");
+}
+
+#[test]
+fn oom_counters_and_stats() {
+    let f = fixture(Kind::V1);
+    let pod = f.cg.pod_path("", "o").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    assert_eq!(f.cg.oom_kills(&pod).unwrap(), 0);
+    std::fs::write(
+        f.root.join("memory/crius/pod-o/memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    )
+    .unwrap();
+    assert_eq!(f.cg.oom_kills(&pod).unwrap(), 3);
+    let s = f.cg.stats(&pod).unwrap();
+    assert_eq!(s.cpu_usage_ns, Some(12345));
+    assert_eq!(s.memory_working_set_bytes, Some(4096 - 1024));
+    assert_eq!(s.pids, Some(0));
+
+    let f = fixture(Kind::V2);
+    let pod = f.cg.pod_path("", "o").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    std::fs::write(
+        f.root.join("crius/pod-o/memory.events"),
+        "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n",
+    )
+    .unwrap();
+    assert_eq!(f.cg.oom_kills(&pod).unwrap(), 2);
+    let s = f.cg.stats(&pod).unwrap();
+    assert_eq!(s.cpu_usage_ns, Some(7000));
+    assert_eq!(s.memory_usage_bytes, Some(8192));
+    assert_eq!(s.memory_working_set_bytes, Some(4096));
+}
+
+#[test]
+fn remove_is_recursive_and_idempotent() {
+    let f = fixture(Kind::Hybrid);
+    let pod = f.cg.pod_path("", "r").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    let c = f.cg.container_path(&pod, "c").unwrap();
+    f.cg.create_with_pid(&c, &Resources::default(), 1).unwrap();
+    f.cg.remove(&pod).unwrap();
+    for h in &f.cg.layout().hierarchies {
+        assert!(!h.dir(&pod.path).exists(), "{}", h.mount.display());
+        assert!(h.dir("/crius").exists());
+    }
+    f.cg.remove(&pod).unwrap();
+    let root = CgroupPath {
+        path: "/".into(),
+        unit: None,
+    };
+    assert!(f.cg.remove(&root).is_err());
+}
+
+#[test]
+fn create_with_pid_refuses_an_existing_leaf() {
+    let f = fixture(Kind::V2);
+    let pod = f.cg.pod_path("", "e").unwrap();
+    let c = f.cg.container_path(&pod, "c").unwrap();
+    f.cg.create_with_pid(&c, &Resources::default(), 5).unwrap();
+    let e =
+        f.cg.create_with_pid(&c, &Resources::default(), 6)
+            .unwrap_err();
+    assert_eq!(
+        crate::error::Classify::kind(&e),
+        crate::error::Kind::AlreadyExists
+    );
+}
+
+#[test]
+fn default_parent_is_checked_per_driver() {
+    let f = fixture(Kind::V2);
+    assert!(
+        Cgroups::with_parts(CgroupDriver::Cgroupfs, f.cg.layout().clone(), None)
+            .with_default_parent("relative")
+            .is_err()
+    );
+    let cg = Cgroups::with_parts(CgroupDriver::Cgroupfs, f.cg.layout().clone(), None)
+        .with_default_parent("/other")
+        .unwrap();
+    assert_eq!(cg.pod_path("", "x").unwrap().path, "/other/pod-x");
+}
+
+/// What systemd would do: records calls, and makes a started unit's cgroup.
+#[derive(Debug, Default)]
+struct FakeSystemd {
+    calls: Mutex<Vec<String>>,
+    units: Mutex<Vec<String>>,
+}
+
+#[derive(Debug)]
+struct Shared(Arc<FakeSystemd>);
+
+impl UnitManager for Shared {
+    fn start(&self, unit: &Unit, res: &Resources, pid: Option<i32>) -> Result<(), Error> {
+        let s = &self.0;
+        s.calls.lock().unwrap().push(format!(
+            "start {} in {} pid {pid:?} props {}",
+            unit.name,
+            unit.slice,
+            systemd::start_properties(unit, res, pid, true)?.len()
+        ));
+        s.units.lock().unwrap().push(unit.name.clone());
+        Ok(())
+    }
+
+    fn exists(&self, unit: &Unit) -> Result<bool, Error> {
+        Ok(self.0.units.lock().unwrap().contains(&unit.name))
+    }
+
+    fn set_resources(&self, unit: &Unit, res: &Resources) -> Result<(), Error> {
+        let n = systemd::resource_properties(res, true)?.len();
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("set {} {n}", unit.name));
+        Ok(())
+    }
+
+    fn stop(&self, unit: &Unit) -> Result<(), Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("stop {}", unit.name));
+        self.0.units.lock().unwrap().retain(|u| *u != unit.name);
+        Ok(())
+    }
+}
+
+#[test]
+fn systemd_driver_starts_slices_and_scopes() {
+    let fake = Arc::new(FakeSystemd::default());
+    let f = fixture_with(
+        Kind::V2,
+        CgroupDriver::Systemd,
+        Some(Box::new(Shared(fake.clone()))),
+    );
+    let pod =
+        f.cg.pod_path("kubepods-burstable-podu9.slice", "p")
+            .unwrap();
+    assert!(f.cg.create(&pod, &limits()).unwrap());
+    let d = f
+        .root
+        .join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podu9.slice");
+    assert_eq!(read(d.join("memory.max")), "67108864");
+    // A unit that exists is kubelet's.
+    assert!(!f.cg.create(&pod, &limits()).unwrap());
+
+    let c = f.cg.container_path(&pod, "c1").unwrap();
+    let e = f.cg.create(&c, &Resources::default()).unwrap_err();
+    assert!(matches!(e, Error::NeedsProcess(_)), "{e}");
+    f.cg.create_with_pid(
+        &c,
+        &Resources {
+            pids_limit: Some(9),
+            ..Default::default()
+        },
+        77,
+    )
+    .unwrap();
+    assert_eq!(read(d.join("crius-c1.scope/pids.max")), "9");
+    assert_eq!(read(d.join("crius-c1.scope/cgroup.procs")), "77");
+    f.cg.update(
+        &c,
+        &Resources {
+            pids_limit: Some(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(read(d.join("crius-c1.scope/pids.max")), "10");
+    f.cg.remove(&c).unwrap();
+    assert!(!d.join("crius-c1.scope").exists());
+    f.cg.remove(&pod).unwrap();
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        [
+            "start kubepods-burstable-podu9.slice in kubepods-burstable.slice pid None props 12",
+            "start crius-c1.scope in kubepods-burstable-podu9.slice pid Some(77) props 9",
+            "set crius-c1.scope 1",
+            "stop crius-c1.scope",
+            "stop kubepods-burstable-podu9.slice",
+        ]
+    );
+}
+
+#[test]
+fn systemd_failed_create_stops_the_unit_and_leaves_nothing() {
+    let fake = Arc::new(FakeSystemd::default());
+    let f = fixture_with(
+        Kind::V2,
+        CgroupDriver::Systemd,
+        Some(Box::new(Shared(fake.clone()))),
+    );
+    let pod = f.cg.pod_path("", "p").unwrap();
+    assert_eq!(pod.path, "/crius.slice/crius-podp.slice");
+    // A file this (fake) kernel lacks.
+    let res = Resources {
+        unified: [("memory.high".to_string(), "1000".to_string())].into(),
+        ..Default::default()
+    };
+    let e = f.cg.create(&pod, &res).unwrap_err();
+    assert!(matches!(e, Error::MissingFile { .. }), "{e}");
+    assert!(!f.root.join("crius.slice").exists());
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        [
+            "start crius-podp.slice in crius.slice pid None props 6",
+            "stop crius-podp.slice"
+        ]
+    );
+}

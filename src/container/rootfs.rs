@@ -1,0 +1,481 @@
+//! The container's root filesystem as a plan: the ordered mount steps that
+//! turn the image layers and the Spec's mounts into the tree the container
+//! sees, computed as data so it is unit-tested without privileges. The
+//! engine in src/linux executes the steps, inside the container's new mount
+//! namespace, in this order (runc's `prepareRootfs`):
+//!
+//! 1. root propagation from the Spec (rslave / rshared / rprivate, recursive)
+//! 2. the rootfs' parent made private (pivot_root fails on a shared parent)
+//! 3. overlayfs over the layer dirs with the container's upper/work dirs
+//! 4. the rootfs bind-mounted onto itself (pivot_root needs a mount point)
+//! 5. the Spec's mounts, targets created beneath the rootfs, each followed by
+//!    its read-only remount and propagation change where asked
+//! 6. device nodes and the /dev symlinks
+//! 7. pivot_root(".", "."), old root detached; masked and read-only paths;
+//!    the root remounted read-only when the Spec asks.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use oci_spec::runtime::Spec;
+
+use crate::error::{Classify, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mount destination {0:?} is not absolute")]
+    RelativeDestination(PathBuf),
+    #[error("mount destination {0:?} escapes the rootfs")]
+    Escapes(PathBuf),
+    #[error("unknown rootfs propagation {0:?}")]
+    Propagation(String),
+    #[error("the overlay options for {layers} layers exceed one page ({len} bytes)")]
+    OverlayTooLong { layers: usize, len: usize },
+    #[error("an image needs at least one layer")]
+    NoLayers,
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        Kind::InvalidArgument
+    }
+}
+
+/// Parsed OCI mount options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Flags for the mount(2) call itself.
+    pub flags: MsFlags,
+    /// Propagation changes applied after the mount (each its own call).
+    pub propagation: Vec<MsFlags>,
+    /// Filesystem-specific data, comma-joined.
+    pub data: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            flags: MsFlags::empty(),
+            propagation: Vec::new(),
+            data: String::new(),
+        }
+    }
+}
+
+impl MountOptions {
+    pub fn is_bind(&self) -> bool {
+        self.flags.contains(MsFlags::MS_BIND)
+    }
+
+    /// A bind mount ignores MS_RDONLY & co.; they need a remount.
+    pub fn needs_remount(&self) -> bool {
+        self.is_bind() && !(self.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC)).is_empty()
+    }
+}
+
+/// Parses OCI/fstab-style options as runc does: flags, their negations,
+/// propagation keywords; anything else is filesystem data.
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut out = MountOptions::default();
+    let mut data = Vec::new();
+    for opt in options {
+        let (set, clear): (MsFlags, MsFlags) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                out.propagation
+                    .push(propagation_flags(opt).expect("listed above"));
+                continue;
+            }
+            _ => {
+                data.push(opt.as_str());
+                continue;
+            }
+        };
+        out.flags |= set;
+        out.flags &= !clear;
+    }
+    out.data = data.join(",");
+    out
+}
+
+/// The mount(2) flags of a propagation keyword.
+pub fn propagation_flags(name: &str) -> Option<MsFlags> {
+    let rec = MsFlags::MS_REC;
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | rec,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | rec,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | rec,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | rec,
+        _ => return None,
+    })
+}
+
+/// The image side of the rootfs: read-only layers and the container's own
+/// writable dirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overlay {
+    /// Layer dirs, lowest (base) first.
+    pub layers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// mount(2) data is limited to one page.
+const PAGE: usize = 4096;
+
+impl Overlay {
+    /// The overlayfs mount data. overlayfs lists lowerdir top-most first.
+    pub fn data(&self) -> Result<String, Error> {
+        if self.layers.is_empty() {
+            return Err(Error::NoLayers);
+        }
+        let lower: Vec<String> = self
+            .layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            self.upper.display(),
+            self.work.display()
+        );
+        if data.len() >= PAGE {
+            return Err(Error::OverlayTooLong {
+                layers: self.layers.len(),
+                len: data.len(),
+            });
+        }
+        Ok(data)
+    }
+}
+
+/// What a mount target must be created as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Dir,
+    /// A bind mount of a non-directory source needs a file to mount on.
+    File,
+}
+
+/// One step of the plan; paths are absolute on the host (before pivot_root)
+/// or in the container (after it), as each step says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// mount(NULL, "/", NULL, flags) — recursive propagation of every mount.
+    RootPropagation(MsFlags),
+    /// Make the mount that holds this (host) path private.
+    PrivateParent(PathBuf),
+    /// Mount the overlay at the (host) rootfs path.
+    Overlay { target: PathBuf, data: String },
+    /// Bind-mount the rootfs onto itself.
+    BindSelf(PathBuf),
+    /// One Spec mount at a host path beneath the rootfs (already resolved
+    /// safely by the executor: symlinks inside the rootfs must not lead out).
+    Mount {
+        source: PathBuf,
+        target: PathBuf,
+        fstype: String,
+        options: MountOptions,
+        kind: TargetKind,
+    },
+    /// /dev nodes bind-mounted from the host's (works without mknod rights
+    /// in user namespaces) and the standard /dev symlinks.
+    Devices { dev: PathBuf },
+    /// pivot_root(".", ".") in the rootfs, then detach the old root.
+    PivotRoot(PathBuf),
+    /// Container paths to mask (/dev/null over files, a read-only tmpfs
+    /// over directories).
+    Mask(Vec<PathBuf>),
+    /// Container paths to make read-only (bind onto itself + remount ro).
+    ReadOnly(Vec<PathBuf>),
+    /// Remount the container's / read-only.
+    ReadOnlyRoot,
+}
+
+/// `dest` joined beneath `rootfs`, lexically: `..` cannot climb out. (The
+/// executor also resolves symlinks beneath the root when it opens targets.)
+pub fn beneath(rootfs: &Path, dest: &Path) -> Result<PathBuf, Error> {
+    use std::path::Component;
+    if !dest.is_absolute() {
+        return Err(Error::RelativeDestination(dest.into()));
+    }
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in dest.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::ParentDir if parts.pop().is_none() => {
+                return Err(Error::Escapes(dest.into()));
+            }
+            _ => {}
+        }
+    }
+    let mut out = rootfs.to_path_buf();
+    out.extend(parts);
+    Ok(out)
+}
+
+/// The plan for `spec` over `overlay`. `source_is_dir` tells whether a bind
+/// source is a directory (the executor stats it; tests fake it).
+pub fn plan(
+    spec: &Spec,
+    overlay: &Overlay,
+    source_is_dir: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<Step>, Error> {
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default();
+    let linux = spec.linux().as_ref();
+    let propagation = linux
+        .and_then(|l| l.rootfs_propagation().clone())
+        .unwrap_or_else(|| "rprivate".into());
+    let root_flags = propagation_flags(&propagation).ok_or(Error::Propagation(propagation))?;
+
+    // 1-4: propagation, private parent, overlay, self bind.
+    let mut steps = vec![
+        Step::RootPropagation(root_flags | MsFlags::MS_REC),
+        Step::PrivateParent(root.parent().unwrap_or(Path::new("/")).to_path_buf()),
+        Step::Overlay {
+            target: root.clone(),
+            data: overlay.data()?,
+        },
+        Step::BindSelf(root.clone()),
+    ];
+
+    // 5: the Spec's mounts, in order.
+    let mut dev = None;
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let target = beneath(&root, m.destination())?;
+        let options = parse_options(m.options().as_deref().unwrap_or_default());
+        let source = m.source().clone().unwrap_or_default();
+        let fstype = m.typ().clone().unwrap_or_else(|| "none".into());
+        let kind = if options.is_bind() && !source_is_dir(&source) {
+            TargetKind::File
+        } else {
+            TargetKind::Dir
+        };
+        if m.destination() == Path::new("/dev") {
+            dev = Some(target.clone());
+        }
+        steps.push(Step::Mount {
+            source,
+            target,
+            fstype,
+            options,
+            kind,
+        });
+    }
+
+    // 6: device nodes where /dev is a fresh tmpfs.
+    if let Some(dev) = dev {
+        steps.push(Step::Devices { dev });
+    }
+
+    // 7: pivot, then the paths that only make sense from inside.
+    steps.push(Step::PivotRoot(root.clone()));
+    if let Some(l) = linux {
+        let paths = |v: &Option<Vec<String>>| -> Vec<PathBuf> {
+            v.as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(PathBuf::from)
+                .collect()
+        };
+        let masked = paths(l.masked_paths());
+        if !masked.is_empty() {
+            steps.push(Step::Mask(masked));
+        }
+        let readonly = paths(l.readonly_paths());
+        if !readonly.is_empty() {
+            steps.push(Step::ReadOnly(readonly));
+        }
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        steps.push(Step::ReadOnlyRoot);
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spec::{
+        self, BindMount, ContainerConfig, ImageConfig, PidNamespace, PodContext, Propagation,
+    };
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_like_runc() {
+        let o = parse_options(&strings(&["rbind", "rslave", "ro", "nosuid"]));
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        );
+        assert_eq!(o.propagation, [MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+        assert!(o.needs_remount());
+        let o = parse_options(&strings(&["nosuid", "mode=755", "size=65536k", "ro", "rw"]));
+        assert_eq!(o.flags, MsFlags::MS_NOSUID, "rw clears an earlier ro");
+        assert_eq!(o.data, "mode=755,size=65536k");
+        assert!(!parse_options(&strings(&["rbind", "rw"])).needs_remount());
+    }
+
+    #[test]
+    fn beneath_never_climbs_out() {
+        let r = Path::new("/r");
+        assert_eq!(
+            beneath(r, Path::new("/a/../b")).unwrap(),
+            PathBuf::from("/r/b")
+        );
+        assert!(matches!(
+            beneath(r, Path::new("/../etc")),
+            Err(Error::Escapes(_))
+        ));
+        assert!(matches!(
+            beneath(r, Path::new("etc")),
+            Err(Error::RelativeDestination(_))
+        ));
+    }
+
+    #[test]
+    fn overlay_lists_the_top_layer_first_and_fits_a_page() {
+        let o = Overlay {
+            layers: vec!["/l/1".into(), "/l/2".into()],
+            upper: "/c/u".into(),
+            work: "/c/w".into(),
+        };
+        assert_eq!(
+            o.data().unwrap(),
+            "lowerdir=/l/2:/l/1,upperdir=/c/u,workdir=/c/w"
+        );
+        let many = Overlay {
+            layers: (0..1000)
+                .map(|i| PathBuf::from(format!("/var/lib/crius/layers/{i}")))
+                .collect(),
+            ..o.clone()
+        };
+        assert!(matches!(many.data(), Err(Error::OverlayTooLong { .. })));
+        let none = Overlay {
+            layers: vec![],
+            ..o
+        };
+        assert!(matches!(none.data(), Err(Error::NoLayers)));
+    }
+
+    #[test]
+    fn plan_orders_the_steps() {
+        let pod = PodContext {
+            net_ns: None,
+            ipc_ns: None,
+            uts_ns: None,
+            pid: PidNamespace::Container,
+            shm: "/run/crius/pods/p/shm".into(),
+            hostname_file: Some("/run/crius/pods/p/hostname".into()),
+            resolv_conf: None,
+            cgroup_path: "/crius/c".into(),
+            cgroup_v2: false,
+        };
+        let config = ContainerConfig {
+            command: strings(&["/bin/sh"]),
+            mounts: vec![BindMount {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                propagation: Propagation::Bidirectional,
+            }],
+            ..Default::default()
+        };
+        let built = spec::build(
+            &config,
+            &ImageConfig::default(),
+            &pod,
+            Path::new("/run/c/rootfs"),
+        )
+        .unwrap();
+        let overlay = Overlay {
+            layers: vec!["/l/1".into()],
+            upper: "/c/u".into(),
+            work: "/c/w".into(),
+        };
+        let is_dir = |p: &Path| p != Path::new("/run/crius/pods/p/hostname");
+        let steps = plan(&built.spec, &overlay, &is_dir).unwrap();
+        assert_eq!(
+            steps[0],
+            Step::RootPropagation(MsFlags::MS_SHARED | MsFlags::MS_REC)
+        );
+        assert_eq!(steps[1], Step::PrivateParent("/run/c".into()));
+        assert!(
+            matches!(&steps[2], Step::Overlay { target, .. } if target == Path::new("/run/c/rootfs"))
+        );
+        assert_eq!(steps[3], Step::BindSelf("/run/c/rootfs".into()));
+        let mount_at = |dest: &str| {
+            steps
+                .iter()
+                .position(|s| matches!(s, Step::Mount { target, .. } if target == Path::new(dest)))
+                .unwrap_or_else(|| panic!("{dest} mounted"))
+        };
+        assert!(mount_at("/run/c/rootfs/dev") < mount_at("/run/c/rootfs/dev/pts"));
+        let hostname = &steps[mount_at("/run/c/rootfs/etc/hostname")];
+        assert!(matches!(
+            hostname,
+            Step::Mount {
+                kind: TargetKind::File,
+                ..
+            }
+        ));
+        let data = &steps[mount_at("/run/c/rootfs/data")];
+        assert!(
+            matches!(data, Step::Mount { options, kind: TargetKind::Dir, .. } if options.needs_remount())
+        );
+        let devices = steps
+            .iter()
+            .position(|s| matches!(s, Step::Devices { .. }))
+            .unwrap();
+        let pivot = steps
+            .iter()
+            .position(|s| matches!(s, Step::PivotRoot(_)))
+            .unwrap();
+        assert!(mount_at("/run/c/rootfs/data") < devices && devices < pivot);
+        assert!(matches!(steps[pivot + 1], Step::Mask(_)));
+        assert!(matches!(steps[pivot + 2], Step::ReadOnly(_)));
+        assert!(!steps.contains(&Step::ReadOnlyRoot));
+    }
+}

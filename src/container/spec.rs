@@ -1,0 +1,711 @@
+//! CRI container config → OCI runtime Spec, the way containerd and CRI-O
+//! build it: Kubernetes command/args rules over the image's Entrypoint/Cmd,
+//! image env overridden by the config's, default mounts (/proc, /dev, /sys,
+//! the pod's /dev/shm, hostname and resolv.conf), CRI mounts with their
+//! propagation, namespaces from the pod and the PID mode, resources, and
+//! containerd 2's default capability set.
+//!
+//! Environment values are bytes in the CRI (`KeyValue.value`), but
+//! `Spec.process.env` is `Vec<String>`: the exact bytes travel beside the
+//! Spec in [`Built::env`], and the Spec carries a lossy copy for display.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use crate::error::{Classify, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no command specified: the config has no command or args and the image no entrypoint or cmd"
+    )]
+    NoCommand,
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("build the OCI spec")]
+    Oci(#[from] oci_spec::OciSpecError),
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::NoCommand | Error::Invalid { .. } => Kind::InvalidArgument,
+            Error::Oci(_) => Kind::Internal,
+        }
+    }
+}
+
+/// What the image contributes (its OCI config).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+}
+
+/// Mount propagation, as the CRI names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
+}
+
+/// A CRI bind mount.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BindMount {
+    pub container_path: String,
+    pub host_path: PathBuf,
+    pub readonly: bool,
+    pub propagation: Propagation,
+}
+
+/// A CRI device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub container_path: String,
+    pub host_path: PathBuf,
+    pub permissions: String,
+}
+
+/// CRI LinuxContainerResources, in crius's own terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub cpu_period: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_shares: Option<u64>,
+    pub memory_limit: Option<i64>,
+    pub memory_swap_limit: Option<i64>,
+    pub oom_score_adj: Option<i32>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// Page size ("2MB", "1GB") → limit in bytes.
+    pub hugepage_limits: BTreeMap<String, u64>,
+    /// cgroup v2 files written verbatim (kubelet sends memory.oom.group=1).
+    pub unified: BTreeMap<String, String>,
+}
+
+/// The part of the CRI security context this translation applies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Security {
+    pub privileged: bool,
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_username: String,
+    pub supplemental_groups: Vec<u32>,
+    pub readonly_rootfs: bool,
+    pub no_new_privs: bool,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    /// Paths to mask / make read-only; empty = containerd's defaults
+    /// (kubelet sends its own list for unprivileged containers).
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+}
+
+/// The CRI container config, in crius's own terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: String,
+    /// (key, value bytes), in request order.
+    pub envs: Vec<(String, Vec<u8>)>,
+    pub mounts: Vec<BindMount>,
+    pub devices: Vec<Device>,
+    pub annotations: BTreeMap<String, String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub resources: Resources,
+    pub security: Security,
+}
+
+/// Which PID namespace the container's processes live in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PidNamespace {
+    /// Its own, new one: the entrypoint is PID 1 (CRI CONTAINER).
+    Container,
+    /// The pod's, joined by path (CRI POD, the default).
+    Pod(PathBuf),
+    /// The host's (CRI NODE).
+    Node,
+    /// Another container's, joined by path (CRI TARGET).
+    Target(PathBuf),
+}
+
+/// What the pod provides to each of its containers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodContext {
+    /// Pinned namespace files; `None` = the host's namespace.
+    pub net_ns: Option<PathBuf>,
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    pub pid: PidNamespace,
+    /// The pod's /dev/shm (host's /dev/shm for hostIPC pods).
+    pub shm: PathBuf,
+    pub hostname_file: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
+    /// The container's cgroup, as the cgroup layer names it.
+    pub cgroup_path: PathBuf,
+    /// cgroup v2 only: a private cgroup namespace and a read-only /sys/fs/cgroup.
+    pub cgroup_v2: bool,
+}
+
+/// The translation's result.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub spec: Spec,
+    /// The process environment, exact bytes, `KEY=value` each.
+    pub env: Vec<Vec<u8>>,
+    /// The user as the config and image ask for it, resolved against the
+    /// rootfs's /etc/passwd by `user::resolve` before the process starts.
+    pub user: String,
+}
+
+/// containerd 2's default capability set for unprivileged containers.
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Every capability oci-spec knows: what a privileged container asks for.
+pub const ALL_CAPABILITIES: [Capability; 41] = [
+    Capability::AuditControl,
+    Capability::AuditRead,
+    Capability::AuditWrite,
+    Capability::BlockSuspend,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::Kill,
+    Capability::Lease,
+    Capability::LinuxImmutable,
+    Capability::MacAdmin,
+    Capability::MacOverride,
+    Capability::Mknod,
+    Capability::NetAdmin,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetRaw,
+    Capability::Perfmon,
+    Capability::Setgid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysChroot,
+    Capability::SysModule,
+    Capability::SysNice,
+    Capability::SysPacct,
+    Capability::SysPtrace,
+    Capability::SysRawio,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+];
+
+/// Paths masked for unprivileged containers (containerd's defaults).
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths made read-only for unprivileged containers (containerd's defaults).
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The process arguments by the Kubernetes rules (containerd's
+/// WithProcessArgs): a command replaces the image's Entrypoint and Cmd;
+/// args alone replace only Cmd.
+pub fn process_args(config: &ContainerConfig, image: &ImageConfig) -> Result<Vec<String>, Error> {
+    let mut command = config.command.clone();
+    let mut args = config.args.clone();
+    if command.is_empty() {
+        if args.is_empty() {
+            args = image.cmd.clone();
+        }
+        if !(image.entrypoint.len() == 1 && image.entrypoint[0].is_empty()) {
+            command = image.entrypoint.clone();
+        }
+    }
+    command.extend(args);
+    if command.is_empty() {
+        return Err(Error::NoCommand);
+    }
+    Ok(command)
+}
+
+/// The environment: a default PATH, then the image's, then the config's, a
+/// later key replacing an earlier one in place.
+pub fn process_env(config: &ContainerConfig, image: &ImageConfig) -> Vec<Vec<u8>> {
+    let mut env: Vec<Vec<u8>> = Vec::new();
+    if !image.env.iter().any(|e| e.starts_with("PATH=")) {
+        set_env(&mut env, DEFAULT_PATH.as_bytes().to_vec());
+    }
+    for e in &image.env {
+        set_env(&mut env, e.as_bytes().to_vec());
+    }
+    for (key, value) in &config.envs {
+        let mut entry = key.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value);
+        set_env(&mut env, entry);
+    }
+    if config.tty && !env.iter().any(|e| e.starts_with(b"TERM=")) {
+        set_env(&mut env, b"TERM=xterm".to_vec());
+    }
+    env
+}
+
+/// Sets `KEY=value` in `env`, replacing an entry with the same key in place.
+fn set_env(env: &mut Vec<Vec<u8>>, entry: Vec<u8>) {
+    let key_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
+    let same_key = |e: &&mut Vec<u8>| {
+        e.len() > key_len && e[..key_len] == entry[..key_len] && e[key_len] == b'='
+    };
+    match env.iter_mut().find(same_key) {
+        Some(existing) => *existing = entry,
+        None => env.push(entry),
+    }
+}
+
+/// The user string the process runs as: run_as_user(:run_as_group),
+/// run_as_username, else the image's USER, else root.
+pub fn process_user(security: &Security, image: &ImageConfig) -> String {
+    let group = security
+        .run_as_group
+        .map(|g| format!(":{g}"))
+        .unwrap_or_default();
+    if let Some(uid) = security.run_as_user {
+        return format!("{uid}{group}");
+    }
+    if !security.run_as_username.is_empty() {
+        return format!("{}{group}", security.run_as_username);
+    }
+    if !image.user.is_empty() {
+        return image.user.clone();
+    }
+    format!("0{group}")
+}
+
+/// rshared if any mount is bidirectional, rslave if any is
+/// host-to-container, else rprivate.
+pub fn rootfs_propagation(mounts: &[BindMount]) -> &'static str {
+    if mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Bidirectional)
+    {
+        "rshared"
+    } else if mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::HostToContainer)
+    {
+        "rslave"
+    } else {
+        "rprivate"
+    }
+}
+
+fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount, Error> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// The mounts every container gets, before its CRI mounts.
+fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>, Error> {
+    let mut mounts = vec![
+        mount(
+            "/proc",
+            "proc",
+            Path::new("proc"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/dev",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            Path::new("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            Path::new("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            Path::new("sysfs"),
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+    ];
+    if pod.cgroup_v2 {
+        mounts.push(mount(
+            "/sys/fs/cgroup",
+            "cgroup2",
+            Path::new("cgroup"),
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?);
+    }
+    mounts.push(mount(
+        "/dev/shm",
+        "bind",
+        &pod.shm,
+        &["rbind", "rprivate", "rw"],
+    )?);
+    let rw = if readonly_rootfs { "ro" } else { "rw" };
+    if let Some(hostname) = &pod.hostname_file {
+        mounts.push(mount(
+            "/etc/hostname",
+            "bind",
+            hostname,
+            &["rbind", "rprivate", rw],
+        )?);
+    }
+    if let Some(resolv) = &pod.resolv_conf {
+        mounts.push(mount(
+            "/etc/resolv.conf",
+            "bind",
+            resolv,
+            &["rbind", "rprivate", rw],
+        )?);
+    }
+    Ok(mounts)
+}
+
+fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
+    if !m.container_path.starts_with('/') {
+        return Err(Error::Invalid {
+            field: "mount container_path",
+            reason: format!("{:?} is not absolute", m.container_path),
+        });
+    }
+    let propagation = match m.propagation {
+        Propagation::Private => "rprivate",
+        Propagation::HostToContainer => "rslave",
+        Propagation::Bidirectional => "rshared",
+    };
+    let rw = if m.readonly { "ro" } else { "rw" };
+    mount(
+        &m.container_path,
+        "bind",
+        &m.host_path,
+        &["rbind", propagation, rw],
+    )
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, Error> {
+    let mut b = LinuxNamespaceBuilder::default().typ(typ);
+    if let Some(p) = path {
+        b = b.path(p);
+    }
+    Ok(b.build()?)
+}
+
+fn namespaces(pod: &PodContext) -> Result<Vec<LinuxNamespace>, Error> {
+    use LinuxNamespaceType::*;
+    let mut ns = vec![namespace(Mount, None)?];
+    for (typ, path) in [
+        (Network, &pod.net_ns),
+        (Ipc, &pod.ipc_ns),
+        (Uts, &pod.uts_ns),
+    ] {
+        if let Some(p) = path {
+            ns.push(namespace(typ, Some(p))?);
+        }
+    }
+    match &pod.pid {
+        PidNamespace::Container => ns.push(namespace(Pid, None)?),
+        PidNamespace::Pod(p) | PidNamespace::Target(p) => ns.push(namespace(Pid, Some(p))?),
+        PidNamespace::Node => {}
+    }
+    if pod.cgroup_v2 {
+        ns.push(namespace(Cgroup, None)?);
+    }
+    Ok(ns)
+}
+
+/// "CAP_SYS_ADMIN" or "SYS_ADMIN", any case.
+fn parse_capability(name: &str) -> Result<Capability, Error> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    bare.parse().map_err(|_| Error::Invalid {
+        field: "capability",
+        reason: format!("unknown capability {name:?}"),
+    })
+}
+
+/// The capability set: containerd's default, plus adds, minus drops ("ALL"
+/// works for both); privileged containers get every capability (the engine
+/// keeps only those crius itself holds).
+pub fn capabilities(security: &Security) -> Result<Vec<Capability>, Error> {
+    let all = || ALL_CAPABILITIES.to_vec();
+    if security.privileged {
+        return Ok(all());
+    }
+    let is_all = |v: &Vec<String>| v.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+    let mut caps: Vec<Capability> = if is_all(&security.add_capabilities) {
+        all()
+    } else {
+        let mut c = DEFAULT_CAPABILITIES.to_vec();
+        for name in &security.add_capabilities {
+            let cap = parse_capability(name)?;
+            if !c.contains(&cap) {
+                c.push(cap);
+            }
+        }
+        c
+    };
+    if is_all(&security.drop_capabilities) {
+        // Only what was added explicitly survives a drop of ALL.
+        let mut kept = Vec::new();
+        for name in &security.add_capabilities {
+            if !name.eq_ignore_ascii_case("ALL") {
+                kept.push(parse_capability(name)?);
+            }
+        }
+        caps = kept;
+    } else {
+        for name in &security.drop_capabilities {
+            let cap = parse_capability(name)?;
+            caps.retain(|c| *c != cap);
+        }
+    }
+    Ok(caps)
+}
+
+fn resources(r: &Resources) -> Result<oci_spec::runtime::LinuxResources, Error> {
+    let mut cpu = LinuxCpuBuilder::default();
+    if let Some(v) = r.cpu_shares.filter(|&v| v > 0) {
+        cpu = cpu.shares(v);
+    }
+    if let Some(v) = r.cpu_quota.filter(|&v| v != 0) {
+        cpu = cpu.quota(v);
+    }
+    if let Some(v) = r.cpu_period.filter(|&v| v > 0) {
+        cpu = cpu.period(v);
+    }
+    if let Some(v) = r.cpuset_cpus.as_ref().filter(|v| !v.is_empty()) {
+        cpu = cpu.cpus(v.clone());
+    }
+    if let Some(v) = r.cpuset_mems.as_ref().filter(|v| !v.is_empty()) {
+        cpu = cpu.mems(v.clone());
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if let Some(v) = r.memory_limit.filter(|&v| v > 0) {
+        memory = memory.limit(v);
+    }
+    if let Some(v) = r.memory_swap_limit.filter(|&v| v != 0) {
+        memory = memory.swap(v);
+    }
+    let hugepages = r
+        .hugepage_limits
+        .iter()
+        .map(|(size, limit)| {
+            LinuxHugepageLimitBuilder::default()
+                .page_size(size.clone())
+                .limit(*limit as i64)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut b = LinuxResourcesBuilder::default()
+        .cpu(cpu.build()?)
+        .memory(memory.build()?)
+        .hugepage_limits(hugepages);
+    if !r.unified.is_empty() {
+        b = b.unified(
+            r.unified
+                .clone()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    Ok(b.build()?)
+}
+
+/// Builds the OCI Spec for a container of `pod` running `image`.
+pub fn build(
+    config: &ContainerConfig,
+    image: &ImageConfig,
+    pod: &PodContext,
+    rootfs: &Path,
+) -> Result<Built, Error> {
+    let args = process_args(config, image)?;
+    let env = process_env(config, image);
+    let user = process_user(&config.security, image);
+    let cwd = [&config.working_dir, &image.working_dir]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(Error::Invalid {
+            field: "working_dir",
+            reason: format!("{cwd:?} is not absolute"),
+        });
+    }
+    let caps = capabilities(&config.security)?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(
+            caps.iter()
+                .copied()
+                .collect::<oci_spec::runtime::Capabilities>(),
+        )
+        .effective(
+            caps.iter()
+                .copied()
+                .collect::<oci_spec::runtime::Capabilities>(),
+        )
+        .permitted(
+            caps.iter()
+                .copied()
+                .collect::<oci_spec::runtime::Capabilities>(),
+        )
+        .build()?;
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .args(args)
+        .env(
+            env.iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect::<Vec<_>>(),
+        )
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(config.security.no_new_privs)
+        // The numeric ids are settled by user::resolve against the rootfs.
+        .user(
+            UserBuilder::default()
+                .uid(config.security.run_as_user.unwrap_or(0))
+                .gid(config.security.run_as_group.unwrap_or(0))
+                .additional_gids(config.security.supplemental_groups.clone())
+                .build()?,
+        );
+    if let Some(adj) = config.resources.oom_score_adj {
+        process = process.oom_score_adj(adj);
+    }
+
+    // Default mounts first; a CRI mount on the same destination replaces it.
+    let cri: Vec<Mount> = config
+        .mounts
+        .iter()
+        .map(cri_mount)
+        .collect::<Result<_, _>>()?;
+    let mut mounts: Vec<Mount> = default_mounts(pod, config.security.readonly_rootfs)?
+        .into_iter()
+        .filter(|d| !cri.iter().any(|c| c.destination() == d.destination()))
+        .collect();
+    mounts.extend(cri);
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces(pod)?)
+        .resources(resources(&config.resources)?)
+        .cgroups_path(pod.cgroup_path.clone())
+        .rootfs_propagation(rootfs_propagation(&config.mounts));
+    if !config.security.privileged {
+        let or_default = |given: &Vec<String>, default: &[&str]| -> Vec<String> {
+            if given.is_empty() {
+                default.iter().map(|s| s.to_string()).collect()
+            } else {
+                given.clone()
+            }
+        };
+        linux = linux
+            .masked_paths(or_default(&config.security.masked_paths, &MASKED_PATHS))
+            .readonly_paths(or_default(&config.security.readonly_paths, &READONLY_PATHS));
+    } else {
+        // The builder's defaults mask paths too: a privileged container
+        // sees everything.
+        linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
+    }
+    let spec = SpecBuilder::default()
+        .version("1.2.0")
+        .root(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(config.security.readonly_rootfs)
+                .build()?,
+        )
+        .process(process.build()?)
+        .hostname(String::new())
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .annotations(
+            config
+                .annotations
+                .clone()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
+        .build()?;
+    Ok(Built { spec, env, user })
+}
+
+#[cfg(test)]
+mod tests;

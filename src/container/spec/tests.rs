@@ -1,0 +1,347 @@
+// Tests build configs step by step, field after field, for readability.
+#![allow(clippy::field_reassign_with_default)]
+
+use super::*;
+
+fn pod() -> PodContext {
+    PodContext {
+        net_ns: Some("/run/crius/ns/p/net".into()),
+        ipc_ns: Some("/run/crius/ns/p/ipc".into()),
+        uts_ns: Some("/run/crius/ns/p/uts".into()),
+        pid: PidNamespace::Pod("/proc/42/ns/pid".into()),
+        shm: "/run/crius/pods/p/shm".into(),
+        hostname_file: Some("/run/crius/pods/p/hostname".into()),
+        resolv_conf: Some("/run/crius/pods/p/resolv.conf".into()),
+        cgroup_path: "/crius/pod-p/crius-c".into(),
+        cgroup_v2: false,
+    }
+}
+
+fn image() -> ImageConfig {
+    ImageConfig {
+        entrypoint: vec!["/entry".into()],
+        cmd: vec!["default-arg".into()],
+        env: vec!["PATH=/image/bin".into(), "A=image".into()],
+        working_dir: "/work".into(),
+        user: "www".into(),
+        stop_signal: "SIGQUIT".into(),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn kubernetes_command_rules() {
+    let img = image();
+    let mut c = ContainerConfig::default();
+    assert_eq!(process_args(&c, &img).unwrap(), ["/entry", "default-arg"]);
+    c.args = strings(&["x"]);
+    assert_eq!(
+        process_args(&c, &img).unwrap(),
+        ["/entry", "x"],
+        "args replace Cmd only"
+    );
+    c.command = strings(&["/bin/sh", "-c"]);
+    assert_eq!(process_args(&c, &img).unwrap(), ["/bin/sh", "-c", "x"]);
+    c.args.clear();
+    assert_eq!(
+        process_args(&c, &img).unwrap(),
+        ["/bin/sh", "-c"],
+        "command drops Cmd"
+    );
+    let bare = ImageConfig::default();
+    assert!(matches!(
+        process_args(&ContainerConfig::default(), &bare),
+        Err(Error::NoCommand)
+    ));
+    let empty_entry = ImageConfig {
+        entrypoint: vec![String::new()],
+        cmd: strings(&["/cmd"]),
+        ..Default::default()
+    };
+    assert_eq!(
+        process_args(&ContainerConfig::default(), &empty_entry).unwrap(),
+        ["/cmd"]
+    );
+}
+
+#[test]
+fn env_config_overrides_image_and_keeps_bytes() {
+    let mut c = ContainerConfig::default();
+    c.envs = vec![
+        ("A".into(), b"config".to_vec()),
+        ("RAW".into(), vec![0xff, b'x']),
+    ];
+    let env = process_env(&c, &image());
+    assert_eq!(env[0], b"PATH=/image/bin");
+    assert_eq!(env[1], b"A=config", "replaced in place");
+    assert_eq!(
+        env[2],
+        [b'R', b'A', b'W', b'=', 0xff, b'x'],
+        "non-UTF-8 survives"
+    );
+    let no_path = process_env(&ContainerConfig::default(), &ImageConfig::default());
+    assert!(no_path[0].starts_with(b"PATH=/usr/local/sbin"));
+    let ab = ImageConfig {
+        env: strings(&["AB=1", "A=2"]),
+        ..Default::default()
+    };
+    let mut c = ContainerConfig::default();
+    c.envs = vec![("A".into(), b"3".to_vec())];
+    let env = process_env(&c, &ab);
+    assert!(env.contains(&b"AB=1".to_vec()), "A does not match AB");
+    assert!(env.contains(&b"A=3".to_vec()));
+}
+
+#[test]
+fn user_precedence() {
+    let img = image();
+    let mut s = Security::default();
+    assert_eq!(process_user(&s, &img), "www");
+    s.run_as_username = "nobody".into();
+    assert_eq!(process_user(&s, &img), "nobody");
+    s.run_as_user = Some(1000);
+    s.run_as_group = Some(2000);
+    assert_eq!(process_user(&s, &img), "1000:2000");
+    assert_eq!(
+        process_user(&Security::default(), &ImageConfig::default()),
+        "0"
+    );
+}
+
+#[test]
+fn propagation_follows_the_mounts() {
+    let m = |p| BindMount {
+        container_path: "/m".into(),
+        host_path: "/h".into(),
+        readonly: false,
+        propagation: p,
+    };
+    assert_eq!(rootfs_propagation(&[]), "rprivate");
+    assert_eq!(rootfs_propagation(&[m(Propagation::Private)]), "rprivate");
+    assert_eq!(
+        rootfs_propagation(&[m(Propagation::HostToContainer)]),
+        "rslave"
+    );
+    assert_eq!(
+        rootfs_propagation(&[
+            m(Propagation::HostToContainer),
+            m(Propagation::Bidirectional)
+        ]),
+        "rshared"
+    );
+}
+
+#[test]
+fn capabilities_default_add_drop_privileged() {
+    let mut s = Security::default();
+    assert_eq!(capabilities(&s).unwrap(), DEFAULT_CAPABILITIES.to_vec());
+    s.add_capabilities = strings(&["SYS_ADMIN", "cap_net_admin"]);
+    s.drop_capabilities = strings(&["CAP_CHOWN"]);
+    let caps = capabilities(&s).unwrap();
+    assert!(caps.contains(&Capability::SysAdmin) && caps.contains(&Capability::NetAdmin));
+    assert!(!caps.contains(&Capability::Chown));
+    s.drop_capabilities = strings(&["ALL"]);
+    assert_eq!(
+        capabilities(&s).unwrap(),
+        [Capability::SysAdmin, Capability::NetAdmin]
+    );
+    s.add_capabilities = strings(&["NOT_A_CAP"]);
+    assert!(matches!(capabilities(&s), Err(Error::Invalid { .. })));
+    let p = Security {
+        privileged: true,
+        ..Default::default()
+    };
+    assert_eq!(capabilities(&p).unwrap().len(), ALL_CAPABILITIES.len());
+}
+
+#[test]
+fn spec_has_namespaces_mounts_and_resources() {
+    let mut c = ContainerConfig::default();
+    c.mounts = vec![
+        BindMount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            readonly: true,
+            propagation: Propagation::HostToContainer,
+        },
+        BindMount {
+            container_path: "/etc/resolv.conf".into(),
+            host_path: "/custom/resolv".into(),
+            readonly: false,
+            propagation: Propagation::Private,
+        },
+    ];
+    c.resources = Resources {
+        cpu_shares: Some(512),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        memory_limit: Some(64 << 20),
+        memory_swap_limit: Some(128 << 20),
+        oom_score_adj: Some(999),
+        hugepage_limits: [("2MB".to_string(), 4 << 20)].into(),
+        unified: [("memory.oom.group".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    let built = build(&c, &image(), &pod(), Path::new("/rootfs")).unwrap();
+    let spec = built.spec;
+    let linux = spec.linux().as_ref().unwrap();
+    let ns = linux.namespaces().as_ref().unwrap();
+    let find = |t| ns.iter().find(|n| n.typ() == t);
+    assert!(
+        find(LinuxNamespaceType::Mount).unwrap().path().is_none(),
+        "new mount ns"
+    );
+    assert_eq!(
+        find(LinuxNamespaceType::Network).unwrap().path().as_deref(),
+        Some(Path::new("/run/crius/ns/p/net"))
+    );
+    assert_eq!(
+        find(LinuxNamespaceType::Pid).unwrap().path().as_deref(),
+        Some(Path::new("/proc/42/ns/pid"))
+    );
+    assert!(
+        find(LinuxNamespaceType::Cgroup).is_none(),
+        "v1: no cgroup ns"
+    );
+    assert_eq!(linux.rootfs_propagation().as_deref(), Some("rslave"));
+
+    let mounts = spec.mounts().as_ref().unwrap();
+    let dests: Vec<_> = mounts
+        .iter()
+        .map(|m| m.destination().display().to_string())
+        .collect();
+    for d in [
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/mqueue",
+        "/sys",
+        "/dev/shm",
+        "/etc/hostname",
+        "/data",
+    ] {
+        assert!(dests.contains(&d.to_string()), "{d} in {dests:?}");
+    }
+    let resolv: Vec<_> = mounts
+        .iter()
+        .filter(|m| m.destination() == Path::new("/etc/resolv.conf"))
+        .collect();
+    assert_eq!(resolv.len(), 1, "the CRI mount replaces the default one");
+    assert_eq!(
+        resolv[0].source().as_deref(),
+        Some(Path::new("/custom/resolv"))
+    );
+    let data = mounts
+        .iter()
+        .find(|m| m.destination() == Path::new("/data"))
+        .unwrap();
+    let opts = data.options().as_ref().unwrap();
+    assert!(opts.contains(&"ro".to_string()) && opts.contains(&"rslave".to_string()));
+
+    let r = linux.resources().as_ref().unwrap();
+    let cpu = r.cpu().as_ref().unwrap();
+    assert_eq!(
+        (cpu.shares(), cpu.quota(), cpu.period()),
+        (Some(512), Some(50_000), Some(100_000))
+    );
+    let mem = r.memory().as_ref().unwrap();
+    assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(128 << 20)));
+    assert_eq!(r.hugepage_limits().as_ref().unwrap()[0].limit(), 4 << 20);
+    assert_eq!(r.unified().as_ref().unwrap()["memory.oom.group"], "1");
+
+    let process = spec.process().as_ref().unwrap();
+    assert_eq!(process.args().as_ref().unwrap(), &["/entry", "default-arg"]);
+    assert_eq!(process.cwd(), Path::new("/work"));
+    assert_eq!(process.oom_score_adj(), Some(999));
+    assert_eq!(built.user, "www");
+    assert!(
+        linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_string())
+    );
+}
+
+#[test]
+fn pid_modes_and_cgroup_v2() {
+    let mut p = pod();
+    p.pid = PidNamespace::Container;
+    p.cgroup_v2 = true;
+    let spec = build(&ContainerConfig::default(), &image(), &p, Path::new("/r"))
+        .unwrap()
+        .spec;
+    let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    let pid = ns
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Pid)
+        .unwrap();
+    assert!(pid.path().is_none(), "a new PID namespace");
+    assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup));
+    let mounts = spec.mounts().as_ref().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+    );
+
+    p.pid = PidNamespace::Node;
+    p.net_ns = None;
+    let spec = build(&ContainerConfig::default(), &image(), &p, Path::new("/r"))
+        .unwrap()
+        .spec;
+    let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    assert!(
+        !ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid),
+        "host PID ns"
+    );
+    assert!(
+        !ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network),
+        "host network"
+    );
+}
+
+#[test]
+fn bad_inputs_are_invalid_arguments() {
+    let mut c = ContainerConfig::default();
+    c.working_dir = "relative".into();
+    let e = build(&c, &image(), &pod(), Path::new("/r")).unwrap_err();
+    assert_eq!(e.kind(), Kind::InvalidArgument);
+    let mut c = ContainerConfig::default();
+    c.mounts = vec![BindMount {
+        container_path: "data".into(),
+        ..Default::default()
+    }];
+    assert!(matches!(
+        build(&c, &image(), &pod(), Path::new("/r")),
+        Err(Error::Invalid { .. })
+    ));
+}
+
+#[test]
+fn masked_paths_from_the_request_replace_the_defaults() {
+    let mut c = ContainerConfig::default();
+    c.security.masked_paths = strings(&["/proc/secret"]);
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let linux = spec.linux().as_ref().unwrap();
+    assert_eq!(linux.masked_paths().as_ref().unwrap(), &["/proc/secret"]);
+    assert!(
+        linux
+            .readonly_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/sys".to_string())
+    );
+    c.security.privileged = true;
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let linux = spec.linux().as_ref().unwrap();
+    assert_eq!(
+        linux.masked_paths().as_deref(),
+        Some(&[][..]),
+        "privileged: nothing masked"
+    );
+    assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
+}

@@ -1,0 +1,266 @@
+//! prost ↔ domain conversions of the container RPCs: the CRI
+//! ContainerConfig becomes `container::spec::ContainerConfig`.
+
+use tonic::Status;
+
+use super::error::missing;
+use super::proto;
+use crate::container::spec::{
+    BindMount, ContainerConfig, Device, Propagation, Resources, Security,
+};
+
+fn invalid(msg: String) -> Status {
+    Status::invalid_argument(msg)
+}
+
+/// A CRI Int64Value id (uid/gid) as u32.
+fn id_value(field: &str, v: Option<&proto::Int64Value>) -> Result<Option<u32>, Status> {
+    v.map(|v| {
+        u32::try_from(v.value).map_err(|_| invalid(format!("{field} {} is out of range", v.value)))
+    })
+    .transpose()
+}
+
+pub fn resources(r: &proto::LinuxContainerResources) -> Result<Resources, Status> {
+    let positive_u64 = |v: i64| (v > 0).then_some(v as u64);
+    let nonzero = |v: i64| (v != 0).then_some(v);
+    let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let mut hugepage_limits = std::collections::BTreeMap::new();
+    for h in &r.hugepage_limits {
+        if h.page_size.is_empty() {
+            return Err(invalid("hugepage limit without a page size".into()));
+        }
+        hugepage_limits.insert(h.page_size.clone(), h.limit);
+    }
+    Ok(Resources {
+        cpu_period: positive_u64(r.cpu_period),
+        cpu_quota: nonzero(r.cpu_quota),
+        cpu_shares: positive_u64(r.cpu_shares),
+        memory_limit: nonzero(r.memory_limit_in_bytes),
+        memory_swap_limit: nonzero(r.memory_swap_limit_in_bytes),
+        oom_score_adj: Some(
+            i32::try_from(r.oom_score_adj)
+                .ok()
+                .filter(|v| (-1000..=1000).contains(v))
+                .ok_or_else(|| {
+                    invalid(format!("oom_score_adj {} is out of range", r.oom_score_adj))
+                })?,
+        ),
+        cpuset_cpus: nonempty(&r.cpuset_cpus),
+        cpuset_mems: nonempty(&r.cpuset_mems),
+        hugepage_limits,
+        unified: r.unified.clone().into_iter().collect(),
+    })
+}
+
+fn security(s: &proto::LinuxContainerSecurityContext) -> Result<Security, Status> {
+    let caps = s.capabilities.clone().unwrap_or_default();
+    let mut supplemental_groups = Vec::with_capacity(s.supplemental_groups.len());
+    for g in &s.supplemental_groups {
+        supplemental_groups.push(
+            u32::try_from(*g)
+                .map_err(|_| invalid(format!("supplemental group {g} is out of range")))?,
+        );
+    }
+    Ok(Security {
+        privileged: s.privileged,
+        run_as_user: id_value("run_as_user", s.run_as_user.as_ref())?,
+        run_as_group: id_value("run_as_group", s.run_as_group.as_ref())?,
+        run_as_username: s.run_as_username.clone(),
+        supplemental_groups,
+        readonly_rootfs: s.readonly_rootfs,
+        no_new_privs: s.no_new_privs,
+        add_capabilities: caps.add_capabilities,
+        drop_capabilities: caps.drop_capabilities,
+        masked_paths: s.masked_paths.clone(),
+        readonly_paths: s.readonly_paths.clone(),
+    })
+}
+
+fn mount(m: &proto::Mount) -> Result<BindMount, Status> {
+    if m.container_path.is_empty() {
+        return Err(missing("mount container_path"));
+    }
+    if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "mount {}: image volumes are not supported by crius yet",
+            m.container_path
+        )));
+    }
+    if m.host_path.is_empty() {
+        return Err(missing("mount host_path"));
+    }
+    let propagation = match proto::MountPropagation::try_from(m.propagation) {
+        Ok(proto::MountPropagation::PropagationPrivate) => Propagation::Private,
+        Ok(proto::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+        Ok(proto::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+        Err(_) => {
+            return Err(invalid(format!(
+                "unknown mount propagation {}",
+                m.propagation
+            )));
+        }
+    };
+    Ok(BindMount {
+        container_path: m.container_path.clone(),
+        host_path: m.host_path.clone().into(),
+        readonly: m.readonly || m.recursive_read_only,
+        propagation,
+    })
+}
+
+/// The CRI ContainerConfig in crius's terms. The image reference and the
+/// log path stay with the caller, which resolves them.
+pub fn container_config(c: &proto::ContainerConfig) -> Result<ContainerConfig, Status> {
+    let name = c
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| missing("container metadata.name"))?;
+    let linux = c.linux.clone().unwrap_or_default();
+    let mut envs = Vec::with_capacity(c.envs.len());
+    for kv in &c.envs {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(invalid(format!(
+                "invalid environment variable name {:?}",
+                kv.key
+            )));
+        }
+        envs.push((kv.key.clone(), kv.value.clone()));
+    }
+    Ok(ContainerConfig {
+        name,
+        command: c.command.clone(),
+        args: c.args.clone(),
+        working_dir: c.working_dir.clone(),
+        envs,
+        mounts: c.mounts.iter().map(mount).collect::<Result<_, _>>()?,
+        devices: c
+            .devices
+            .iter()
+            .map(|d| Device {
+                container_path: d.container_path.clone(),
+                host_path: d.host_path.clone().into(),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
+        annotations: c.annotations.clone().into_iter().collect(),
+        tty: c.tty,
+        stdin: c.stdin,
+        resources: linux
+            .resources
+            .as_ref()
+            .map(resources)
+            .transpose()?
+            .unwrap_or_default(),
+        security: linux
+            .security_context
+            .as_ref()
+            .map(security)
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn config() -> proto::ContainerConfig {
+        proto::ContainerConfig {
+            metadata: Some(proto::ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            envs: vec![proto::KeyValue {
+                key: "RAW".into(),
+                value: vec![0xfe, 0xff],
+            }],
+            mounts: vec![proto::Mount {
+                container_path: "/data".into(),
+                host_path: "/srv".into(),
+                propagation: proto::MountPropagation::PropagationBidirectional as i32,
+                ..Default::default()
+            }],
+            linux: Some(proto::LinuxContainerConfig {
+                resources: Some(proto::LinuxContainerResources {
+                    cpu_shares: 2,
+                    memory_limit_in_bytes: 1 << 20,
+                    oom_score_adj: 1000,
+                    ..Default::default()
+                }),
+                security_context: Some(proto::LinuxContainerSecurityContext {
+                    run_as_user: Some(proto::Int64Value { value: 1000 }),
+                    capabilities: Some(proto::Capability {
+                        add_capabilities: vec!["NET_ADMIN".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn converts_the_cri_config() {
+        let c = container_config(&config()).unwrap();
+        assert_eq!(c.name, "c");
+        assert_eq!(c.envs, [("RAW".to_string(), vec![0xfe, 0xff])]);
+        assert_eq!(c.mounts[0].propagation, Propagation::Bidirectional);
+        assert_eq!(c.resources.cpu_shares, Some(2));
+        assert_eq!(c.resources.memory_limit, Some(1 << 20));
+        assert_eq!(c.resources.cpu_quota, None, "0 means unset");
+        assert_eq!(c.resources.oom_score_adj, Some(1000));
+        assert_eq!(c.security.run_as_user, Some(1000));
+        assert_eq!(c.security.add_capabilities, ["NET_ADMIN"]);
+    }
+
+    #[test]
+    fn bad_fields_are_invalid_arguments() {
+        let mut c = config();
+        c.metadata = None;
+        assert_eq!(
+            container_config(&c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let mut c = config();
+        c.envs[0].key = "A=B".into();
+        assert_eq!(
+            container_config(&c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let mut c = config();
+        c.mounts[0].propagation = 42;
+        assert_eq!(
+            container_config(&c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let mut c = config();
+        c.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .run_as_user = Some(proto::Int64Value { value: -1 });
+        assert_eq!(
+            container_config(&c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let mut c = config();
+        c.linux
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .oom_score_adj = 5000;
+        assert_eq!(
+            container_config(&c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,590 @@
+//! Pod networking through CNI (the Container Network Interface, SPEC.md
+//! v1.0.0): a pod's network namespace gets its interfaces, addresses and
+//! routes from plugin executables, configured by the first file of the CNI
+//! conf dir (see [`conf`]) or crius's built-in bridge network.
+//!
+//! API (used by the pod service):
+//! - [`Network::new`]`(&NetworkConfig, state_dir)`: no I/O.
+//! - [`Network::setup`]`(&PodNetwork) -> NetworkStatus`: loopback, then ADD of
+//!   every plugin of the list, chained through `prevResult`; the pod's netns is
+//!   a pinned file the caller owns. A failure part-way runs DEL before the
+//!   error (which names the plugin) is returned.
+//! - [`Network::teardown`]`(pod_id, netns)`: DEL in reverse order with the
+//!   cached configuration and result; idempotent (no cache entry = nothing to
+//!   do), works after a daemon restart and when the netns is already gone (DEL
+//!   still runs so that IPAM releases the address, as CNI requires).
+//! - [`Network::cached_status`]`(pod_id)`: the IPs from the cached result.
+//! - [`Network::cached_pods`]: pod ids with a cache entry (reconciliation).
+//! - [`Network::readiness`]: Status's NetworkReady (a usable config and every
+//!   plugin binary it needs).
+//! - [`dns::write_resolv_conf`], [`dns::write_hostname`]: the pod's files.
+//!
+//! State: `<state>/cni/results/<pod-id>.json` (see [`cache`]) and, for the
+//! built-in network, host-local's leases under `<state>/cni/ipam/` (ephemeral
+//! like the pods they belong to).
+
+pub mod cache;
+pub mod conf;
+pub mod dns;
+pub mod plugin;
+pub mod result;
+
+#[cfg(test)]
+mod real_tests;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::config::NetworkConfig;
+use crate::error::{Classify, Kind};
+use cache::{Cache, Entry};
+use conf::NetworkList;
+use plugin::{Call, ExecError};
+
+/// The pod's interface name, as every CRI runtime uses.
+pub const IF_NAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid CNI config {file}: {reason}")]
+    InvalidConfig { file: String, reason: String },
+    #[error("no CNI config in {0} and the built-in default network is disabled")]
+    NoConfig(PathBuf),
+    #[error("CNI plugin {name:?} (network {network}) not found in {dirs}")]
+    PluginNotFound {
+        name: String,
+        network: String,
+        dirs: String,
+    },
+    #[error("invalid pod network request: {0}")]
+    InvalidRequest(String),
+    #[error("CNI {command} of plugin {plugin} (network {network}) failed for pod {pod_id}")]
+    Plugin {
+        command: &'static str,
+        plugin: String,
+        network: String,
+        pod_id: String,
+        #[source]
+        source: ExecError,
+    },
+    #[error("CNI plugin {plugin} (network {network}) returned an invalid result: {reason}")]
+    BadResult {
+        plugin: String,
+        network: String,
+        reason: String,
+    },
+    #[error("CNI cache {path}: {reason}")]
+    Cache { path: PathBuf, reason: String },
+    #[error(
+        "{}; undoing it with DEL failed too: {}",
+        crate::error::chain(.add.as_ref()),
+        crate::error::chain(.del.as_ref())
+    )]
+    Rollback { add: Box<Error>, del: Box<Error> },
+    #[error("invalid DNS config: {0}")]
+    InvalidDns(String),
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::InvalidRequest(_) | Error::InvalidDns(_) => Kind::InvalidArgument,
+            Error::InvalidConfig { .. } | Error::NoConfig(_) | Error::PluginNotFound { .. } => {
+                Kind::FailedPrecondition
+            }
+            Error::Rollback { add, .. } => add.kind(),
+            _ => Kind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// A hostPort mapping of the pod (CRI PortMapping), for portmap-style
+/// plugins (`runtimeConfig.portMappings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub protocol: Protocol,
+    pub container_port: u16,
+    /// 0 = no host port: the mapping is not passed to plugins.
+    pub host_port: u16,
+    /// "" = all host addresses.
+    #[serde(rename = "hostIP")]
+    pub host_ip: String,
+}
+
+/// What `setup` needs to attach a pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodNetwork {
+    /// Also CNI_CONTAINERID and K8S_POD_INFRA_CONTAINER_ID.
+    pub pod_id: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// The pinned network namespace file.
+    pub netns: PathBuf,
+    pub port_mappings: Vec<PortMapping>,
+    /// kubelet's pod CIDR (UpdateRuntimeConfig), "" if none: the subnet of
+    /// the built-in network when set.
+    pub pod_cidr: String,
+}
+
+/// The pod's addresses after ADD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkStatus {
+    /// The pod IP (IPv4 if the pod has one).
+    pub ip: Option<IpAddr>,
+    /// The other addresses, IPv4 first.
+    pub additional_ips: Vec<IpAddr>,
+    /// The final CNI result as the plugins returned it.
+    pub result: Value,
+}
+
+impl NetworkStatus {
+    fn from_result(result: Value) -> std::result::Result<NetworkStatus, String> {
+        let mut ips = result::pod_ips(&result)?.into_iter();
+        Ok(NetworkStatus {
+            ip: ips.next(),
+            additional_ips: ips.collect(),
+            result,
+        })
+    }
+}
+
+pub struct Network {
+    config: NetworkConfig,
+    cache: Cache,
+    ipam_dir: PathBuf,
+}
+
+impl Network {
+    pub fn new(config: &NetworkConfig, state_dir: &Path) -> Network {
+        let cni = state_dir.join("cni");
+        Network {
+            config: config.clone(),
+            cache: Cache::new(cni.join("results")),
+            ipam_dir: cni.join("ipam"),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.plugin_timeout()
+    }
+
+    fn cni_path(&self) -> String {
+        let dirs: Vec<String> = self
+            .config
+            .bin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        dirs.join(":")
+    }
+
+    /// The network list pods join now: the conf dir's first file, else the
+    /// built-in network (if enabled) on `pod_cidr` or the default subnet.
+    pub fn load(&self, pod_cidr: &str) -> Result<NetworkList> {
+        if let Some(file) = conf::first_file(&self.config.conf_dir)? {
+            return conf::load_file(&file);
+        }
+        if !self.config.default_network {
+            return Err(Error::NoConfig(self.config.conf_dir.clone()));
+        }
+        let subnet = if pod_cidr.is_empty() {
+            self.config.default_subnet.as_str()
+        } else {
+            pod_cidr
+        };
+        Ok(conf::builtin(&conf::Builtin {
+            bridge: &self.config.default_bridge,
+            subnet,
+            ipam_dir: &self.ipam_dir,
+        }))
+    }
+
+    /// The path of a plugin binary the list needs.
+    fn binary(&self, list: &NetworkList, name: &str) -> Result<PathBuf> {
+        plugin::find(&self.config.bin_dirs, name).ok_or_else(|| Error::PluginNotFound {
+            name: name.into(),
+            network: list.name.clone(),
+            dirs: self.cni_path(),
+        })
+    }
+
+    /// Checks that every binary the list needs (and loopback) exists.
+    fn check_binaries(&self, list: &NetworkList) -> Result<()> {
+        for name in list.binaries().iter().map(String::as_str) {
+            self.binary(list, name)?;
+        }
+        self.binary(list, conf::LOOPBACK)?;
+        Ok(())
+    }
+
+    /// NetworkReady: `Err(message)` while pods cannot get a network.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        let list = self.load("").map_err(|e| crate::error::chain(&e))?;
+        self.check_binaries(&list)
+            .map_err(|e| crate::error::chain(&e))
+    }
+
+    /// Attaches the pod's netns to the network (CNI ADD).
+    pub async fn setup(&self, req: &PodNetwork) -> Result<NetworkStatus> {
+        // 1. Validate, load the config and find every binary before any
+        //    side effect.
+        validate(req)?;
+        if !req.netns.exists() {
+            return Err(Error::InvalidRequest(format!(
+                "network namespace {} does not exist",
+                req.netns.display()
+            )));
+        }
+        let list = self.load(&req.pod_cidr)?;
+        self.check_binaries(&list)?;
+        let mut entry = Entry {
+            format: cache::FORMAT,
+            pod_id: req.pod_id.clone(),
+            netns: req.netns.clone(),
+            if_name: IF_NAME.into(),
+            cni_args: cni_args(req),
+            port_mappings: req
+                .port_mappings
+                .iter()
+                .filter(|m| m.host_port != 0)
+                .cloned()
+                .collect(),
+            config: list.raw.clone(),
+            result: None,
+        };
+        // 2. Write-ahead: DEL must be possible whatever happens next.
+        self.cache.write(&entry)?;
+        // 3. lo up, then the network's plugins in order.
+        let added = match self.loopback(&list, &entry).await {
+            Ok(()) => self.add_list(&list, &entry).await,
+            Err(e) => Err((e, None)),
+        };
+        let (err, partial) = match added {
+            Ok(result) => match NetworkStatus::from_result(result.clone()) {
+                Ok(status) => {
+                    entry.result = Some(status.result.clone());
+                    if let Err(e) = self.cache.write(&entry) {
+                        return Err(self.rollback(&list, &entry, e, Some(&result)).await);
+                    }
+                    tracing::info!(pod_id = %req.pod_id, network = %list.name, ip = ?status.ip, "pod network added");
+                    return Ok(status);
+                }
+                Err(reason) => {
+                    let plugin = list.plugin_type(list.plugins.len() - 1).to_string();
+                    let err = Error::BadResult {
+                        plugin,
+                        network: list.name.clone(),
+                        reason,
+                    };
+                    (err, Some(result))
+                }
+            },
+            Err(failed) => failed,
+        };
+        Err(self.rollback(&list, &entry, err, partial.as_ref()).await)
+    }
+
+    /// Undoes a failed ADD; the returned error is the ADD's, or both.
+    async fn rollback(
+        &self,
+        list: &NetworkList,
+        entry: &Entry,
+        add: Error,
+        partial: Option<&Value>,
+    ) -> Error {
+        tracing::warn!(pod_id = %entry.pod_id, error = %crate::error::chain(&add), "CNI ADD failed; running DEL");
+        match self.del_list(list, entry, partial).await {
+            Ok(()) => match self.cache.remove(&entry.pod_id) {
+                Ok(()) => add,
+                Err(del) => Error::Rollback {
+                    add: Box::new(add),
+                    del: Box::new(del),
+                },
+            },
+            Err(del) => Error::Rollback {
+                add: Box::new(add),
+                del: Box::new(del),
+            },
+        }
+    }
+
+    /// Detaches the pod (CNI DEL); nothing to do without a cache entry.
+    pub async fn teardown(&self, pod_id: &str, netns: &Path) -> Result<()> {
+        validate_id(pod_id)?;
+        let Some(mut entry) = self.cache.read(pod_id)? else {
+            return Ok(());
+        };
+        if !netns.as_os_str().is_empty() {
+            entry.netns = netns.into();
+        }
+        let list = conf::parse_list(
+            entry.config.clone(),
+            &self.cache.path(pod_id).display().to_string(),
+        )?;
+        self.del_list(&list, &entry, entry.result.as_ref()).await?;
+        self.cache.remove(pod_id)?;
+        tracing::info!(%pod_id, network = %list.name, "pod network deleted");
+        Ok(())
+    }
+
+    /// The cached ADD result's addresses; `None` without a finished ADD.
+    pub fn cached_status(&self, pod_id: &str) -> Option<NetworkStatus> {
+        let entry = self.cache.read(pod_id).ok().flatten()?;
+        NetworkStatus::from_result(entry.result?).ok()
+    }
+
+    /// Pod ids with a cache entry: attachments that a DEL still has to undo
+    /// if their pod has no record.
+    pub fn cached_pods(&self) -> Result<Vec<String>> {
+        self.cache.pod_ids()
+    }
+
+    /// `lo` up inside the pod's netns.
+    async fn loopback(&self, list: &NetworkList, entry: &Entry) -> Result<()> {
+        let binary = self.binary(list, conf::LOOPBACK)?;
+        let config = json!({
+            "cniVersion": conf::BUILTIN_CNI_VERSION,
+            "name": "cni-loopback",
+            "type": conf::LOOPBACK,
+        });
+        let netns = entry.netns.display().to_string();
+        let path = self.cni_path();
+        let call = Call {
+            command: "ADD",
+            container_id: &entry.pod_id,
+            netns: &netns,
+            if_name: "lo",
+            args: &entry.cni_args,
+            path: &path,
+        };
+        plugin::exec(
+            &binary,
+            &call,
+            config.to_string().as_bytes(),
+            self.timeout(),
+        )
+        .await
+        .map_err(|source| Error::Plugin {
+            command: "ADD",
+            plugin: conf::LOOPBACK.into(),
+            network: "cni-loopback".into(),
+            pod_id: entry.pod_id.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// ADD through the list; on error also returns the last good result.
+    async fn add_list(
+        &self,
+        list: &NetworkList,
+        entry: &Entry,
+    ) -> std::result::Result<Value, (Error, Option<Value>)> {
+        let netns = entry.netns.display().to_string();
+        let path = self.cni_path();
+        let runtime = runtime_config(entry);
+        let mut prev: Option<Value> = None;
+        for (i, p) in list.plugins.iter().enumerate() {
+            let name = list.plugin_type(i);
+            let binary = self.binary(list, name).map_err(|e| (e, prev.clone()))?;
+            let stdin = plugin_config(list, p, prev.as_ref(), &runtime);
+            let call = Call {
+                command: "ADD",
+                container_id: &entry.pod_id,
+                netns: &netns,
+                if_name: &entry.if_name,
+                args: &entry.cni_args,
+                path: &path,
+            };
+            let plugin_err = |source| Error::Plugin {
+                command: "ADD",
+                plugin: name.into(),
+                network: list.name.clone(),
+                pod_id: entry.pod_id.clone(),
+                source,
+            };
+            let out = plugin::exec(&binary, &call, stdin.to_string().as_bytes(), self.timeout())
+                .await
+                .map_err(|e| (plugin_err(e), prev.clone()))?;
+            let result: Value = serde_json::from_slice(&out).map_err(|e| {
+                let err = Error::BadResult {
+                    plugin: name.into(),
+                    network: list.name.clone(),
+                    reason: format!("not JSON: {e}"),
+                };
+                (err, prev.clone())
+            })?;
+            prev = Some(result);
+        }
+        Ok(prev.expect("a network list has at least one plugin"))
+    }
+
+    /// DEL through the list in reverse order, each plugin given the ADD
+    /// result as prevResult. Every plugin runs even if one fails (to free
+    /// as much as possible); the first error is returned.
+    async fn del_list(
+        &self,
+        list: &NetworkList,
+        entry: &Entry,
+        result: Option<&Value>,
+    ) -> Result<()> {
+        let netns = del_netns(&entry.netns);
+        let path = self.cni_path();
+        let runtime = runtime_config(entry);
+        let mut first_err = None;
+        for (i, p) in list.plugins.iter().enumerate().rev() {
+            let name = list.plugin_type(i);
+            let binary = match self.binary(list, name) {
+                Ok(b) => b,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            let stdin = plugin_config(list, p, result, &runtime);
+            let call = Call {
+                command: "DEL",
+                container_id: &entry.pod_id,
+                netns: &netns,
+                if_name: &entry.if_name,
+                args: &entry.cni_args,
+                path: &path,
+            };
+            if let Err(source) =
+                plugin::exec(&binary, &call, stdin.to_string().as_bytes(), self.timeout()).await
+            {
+                let err = Error::Plugin {
+                    command: "DEL",
+                    plugin: name.into(),
+                    network: list.name.clone(),
+                    pod_id: entry.pod_id.clone(),
+                    source,
+                };
+                tracing::warn!(pod_id = %entry.pod_id, error = %crate::error::chain(&err), "CNI DEL failed");
+                first_err.get_or_insert(err);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// CNI_NETNS for DEL: the path while it is still a network namespace, else
+/// empty (plugins then only release what lives outside it, e.g. the IP).
+fn del_netns(path: &Path) -> String {
+    let is_ns = nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+    if is_ns {
+        path.display().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Pod ids name files: no separators, no hidden names.
+fn validate_id(pod_id: &str) -> Result<()> {
+    let ok = !pod_id.is_empty()
+        && !pod_id.starts_with('.')
+        && pod_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!("invalid pod id {pod_id:?}")))
+    }
+}
+
+fn validate(req: &PodNetwork) -> Result<()> {
+    validate_id(&req.pod_id)?;
+    for (what, v) in [
+        ("name", &req.name),
+        ("namespace", &req.namespace),
+        ("uid", &req.uid),
+    ] {
+        if v.contains([';', '=']) || v.chars().any(|c| c.is_control()) {
+            return Err(Error::InvalidRequest(format!(
+                "pod {what} {v:?} cannot be passed in CNI_ARGS"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CNI_ARGS as kubelet's network plugins expect them.
+pub fn cni_args(req: &PodNetwork) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+        req.namespace, req.name, req.pod_id, req.uid
+    )
+}
+
+/// The capability arguments crius can offer plugins.
+fn runtime_config(entry: &Entry) -> Map<String, Value> {
+    let mut rc = Map::new();
+    if !entry.port_mappings.is_empty() {
+        rc.insert(
+            "portMappings".into(),
+            serde_json::to_value(&entry.port_mappings).expect("port mappings serialize"),
+        );
+    }
+    rc
+}
+
+/// One plugin's stdin: its own configuration plus the list's name and
+/// version, the previous result, and `runtimeConfig` with exactly the
+/// capabilities the plugin asks for (libcni's injectRuntimeConfig).
+pub fn plugin_config(
+    list: &NetworkList,
+    plugin: &Map<String, Value>,
+    prev: Option<&Value>,
+    runtime: &Map<String, Value>,
+) -> Value {
+    let mut conf = plugin.clone();
+    conf.insert("name".into(), Value::String(list.name.clone()));
+    conf.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
+    if let Some(prev) = prev {
+        conf.insert("prevResult".into(), prev.clone());
+    }
+    let mut rc = Map::new();
+    if let Some(caps) = plugin.get("capabilities").and_then(|c| c.as_object()) {
+        for (cap, on) in caps {
+            if on.as_bool() == Some(true)
+                && let Some(v) = runtime.get(cap)
+            {
+                rc.insert(cap.clone(), v.clone());
+            }
+        }
+    }
+    if !rc.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(rc));
+    }
+    conf.into()
+}
