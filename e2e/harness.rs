@@ -27,6 +27,11 @@ pub struct TestDaemon {
     pub child: Option<Child>,
     /// Extra environment of the daemon process (test hooks).
     pub env: Vec<(String, String)>,
+    /// The test's own CNI bridge and subnet (see [`test_network`]).
+    pub bridge: Option<String>,
+    pub subnet: Option<String>,
+    /// The test's own default cgroup parent, removed at the end.
+    pub cgroup_parent: Option<String>,
     log: PathBuf,
 }
 
@@ -149,7 +154,76 @@ impl Drop for TestDaemon {
         }
         kill_leftovers(&self.state);
         unmount_under(self.dir.path());
+        if let Some(parent) = &self.cgroup_parent {
+            remove_cgroup_tree(parent);
+            remove_cgroup_tree(&format!("{parent}-monitors"));
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip")
+                .args(["link", "del", bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// A CNI conf dir for one test: a bridge of its own (`cr<tag>`), a /24 of
+/// its own, host-local leases under the test dir. Returns (conf dir,
+/// bridge, subnet).
+pub fn test_network(base: &Path, tag: &str) -> (PathBuf, String, String) {
+    let conf_dir = base.join("cni");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let bridge = format!("cr{tag}");
+    let n = u32::from_str_radix(&tag[..4], 16).unwrap();
+    let subnet = format!("10.{}.{}.0/24", 200 + (n >> 8) % 50, n & 0xff);
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("e2e-{tag}"),
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "dataDir": base.join("ipam"),
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(
+        conf_dir.join("10-e2e.conflist"),
+        serde_json::to_vec_pretty(&conf).unwrap(),
+    )
+    .unwrap();
+    (conf_dir, bridge, subnet)
+}
+
+/// Removes a cgroup and its children in every mounted hierarchy.
+pub fn remove_cgroup_tree(path: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let rel = path.trim_start_matches('/');
+    for h in hierarchies.flatten() {
+        remove_dirs_deepest_first(&h.path().join(rel));
+    }
+    remove_dirs_deepest_first(&Path::new("/sys/fs/cgroup").join(rel));
+}
+
+fn remove_dirs_deepest_first(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dirs_deepest_first(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Starts a daemon with extra environment variables (test hooks).
@@ -171,8 +245,30 @@ pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemo
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        bridge: None,
+        subnet: None,
+        cgroup_parent: None,
     };
-    std::fs::write(&d.config, extra_toml).unwrap();
+    let mut toml = extra_toml.to_string();
+    let tag = &crius::ids::new_id()[..8];
+    // Never /etc/cni: the test's own network, bridge and IP leases.
+    if !toml.contains("[network]") {
+        let (conf_dir, bridge, subnet) = test_network(&base, tag);
+        toml.push_str(&format!(
+            "\n[network]\nconf_dir = \"{}\"\n",
+            conf_dir.display()
+        ));
+        d.bridge = Some(bridge);
+        d.subnet = Some(subnet);
+    }
+    // Pods of parallel tests never share a cgroup parent (a daemon sweeps
+    // pod cgroups without a record under its parent at start).
+    if !toml.contains("[cgroup]") {
+        let parent = format!("/crius-e2e-{tag}");
+        toml.push_str(&format!("\n[cgroup]\ndefault_parent = \"{parent}\"\n"));
+        d.cgroup_parent = Some(parent);
+    }
+    std::fs::write(&d.config, toml).unwrap();
     d.spawn();
     d.wait_ready().await;
     d

@@ -133,6 +133,65 @@ pub fn assert_no_trace(d: &TestDaemon) {
     }
     let procs = processes_mentioning(d.dir.path());
     assert!(procs.is_empty(), "processes left: {procs:?}");
+    // Pod cgroups under the test's parent (and no process in the monitors').
+    if let Some(parent) = &d.cgroup_parent {
+        let dir = Path::new("/sys/fs/cgroup/memory").join(parent.trim_start_matches('/'));
+        let children: Vec<_> = std::fs::read_dir(&dir)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            children.is_empty(),
+            "cgroups left under {}: {children:?}",
+            dir.display()
+        );
+        let monitors = Path::new("/sys/fs/cgroup/memory")
+            .join(format!("{}-monitors", parent.trim_start_matches('/')))
+            .join("cgroup.procs");
+        let procs = std::fs::read_to_string(&monitors).unwrap_or_default();
+        assert!(
+            procs.trim().is_empty(),
+            "monitors left in {}: {procs}",
+            monitors.display()
+        );
+    }
+    // veths on the test's bridge, and host-local leases.
+    if let Some(bridge) = &d.bridge {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", bridge])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.trim().is_empty(), "veths left on {bridge}: {text}");
+    }
+    let leases: Vec<_> = walk(&d.dir.path().join("ipam"))
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            !name.starts_with("last_reserved_ip") && name != "lock"
+        })
+        .collect();
+    assert!(leases.is_empty(), "IP leases left: {leases:?}");
+    let cni_cache: Vec<_> = walk(&d.state.join("cni/results"));
+    assert!(cni_cache.is_empty(), "CNI results left: {cni_cache:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
 
 /// Live processes whose command line names `dir` (monitors and inits do).
@@ -255,6 +314,54 @@ async fn pod_lifecycle_with_its_own_namespaces() {
     let df = String::from_utf8_lossy(&df.stdout).to_string();
     assert!(df.contains("tmpfs") && df.contains("64M"), "{df}");
 
+    // An IP on the test's bridge that the host can ping; DNS files written.
+    let ip = s.network.as_ref().unwrap().ip.clone();
+    let prefix = d
+        .subnet
+        .as_ref()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string();
+    assert!(ip.starts_with(&prefix), "pod IP {ip} not in {prefix}.0/24");
+    let ping = std::process::Command::new("ping")
+        .args(["-c", "1", "-W", "5", &ip])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping {ip}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(info["cniResult"]["ips"].is_array(), "{info}");
+    let state_dir = path(&info["stateDir"]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(state_dir.join("hostname")).unwrap(),
+        "host-own\n"
+    );
+    assert!(state_dir.join("resolv.conf").exists());
+    // The pod init sits in its own leaf under the pod cgroup.
+    let init_cg = info["initCgroupPath"].as_str().unwrap().to_string();
+    assert!(
+        init_cg.starts_with(info["cgroupPath"].as_str().unwrap()),
+        "{info}"
+    );
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{init_cg}/cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), init.to_string());
+    // The monitor is in neither the daemon's cgroup nor the pod's.
+    let mcg = std::fs::read_to_string(format!("/proc/{monitor}/cgroup")).unwrap();
+    let dcg = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
+    let mem = |t: &str| {
+        t.lines()
+            .find(|l| l.contains(":memory:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(mem(&mcg), mem(&dcg));
+    assert!(mem(&mcg).ends_with("-monitors"), "{mcg}");
+
     // Listed, with filters.
     assert_eq!(list(&mut rt, None).await.len(), 1);
     let by_prefix = list(
@@ -334,13 +441,25 @@ async fn host_namespace_pod_uses_the_hosts_namespaces() {
     let id = run(&mut rt, c).await.unwrap();
     let (s, info) = status(&mut rt, &id).await;
     assert_eq!(s.state, PodSandboxState::SandboxReady as i32);
-    let opts = s.linux.unwrap().namespaces.unwrap().options.unwrap();
+    let opts = s
+        .linux
+        .clone()
+        .unwrap()
+        .namespaces
+        .unwrap()
+        .options
+        .unwrap();
     assert_eq!(opts.network, NamespaceMode::Node as i32);
     assert_eq!(opts.pid, NamespaceMode::Node as i32);
     assert_eq!(opts.ipc, NamespaceMode::Node as i32);
     for kind in ["network", "ipc", "uts", "pid"] {
         assert!(info["namespaces"][kind].is_null(), "{kind}: {info}");
     }
+    assert!(
+        s.network.unwrap_or_default().ip.is_empty(),
+        "no CNI for host-network pods"
+    );
+    assert!(info["cniResult"].is_null());
     assert!(
         info["shm"].is_null(),
         "host IPC pods use the host's /dev/shm"
@@ -575,19 +694,36 @@ async fn pods_survive_a_daemon_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_killed_during_run_pod_sandbox_leaves_nothing_after_restart() {
-    // The test hook pauses RunPodSandbox before a step; the monitor is up,
-    // the namespaces are pinned and /dev/shm is mounted by then.
-    let mut d = start_with_env("", &[("CRIUS_TEST_PAUSE_AT", "set up pod network")]).await;
+    // The test hook pauses RunPodSandbox before a step: before the network
+    // (cgroup, monitor, pins, pod init, /dev/shm exist) and after it (the
+    // CNI ADD is done too, so the rollback must DEL from the cached result).
+    for step in ["set up pod network", "write resolv.conf and hostname"] {
+        killed_at(step).await;
+    }
+}
+
+async fn killed_at(step: &str) {
+    let mut d = start_with_env("", &[("CRIUS_TEST_PAUSE_AT", step)]).await;
     let mut rt = d.runtime().await;
     let pending = tokio::spawn(async move { run(&mut rt, config("interrupted")).await });
     let d_log = || d.log();
-    wait_for("the creation to pause", Duration::from_secs(10), || {
+    wait_for("the creation to pause", Duration::from_secs(20), || {
         d_log().contains("test hook: pausing")
     })
     .await;
     let monitors = monitor_pids(&d.state);
     assert_eq!(monitors.len(), 1, "the monitor was started");
     assert!(!crius::linux::mount::mounts_under(&d.state.join("pods")).is_empty());
+    if step != "set up pod network" {
+        let veths = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", d.bridge.as_ref().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            !veths.stdout.is_empty(),
+            "the pod was attached before the kill"
+        );
+    }
     d.signal_and_wait(9, Duration::from_secs(10))
         .expect("daemon dies");
     assert!(
@@ -612,6 +748,7 @@ async fn daemon_killed_during_run_pod_sandbox_leaves_nothing_after_restart() {
     // The name is free again.
     let id = run(&mut rt, config("interrupted")).await.unwrap();
     stop_remove(&mut rt, &id).await;
+    assert_no_trace(&d);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -752,4 +889,38 @@ async fn a_hundred_pods_leave_no_trace() {
         pss[pss.len() / 2],
         pss[pss.len() - 1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_network_rolls_the_pod_back() {
+    // A CNI config whose plugin does not exist: everything before the
+    // network step (cgroup, monitor, namespaces, pod init) is undone.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("cni");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-bad.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"bad","plugins":[{"type":"no-such-plugin"}]}"#,
+    )
+    .unwrap();
+    let d = TestDaemon::start(&format!("[network]\nconf_dir = \"{}\"\n", conf.display())).await;
+    let mut rt = d.runtime().await;
+    let e = run(&mut rt, config("badnet")).await.unwrap_err();
+    assert!(
+        e.message().contains("set up pod network") && e.message().contains("no-such-plugin"),
+        "{}",
+        e.message()
+    );
+    assert!(list(&mut rt, None).await.is_empty());
+    assert_no_trace(&d);
+    // A host-network pod needs no CNI and still works.
+    let c = with_namespaces(
+        config("hostnet"),
+        NamespaceMode::Node,
+        NamespaceMode::Pod,
+        NamespaceMode::Pod,
+    );
+    let id = run(&mut rt, c).await.unwrap();
+    stop_remove(&mut rt, &id).await;
+    assert_no_trace(&d);
 }

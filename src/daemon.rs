@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
 use crate::network::Network;
 use crate::pod::{self, Pods};
@@ -15,6 +16,8 @@ pub struct Daemon {
     pub store: Arc<Store>,
     /// Pod networking (CNI).
     pub network: Arc<Network>,
+    /// Pod and container cgroups.
+    pub cgroups: Arc<Cgroups>,
     /// Pod sandboxes.
     pub pods: Arc<Pods>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
@@ -27,6 +30,8 @@ pub enum OpenError {
     Store(#[from] store::Error),
     #[error(transparent)]
     Pod(#[from] pod::Error),
+    #[error("cgroups")]
+    Cgroups(#[from] cgroups::Error),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,14 +45,18 @@ impl Daemon {
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         let store = Arc::new(Store::open(&config.db_path())?);
         let network = Arc::new(Network::new(&config.network, &config.state));
+        let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
         let pods = Arc::new(Pods::new(
             store.clone(),
+            network.clone(),
+            cgroups.clone(),
             pod::Settings::from_config(&config),
         )?);
         Ok(Daemon {
             config,
             store,
             network,
+            cgroups,
             pods,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })

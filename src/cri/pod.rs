@@ -18,7 +18,8 @@ impl Cri {
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let config = req.config.ok_or_else(|| missing("config"))?;
         let spec = pod_spec(config, req.runtime_handler)?;
-        let id = self.daemon.pods.run(spec).await.map_err(status)?;
+        let pod_cidr = self.daemon.runtime_config().pod_cidr;
+        let id = self.daemon.pods.run(spec, pod_cidr).await.map_err(status)?;
         tracing::Span::current().record("pod_id", id.as_str());
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
@@ -277,7 +278,9 @@ fn verbose_info(r: &PodRecord) -> serde_json::Value {
             "pid": r.pid_ns_path(),
         },
         "shm": r.shm,
-        "cgroupPath": r.cgroup,
+        "cgroupPath": r.cgroup.as_ref().map(|c| &c.path),
+        "cgroupCreated": r.cgroup_created,
+        "initCgroupPath": r.init_cgroup.as_ref().map(|c| &c.path),
         "monitorPid": r.monitor.map(|m| m.pid),
         "initPid": r.init.map(|m| m.pid),
         "stateDir": r.dir.dir,

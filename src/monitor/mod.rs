@@ -81,6 +81,12 @@ impl PodDir {
     pub fn exit_file(&self, name: &str) -> PathBuf {
         self.exits().join(name)
     }
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+    pub fn hostname(&self) -> PathBuf {
+        self.dir.join("hostname")
+    }
     pub fn shm(&self) -> PathBuf {
         self.dir.join("shm")
     }

@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cgroups::Cgroups;
 use crate::config::Config;
 use crate::error::{Classify, Kind};
+use crate::network::Network;
 use crate::store::{self, Store};
 pub use record::{NetworkInfo, PodRecord, State};
 pub use spec::PodSpec;
@@ -109,6 +111,8 @@ impl Settings {
 /// The pod service: a field of [`crate::daemon::Daemon`].
 pub struct Pods {
     store: Arc<Store>,
+    network: Arc<Network>,
+    cgroups: Arc<Cgroups>,
     settings: Settings,
     boot_id: String,
     /// Creations under way, by pod key: a retry waits on the receiver.
@@ -130,7 +134,12 @@ pub struct Filter {
 
 impl Pods {
     /// Opens the service; call [`reconcile::start`] next (it needs the Arc).
-    pub fn new(store: Arc<Store>, settings: Settings) -> Result<Pods, Error> {
+    pub fn new(
+        store: Arc<Store>,
+        network: Arc<Network>,
+        cgroups: Arc<Cgroups>,
+        settings: Settings,
+    ) -> Result<Pods, Error> {
         let boot_id = crate::linux::process::boot_id().map_err(|e| Error::Step {
             step: "read boot id".into(),
             kind: Kind::Internal,
@@ -138,6 +147,8 @@ impl Pods {
         })?;
         Ok(Pods {
             store,
+            network,
+            cgroups,
             settings,
             boot_id,
             creating: Mutex::new(HashMap::new()),

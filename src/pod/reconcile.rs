@@ -46,8 +46,8 @@ pub async fn start(pods: &Arc<Pods>) -> Result<(), Error> {
         match rec.state {
             State::Creating => {
                 tracing::warn!(pod_id = %id, "rolling back a pod whose creation was interrupted");
-                pods.teardown(&rec).await;
-                pods.remove_files(&rec);
+                let _ = pods.teardown(&rec, false).await;
+                pods.remove_files(&rec).await;
                 pods.store.delete(PODS, &id)?;
             }
             State::Ready => {
@@ -72,7 +72,7 @@ pub async fn start(pods: &Arc<Pods>) -> Result<(), Error> {
                 } else {
                     tracing::warn!(pod_id = %id, "pod monitor is gone: the pod is NOTREADY");
                     if !rebooted {
-                        pods.teardown(&rec).await;
+                        let _ = pods.teardown(&rec, false).await;
                     } else {
                         release_stale(&rec.dir);
                     }
@@ -139,9 +139,76 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path) -> Result<(), Error> {
             let _ = std::fs::remove_dir_all(&dir.ns_dir);
         }
     }
-    // INTEGRATION(cgroups): remove pod cgroups under crius's default parent
-    // whose pod id has no record.
+    // CNI attachments (cached ADD results) whose pod has no record: DEL
+    // releases their addresses (the netns is gone; DEL still runs).
+    for id in pods.network.cached_pods().unwrap_or_default() {
+        if !known.contains(&id) && is_pod_id(&id) {
+            tracing::warn!(pod_id = %id, "releasing the network of a pod without a record");
+            if let Err(e) = pods.network.teardown(&id, Path::new("")).await {
+                tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "CNI DEL of an orphan");
+            }
+        }
+    }
+    // Pod cgroups crius made under its default parent with no record.
+    for (id, path) in orphan_cgroups(pods, &known) {
+        tracing::warn!(pod_id = %id, cgroup = %path, "removing the cgroup of a pod without a record");
+        let cg = pods.cgroups.clone();
+        let removed = super::lifecycle::blocking(move || {
+            cg.kill_all(&path)?;
+            cg.remove(&path)
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "remove orphan cgroup");
+        }
+    }
     Ok(())
+}
+
+/// Children of crius's default cgroup parent that are pod cgroups of
+/// crius's own making (their name holds a pod id) and have no record.
+fn orphan_cgroups(
+    pods: &Pods,
+    known: &std::collections::HashSet<String>,
+) -> Vec<(String, crate::cgroups::CgroupPath)> {
+    let probe = "0".repeat(64);
+    let Ok(sample) = pods.cgroups.pod_path("", &probe) else {
+        return Vec::new();
+    };
+    let parent = match sample.path.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((p, _)) => p.to_string(),
+    };
+    let dir = pods.cgroups.layout().reference().dir(&parent);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = embedded_id(&name) else {
+            continue;
+        };
+        if known.contains(id) {
+            continue;
+        }
+        // Only a name crius itself would give this pod's cgroup.
+        if let Ok(path) = pods.cgroups.pod_path("", id)
+            && path.path.rsplit('/').next() == Some(name.as_str())
+        {
+            out.push((id.to_string(), path));
+        }
+    }
+    out
+}
+
+/// The 64-hex-digit pod id inside a cgroup name (`pod-<id>`,
+/// `crius-pod<id>.slice`).
+fn embedded_id(name: &str) -> Option<&str> {
+    let start = name.find("pod")? + 3;
+    let rest = name[start..].trim_start_matches('-');
+    let id = rest.get(..64)?;
+    is_pod_id(id).then_some(id)
 }
 
 /// Only names crius itself makes (64 hex digits) are ever swept.
@@ -181,8 +248,8 @@ async fn reap_unclaimed(pods: Arc<Pods>) {
             });
             if let Ok(Some(r)) = taken {
                 tracing::warn!(pod_id = %id, "removing a pod that no RunPodSandbox retry claimed");
-                pods.teardown(&r).await;
-                pods.remove_files(&r);
+                let _ = pods.teardown(&r, false).await;
+                pods.remove_files(&r).await;
                 let _ = pods.store.delete(PODS, &id);
             }
             drop(guard);
@@ -194,6 +261,18 @@ async fn reap_unclaimed(pods: Arc<Pods>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_in_cgroup_names() {
+        let id = "ab".repeat(32);
+        assert_eq!(embedded_id(&format!("pod-{id}")), Some(id.as_str()));
+        assert_eq!(
+            embedded_id(&format!("crius-pod{id}.slice")),
+            Some(id.as_str())
+        );
+        assert_eq!(embedded_id("pod-short"), None);
+        assert_eq!(embedded_id("kubepods"), None);
+    }
 
     #[test]
     fn only_crius_ids_are_swept() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::spec::PodSpec;
+use crate::cgroups::CgroupPath;
 use crate::linux::process::ProcRef;
 use crate::monitor::{INIT, PodDir, read_exit};
 use crate::store::Table;
@@ -52,10 +53,13 @@ pub struct PodRecord {
     pub utsns: Option<PathBuf>,
     /// The pod's /dev/shm (absent for host IPC pods).
     pub shm: Option<PathBuf>,
-    /// The pod cgroup path, decided before it is created.
-    pub cgroup: Option<String>,
-    /// Whether crius created that cgroup (and so removes it).
+    /// The pod cgroup, decided before it is created.
+    pub cgroup: Option<CgroupPath>,
+    /// Whether crius created that cgroup (and so removes it); a cgroup
+    /// kubelet made is left as it is.
     pub cgroup_created: bool,
+    /// The pod init's leaf under the pod cgroup.
+    pub init_cgroup: Option<CgroupPath>,
     pub monitor: Option<ProcRef>,
     pub init: Option<ProcRef>,
     pub network: Option<NetworkInfo>,

@@ -154,6 +154,14 @@ impl PodSpec {
         if ns.user_namespace {
             return invalid("user namespaces are not supported by crius yet".into());
         }
+        for p in &self.port_mappings {
+            if !(1..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
+                return invalid(format!(
+                    "port mapping {}->{} is out of range",
+                    p.host_port, p.container_port
+                ));
+            }
+        }
         for name in self.sysctls.keys() {
             match sysctl_namespace(name) {
                 Some(SysctlNamespace::Net) if self.host_network() => {
