@@ -314,6 +314,22 @@ mod tests {
     }
 
     #[test]
+    fn network_values_are_checked() {
+        for (text, key) in [
+            ("[network]\ndefault_bridge = \"\"", "default_bridge"),
+            (
+                "[network]\ndefault_bridge = \"a-very-long-bridge0\"",
+                "default_bridge",
+            ),
+            ("[network]\nplugin_timeout_secs = 0", "plugin_timeout_secs"),
+        ] {
+            let e = Config::parse(text).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
     fn explicit_missing_file_is_an_error_default_is_not() {
         let e = Config::load(Some(Path::new("/nonexistent/crius.toml"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/crius.toml"));

@@ -233,16 +233,46 @@ impl Tree {
 
     /// How many processes the OOM killer killed in `path` (and below).
     pub fn oom_kills(&self, path: &str) -> Result<u64, Error> {
+        let (file, _) = self.oom_file(path)?;
+        Ok(key_value(&read_trimmed(&file)?, "oom_kill").unwrap_or(0))
+    }
+
+    /// The file holding `path`'s OOM-kill counter, and whether it is v2's.
+    pub fn oom_file(&self, path: &str) -> Result<(PathBuf, bool), Error> {
         let h = self
             .layout
             .controller("memory")
             .ok_or_else(|| Error::InvalidResources("no memory controller on this host".into()))?;
-        let file = h.dir(path).join(if h.unified {
+        let name = if h.unified {
             "memory.events"
         } else {
             "memory.oom_control"
-        });
-        Ok(key_value(&read_trimmed(&file)?, "oom_kill").unwrap_or(0))
+        };
+        Ok((h.dir(path).join(name), h.unified))
+    }
+
+    /// The names of the cgroups directly below `path` (reference
+    /// hierarchy); none when `path` does not exist.
+    pub fn children(&self, path: &str) -> Result<Vec<String>, Error> {
+        let dir = self.layout.reference().dir(path);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "list cgroup",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Removes `path` and every cgroup below it in every hierarchy; an

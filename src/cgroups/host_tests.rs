@@ -350,10 +350,20 @@ fn host_oom_kill_is_counted() {
     let pid = g.spawn("x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}");
     g.cg.create_with_pid(&leaf, &res, pid).unwrap();
     assert_eq!(g.cg.oom_kills(&leaf).unwrap(), 0);
+    let mut watch = g.cg.oom_watch(&leaf).unwrap();
     g.go(pid);
     assert_eq!(g.wait_signal(pid), Some(9));
     let kills = g.cg.oom_kills(&leaf).unwrap();
     assert!(kills >= 1, "oom_kill {kills}");
+    if let Some(fd) = watch.as_fd() {
+        // v2: the kill woke the watcher.
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        assert_eq!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(),
+            1
+        );
+    }
+    assert_eq!(watch.refresh(), kills);
     assert!(g.cg.oom_kills(&pod).unwrap() >= 1 || !g.unified("memory"));
     g.cg.kill_all(&leaf).unwrap();
     g.cg.remove(&leaf).unwrap();
@@ -470,4 +480,75 @@ fn host_systemd_slices_and_scopes() {
     g.cg.remove(&own).unwrap();
     g.cg.remove(&kubelet).unwrap();
     assert!(!g.cg.exists(&own) && !g.cg.exists(&kubelet));
+}
+
+/// The real cgroup2 mount of a hybrid host (this one: /sys/fs/cgroup/unified)
+/// seen as if it were the only hierarchy: exercises v2's kernel rules
+/// (controller delegation, cgroup.kill, cgroup.freeze, rmdir) for real even
+/// without the VM; memory and cpu are on v1 here, so only hugetlb limits.
+#[test]
+fn host_v2_mount_of_a_hybrid_host_for_real() {
+    if !is_root() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(line) = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 ") && l.contains(" /sys/fs/cgroup/unified "))
+    else {
+        eprintln!("skipped: no hybrid cgroup2 mount at /sys/fs/cgroup/unified");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mi = dir.path().join("mountinfo");
+    std::fs::write(&mi, format!("{line}\n")).unwrap();
+    let root = std::path::Path::new("/sys/fs/cgroup/unified");
+    let tag = &crate::ids::new_id()[..12];
+    let cg = Cgroups::detect(CgroupDriver::Cgroupfs, &mi, root)
+        .unwrap()
+        .with_default_parent(&format!("/crius-test-{tag}"))
+        .unwrap();
+    assert!(cg.is_unified());
+    let mut g = Guard {
+        prefix: cg.default_parent_path().unwrap(),
+        cg,
+        children: Vec::new(),
+    };
+    let pod = g.cg.pod_path("", "v2").unwrap();
+    let huge = std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists()
+        && g.cg.layout().controller("hugetlb").is_some();
+    let res = Resources {
+        hugepage_limits: if huge {
+            [("2MB".to_string(), 2 << 20)].into()
+        } else {
+            Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(g.cg.create(&pod, &res).unwrap());
+    if huge {
+        assert_eq!(g.read("hugetlb", &pod, "hugetlb.2MB.max"), "2097152");
+    }
+    let leaf = g.cg.container_path(&pod, "c").unwrap();
+    let pid = g.spawn("sleep 100 & sleep 100 & wait");
+    g.cg.create_with_pid(&leaf, &Resources::default(), pid)
+        .unwrap();
+    // v2: only leaves hold processes; the pod cgroup lists them through its
+    // subtree.
+    g.go(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while g.cg.procs(&pod).unwrap().len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(g.cg.procs(&pod).unwrap().len(), 3);
+    let own = std::fs::read_to_string(
+        root.join(pod.path.trim_start_matches('/'))
+            .join("cgroup.procs"),
+    )
+    .unwrap();
+    assert!(own.trim().is_empty(), "pod cgroup holds {own}");
+    g.cg.kill_all(&pod).unwrap();
+    assert_eq!(g.wait_signal(pid), Some(9));
+    g.cg.remove(&pod).unwrap();
+    assert!(!g.cg.exists(&pod));
 }

@@ -24,7 +24,9 @@
 //!                                                     //  needs its first process)
 //! cg.update(&leaf, &resources)?;                      // all or nothing
 //! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
+//! let mut w = cg.oom_watch(&leaf)?;                  // while it runs: w.as_fd(), w.refresh()
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
+//! cg.monitor_path(&pod_id)? ; cg.children(&cg.default_parent_path()?)?  // monitors; reconcile
 //! ```
 //!
 //! Differences from the first sketch of this API: `pod_path`,
@@ -60,6 +62,7 @@ pub mod fs;
 #[cfg(test)]
 mod host_tests;
 pub mod layout;
+pub mod oom;
 pub mod paths;
 pub mod resources;
 pub mod systemd;
@@ -73,6 +76,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{CgroupConfig, CgroupDriver};
 use crate::error::{Classify, Kind};
 pub use layout::{Layout, Mode};
+pub use oom::OomWatch;
 pub use paths::{CgroupPath, Unit};
 pub use resources::Resources;
 
@@ -251,6 +255,30 @@ impl Cgroups {
         paths::leaf_path(pod, &format!("init_{pod_id}"))
     }
 
+    /// The leaf of a pod's monitor: below the default parent, outside both
+    /// the daemon's cgroup and the pod's (a monitor must survive both).
+    pub fn monitor_path(&self, pod_id: &str) -> Result<CgroupPath, Error> {
+        paths::leaf_path(&self.default_parent_path()?, &format!("monitor_{pod_id}"))
+    }
+
+    /// The default parent as a cgroup (`/crius`, or its slice).
+    pub fn default_parent_path(&self) -> Result<CgroupPath, Error> {
+        paths::default_parent_path(self.driver, &self.default_parent)
+    }
+
+    /// The cgroups directly below `parent`, e.g. to find pods and leaves
+    /// without a record when crius starts. Only cgroups whose names crius
+    /// makes are returned (`pod-*`/`crius-*`, `*-pod*.slice`/`crius-*.scope`).
+    pub fn children(&self, parent: &CgroupPath) -> Result<Vec<CgroupPath>, Error> {
+        let mut out = Vec::new();
+        for name in self.tree.children(&parent.path)? {
+            if let Some(child) = paths::child_path(parent, &name) {
+                out.push(child);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn exists(&self, path: &CgroupPath) -> bool {
         self.tree.exists(&path.path)
     }
@@ -394,6 +422,13 @@ impl Cgroups {
     /// scope still has a process (systemd removes empty scopes).
     pub fn oom_kills(&self, path: &CgroupPath) -> Result<u64, Error> {
         self.tree.oom_kills(&path.path)
+    }
+
+    /// Starts watching the OOM-kill counter of `path` (see [`oom`]): with
+    /// systemd, the counter must be read before the scope empties.
+    pub fn oom_watch(&self, path: &CgroupPath) -> Result<OomWatch, Error> {
+        let (file, unified) = self.tree.oom_file(&path.path)?;
+        OomWatch::new(file, unified)
     }
 
     /// Removes `path` and everything below it; idempotent. Processes

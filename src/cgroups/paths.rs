@@ -121,6 +121,50 @@ pub fn leaf_path(pod: &CgroupPath, name: &str) -> Result<CgroupPath, Error> {
     }
 }
 
+/// The configured default parent as a cgroup: `/crius`, or its slice.
+pub fn default_parent_path(
+    driver: CgroupDriver,
+    default_parent: &str,
+) -> Result<CgroupPath, Error> {
+    match driver {
+        CgroupDriver::Cgroupfs => Ok(CgroupPath {
+            path: cgroupfs_path(default_parent)?,
+            unit: None,
+        }),
+        CgroupDriver::Systemd => slice_path(&default_slice(default_parent)?),
+    }
+}
+
+/// The cgroup `name` found below `parent`, if crius names cgroups so: pods
+/// (`pod-<id>`, `<slice prefix>-pod<id>.slice`) and leaves (`crius-<id>`,
+/// `crius-<id>.scope`).
+pub fn child_path(parent: &CgroupPath, name: &str) -> Option<CgroupPath> {
+    match &parent.unit {
+        None => (name.starts_with("pod-") || name.starts_with("crius-")).then(|| CgroupPath {
+            path: join(&parent.path, name),
+            unit: None,
+        }),
+        Some(unit) if name.ends_with(".slice") => {
+            let prefix = match unit.name.strip_suffix(".slice")? {
+                "-" => String::new(),
+                p => format!("{p}-"),
+            };
+            name.strip_prefix(&prefix)?
+                .starts_with("pod")
+                .then_some(())?;
+            slice_path(name).ok()
+        }
+        Some(unit) if name.starts_with("crius-") && name.ends_with(".scope") => Some(CgroupPath {
+            path: join(&parent.path, name),
+            unit: Some(Unit {
+                name: name.into(),
+                slice: unit.name.clone(),
+            }),
+        }),
+        Some(_) => None,
+    }
+}
+
 /// The cgroup of a systemd slice name.
 pub fn slice_path(slice: &str) -> Result<CgroupPath, Error> {
     check_slice(slice)?;
@@ -326,6 +370,28 @@ mod tests {
         );
         assert!(leaf_path(&c, "nested").is_err());
         assert!(leaf_path(&pod, "../x").is_err());
+    }
+
+    #[test]
+    fn default_parents_and_children() {
+        let root = default_parent_path(Cgroupfs, "/crius").unwrap();
+        assert_eq!(root.path, "/crius");
+        let pod = child_path(&root, "pod-abc").unwrap();
+        assert_eq!(pod, pod_path(Cgroupfs, "/crius", "", "abc").unwrap());
+        let leaf = child_path(&pod, "crius-c1").unwrap();
+        assert_eq!(leaf, leaf_path(&pod, "c1").unwrap());
+        assert_eq!(child_path(&root, "kubelet-thing"), None);
+
+        let root = default_parent_path(Systemd, "/crius").unwrap();
+        assert_eq!(root.path, "/crius.slice");
+        let pod = child_path(&root, "crius-podabc.slice").unwrap();
+        assert_eq!(pod, pod_path(Systemd, "/crius", "", "abc").unwrap());
+        let leaf = child_path(&pod, "crius-c1.scope").unwrap();
+        assert_eq!(leaf, leaf_path(&pod, "c1").unwrap());
+        let monitor = child_path(&root, "crius-monitor_abc.scope").unwrap();
+        assert_eq!(monitor, leaf_path(&root, "monitor_abc").unwrap());
+        assert_eq!(child_path(&root, "other-x.slice"), None);
+        assert_eq!(child_path(&root, "session-1.scope"), None);
     }
 
     #[test]

@@ -517,3 +517,40 @@ fn systemd_failed_create_stops_the_unit_and_leaves_nothing() {
         ]
     );
 }
+
+#[test]
+fn monitors_and_reconcile_listing() {
+    let f = fixture(Kind::V2);
+    let m = f.cg.monitor_path("p1").unwrap();
+    assert_eq!(m.path, "/crius/crius-monitor_p1");
+    f.cg.create_with_pid(&m, &Resources::default(), 3).unwrap();
+    let pod = f.cg.pod_path("", "p1").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    let c = f.cg.container_path(&pod, "c1").unwrap();
+    f.cg.create_with_pid(&c, &Resources::default(), 4).unwrap();
+    std::fs::create_dir(f.root.join("crius/not-ours")).unwrap();
+    let root = f.cg.default_parent_path().unwrap();
+    assert_eq!(f.cg.children(&root).unwrap(), vec![m, pod.clone()]);
+    assert_eq!(f.cg.children(&pod).unwrap(), vec![c]);
+    let gone = f.cg.pod_path("", "gone").unwrap();
+    assert!(f.cg.children(&gone).unwrap().is_empty());
+}
+
+#[test]
+fn oom_watch_reads_the_layouts_counter() {
+    for kind in [Kind::V1, Kind::V2] {
+        let f = fixture(kind);
+        let pod = f.cg.pod_path("", "w").unwrap();
+        f.cg.create(&pod, &Resources::default()).unwrap();
+        let mut w = f.cg.oom_watch(&pod).unwrap();
+        assert_eq!(w.as_fd().is_some(), kind == Kind::V2);
+        let file = match kind {
+            Kind::V2 => f.root.join("crius/pod-w/memory.events"),
+            _ => f.root.join("memory/crius/pod-w/memory.oom_control"),
+        };
+        std::fs::write(file, "oom_kill 5\n").unwrap();
+        assert_eq!(w.refresh(), 5);
+        f.cg.remove(&pod).unwrap();
+        assert_eq!(w.refresh(), 5);
+    }
+}

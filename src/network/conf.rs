@@ -55,6 +55,22 @@ pub struct Builtin<'a> {
 /// hairpin mode, followed by portmap for hostPort mappings. Loopback is not
 /// in the list: crius runs it separately for every pod.
 pub fn builtin(b: &Builtin) -> NetworkList {
+    // kubelet sends a dual-stack pod CIDR as "v4cidr,v6cidr": one range set
+    // (and one default route) per family.
+    let subnets: Vec<&str> = b
+        .subnet
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let ranges: Vec<Value> = subnets.iter().map(|s| json!([{ "subnet": s }])).collect();
+    let mut routes = Vec::new();
+    if subnets.iter().any(|s| !s.contains(':')) {
+        routes.push(json!({ "dst": "0.0.0.0/0" }));
+    }
+    if subnets.iter().any(|s| s.contains(':')) {
+        routes.push(json!({ "dst": "::/0" }));
+    }
     let raw = json!({
         "cniVersion": BUILTIN_CNI_VERSION,
         "name": BUILTIN_NAME,
@@ -67,8 +83,8 @@ pub fn builtin(b: &Builtin) -> NetworkList {
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": b.subnet }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "ranges": ranges,
+                    "routes": routes,
                     "dataDir": b.ipam_dir,
                 }
             },
@@ -353,5 +369,24 @@ mod tests {
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.99.0.0/16");
         assert_eq!(bridge["ipam"]["dataDir"], "/state/cni/ipam");
         assert_eq!(list.raw["plugins"][1]["capabilities"]["portMappings"], true);
+        assert_eq!(bridge["ipam"]["routes"], json!([{"dst": "0.0.0.0/0"}]));
+    }
+
+    #[test]
+    fn builtin_network_takes_a_dual_stack_pod_cidr() {
+        let list = builtin(&Builtin {
+            bridge: "crius0",
+            subnet: "10.244.1.0/24,fd00:10:244:1::/64",
+            ipam_dir: Path::new("/x"),
+        });
+        let ipam = &list.raw["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]])
+        );
+        assert_eq!(
+            ipam["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The pod's name-resolution files, which every container of the pod
 //! bind-mounts: `resolv.conf` (resolv.conf(5)) from the pod's DNS config,
-//! and the `hostname` file.
+//! the `hostname` file, and an `/etc/hosts` (hosts(5)) in kubelet's format
+//! for clients that do not bring their own (kubelet mounts its managed one).
 //!
 //! kubelet computes the DNS config itself for every dnsPolicy (ClusterFirst,
 //! Default, None) and sends it; when none is sent (crictl, critest) the
@@ -94,6 +95,32 @@ pub fn write_hostname(path: &Path, name: &str) -> Result<(), Error> {
         return Err(Error::InvalidDns(format!("invalid hostname {name:?}")));
     }
     write_file(path, format!("{name}\n").as_bytes())
+}
+
+/// Writes an /etc/hosts for the pod: localhost entries and the pod's
+/// addresses under its hostname, as kubelet's managed hosts file has them.
+pub fn write_hosts(path: &Path, hostname: &str, ips: &[std::net::IpAddr]) -> Result<(), Error> {
+    if hostname
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::InvalidDns(format!("invalid hostname {hostname:?}")));
+    }
+    let mut text = String::from(
+        "# crius-managed hosts file.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\n\
+         fe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n",
+    );
+    if !hostname.is_empty() {
+        for ip in ips {
+            text.push_str(&format!("{ip}\t{hostname}\n"));
+        }
+    }
+    write_file(path, text.as_bytes())
 }
 
 /// Atomic write with mode 0644 (containers read these as any user).
@@ -200,6 +227,25 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
         // Only the output file remains besides the host file.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn hosts_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("hosts");
+        let ips = ["10.1.0.4".parse().unwrap(), "fd00::4".parse().unwrap()];
+        write_hosts(&out, "web-0", &ips).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("127.0.0.1\tlocalhost\n"), "{text}");
+        assert!(
+            text.contains("::1\tlocalhost ip6-localhost ip6-loopback\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("10.1.0.4\tweb-0\nfd00::4\tweb-0\n"),
+            "{text}"
+        );
+        assert!(write_hosts(&out, "a b", &ips).is_err());
     }
 
     #[test]

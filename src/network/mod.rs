@@ -12,12 +12,17 @@
 //! - [`Network::teardown`]`(pod_id, netns)`: DEL in reverse order with the
 //!   cached configuration and result; idempotent (no cache entry = nothing to
 //!   do), works after a daemon restart and when the netns is already gone (DEL
-//!   still runs so that IPAM releases the address, as CNI requires).
+//!   still runs so that IPAM releases the address, as CNI requires). Call it
+//!   *before* unpinning the netns: some plugins (bridge's ipMasq rule) can
+//!   only clean up what they find inside it.
 //! - [`Network::cached_status`]`(pod_id)`: the IPs from the cached result.
-//! - [`Network::cached_pods`]: pod ids with a cache entry (reconciliation).
-//! - [`Network::readiness`]: Status's NetworkReady (a usable config and every
-//!   plugin binary it needs).
-//! - [`dns::write_resolv_conf`], [`dns::write_hostname`]: the pod's files.
+//! - [`Network::cached_pods`]: pod ids with a cache entry;
+//!   [`Network::gc`]`(live_pod_ids)`: DEL for every other cached attachment,
+//!   then CNI 1.1 GC where the plugins support it (reconciliation at start).
+//! - [`Network::readiness`]: Status's NetworkReady (a usable config, every
+//!   plugin binary it needs, and a background VERSION/STATUS check).
+//! - [`dns::write_resolv_conf`], [`dns::write_hostname`], [`dns::write_hosts`]:
+//!   the pod's files.
 //!
 //! State: `<state>/cni/results/<pod-id>.json` (see [`cache`]) and, for the
 //! built-in network, host-local's leases under `<state>/cni/ipam/` (ephemeral
@@ -26,7 +31,10 @@
 pub mod cache;
 pub mod conf;
 pub mod dns;
+mod gc;
+pub mod input;
 pub mod plugin;
+pub mod probe;
 pub mod result;
 
 #[cfg(test)]
@@ -39,12 +47,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::config::NetworkConfig;
 use crate::error::{Classify, Kind};
 use cache::{Cache, Entry};
 use conf::NetworkList;
+use input::{cni_args, del_netns, plugin_config, runtime_config, validate, validate_id};
 use plugin::{Call, ExecError};
 
 /// The pod's interface name, as every CRI runtime uses.
@@ -177,6 +186,7 @@ pub struct Network {
     config: NetworkConfig,
     cache: Cache,
     ipam_dir: PathBuf,
+    prober: probe::Prober,
 }
 
 impl Network {
@@ -186,6 +196,7 @@ impl Network {
             config: config.clone(),
             cache: Cache::new(cni.join("results")),
             ipam_dir: cni.join("ipam"),
+            prober: probe::Prober::default(),
         }
     }
 
@@ -242,11 +253,36 @@ impl Network {
         Ok(())
     }
 
-    /// NetworkReady: `Err(message)` while pods cannot get a network.
+    /// NetworkReady: `Err(message)` while pods cannot get a network: no
+    /// usable config, a missing plugin binary, or (checked in the
+    /// background, see [`probe`]) a plugin that does not speak the config's
+    /// cniVersion or answers STATUS with an error.
     pub fn readiness(&self) -> std::result::Result<(), String> {
         let list = self.load("").map_err(|e| crate::error::chain(&e))?;
         self.check_binaries(&list)
-            .map_err(|e| crate::error::chain(&e))
+            .map_err(|e| crate::error::chain(&e))?;
+        let job = self.probe_job(list).map_err(|e| crate::error::chain(&e))?;
+        self.prober.poll(job)
+    }
+
+    #[cfg(test)]
+    fn prober_checked(&self) -> bool {
+        self.prober.checked()
+    }
+
+    /// What a VERSION/STATUS/GC round over `list` needs.
+    fn probe_job(&self, list: NetworkList) -> Result<probe::Job> {
+        let mut plugins = Vec::new();
+        for name in probe::direct_plugins(&list) {
+            let binary = self.binary(&list, &name)?;
+            plugins.push((name, binary));
+        }
+        Ok(probe::Job {
+            list,
+            plugins,
+            cni_path: self.cni_path(),
+            timeout: self.timeout(),
+        })
     }
 
     /// Attaches the pod's netns to the network (CNI ADD).
@@ -262,6 +298,12 @@ impl Network {
         }
         let list = self.load(&req.pod_cidr)?;
         self.check_binaries(&list)?;
+        // A retried setup (or a stale entry of a pod id reused after a
+        // crash): undo the earlier attachment first, so nothing is held twice.
+        if self.cache.read(&req.pod_id)?.is_some() {
+            tracing::info!(pod_id = %req.pod_id, "pod already has a CNI attachment; deleting it first");
+            self.teardown(&req.pod_id, &req.netns).await?;
+        }
         let mut entry = Entry {
             format: cache::FORMAT,
             pod_id: req.pod_id.clone(),
@@ -494,97 +536,4 @@ impl Network {
             None => Ok(()),
         }
     }
-}
-
-/// CNI_NETNS for DEL: the path while it is still a network namespace, else
-/// empty (plugins then only release what lives outside it, e.g. the IP).
-fn del_netns(path: &Path) -> String {
-    let is_ns = nix::sys::statfs::statfs(path)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
-    if is_ns {
-        path.display().to_string()
-    } else {
-        String::new()
-    }
-}
-
-/// Pod ids name files: no separators, no hidden names.
-fn validate_id(pod_id: &str) -> Result<()> {
-    let ok = !pod_id.is_empty()
-        && !pod_id.starts_with('.')
-        && pod_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(format!("invalid pod id {pod_id:?}")))
-    }
-}
-
-fn validate(req: &PodNetwork) -> Result<()> {
-    validate_id(&req.pod_id)?;
-    for (what, v) in [
-        ("name", &req.name),
-        ("namespace", &req.namespace),
-        ("uid", &req.uid),
-    ] {
-        if v.contains([';', '=']) || v.chars().any(|c| c.is_control()) {
-            return Err(Error::InvalidRequest(format!(
-                "pod {what} {v:?} cannot be passed in CNI_ARGS"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// CNI_ARGS as kubelet's network plugins expect them.
-pub fn cni_args(req: &PodNetwork) -> String {
-    format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-        req.namespace, req.name, req.pod_id, req.uid
-    )
-}
-
-/// The capability arguments crius can offer plugins.
-fn runtime_config(entry: &Entry) -> Map<String, Value> {
-    let mut rc = Map::new();
-    if !entry.port_mappings.is_empty() {
-        rc.insert(
-            "portMappings".into(),
-            serde_json::to_value(&entry.port_mappings).expect("port mappings serialize"),
-        );
-    }
-    rc
-}
-
-/// One plugin's stdin: its own configuration plus the list's name and
-/// version, the previous result, and `runtimeConfig` with exactly the
-/// capabilities the plugin asks for (libcni's injectRuntimeConfig).
-pub fn plugin_config(
-    list: &NetworkList,
-    plugin: &Map<String, Value>,
-    prev: Option<&Value>,
-    runtime: &Map<String, Value>,
-) -> Value {
-    let mut conf = plugin.clone();
-    conf.insert("name".into(), Value::String(list.name.clone()));
-    conf.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
-    if let Some(prev) = prev {
-        conf.insert("prevResult".into(), prev.clone());
-    }
-    let mut rc = Map::new();
-    if let Some(caps) = plugin.get("capabilities").and_then(|c| c.as_object()) {
-        for (cap, on) in caps {
-            if on.as_bool() == Some(true)
-                && let Some(v) = runtime.get(cap)
-            {
-                rc.insert(cap.clone(), v.clone());
-            }
-        }
-    }
-    if !rc.is_empty() {
-        conf.insert("runtimeConfig".into(), Value::Object(rc));
-    }
-    conf.into()
 }

@@ -211,12 +211,25 @@ async fn real_plugins_add_reach_portmap_and_del() {
     let mut env = Env::new();
     let net = env.network();
     net.readiness().unwrap();
+    // Debian's plugins speak the test list's 1.0.0 ...
+    probe::check(&net.probe_job(net.load("").unwrap()).unwrap())
+        .await
+        .unwrap();
+    // ... but not 1.1.0: readiness would say so.
+    let mut newer = net.load("").unwrap();
+    newer.cni_version = "1.1.0".into();
+    let e = probe::check(&net.probe_job(newer).unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not support cniVersion 1.1.0"), "{e}");
     let netns = env.add_netns();
     let host_port = 20000 + u16::from(env.octet) * 10;
     let pod = env.pod(&netns, host_port);
 
     // ADD: the pod gets an address of the test subnet on eth0, lo is up.
+    let started = std::time::Instant::now();
     let status = net.setup(&pod).await.unwrap();
+    eprintln!("loopback + bridge + portmap ADD: {:?}", started.elapsed());
     let ip = status.ip.expect("pod IP");
     assert!(
         ip.to_string()
@@ -248,7 +261,9 @@ async fn real_plugins_add_reach_portmap_and_del() {
     // DEL with a fresh instance (as after a daemon restart): lease, link,
     // NAT rules and cache are gone; a second DEL does nothing.
     let net = env.network();
+    let started = std::time::Instant::now();
     net.teardown(&pod.pod_id, &netns).await.unwrap();
+    eprintln!("portmap + bridge DEL: {:?}", started.elapsed());
     assert!(!env.lease(ip).exists());
     let links = ok("ip", &["-n", &ns_name, "link", "show"]);
     assert!(!links.contains("eth0"), "{links}");
@@ -320,4 +335,63 @@ async fn real_failed_add_is_undone() {
     assert!(!ok("ip", &["-n", &ns_name, "link", "show"]).contains("eth0"));
     assert!(!nat_rules().contains(&pod.pod_id));
     assert_eq!(net.cached_pods().unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_parallel_pods_get_distinct_ips_and_release_them() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const PODS: usize = 8;
+    let mut env = Env::new();
+    let net = std::sync::Arc::new(env.network());
+    let pods: Vec<PodNetwork> = (0..PODS)
+        .map(|_| {
+            let netns = env.add_netns();
+            env.pod(&netns, 0)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = pods
+        .iter()
+        .cloned()
+        .map(|p| {
+            let net = net.clone();
+            tokio::spawn(async move { net.setup(&p).await })
+        })
+        .collect();
+    let mut ips = Vec::new();
+    for t in tasks {
+        ips.push(t.await.unwrap().unwrap().ip.unwrap());
+    }
+    eprintln!("{PODS} parallel ADDs: {:?}", started.elapsed());
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), PODS, "{ips:?}");
+    for ip in &ips {
+        assert!(env.lease(*ip).exists());
+    }
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = pods
+        .iter()
+        .cloned()
+        .map(|p| {
+            let net = net.clone();
+            tokio::spawn(async move { net.teardown(&p.pod_id, &p.netns).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    eprintln!("{PODS} parallel DELs: {:?}", started.elapsed());
+    for ip in &ips {
+        assert!(!env.lease(*ip).exists());
+    }
+    let rules = nat_rules();
+    for p in &pods {
+        assert!(!rules.contains(&p.pod_id));
+    }
+    assert!(net.cached_pods().unwrap().is_empty());
 }

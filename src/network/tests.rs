@@ -104,6 +104,11 @@ d={log}
 echo "$n $CNI_COMMAND $CNI_IFNAME" >> $d/calls
 cat > $d/$n.$CNI_COMMAND.stdin
 env | grep '^CNI_' | sort > $d/$n.$CNI_COMMAND.env
+if [ "$CNI_COMMAND" = VERSION ]; then
+  if [ -e $d/versions-$n ]; then cat $d/versions-$n
+  else echo '{{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}}'; fi
+  exit 0
+fi
 if [ -e $d/hang-$n-$CNI_COMMAND ]; then sleep 600; fi
 if [ -e $d/fail-$n-$CNI_COMMAND ]; then
   echo '{{"cniVersion":"1.0.0","code":7,"msg":"'$n' broke"}}'; exit 1
@@ -458,4 +463,122 @@ async fn single_conf_file_is_run_as_a_one_plugin_list() {
     let stdin = f.stdin("addr", "ADD");
     assert_eq!(stdin["name"], "single");
     assert_eq!(stdin["cniVersion"], "0.4.0");
+}
+
+#[tokio::test]
+async fn setup_again_deletes_the_earlier_attachment_first() {
+    let f = Fixture::new(PLUGINS, Some(two_plugin_list()), false);
+    f.set_result("addr", &addr_result());
+    f.net.setup(&pod("pod13")).await.unwrap();
+    f.clear_calls();
+    f.net.setup(&pod("pod13")).await.unwrap();
+    assert_eq!(
+        f.calls(),
+        [
+            "plain DEL eth0",
+            "pm DEL eth0",
+            "addr DEL eth0",
+            "loopback ADD lo",
+            "addr ADD eth0",
+            "pm ADD eth0",
+            "plain ADD eth0"
+        ]
+    );
+    assert!(f.net.cached_status("pod13").is_some());
+}
+
+fn versions(f: &Fixture, plugin: &str, list: &[&str]) {
+    std::fs::write(
+        f.log().join(format!("versions-{plugin}")),
+        json!({"cniVersion": "1.0.0", "supportedVersions": list}).to_string(),
+    )
+    .unwrap();
+}
+
+fn list_of_version(v: &str) -> Value {
+    let mut l = two_plugin_list();
+    l["cniVersion"] = json!(v);
+    l
+}
+
+/// Polls readiness until the background check has answered.
+async fn settled_readiness(net: &Network) -> Result<(), String> {
+    let job = net.probe_job(net.load("").unwrap()).unwrap();
+    let direct = probe::check(&job).await;
+    // The background path must come to the same verdict.
+    for _ in 0..100 {
+        if net.readiness() == direct && net.prober_checked() {
+            return direct;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("background readiness never matched {direct:?}");
+}
+
+#[tokio::test]
+async fn readiness_checks_plugin_versions_and_status_in_the_background() {
+    // 1.0.0 list, 1.0.0 plugins: ready, no STATUS sent.
+    let f = Fixture::new(PLUGINS, Some(two_plugin_list()), false);
+    settled_readiness(&f.net).await.unwrap();
+    assert!(
+        f.calls().iter().all(|c| c.contains("VERSION")),
+        "{:?}",
+        f.calls()
+    );
+
+    // A 1.1.0 list on plugins that only speak 1.0.0 (Debian 12's).
+    let f = Fixture::new(PLUGINS, Some(list_of_version("1.1.0")), false);
+    let e = settled_readiness(&f.net).await.unwrap_err();
+    assert!(
+        e.contains("does not support cniVersion 1.1.0") && e.contains("addr"),
+        "{e}"
+    );
+
+    // 1.1.0 everywhere: STATUS decides.
+    let f = Fixture::new(PLUGINS, Some(list_of_version("1.1.0")), false);
+    for p in ["addr", "pm", "plain"] {
+        versions(&f, p, &["1.0.0", "1.1.0"]);
+    }
+    settled_readiness(&f.net).await.unwrap();
+    // Three plugins, checked directly and once in the background.
+    assert_eq!(f.calls().iter().filter(|c| c.contains("STATUS")).count(), 6);
+    assert_eq!(f.stdin("pm", "STATUS")["name"], "testnet");
+    f.touch("fail-pm-STATUS");
+    let e = probe::check(&f.net.probe_job(f.net.load("").unwrap()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("pm") && e.contains("not ready") && e.contains("pm broke"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn gc_deletes_attachments_of_unknown_pods_and_sends_gc_to_1_1_plugins() {
+    let f = Fixture::new(PLUGINS, Some(two_plugin_list()), false);
+    f.set_result("addr", &addr_result());
+    for id in ["live", "stale1", "stale2"] {
+        f.net.setup(&pod(id)).await.unwrap();
+    }
+    f.clear_calls();
+    assert_eq!(f.net.gc(&["live".to_string()]).await.unwrap(), 2);
+    assert_eq!(f.net.cached_pods().unwrap(), vec!["live"]);
+    let calls = f.calls();
+    assert_eq!(calls.iter().filter(|c| c.contains("DEL")).count(), 6);
+    // 1.0.0 plugins get no GC.
+    assert!(!calls.iter().any(|c| c.contains(" GC ")), "{calls:?}");
+
+    let f = Fixture::new(PLUGINS, Some(list_of_version("1.1.0")), false);
+    for p in ["addr", "pm", "plain"] {
+        versions(&f, p, &["1.0.0", "1.1.0"]);
+    }
+    f.net.setup(&pod("keep")).await.unwrap();
+    assert_eq!(f.net.gc(&["keep".to_string()]).await.unwrap(), 0);
+    let gc = f.stdin("addr", "GC");
+    assert_eq!(
+        gc["cni.dev/valid-attachments"],
+        json!([{"containerID": "keep", "ifname": "eth0"}])
+    );
+    assert_eq!(f.env("addr", "GC", "CNI_COMMAND"), "GC");
+    assert_eq!(f.calls().iter().filter(|c| c.contains(" GC ")).count(), 3);
 }
