@@ -140,14 +140,13 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path) -> Result<(), Error> {
         }
     }
     // CNI attachments (cached ADD results) whose pod has no record: DEL
-    // releases their addresses (the netns is gone; DEL still runs).
-    for id in pods.network.cached_pods().unwrap_or_default() {
-        if !known.contains(&id) && is_pod_id(&id) {
-            tracing::warn!(pod_id = %id, "releasing the network of a pod without a record");
-            if let Err(e) = pods.network.teardown(&id, Path::new("")).await {
-                tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "CNI DEL of an orphan");
-            }
-        }
+    // releases their addresses (the netns is gone; DEL still runs), then
+    // GC where the plugins support it.
+    let live: Vec<String> = known.iter().cloned().collect();
+    match pods.network.gc(&live).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(count = n, "released the networks of pods without a record"),
+        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "CNI garbage collection"),
     }
     // Pod cgroups crius made under its default parent with no record.
     for (id, path) in orphan_cgroups(pods, &known) {
