@@ -2,6 +2,8 @@
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
 mod harness;
+mod image;
 mod pod;
+mod registry;
 mod runtime;
 mod vm;

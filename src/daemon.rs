@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
+use crate::image::{self, Images};
 use crate::network::Network;
 use crate::pod::{self, Pods};
 use crate::store::{self, Store};
@@ -14,6 +15,8 @@ pub struct Daemon {
     pub config: Config,
     /// The metadata database under the root dir.
     pub store: Arc<Store>,
+    /// Images: pull, store, unpack, list, remove (see crate::image).
+    pub images: Images,
     /// Pod networking (CNI).
     pub network: Arc<Network>,
     /// Pod and container cgroups.
@@ -24,14 +27,23 @@ pub struct Daemon {
     runtime_config: RwLock<RuntimeConfig>,
 }
 
+/// Why the daemon's state could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error("open image store")]
+    Images(#[from] image::Error),
     #[error(transparent)]
     Pod(#[from] pod::Error),
     #[error("cgroups")]
     Cgroups(#[from] cgroups::Error),
+}
+
+impl crate::error::Classify for OpenError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Internal
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +56,7 @@ impl Daemon {
     /// Opens the daemon's state under the configured root.
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         let store = Arc::new(Store::open(&config.db_path())?);
+        let images = Images::open(&config, store.clone())?;
         let network = Arc::new(Network::new(&config.network, &config.state));
         let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
         let pods = Arc::new(Pods::new(
@@ -55,6 +68,7 @@ impl Daemon {
         Ok(Daemon {
             config,
             store,
+            images,
             network,
             cgroups,
             pods,

@@ -10,6 +10,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod image;
 pub mod linux;
 pub mod monitor;
 pub mod network;
