@@ -222,9 +222,17 @@ async fn a_retry_after_a_client_timeout_gets_the_same_pod() {
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{e:?}"
     );
+    // The creation is paused inside its step, holding the pod's lock:
+    // List answers at once anyway, without the unfinished pod.
+    let t = Instant::now();
     assert!(
         list(&mut rt, None).await.is_empty(),
         "an unfinished pod is invisible"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "List waited {:?}",
+        t.elapsed()
     );
     // The retry waits for the first call's pod and gets it.
     let id = run(&mut rt, config("slow")).await.unwrap();
@@ -337,4 +345,39 @@ async fn a_hundred_pods_leave_no_trace() {
         pss[pss.len() / 2],
         pss[pss.len() - 1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reboot_is_detected_from_the_boot_id() {
+    let mut d = TestDaemon::start("").await;
+    let mut rt = d.runtime().await;
+    let id = run(&mut rt, config("rebooted")).await.unwrap();
+    let (_, info) = status(&mut rt, &id).await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let init = info["initPid"].as_i64().unwrap() as i32;
+    drop(rt);
+    d.signal_and_wait(15, Duration::from_secs(10))
+        .expect("daemon stops");
+    // What a reboot does to a state dir that is not on tmpfs: the
+    // processes are gone and the boot id differs.
+    kill9(init);
+    kill9(monitor);
+    wait_for("the pod's processes to end", Duration::from_secs(5), || {
+        !alive(init) && !alive(monitor)
+    })
+    .await;
+    std::fs::write(
+        d.state.join("boot_id"),
+        "00000000-0000-0000-0000-000000000000",
+    )
+    .unwrap();
+    d.spawn();
+    d.wait_ready().await;
+    let mut rt = d.runtime().await;
+    let (s, info) = status(&mut rt, &id).await;
+    assert_eq!(s.state, PodSandboxState::SandboxNotready as i32);
+    assert_eq!(info["reason"], "the machine rebooted", "{info}");
+    assert!(d.log().contains("the machine rebooted"));
+    stop_remove(&mut rt, &id).await;
+    assert_no_trace(&d);
 }
