@@ -595,3 +595,43 @@ async fn a_failing_network_rolls_the_pod_back() {
     stop_remove(&mut rt, &id).await;
     assert_no_trace(&d);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_mappings_reach_cni_and_are_released_at_stop() {
+    let d = TestDaemon::start("").await;
+    let mut rt = d.runtime().await;
+    let mut c = config("ports");
+    c.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 38080,
+        host_ip: String::new(),
+    }];
+    let id = run(&mut rt, c).await.unwrap();
+    let nat = || {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&id) && l.contains("38080"))
+            .count()
+    };
+    assert!(nat() > 0, "portmap's DNAT rule for the pod");
+    stop_remove(&mut rt, &id).await;
+    assert_eq!(nat(), 0, "DNAT rules left after stop");
+    assert_no_trace(&d);
+
+    // Out-of-range ports are refused before anything happens.
+    let mut c = config("badport");
+    c.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 70000,
+        host_port: 1,
+        host_ip: String::new(),
+    }];
+    let e = run(&mut rt, c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_no_trace(&d);
+}
