@@ -443,3 +443,42 @@ fn port_mappings(spec: &PodSpec) -> Vec<crate::network::PortMapping> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::spec::Resources as PodRes;
+
+    #[test]
+    fn pod_cgroup_gets_resources_plus_overhead() {
+        let mut spec = PodSpec::default();
+        assert!(
+            pod_resources(&spec).is_empty(),
+            "nothing asked, nothing set"
+        );
+        spec.resources = Some(PodRes {
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 100 << 20,
+            ..Default::default()
+        });
+        spec.overhead = Some(PodRes {
+            cpu_quota: 10_000,
+            memory_limit_in_bytes: 20 << 20,
+            ..Default::default()
+        });
+        let r = pod_resources(&spec);
+        assert_eq!(r.cpu_quota, Some(60_000));
+        assert_eq!(r.memory_limit, Some(120 << 20));
+        assert_eq!(r.cpu_period, Some(100_000));
+        assert_eq!(r.cpu_shares, Some(512));
+        assert_eq!(r.cpuset_cpus, None, "CRI zero values are unset");
+        spec.resources = None;
+        assert_eq!(
+            pod_resources(&spec).memory_limit,
+            Some(20 << 20),
+            "overhead alone"
+        );
+    }
+}
