@@ -3,6 +3,7 @@
 
 mod harness;
 mod image;
+mod pod;
 mod registry;
 mod runtime;
 mod vm;

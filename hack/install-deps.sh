@@ -10,7 +10,7 @@ runtime_pkgs=(containernetworking-plugins iptables iproute2 ca-certificates)
 test_pkgs=("${runtime_pkgs[@]}" docker-registry busybox-static skopeo umoci apache2-utils
   # hack/critest-images.sh compiles two tiny static programs
   gcc libc6-dev
-  jq procps psmisc util-linux e2fsprogs
+  jq procps psmisc util-linux e2fsprogs iputils-ping
   # the VM tier (hack/vm-e2e.sh): qemu, kmod's depmod/modprobe for the guest
   # kernel's modules, and systemd + D-Bus for the guest's systemd mode
   qemu-system-x86 kmod systemd dbus)
