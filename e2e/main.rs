@@ -4,6 +4,7 @@
 mod harness;
 mod image;
 mod pod;
+mod pod_recovery;
 mod registry;
 mod runtime;
 mod vm;

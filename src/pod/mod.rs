@@ -9,6 +9,7 @@
 //! List and Status read the store only: they never wait behind a pod's
 //! lock, which creation, stop and removal hold across slow work.
 
+mod create;
 mod lifecycle;
 pub mod reconcile;
 pub mod record;
