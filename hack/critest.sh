@@ -7,6 +7,8 @@
 #   CRITEST=/path/to/critest hack/critest.sh [critest/ginkgo flags...]
 #   e.g. hack/critest.sh --ginkgo.focus='Image Manager'
 # CRIUS=/path/to/crius uses that binary instead of `cargo build`'s.
+# CRICTL=/path/to/crictl (default: next to critest, else on PATH) removes the
+# pods critest leaves behind (specs that fail half-way) before crius stops.
 # KEEP=1 keeps the temp dir (daemon log, config) for a look afterwards.
 # Everything (crius, registry, temp dirs, the test bridge) is removed on exit.
 # Needs root, docker-registry, skopeo, umoci, busybox-static, gcc
@@ -31,16 +33,42 @@ fi
 bridge=critest0
 subnet=10.99.0.0/16
 
+# Pods go in cgroups under this parent (and their monitors in
+# <parent>-monitors), which belong to this script alone.
+cgroup_parent=crius-critest
+
+crictl=${CRICTL:-$(dirname "$CRITEST")/crictl}
+[[ -x "$crictl" ]] || crictl=$(command -v crictl || true)
+
 tmp=$(mktemp -d /tmp/crius-critest.XXXXXX)
 crius_pid=
 cleanup() {
   local rc=$?
   if [[ -n "$crius_pid" ]]; then
+    # Pods left by failed specs, through the CRI (CNI DEL, monitors exit).
+    if [[ -n "$crictl" ]] && kill -0 "$crius_pid" 2>/dev/null; then
+      "$crictl" -r "unix://$tmp/crius.sock" -i "unix://$tmp/crius.sock" rmp -a -f >/dev/null 2>&1 || true
+    fi
     kill -TERM "$crius_pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$crius_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$crius_pid" 2>/dev/null || true
     wait "$crius_pid" 2>/dev/null || true
   fi
+  # What is still alive: monitors (their command line names our state dir)
+  # and the processes in our cgroups, killed by PID; then the cgroups.
+  local pid cg
+  for pid in $(grep -lF "$tmp/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  for cg in /sys/fs/cgroup/*/"$cgroup_parent" /sys/fs/cgroup/*/"$cgroup_parent"-monitors \
+    /sys/fs/cgroup/"$cgroup_parent" /sys/fs/cgroup/"$cgroup_parent"-monitors; do
+    [[ -d "$cg" ]] || continue
+    for pid in $(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null); do
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+    sleep 0.2
+    find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
   "$repo/hack/registry.sh" stop "$tmp/registry" || true
   ip link del "$bridge" 2>/dev/null || true
   if [[ "${KEEP:-}" == 1 ]]; then
@@ -80,7 +108,7 @@ root = "$tmp/root"
 state = "$tmp/state"
 log_level = "${CRIUS_LOG_LEVEL:-info}"
 [cgroup]
-default_parent = "/crius-critest"
+default_parent = "/$cgroup_parent"
 [registry]
 config_path = "$tmp/certs.d"
 [network]
