@@ -244,7 +244,8 @@ pub fn start_properties(
         let pids: Vec<u32> = pid.map(|p| p as u32).into_iter().collect();
         props.push((PIDS, Value::from(pids)));
     } else if unit.slice != "-.slice" {
-        props.push((WANTS, Value::from(unit.slice.clone())));
+        // Wants= is a list of units ("as"), as runc sends it.
+        props.push((WANTS, Value::from(vec![unit.slice.clone()])));
     }
     props.extend([
         (CPU_ACCOUNTING, Value::from(true)),
@@ -353,7 +354,7 @@ mod tests {
             ..Default::default()
         };
         let p = names(&start_properties(&unit, &res, None, false).unwrap());
-        assert!(p.contains(&"Wants=\"kubepods.slice\"".to_string()), "{p:?}");
+        assert!(p.contains(&"Wants=[\"kubepods.slice\"]".to_string()), "{p:?}");
         assert!(p.contains(&"CPUShares=uint64 512".to_string()), "{p:?}");
         assert!(p.contains(&"MemoryLimit=uint64 4096".to_string()), "{p:?}");
         assert!(
