@@ -2,5 +2,9 @@
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
 mod harness;
+mod image;
+mod pod;
+mod pod_recovery;
+mod registry;
 mod runtime;
 mod vm;

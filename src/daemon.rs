@@ -2,20 +2,48 @@
 //! Each service (images, pods, containers) is a field that owns its own locks,
 //! so a slow pull or CNI call never blocks an unrelated List or Status.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
+use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
+use crate::image::{self, Images};
 use crate::network::Network;
+use crate::pod::{self, Pods};
 use crate::store::{self, Store};
 
 pub struct Daemon {
     pub config: Config,
     /// The metadata database under the root dir.
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// Images: pull, store, unpack, list, remove (see crate::image).
+    pub images: Images,
     /// Pod networking (CNI).
-    pub network: Network,
+    pub network: Arc<Network>,
+    /// Pod and container cgroups.
+    pub cgroups: Arc<Cgroups>,
+    /// Pod sandboxes.
+    pub pods: Arc<Pods>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
+}
+
+/// Why the daemon's state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("open image store")]
+    Images(#[from] image::Error),
+    #[error(transparent)]
+    Pod(#[from] pod::Error),
+    #[error("cgroups")]
+    Cgroups(#[from] cgroups::Error),
+}
+
+impl crate::error::Classify for OpenError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Internal
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,15 +54,32 @@ pub struct RuntimeConfig {
 
 impl Daemon {
     /// Opens the daemon's state under the configured root.
-    pub fn open(config: Config) -> Result<Daemon, store::Error> {
-        let store = Store::open(&config.db_path())?;
-        let network = Network::new(&config.network, &config.state);
+    pub fn open(config: Config) -> Result<Daemon, OpenError> {
+        let store = Arc::new(Store::open(&config.db_path())?);
+        let images = Images::open(&config, store.clone())?;
+        let network = Arc::new(Network::new(&config.network, &config.state));
+        let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
+        let pods = Arc::new(Pods::new(
+            store.clone(),
+            network.clone(),
+            cgroups.clone(),
+            pod::Settings::from_config(&config),
+        )?);
         Ok(Daemon {
             config,
             store,
+            images,
             network,
+            cgroups,
+            pods,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
+    }
+
+    /// Brings the services in line with what the host holds (pods left by
+    /// a previous run, a crash, a reboot); run once before serving.
+    pub async fn reconcile(&self) -> Result<(), pod::Error> {
+        pod::reconcile::start(&self.pods).await
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

@@ -7,6 +7,7 @@
 //! external OCI runtime could be plugged in later and the translation is
 //! unit-tested without privileges.
 
+pub mod log;
 pub mod rootfs;
 pub mod spec;
 pub mod user;

@@ -19,6 +19,7 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
+pub use crate::cgroups::Resources;
 use crate::error::{Classify, Kind};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,23 +80,6 @@ pub struct Device {
     pub permissions: String,
 }
 
-/// CRI LinuxContainerResources, in crius's own terms.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resources {
-    pub cpu_period: Option<u64>,
-    pub cpu_quota: Option<i64>,
-    pub cpu_shares: Option<u64>,
-    pub memory_limit: Option<i64>,
-    pub memory_swap_limit: Option<i64>,
-    pub oom_score_adj: Option<i32>,
-    pub cpuset_cpus: Option<String>,
-    pub cpuset_mems: Option<String>,
-    /// Page size ("2MB", "1GB") → limit in bytes.
-    pub hugepage_limits: BTreeMap<String, u64>,
-    /// cgroup v2 files written verbatim (kubelet sends memory.oom.group=1).
-    pub unified: BTreeMap<String, String>,
-}
-
 /// The part of the CRI security context this translation applies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Security {
@@ -128,7 +112,10 @@ pub struct ContainerConfig {
     pub annotations: BTreeMap<String, String>,
     pub tty: bool,
     pub stdin: bool,
+    /// cgroup limits (CRI LinuxContainerResources; no pids limit there).
     pub resources: Resources,
+    /// The process's oom_score_adj (also in LinuxContainerResources).
+    pub oom_score_adj: Option<i32>,
     pub security: Security,
 }
 
@@ -647,7 +634,7 @@ pub fn build(
                 .additional_gids(config.security.supplemental_groups.clone())
                 .build()?,
         );
-    if let Some(adj) = config.resources.oom_score_adj {
+    if let Some(adj) = config.oom_score_adj {
         process = process.oom_score_adj(adj);
     }
 

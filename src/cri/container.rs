@@ -38,19 +38,19 @@ pub fn resources(r: &proto::LinuxContainerResources) -> Result<Resources, Status
         cpu_shares: positive_u64(r.cpu_shares),
         memory_limit: nonzero(r.memory_limit_in_bytes),
         memory_swap_limit: nonzero(r.memory_swap_limit_in_bytes),
-        oom_score_adj: Some(
-            i32::try_from(r.oom_score_adj)
-                .ok()
-                .filter(|v| (-1000..=1000).contains(v))
-                .ok_or_else(|| {
-                    invalid(format!("oom_score_adj {} is out of range", r.oom_score_adj))
-                })?,
-        ),
         cpuset_cpus: nonempty(&r.cpuset_cpus),
         cpuset_mems: nonempty(&r.cpuset_mems),
         hugepage_limits,
+        pids_limit: None,
         unified: r.unified.clone().into_iter().collect(),
     })
+}
+
+fn oom_score_adj(r: &proto::LinuxContainerResources) -> Result<i32, Status> {
+    i32::try_from(r.oom_score_adj)
+        .ok()
+        .filter(|v| (-1000..=1000).contains(v))
+        .ok_or_else(|| invalid(format!("oom_score_adj {} is out of range", r.oom_score_adj)))
 }
 
 fn security(s: &proto::LinuxContainerSecurityContext) -> Result<Security, Status> {
@@ -154,6 +154,7 @@ pub fn container_config(c: &proto::ContainerConfig) -> Result<ContainerConfig, S
             .map(resources)
             .transpose()?
             .unwrap_or_default(),
+        oom_score_adj: linux.resources.as_ref().map(oom_score_adj).transpose()?,
         security: linux
             .security_context
             .as_ref()
@@ -213,7 +214,7 @@ mod tests {
         assert_eq!(c.resources.cpu_shares, Some(2));
         assert_eq!(c.resources.memory_limit, Some(1 << 20));
         assert_eq!(c.resources.cpu_quota, None, "0 means unset");
-        assert_eq!(c.resources.oom_score_adj, Some(1000));
+        assert_eq!(c.oom_score_adj, Some(1000));
         assert_eq!(c.security.run_as_user, Some(1000));
         assert_eq!(c.security.add_capabilities, ["NET_ADMIN"]);
     }

@@ -180,11 +180,11 @@ fn spec_has_namespaces_mounts_and_resources() {
         cpu_period: Some(100_000),
         memory_limit: Some(64 << 20),
         memory_swap_limit: Some(128 << 20),
-        oom_score_adj: Some(999),
         hugepage_limits: [("2MB".to_string(), 4 << 20)].into(),
         unified: [("memory.oom.group".to_string(), "1".to_string())].into(),
         ..Default::default()
     };
+    c.oom_score_adj = Some(999);
     let built = build(&c, &image(), &pod(), Path::new("/rootfs")).unwrap();
     let spec = built.spec;
     let linux = spec.linux().as_ref().unwrap();

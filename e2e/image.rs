@@ -1,0 +1,612 @@
+//! The ImageService against a real local registry: pull by tag and digest,
+//! gzip and zstd layers, whiteouts, mirrors from hosts.toml, auth, hostile
+//! layers, digest mismatches, concurrent pulls, deadlines, List/Status/
+//! Remove semantics and ImageFsInfo.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crius::cri::proto::image_service_client::ImageServiceClient;
+use crius::cri::proto::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::harness::TestDaemon;
+use crate::registry::{Registry, Tar};
+use crate::require_registry_tools;
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+/// A daemon without registry hosts configuration (`extra` goes into its
+/// [registry] table).
+async fn daemon(extra: &str) -> TestDaemon {
+    TestDaemon::start(&format!(
+        "[registry]\nconfig_path = \"/nonexistent/crius-e2e-certs.d\"\n{extra}"
+    ))
+    .await
+}
+
+async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<String, tonic::Status> {
+    pull_auth(c, image, None).await
+}
+
+async fn pull_auth(
+    c: &mut ImageServiceClient<Channel>,
+    image: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
+    let r = c
+        .pull_image(PullImageRequest {
+            image: spec(image),
+            auth,
+            sandbox_config: None,
+        })
+        .await?;
+    Ok(r.into_inner().image_ref)
+}
+
+async fn status(c: &mut ImageServiceClient<Channel>, image: &str) -> ImageStatusResponse {
+    c.image_status(ImageStatusRequest {
+        image: spec(image),
+        verbose: true,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) {
+    c.remove_image(RemoveImageRequest { image: spec(image) })
+        .await
+        .unwrap();
+}
+
+async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<Image> {
+    c.list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+}
+
+/// The layer directories ImageStatus(verbose) reports, lowest first.
+async fn layer_dirs(c: &mut ImageServiceClient<Channel>, image: &str) -> Vec<PathBuf> {
+    let s = status(c, image).await;
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
+    info["layerDirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .collect()
+}
+
+/// Every path under `dir` (recursively).
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_by_tag_and_digest_then_list_status_remove() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let mut d = daemon("").await;
+    let mut c = d.images().await;
+    let busybox = reg.image("busybox");
+
+    let id = pull(&mut c, &busybox).await.unwrap();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let s = status(&mut c, &busybox).await;
+    let image = s.image.clone().unwrap();
+    assert_eq!(image.id, id, "image_ref is the image id (config digest)");
+    assert_eq!(image.repo_tags, [format!("{busybox}:latest")]);
+    assert_eq!(image.repo_digests.len(), 1);
+    assert!(image.repo_digests[0].starts_with(&format!("{busybox}@sha256:")));
+    assert!(image.size > 1_000_000, "{}", image.size);
+    assert!(!image.pinned);
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
+    assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "sh");
+
+    // Every way of naming it gives the identical answer.
+    let digest_ref = image.repo_digests[0].clone();
+    for name in [
+        id.clone(),
+        id[7..19].to_string(),
+        format!("{busybox}:latest"),
+        digest_ref.clone(),
+    ] {
+        assert_eq!(
+            status(&mut c, &name).await.image,
+            Some(image.clone()),
+            "{name}"
+        );
+    }
+    // By digest: same id, no new image; a second tag joins the same image.
+    assert_eq!(pull(&mut c, &digest_ref).await.unwrap(), id);
+    assert_eq!(pull(&mut c, &format!("{busybox}:1.35")).await.unwrap(), id);
+    let images = list(&mut c).await;
+    assert_eq!(images.len(), 1);
+    let mut tags = images[0].repo_tags.clone();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [format!("{busybox}:1.35"), format!("{busybox}:latest")]
+    );
+    let filtered = c
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec(&format!("{busybox}:1.35")),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+
+    let dirs = layer_dirs(&mut c, &id).await;
+    assert_eq!(dirs.len(), 1);
+    assert!(dirs[0].join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::metadata(dirs[0].join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+
+    // ImageFsInfo sees the content.
+    let fs = c
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = &fs.image_filesystems[0];
+    assert!(usage.used_bytes.unwrap().value > 1_000_000);
+    assert!(usage.inodes_used.unwrap().value > 10);
+    assert!(
+        usage
+            .fs_id
+            .as_ref()
+            .unwrap()
+            .mountpoint
+            .starts_with(&d.root.display().to_string())
+    );
+
+    // The image survives a restart.
+    d.signal_and_wait(15, Duration::from_secs(10));
+    d.spawn();
+    d.wait_ready().await;
+    let mut c = d.images().await;
+    assert_eq!(
+        status(&mut c, &id).await.image,
+        Some(image.clone().tap_tags(&tags))
+    );
+
+    // Remove by one tag removes the image and all its tags; again is fine.
+    remove(&mut c, &format!("{busybox}:1.35")).await;
+    assert_eq!(status(&mut c, &id).await, ImageStatusResponse::default());
+    assert!(list(&mut c).await.is_empty());
+    remove(&mut c, &id).await;
+    assert!(!dirs[0].exists(), "unreferenced layers are deleted");
+    let blobs = d.root.join("image/blobs/sha256");
+    assert_eq!(std::fs::read_dir(blobs).unwrap().count(), 0, "and blobs");
+}
+
+trait TapTags {
+    fn tap_tags(self, tags: &[String]) -> Self;
+}
+impl TapTags for Image {
+    fn tap_tags(mut self, tags: &[String]) -> Self {
+        self.repo_tags = tags.to_vec();
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_and_malformed_images() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    assert_eq!(
+        status(&mut c, "nosuch:latest").await,
+        ImageStatusResponse::default()
+    );
+    remove(&mut c, "nosuch:latest").await;
+    for bad in ["Upper/Case", "busybox@sha256:123", "a:b:c"] {
+        let err = pull(&mut c, bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(err.message().contains("invalid image reference"), "{err:?}");
+    }
+    let err = pull(&mut c, &reg.image("nosuch:latest")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = c.pull_image(PullImageRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nonroot_user_zstd_layers_and_pinned_sandbox_image() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let d = daemon(&format!(
+        "sandbox_image = \"{}\"\n",
+        reg.image("busybox:stable")
+    ))
+    .await;
+    let mut c = d.images().await;
+    pull(&mut c, &reg.image("nonroot")).await.unwrap();
+    let img = status(&mut c, &reg.image("nonroot")).await.image.unwrap();
+    assert_eq!(img.uid, Some(Int64Value { value: 1000 }));
+    assert_eq!(img.username, "");
+
+    let zid = pull(&mut c, &reg.image("busybox-zstd")).await.unwrap();
+    let dirs = layer_dirs(&mut c, &zid).await;
+    assert!(dirs[0].join("bin/busybox").is_file(), "zstd layer unpacked");
+    assert!(!status(&mut c, &zid).await.image.unwrap().pinned);
+
+    // The sandbox image is never pulled by crius, but pinned once present.
+    assert!(list(&mut c).await.iter().all(|i| !i.pinned));
+    pull(&mut c, &reg.image("busybox:stable")).await.unwrap();
+    let pinned = status(&mut c, &reg.image("busybox:stable"))
+        .await
+        .image
+        .unwrap();
+    assert!(pinned.pinned);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layer_whiteouts_and_opaque_dirs_yield_the_right_tree() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    let id = pull(&mut c, &reg.image("layered")).await.unwrap();
+    let dirs = layer_dirs(&mut c, &id).await;
+    assert_eq!(dirs.len(), 2);
+    let (lower, upper) = (&dirs[0], &dirs[1]);
+    assert_eq!(
+        std::fs::read_to_string(lower.join("data/replaced")).unwrap(),
+        "old\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("data/replaced")).unwrap(),
+        "new\n"
+    );
+    let gone = std::fs::symlink_metadata(upper.join("data/gone")).unwrap();
+    assert!(
+        gone.file_type().is_char_device() && gone.rdev() == 0,
+        "whiteout"
+    );
+    let mut buf = [0u8; 4];
+    let n =
+        rustix::fs::getxattr(upper.join("data/dir"), "trusted.overlay.opaque", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"y");
+    assert!(upper.join("data/dir/new").is_file());
+    assert!(!upper.join("data/dir/.wh..wh..opq").exists());
+    // The implicit /data of the upper layer carries the lower's metadata.
+    let (lm, um) = (
+        std::fs::metadata(lower.join("data")).unwrap(),
+        std::fs::metadata(upper.join("data")).unwrap(),
+    );
+    assert_eq!(
+        (lm.mode(), lm.uid(), lm.mtime()),
+        (um.mode(), um.uid(), um.mtime())
+    );
+    // The overlay view, as a container will see it.
+    let view = d.dir.path().join("view");
+    std::fs::create_dir(&view).unwrap();
+    let opts = format!("lowerdir={}:{}", upper.display(), lower.display());
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&view)
+        .status()
+        .unwrap();
+    if mounted.success() {
+        let mut names: Vec<_> = std::fs::read_dir(view.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let dir_names: Vec<_> = std::fs::read_dir(view.join("data/dir"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let replaced = std::fs::read_to_string(view.join("data/replaced")).unwrap();
+        let _ = std::process::Command::new("umount").arg(&view).status();
+        assert_eq!(names, ["dir", "replaced"]);
+        assert_eq!(dir_names, ["new"]);
+        assert_eq!(replaced, "new\n");
+    } else {
+        eprintln!("overlay mount not possible here; checked the layer dirs only");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_through_a_mirror_from_hosts_toml() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let certs = tempfile::tempdir().unwrap();
+    let host_dir = certs.path().join("upstream.invalid");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://upstream.invalid\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let d = TestDaemon::start(&format!(
+        "[registry]\nconfig_path = \"{}\"\n",
+        certs.path().display()
+    ))
+    .await;
+    let mut c = d.images().await;
+    let id = pull(&mut c, "upstream.invalid/busybox:1.35").await.unwrap();
+    let img = status(&mut c, "upstream.invalid/busybox:1.35")
+        .await
+        .image
+        .unwrap();
+    assert_eq!(img.id, id);
+    assert_eq!(img.repo_tags, ["upstream.invalid/busybox:1.35"]);
+    // Without the mirror the upstream does not exist.
+    let err = pull(&mut c, "other.invalid/busybox:1.35")
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_with_credentials_from_a_htpasswd_registry() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(Some("alice:s3cret-pw"));
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    let image = reg.image("busybox");
+    let err = pull(&mut c, &image).await.unwrap_err();
+    assert!(
+        err.message().contains("authoriz") || err.message().contains("401"),
+        "{err:?}"
+    );
+    let wrong = AuthConfig {
+        username: "alice".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    assert!(pull_auth(&mut c, &image, Some(wrong)).await.is_err());
+    let good = AuthConfig {
+        username: "alice".into(),
+        password: "s3cret-pw".into(),
+        ..Default::default()
+    };
+    let id = pull_auth(&mut c, &image, Some(good)).await.unwrap();
+    remove(&mut c, &id).await;
+    use base64::Engine;
+    let encoded = AuthConfig {
+        auth: base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pw"),
+        ..Default::default()
+    };
+    assert_eq!(pull_auth(&mut c, &image, Some(encoded)).await.unwrap(), id);
+    assert!(
+        !d.log().contains("s3cret-pw"),
+        "credentials are never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_layers_are_rejected_and_nothing_lands_outside() {
+    require_registry_tools!();
+    let reg = Registry::start(None);
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    let marker = format!("crius-escape-{}", std::process::id());
+    use tar::EntryType::{Link, Regular, Symlink};
+    let layers = [
+        (
+            "dotdot",
+            Tar::default().add(
+                Regular,
+                &format!("../../../../../../../../tmp/{marker}"),
+                "",
+                b"x",
+            ),
+        ),
+        (
+            "linkout",
+            Tar::default().add(Link, "passwd", "../../../../../../../../etc/passwd", b""),
+        ),
+        (
+            "symlinkparent",
+            Tar::default()
+                .add(Symlink, "up", "../../../../../../../../tmp", b"")
+                .add(Regular, &format!("up/{marker}"), "", b"x")
+                .add(Link, "hard", "up/../etc/passwd", b""),
+        ),
+    ];
+    for (name, layer) in layers {
+        reg.push_layer_image(name, &layer.bytes());
+        let err = pull(&mut c, &reg.image(name)).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{name}: {err:?}");
+        assert!(err.message().contains("unpack layer"), "{name}: {err:?}");
+    }
+    assert!(!Path::new("/tmp").join(&marker).exists());
+    assert!(!Path::new("/").join(&marker).exists());
+    let stray: Vec<_> = tree(d.dir.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == marker.as_str()))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert!(list(&mut c).await.is_empty());
+    let layers_dir = d.root.join("image/layers");
+    assert_eq!(
+        std::fs::read_dir(&layers_dir).unwrap().count(),
+        0,
+        "nothing half-stored"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.root.join("image/tmp")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_blob_is_rejected() {
+    require_registry_tools!();
+    let reg = Registry::start(None);
+    let layer = Tar::default()
+        .add(tar::EntryType::Regular, "file", "", b"content")
+        .bytes();
+    let manifest_digest = reg.push_layer_image("corrupt", &layer);
+    // Corrupt the layer blob in the registry's storage (same size).
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reg.blob_path(&manifest_digest)).unwrap()).unwrap();
+    let digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let path = reg.blob_path(digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    let err = pull(&mut c, &reg.image("corrupt")).await.unwrap_err();
+    assert!(err.message().to_lowercase().contains("digest"), "{err:?}");
+    assert!(list(&mut c).await.is_empty());
+    assert_eq!(
+        std::fs::read_dir(d.root.join("image/tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(d.root.join("image/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pulls_share_one_download_and_removes_all_succeed() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let d = daemon("").await;
+    let image = reg.image("layered");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut c = d.images().await;
+        let image = image.clone();
+        tasks.push(tokio::spawn(async move { pull(&mut c, &image).await }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.root.join("image/layers"))
+            .unwrap()
+            .count(),
+        2
+    );
+    let log = d.log();
+    assert_eq!(log.matches("pulled").count(), 4, "{log}");
+
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut c = d.images().await;
+        let image = image.clone();
+        tasks.push(tokio::spawn(async move {
+            c.remove_image(RemoveImageRequest {
+                image: spec(&image),
+            })
+            .await?;
+            Ok::<_, tonic::Status>(status(&mut c, &image).await)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), ImageStatusResponse::default());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_deadline_answers_deadline_exceeded_and_stores_nothing_partial() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    // Raw HTTP/2: a tonic client would enforce the deadline itself.
+    let code = raw_pull_with_timeout(&d.socket, &reg.image("layered"), "1m").await;
+    assert_eq!(code, Code::DeadlineExceeded as i32);
+    // The pull finishes or fails on its own: either a whole image or none.
+    for _ in 0..100 {
+        if d.log().contains("pulled") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let images = list(&mut c).await;
+    if let Some(img) = images.first() {
+        assert_eq!(layer_dirs(&mut c, &img.id).await.len(), 2);
+    }
+    assert_eq!(
+        std::fs::read_dir(d.root.join("image/tmp")).unwrap().count(),
+        0
+    );
+}
+
+/// A PullImage call over raw HTTP/2 with `grpc-timeout: timeout`; returns
+/// the grpc-status the server answered.
+async fn raw_pull_with_timeout(socket: &Path, image: &str, timeout: &str) -> i32 {
+    use prost::Message;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let msg = PullImageRequest {
+        image: spec(image),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let req = http::Request::post("http://crius/runtime.v1.ImageService/PullImage")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.headers().get("grpc-status").cloned();
+    match status {
+        Some(s) => s.to_str().unwrap().parse().unwrap(),
+        None => {
+            use http_body_util::BodyExt;
+            let body = resp.into_body().collect().await.unwrap();
+            let trailers = body.trailers().cloned().unwrap_or_default();
+            trailers["grpc-status"].to_str().unwrap().parse().unwrap()
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! Pulling an image: resolve the reference on the first endpoint that
+//! answers (mirrors first), pick the host platform from an index, fetch the
+//! config, then download every missing layer in parallel and unpack each
+//! once, in chain order, into its own directory. The image record is
+//! written last, in one transaction.
+//!
+//! Manifests: OCI image manifest and index, Docker schema2 manifest and
+//! manifest list (same JSON shape). Every blob is verified against its
+//! digest while it streams to disk; every layer against the config's
+//! diff_id while it unpacks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+
+use super::content::{self, Ingest, digest_of};
+use super::registry::{self, Endpoint};
+use super::{
+    Error, IMAGES, ImageConfig, ImageRecord, Inner, LAYERS, LayerRecord, LayerRef, META,
+    NEXT_LAYER_DIR, Reference, Result,
+};
+use crate::error::Kind;
+
+/// Credentials from the CRI AuthConfig. Debug never shows secrets.
+#[derive(Clone, Default)]
+pub struct Auth {
+    pub username: String,
+    pub password: String,
+    /// base64 of `username:password`.
+    pub auth: String,
+    /// A refresh token for the registry's token server (sent as password).
+    pub identity_token: String,
+    /// A bearer token sent as is.
+    pub registry_token: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    fn to_registry_auth(&self) -> Result<RegistryAuth> {
+        use base64::Engine;
+        if !self.registry_token.is_empty() {
+            return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
+        }
+        if !self.identity_token.is_empty() {
+            let user = if self.username.is_empty() {
+                "<token>"
+            } else {
+                &self.username
+            };
+            return Ok(RegistryAuth::Basic(
+                user.into(),
+                self.identity_token.clone(),
+            ));
+        }
+        if !self.username.is_empty() {
+            return Ok(RegistryAuth::Basic(
+                self.username.clone(),
+                self.password.clone(),
+            ));
+        }
+        if !self.auth.is_empty() {
+            let bad =
+                || Error::BadReference("auth".into(), "auth is not base64 of user:password".into());
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(self.auth.trim())
+                .map_err(|_| bad())?;
+            let text = String::from_utf8(decoded).map_err(|_| bad())?;
+            let (u, p) = text.split_once(':').ok_or_else(bad)?;
+            return Ok(RegistryAuth::Basic(u.into(), p.into()));
+        }
+        Ok(RegistryAuth::Anonymous)
+    }
+}
+
+const ACCEPT: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct RunConfig {
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    user: Option<String>,
+    working_dir: Option<String>,
+    stop_signal: Option<String>,
+    exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    volumes: Option<BTreeMap<String, serde_json::Value>>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<RunConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// In-flight layer jobs by chain id, shared by concurrent pulls.
+pub type Inflight = Mutex<HashMap<String, SharedJob>>;
+type SharedJob = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
+
+/// What a layer job needs to fetch its blob.
+struct Fetch {
+    client: oci_client::Client,
+    reference: oci_client::Reference,
+    timeout: Duration,
+    name: String,
+}
+
+fn registry_err(reference: &str, e: oci_client::errors::OciDistributionError) -> Error {
+    use oci_client::errors::OciDistributionError as E;
+    let kind = match &e {
+        E::ImageManifestNotFoundError(_) => Kind::NotFound,
+        E::ServerError { code: 404, .. } => Kind::NotFound,
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                        | oci_client::errors::OciErrorCode::BlobUnknown
+                )
+            }) =>
+        {
+            Kind::NotFound
+        }
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => Kind::FailedPrecondition,
+        E::ServerError {
+            code: 401 | 403, ..
+        } => Kind::FailedPrecondition,
+        _ => Kind::Unavailable,
+    };
+    Error::Registry {
+        reference: reference.to_string(),
+        message: crate::error::chain(&e),
+        kind,
+    }
+}
+
+async fn within<T>(timeout: Duration, name: &str, f: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| Error::Stalled {
+            reference: name.to_string(),
+            secs: timeout.as_secs(),
+        })
+}
+
+/// Pulls `reference`; returns the image id (config digest).
+pub async fn pull(inner: &Arc<Inner>, reference: &Reference, auth: &Auth) -> Result<String> {
+    let name = reference.to_string();
+    let endpoints = registry::endpoints(&inner.config.config_path, &reference.registry)?;
+    let mut last = None;
+    for ep in endpoints
+        .iter()
+        .filter(|e| e.pull && (e.resolve || reference.digest.is_some()))
+    {
+        match pull_from(inner, reference, auth, ep).await {
+            Ok(id) => return Ok(id),
+            // Only a registry that fails to answer sends us to the next one;
+            // bad content is an error whoever served it.
+            Err(err @ Error::Registry { .. }) => {
+                tracing::debug!(endpoint = %ep.url(), error = %crate::error::chain(&err), "endpoint failed");
+                last = Some(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Registry {
+        reference: name,
+        message: "no registry host configured for pulling it".into(),
+        kind: Kind::FailedPrecondition,
+    }))
+}
+
+async fn pull_from(
+    inner: &Arc<Inner>,
+    reference: &Reference,
+    auth: &Auth,
+    ep: &Endpoint,
+) -> Result<String> {
+    let name = reference.to_string();
+    let timeout = inner.config.pull_progress_timeout();
+    let client = ep.client(timeout)?;
+    let mut oref = match (&reference.tag, &reference.digest) {
+        (_, Some(d)) => oci_client::Reference::with_digest(
+            reference.registry.clone(),
+            reference.repository.clone(),
+            d.clone(),
+        ),
+        (Some(t), None) => oci_client::Reference::with_tag(
+            reference.registry.clone(),
+            reference.repository.clone(),
+            t.clone(),
+        ),
+        (None, None) => unreachable!("parse always sets a tag or a digest"),
+    };
+    if oref.resolve_registry() != ep.host {
+        oref.set_mirror_registry(ep.host.clone());
+    }
+    let rauth = auth.to_registry_auth()?;
+
+    // 1. The manifest (or index) the reference names.
+    let (bytes, _) = within(
+        timeout,
+        &name,
+        client.pull_manifest_raw(&oref, &rauth, ACCEPT),
+    )
+    .await?
+    .map_err(|e| registry_err(&name, e))?;
+    let top_digest = digest_of(&bytes);
+    if let Some(d) = &reference.digest
+        && *d != top_digest
+    {
+        return Err(Error::DigestMismatch {
+            what: format!("manifest of {name}"),
+            expected: d.clone(),
+            actual: top_digest,
+        });
+    }
+    let mut manifests = vec![(top_digest.clone(), bytes.to_vec())];
+    let mut manifest: Manifest = parse_json(&bytes, "manifest")?;
+
+    // 2. An index: the host's platform.
+    if let Some(list) = &manifest.manifests {
+        let arch = host_arch();
+        let chosen = list
+            .iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+            })
+            .ok_or_else(|| Error::BadContent(format!("{name} has no image for linux/{arch}")))?;
+        let digest = chosen.digest.clone();
+        super::reference::check_digest(&digest).map_err(Error::BadContent)?;
+        let child = oci_client::Reference::with_digest(
+            reference.registry.clone(),
+            reference.repository.clone(),
+            digest.clone(),
+        );
+        let mut child = child;
+        if child.resolve_registry() != ep.host {
+            child.set_mirror_registry(ep.host.clone());
+        }
+        let (bytes, _) = within(
+            timeout,
+            &name,
+            client.pull_manifest_raw(&child, &rauth, ACCEPT),
+        )
+        .await?
+        .map_err(|e| registry_err(&name, e))?;
+        let actual = digest_of(&bytes);
+        if actual != digest {
+            return Err(Error::DigestMismatch {
+                what: format!("platform manifest of {name}"),
+                expected: digest,
+                actual,
+            });
+        }
+        manifest = parse_json(&bytes, "manifest")?;
+        manifests.push((actual, bytes.to_vec()));
+    }
+    let config_desc = manifest
+        .config
+        .as_ref()
+        .ok_or_else(|| Error::BadContent(format!("manifest of {name} has no config")))?;
+    let id = config_desc.digest.clone();
+    super::reference::check_digest(&id).map_err(Error::BadContent)?;
+    for l in &manifest.layers {
+        super::reference::check_digest(&l.digest).map_err(Error::BadContent)?;
+    }
+
+    // 3. Hold everything this image will reference, then fetch the config.
+    let mut keys: Vec<String> = manifests.iter().map(|(d, _)| d.clone()).collect();
+    keys.push(id.clone());
+    keys.extend(manifest.layers.iter().map(|l| l.digest.clone()));
+    let mut hold = inner.hold(&keys);
+    let fetch = Arc::new(Fetch {
+        client,
+        reference: oref,
+        timeout,
+        name: name.clone(),
+    });
+    fetch_blob(inner, &fetch, &id, config_desc.size, "config").await?;
+    let config_path = inner.dirs.blob(&id);
+    let config_bytes = std::fs::read(&config_path).map_err(super::io_err("read", &config_path))?;
+    let config: ConfigFile = parse_json(&config_bytes, "image config")?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(Error::BadContent(format!(
+            "{name}: the config lists {} diff_ids for {} layers",
+            config.rootfs.diff_ids.len(),
+            manifest.layers.len()
+        )));
+    }
+    let mut layers = Vec::new();
+    let mut chain: Option<String> = None;
+    for (desc, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        super::reference::check_digest(diff_id).map_err(Error::BadContent)?;
+        let chain_id = match &chain {
+            None => diff_id.clone(),
+            Some(parent) => digest_of(format!("{parent} {diff_id}").as_bytes()),
+        };
+        layers.push(LayerRef {
+            digest: desc.digest.clone(),
+            diff_id: diff_id.clone(),
+            chain_id: chain_id.clone(),
+        });
+        chain = Some(chain_id);
+    }
+    hold.add(
+        &layers
+            .iter()
+            .map(|l| l.chain_id.clone())
+            .collect::<Vec<_>>(),
+    );
+    for (digest, bytes) in &manifests {
+        content::put_bytes(&inner.dirs, "manifest", digest, bytes).await?;
+    }
+
+    // 4. Layers: downloads in parallel, unpacking in chain order.
+    let mut jobs = Vec::new();
+    let mut parent: Option<(String, SharedJob)> = None;
+    for (l, desc) in layers.iter().zip(&manifest.layers) {
+        let job = layer_job(
+            inner,
+            &fetch,
+            l,
+            desc.size,
+            parent.as_ref().map(|p| p.0.clone()),
+            parent.map(|p| p.1),
+        );
+        jobs.push(job.clone());
+        parent = Some((l.chain_id.clone(), job));
+    }
+    for result in futures::future::join_all(jobs).await {
+        result.map_err(Error::Shared)?;
+    }
+
+    // 5. The record, with the tag moved here from any other image.
+    let size = config_desc.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    let repo_tag = reference.repo_tag();
+    let repo_digest = reference.repo_digest(&top_digest);
+    let run = config.config.unwrap_or_default();
+    let record = ImageRecord {
+        id: id.clone(),
+        repo_tags: repo_tag.iter().cloned().collect(),
+        repo_digests: vec![repo_digest],
+        size,
+        manifests: manifests.into_iter().map(|(d, _)| d).collect(),
+        layers,
+        config: ImageConfig {
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+            env: run.env.unwrap_or_default(),
+            user: run.user.unwrap_or_default(),
+            working_dir: run.working_dir.unwrap_or_default(),
+            stop_signal: run.stop_signal.unwrap_or_default(),
+            exposed_ports: run.exposed_ports.unwrap_or_default().into_keys().collect(),
+            volumes: run.volumes.unwrap_or_default().into_keys().collect(),
+            labels: run.labels.unwrap_or_default(),
+        },
+        annotations: manifest.annotations,
+    };
+    let all = inner.store.list(IMAGES)?;
+    inner.store.write(|txn| {
+        for (other_id, mut other) in all {
+            if other_id == id {
+                continue;
+            }
+            let before = other.repo_tags.len();
+            other.repo_tags.retain(|t| Some(t) != repo_tag.as_ref());
+            if other.repo_tags.len() != before {
+                txn.put(IMAGES, &other_id, &other)?;
+            }
+        }
+        let mut record = record;
+        if let Some(old) = txn.get(IMAGES, &id)? {
+            for t in old.repo_tags {
+                if !record.repo_tags.contains(&t) {
+                    record.repo_tags.push(t);
+                }
+            }
+            for d in old.repo_digests {
+                if !record.repo_digests.contains(&d) {
+                    record.repo_digests.push(d);
+                }
+            }
+            for m in old.manifests {
+                if !record.manifests.contains(&m) {
+                    record.manifests.push(m);
+                }
+            }
+        }
+        txn.put(IMAGES, &id, &record)
+    })?;
+    drop(hold);
+    tracing::info!(image = %name, %id, "pulled");
+    Ok(id)
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::BadContent(format!("parse {what}: {e}")))
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Streams a blob into the content store unless it is there already.
+async fn fetch_blob(
+    inner: &Inner,
+    fetch: &Fetch,
+    digest: &str,
+    size: u64,
+    what: &str,
+) -> Result<()> {
+    let dest = inner.dirs.blob(digest);
+    if dest.exists() {
+        return Ok(());
+    }
+    let name = &fetch.name;
+    let mut stream = within(
+        fetch.timeout,
+        name,
+        fetch.client.pull_blob_stream(&fetch.reference, digest),
+    )
+    .await?
+    .map_err(|e| registry_err(name, e))?;
+    let mut ingest = Ingest::new(&inner.dirs.tmp).await?;
+    loop {
+        let chunk = within(fetch.timeout, name, stream.next()).await?;
+        match chunk {
+            None => break,
+            Some(Ok(bytes)) => ingest.write(&bytes).await?,
+            Some(Err(e)) => {
+                return Err(Error::Registry {
+                    reference: name.clone(),
+                    message: format!("download {digest}: {e}"),
+                    kind: Kind::Unavailable,
+                });
+            }
+        }
+    }
+    let size = (size > 0).then_some(size);
+    ingest
+        .commit(&format!("{what} {digest} of {name}"), digest, size, &dest)
+        .await
+}
+
+/// The job that makes layer `l` available, shared with any other pull of
+/// the same chain id.
+fn layer_job(
+    inner: &Arc<Inner>,
+    fetch: &Arc<Fetch>,
+    l: &LayerRef,
+    size: u64,
+    parent_id: Option<String>,
+    parent: Option<SharedJob>,
+) -> SharedJob {
+    let mut map = inner.inflight.lock().expect("lock poisoned");
+    if let Some(job) = map.get(&l.chain_id) {
+        return job.clone();
+    }
+    if matches!(inner.store.get(LAYERS, &l.chain_id), Ok(Some(_))) {
+        return futures::future::ready(Ok(())).boxed().shared();
+    }
+    let (inner2, fetch, l2) = (inner.clone(), fetch.clone(), l.clone());
+    let handle = tokio::spawn(async move {
+        let result = make_layer(&inner2, &fetch, &l2, size, parent_id, parent).await;
+        inner2
+            .inflight
+            .lock()
+            .expect("lock poisoned")
+            .remove(&l2.chain_id);
+        result.map_err(Arc::new)
+    });
+    let job = async move {
+        handle.await.unwrap_or_else(|e| {
+            Err(Arc::new(Error::BadContent(format!(
+                "layer task failed: {e}"
+            ))))
+        })
+    }
+    .boxed()
+    .shared();
+    map.insert(l.chain_id.clone(), job.clone());
+    job
+}
+
+async fn make_layer(
+    inner: &Arc<Inner>,
+    fetch: &Fetch,
+    l: &LayerRef,
+    size: u64,
+    parent_id: Option<String>,
+    parent: Option<SharedJob>,
+) -> Result<()> {
+    fetch_blob(inner, fetch, &l.digest, size, "layer").await?;
+    if let Some(parent) = parent {
+        parent.await.map_err(Error::Shared)?;
+    }
+    // The lower layers, highest first, for implicit parents and hardlinks.
+    let mut lowers = Vec::new();
+    let mut next = parent_id.clone();
+    while let Some(id) = next {
+        let rec = inner
+            .store
+            .get(LAYERS, &id)?
+            .ok_or_else(|| Error::BadContent(format!("parent layer {id} is missing")))?;
+        lowers.push(inner.dirs.layer(rec.dir));
+        next = rec.parent;
+    }
+    // A fresh directory number, held so GC leaves the directory alone.
+    let dir = {
+        let mut busy = inner.busy.lock().expect("lock poisoned");
+        let n = inner.store.write(|txn| {
+            let n = txn.get(META, NEXT_LAYER_DIR)?.unwrap_or(1);
+            txn.put(META, NEXT_LAYER_DIR, &(n + 1))?;
+            Ok::<_, crate::store::Error>(n)
+        })?;
+        *busy.entry(format!("dir:{n}")).or_default() += 1;
+        n
+    };
+    let _dir_hold = super::Hold::adopt(inner, vec![format!("dir:{dir}")]);
+    let blob = inner.dirs.blob(&l.digest);
+    let target = inner.dirs.layer(dir);
+    let (inner2, l2) = (inner.clone(), l.clone());
+    tokio::task::spawn_blocking(move || {
+        let result = super::unpack::unpack(&blob, &target, &lowers, &l2.diff_id);
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&target);
+            return Err(Error::Unpack {
+                digest: l2.digest.clone(),
+                message: crate::error::chain(&e),
+            });
+        }
+        inner2.store.put(
+            LAYERS,
+            &l2.chain_id,
+            &LayerRecord {
+                dir,
+                diff_id: l2.diff_id.clone(),
+                parent: parent_id,
+            },
+        )?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::BadContent(format!("unpack task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_config_forms() {
+        let a = Auth {
+            auth: "dXNlcjpwYXNz".into(),
+            ..Auth::default()
+        };
+        assert!(
+            matches!(a.to_registry_auth().unwrap(), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
+        );
+        let a = Auth {
+            registry_token: "tok".into(),
+            ..Auth::default()
+        };
+        assert!(matches!(a.to_registry_auth().unwrap(), RegistryAuth::Bearer(t) if t == "tok"));
+        assert!(matches!(
+            Auth::default().to_registry_auth().unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        let a = Auth {
+            username: "u".into(),
+            password: "secret".into(),
+            ..Auth::default()
+        };
+        assert!(!format!("{a:?}").contains("secret"));
+        let bad = Auth {
+            auth: "!!".into(),
+            ..Auth::default()
+        };
+        assert!(bad.to_registry_auth().is_err());
+    }
+}
