@@ -25,6 +25,13 @@ pub struct TestDaemon {
     pub state: PathBuf,
     pub config: PathBuf,
     pub child: Option<Child>,
+    /// Extra environment of the daemon process (test hooks).
+    pub env: Vec<(String, String)>,
+    /// The test's own CNI bridge and subnet (see [`test_network`]).
+    pub bridge: Option<String>,
+    pub subnet: Option<String>,
+    /// The test's own default cgroup parent, removed at the end.
+    pub cgroup_parent: Option<String>,
     log: PathBuf,
 }
 
@@ -32,24 +39,7 @@ impl TestDaemon {
     /// Starts a daemon whose config file holds `extra_toml` (paths are given
     /// as flags) and waits until it answers Version.
     pub async fn start(extra_toml: &str) -> TestDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix("crius-e2e-")
-            .tempdir()
-            .unwrap();
-        let base = dir.path().to_path_buf();
-        let mut d = TestDaemon {
-            socket: base.join("run/crius.sock"),
-            root: base.join("root"),
-            state: base.join("state"),
-            config: base.join("crius.toml"),
-            log: base.join("crius.log"),
-            dir,
-            child: None,
-        };
-        std::fs::write(&d.config, extra_toml).unwrap();
-        d.spawn();
-        d.wait_ready().await;
-        d
+        start_with_env(extra_toml, &[]).await
     }
 
     /// Starts the process (again, after `kill`), keeping the same dirs.
@@ -71,6 +61,7 @@ impl TestDaemon {
             .arg(&self.state)
             .arg("--log-level")
             .arg("debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -161,6 +152,181 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             eprintln!("--- crius log ---\n{}", self.log());
         }
+        kill_leftovers(&self.state);
+        unmount_under(self.dir.path());
+        if let Some(parent) = &self.cgroup_parent {
+            remove_cgroup_tree(parent);
+            remove_cgroup_tree(&format!("{parent}-monitors"));
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip")
+                .args(["link", "del", bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A CNI conf dir for one test: a bridge of its own (`cr<tag>`), a /24 of
+/// its own, host-local leases under the test dir. Returns (conf dir,
+/// bridge, subnet).
+pub fn test_network(base: &Path, tag: &str) -> (PathBuf, String, String) {
+    let conf_dir = base.join("cni");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let bridge = format!("cr{tag}");
+    let n = u32::from_str_radix(&tag[..4], 16).unwrap();
+    let subnet = format!("10.{}.{}.0/24", 200 + (n >> 8) % 50, n & 0xff);
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("e2e-{tag}"),
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "dataDir": base.join("ipam"),
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(
+        conf_dir.join("10-e2e.conflist"),
+        serde_json::to_vec_pretty(&conf).unwrap(),
+    )
+    .unwrap();
+    (conf_dir, bridge, subnet)
+}
+
+/// Removes a cgroup and its children in every mounted hierarchy.
+pub fn remove_cgroup_tree(path: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let rel = path.trim_start_matches('/');
+    for h in hierarchies.flatten() {
+        remove_dirs_deepest_first(&h.path().join(rel));
+    }
+    remove_dirs_deepest_first(&Path::new("/sys/fs/cgroup").join(rel));
+}
+
+fn remove_dirs_deepest_first(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dirs_deepest_first(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Starts a daemon with extra environment variables (test hooks).
+pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemon {
+    let dir = tempfile::Builder::new()
+        .prefix("crius-e2e-")
+        .tempdir()
+        .unwrap();
+    let base = dir.path().to_path_buf();
+    let mut d = TestDaemon {
+        socket: base.join("run/crius.sock"),
+        root: base.join("root"),
+        state: base.join("state"),
+        config: base.join("crius.toml"),
+        log: base.join("crius.log"),
+        dir,
+        child: None,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        bridge: None,
+        subnet: None,
+        cgroup_parent: None,
+    };
+    let mut toml = extra_toml.to_string();
+    let tag = &crius::ids::new_id()[..8];
+    // Never /etc/cni: the test's own network, bridge and IP leases.
+    if !toml.contains("[network]") {
+        let (conf_dir, bridge, subnet) = test_network(&base, tag);
+        toml.push_str(&format!(
+            "\n[network]\nconf_dir = \"{}\"\n",
+            conf_dir.display()
+        ));
+        d.bridge = Some(bridge);
+        d.subnet = Some(subnet);
+    }
+    // Pods of parallel tests never share a cgroup parent (a daemon sweeps
+    // pod cgroups without a record under its parent at start).
+    if !toml.contains("[cgroup]") {
+        let parent = format!("/crius-e2e-{tag}");
+        toml.push_str(&format!("\n[cgroup]\ndefault_parent = \"{parent}\"\n"));
+        d.cgroup_parent = Some(parent);
+    }
+    std::fs::write(&d.config, toml).unwrap();
+    d.spawn();
+    d.wait_ready().await;
+    d
+}
+
+/// The pids of the pod monitors a daemon with this state dir started, from
+/// the pid files they write (alive ones only).
+pub fn monitor_pids(state: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir(state.join("pods")) else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read(e.path().join("monitor.pid")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let (Some(pid), Some(start)) = (v["pid"].as_i64(), v["start_time"].as_u64()) else {
+            continue;
+        };
+        if crius::linux::process::start_time(pid as i32) == Some(start) {
+            pids.push(pid as i32);
+        }
+    }
+    pids
+}
+
+/// Kills the monitors a test left behind, and their children (pod inits).
+fn kill_leftovers(state: &Path) {
+    for pid in monitor_pids(state) {
+        for child in children_of(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The direct children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Lazily unmounts everything mounted under `dir` (deepest first).
+pub fn unmount_under(dir: &Path) {
+    for m in crius::linux::mount::mounts_under(dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod harness;
 mod image;
+mod pod;
+mod pod_recovery;
 mod registry;
 mod runtime;
 mod vm;

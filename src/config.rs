@@ -115,6 +115,9 @@ pub struct NetworkConfig {
 pub struct PodConfig {
     /// Size of each pod's /dev/shm tmpfs, in bytes.
     pub shm_size: u64,
+    /// A pod finished after its RunPodSandbox caller gave up waits this
+    /// long for a retry to claim it, then is removed.
+    pub unclaimed_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -166,7 +169,10 @@ impl Default for NetworkConfig {
 
 impl Default for PodConfig {
     fn default() -> Self {
-        PodConfig { shm_size: 64 << 20 }
+        PodConfig {
+            shm_size: 64 << 20,
+            unclaimed_ttl_secs: 600,
+        }
     }
 }
 

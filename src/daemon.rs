@@ -4,9 +4,11 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
 use crate::image::{self, Images};
 use crate::network::Network;
+use crate::pod::{self, Pods};
 use crate::store::{self, Store};
 
 pub struct Daemon {
@@ -16,7 +18,11 @@ pub struct Daemon {
     /// Images: pull, store, unpack, list, remove (see crate::image).
     pub images: Images,
     /// Pod networking (CNI).
-    pub network: Network,
+    pub network: Arc<Network>,
+    /// Pod and container cgroups.
+    pub cgroups: Arc<Cgroups>,
+    /// Pod sandboxes.
+    pub pods: Arc<Pods>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
 }
@@ -28,6 +34,10 @@ pub enum OpenError {
     Store(#[from] store::Error),
     #[error("open image store")]
     Images(#[from] image::Error),
+    #[error(transparent)]
+    Pod(#[from] pod::Error),
+    #[error("cgroups")]
+    Cgroups(#[from] cgroups::Error),
 }
 
 impl crate::error::Classify for OpenError {
@@ -47,14 +57,29 @@ impl Daemon {
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         let store = Arc::new(Store::open(&config.db_path())?);
         let images = Images::open(&config, store.clone())?;
-        let network = Network::new(&config.network, &config.state);
+        let network = Arc::new(Network::new(&config.network, &config.state));
+        let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
+        let pods = Arc::new(Pods::new(
+            store.clone(),
+            network.clone(),
+            cgroups.clone(),
+            pod::Settings::from_config(&config),
+        )?);
         Ok(Daemon {
             config,
             store,
             images,
             network,
+            cgroups,
+            pods,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
+    }
+
+    /// Brings the services in line with what the host holds (pods left by
+    /// a previous run, a crash, a reboot); run once before serving.
+    pub async fn reconcile(&self) -> Result<(), pod::Error> {
+        pod::reconcile::start(&self.pods).await
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

@@ -11,5 +11,8 @@ pub mod daemon;
 pub mod error;
 pub mod ids;
 pub mod image;
+pub mod linux;
+pub mod monitor;
 pub mod network;
+pub mod pod;
 pub mod store;

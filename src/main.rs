@@ -34,6 +34,12 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// The per-pod monitor (started by `crius serve`, not by hand).
+    #[command(hide = true)]
+    Monitor {
+        /// The pod's state directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +69,10 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The monitor stays single-threaded: no tokio, no logging threads.
+    if let Command::Monitor { dir } = &cli.command {
+        return crius::monitor::main(dir);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config {
@@ -75,6 +85,7 @@ fn main() -> ExitCode {
             println!("crius {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Monitor { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,6 +143,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listen = config.listen.clone();
         let listener = server::bind(&listen)?;
         let daemon = Arc::new(Daemon::open(config)?);
+        daemon.reconcile().await.context("reconcile pods")?;
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
         tracing::info!("crius stopped");

@@ -7,6 +7,7 @@
 pub mod container;
 pub mod error;
 mod image;
+mod pod;
 pub mod proto;
 mod runtime;
 pub mod server;

@@ -35,33 +35,33 @@ impl RuntimeService for Cri {
 
     async fn run_pod_sandbox(
         &self,
-        _: Request<RunPodSandboxRequest>,
+        req: Request<RunPodSandboxRequest>,
     ) -> Reply<RunPodSandboxResponse> {
-        Err(unimplemented("RunPodSandbox"))
+        self.run_pod(req.into_inner()).await
     }
     async fn stop_pod_sandbox(
         &self,
-        _: Request<StopPodSandboxRequest>,
+        req: Request<StopPodSandboxRequest>,
     ) -> Reply<StopPodSandboxResponse> {
-        Err(unimplemented("StopPodSandbox"))
+        self.stop_pod(req.into_inner()).await
     }
     async fn remove_pod_sandbox(
         &self,
-        _: Request<RemovePodSandboxRequest>,
+        req: Request<RemovePodSandboxRequest>,
     ) -> Reply<RemovePodSandboxResponse> {
-        Err(unimplemented("RemovePodSandbox"))
+        self.remove_pod(req.into_inner()).await
     }
     async fn pod_sandbox_status(
         &self,
-        _: Request<PodSandboxStatusRequest>,
+        req: Request<PodSandboxStatusRequest>,
     ) -> Reply<PodSandboxStatusResponse> {
-        Err(unimplemented("PodSandboxStatus"))
+        self.pod_status(req.into_inner())
     }
     async fn list_pod_sandbox(
         &self,
-        _: Request<ListPodSandboxRequest>,
+        req: Request<ListPodSandboxRequest>,
     ) -> Reply<ListPodSandboxResponse> {
-        Err(unimplemented("ListPodSandbox"))
+        self.list_pods(req.into_inner())
     }
     type StreamPodSandboxesStream = Stream<StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(

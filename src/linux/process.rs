@@ -1,0 +1,317 @@
+//! Process handles that survive pid reuse: a pid together with its start
+//! time (field 22 of /proc/PID/stat) names one process for good, and a pidfd
+//! (pidfd_open(2)) lets the daemon watch and signal it without races.
+//! Also the fork of a single-threaded helper into new namespaces (clone(2)
+//! with namespace flags and no new stack, i.e. fork semantics).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Result, io, sys};
+
+/// One process, for good: its pid and its start time in clock ticks since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRef {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcRef {
+    /// The process `pid` as it is now; `None` when it does not exist.
+    pub fn of(pid: i32) -> Option<ProcRef> {
+        start_time(pid).map(|start_time| ProcRef { pid, start_time })
+    }
+
+    /// This process.
+    pub fn current() -> ProcRef {
+        let pid = std::process::id() as i32;
+        ProcRef::of(pid).expect("/proc/self/stat is readable")
+    }
+
+    /// Whether this very process still exists (a zombie counts as gone).
+    pub fn alive(&self) -> bool {
+        match stat_fields(self.pid) {
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
+    }
+
+    /// A pidfd for this process, checked to be the same process (not a
+    /// reused pid) after it was opened. `None` when it is gone.
+    pub fn open(&self) -> Option<PidFd> {
+        let fd = PidFd::open(self.pid).ok()?;
+        (start_time(self.pid) == Some(self.start_time)).then_some(fd)
+    }
+
+    /// Sends `signal` if the process still exists; `true` when it was sent.
+    pub fn signal(&self, signal: Signal) -> bool {
+        match self.open() {
+            Some(fd) => fd.signal(signal).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// The start time of `pid` (clock ticks since boot), `None` if it is gone.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// (state, start time) from /proc/PID/stat.
+fn stat_fields(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    // After comm, state is field 3; starttime is field 22, i.e. 19 more.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// A pidfd: readable once the process has exited.
+#[derive(Debug)]
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    pub fn open(pid: i32) -> Result<PidFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+        // no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(sys(format!("pidfd_open of pid {pid}"))(nix::Error::last()));
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        // SAFETY: pidfd_send_signal with a valid fd, a signal number, no
+        // siginfo (NULL) and no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as i32,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(sys(format!("signal {signal} through a pidfd"))(
+                nix::Error::last(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Collects the exit status if the process is our exited child; `false`
+    /// when it is still running or not our child (then there is nothing to
+    /// reap: its own parent does that).
+    pub fn try_reap(&self) -> bool {
+        // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with P_PIDFD on our fd writes into `info`, which
+        // lives across the call.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.0.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        // SAFETY: si_pid is valid to read for SIGCHLD-style siginfo from waitid.
+        rc == 0 && unsafe { info.si_pid() } != 0
+    }
+}
+
+impl PidFd {
+    /// Waits until the process has ended, then reaps it if it is our child.
+    pub async fn exited(self) {
+        use tokio::io::Interest;
+        use tokio::io::unix::AsyncFd;
+        // SAFETY: the AsyncFd takes ownership of the PidFd, which owns its
+        // fd; nothing else can close that fd while it is registered.
+        match unsafe { AsyncFd::register_with_interest(self, Interest::READABLE) } {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+                fd.get_ref().try_reap();
+            }
+            Err(e) => {
+                // Not registrable (no reactor): poll.
+                let (fd, _) = e.into_parts();
+                while !fd.try_reap() && !fd.ended() {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Whether the process has ended (poll(2) on the pidfd, no wait).
+    pub fn ended(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+}
+
+impl AsFd for PidFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Which side of [`fork_into`] we are on.
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// Forks the calling process into the new namespaces `flags` names (any of
+/// CLONE_NEWNET, NEWIPC, NEWUTS, NEWPID): clone(2) without a new stack has
+/// fork semantics. With CLONE_NEWPID the child is PID 1 of a new PID namespace.
+///
+/// Only for single-threaded processes (the monitor): the child of a
+/// multi-threaded process may find locks held by threads that do not exist.
+pub fn fork_into(flags: CloneFlags) -> Result<Forked> {
+    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: raw clone with a NULL stack duplicates the calling process like
+    // fork(2). The caller is single-threaded (documented contract), so the
+    // child's copy of the address space has no lock held by a missing thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match rc {
+        -1 => Err(sys(format!("clone with flags {flags:#x}"))(
+            nix::Error::last(),
+        )),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// Closes every fd from `first` up (close_range(2)), e.g. in a forked
+/// child that must not hold its parent's sockets.
+pub fn close_fds_from(first: u32) {
+    // SAFETY: close_range only closes descriptors; the caller owns every fd
+    // >= first and does not use them afterwards.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, u32::MAX, 0);
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants.
+pub fn set_child_subreaper() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))
+}
+
+/// Sets this thread's name as `ps` shows it (15 bytes at most).
+pub fn set_name(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+/// Sets `signals` to be ignored (SIG_IGN), e.g. SIGINT and SIGHUP in a
+/// monitor that must outlive a Ctrl-C on the daemon's terminal.
+pub fn ignore_signals(signals: &[Signal]) -> Result<()> {
+    use nix::sys::signal::{SigHandler, signal};
+    for &s in signals {
+        // SAFETY: SIG_IGN installs no handler code, so no async-signal
+        // safety question arises.
+        unsafe { signal(s, SigHandler::SigIgn) }.map_err(sys(format!("ignore {s}")))?;
+    }
+    Ok(())
+}
+
+/// Restores the default action of `signals` (in a child before it execs or
+/// becomes an init).
+pub fn default_signals(signals: &[Signal]) {
+    use nix::sys::signal::{SigHandler, signal};
+    for &s in signals {
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigDfl) };
+    }
+}
+
+/// Ends the calling process at once (_exit(2)): no atexit handlers, no
+/// flushing of stdio buffers copied from a parent by fork.
+pub fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads the kernel's boot id: it changes at every boot, so a state dir
+/// that is not on tmpfs can tell it survived a reboot.
+pub fn boot_id() -> Result<String> {
+    let path = "/proc/sys/kernel/random/boot_id";
+    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    Ok(text.trim().to_string())
+}
+
+/// Checks that an error from a syscall is "no such process".
+pub fn is_gone(err: &Error) -> bool {
+    err.errno() == Some(nix::Error::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_process_is_alive_and_stable() {
+        let me = ProcRef::current();
+        assert!(me.alive());
+        assert_eq!(ProcRef::of(me.pid), Some(me));
+        let other = ProcRef {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.alive(), "a different start time is another process");
+    }
+
+    #[test]
+    fn a_reaped_child_is_gone_and_cannot_be_signalled() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let r = ProcRef::of(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        assert!(!r.alive());
+        assert!(!r.signal(Signal::SIGKILL));
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped through the pidfd, the point of the test
+    fn pidfd_reaps_our_exited_child() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let fd = PidFd::open(child.id() as i32).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !fd.try_reap() {
+            assert!(std::time::Instant::now() < deadline, "child never reaped");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(ProcRef::of(child.id() as i32).is_none());
+    }
+
+    #[test]
+    fn boot_id_is_a_uuid() {
+        assert_eq!(boot_id().unwrap().len(), 36);
+    }
+}

@@ -1,0 +1,250 @@
+//! The daemon's side of a monitor: starting one (a re-exec of the crius
+//! binary, never a fork of the multi-threaded daemon) and talking to it.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::proto::{self, Reply, Request, SetupReply};
+use super::{PodDir, Spec};
+use crate::error::{Classify, Kind};
+use crate::linux::process::ProcRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("start monitor {exe}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The monitor could not set the pod up; `step` names what failed.
+    #[error("{step}: {message}")]
+    Setup { step: String, message: String },
+    #[error("monitor of {dir} did not answer within {limit:?}")]
+    Timeout { dir: PathBuf, limit: Duration },
+    #[error("monitor of {dir}: {message}")]
+    Protocol { dir: PathBuf, message: String },
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::Setup { step, .. } if step == "apply sysctls" || step == "set hostname" => {
+                Kind::InvalidArgument
+            }
+            Error::Timeout { .. } => Kind::DeadlineExceeded,
+            _ => Kind::Internal,
+        }
+    }
+}
+
+/// A monitor that set its pod up.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub monitor: ProcRef,
+    pub init: Option<ProcRef>,
+}
+
+/// Starts the monitor of `pod` (`exe monitor <pod dir>`) and waits for its
+/// setup reply. On failure the monitor has exited (or is killed) and reaped.
+pub async fn start(
+    exe: &Path,
+    pod: &PodDir,
+    spec: &Spec,
+    limit: Duration,
+) -> Result<Started, Error> {
+    let spec_path = pod.spec();
+    let text = serde_json::to_vec_pretty(spec).expect("serializable");
+    std::fs::write(&spec_path, text).map_err(|source| Error::Io {
+        what: "write monitor spec",
+        path: spec_path.clone(),
+        source,
+    })?;
+    let log_path = pod.log();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| Error::Io {
+            what: "open monitor log",
+            path: log_path,
+            source,
+        })?;
+    let mut child = std::process::Command::new(exe)
+        .arg0("crius")
+        .arg("monitor")
+        .arg(&pod.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            exe: exe.into(),
+            source,
+        })?;
+    let stdout: OwnedFd = child.stdout.take().expect("piped").into();
+    let reply = tokio::time::timeout(limit, read_setup(stdout)).await;
+    let reply = match reply {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(message)) => {
+            reap(child).await;
+            return Err(Error::Protocol {
+                dir: pod.dir.clone(),
+                message,
+            });
+        }
+        Err(_) => {
+            let _ = child.kill();
+            reap(child).await;
+            return Err(Error::Timeout {
+                dir: pod.dir.clone(),
+                limit,
+            });
+        }
+    };
+    match reply {
+        // The child handle is dropped without waiting: the pod's watcher
+        // reaps the monitor through its pidfd when it ends.
+        SetupReply::Ready { monitor, init } => Ok(Started { monitor, init }),
+        SetupReply::Failed { step, message } => {
+            reap(child).await;
+            Err(Error::Setup { step, message })
+        }
+    }
+}
+
+async fn reap(mut child: std::process::Child) {
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+async fn read_setup(stdout: OwnedFd) -> Result<SetupReply, String> {
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)
+        .map_err(|e| format!("monitor stdout: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(pipe)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("read setup reply: {e}"))?;
+    if line.is_empty() {
+        return Err("exited before it set the pod up (see monitor.log)".into());
+    }
+    serde_json::from_str(&line).map_err(|e| format!("bad setup reply {line:?}: {e}"))
+}
+
+/// One connection to a monitor: the handshake done, requests in order.
+pub struct Connection {
+    dir: PathBuf,
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    /// The protocol version the monitor speaks.
+    pub version: u32,
+    pub monitor: ProcRef,
+}
+
+/// How long one exchange with a monitor may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Connection {
+    /// Connects and says hello; refuses a monitor whose version this daemon
+    /// cannot drive.
+    pub async fn open(pod: &PodDir) -> Result<Connection, Error> {
+        let path = pod.socket();
+        let (dir_fd, short) = super::socket_path(pod).map_err(|source| Error::Io {
+            what: "open pod directory",
+            path: pod.dir.clone(),
+            source,
+        })?;
+        let stream = tokio::time::timeout(CALL_TIMEOUT, tokio::net::UnixStream::connect(&short))
+            .await
+            .map_err(|_| Error::Timeout {
+                dir: pod.dir.clone(),
+                limit: CALL_TIMEOUT,
+            })?
+            .map_err(|source| Error::Io {
+                what: "connect to monitor",
+                path,
+                source,
+            })?;
+        drop(dir_fd);
+        let (r, w) = stream.into_split();
+        let mut conn = Connection {
+            dir: pod.dir.clone(),
+            reader: BufReader::new(r),
+            writer: w,
+            version: 0,
+            monitor: ProcRef {
+                pid: 0,
+                start_time: 0,
+            },
+        };
+        match conn
+            .call(&Request::Hello {
+                version: proto::VERSION,
+            })
+            .await?
+        {
+            Reply::Hello { version, monitor } if proto::supported(version) => {
+                conn.version = version;
+                conn.monitor = monitor;
+                Ok(conn)
+            }
+            other => Err(conn.protocol(format!("handshake refused: {other:?}"))),
+        }
+    }
+
+    fn protocol(&self, message: String) -> Error {
+        Error::Protocol {
+            dir: self.dir.clone(),
+            message,
+        }
+    }
+
+    /// Sends one request and reads its reply.
+    pub async fn call(&mut self, req: &Request) -> Result<Reply, Error> {
+        let mut line = serde_json::to_vec(req).expect("serializable");
+        line.push(b'\n');
+        let exchange = async {
+            self.writer.write_all(&line).await?;
+            let mut reply = String::new();
+            self.reader.read_line(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        };
+        let reply = tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| Error::Timeout {
+                dir: self.dir.clone(),
+                limit: CALL_TIMEOUT,
+            })?
+            .map_err(|e| self.protocol(format!("exchange failed: {e}")))?;
+        if reply.is_empty() {
+            return Err(self.protocol("closed the connection".into()));
+        }
+        serde_json::from_str(&reply).map_err(|e| self.protocol(format!("bad reply {reply:?}: {e}")))
+    }
+}
+
+/// Asks the monitor of `pod` to kill its children and exit.
+pub async fn shutdown(pod: &PodDir) -> Result<(), Error> {
+    let mut conn = Connection::open(pod).await?;
+    match conn.call(&Request::Shutdown).await? {
+        Reply::Ok => Ok(()),
+        other => Err(conn.protocol(format!("shutdown refused: {other:?}"))),
+    }
+}

@@ -1,0 +1,112 @@
+//! The daemon <-> monitor protocol: JSON lines over the monitor's unix
+//! socket (`<pod dir>/monitor.sock`), one request and one reply per line.
+//!
+//! Every connection starts with `Hello`, naming the protocol version the
+//! daemon speaks; the monitor answers with its own. A daemon accepts
+//! monitors from `MIN_VERSION` to `VERSION` (the previous version at least),
+//! so pods survive an upgrade of crius. Requests a monitor does not know
+//! answer `Error`, never a closed connection, so a newer daemon can fall back.
+//! Later requests (create a container init, exec) hand fds over the same
+//! socket with SCM_RIGHTS next to their JSON line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::linux::process::ProcRef;
+
+/// The version this build speaks.
+pub const VERSION: u32 = 1;
+/// The oldest monitor version this daemon still drives.
+pub const MIN_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Hello {
+        version: u32,
+    },
+    /// The processes the monitor looks after.
+    Status,
+    /// Kill every child (the pod init first), reap them, then exit.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Hello {
+        version: u32,
+        monitor: ProcRef,
+    },
+    Status {
+        /// The pod init while it lives.
+        init: Option<ProcRef>,
+        /// How the pod init ended, once it did.
+        init_exit: Option<Exit>,
+    },
+    Ok,
+    Error {
+        message: String,
+    },
+}
+
+/// How a child ended: what the monitor writes to `<pod dir>/exits/<name>`
+/// the moment it reaps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub pid: i32,
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Nanoseconds since the Unix epoch.
+    pub finished_at: i64,
+}
+
+/// What the monitor prints on its stdout once the pod's namespaces are in
+/// place (or could not be made); then it closes stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetupReply {
+    Ready {
+        monitor: ProcRef,
+        init: Option<ProcRef>,
+    },
+    Failed {
+        /// The setup step that failed, e.g. "apply sysctls".
+        step: String,
+        message: String,
+    },
+}
+
+/// Whether a daemon of this build can drive a monitor speaking `version`.
+pub fn supported(version: u32) -> bool {
+    (MIN_VERSION..=VERSION).contains(&version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        let line = serde_json::to_string(&Request::Hello { version: 1 }).unwrap();
+        assert_eq!(line, r#"{"op":"hello","version":1}"#);
+        let unknown: Result<Request, _> = serde_json::from_str(r#"{"op":"exec_v9"}"#);
+        assert!(unknown.is_err(), "unknown ops are detectable");
+        let r = Reply::Error {
+            message: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"reply":"error","message":"x"}"#
+        );
+    }
+
+    #[test]
+    fn versions() {
+        assert!(supported(VERSION));
+        assert!(supported(MIN_VERSION));
+        assert!(!supported(VERSION + 1));
+        assert!(!supported(0));
+    }
+}

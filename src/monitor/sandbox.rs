@@ -1,0 +1,171 @@
+//! The monitor's setup of a pod: new namespaces in a forked child, pinned
+//! from the parent, sysctls written by the child from inside them, the
+//! pod's /dev/shm. Each step is named, so a failure says which one broke,
+//! and [`undo`] removes whatever was done.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::{PodDir, Spec};
+use crate::linux::mount::{Host, Mounts, detach_all};
+use crate::linux::ns::{self, Kind};
+use crate::linux::process::{Forked, ProcRef, exit_immediately, fork_into};
+use crate::linux::sysctl;
+
+/// A failed step: its name and what went wrong.
+#[derive(Debug)]
+pub struct StepError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+fn step<E: std::error::Error>(name: &'static str) -> impl FnOnce(E) -> StepError {
+    move |e| StepError {
+        step: name,
+        message: crate::error::chain(&e),
+    }
+}
+
+/// What setup leaves running: the namespace child when it stays as the pod init.
+pub struct Sandbox {
+    pub init: Option<ProcRef>,
+}
+
+/// Sets the pod up as `spec` asks. On error, what was done is undone.
+pub fn setup(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
+    let result = setup_steps(dir, spec);
+    if result.is_err() {
+        undo(dir);
+    }
+    result
+}
+
+fn setup_steps(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
+    let m = Host;
+    let mut init = None;
+    // 1. The namespaces, with hostname and sysctls applied from inside.
+    let flags = spec
+        .namespaces
+        .iter()
+        .map(|k| k.clone_flag())
+        .fold(CloneFlags::empty(), |a, b| a | b);
+    let pid_ns = spec.pid_namespace;
+    if !flags.is_empty() || pid_ns {
+        ns::ensure_shared_dir(&m, &spec.ns_root).map_err(step("prepare namespace directory"))?;
+        std::fs::create_dir_all(&dir.ns_dir).map_err(step("prepare namespace directory"))?;
+        let all = if pid_ns {
+            flags | CloneFlags::CLONE_NEWPID
+        } else {
+            flags
+        };
+        let (mut parent_end, child_end) = UnixStream::pair().map_err(step("create namespaces"))?;
+        let pid = match fork_into(all).map_err(step("create namespaces"))? {
+            Forked::Child => {
+                drop(parent_end);
+                namespace_child(child_end, spec)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        drop(child_end);
+        let child = ChildGuard(pid);
+        // 2. The child reports how its in-namespace work went.
+        let mut report = String::new();
+        let _ = (&parent_end).take(4096).read_to_string(&mut report);
+        if let Some(message) = report.strip_prefix("error ") {
+            let step_name = if message.starts_with("hostname") {
+                "set hostname"
+            } else {
+                "apply sysctls"
+            };
+            return Err(StepError {
+                step: step_name,
+                message: message.trim().to_string(),
+            });
+        }
+        if report.trim() != "ready" {
+            return Err(StepError {
+                step: "create namespaces",
+                message: format!("namespace child ended early: {report:?}"),
+            });
+        }
+        // 3. Pin them from the host mount namespace.
+        for &kind in &spec.namespaces {
+            ns::pin(&m, pid.as_raw(), kind, &dir.ns(kind)).map_err(step("pin namespaces"))?;
+        }
+        // The child now becomes the pod init, or has served its purpose
+        // (the guard kills and reaps it).
+        if pid_ns {
+            parent_end
+                .write_all(b"go\n")
+                .map_err(step("start pod init"))?;
+            init = ProcRef::of(pid.as_raw());
+            std::mem::forget(child);
+        }
+    }
+    // 4. The pod's /dev/shm.
+    if let Some(size) = spec.shm_size {
+        let shm = dir.shm();
+        std::fs::create_dir_all(&shm).map_err(step("mount /dev/shm"))?;
+        m.tmpfs(&shm, size).map_err(step("mount /dev/shm"))?;
+    }
+    Ok(Sandbox { init })
+}
+
+/// Kills and reaps the namespace child unless forgotten.
+struct ChildGuard(Pid);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.0, None);
+    }
+}
+
+/// The forked child, inside the new namespaces: hostname, sysctls, report,
+/// then wait to be pinned and either exit or become the pod init.
+fn namespace_child(mut sock: UnixStream, spec: &Spec) -> ! {
+    let result = (|| -> Result<(), String> {
+        if let Some(name) = &spec.hostname
+            && spec.namespaces.contains(&Kind::Uts)
+        {
+            nix::unistd::sethostname(name).map_err(|e| format!("hostname {name:?}: {e}"))?;
+        }
+        for (name, value) in &spec.sysctls {
+            sysctl::write(name, value)
+                .map_err(|e| format!("sysctl {name}={value}: {}", crate::error::chain(&e)))?;
+        }
+        Ok(())
+    })();
+    let report = match &result {
+        Ok(()) => "ready\n".to_string(),
+        Err(e) => format!("error {e}\n"),
+    };
+    // Half-close so the parent's read_to_string ends.
+    let _ = sock.write_all(report.as_bytes());
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    if result.is_err() {
+        exit_immediately(1);
+    }
+    let mut go = [0u8; 3];
+    if sock.read_exact(&mut go).is_err() {
+        exit_immediately(1);
+    }
+    if spec.pid_namespace {
+        super::init::run();
+    }
+    exit_immediately(0)
+}
+
+/// Removes the pins and the /dev/shm mount of the pod, if present.
+pub fn undo(dir: &PodDir) {
+    let m = Host;
+    for kind in [Kind::Net, Kind::Ipc, Kind::Uts] {
+        let _ = ns::unpin(&m, &dir.ns(kind));
+    }
+    let _ = std::fs::remove_dir(&dir.ns_dir);
+    let _ = detach_all(&m, &dir.shm());
+}

@@ -1,0 +1,484 @@
+//! Creating a pod: RunPodSandbox.
+//!
+//! It runs as a detached task, so a client that gives up (its deadline, a
+//! cancel) never interrupts it halfway: the finished pod stays unclaimed,
+//! invisible to List/Status, until a retry with the same
+//! name/namespace/uid/attempt claims it or the reaper removes it. A retry
+//! that arrives while the first call still runs waits for its outcome.
+//!
+//! The steps, each named in the error when it fails; a failure undoes
+//! every step before it ([`Pods::teardown`], [`Pods::remove_files`]):
+//! 1. record intent   2. create pod directory   3. create pod cgroup
+//! 4. start pod monitor (its sub-steps: prepare namespace directory, create
+//!    namespaces, set hostname, apply sysctls, pin namespaces, start pod
+//!    init, mount /dev/shm)   5. create pod init cgroup
+//! 6. set up pod network   7. write resolv.conf and hostname   8. record pod
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::lifecycle::blocking;
+use super::record::{PODS, PodRecord, State};
+use super::spec::PodSpec;
+use super::{Error, NetworkInfo, Outcome, Pods, now_ns};
+use crate::cgroups::{CgroupPath, Resources};
+use crate::error::{Classify, Kind};
+use crate::linux::ns::Kind as Ns;
+use crate::linux::process::ProcRef;
+use crate::monitor::{self, PodDir, client};
+use crate::network::PodNetwork;
+use crate::network::dns::{self, DnsConfig};
+
+/// Test hook: the env var naming a step before which RunPodSandbox pauses
+/// (e2e tests kill the daemon there, or let a client's deadline pass), for
+/// `CRIUS_TEST_PAUSE_SECS` seconds (default 3600). Never set in production.
+pub const TEST_PAUSE_ENV: &str = "CRIUS_TEST_PAUSE_AT";
+pub const TEST_PAUSE_SECS_ENV: &str = "CRIUS_TEST_PAUSE_SECS";
+
+async fn test_pause(step: &str) {
+    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|s| s == step) {
+        let secs = std::env::var(TEST_PAUSE_SECS_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3600);
+        tracing::warn!(step, secs, "test hook: pausing before this step");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
+}
+
+fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Classify + Send + Sync + 'static,
+{
+    let step = step.to_string();
+    move |e| Error::Step {
+        step,
+        kind: e.kind(),
+        source: Box::new(e),
+    }
+}
+
+impl Pods {
+    /// RunPodSandbox: the pod id.
+    /// `pod_cidr`: kubelet's, from UpdateRuntimeConfig ("" if none).
+    pub async fn run(self: &Arc<Self>, spec: PodSpec, pod_cidr: String) -> Result<String, Error> {
+        spec.validate()?;
+        let key = spec.key();
+        let mut rx = {
+            let mut creating = self.creating.lock().expect("lock poisoned");
+            match creating.get(&key) {
+                Some(rx) => {
+                    tracing::info!(name = %key.name, "a retry waits for the creation under way");
+                    rx.clone()
+                }
+                None => {
+                    if let Some(existing) = self.find_by_key(&key)? {
+                        if !existing.claimed && existing.state == State::Ready {
+                            tracing::info!(pod_id = %existing.id, "a retry claims the pod its first call created");
+                            return self.claim(&existing.id);
+                        }
+                        return Err(Error::AlreadyExists {
+                            name: key.name,
+                            namespace: key.namespace,
+                            uid: key.uid,
+                            attempt: key.attempt,
+                            id: existing.id,
+                        });
+                    }
+                    let id = crate::ids::new_id();
+                    // A bad cgroup_parent is the caller's error: refuse it
+                    // before anything exists.
+                    let cgroup = self
+                        .cgroups
+                        .pod_path(&spec.cgroup_parent, &id)
+                        .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+                    let (tx, rx) = watch::channel(None);
+                    creating.insert(key.clone(), rx.clone());
+                    let this = self.clone();
+                    tracing::Span::current().record("pod_id", id.as_str());
+                    tokio::spawn(async move {
+                        let outcome: Outcome = this
+                            .create(id, spec, cgroup, pod_cidr)
+                            .await
+                            .map_err(Arc::new);
+                        this.creating.lock().expect("lock poisoned").remove(&key);
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Invalid("pod creation was abandoned".into()))?
+            .clone()
+            .expect("checked by wait_for");
+        match outcome {
+            Ok(id) => self.claim(&id),
+            Err(e) => Err(Error::Shared(e)),
+        }
+    }
+
+    fn find_by_key(&self, key: &super::spec::Key) -> Result<Option<PodRecord>, Error> {
+        Ok(self
+            .store
+            .list(PODS)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.state != State::Creating && &r.spec.key() == key))
+    }
+
+    /// Hands a finished pod to its caller: from now on List/Status show it.
+    fn claim(&self, id: &str) -> Result<String, Error> {
+        self.store.write(|txn| {
+            let Some(mut rec) = txn.get(PODS, id)? else {
+                return Err(Error::NotFound(id.to_string()));
+            };
+            if !rec.claimed {
+                rec.claimed = true;
+                txn.put(PODS, id, &rec)?;
+            }
+            Ok(id.to_string())
+        })
+    }
+
+    /// The steps of RunPodSandbox; on failure everything done is undone.
+    async fn create(
+        self: &Arc<Self>,
+        id: String,
+        spec: PodSpec,
+        cgroup: CgroupPath,
+        pod_cidr: String,
+    ) -> Result<String, Error> {
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        let dir = PodDir::new(&self.settings.state, &id);
+        let ns_path = |kind: Ns, own: bool| own.then(|| dir.ns(kind));
+        let init_cgroup = if spec.pod_pid_namespace() {
+            Some(
+                self.cgroups
+                    .init_path(&cgroup, &id)
+                    .map_err(|e| Error::Invalid(crate::error::chain(&e)))?,
+            )
+        } else {
+            None
+        };
+        let mut rec = PodRecord {
+            id: id.clone(),
+            created_at: now_ns(),
+            state: State::Creating,
+            reason: String::new(),
+            claimed: false,
+            finished_at: 0,
+            netns: ns_path(Ns::Net, !spec.host_network()),
+            ipcns: ns_path(Ns::Ipc, !spec.host_ipc()),
+            // Host-network pods use the host's UTS namespace too.
+            utsns: ns_path(Ns::Uts, !spec.host_network()),
+            shm: (!spec.host_ipc()).then(|| dir.shm()),
+            // Pessimistic until step 3 knows: if crius dies meanwhile, the
+            // rollback removes a cgroup that did not exist before.
+            cgroup_created: !self.cgroups.exists(&cgroup),
+            cgroup: Some(cgroup),
+            init_cgroup,
+            monitor: None,
+            init: None,
+            network: None,
+            boot_id: self.boot_id.clone(),
+            dir: dir.clone(),
+            spec,
+        };
+        let result = self.create_steps(&mut rec, &pod_cidr).await;
+        match result {
+            Ok(()) => {
+                tracing::info!(pod_id = %id, name = %rec.spec.name, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(err) => {
+                tracing::warn!(pod_id = %id, error = %crate::error::chain(&err), "pod sandbox creation failed; rolling back");
+                let _ = self.teardown(&rec, false).await;
+                self.remove_files(&rec).await;
+                if let Err(e) = self.store.delete(PODS, &id) {
+                    tracing::error!(pod_id = %id, error = %crate::error::chain(&e), "delete pod intent");
+                }
+                drop(_guard);
+                self.forget_lock(&id);
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        rec: &mut PodRecord,
+        pod_cidr: &str,
+    ) -> Result<(), Error> {
+        // 1. The intent, before any side effect on the host.
+        test_pause("record intent").await;
+        self.store
+            .put(PODS, &rec.id, rec)
+            .map_err(step_err("record intent"))?;
+
+        // 2. The pod's directory under the state dir.
+        test_pause("create pod directory").await;
+        std::fs::create_dir_all(rec.dir.exits()).map_err(|e| Error::Step {
+            step: "create pod directory".into(),
+            kind: Kind::Internal,
+            source: format!("create {}: {e}", rec.dir.dir.display()).into(),
+        })?;
+
+        // 3. The pod cgroup (left as it is when kubelet made it).
+        test_pause("create pod cgroup").await;
+        let cg = self.cgroups.clone();
+        let path = rec.cgroup.clone().expect("set by create");
+        let res = pod_resources(&rec.spec);
+        rec.cgroup_created = blocking(move || cg.create(&path, &res))
+            .await
+            .map_err(step_err("create pod cgroup"))?;
+        self.store
+            .put(PODS, &rec.id, rec)
+            .map_err(step_err("create pod cgroup"))?;
+
+        // 4. The monitor: namespaces, sysctls, pod init, /dev/shm.
+        test_pause("start pod monitor").await;
+        let spec = &rec.spec;
+        let mut namespaces = Vec::new();
+        if rec.netns.is_some() {
+            namespaces.push(Ns::Net);
+        }
+        if rec.ipcns.is_some() {
+            namespaces.push(Ns::Ipc);
+        }
+        if rec.utsns.is_some() {
+            namespaces.push(Ns::Uts);
+        }
+        let mspec = monitor::Spec {
+            pod_id: rec.id.clone(),
+            ns_root: self.settings.state.join("ns"),
+            namespaces,
+            pid_namespace: spec.pod_pid_namespace(),
+            hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
+            sysctls: spec
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            shm_size: rec.shm.is_some().then_some(self.settings.shm_size),
+        };
+        let started = client::start(
+            &self.settings.exe,
+            &rec.dir,
+            &mspec,
+            self.settings.setup_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            client::Error::Setup { ref step, .. } => {
+                let step = step.clone();
+                step_err(&step)(e)
+            }
+            e => step_err("start pod monitor")(e),
+        })?;
+        rec.monitor = Some(started.monitor);
+        rec.init = started.init;
+        self.watch(&rec.id, started.monitor);
+        self.store
+            .put(PODS, &rec.id, rec)
+            .map_err(step_err("record pod monitor"))?;
+        self.move_to_monitors_cgroup(started.monitor).await;
+
+        // 5. The pod init's own leaf cgroup under the pod cgroup.
+        if let (Some(leaf), Some(init)) = (rec.init_cgroup.clone(), rec.init) {
+            let cg = self.cgroups.clone();
+            blocking(move || cg.create_with_pid(&leaf, &Resources::default(), init.pid))
+                .await
+                .map_err(step_err("create pod init cgroup"))?;
+        }
+
+        // 6. CNI ADD, unless the pod uses the host network.
+        test_pause("set up pod network").await;
+        if let Some(netns) = &rec.netns {
+            let req = PodNetwork {
+                pod_id: rec.id.clone(),
+                name: rec.spec.name.clone(),
+                namespace: rec.spec.namespace.clone(),
+                uid: rec.spec.uid.clone(),
+                netns: netns.clone(),
+                port_mappings: port_mappings(&rec.spec),
+                pod_cidr: pod_cidr.to_string(),
+            };
+            let status = self
+                .network
+                .setup(&req)
+                .await
+                .map_err(step_err("set up pod network"))?;
+            rec.network = Some(NetworkInfo {
+                ip: status.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                additional_ips: status
+                    .additional_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                result: status.result,
+            });
+            self.store
+                .put(PODS, &rec.id, rec)
+                .map_err(step_err("set up pod network"))?;
+        }
+
+        // 7. The files containers will mount.
+        test_pause("write resolv.conf and hostname").await;
+        self.write_dns_files(rec)
+            .map_err(step_err("write resolv.conf and hostname"))?;
+
+        // 8. Ready, but unclaimed until the caller (or a retry) takes it.
+        test_pause("record pod").await;
+        rec.state = State::Ready;
+        rec.finished_at = now_ns();
+        self.store
+            .put(PODS, &rec.id, rec)
+            .map_err(step_err("record pod"))?;
+        Ok(())
+    }
+
+    fn write_dns_files(&self, rec: &PodRecord) -> Result<(), crate::network::Error> {
+        let dns = rec.spec.dns.as_ref().map(|d| DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        });
+        dns::write_resolv_conf(
+            &rec.dir.resolv_conf(),
+            dns.as_ref(),
+            std::path::Path::new("/etc/resolv.conf"),
+        )?;
+        let hostname = if rec.spec.hostname.is_empty() || rec.spec.host_network() {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        } else {
+            rec.spec.hostname.clone()
+        };
+        dns::write_hostname(&rec.dir.hostname(), &hostname)
+    }
+
+    /// Puts a monitor in crius's monitors cgroup, outside the daemon's and
+    /// the pod's: killing either never kills pods. Best effort.
+    async fn move_to_monitors_cgroup(&self, monitor: ProcRef) {
+        let Some(path) = self.monitors_cgroup() else {
+            return;
+        };
+        let cg = self.cgroups.clone();
+        let moved = blocking(move || {
+            cg.create(&path, &Resources::default())?;
+            cg.add_process(&path, monitor.pid)
+        })
+        .await;
+        if let Err(e) = moved {
+            tracing::warn!(pid = monitor.pid, error = %crate::error::chain(&e), "move monitor to its cgroup");
+        }
+    }
+
+    /// `<default parent>-monitors` with cgroupfs (e.g. /crius-monitors).
+    /// INTEGRATION(systemd): a `crius-monitors.scope` needs its first
+    /// process at creation; monitors stay in the daemon's unit for now,
+    /// which KillMode=process keeps alive.
+    pub(super) fn monitors_cgroup(&self) -> Option<CgroupPath> {
+        if self.cgroups.driver() != crate::config::CgroupDriver::Cgroupfs {
+            return None;
+        }
+        let parent = self.settings.default_cgroup_parent.trim_end_matches('/');
+        let path = if parent.is_empty() {
+            "/crius-monitors".to_string()
+        } else {
+            format!("{parent}-monitors")
+        };
+        Some(CgroupPath { path, unit: None })
+    }
+}
+
+/// Pod-level limits for a pod cgroup crius creates: the pod's resources
+/// plus its overhead. CRI zero values mean "not set".
+fn pod_resources(spec: &PodSpec) -> Resources {
+    let Some(r) = spec.resources.as_ref().or(spec.overhead.as_ref()) else {
+        return Resources::default();
+    };
+    let extra = spec.overhead.as_ref().filter(|_| spec.resources.is_some());
+    let pos = |v: i64| (v > 0).then_some(v);
+    let add = |a: Option<i64>, b: Option<i64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, _) => a,
+    };
+    Resources {
+        cpu_shares: pos(r.cpu_shares).map(|v| v as u64),
+        cpu_quota: add(pos(r.cpu_quota), extra.and_then(|o| pos(o.cpu_quota))),
+        cpu_period: pos(r.cpu_period).map(|v| v as u64),
+        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
+        memory_limit: add(
+            pos(r.memory_limit_in_bytes),
+            extra.and_then(|o| pos(o.memory_limit_in_bytes)),
+        ),
+        hugepage_limits: r.hugepage_limits.clone(),
+        unified: r.unified.clone(),
+        ..Default::default()
+    }
+}
+
+fn port_mappings(spec: &PodSpec) -> Vec<crate::network::PortMapping> {
+    use crate::network::Protocol as P;
+    spec.port_mappings
+        .iter()
+        .map(|p| crate::network::PortMapping {
+            protocol: match p.protocol {
+                super::spec::Protocol::Tcp => P::Tcp,
+                super::spec::Protocol::Udp => P::Udp,
+                super::spec::Protocol::Sctp => P::Sctp,
+            },
+            // Ranges are checked by PodSpec::validate.
+            container_port: p.container_port as u16,
+            host_port: p.host_port as u16,
+            host_ip: p.host_ip.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::spec::Resources as PodRes;
+
+    #[test]
+    fn pod_cgroup_gets_resources_plus_overhead() {
+        let mut spec = PodSpec::default();
+        assert!(
+            pod_resources(&spec).is_empty(),
+            "nothing asked, nothing set"
+        );
+        spec.resources = Some(PodRes {
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 100 << 20,
+            ..Default::default()
+        });
+        spec.overhead = Some(PodRes {
+            cpu_quota: 10_000,
+            memory_limit_in_bytes: 20 << 20,
+            ..Default::default()
+        });
+        let r = pod_resources(&spec);
+        assert_eq!(r.cpu_quota, Some(60_000));
+        assert_eq!(r.memory_limit, Some(120 << 20));
+        assert_eq!(r.cpu_period, Some(100_000));
+        assert_eq!(r.cpu_shares, Some(512));
+        assert_eq!(r.cpuset_cpus, None, "CRI zero values are unset");
+        spec.resources = None;
+        assert_eq!(
+            pod_resources(&spec).memory_limit,
+            Some(20 << 20),
+            "overhead alone"
+        );
+    }
+}

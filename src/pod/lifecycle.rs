@@ -1,0 +1,227 @@
+//! Stopping and removing a pod, and watching its monitor.
+//!
+//! Teardown works from whatever state a record is in (a failed creation,
+//! an intent left by a crash, a stopped pod) and is idempotent: kill the
+//! monitor and every process of the pod (through its cgroup), CNI DEL,
+//! unpin the namespaces, unmount /dev/shm; then remove the cgroups and
+//! directories.
+
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+
+use super::record::{PODS, PodRecord, State};
+use super::{Error, Pods};
+use crate::error::Classify;
+use crate::linux::mount::{Host, detach_all};
+use crate::linux::ns;
+use crate::linux::process::ProcRef;
+use crate::monitor::{PodDir, client};
+
+fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Classify + Send + Sync + 'static,
+{
+    let step = step.to_string();
+    move |e| Error::Step {
+        step,
+        kind: e.kind(),
+        source: Box::new(e),
+    }
+}
+
+impl Pods {
+    /// and namespaces. An unknown id succeeds.
+    pub async fn stop(self: &Arc<Self>, id: &str) -> Result<(), Error> {
+        let Some(id) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        self.stop_locked(&id).await
+    }
+
+    async fn stop_locked(&self, id: &str) -> Result<(), Error> {
+        let Some(mut rec) = self.store.get(PODS, id)? else {
+            return Ok(());
+        };
+        if rec.state == State::Ready {
+            // NOTREADY first: the watcher then knows the monitor's end is
+            // expected.
+            rec.state = State::NotReady;
+            rec.reason = "stopped".into();
+            self.store.put(PODS, id, &rec)?;
+        }
+        self.teardown(&rec, true).await?;
+        rec.monitor = None;
+        self.store.put(PODS, id, &rec)?;
+        tracing::info!(pod_id = %id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops the pod if needed and removes every trace of
+    /// it. An unknown id succeeds.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), Error> {
+        let Some(id) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let lock = self.lock_of(&id);
+        let guard = lock.lock().await;
+        self.stop_locked(&id).await?;
+        if let Some(rec) = self.store.get(PODS, &id)? {
+            self.remove_files(&rec).await;
+        }
+        self.store.delete(PODS, &id)?;
+        drop(guard);
+        self.forget_lock(&id);
+        tracing::info!(pod_id = %id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// Stops what runs and releases what is held (network, pins, /dev/shm),
+    /// from whatever state the record is in. Idempotent. With `strict`
+    /// (StopPodSandbox) a failed CNI DEL is returned and the netns stays
+    /// pinned so that a retried stop can run DEL again; otherwise
+    /// (rollback, reconcile) it is logged and the network's cache keeps
+    /// the entry for the sweep at the next start.
+    pub(super) async fn teardown(&self, rec: &PodRecord, strict: bool) -> Result<(), Error> {
+        self.kill_processes(rec).await;
+        let m = Host;
+        if let Some(netns) = &rec.netns
+            && let Err(e) = self.network.teardown(&rec.id, netns).await
+        {
+            tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "CNI DEL failed");
+            if strict {
+                return Err(step_err("tear down pod network")(e));
+            }
+        }
+        for pin in [&rec.netns, &rec.ipcns, &rec.utsns].into_iter().flatten() {
+            if let Err(e) = ns::unpin(&m, pin) {
+                tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "unpin namespace");
+            }
+        }
+        let _ = std::fs::remove_dir(&rec.dir.ns_dir);
+        if let Some(shm) = &rec.shm
+            && let Err(e) = detach_all(&m, shm)
+        {
+            tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "unmount /dev/shm");
+        }
+        Ok(())
+    }
+
+    /// Removes the pod's cgroups and directories (after [`Self::teardown`]).
+    pub(super) async fn remove_files(&self, rec: &PodRecord) {
+        let cg = self.cgroups.clone();
+        let leaf = rec.init_cgroup.clone();
+        let pod = rec.cgroup.clone().filter(|_| rec.cgroup_created);
+        let removed = blocking(move || {
+            if let Some(leaf) = leaf {
+                cg.remove(&leaf)?;
+            }
+            if let Some(pod) = pod {
+                cg.remove(&pod)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "remove pod cgroup");
+        }
+        let _ = detach_all(&Host, &rec.dir.shm());
+        if let Err(e) = std::fs::remove_dir_all(&rec.dir.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pod_id = %rec.id, error = %e, "remove pod directory");
+        }
+        let _ = std::fs::remove_dir(&rec.dir.ns_dir);
+    }
+
+    /// Watches the pod's monitor through a pidfd: when it ends, reaps it (if
+    /// it is our child) and, unless the pod was being stopped, kills the
+    /// pod's processes and marks it NOTREADY.
+    pub(super) fn watch(self: &Arc<Self>, id: &str, monitor: ProcRef) {
+        let Some(pidfd) = monitor.open() else {
+            let this = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move { this.monitor_lost(&id, monitor).await });
+            return;
+        };
+        let this = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            pidfd.exited().await;
+            this.monitor_lost(&id, monitor).await;
+        });
+    }
+
+    async fn monitor_lost(&self, id: &str, monitor: ProcRef) {
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        let Ok(Some(mut rec)) = self.store.get(PODS, id) else {
+            return;
+        };
+        if rec.monitor != Some(monitor) || rec.state != State::Ready {
+            return; // stopped, removed or being created: expected
+        }
+        tracing::warn!(pod_id = %id, pid = monitor.pid, "pod monitor died; killing the pod's processes");
+        self.kill_processes(&rec).await;
+        rec.state = State::NotReady;
+        rec.reason = format!("the pod's monitor (pid {}) was lost", monitor.pid);
+        if let Err(e) = self.store.put(PODS, id, &rec) {
+            tracing::error!(pod_id = %id, error = %crate::error::chain(&e), "record lost monitor");
+        }
+    }
+}
+
+impl Pods {
+    /// Kills the monitor (asking it first, so it reaps and records its
+    /// children) and every process of the pod, through its cgroup.
+    pub(super) async fn kill_processes(&self, rec: &PodRecord) {
+        let monitor = rec.monitor.or_else(|| read_pid_file(&rec.dir));
+        if let Some(m) = monitor
+            && m.alive()
+        {
+            if let Err(e) = client::shutdown(&rec.dir).await {
+                tracing::debug!(pod_id = %rec.id, error = %crate::error::chain(&e), "monitor shutdown failed; killing it");
+            }
+            if let Some(fd) = m.open() {
+                let _ = fd.signal(Signal::SIGKILL);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while m.alive() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+        if let Some(init) = rec.init {
+            init.signal(Signal::SIGKILL);
+        }
+        if let Some(pod) = rec.cgroup.clone()
+            && self.cgroups.exists(&pod)
+        {
+            let cg = self.cgroups.clone();
+            if let Err(e) = blocking(move || cg.kill_all(&pod)).await {
+                tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "kill the pod's processes");
+            }
+        }
+    }
+}
+
+/// Runs blocking cgroup work off the async workers.
+pub(super) async fn blocking<T, F>(f: F) -> Result<T, crate::cgroups::Error>
+where
+    F: FnOnce() -> Result<T, crate::cgroups::Error> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(crate::cgroups::Error::InvalidResources(format!(
+            "cgroup task failed: {e}"
+        )))
+    })
+}
+
+/// The monitor's own record of itself, for when the daemon died before
+/// storing it.
+pub(super) fn read_pid_file(dir: &PodDir) -> Option<ProcRef> {
+    let text = std::fs::read(dir.pid_file()).ok()?;
+    serde_json::from_slice(&text).ok()
+}

@@ -1,0 +1,231 @@
+//! Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
+//! PodSandboxStatus and ListPodSandbox, as a state machine over records in
+//! the metadata store (CREATING -> READY -> NOTREADY -> removed).
+//!
+//! A pod is its pinned namespaces, its monitor ([`crate::monitor`]), its
+//! /dev/shm, its cgroup and its network. Creation writes an intent record
+//! before touching the host and undoes finished steps when a later one
+//! fails ([`lifecycle`]); [`reconcile`] finishes that job after a crash.
+//! List and Status read the store only: they never wait behind a pod's
+//! lock, which creation, stop and removal hold across slow work.
+
+mod create;
+mod lifecycle;
+pub mod reconcile;
+pub mod record;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cgroups::Cgroups;
+use crate::config::Config;
+use crate::error::{Classify, Kind};
+use crate::network::Network;
+use crate::store::{self, Store};
+pub use record::{NetworkInfo, PodRecord, State};
+pub use spec::PodSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pod sandbox {0:?} not found")]
+    NotFound(String),
+    #[error(
+        "pod sandbox {name:?} in namespace {namespace:?} (uid {uid:?}, attempt {attempt}) already exists with id {id}"
+    )]
+    AlreadyExists {
+        name: String,
+        namespace: String,
+        uid: String,
+        attempt: u32,
+        id: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("runtime handler {0:?} is not known to crius (only the default handler \"\" exists)")]
+    UnknownHandler(String),
+    /// A step of RunPodSandbox failed; everything before it was undone.
+    #[error("run pod sandbox: step {step:?} failed")]
+    Step {
+        step: String,
+        kind: Kind,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Id(#[from] crate::ids::Error),
+    /// The outcome of a creation shared with a retry that waited for it.
+    #[error(transparent)]
+    Shared(Arc<Error>),
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::NotFound(_) => Kind::NotFound,
+            Error::AlreadyExists { .. } => Kind::AlreadyExists,
+            Error::Invalid(_) | Error::UnknownHandler(_) => Kind::InvalidArgument,
+            Error::Step { kind, .. } => *kind,
+            Error::Store(e) => e.kind(),
+            Error::Id(e) => e.kind(),
+            Error::Shared(e) => e.kind(),
+        }
+    }
+}
+
+/// A finished creation: the pod id or the (shared) error.
+type Outcome = Result<String, Arc<Error>>;
+
+/// Tunables of the pod service, from the daemon config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state: PathBuf,
+    /// The crius binary to re-execute as the monitor.
+    pub exe: PathBuf,
+    pub shm_size: u64,
+    pub default_cgroup_parent: String,
+    /// How long a pod whose caller gave up waits for a retry to claim it.
+    pub unclaimed_ttl: Duration,
+    /// How long a monitor may take to set a pod up.
+    pub setup_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            state: config.state.clone(),
+            exe: PathBuf::from("/proc/self/exe"),
+            shm_size: config.pod.shm_size,
+            default_cgroup_parent: config.cgroup.default_parent.clone(),
+            unclaimed_ttl: Duration::from_secs(config.pod.unclaimed_ttl_secs),
+            setup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The pod service: a field of [`crate::daemon::Daemon`].
+pub struct Pods {
+    store: Arc<Store>,
+    network: Arc<Network>,
+    cgroups: Arc<Cgroups>,
+    settings: Settings,
+    boot_id: String,
+    /// Creations under way, by pod key: a retry waits on the receiver.
+    creating: Mutex<HashMap<spec::Key, watch::Receiver<Option<Outcome>>>>,
+    /// One lock per pod for create/stop/remove (never taken by List/Status).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A pod as ListPodSandbox shows it.
+pub type Summary = PodRecord;
+
+/// ListPodSandbox's filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub id: String,
+    pub state: Option<State>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Pods {
+    /// Opens the service; call [`reconcile::start`] next (it needs the Arc).
+    pub fn new(
+        store: Arc<Store>,
+        network: Arc<Network>,
+        cgroups: Arc<Cgroups>,
+        settings: Settings,
+    ) -> Result<Pods, Error> {
+        let boot_id = crate::linux::process::boot_id().map_err(|e| Error::Step {
+            step: "read boot id".into(),
+            kind: Kind::Internal,
+            source: Box::new(e),
+        })?;
+        Ok(Pods {
+            store,
+            network,
+            cgroups,
+            settings,
+            boot_id,
+            creating: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("lock poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn forget_lock(&self, id: &str) {
+        self.locks.lock().expect("lock poisoned").remove(id);
+    }
+
+    /// Resolves a full id or unique prefix among visible pods.
+    fn resolve(&self, prefix: &str) -> Result<Option<String>, Error> {
+        let all = self.store.list(record::PODS)?;
+        let ids: Vec<&str> = all
+            .iter()
+            .filter(|(_, r)| r.visible())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        Ok(crate::ids::resolve(prefix, ids)?.map(str::to_string))
+    }
+
+    /// PodSandboxStatus: the record with its effective state.
+    pub fn status(&self, id: &str) -> Result<PodRecord, Error> {
+        let id = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut rec = self
+            .store
+            .get(record::PODS, &id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        rec.state = rec.effective_state();
+        Ok(rec)
+    }
+
+    /// ListPodSandbox.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Summary>, Error> {
+        let mut out = Vec::new();
+        for (id, mut rec) in self.store.list(record::PODS)? {
+            if !rec.visible() || !id.starts_with(&filter.id) {
+                continue;
+            }
+            if !filter
+                .labels
+                .iter()
+                .all(|(k, v)| rec.spec.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            rec.state = rec.effective_state();
+            if filter.state.is_some_and(|s| s != rec.state) {
+                continue;
+            }
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
