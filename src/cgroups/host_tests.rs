@@ -557,3 +557,44 @@ fn host_v2_mount_of_a_hybrid_host_for_real() {
     g.cg.remove(&pod).unwrap();
     assert!(!g.cg.exists(&pod));
 }
+
+/// Timing of the pod-cgroup lifecycle on this host (not a check: run by
+/// hand with `cargo test --lib cgroups::host_tests::host_timing -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn host_timing() {
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let n = 50u32;
+    let res = Resources {
+        cpu_shares: Some(512),
+        memory_limit: Some(64 << 20),
+        pids_limit: Some(100),
+        ..Default::default()
+    };
+    let (mut create, mut leaf_t, mut remove) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for i in 0..n {
+        let pod = g.cg.pod_path("", &format!("t{i}")).unwrap();
+        let t = Instant::now();
+        g.cg.create(&pod, &res).unwrap();
+        create += t.elapsed();
+        let leaf = g.cg.container_path(&pod, "c").unwrap();
+        let pid = g.spawn("sleep 100");
+        let t = Instant::now();
+        g.cg.create_with_pid(&leaf, &res, pid).unwrap();
+        leaf_t += t.elapsed();
+        let t = Instant::now();
+        g.cg.kill_all(&pod).unwrap();
+        assert_eq!(g.wait_signal(pid), Some(9));
+        g.cg.remove(&pod).unwrap();
+        remove += t.elapsed();
+    }
+    eprintln!(
+        "per pod: create {:?}, leaf with its process {:?}, kill_all + wait + remove {:?}",
+        create / n,
+        leaf_t / n,
+        remove / n
+    );
+}
