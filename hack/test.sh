@@ -11,5 +11,5 @@ cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
 if [ "${CRIUS_SKIP_VM:-}" != 1 ]; then
-  bash hack/vm-e2e.sh --mode cgroupfs --set ci
+  bash hack/vm-e2e.sh --set ci
 fi

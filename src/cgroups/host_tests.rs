@@ -419,6 +419,7 @@ fn host_systemd_slices_and_scopes() {
     if !is_root() {
         return;
     }
+    let started = Instant::now();
     let tag = &crate::ids::new_id()[..12];
     let mut g = Guard::new(CgroupDriver::Systemd, format!("criustest{tag}.slice"));
     // crius's own pod slice (empty parent) and a kubelet-style one.
@@ -480,6 +481,10 @@ fn host_systemd_slices_and_scopes() {
     g.cg.remove(&own).unwrap();
     g.cg.remove(&kubelet).unwrap();
     assert!(!g.cg.exists(&own) && !g.cg.exists(&kubelet));
+    eprintln!(
+        "systemd slices and scopes over D-Bus: {:?}",
+        started.elapsed()
+    );
 }
 
 /// The real cgroup2 mount of a hybrid host (this one: /sys/fs/cgroup/unified)
