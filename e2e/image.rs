@@ -536,6 +536,25 @@ async fn concurrent_pulls_share_one_download_and_removes_all_succeed() {
     );
     let log = d.log();
     assert_eq!(log.matches("pulled").count(), 4, "{log}");
+    // Each layer blob left the registry once (the small config blob may be
+    // fetched by each pull).
+    let reg_log = std::fs::read_to_string(reg.dir.path().join("log")).unwrap();
+    let mut gets = std::collections::HashMap::<String, usize>::new();
+    for line in reg_log
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains("http.request.method=GET"))
+    {
+        if let Some(i) = line.find("/blobs/sha256:") {
+            let digest = line[i + "/blobs/".len()..][..71].to_string();
+            *gets.entry(digest).or_default() += 1;
+        }
+    }
+    gets.remove(&ids[0]);
+    assert_eq!(gets.len(), 2, "two layer blobs: {gets:?}\n{reg_log}");
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "one download per layer: {gets:?}"
+    );
 
     let mut tasks = Vec::new();
     for _ in 0..4 {
