@@ -571,7 +571,8 @@ async fn a_creation_whose_caller_gave_up_is_claimed_by_the_retry() {
     let gate = Arc::new(tokio::sync::Notify::new());
     *e.fake.create_gate.lock().unwrap() = Some(gate.clone());
     // The first caller's deadline passes while the init is being made.
-    let first = tokio::time::timeout(Duration::from_millis(100), e.svc.create(e.req("web", 0))).await;
+    let first =
+        tokio::time::timeout(Duration::from_millis(100), e.svc.create(e.req("web", 0))).await;
     assert!(first.is_err(), "the first call gave up");
     assert!(
         e.svc.list(&Filter::default()).unwrap().is_empty(),
