@@ -163,6 +163,14 @@ async fn pull_by_tag_and_digest_then_list_status_remove() {
         .into_inner()
         .images;
     assert_eq!(filtered.len(), 1);
+    let mut streamed = c
+        .stream_images(StreamImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = streamed.message().await.unwrap().unwrap();
+    assert_eq!(first.images, images);
+    assert!(streamed.message().await.unwrap().is_none());
 
     let dirs = layer_dirs(&mut c, &id).await;
     assert_eq!(dirs.len(), 1);
@@ -528,6 +536,25 @@ async fn concurrent_pulls_share_one_download_and_removes_all_succeed() {
     );
     let log = d.log();
     assert_eq!(log.matches("pulled").count(), 4, "{log}");
+    // Each layer blob left the registry once (the small config blob may be
+    // fetched by each pull).
+    let reg_log = std::fs::read_to_string(reg.dir.path().join("log")).unwrap();
+    let mut gets = std::collections::HashMap::<String, usize>::new();
+    for line in reg_log
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains("http.request.method=GET"))
+    {
+        if let Some(i) = line.find("/blobs/sha256:") {
+            let digest = line[i + "/blobs/".len()..][..71].to_string();
+            *gets.entry(digest).or_default() += 1;
+        }
+    }
+    gets.remove(&ids[0]);
+    assert_eq!(gets.len(), 2, "two layer blobs: {gets:?}\n{reg_log}");
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "one download per layer: {gets:?}"
+    );
 
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -609,4 +636,101 @@ async fn raw_pull_with_timeout(socket: &Path, image: &str, timeout: &str) -> i32
             trailers["grpc-status"].to_str().unwrap().parse().unwrap()
         }
     }
+}
+
+/// A registry that answers /v2/ and then never sends a manifest.
+async fn stalling_registry() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    if !head.starts_with("GET ") {
+                        return; // TLS or anything else: hang up
+                    }
+                    if head.starts_with("GET /v2/ ") {
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if conn.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_without_progress_is_cancelled_and_says_so() {
+    let (addr, server) = stalling_registry().await;
+    let d = daemon("pull_progress_timeout_secs = 1\n").await;
+    let mut c = d.images().await;
+    let start = std::time::Instant::now();
+    let err = pull(&mut c, &format!("{addr}/stall:latest"))
+        .await
+        .unwrap_err();
+    server.abort();
+    assert!(err.message().contains("no progress for 1 s"), "{err:?}");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(list(&mut c).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_through_a_bearer_token_challenge() {
+    require_registry_tools!();
+    let reg = Registry::with_test_images(None);
+    let (front, server) =
+        crate::registry::bearer_front(reg.addr.clone(), "bob:pw-9", "tok-42").await;
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    let image = format!("{front}/busybox:latest");
+    let err = pull(&mut c, &image).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "anonymous is refused: {err:?}"
+    );
+    let good = AuthConfig {
+        username: "bob".into(),
+        password: "pw-9".into(),
+        ..Default::default()
+    };
+    let id = pull_auth(&mut c, &image, Some(good)).await.unwrap();
+    assert_eq!(status(&mut c, &image).await.image.unwrap().id, id);
+    // A token given directly is used as is.
+    remove(&mut c, &id).await;
+    let token = AuthConfig {
+        registry_token: "tok-42".into(),
+        ..Default::default()
+    };
+    assert_eq!(pull_auth(&mut c, &image, Some(token)).await.unwrap(), id);
+    server.abort();
+    assert!(
+        !d.log().contains("pw-9") && !d.log().contains("tok-42"),
+        "secrets are never logged"
+    );
 }

@@ -242,3 +242,108 @@ impl Tar {
         self.0.into_inner().unwrap()
     }
 }
+
+/// A registry front that demands a bearer token, as Docker Hub does: `/v2/`
+/// without one answers 401 with a `Bearer realm=".../token"` challenge, the
+/// token endpoint hands out `token` for the Basic credentials `creds`, and
+/// requests carrying the token are passed to `upstream` (one request per
+/// connection, so every request is checked). Returns its address and the
+/// number of requests refused and tokens issued.
+pub async fn bearer_front(
+    upstream: String,
+    creds: &'static str,
+    token: &'static str,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let realm = format!("http://{addr}/token");
+    let basic = base64::engine::general_purpose::STANDARD.encode(creds);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (upstream, realm, basic) = (upstream.clone(), realm.clone(), basic.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if !buf[0].is_ascii_uppercase() {
+                        return; // a TLS hello: hang up, as a plain HTTP server does
+                    }
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let request_line = lines.next().unwrap_or_default().to_string();
+                let auth = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default();
+                let path = request_line.split(' ').nth(1).unwrap_or_default();
+                let reply = |status: &str, extra: &str, body: &str| {
+                    format!(
+                        "HTTP/1.1 {status}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let answer = if path.starts_with("/token") {
+                    let given = auth.split_once(' ');
+                    if given.is_some_and(|(scheme, value)| {
+                        scheme.eq_ignore_ascii_case("basic") && value == basic
+                    }) {
+                        reply(
+                            "200 OK",
+                            "",
+                            &format!("{{\"token\":\"{token}\",\"expires_in\":300}}"),
+                        )
+                    } else {
+                        reply("401 Unauthorized", "", "{}")
+                    }
+                } else if auth != format!("Bearer {token}") {
+                    let challenge = format!(
+                        "www-authenticate: Bearer realm=\"{realm}\",service=\"crius-test\"\r\n"
+                    );
+                    reply(
+                        "401 Unauthorized",
+                        &challenge,
+                        "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"token required\"}]}",
+                    )
+                } else {
+                    // Authorized: pass this one request on, unchanged but
+                    // for "connection: close".
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let mut head = head
+                        .split("\r\n")
+                        .filter(|l| !l.to_lowercase().starts_with("connection:"))
+                        .collect::<Vec<_>>()
+                        .join("\r\n");
+                    head.push_str("\r\nconnection: close\r\n\r\n");
+                    if up.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut response = Vec::new();
+                    let _ = up.read_to_end(&mut response).await;
+                    let _ = conn.write_all(&response).await;
+                    return;
+                };
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}

@@ -13,14 +13,13 @@
 #                               (whiteout), replaces /data/replaced and makes
 #                               /data/dir opaque (only /data/dir/new remains)
 set -euo pipefail
+# shellcheck source=lib/images.sh
+source "$(dirname "$0")/lib/images.sh"
 cmd=${1:?usage: $0 build OUT | push OUT HOST:PORT}
 out=${2:?usage: $0 build OUT | push OUT HOST:PORT}
 
 build() {
-  for tool in umoci skopeo; do
-    command -v "$tool" >/dev/null || { echo "$tool not installed (hack/install-deps.sh)" >&2; exit 1; }
-  done
-  [[ -x /bin/busybox ]] || { echo "busybox-static not installed (hack/install-deps.sh)" >&2; exit 1; }
+  images_require_tools
   rm -rf "$out" && mkdir -p "$out"
   local oci="$out/oci" work="$out/work"
   mkdir -p "$work"
@@ -28,19 +27,15 @@ build() {
 
   # The busybox root filesystem: the static binary and its applet links.
   local rootfs="$work/rootfs"
-  mkdir -p "$rootfs"/{bin,etc,tmp,root,home/user,data/dir}
-  chmod 1777 "$rootfs/tmp"
-  cp /bin/busybox "$rootfs/bin/busybox"
-  for applet in $(/bin/busybox --list); do
-    [[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
-  done
+  busybox_rootfs "$rootfs"
+  mkdir -p "$rootfs"/{home/user,data/dir}
   printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n' >"$rootfs/etc/passwd"
   printf 'root:x:0:\nuser:x:1000:\n' >"$rootfs/etc/group"
   chown 1000:1000 "$rootfs/home/user"
   echo gone >"$rootfs/data/gone"
   echo old >"$rootfs/data/replaced"
   echo old >"$rootfs/data/dir/old"
-  (cd "$rootfs" && tar --numeric-owner -cf "$work/base.tar" .)
+  layer_tar "$rootfs" "$work/base.tar"
 
   umoci new --image "$oci:busybox"
   umoci raw add-layer --image "$oci:busybox" "$work/base.tar"
@@ -58,7 +53,7 @@ build() {
   echo new >"$upper/data/replaced"
   : >"$upper/data/dir/.wh..wh..opq"
   echo new >"$upper/data/dir/new"
-  (cd "$upper" && tar --numeric-owner -cf "$work/upper.tar" data/.wh.gone data/replaced data/dir/.wh..wh..opq data/dir/new)
+  layer_tar "$upper" "$work/upper.tar" data/.wh.gone data/replaced data/dir/.wh..wh..opq data/dir/new
   umoci tag --image "$oci:busybox" layered
   umoci raw add-layer --image "$oci:layered" "$work/upper.tar"
 
@@ -71,14 +66,12 @@ build() {
 
 push() {
   local reg=${3:?registry HOST:PORT}
-  local -a copy=(skopeo copy --quiet --dest-tls-verify=false --format oci)
-  [[ -n "${REGISTRY_CREDS:-}" ]] && copy+=(--dest-creds "$REGISTRY_CREDS")
   for tag in latest 1.35 stable; do
-    "${copy[@]}" "oci:$out/oci:busybox" "docker://$reg/busybox:$tag"
+    push_image "$out/oci:busybox" "$reg/busybox:$tag"
   done
-  "${copy[@]}" --dest-compress-format zstd "oci:$out/oci-zstd:busybox-zstd" "docker://$reg/busybox-zstd:latest"
-  "${copy[@]}" "oci:$out/oci:nonroot" "docker://$reg/nonroot:latest"
-  "${copy[@]}" "oci:$out/oci:layered" "docker://$reg/layered:latest"
+  push_image "$out/oci-zstd:busybox-zstd" "$reg/busybox-zstd:latest" --dest-compress-format zstd
+  push_image "$out/oci:nonroot" "$reg/nonroot:latest"
+  push_image "$out/oci:layered" "$reg/layered:latest"
 }
 
 case "$cmd" in

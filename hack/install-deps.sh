@@ -8,6 +8,8 @@ what=${1:-test}
 runtime_pkgs=(containernetworking-plugins iptables iproute2 ca-certificates)
 # test: what the test suites drive (a local registry, test images, the VM tier).
 test_pkgs=("${runtime_pkgs[@]}" docker-registry busybox-static skopeo umoci apache2-utils
+  # hack/critest-images.sh compiles two tiny static programs
+  gcc libc6-dev
   jq procps psmisc util-linux e2fsprogs iputils-ping
   # the VM tier (hack/vm-e2e.sh): qemu, kmod's depmod/modprobe for the guest
   # kernel's modules, and systemd + D-Bus for the guest's systemd mode

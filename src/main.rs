@@ -121,9 +121,12 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("invalid log level {filter:?}"))?;
+    // Colours only on a terminal: logs redirected to a file or the journal
+    // stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }

@@ -419,6 +419,7 @@ fn host_systemd_slices_and_scopes() {
     if !is_root() {
         return;
     }
+    let started = Instant::now();
     let tag = &crate::ids::new_id()[..12];
     let mut g = Guard::new(CgroupDriver::Systemd, format!("criustest{tag}.slice"));
     // crius's own pod slice (empty parent) and a kubelet-style one.
@@ -480,6 +481,10 @@ fn host_systemd_slices_and_scopes() {
     g.cg.remove(&own).unwrap();
     g.cg.remove(&kubelet).unwrap();
     assert!(!g.cg.exists(&own) && !g.cg.exists(&kubelet));
+    eprintln!(
+        "systemd slices and scopes over D-Bus: {:?}",
+        started.elapsed()
+    );
 }
 
 /// The real cgroup2 mount of a hybrid host (this one: /sys/fs/cgroup/unified)
@@ -551,4 +556,45 @@ fn host_v2_mount_of_a_hybrid_host_for_real() {
     assert_eq!(g.wait_signal(pid), Some(9));
     g.cg.remove(&pod).unwrap();
     assert!(!g.cg.exists(&pod));
+}
+
+/// Timing of the pod-cgroup lifecycle on this host (not a check: run by
+/// hand with `cargo test --lib cgroups::host_tests::host_timing -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn host_timing() {
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let n = 50u32;
+    let res = Resources {
+        cpu_shares: Some(512),
+        memory_limit: Some(64 << 20),
+        pids_limit: Some(100),
+        ..Default::default()
+    };
+    let (mut create, mut leaf_t, mut remove) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for i in 0..n {
+        let pod = g.cg.pod_path("", &format!("t{i}")).unwrap();
+        let t = Instant::now();
+        g.cg.create(&pod, &res).unwrap();
+        create += t.elapsed();
+        let leaf = g.cg.container_path(&pod, "c").unwrap();
+        let pid = g.spawn("sleep 100");
+        let t = Instant::now();
+        g.cg.create_with_pid(&leaf, &res, pid).unwrap();
+        leaf_t += t.elapsed();
+        let t = Instant::now();
+        g.cg.kill_all(&pod).unwrap();
+        assert_eq!(g.wait_signal(pid), Some(9));
+        g.cg.remove(&pod).unwrap();
+        remove += t.elapsed();
+    }
+    eprintln!(
+        "per pod: create {:?}, leaf with its process {:?}, kill_all + wait + remove {:?}",
+        create / n,
+        leaf_t / n,
+        remove / n
+    );
 }

@@ -244,7 +244,8 @@ pub fn start_properties(
         let pids: Vec<u32> = pid.map(|p| p as u32).into_iter().collect();
         props.push((PIDS, Value::from(pids)));
     } else if unit.slice != "-.slice" {
-        props.push((WANTS, Value::from(unit.slice.clone())));
+        // Wants= is a list of units ("as"), as runc sends it.
+        props.push((WANTS, Value::from(vec![unit.slice.clone()])));
     }
     props.extend([
         (CPU_ACCOUNTING, Value::from(true)),
@@ -353,7 +354,10 @@ mod tests {
             ..Default::default()
         };
         let p = names(&start_properties(&unit, &res, None, false).unwrap());
-        assert!(p.contains(&"Wants=\"kubepods.slice\"".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"Wants=[\"kubepods.slice\"]".to_string()),
+            "{p:?}"
+        );
         assert!(p.contains(&"CPUShares=uint64 512".to_string()), "{p:?}");
         assert!(p.contains(&"MemoryLimit=uint64 4096".to_string()), "{p:?}");
         assert!(
@@ -374,6 +378,41 @@ mod tests {
         assert_eq!(quota_per_sec(1_234, Some(100_000)), 20_000);
         assert_eq!(quota_per_sec(-1, Some(100_000)), u64::MAX);
         assert_eq!(quota_per_sec(200_000, None), 2_000_000);
+    }
+
+    /// From the daemon's blocking pool: with systemd (the VM guest) an
+    /// unknown unit is absent and stopping it is fine; without a system
+    /// bus (this host) the error is Unavailable, promptly.
+    #[test]
+    fn unknown_units_from_a_tokio_blocking_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let unit = Unit {
+            name: format!("crius-absent{}.scope", &crate::ids::new_id()[..8]),
+            slice: "-.slice".into(),
+        };
+        let started = std::time::Instant::now();
+        let (exists, stop) = rt.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let s = Systemd::new(true);
+                (s.exists(&unit), s.stop(&unit))
+            })
+            .await
+            .unwrap()
+        });
+        if std::env::var("CRIUS_TEST_SYSTEMD").is_ok_and(|v| v == "1") {
+            assert!(matches!(exists, Ok(false)), "{exists:?}");
+            assert!(stop.is_ok(), "{stop:?}");
+        } else {
+            use crate::error::{Classify, Kind};
+            let e = exists.unwrap_err();
+            assert_eq!(e.kind(), Kind::Unavailable, "{e}");
+            assert!(e.to_string().contains("crius-absent"), "{e}");
+            assert!(stop.is_err());
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

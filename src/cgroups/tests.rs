@@ -38,7 +38,7 @@ fn fixture_with(kind: Kind, driver: CgroupDriver, units: Option<Box<dyn UnitMana
     let parsed = Layout::parse(text, &root, |_| Ok(String::new())).unwrap();
     for h in &parsed.hierarchies {
         std::fs::create_dir_all(&h.mount).unwrap();
-        fs::tests::populate(&h.mount, h);
+        fake_kernel::populate(&h.mount, h);
         if h.has("cpuset") {
             std::fs::write(h.mount.join("cpuset.cpus"), "0-3").unwrap();
             std::fs::write(h.mount.join("cpuset.mems"), "0").unwrap();

@@ -1,16 +1,20 @@
 //! The ImageService: one thin method per RPC that hands the request to the
 //! image module (crate::image) and converts its records back to CRI types.
+//! StreamImages is ListImages sent in batches.
 
 use tonic::{Request, Response, Status};
 
 use super::Cri;
-use super::error::{missing, status, unimplemented};
+use super::error::{missing, status};
 use super::proto::image_service_server::ImageService;
 use super::proto::*;
 use super::runtime::Stream;
 use crate::image::{Auth, ImageRecord, Images};
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Images per StreamImages message.
+const STREAM_BATCH: usize = 100;
 
 fn to_cri(images: &Images, r: ImageRecord) -> Image {
     let (uid, username) = r.user();
@@ -65,11 +69,28 @@ impl ImageService for Cri {
     }
 
     type StreamImagesStream = Stream<StreamImagesResponse>;
+    /// ListImages as a stream, in batches (for nodes with many images).
     async fn stream_images(
         &self,
-        _: Request<StreamImagesRequest>,
+        req: Request<StreamImagesRequest>,
     ) -> Reply<Self::StreamImagesStream> {
-        Err(unimplemented("StreamImages"))
+        let filter = req
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image);
+        let images = &self.daemon.images;
+        let list: Vec<Image> = images
+            .list(filter.as_deref())
+            .map_err(status)?
+            .into_iter()
+            .map(|r| to_cri(images, r))
+            .collect();
+        let batches: Vec<Result<StreamImagesResponse, Status>> = list
+            .chunks(STREAM_BATCH)
+            .map(|c| Ok(StreamImagesResponse { images: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
     }
 
     async fn image_status(&self, req: Request<ImageStatusRequest>) -> Reply<ImageStatusResponse> {

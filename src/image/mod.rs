@@ -184,6 +184,10 @@ const LAYERS: Table<LayerRecord> = Table::new("layers");
 const META: Table<u64> = Table::new("image_meta");
 const NEXT_LAYER_DIR: &str = "next_layer_dir";
 
+/// Blob downloads at once (containerd's default is 3 per pull; this is for
+/// all pulls together).
+const MAX_DOWNLOADS: usize = 6;
+
 type InUse = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Disk usage of the image filesystem.
@@ -209,6 +213,8 @@ pub(crate) struct Inner {
     pub(crate) busy: Mutex<HashMap<String, usize>>,
     /// Layers being downloaded/unpacked, shared by concurrent pulls.
     pub(crate) inflight: pull::Inflight,
+    /// Bounds the blob downloads running at once, across all pulls.
+    pub(crate) downloads: tokio::sync::Semaphore,
     in_use: RwLock<Option<InUse>>,
 }
 
@@ -261,6 +267,7 @@ impl Images {
                 config: config.registry.clone(),
                 busy: Mutex::new(HashMap::new()),
                 inflight: Default::default(),
+                downloads: tokio::sync::Semaphore::new(MAX_DOWNLOADS),
                 in_use: RwLock::new(None),
             }),
         };
@@ -469,3 +476,7 @@ impl Drop for Hold {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "images_tests.rs"]
+mod tests;

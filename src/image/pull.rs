@@ -231,7 +231,7 @@ async fn pull_from(
 ) -> Result<String> {
     let name = reference.to_string();
     let timeout = inner.config.pull_progress_timeout();
-    let client = ep.client(timeout)?;
+    let client = ep.client()?;
     let mut oref = match (&reference.tag, &reference.digest) {
         (_, Some(d)) => oci_client::Reference::with_digest(
             reference.registry.clone(),
@@ -475,6 +475,14 @@ async fn fetch_blob(
         return Ok(());
     }
     let name = &fetch.name;
+    let _permit = inner
+        .downloads
+        .acquire()
+        .await
+        .map_err(|_| Error::BadContent("download slots closed".into()))?;
+    if dest.exists() {
+        return Ok(());
+    }
     let mut stream = within(
         fetch.timeout,
         name,

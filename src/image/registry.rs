@@ -74,7 +74,7 @@ impl Endpoint {
 
     /// A client for this endpoint. One per pull: oci-client keeps the
     /// credentials it was first given per registry.
-    pub fn client(&self, read_timeout: Duration) -> Result<oci_client::Client, Error> {
+    pub fn client(&self) -> Result<oci_client::Client, Error> {
         static PROVIDER: Once = Once::new();
         PROVIDER.call_once(|| {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -96,8 +96,9 @@ impl Endpoint {
             accept_invalid_certificates: self.skip_verify,
             extra_root_certificates,
             platform_resolver: None,
+            // No read timeout here: the pull's own progress timeout
+            // covers every request and every chunk, and says so.
             connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(read_timeout),
             user_agent: concat!("crius/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };

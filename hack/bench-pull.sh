@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Pull benchmark: generates a multi-layer image (default 4 layers x 60 MB of
+# incompressible data, plus busybox), pushes it to a local registry
+# (hack/registry.sh), starts a release `crius serve` with temporary
+# directories, pulls the image through the CRI socket and reports the pull
+# time and the peak memory (VmHWM) of crius. Needs root, docker-registry,
+# skopeo and umoci (hack/install-deps.sh).
+#   LAYERS=4 LAYER_MB=60 hack/bench-pull.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+layers=${LAYERS:-4}
+layer_mb=${LAYER_MB:-60}
+target=${CARGO_TARGET_DIR:-target}
+
+cargo build --release --quiet --bin crius --example cri-pull
+crius="$target/release/crius"
+client="$target/release/examples/cri-pull"
+
+work=$(mktemp -d /tmp/crius-bench-XXXXXX)
+crius_pid=
+cleanup() {
+  [[ -n "$crius_pid" ]] && kill "$crius_pid" 2>/dev/null && wait "$crius_pid" 2>/dev/null || true
+  hack/registry.sh stop "$work/registry" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "generating a $((layers * layer_mb)) MB image in $layers layers..." >&2
+oci="$work/oci"
+umoci init --layout "$oci"
+umoci new --image "$oci:big"
+mkdir -p "$work/l0/bin"
+cp /bin/busybox "$work/l0/bin/busybox"
+(cd "$work/l0" && tar -cf "$work/l0.tar" .)
+umoci raw add-layer --image "$oci:big" "$work/l0.tar"
+for i in $(seq 1 "$layers"); do
+  d="$work/l$i/data/layer$i"
+  mkdir -p "$d"
+  # Many files of several sizes, like a real image: 1 MB pieces.
+  for f in $(seq 1 "$layer_mb"); do
+    head -c 1048576 /dev/urandom >"$d/f$f"
+  done
+  (cd "$work/l$i" && tar -cf "$work/l$i.tar" .)
+  rm -rf "$work/l$i"
+  umoci raw add-layer --image "$oci:big" "$work/l$i.tar"
+  rm -f "$work/l$i.tar"
+done
+
+addr=$(hack/registry.sh start "$work/registry")
+skopeo copy --quiet --dest-tls-verify=false "oci:$oci:big" "docker://$addr/bench/big:latest"
+rm -rf "$oci"
+size=$(du -sm "$work/registry/data" | cut -f1)
+
+mkdir -p "$work/root" "$work/state"
+printf '[registry]\nconfig_path = "%s/certs.d"\n' "$work" >"$work/crius.toml"
+"$crius" serve --config "$work/crius.toml" --listen "$work/crius.sock" \
+  --root "$work/root" --state "$work/state" --log-level warn >"$work/crius.log" 2>&1 &
+crius_pid=$!
+for _ in $(seq 100); do [[ -S "$work/crius.sock" ]] && break; sleep 0.1; done
+rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$crius_pid/status")
+
+read -r id secs < <("$client" "$work/crius.sock" "$addr/bench/big:latest")
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$crius_pid/status")
+stored=$(du -sm "$work/root/image" | cut -f1)
+echo "image:        $addr/bench/big:latest ($id)"
+echo "registry:     ${size} MB stored, $((layers + 1)) layers"
+echo "pull time:    ${secs} s"
+echo "crius RSS:    $((rss_before / 1024)) MB before the pull, peak (VmHWM) $((hwm / 1024)) MB"
+echo "image store:  ${stored} MB (compressed blobs + unpacked layers)"

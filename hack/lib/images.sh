@@ -1,0 +1,48 @@
+# shellcheck shell=bash
+# Shared by hack/build-test-images.sh and hack/critest-images.sh: image
+# building from Debian's busybox-static with umoci and skopeo (no Docker, no
+# internet). Source it; it defines functions only.
+
+# Fails unless umoci, skopeo and busybox-static are installed.
+images_require_tools() {
+  local tool
+  for tool in umoci skopeo "$@"; do
+    command -v "$tool" >/dev/null || { echo "$tool not installed (hack/install-deps.sh)" >&2; exit 1; }
+  done
+  [[ -x /bin/busybox ]] || { echo "busybox-static not installed (hack/install-deps.sh)" >&2; exit 1; }
+}
+
+# busybox_rootfs DIR: a root filesystem with the static busybox and a link for
+# each of its applets in /bin, /tmp (1777), /root and /etc; the caller writes
+# /etc/passwd and /etc/group.
+busybox_rootfs() {
+  local rootfs=$1 applet
+  mkdir -p "$rootfs"/{bin,etc,tmp,root}
+  chmod 1777 "$rootfs/tmp"
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
+  done
+}
+
+# layer_tar DIR TAR [PATH...]: a layer tarball of DIR (all of it, or PATHs
+# relative to it), owners as numbers.
+layer_tar() {
+  local dir=$1 tar=$2
+  shift 2
+  if (($#)); then
+    (cd "$dir" && tar --numeric-owner -cf "$tar" "$@")
+  else
+    (cd "$dir" && tar --numeric-owner -cf "$tar" .)
+  fi
+}
+
+# push_image LAYOUT:TAG REF [skopeo options...]: copies an image of an OCI
+# layout to docker://REF over plain HTTP; $REGISTRY_CREDS ("user:pass") when set.
+push_image() {
+  local src=$1 ref=$2
+  shift 2
+  local -a copy=(skopeo copy --quiet --dest-tls-verify=false --format oci)
+  [[ -n "${REGISTRY_CREDS:-}" ]] && copy+=(--dest-creds "$REGISTRY_CREDS")
+  "${copy[@]}" "$@" "oci:$src" "docker://$ref"
+}

@@ -1,0 +1,125 @@
+//! The image store without a registry: records written directly, then
+//! looked up, pinned, refused while in use, removed with their content, and
+//! crash leftovers collected at open.
+
+use super::*;
+use crate::error::Classify;
+
+const CFG: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const MAN: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const LAYER: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+const DIFF: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
+
+fn setup(sandbox: &str) -> (tempfile::TempDir, Config, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        root: dir.path().to_path_buf(),
+        registry: crate::config::RegistryConfig {
+            sandbox_image: sandbox.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+    (dir, config, store)
+}
+
+fn record() -> ImageRecord {
+    ImageRecord {
+        id: CFG.into(),
+        repo_tags: vec!["docker.io/library/busybox:latest".into()],
+        repo_digests: vec![format!("docker.io/library/busybox@{MAN}")],
+        size: 10,
+        manifests: vec![MAN.into()],
+        layers: vec![LayerRef {
+            digest: LAYER.into(),
+            diff_id: DIFF.into(),
+            chain_id: DIFF.into(),
+        }],
+        config: ImageConfig {
+            user: "nobody:nogroup".into(),
+            ..ImageConfig::default()
+        },
+        annotations: BTreeMap::new(),
+    }
+}
+
+/// Stores `record()` with its blobs and layer dir 7, as a pull would.
+fn store_image(images: &Images) {
+    let dirs = images.dirs();
+    for d in [CFG, MAN, LAYER] {
+        std::fs::write(dirs.blob(d), d).unwrap();
+    }
+    std::fs::create_dir_all(dirs.layer(7).join("bin")).unwrap();
+    let layer = LayerRecord {
+        dir: 7,
+        diff_id: DIFF.into(),
+        parent: None,
+    };
+    images.inner.store.put(LAYERS, DIFF, &layer).unwrap();
+    images.inner.store.put(IMAGES, CFG, &record()).unwrap();
+}
+
+#[test]
+fn lookup_by_id_prefix_tag_and_digest() {
+    let (_dir, config, store) = setup("busybox");
+    let images = Images::open(&config, store).unwrap();
+    store_image(&images);
+    for name in [
+        CFG,
+        "1111111",
+        "sha256:11111",
+        "busybox",
+        "docker.io/library/busybox:latest",
+        &format!("busybox@{MAN}"),
+    ] {
+        assert_eq!(images.lookup(name).unwrap(), Some(record()), "{name}");
+    }
+    for name in ["busybox:2", "2222", "other"] {
+        assert_eq!(images.lookup(name).unwrap(), None, "{name}");
+    }
+    assert_eq!(images.list(Some("busybox")).unwrap().len(), 1);
+    assert_eq!(images.list(None).unwrap().len(), 1);
+    assert!(images.is_pinned(&record()), "the sandbox image is pinned");
+    assert_eq!(record().user(), (None, "nobody".to_string()));
+    let dirs = images.layer_dirs(&record()).unwrap();
+    assert_eq!(dirs, [images.dirs().layer(7)]);
+}
+
+#[tokio::test]
+async fn remove_is_refused_while_in_use_then_deletes_content() {
+    let (_dir, config, store) = setup("registry.k8s.io/pause:3.10");
+    let images = Images::open(&config, store).unwrap();
+    store_image(&images);
+    assert!(!images.is_pinned(&record()));
+    let used = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let u = used.clone();
+    images.set_in_use(move |id| id == CFG && u.load(std::sync::atomic::Ordering::SeqCst));
+    let err = images.remove("busybox").await.unwrap_err();
+    assert_eq!(err.kind(), Kind::FailedPrecondition, "{err}");
+    assert!(images.lookup(CFG).unwrap().is_some());
+    used.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(images.remove("busybox").await.unwrap());
+    assert!(!images.remove("busybox").await.unwrap(), "idempotent");
+    assert!(!images.dirs().layer(7).exists());
+    assert_eq!(std::fs::read_dir(&images.dirs().blobs).unwrap().count(), 0);
+    assert_eq!(images.inner.store.list(LAYERS).unwrap().len(), 0);
+}
+
+#[test]
+fn open_collects_crash_leftovers() {
+    let (_dir, config, store) = setup("busybox");
+    let images = Images::open(&config, store.clone()).unwrap();
+    store_image(&images);
+    let dirs = images.dirs().clone();
+    std::fs::write(dirs.tmp.join("blob-partial"), "x").unwrap();
+    std::fs::create_dir_all(dirs.layer(99).join("etc")).unwrap();
+    std::fs::write(dirs.blob(&format!("sha256:{}", "5".repeat(64))), "x").unwrap();
+    drop(images);
+    let images = Images::open(&config, store).unwrap();
+    assert_eq!(std::fs::read_dir(&dirs.tmp).unwrap().count(), 0);
+    assert!(!dirs.layer(99).exists(), "unrecorded layer dir removed");
+    assert!(dirs.layer(7).exists(), "recorded layer kept");
+    assert_eq!(std::fs::read_dir(&dirs.blobs).unwrap().count(), 3);
+    assert!(images.lookup(CFG).unwrap().is_some());
+}
