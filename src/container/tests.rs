@@ -31,6 +31,10 @@ struct Fake {
     execs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<tokio::process::Child>>>>,
     launches: Mutex<Vec<Launch>>,
     pgids: Mutex<HashMap<String, i32>>,
+    /// When set, create waits for it (a slow mount, a client that gives up).
+    create_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// When set, wait answers that the monitor is gone.
+    monitor_gone: Mutex<bool>,
 }
 
 fn gone_pid() -> ProcRef {
@@ -70,6 +74,10 @@ impl Fake {
 impl Engine for Fake {
     async fn create(&self, _: &PodDir, l: &Launch) -> engine::Result<ProcRef> {
         self.call(format!("create {}", l.id));
+        let gate = self.create_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
         if let Some(step) = self.fail_create.lock().unwrap().clone() {
             return Err(engine::Error::Step {
                 step,
@@ -103,6 +111,9 @@ impl Engine for Fake {
         Ok(())
     }
     async fn wait(&self, _: &PodDir, id: &str) -> engine::Result<Exit> {
+        if *self.monitor_gone.lock().unwrap() {
+            return Err(engine::Error::MonitorGone("connect: refused".into()));
+        }
         let rx = self.exits.lock().unwrap().get(id).map(|tx| tx.subscribe());
         let Some(mut rx) = rx else {
             return Err(engine::Error::Unknown(id.into()));
@@ -552,6 +563,94 @@ async fn concurrent_creates_of_one_key_share_the_outcome() {
     // after and found it claimed (AlreadyExists naming it).
     assert!(b == a || b.contains(&a), "{a} vs {b}");
     assert_eq!(e.store.list(record::CONTAINERS).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_creation_whose_caller_gave_up_is_claimed_by_the_retry() {
+    let e = env();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *e.fake.create_gate.lock().unwrap() = Some(gate.clone());
+    // The first caller's deadline passes while the init is being made.
+    let first =
+        tokio::time::timeout(Duration::from_millis(100), e.svc.create(e.req("web", 0))).await;
+    assert!(first.is_err(), "the first call gave up");
+    assert!(
+        e.svc.list(&Filter::default()).unwrap().is_empty(),
+        "unclaimed: invisible"
+    );
+    // The retry waits for the creation under way and gets its result.
+    let svc = e.svc.clone();
+    let req = e.req("web", 0);
+    let retry = tokio::spawn(async move { svc.create(req).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one();
+    let id = retry.await.unwrap().unwrap();
+    assert_eq!(
+        e.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("create"))
+            .count(),
+        1,
+        "created once"
+    );
+    let listed: Vec<_> = e
+        .svc
+        .list(&Filter::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![id]);
+}
+
+#[tokio::test]
+async fn oom_reason_comes_from_the_cgroup_counter() {
+    let e = env();
+    let id = e.running("hog").await;
+    // Killed, but not by the OOM killer: Error.
+    let other = e.running("other").await;
+    e.fake.exit(&other, 137);
+    // The kernel counted an OOM kill in hog's cgroup.
+    std::fs::write(
+        e.cgroup_dir(&id).join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    )
+    .unwrap();
+    e.fake.exit(&id, 137);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = e.store.get(record::CONTAINERS, &id).unwrap().unwrap();
+        let o = e.store.get(record::CONTAINERS, &other).unwrap().unwrap();
+        if r.state == State::Exited && o.state == State::Exited {
+            assert_eq!((r.exit_code, r.reason.as_str()), (137, "OOMKilled"));
+            assert_eq!((o.exit_code, o.reason.as_str()), (137, "Error"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "exits not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_monitor_ends_running_containers_with_255() {
+    let e = env();
+    *e.fake.monitor_gone.lock().unwrap() = true;
+    let id = e.running("web").await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = e.svc.status(&id).unwrap();
+        if r.state == State::Exited {
+            assert_eq!(r.exit_code, 255);
+            assert!(r.message.contains("monitor"), "{}", r.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "loss not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Stop and remove still succeed.
+    e.svc.stop(&id, Duration::from_secs(1)).await.unwrap();
+    e.svc.remove(&id).await.unwrap();
 }
 
 #[tokio::test]
