@@ -81,7 +81,7 @@ impl Daemon {
             store.clone(),
             Arc::new(images.clone()),
             cgroups.clone(),
-            Arc::new(container::engine::Missing),
+            Arc::new(container::monitor_engine::Monitors),
             container::Settings::from_config(&config),
         ));
         pods.set_container_hooks(Arc::new(container::PodHooks(Arc::downgrade(&containers))));
