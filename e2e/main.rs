@@ -1,6 +1,8 @@
 //! End-to-end tests: each test starts its own `crius serve` with temporary
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
+mod container;
+mod engine;
 mod harness;
 mod image;
 mod pod;

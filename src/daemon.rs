@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
+use crate::container::{self, Containers};
 use crate::image::{self, Images};
 use crate::network::Network;
 use crate::pod::{self, Pods};
@@ -23,6 +24,8 @@ pub struct Daemon {
     pub cgroups: Arc<Cgroups>,
     /// Pod sandboxes.
     pub pods: Arc<Pods>,
+    /// Containers (see crate::container).
+    pub containers: Arc<Containers>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
 }
@@ -46,6 +49,15 @@ impl crate::error::Classify for OpenError {
     }
 }
 
+/// Why reconciling at start failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reconcile pods")]
+    Pod(#[from] pod::Error),
+    #[error("reconcile containers")]
+    Container(#[from] container::Error),
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// The node's pod CIDR, once kubelet has sent it ("" before).
@@ -65,6 +77,16 @@ impl Daemon {
             cgroups.clone(),
             pod::Settings::from_config(&config),
         )?);
+        let containers = Arc::new(Containers::new(
+            store.clone(),
+            Arc::new(images.clone()),
+            cgroups.clone(),
+            Arc::new(container::monitor_engine::Monitors),
+            container::Settings::from_config(&config),
+        ));
+        pods.set_container_hooks(Arc::new(container::PodHooks(Arc::downgrade(&containers))));
+        let in_use = store.clone();
+        images.set_in_use(move |image_id| Containers::uses_image(&in_use, image_id));
         Ok(Daemon {
             config,
             store,
@@ -72,14 +94,17 @@ impl Daemon {
             network,
             cgroups,
             pods,
+            containers,
             runtime_config: RwLock::new(RuntimeConfig::default()),
         })
     }
 
     /// Brings the services in line with what the host holds (pods left by
     /// a previous run, a crash, a reboot); run once before serving.
-    pub async fn reconcile(&self) -> Result<(), pod::Error> {
-        pod::reconcile::start(&self.pods).await
+    pub async fn reconcile(&self) -> Result<(), ReconcileError> {
+        pod::reconcile::start(&self.pods).await?;
+        container::reconcile::start(&self.containers).await?;
+        Ok(())
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

@@ -146,7 +146,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listen = config.listen.clone();
         let listener = server::bind(&listen)?;
         let daemon = Arc::new(Daemon::open(config)?);
-        daemon.reconcile().await.context("reconcile pods")?;
+        daemon.reconcile().await.context("reconcile")?;
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
         tracing::info!("crius stopped");

@@ -75,7 +75,7 @@ pub mod paths;
 pub mod resources;
 pub mod systemd;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 

@@ -554,3 +554,10 @@ fn oom_watch_reads_the_layouts_counter() {
         assert_eq!(w.refresh(), 5);
     }
 }
+
+/// A cgroup v1 fixture tree with the fake kernel, for other modules' unit
+/// tests (the container service): keep the TempDir alive while using it.
+pub(crate) fn fake_v1() -> (tempfile::TempDir, PathBuf, Cgroups) {
+    let f = fixture(Kind::V1);
+    (f._dir, f.root, f.cg)
+}

@@ -140,7 +140,7 @@ pub fn propagation_flags(name: &str) -> Option<MsFlags> {
 
 /// The image side of the rootfs: read-only layers and the container's own
 /// writable dirs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Overlay {
     /// Layer dirs, lowest (base) first.
     pub layers: Vec<PathBuf>,

@@ -5,6 +5,7 @@
 //! this module.
 
 pub mod container;
+mod container_rpc;
 pub mod error;
 mod image;
 mod pod;

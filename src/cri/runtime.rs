@@ -79,33 +79,33 @@ impl RuntimeService for Cri {
 
     async fn create_container(
         &self,
-        _: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> Reply<CreateContainerResponse> {
-        Err(unimplemented("CreateContainer"))
+        self.create_container_rpc(req.into_inner()).await
     }
     async fn start_container(
         &self,
-        _: Request<StartContainerRequest>,
+        req: Request<StartContainerRequest>,
     ) -> Reply<StartContainerResponse> {
-        Err(unimplemented("StartContainer"))
+        self.start_container_rpc(req.into_inner()).await
     }
     async fn stop_container(
         &self,
-        _: Request<StopContainerRequest>,
+        req: Request<StopContainerRequest>,
     ) -> Reply<StopContainerResponse> {
-        Err(unimplemented("StopContainer"))
+        self.stop_container_rpc(req.into_inner()).await
     }
     async fn remove_container(
         &self,
-        _: Request<RemoveContainerRequest>,
+        req: Request<RemoveContainerRequest>,
     ) -> Reply<RemoveContainerResponse> {
-        Err(unimplemented("RemoveContainer"))
+        self.remove_container_rpc(req.into_inner()).await
     }
     async fn list_containers(
         &self,
-        _: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> Reply<ListContainersResponse> {
-        Err(unimplemented("ListContainers"))
+        self.list_containers_rpc(req.into_inner())
     }
     type StreamContainersStream = Stream<StreamContainersResponse>;
     async fn stream_containers(
@@ -116,24 +116,24 @@ impl RuntimeService for Cri {
     }
     async fn container_status(
         &self,
-        _: Request<ContainerStatusRequest>,
+        req: Request<ContainerStatusRequest>,
     ) -> Reply<ContainerStatusResponse> {
-        Err(unimplemented("ContainerStatus"))
+        self.container_status_rpc(req.into_inner())
     }
     async fn update_container_resources(
         &self,
-        _: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Reply<UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        self.update_container_resources_rpc(req.into_inner()).await
     }
     async fn reopen_container_log(
         &self,
-        _: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> Reply<ReopenContainerLogResponse> {
-        Err(unimplemented("ReopenContainerLog"))
+        self.reopen_container_log_rpc(req.into_inner()).await
     }
-    async fn exec_sync(&self, _: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
+        self.exec_sync_rpc(req.into_inner()).await
     }
     async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
         Err(unimplemented("Exec"))

@@ -6,9 +6,15 @@
 //! functions with errors that name the operation and the path.
 #![allow(unsafe_code)]
 
+pub mod caps;
+pub mod exec;
+pub mod fds;
+pub mod init;
 pub mod mount;
 pub mod ns;
 pub mod process;
+pub mod rootfs;
+pub mod setup;
 pub mod sysctl;
 
 use std::path::PathBuf;

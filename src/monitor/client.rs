@@ -218,6 +218,16 @@ impl Connection {
 
     /// Sends one request and reads its reply.
     pub async fn call(&mut self, req: &Request) -> Result<Reply, Error> {
+        self.call_within(req, Some(CALL_TIMEOUT)).await
+    }
+
+    /// Sends one request and reads its reply, waiting at most `limit`
+    /// (`None`: as long as it takes, e.g. a wait for an exit).
+    pub async fn call_within(
+        &mut self,
+        req: &Request,
+        limit: Option<Duration>,
+    ) -> Result<Reply, Error> {
         let mut line = serde_json::to_vec(req).expect("serializable");
         line.push(b'\n');
         let exchange = async {
@@ -226,17 +236,74 @@ impl Connection {
             self.reader.read_line(&mut reply).await?;
             Ok::<_, std::io::Error>(reply)
         };
-        let reply = tokio::time::timeout(CALL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| Error::Timeout {
-                dir: self.dir.clone(),
-                limit: CALL_TIMEOUT,
-            })?
-            .map_err(|e| self.protocol(format!("exchange failed: {e}")))?;
+        let reply = match limit {
+            Some(limit) => {
+                tokio::time::timeout(limit, exchange)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        dir: self.dir.clone(),
+                        limit,
+                    })?
+            }
+            None => exchange.await,
+        }
+        .map_err(|e| self.protocol(format!("exchange failed: {e}")))?;
         if reply.is_empty() {
             return Err(self.protocol("closed the connection".into()));
         }
         serde_json::from_str(&reply).map_err(|e| self.protocol(format!("bad reply {reply:?}: {e}")))
+    }
+}
+
+impl Connection {
+    /// Sends one request and reads a reply that may carry fds (SCM_RIGHTS
+    /// on its first bytes). The reader holds no buffered bytes between
+    /// exchanges (one reply per request), so the socket is read directly.
+    pub async fn call_with_fds(
+        &mut self,
+        req: &Request,
+        limit: Duration,
+    ) -> Result<(Reply, Vec<OwnedFd>), Error> {
+        if !self.reader.buffer().is_empty() {
+            return Err(self.protocol("unexpected bytes before a reply with fds".into()));
+        }
+        let mut line = serde_json::to_vec(req).expect("serializable");
+        line.push(b'\n');
+        let exchange = async {
+            self.writer.write_all(&line).await?;
+            let stream: &tokio::net::UnixStream = self.reader.get_ref().as_ref();
+            let mut data = Vec::new();
+            let mut fds = Vec::new();
+            while !data.ends_with(b"\n") {
+                stream.readable().await?;
+                match stream.try_io(tokio::io::Interest::READABLE, || {
+                    crate::linux::fds::recv_with_fds(stream, &mut data, &mut fds)
+                }) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, std::io::Error>((data, fds))
+        };
+        let (data, fds) = tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| Error::Timeout {
+                dir: self.dir.clone(),
+                limit,
+            })?
+            .map_err(|e| self.protocol(format!("exchange failed: {e}")))?;
+        if data.is_empty() {
+            return Err(self.protocol("closed the connection".into()));
+        }
+        let reply = serde_json::from_slice(&data).map_err(|e| {
+            self.protocol(format!(
+                "bad reply {:?}: {e}",
+                String::from_utf8_lossy(&data)
+            ))
+        })?;
+        Ok((reply, fds))
     }
 }
 

@@ -13,10 +13,12 @@
 //! `<pod dir>/monitor.sock` ([`proto`]) and watches it with a pidfd.
 
 pub mod client;
+pub mod container;
 mod init;
 pub mod proto;
 mod sandbox;
 mod server;
+mod workload;
 
 use std::path::{Path, PathBuf};
 

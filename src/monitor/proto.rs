@@ -11,10 +11,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::container::{ContainerLaunch, ExecLaunch};
 use crate::linux::process::ProcRef;
 
-/// The version this build speaks.
-pub const VERSION: u32 = 1;
+/// The version this build speaks (2: containers and execs).
+pub const VERSION: u32 = 2;
 /// The oldest monitor version this daemon still drives.
 pub const MIN_VERSION: u32 = 1;
 
@@ -28,6 +29,47 @@ pub enum Request {
     Status,
     /// Kill every child (the pod init first), reap them, then exit.
     Shutdown,
+    /// Fork a container's init, set it up and leave it blocked before
+    /// execve. Replies `Created` or `Failed`.
+    CreateContainer {
+        launch: Box<ContainerLaunch>,
+    },
+    /// Release a created init to execve. `Ok` or `Failed` (step "exec").
+    StartContainer {
+        id: String,
+    },
+    SignalContainer {
+        id: String,
+        signal: i32,
+    },
+    /// Answered with `Exited` when the container's init is reaped (at once
+    /// if it already was): no polling.
+    WaitContainer {
+        id: String,
+    },
+    ReopenContainerLog {
+        id: String,
+    },
+    /// Kill (if alive), reap and forget a container; its exit file goes too.
+    RemoveContainer {
+        id: String,
+    },
+    /// Fork a process in a running container. Replies `ExecStarted` with
+    /// its stdio fds attached (SCM_RIGHTS): stdin (if asked), stdout,
+    /// stderr (absent with a tty, whose master is the stdout fd).
+    Exec {
+        launch: Box<ExecLaunch>,
+    },
+    /// Answered with `Exited` when the exec process is reaped; the monitor
+    /// then forgets it.
+    WaitExec {
+        id: String,
+    },
+    /// Signals the exec's whole process group.
+    SignalExec {
+        id: String,
+        signal: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +88,24 @@ pub enum Reply {
     Ok,
     Error {
         message: String,
+    },
+    /// A container or exec request failed; `step` names what broke
+    /// ("mount /data", "exec", "user", "unknown container", ...).
+    Failed {
+        step: String,
+        message: String,
+    },
+    Created {
+        init: ProcRef,
+    },
+    Exited {
+        exit: Exit,
+    },
+    ExecStarted {
+        process: ProcRef,
+        /// How many fds ride with this line: stdin (if asked), stdout,
+        /// stderr (if no tty), in that order.
+        fds: usize,
     },
 }
 

@@ -16,11 +16,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::proto::{self, Exit, Reply, Request, SetupReply};
+use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use super::{INIT, PodDir, Spec, sandbox};
+use crate::container::log::Stream;
 use crate::linux::process::{self, ProcRef};
 
-/// Longest request line a monitor accepts.
-const MAX_LINE: usize = 64 << 10;
+/// Longest request line a monitor accepts (a container's Spec and env).
+const MAX_LINE: usize = 8 << 20;
 
 /// `crius monitor <pod dir>`: never returns while the pod lives.
 pub fn main(dir: &Path) -> ExitCode {
@@ -107,10 +109,15 @@ fn run(pod: &PodDir) -> Result<(), String> {
         init: sandbox.init,
         init_exit: None,
         conns: Vec::new(),
+        next_conn: 0,
+        containers: HashMap::new(),
+        execs: HashMap::new(),
+        outbox: Vec::new(),
+        fds_out: Vec::new(),
         shutting_down: false,
     };
     if let Some(init) = sandbox.init {
-        m.children.insert(init.pid, INIT.to_string());
+        m.children.insert(init.pid, Child::Init);
     }
     report(&SetupReply::Ready {
         monitor: me,
@@ -135,20 +142,62 @@ fn report(reply: &SetupReply) {
 }
 
 struct Conn {
+    id: u64,
     stream: UnixStream,
     buf: Vec<u8>,
     greeted: bool,
 }
 
+/// What a child of ours is.
+#[derive(Debug, Clone, PartialEq)]
+enum Child {
+    /// The pod init (exit file `init`).
+    Init,
+    /// A container's init (exit file `<container id>`).
+    Container(String),
+    /// An exec process (exit kept in memory until waited for).
+    Exec(String),
+}
+
+/// What one poll slot watches.
+#[derive(Clone)]
+enum Slot {
+    Signals,
+    Listener,
+    Conn(u64),
+    Output(String, Stream),
+}
+
 struct Monitor {
     pod: PodDir,
     me: ProcRef,
-    /// Children we started, by pid: the name of their exit file.
-    children: HashMap<i32, String>,
+    /// Children we started, by pid.
+    children: HashMap<i32, Child>,
     init: Option<ProcRef>,
     init_exit: Option<Exit>,
     conns: Vec<Conn>,
+    next_conn: u64,
+    containers: HashMap<String, Container>,
+    execs: HashMap<String, ExecProc>,
+    /// Deferred replies (answers to waits), by connection id.
+    outbox: Vec<(u64, Reply)>,
+    /// Fds to attach to the reply being sent.
+    fds_out: Vec<std::os::fd::OwnedFd>,
     shutting_down: bool,
+}
+
+fn failed(f: Failure) -> Reply {
+    Reply::Failed {
+        step: f.step,
+        message: f.message,
+    }
+}
+
+fn unknown(what: &str, id: &str) -> Reply {
+    Reply::Failed {
+        step: format!("unknown {what}"),
+        message: format!("no {what} {id:?} in this pod"),
+    }
 }
 
 impl Monitor {
@@ -156,6 +205,11 @@ impl Monitor {
         // Children may have died during setup, before the loop.
         self.reap();
         while !self.shutting_down {
+            let mut slots = vec![Slot::Signals, Slot::Listener];
+            slots.extend(self.conns.iter().map(|c| Slot::Conn(c.id)));
+            for (id, c) in &self.containers {
+                slots.extend(c.outputs().map(|(s, _)| Slot::Output(id.clone(), s)));
+            }
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
@@ -165,6 +219,12 @@ impl Monitor {
                     .iter()
                     .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
             );
+            for c in self.containers.values() {
+                fds.extend(
+                    c.outputs()
+                        .map(|(_, fd)| PollFd::new(fd, PollFlags::POLLIN)),
+                );
+            }
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::Error::EINTR) => continue,
@@ -173,33 +233,83 @@ impl Monitor {
                     continue;
                 }
             }
-            let ready: Vec<bool> = fds
+            let ready: Vec<Slot> = fds
                 .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .zip(slots)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, s)| s)
                 .collect();
             drop(fds);
-            // Reaping first: an exit file is written before anything else.
-            if ready[0] {
+            // Output first, so a container's last words precede its exit.
+            for slot in &ready {
+                if let Slot::Output(id, stream) = slot
+                    && let Some(c) = self.containers.get_mut(id)
+                {
+                    c.copy(*stream, ROUND);
+                }
+            }
+            // Reaping next: an exit file is written before anything else.
+            if ready.iter().any(|s| matches!(s, Slot::Signals)) {
                 while sigfd.read_signal().ok().flatten().is_some() {}
                 self.reap();
             }
-            // Connections polled this round, last first: swap_remove moves
-            // an already handled one into the hole.
-            for i in (0..ready.len() - 2).rev() {
-                if ready[2 + i] && !self.read_conn(i) {
+            for slot in &ready {
+                if let Slot::Conn(id) = slot
+                    && let Some(i) = self.conns.iter().position(|c| c.id == *id)
+                    && !self.read_conn(i)
+                {
                     self.conns.swap_remove(i);
                 }
             }
-            if ready[1] {
+            self.flush_outbox();
+            if ready.iter().any(|s| matches!(s, Slot::Listener)) {
                 self.accept(listener);
             }
         }
     }
 
+    /// Sends the deferred replies whose connection is still there.
+    fn flush_outbox(&mut self) {
+        for (id, reply) in std::mem::take(&mut self.outbox) {
+            if let Some(i) = self.conns.iter().position(|c| c.id == id)
+                && !self.send(i, &reply)
+            {
+                self.conns.swap_remove(i);
+            }
+        }
+    }
+
+    /// Writes one reply line (with `fds_out` attached); `false` when the
+    /// client does not take it.
+    fn send(&mut self, i: usize, reply: &Reply) -> bool {
+        let mut out = serde_json::to_vec(reply).expect("serializable");
+        out.push(b'\n');
+        // Replies are small; a client that does not read them is dropped.
+        let stream = &self.conns[i].stream;
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        let fds = std::mem::take(&mut self.fds_out);
+        let sent = if fds.is_empty() {
+            (&self.conns[i].stream).write_all(&out).is_ok()
+        } else {
+            use std::os::fd::AsRawFd;
+            let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            match crate::linux::fds::send_with_fds(stream.as_fd(), &out, &raw) {
+                Ok(n) => (&self.conns[i].stream).write_all(&out[n..]).is_ok(),
+                Err(_) => false,
+            }
+        };
+        drop(fds);
+        let _ = self.conns[i].stream.set_nonblocking(true);
+        sent
+    }
+
     fn accept(&mut self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
             if stream.set_nonblocking(true).is_ok() {
+                self.next_conn += 1;
                 self.conns.push(Conn {
+                    id: self.next_conn,
                     stream,
                     buf: Vec::new(),
                     greeted: false,
@@ -228,36 +338,32 @@ impl Monitor {
             let line: Vec<u8> = self.conns[i].buf.drain(..=end).collect();
             let reply = match serde_json::from_slice::<Request>(&line) {
                 Ok(req) => self.handle(i, req),
-                Err(e) => Reply::Error {
+                Err(e) => Some(Reply::Error {
                     message: format!("unsupported request: {e}"),
-                },
+                }),
             };
-            let mut out = serde_json::to_vec(&reply).expect("serializable");
-            out.push(b'\n');
-            // Replies are small; a client that does not read them is dropped.
-            let stream = &self.conns[i].stream;
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(5)));
-            let sent = (&self.conns[i].stream).write_all(&out).is_ok();
-            let _ = self.conns[i].stream.set_nonblocking(true);
-            if !sent {
+            // None: answered later (a wait).
+            if let Some(reply) = reply
+                && !self.send(i, &reply)
+            {
                 return false;
             }
         }
         true
     }
 
-    fn handle(&mut self, i: usize, req: Request) -> Reply {
+    fn handle(&mut self, i: usize, req: Request) -> Option<Reply> {
         let greeted = self.conns[i].greeted;
-        match req {
+        let conn = self.conns[i].id;
+        Some(match req {
             Request::Hello { version } => {
                 if version < proto::MIN_VERSION {
-                    return Reply::Error {
+                    return Some(Reply::Error {
                         message: format!(
                             "protocol version {version} is too old (monitor speaks {})",
                             proto::VERSION
                         ),
-                    };
+                    });
                 }
                 self.conns[i].greeted = true;
                 Reply::Hello {
@@ -276,7 +382,156 @@ impl Monitor {
                 self.shutdown();
                 Reply::Ok
             }
+            Request::CreateContainer { launch } => {
+                if self.containers.contains_key(&launch.id) {
+                    return Some(Reply::Failed {
+                        step: "already exists".into(),
+                        message: format!("container {:?} exists in this pod", launch.id),
+                    });
+                }
+                match Container::create(*launch) {
+                    Ok(c) => {
+                        let init = c.init;
+                        self.children
+                            .insert(init.pid, Child::Container(c.launch.id.clone()));
+                        self.containers.insert(c.launch.id.clone(), c);
+                        Reply::Created { init }
+                    }
+                    Err(f) => failed(f),
+                }
+            }
+            Request::StartContainer { id } => match self.containers.get_mut(&id) {
+                Some(c) => match c.start() {
+                    Ok(()) => Reply::Ok,
+                    Err(f) => failed(f),
+                },
+                None => unknown("container", &id),
+            },
+            Request::SignalContainer { id, signal } => match self.containers.get(&id) {
+                Some(c) if !matches!(c.state, State::Exited(_)) => {
+                    // Not reaped yet, so the pid cannot have been reused.
+                    match Signal::try_from(signal) {
+                        Ok(sig) => match nix::sys::signal::kill(Pid::from_raw(c.init.pid), sig) {
+                            Ok(()) => Reply::Ok,
+                            Err(e) => Reply::Failed {
+                                step: "signal".into(),
+                                message: format!("signal {sig} to pid {}: {e}", c.init.pid),
+                            },
+                        },
+                        Err(_) => Reply::Failed {
+                            step: "signal".into(),
+                            message: format!("invalid signal {signal}"),
+                        },
+                    }
+                }
+                Some(_) => Reply::Failed {
+                    step: "not running".into(),
+                    message: format!("container {id:?} has exited"),
+                },
+                None => unknown("container", &id),
+            },
+            Request::WaitContainer { id } => match self.containers.get_mut(&id) {
+                Some(c) => match c.state {
+                    State::Exited(exit) => Reply::Exited { exit },
+                    _ => {
+                        c.waiters.push(conn);
+                        return None;
+                    }
+                },
+                None => unknown("container", &id),
+            },
+            Request::ReopenContainerLog { id } => match self.containers.get_mut(&id) {
+                Some(c) => match c.reopen_log() {
+                    Ok(()) => Reply::Ok,
+                    Err(f) => failed(f),
+                },
+                None => unknown("container", &id),
+            },
+            Request::RemoveContainer { id } => {
+                self.remove_container(&id);
+                Reply::Ok
+            }
+            Request::Exec { launch } => {
+                if self.execs.contains_key(&launch.exec_id) {
+                    return Some(Reply::Failed {
+                        step: "already exists".into(),
+                        message: format!("exec {:?} exists in this pod", launch.exec_id),
+                    });
+                }
+                let Some(c) = self.containers.get(&launch.container_id) else {
+                    return Some(unknown("container", &launch.container_id));
+                };
+                match c.exec(&launch) {
+                    Ok((e, fds)) => {
+                        let process = e.process;
+                        self.children
+                            .insert(process.pid, Child::Exec(launch.exec_id.clone()));
+                        self.execs.insert(launch.exec_id.clone(), e);
+                        let n = fds.len();
+                        self.fds_out = fds;
+                        Reply::ExecStarted { process, fds: n }
+                    }
+                    Err(f) => failed(f),
+                }
+            }
+            Request::WaitExec { id } => match self.execs.get_mut(&id) {
+                Some(e) => match e.exit {
+                    Some(exit) => {
+                        self.execs.remove(&id);
+                        Reply::Exited { exit }
+                    }
+                    None => {
+                        e.waiters.push(conn);
+                        return None;
+                    }
+                },
+                None => unknown("exec", &id),
+            },
+            Request::SignalExec { id, signal } => match self.execs.get(&id) {
+                Some(e) if e.exit.is_none() => match Signal::try_from(signal) {
+                    // Its own process group (setsid): children go too.
+                    Ok(sig) => match nix::sys::signal::killpg(Pid::from_raw(e.process.pid), sig) {
+                        Ok(()) | Err(nix::Error::ESRCH) => Reply::Ok,
+                        Err(err) => Reply::Failed {
+                            step: "signal".into(),
+                            message: format!("signal {sig} to group {}: {err}", e.process.pid),
+                        },
+                    },
+                    Err(_) => Reply::Failed {
+                        step: "signal".into(),
+                        message: format!("invalid signal {signal}"),
+                    },
+                },
+                Some(_) => Reply::Ok,
+                None => unknown("exec", &id),
+            },
+        })
+    }
+
+    /// Kills the container if it still runs, reaps it (its exit file and
+    /// waiters are served), then forgets it and its exit file.
+    fn remove_container(&mut self, id: &str) {
+        let Some(c) = self.containers.get(id) else {
+            return;
+        };
+        if !matches!(c.state, State::Exited(_)) {
+            let pid = c.init.pid;
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if let Ok(status) = waitpid(Pid::from_raw(pid), None) {
+                self.record(status);
+            }
         }
+        let execs: Vec<String> = self
+            .execs
+            .iter()
+            .filter(|(_, e)| e.container == id && e.exit.is_some() && e.waiters.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for e in execs {
+            self.execs.remove(&e);
+        }
+        self.containers.remove(id);
+        let _ = std::fs::remove_file(self.pod.exit_file(id));
     }
 
     /// Kills every child, reaps each (writing its exit file) and ends the loop.
@@ -313,7 +568,7 @@ impl Monitor {
             WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
             _ => return,
         };
-        let Some(name) = self.children.remove(&pid.as_raw()) else {
+        let Some(child) = self.children.remove(&pid.as_raw()) else {
             return; // an adopted orphan: reaped, nothing to record
         };
         let exit = Exit {
@@ -322,13 +577,42 @@ impl Monitor {
             signal,
             finished_at: now_ns(),
         };
-        let path = self.pod.exit_file(&name);
-        if let Err(e) = write_atomic(&path, &serde_json::to_vec(&exit).expect("serializable")) {
-            eprintln!("write exit file {}: {e}", path.display());
-        }
-        if name == INIT {
-            self.init = None;
-            self.init_exit = Some(exit);
+        let write = |name: &str| {
+            let path = self.pod.exit_file(name);
+            if let Err(e) = write_atomic(&path, &serde_json::to_vec(&exit).expect("serializable")) {
+                eprintln!("write exit file {}: {e}", path.display());
+            }
+        };
+        match child {
+            Child::Init => {
+                write(INIT);
+                self.init = None;
+                self.init_exit = Some(exit);
+            }
+            Child::Container(id) => {
+                let Some(c) = self.containers.get_mut(&id) else {
+                    return;
+                };
+                // Its last output first, so a waiter sees complete logs.
+                c.drain();
+                write(&id);
+                c.state = State::Exited(exit);
+                for w in c.waiters.drain(..) {
+                    self.outbox.push((w, Reply::Exited { exit }));
+                }
+            }
+            Child::Exec(id) => {
+                let Some(e) = self.execs.get_mut(&id) else {
+                    return;
+                };
+                e.exit = Some(exit);
+                if !e.waiters.is_empty() {
+                    for w in e.waiters.drain(..) {
+                        self.outbox.push((w, Reply::Exited { exit }));
+                    }
+                    self.execs.remove(&id);
+                }
+            }
         }
     }
 }

@@ -38,6 +38,11 @@ impl Pods {
         };
         let lock = self.lock_of(&id);
         let _guard = lock.lock().await;
+        if let Some(hooks) = self.container_hooks()
+            && let Err(e) = hooks.stop_all(&id).await
+        {
+            tracing::warn!(pod_id = %id, error = %e, "stop the pod's containers");
+        }
         self.stop_locked(&id).await
     }
 
@@ -67,6 +72,11 @@ impl Pods {
         };
         let lock = self.lock_of(&id);
         let guard = lock.lock().await;
+        if let Some(hooks) = self.container_hooks()
+            && let Err(e) = hooks.remove_all(&id).await
+        {
+            tracing::warn!(pod_id = %id, error = %e, "remove the pod's containers");
+        }
         self.stop_locked(&id).await?;
         if let Some(rec) = self.store.get(PODS, &id)? {
             self.remove_files(&rec).await;

@@ -120,6 +120,17 @@ pub struct Pods {
     creating: Mutex<HashMap<spec::Key, watch::Receiver<Option<Outcome>>>>,
     /// One lock per pod for create/stop/remove (never taken by List/Status).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The container service, which stops and removes a pod's containers.
+    containers: std::sync::OnceLock<Arc<dyn ContainerHooks>>,
+}
+
+/// What stopping and removing a pod asks of the container service.
+#[async_trait::async_trait]
+pub trait ContainerHooks: Send + Sync {
+    /// StopPodSandbox: stop every container of the pod.
+    async fn stop_all(&self, pod_id: &str) -> Result<(), String>;
+    /// RemovePodSandbox: remove every container of the pod.
+    async fn remove_all(&self, pod_id: &str) -> Result<(), String>;
 }
 
 /// A pod as ListPodSandbox shows it.
@@ -154,7 +165,17 @@ impl Pods {
             boot_id,
             creating: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            containers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the container service (once, when the daemon opens).
+    pub fn set_container_hooks(&self, hooks: Arc<dyn ContainerHooks>) {
+        let _ = self.containers.set(hooks);
+    }
+
+    fn container_hooks(&self) -> Option<Arc<dyn ContainerHooks>> {
+        self.containers.get().cloned()
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -1,0 +1,581 @@
+//! The container engine against the real kernel, driven through a real pod
+//! monitor (no daemon): a one-layer busybox "image" built from Debian's
+//! busybox-static, containers created blocked and started, their logs,
+//! exit codes, PID namespace modes, namespaces, mounts (file binds,
+//! propagation both ways, a read-only rootfs), exec and signals.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crius::container::rootfs::Overlay;
+use crius::container::spec::{
+    self, BindMount, ContainerConfig, ImageConfig, PidNamespace, PodContext, Propagation,
+};
+use crius::linux::ns::Kind;
+use crius::monitor::client::{self, Started};
+use crius::monitor::container::{ContainerLaunch, Error, ExecLaunch, PodMonitor};
+use crius::monitor::{PodDir, Spec};
+
+use crate::harness::{BIN, children_of, unmount_under};
+
+/// A pod with its own monitor in a tempdir, an image layer and a cgroup.
+pub struct TestPod {
+    pub base: tempfile::TempDir,
+    pub pod: PodDir,
+    pub monitor: PodMonitor,
+    pub started: Started,
+    pub layer: PathBuf,
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// A one-layer busybox image: /bin/busybox and a symlink per applet.
+pub fn busybox_layer(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+fn kill_tree(pid: i32) {
+    for child in children_of(pid) {
+        kill_tree(child);
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+impl TestPod {
+    /// A pod with its own IPC and UTS namespaces, the host network, and a
+    /// pod init (PID mode POD) when `pid_ns`.
+    pub async fn start(tag: &str, pid_ns: bool) -> TestPod {
+        let base = tempfile::tempdir().unwrap();
+        let state = base.path().join("state");
+        let pod_id = format!("enginetest{tag}");
+        let pod = PodDir::new(&state, &pod_id);
+        std::fs::create_dir_all(&pod.dir).unwrap();
+        let spec = Spec {
+            pod_id: pod_id.clone(),
+            ns_root: state.join("ns"),
+            namespaces: vec![Kind::Ipc, Kind::Uts],
+            pid_namespace: pid_ns,
+            hostname: Some(format!("pod-{tag}")),
+            sysctls: vec![],
+            shm_size: Some(64 << 20),
+        };
+        let started = client::start(Path::new(BIN), &pod, &spec, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let layer = base.path().join("layers/1");
+        busybox_layer(&layer);
+        let mut cgroups = Vec::new();
+        for ctl in ["pids", "memory"] {
+            let dir = PathBuf::from(format!(
+                "/sys/fs/cgroup/{ctl}/crius-enginetest-{tag}-{}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            cgroups.push(dir);
+        }
+        TestPod {
+            monitor: PodMonitor::new(pod.clone()),
+            base,
+            pod,
+            started,
+            layer,
+            cgroups,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.base.path().join(rel)
+    }
+
+    /// The launch of container `id` running `config` in PID mode `pid`.
+    pub fn launch(&self, id: &str, config: &ContainerConfig, pid: PidNamespace) -> ContainerLaunch {
+        let dir = self.path(&format!("containers/{id}"));
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let ctx = PodContext {
+            net_ns: None,
+            ipc_ns: Some(self.pod.ns(Kind::Ipc)),
+            uts_ns: Some(self.pod.ns(Kind::Uts)),
+            pid,
+            shm: self.pod.shm(),
+            hostname_file: None,
+            resolv_conf: None,
+            cgroup_path: "/crius-enginetest".into(),
+            cgroup_v2: false,
+        };
+        let built =
+            spec::build(config, &ImageConfig::default(), &ctx, &dir.join("rootfs")).unwrap();
+        ContainerLaunch {
+            id: id.into(),
+            spec: built.spec,
+            env: built.env,
+            user: built.user,
+            overlay: Overlay {
+                layers: vec![self.layer.clone()],
+                upper: dir.join("upper"),
+                work: dir.join("work"),
+            },
+            cgroup_procs: self
+                .cgroups
+                .iter()
+                .map(|c| c.join("cgroup.procs"))
+                .collect(),
+            log_path: Some(dir.join("log")),
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+        }
+    }
+
+    pub fn pod_pid_ns(&self) -> PidNamespace {
+        let init = self.started.init.expect("a pod init");
+        PidNamespace::Pod(format!("/proc/{}/ns/pid", init.pid).into())
+    }
+
+    /// Creates, starts and waits for a container; returns (exit code, log).
+    pub async fn run(
+        &self,
+        id: &str,
+        config: &ContainerConfig,
+        pid: PidNamespace,
+    ) -> (i32, String) {
+        let launch = self.launch(id, config, pid);
+        self.monitor.create_container(&launch).await.unwrap();
+        self.monitor.start_container(id).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.monitor.wait_container(id))
+            .await
+            .expect("container exits")
+            .unwrap();
+        let log = std::fs::read_to_string(launch.log_path.unwrap()).unwrap_or_default();
+        (exit.exit_code, log)
+    }
+}
+
+impl Drop for TestPod {
+    fn drop(&mut self) {
+        kill_tree(self.started.monitor.pid);
+        // The monitor is our child (client::start spawned it): reap it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.started.monitor.pid), None);
+        for _ in 0..50 {
+            let empty = self.cgroups.iter().all(|c| {
+                std::fs::read_to_string(c.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty())
+            });
+            if empty {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for c in &self.cgroups {
+            let _ = std::fs::remove_dir(c);
+        }
+        unmount_under(self.base.path());
+    }
+}
+
+pub fn sh(script: &str) -> ContainerConfig {
+    ContainerConfig {
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// The (stream, content) of each CRI log line.
+pub fn log_lines(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ts = f.next().unwrap();
+            assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts:?}");
+            let stream = f.next().unwrap().to_string();
+            assert_eq!(f.next(), Some("F"), "{l}");
+            (stream, f.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+fn ns_inode(pid: i32, kind: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .ino()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_container_logs_and_exit_code_pid1_in_container_mode() {
+    let p = TestPod::start("logs", true).await;
+    let (code, log) = p
+        .run(
+            "c1",
+            &sh("echo hi; echo pid=$$; echo oops >&2; exit 3"),
+            PidNamespace::Container,
+        )
+        .await;
+    assert_eq!(code, 3, "{log}");
+    let lines = log_lines(&log);
+    assert!(lines.contains(&("stdout".into(), "hi".into())), "{log}");
+    assert!(lines.contains(&("stdout".into(), "pid=1".into())), "{log}");
+    assert!(lines.contains(&("stderr".into(), "oops".into())), "{log}");
+    let exit = crius::monitor::read_exit(&p.pod.exit_file("c1")).expect("exit file");
+    assert_eq!(exit.exit_code, 3);
+    // A wait after the exit answers at once.
+    let again = p.monitor.wait_container("c1").await.unwrap();
+    assert_eq!(again, exit);
+    p.monitor.remove_container("c1").await.unwrap();
+    assert!(!p.pod.exit_file("c1").exists());
+    p.monitor.remove_container("c1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_namespaces_in_pod_and_container_modes() {
+    let p = TestPod::start("ns", true).await;
+    let init = p.started.init.unwrap().pid;
+    let sleep = sh("sleep 1000");
+    let a = p.launch("a", &sleep, p.pod_pid_ns());
+    let b = p.launch("b", &sleep, PidNamespace::Container);
+    let ra = p.monitor.create_container(&a).await.unwrap();
+    let rb = p.monitor.create_container(&b).await.unwrap();
+    for (r, mode_pod) in [(ra, true), (rb, false)] {
+        assert_eq!(
+            ns_inode(r.pid, "ipc"),
+            crius::linux::ns::inode(&p.pod.ns(Kind::Ipc)).unwrap()
+        );
+        assert_eq!(
+            ns_inode(r.pid, "uts"),
+            crius::linux::ns::inode(&p.pod.ns(Kind::Uts)).unwrap()
+        );
+        let me = std::process::id() as i32;
+        assert_eq!(ns_inode(r.pid, "net"), ns_inode(me, "net"), "host network");
+        assert_ne!(ns_inode(r.pid, "mnt"), ns_inode(init, "mnt"));
+        assert_eq!(ns_inode(r.pid, "pid") == ns_inode(init, "pid"), mode_pod);
+        // Blocked before execve: still crius code, not sleep.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid)).unwrap();
+        assert!(!stat.contains("(sleep)"), "{stat}");
+    }
+    assert_ne!(ns_inode(ra.pid, "mnt"), ns_inode(rb.pid, "mnt"));
+    // Both in the cgroup before they run.
+    let procs = std::fs::read_to_string(p.cgroups[0].join("cgroup.procs")).unwrap();
+    assert!(procs.contains(&ra.pid.to_string()) && procs.contains(&rb.pid.to_string()));
+    p.monitor.start_container("a").await.unwrap();
+    p.monitor.start_container("b").await.unwrap();
+    // In POD mode the pod init is PID 1; in CONTAINER mode the entrypoint.
+    let (code, log) = p.run("c", &sh("cat /proc/1/comm"), p.pod_pid_ns()).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(log_lines(&log), [("stdout".into(), "crius-init".into())]);
+    let (_, log) = p
+        .run(
+            "d",
+            &sh("cat /proc/1/comm; exit 0"),
+            PidNamespace::Container,
+        )
+        .await;
+    assert_eq!(log_lines(&log), [("stdout".into(), "sh".into())]);
+    // The POD-mode container's processes are visible to a sibling.
+    let (_, log) = p
+        .run("e", &sh("ps -o comm | grep -c sleep"), p.pod_pid_ns())
+        .await;
+    assert_eq!(
+        log_lines(&log),
+        [("stdout".into(), "1".into())],
+        "only a's sleep"
+    );
+    // signal + wait
+    p.monitor.signal_container("b", 9).await.unwrap();
+    let exit = p.monitor.wait_container("b").await.unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (137, Some(9)));
+    assert!(p.monitor.signal_container("b", 9).await.is_err());
+    p.monitor.remove_container("a").await.unwrap();
+    assert!(!crius::linux::process::ProcRef::alive(&ra));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_failed_create_names_the_step_and_leaves_nothing() {
+    let p = TestPod::start("fail", false).await;
+    let before = children_of(p.started.monitor.pid);
+    let launch = p.launch("bad", &sh("exit 0"), PidNamespace::Node);
+    let mut missing = launch.clone();
+    missing
+        .spec
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_args(Some(vec!["/no/such/binary".into()]));
+    let err = p.monitor.create_container(&missing).await.unwrap_err();
+    match &err {
+        Error::Failed { step, message } => {
+            assert_eq!(step, "exec");
+            assert!(message.contains("no such file"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bad_user = launch.clone();
+    bad_user.user = "nosuchuser".into();
+    let err = p.monitor.create_container(&bad_user).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { step, .. } if step == "user"),
+        "{err}"
+    );
+    assert_eq!(
+        children_of(p.started.monitor.pid),
+        before,
+        "no process left"
+    );
+    assert!(!p.pod.exit_file("bad").exists(), "no exit file");
+    let rootfs = launch.spec.root().as_ref().unwrap().path().clone();
+    assert!(
+        crius::linux::mount::mounts_under(&rootfs).is_empty(),
+        "no mount"
+    );
+    // The same id works afterwards.
+    let (code, _) = p.run("bad", &sh("exit 0"), PidNamespace::Node).await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_mounts_file_bind_readonly_root_and_propagation() {
+    let p = TestPod::start("mounts", false).await;
+    // A file bind, read-only.
+    let file = p.path("hostfile");
+    std::fs::write(&file, "from the host\n").unwrap();
+    // A shared mount on the host for the propagation cases.
+    let shared = p.path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &shared,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    nix::mount::mount(
+        None::<&str>,
+        &shared,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+
+    let mut config = sh(
+        "cat /etc/hostfile; echo x > /etc/hostfile || echo refused; touch /newfile || echo rofs",
+    );
+    config.mounts.push(BindMount {
+        container_path: "/etc/hostfile".into(),
+        host_path: file.clone(),
+        readonly: true,
+        propagation: Propagation::Private,
+    });
+    config.security.readonly_rootfs = true;
+    let (code, log) = p.run("files", &config, PidNamespace::Node).await;
+    assert_eq!(code, 0, "{log}");
+    let out: Vec<String> = log_lines(&log).into_iter().map(|(_, l)| l).collect();
+    assert!(out.contains(&"from the host".to_string()), "{log}");
+    assert!(out.contains(&"refused".to_string()), "{log}");
+    assert!(out.contains(&"rofs".to_string()), "{log}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "from the host\n");
+
+    // host-to-container: a mount made on the host after the start shows
+    // up inside.
+    let mut slave = sh(
+        "for i in $(seq 100); do [ -e /data/sub/marker ] && { echo seen; exit 0; }; sleep 0.1; done; exit 1",
+    );
+    slave.mounts.push(BindMount {
+        container_path: "/data".into(),
+        host_path: shared.clone(),
+        readonly: false,
+        propagation: Propagation::HostToContainer,
+    });
+    let launch = p.launch("slave", &slave, PidNamespace::Node);
+    p.monitor.create_container(&launch).await.unwrap();
+    p.monitor.start_container("slave").await.unwrap();
+    let sub = shared.join("sub");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(sub.join("marker"), "").unwrap();
+    let exit = p.monitor.wait_container("slave").await.unwrap();
+    assert_eq!(
+        exit.exit_code,
+        0,
+        "{}",
+        std::fs::read_to_string(launch.log_path.unwrap()).unwrap()
+    );
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).unwrap();
+
+    // bidirectional: a mount made inside shows up on the host.
+    let mut both = sh(
+        "mkdir -p /data/inner && mount -t tmpfs tmpfs /data/inner && touch /data/inner/made && sleep 1000",
+    );
+    both.security.privileged = true;
+    both.mounts.push(BindMount {
+        container_path: "/data".into(),
+        host_path: shared.clone(),
+        readonly: false,
+        propagation: Propagation::Bidirectional,
+    });
+    let launch = p.launch("shared", &both, PidNamespace::Node);
+    let init = p.monitor.create_container(&launch).await.unwrap();
+    p.monitor.start_container("shared").await.unwrap();
+    let made = shared.join("inner/made");
+    for _ in 0..100 {
+        if made.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        made.exists(),
+        "the container's mount propagated to the host: {} {} HOST {}",
+        std::fs::read_to_string(launch.log_path.as_ref().unwrap()).unwrap(),
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", init.pid)).unwrap_or_default(),
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("shared"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert!(crius::linux::mount::mounts_under(&shared).contains(&shared.join("inner")));
+    p.monitor.remove_container("shared").await.unwrap();
+    unmount_under(&shared);
+
+    // A host-to-container mount of a private source is refused.
+    let private = p.path("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let mut refused = sh("true");
+    refused.mounts.push(BindMount {
+        container_path: "/data".into(),
+        host_path: private,
+        readonly: false,
+        propagation: Propagation::HostToContainer,
+    });
+    let err = p
+        .monitor
+        .create_container(&p.launch("refused", &refused, PidNamespace::Node))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a shared or slave mount"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_exec_output_exit_code_and_process_group_kill() {
+    use std::io::Read;
+    let p = TestPod::start("exec", true).await;
+    let launch = p.launch("box", &sh("sleep 1000"), PidNamespace::Container);
+    let init = p.monitor.create_container(&launch).await.unwrap();
+    let exec = ExecLaunch {
+        exec_id: "x1".into(),
+        container_id: "box".into(),
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo out $$; readlink /proc/self/ns/mnt; echo err >&2; exit 7".into(),
+        ],
+        tty: false,
+        stdin: false,
+    };
+    // Not started yet: refused.
+    assert!(p.monitor.exec(&exec).await.is_err());
+    p.monitor.start_container("box").await.unwrap();
+    let h = p.monitor.exec(&exec).await.unwrap();
+    let mut out = String::new();
+    std::fs::File::from(h.stdout)
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    std::fs::File::from(h.stderr.unwrap())
+        .read_to_string(&mut err)
+        .unwrap();
+    let exit = p.monitor.wait_exec("x1").await.unwrap();
+    assert_eq!(exit.exit_code, 7);
+    assert_eq!(err, "err\n");
+    let mnt = format!("mnt:[{}]", ns_inode(init.pid, "mnt"));
+    assert!(out.contains(&mnt), "{out} vs {mnt}");
+    assert!(!out.starts_with("out 1\n"), "not PID 1: {out}");
+    // A timed-out exec: its whole group (the shell and its sleep) dies.
+    let slow = ExecLaunch {
+        exec_id: "x2".into(),
+        args: vec!["sh".into(), "-c".into(), "sleep 1000 & sleep 1000".into()],
+        ..exec.clone()
+    };
+    let h = p.monitor.exec(&slow).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.monitor.signal_exec("x2", 9).await.unwrap();
+    let exit = p.monitor.wait_exec("x2").await.unwrap();
+    assert_eq!(exit.signal, Some(9));
+    drop(h);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let procs = std::fs::read_to_string(p.cgroups[0].join("cgroup.procs")).unwrap();
+    let sleeps = procs
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .count();
+    assert_eq!(sleeps, 1, "only the container's own sleep is left: {procs}");
+    assert!(
+        p.monitor.wait_exec("x2").await.is_err(),
+        "forgotten once waited"
+    );
+}
+
+/// The monitor's proportional set size, KiB (/proc/PID/smaps_rollup).
+fn pss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Pss:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_monitor_memory_with_ten_containers() {
+    let p = TestPod::start("mem", true).await;
+    let monitor = p.started.monitor.pid;
+    let idle = pss_kib(monitor);
+    for i in 0..10 {
+        let id = format!("m{i}");
+        let launch = p.launch(&id, &sh("echo started; sleep 1000"), p.pod_pid_ns());
+        p.monitor.create_container(&launch).await.unwrap();
+        p.monitor.start_container(&id).await.unwrap();
+    }
+    let busy = pss_kib(monitor);
+    eprintln!("monitor PSS: {idle} KiB idle, {busy} KiB with 10 containers");
+    // Each container costs the monitor its bookkeeping (pipes, a log file,
+    // its Spec and heap growth), bounded here at 512 KiB each in a debug
+    // build; it must never be a copy of the monitor.
+    assert!(busy < idle + 10 * 512, "{idle} KiB -> {busy} KiB");
+    for i in 0..10 {
+        p.monitor.remove_container(&format!("m{i}")).await.unwrap();
+    }
+}

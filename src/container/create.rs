@@ -1,0 +1,525 @@
+//! Creating a container: CreateContainer.
+//!
+//! Everything that can be refused is checked before anything exists: the
+//! pod (exists and READY), the image (present locally: never an implicit
+//! pull), the (pod, name, attempt) key, and the OCI spec built from the
+//! config. The steps then run as a detached task, so a client that gives
+//! up never interrupts them halfway: the finished container stays
+//! unclaimed, invisible to List/Status, until a retry with the same key
+//! claims it or the reaper removes it; a retry that arrives while the
+//! first call still runs waits for its outcome.
+//!
+//! The steps, each named in the error when it fails; a failure undoes
+//! every step before it ([`Containers::discard`]):
+//! 1. record intent   2. create container directory
+//! 3. create container cgroup   4. create log directory
+//! 5. create container init (the engine: mounts, namespaces, blocked
+//!    before execve)   6. record container
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::engine::Launch;
+use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
+use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
+use super::{Containers, Error, Outcome, blocking, rootfs, rootfs_dir, upper_dir, work_dir};
+use crate::cgroups::CgroupPath;
+use crate::error::{Classify, Kind};
+use crate::pod::now_ns;
+use crate::pod::record::PodRecord;
+
+/// CreateContainer's input in crius's terms.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub pod_id: String,
+    pub config: ContainerConfig,
+    pub attempt: u32,
+    /// The image as the config names it (tag, digest or id).
+    pub image: String,
+    /// Relative to the pod's log directory.
+    pub log_path: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub stdin_once: bool,
+    /// The CRI stop_signal, when set.
+    pub stop_signal: Option<i32>,
+    pub pid_mode: crate::pod::spec::NamespaceMode,
+    /// The container whose PID namespace TARGET mode joins.
+    pub target_id: String,
+}
+
+/// Test hook, as RunPodSandbox's: `CRIUS_TEST_PAUSE_AT=<step>` pauses
+/// CreateContainer before that step for `CRIUS_TEST_PAUSE_SECS` seconds
+/// (default 3600). Never set in production.
+async fn test_pause(step: &str) {
+    if std::env::var("CRIUS_TEST_PAUSE_AT").is_ok_and(|s| s == step) {
+        let secs = std::env::var("CRIUS_TEST_PAUSE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3600);
+        tracing::warn!(step, secs, "test hook: pausing before this step");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
+}
+
+fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Classify + Send + Sync + 'static,
+{
+    let step = step.to_string();
+    move |e| Error::Step {
+        op: "create container",
+        step,
+        kind: e.kind(),
+        source: Box::new(e),
+    }
+}
+
+fn io_step(step: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Step {
+        op: "create container",
+        step: step.to_string(),
+        kind: Kind::Internal,
+        source: format!("{}: {e}", path.display()).into(),
+    }
+}
+
+/// What creation decided before the first side effect.
+struct Plan {
+    rec: ContainerRecord,
+    launch: Launch,
+    /// A systemd scope needs its first process: made after the init.
+    cgroup_after_init: bool,
+}
+
+impl Containers {
+    /// CreateContainer: the container id.
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<String, Error> {
+        let pod = self.pod(&req.pod_id)?;
+        let key = Key {
+            pod_id: pod.id.clone(),
+            name: req.config.name.clone(),
+            attempt: req.attempt,
+        };
+        let mut rx = {
+            let mut creating = self.creating.lock().expect("lock poisoned");
+            match creating.get(&key) {
+                Some(rx) => {
+                    tracing::info!(name = %key.name, "a retry waits for the creation under way");
+                    rx.clone()
+                }
+                None => {
+                    if let Some(existing) = self.find_by_key(&key)? {
+                        if !existing.claimed && existing.state == State::Created {
+                            tracing::info!(container_id = %existing.id, "a retry claims the container its first call created");
+                            return self.claim(&existing.id);
+                        }
+                        return Err(Error::AlreadyExists {
+                            pod_id: key.pod_id,
+                            name: key.name,
+                            attempt: key.attempt,
+                            id: existing.id,
+                        });
+                    }
+                    let plan = self.plan(&pod, req)?;
+                    let (tx, rx) = watch::channel(None);
+                    creating.insert(key.clone(), rx.clone());
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let outcome: Outcome = this.create_plan(plan).await.map_err(Arc::new);
+                        this.creating.lock().expect("lock poisoned").remove(&key);
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Internal("container creation was abandoned".into()))?
+            .clone()
+            .expect("checked by wait_for");
+        match outcome {
+            Ok(id) => self.claim(&id),
+            Err(e) => Err(Error::Shared(e)),
+        }
+    }
+
+    fn find_by_key(&self, key: &Key) -> Result<Option<ContainerRecord>, Error> {
+        Ok(self
+            .store
+            .list(CONTAINERS)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.state != State::Creating && &r.key() == key))
+    }
+
+    /// Hands a finished container to its caller.
+    fn claim(&self, id: &str) -> Result<String, Error> {
+        self.store.write(|txn| {
+            let Some(mut rec) = txn.get(CONTAINERS, id)? else {
+                return Err(Error::NotFound(id.to_string()));
+            };
+            if !rec.claimed {
+                rec.claimed = true;
+                txn.put(CONTAINERS, id, &rec)?;
+            }
+            Ok(id.to_string())
+        })
+    }
+
+    /// Everything decided without side effects: bad input fails here.
+    fn plan(&self, pod: &PodRecord, req: CreateRequest) -> Result<Plan, Error> {
+        if req.image.is_empty() {
+            return Err(Error::Invalid("container image is required".into()));
+        }
+        let image = self
+            .images
+            .find(&req.image)?
+            .ok_or_else(|| Error::ImageNotFound(req.image.clone()))?;
+        let id = crate::ids::new_id();
+        let dir = self.container_dir(&id);
+        let pod_cgroup = pod
+            .cgroup
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("pod {} has no cgroup", pod.id)))?;
+        let leaf = self
+            .cgroups
+            .container_path(&pod_cgroup, &id)
+            .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+        let (pid_mode, pid) = self.pid_namespace(pod, &req)?;
+        let ctx = PodContext {
+            net_ns: pod.netns.clone(),
+            ipc_ns: pod.ipcns.clone(),
+            uts_ns: pod.utsns.clone(),
+            pid,
+            shm: pod.shm.clone().unwrap_or_else(|| "/dev/shm".into()),
+            hostname_file: Some(pod.dir.hostname()),
+            resolv_conf: Some(pod.dir.resolv_conf()),
+            cgroup_path: PathBuf::from(&leaf.path),
+            cgroup_v2: self.cgroups.is_unified(),
+        };
+        let rootfs = rootfs_dir(&dir);
+        let built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
+            let kind = e.kind();
+            Error::Step {
+                op: "create container",
+                step: "build the OCI spec".into(),
+                kind,
+                source: Box::new(e),
+            }
+        })?;
+        let overlay = rootfs::Overlay {
+            layers: image.layers.clone(),
+            upper: upper_dir(&dir),
+            work: work_dir(&dir),
+        };
+        // The options must fit in one page: refuse now, not in the init.
+        overlay
+            .data()
+            .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+        let stop_signal = match req.stop_signal {
+            Some(s) => s,
+            None if image.config.stop_signal.is_empty() => libc::SIGTERM,
+            None => parse_signal(&image.config.stop_signal).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the image's stop signal {:?} is not a signal",
+                    image.config.stop_signal
+                ))
+            })?,
+        };
+        let log_path = (!req.log_path.is_empty())
+            .then(|| PathBuf::from(&pod.spec.log_directory).join(&req.log_path));
+        let cwd = built
+            .spec
+            .process()
+            .as_ref()
+            .map(|p| p.cwd().display().to_string())
+            .unwrap_or_else(|| "/".into());
+        let c = &req.config;
+        let rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name: c.name.clone(),
+            attempt: req.attempt,
+            state: State::Creating,
+            claimed: false,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            image: req.image.clone(),
+            image_id: image.id.clone(),
+            labels: req.labels.clone(),
+            annotations: c.annotations.clone(),
+            log_path: log_path.clone(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| MountInfo {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    propagation: match m.propagation {
+                        Propagation::Private => 0,
+                        Propagation::HostToContainer => 1,
+                        Propagation::Bidirectional => 2,
+                    },
+                })
+                .collect(),
+            resources: c.resources.clone(),
+            oom_score_adj: c.oom_score_adj,
+            dir,
+            pod_dir: pod.dir.clone(),
+            cgroup: Some(leaf.clone()),
+            pid_mode,
+            init: None,
+            stop_signal,
+            spec: serde_json::to_value(&built.spec).unwrap_or_default(),
+            env: built.env.clone(),
+            user: built.user.clone(),
+            cwd,
+            tty: c.tty,
+            stdin: c.stdin,
+            stdin_once: req.stdin_once,
+        };
+        let launch = Launch {
+            id,
+            spec: built.spec,
+            env: built.env,
+            user: built.user,
+            overlay,
+            cgroup_procs: Vec::new(),
+            log_path,
+            tty: c.tty,
+            stdin: c.stdin,
+            stdin_once: req.stdin_once,
+        };
+        Ok(Plan {
+            cgroup_after_init: leaf.unit.as_ref().is_some_and(|u| u.is_scope()),
+            rec,
+            launch,
+        })
+    }
+
+    fn pid_namespace(
+        &self,
+        pod: &PodRecord,
+        req: &CreateRequest,
+    ) -> Result<(PidMode, PidNamespace), Error> {
+        use crate::pod::spec::NamespaceMode as M;
+        Ok(match req.pid_mode {
+            M::Container => (PidMode::Container, PidNamespace::Container),
+            M::Node => (PidMode::Node, PidNamespace::Node),
+            M::Pod => {
+                let path = pod.pid_ns_path().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "PID mode POD: pod sandbox {} has no PID namespace of its own",
+                        pod.id
+                    ))
+                })?;
+                (PidMode::Pod, PidNamespace::Pod(path))
+            }
+            M::Target => {
+                let target = self
+                    .resolve(&req.target_id)?
+                    .and_then(|id| self.store.get(CONTAINERS, &id).ok().flatten())
+                    .map(ContainerRecord::effective)
+                    .filter(|t| t.pod_id == pod.id)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "PID mode TARGET: no container {:?} in pod sandbox {}",
+                            req.target_id, pod.id
+                        ))
+                    })?;
+                let init = target.init.filter(|_| target.state == State::Running);
+                let Some(init) = init else {
+                    return Err(Error::Invalid(format!(
+                        "PID mode TARGET: container {} is not running",
+                        target.id
+                    )));
+                };
+                (
+                    PidMode::Target(target.id.clone()),
+                    PidNamespace::Target(crate::linux::ns::Kind::Pid.proc_path(init.pid)),
+                )
+            }
+        })
+    }
+
+    /// Runs the steps; on failure everything done is undone.
+    async fn create_plan(self: &Arc<Self>, plan: Plan) -> Result<String, Error> {
+        let id = plan.rec.id.clone();
+        let lock = self.lock_of(&id);
+        let guard = lock.lock().await;
+        let mut rec = plan.rec;
+        let result = self
+            .create_steps(&mut rec, plan.launch, plan.cgroup_after_init)
+            .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(container_id = %id, name = %rec.name, pod_id = %rec.pod_id, "container created");
+                Ok(id)
+            }
+            Err(err) => {
+                tracing::warn!(container_id = %id, error = %crate::error::chain(&err), "container creation failed; rolling back");
+                self.discard(&rec).await;
+                drop(guard);
+                self.forget_lock(&id);
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_steps(
+        &self,
+        rec: &mut ContainerRecord,
+        mut launch: Launch,
+        cgroup_after_init: bool,
+    ) -> Result<(), Error> {
+        // 1. The intent, before any side effect on the host.
+        test_pause("record container intent").await;
+        self.store
+            .put(CONTAINERS, &rec.id, rec)
+            .map_err(step_err("record intent"))?;
+
+        // 2. The container's directory: upper, work, rootfs mount point.
+        for d in [
+            upper_dir(&rec.dir),
+            work_dir(&rec.dir),
+            rootfs_dir(&rec.dir),
+        ] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| io_step("create container directory", &d, e))?;
+        }
+
+        // 3. The leaf cgroup with the container's resources.
+        let leaf: CgroupPath = rec.cgroup.clone().expect("set by plan");
+        if !cgroup_after_init {
+            let cg = self.cgroups.clone();
+            let (l, res) = (leaf.clone(), rec.resources.clone());
+            blocking(move || {
+                if cg.exists(&l) {
+                    return Err(crate::cgroups::Error::Exists(l.path.clone()));
+                }
+                cg.create(&l, &res)
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Cgroups(e) => step_err("create container cgroup")(e),
+                e => e,
+            })?;
+            launch.cgroup_procs = self.cgroups.procs_files(&leaf);
+        }
+
+        // 4. The log file's directory (kubelet usually made it).
+        if let Some(parent) = rec.log_path.as_ref().and_then(|p| p.parent())
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_step("create log directory", parent, e))?;
+        }
+
+        // 5. The init: mounts done, blocked before execve.
+        test_pause("create container init").await;
+        let init = self
+            .engine
+            .create(&rec.pod_dir, &launch)
+            .await
+            .map_err(|e| {
+                let step = match &e {
+                    super::engine::Error::Step { step, .. } => step.clone(),
+                    _ => "create container init".into(),
+                };
+                step_err(&step)(e)
+            })?;
+        rec.init = Some(init);
+        self.store
+            .put(CONTAINERS, &rec.id, rec)
+            .map_err(step_err("record container init"))?;
+        if cgroup_after_init {
+            let cg = self.cgroups.clone();
+            let res = rec.resources.clone();
+            blocking(move || cg.create_with_pid(&leaf, &res, init.pid))
+                .await
+                .map_err(|e| match e {
+                    Error::Cgroups(e) => step_err("create container cgroup")(e),
+                    e => e,
+                })?;
+        }
+
+        // 6. Created, but unclaimed until the caller (or a retry) takes it.
+        test_pause("record container").await;
+        rec.state = State::Created;
+        self.store
+            .put(CONTAINERS, &rec.id, rec)
+            .map_err(step_err("record container"))?;
+        Ok(())
+    }
+
+    /// Undoes whatever exists of a container, from any state: the engine's
+    /// process, leftover processes in its cgroup, the cgroup, the
+    /// directory, the exit file, the record. Idempotent.
+    pub(super) async fn discard(&self, rec: &ContainerRecord) {
+        if rec.init.is_some() || rec.state == State::Creating {
+            if let Err(e) = self.engine.remove(&rec.pod_dir, &rec.id).await {
+                tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "engine remove");
+            }
+            if let Some(init) = rec.init
+                && init.alive()
+            {
+                init.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        if let Some(leaf) = rec.cgroup.clone() {
+            let cg = self.cgroups.clone();
+            let removed = blocking(move || {
+                if cg.exists(&leaf) {
+                    cg.kill_all(&leaf)?;
+                    cg.remove(&leaf)?;
+                }
+                Ok::<_, crate::cgroups::Error>(())
+            })
+            .await;
+            if let Err(e) = removed {
+                tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "remove container cgroup");
+            }
+        }
+        let dir = rec.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = crate::linux::mount::detach_all(&crate::linux::mount::Host, &rootfs_dir(&dir));
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "remove container directory");
+            }
+        })
+        .await;
+        let _ = std::fs::remove_file(rec.exit_file());
+        if let Err(e) = self.store.delete(CONTAINERS, &rec.id) {
+            tracing::error!(container_id = %rec.id, error = %crate::error::chain(&e), "delete container record");
+        }
+        self.exits.lock().expect("lock poisoned").remove(&rec.id);
+    }
+}
+
+/// A signal by name ("SIGTERM", "TERM", "sigint") or number ("15").
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}

@@ -1,0 +1,162 @@
+//! The narrow interface between the container service and whatever creates
+//! container processes: in production the pod's monitor (src/monitor), in
+//! unit tests a recording fake.
+//!
+//! The service owns records, the state machine, cgroups, rollback and
+//! timeouts; the engine owns processes: it creates a container's init
+//! blocked before execve, releases it, signals it, reports its exit (at
+//! once, never by polling), reopens its log, forgets it, and forks exec
+//! processes whose stdio it hands to the daemon as fds.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use crate::container::rootfs::Overlay;
+use crate::error::{Classify, Kind};
+use crate::linux::process::ProcRef;
+use crate::monitor::PodDir;
+pub use crate::monitor::proto::Exit;
+
+/// Everything an engine needs to create a container's init, blocked
+/// before execve.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub id: String,
+    /// From `container::spec::build`; `root.path` is the rootfs mount point.
+    pub spec: oci_spec::runtime::Spec,
+    /// The process environment, exact bytes, `KEY=value` each.
+    pub env: Vec<Vec<u8>>,
+    /// Resolved inside the rootfs by the init (`container::user`).
+    pub user: String,
+    pub overlay: Overlay,
+    /// `cgroup.procs` files of the container's leaf, joined before execve.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The CRI log file the engine writes stdout/stderr to.
+    pub log_path: Option<PathBuf>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+}
+
+/// A process to run inside a running container (ExecSync, Exec).
+#[derive(Debug, Clone)]
+pub struct ExecLaunch {
+    /// Names the exec for later calls.
+    pub exec_id: String,
+    pub container_id: String,
+    pub args: Vec<String>,
+    pub env: Vec<Vec<u8>>,
+    pub user: String,
+    pub cwd: String,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+/// A running exec process and its stdio, handed to the daemon.
+#[derive(Debug)]
+pub struct ExecHandle {
+    pub proc: ProcRef,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    /// `None` with a tty (stderr goes to the pty too).
+    pub stderr: Option<OwnedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A step of creating the init failed; `step` names it ("mount /data",
+    /// "exec: no such file").
+    #[error("{step}: {message}")]
+    Step {
+        step: String,
+        message: String,
+        kind: Kind,
+    },
+    /// The engine does not know this container (any more).
+    #[error("container {0} is not known to its pod's monitor")]
+    Unknown(String),
+    /// The pod's monitor is gone: its containers are gone too.
+    #[error("the pod's monitor is gone: {0}")]
+    MonitorGone(String),
+    #[error("{0}")]
+    Other(String),
+    #[error("the container engine is not available: {0}")]
+    Unavailable(String),
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::Step { kind, .. } => *kind,
+            Error::Unknown(_) => Kind::NotFound,
+            Error::MonitorGone(_) => Kind::FailedPrecondition,
+            Error::Other(_) => Kind::Internal,
+            Error::Unavailable(_) => Kind::Unimplemented,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The engine calls, per pod (addressed by its [`PodDir`]).
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Creates the init, every mount done, blocked before execve. A failure
+    /// leaves nothing behind.
+    async fn create(&self, pod: &PodDir, launch: &Launch) -> Result<ProcRef>;
+    /// Releases the init to execve.
+    async fn start(&self, pod: &PodDir, id: &str) -> Result<()>;
+    /// Sends `signal` to the init.
+    async fn signal(&self, pod: &PodDir, id: &str, signal: i32) -> Result<()>;
+    /// Resolves when the init has exited (at once if it already has).
+    async fn wait(&self, pod: &PodDir, id: &str) -> Result<Exit>;
+    async fn reopen_log(&self, pod: &PodDir, id: &str) -> Result<()>;
+    /// Forgets the container, killing its init first if it lives.
+    async fn remove(&self, pod: &PodDir, id: &str) -> Result<()>;
+    /// Forks an exec process in the container.
+    async fn exec(&self, pod: &PodDir, launch: &ExecLaunch) -> Result<ExecHandle>;
+    /// Resolves when the exec process has exited and was reaped.
+    async fn wait_exec(&self, pod: &PodDir, exec_id: &str) -> Result<Exit>;
+    /// SIGKILLs the exec's whole process group.
+    async fn kill_exec(&self, pod: &PodDir, exec_id: &str) -> Result<()>;
+}
+
+/// The engine used until the monitor's container requests exist: every
+/// call answers UNIMPLEMENTED with a clear message.
+pub struct Missing;
+
+#[async_trait::async_trait]
+impl Engine for Missing {
+    async fn create(&self, _: &PodDir, _: &Launch) -> Result<ProcRef> {
+        Err(missing())
+    }
+    async fn start(&self, _: &PodDir, _: &str) -> Result<()> {
+        Err(missing())
+    }
+    async fn signal(&self, _: &PodDir, _: &str, _: i32) -> Result<()> {
+        Err(missing())
+    }
+    async fn wait(&self, _: &PodDir, _: &str) -> Result<Exit> {
+        Err(missing())
+    }
+    async fn reopen_log(&self, _: &PodDir, _: &str) -> Result<()> {
+        Err(missing())
+    }
+    async fn remove(&self, _: &PodDir, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn exec(&self, _: &PodDir, _: &ExecLaunch) -> Result<ExecHandle> {
+        Err(missing())
+    }
+    async fn wait_exec(&self, _: &PodDir, _: &str) -> Result<Exit> {
+        Err(missing())
+    }
+    async fn kill_exec(&self, _: &PodDir, _: &str) -> Result<()> {
+        Err(missing())
+    }
+}
+
+fn missing() -> Error {
+    Error::Unavailable("the pod monitor cannot create containers in this build".into())
+}

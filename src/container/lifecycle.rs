@@ -1,0 +1,393 @@
+//! Starting, stopping and removing containers, and watching their exits.
+//!
+//! Every running container has one exit watcher: a task waiting on the
+//! engine (the monitor answers the moment it reaps the init), which then
+//! reads the cgroup's OOM counter, kills what the entrypoint left behind
+//! when it was not PID 1 of its namespace, and records the exit.
+//! StopContainer waits for that record, never polls. The watcher takes no
+//! container lock (StopContainer holds it while waiting); it updates the
+//! record in one transaction and only while the container is RUNNING.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::engine::Exit;
+use super::record::{CONTAINERS, ContainerRecord, State, exit_reason};
+use super::{Containers, Error, blocking, state_name};
+use crate::cgroups::Resources;
+use crate::pod::now_ns;
+
+impl Containers {
+    /// StartContainer: releases a CREATED container's init to execve.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), Error> {
+        let id = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        let mut rec = self
+            .store
+            .get(CONTAINERS, &id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        if rec.state != State::Created {
+            return Err(Error::WrongState(format!(
+                "container {id} is {}: only a created container can be started",
+                state_name(rec.effective().state)
+            )));
+        }
+        if let Err(e) = self.engine.start(&rec.pod_dir, &id).await {
+            // ContainerCannotRun: the init stays behind no more.
+            let message = crate::error::chain(&e);
+            tracing::warn!(container_id = %id, error = %message, "container cannot run");
+            let _ = self.engine.remove(&rec.pod_dir, &id).await;
+            self.kill_leftovers(&rec, true).await;
+            rec.state = State::Exited;
+            rec.finished_at = now_ns();
+            rec.exit_code = 128;
+            rec.reason = "ContainerCannotRun".into();
+            rec.message = message;
+            self.store.put(CONTAINERS, &id, &rec)?;
+            return Err(Error::Step {
+                op: "start container",
+                step: "start container init".into(),
+                kind: crate::error::Classify::kind(&e),
+                source: Box::new(e),
+            });
+        }
+        rec.state = State::Running;
+        rec.started_at = now_ns();
+        self.store.put(CONTAINERS, &id, &rec)?;
+        self.watch_exit(&rec);
+        tracing::info!(container_id = %id, "container started");
+        Ok(())
+    }
+
+    /// Starts the exit watcher of a running container (once).
+    pub(super) fn watch_exit(self: &Arc<Self>, rec: &ContainerRecord) {
+        let (tx, rx) = watch::channel(false);
+        {
+            let mut exits = self.exits.lock().expect("lock poisoned");
+            if exits.contains_key(&rec.id) {
+                return;
+            }
+            exits.insert(rec.id.clone(), rx);
+        }
+        let this = self.clone();
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            let exit = this.wait_exit(&rec).await;
+            this.record_exit(&rec, exit).await;
+            let _ = tx.send(true);
+        });
+    }
+
+    /// The init's exit, from the engine; from the exit file, or "lost"
+    /// (`None`), when the monitor is gone.
+    async fn wait_exit(&self, rec: &ContainerRecord) -> Option<Exit> {
+        loop {
+            match self.engine.wait(&rec.pod_dir, &rec.id).await {
+                Ok(exit) => return Some(exit),
+                Err(e) => {
+                    if let Some(exit) = crate::monitor::read_exit(&rec.exit_file()) {
+                        return Some(exit);
+                    }
+                    let init_alive = rec.init.is_some_and(|i| i.alive());
+                    if !init_alive || matches!(e, super::engine::Error::MonitorGone(_)) {
+                        tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "container's exit is lost");
+                        return None;
+                    }
+                    if !self
+                        .store
+                        .get(CONTAINERS, &rec.id)
+                        .is_ok_and(|r| r.is_some())
+                    {
+                        return None; // removed meanwhile
+                    }
+                    tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "wait for container; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Records an exit: OOM counter read before anything removes the
+    /// cgroup, leftovers killed, then EXITED in one transaction.
+    async fn record_exit(&self, rec: &ContainerRecord, exit: Option<Exit>) {
+        let oom = match rec.cgroup.clone() {
+            Some(leaf) if exit.is_some() => {
+                let cg = self.cgroups.clone();
+                blocking(move || cg.oom_kills(&leaf))
+                    .await
+                    .is_ok_and(|n| n > 0)
+            }
+            _ => false,
+        };
+        self.kill_leftovers(rec, false).await;
+        let updated = self.store.write(|txn| {
+            let Some(mut r) = txn.get(CONTAINERS, &rec.id)? else {
+                return Ok::<_, crate::store::Error>(None);
+            };
+            if !matches!(r.state, State::Running | State::Created) {
+                return Ok(None);
+            }
+            r.state = State::Exited;
+            match exit {
+                Some(e) => {
+                    r.exit_code = e.exit_code;
+                    r.finished_at = e.finished_at;
+                    r.reason = exit_reason(e.exit_code, oom).into();
+                    if oom {
+                        r.message = "the container's cgroup ran out of memory".into();
+                    }
+                }
+                None => {
+                    r.exit_code = 255;
+                    r.finished_at = now_ns();
+                    r.reason = "Error".into();
+                    r.message = "the pod's monitor was lost: the exit status is unknown".into();
+                }
+            }
+            txn.put(CONTAINERS, &rec.id, &r)?;
+            Ok(Some(r))
+        });
+        match updated {
+            Ok(Some(r)) => {
+                tracing::info!(container_id = %rec.id, exit_code = r.exit_code, reason = %r.reason, "container exited")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(container_id = %rec.id, error = %crate::error::chain(&e), "record container exit")
+            }
+        }
+    }
+
+    /// Kills what is left in the container's cgroup: always with `all`,
+    /// else only when the entrypoint was not PID 1 of its namespace.
+    async fn kill_leftovers(&self, rec: &ContainerRecord, all: bool) {
+        if !all && !rec.pid_mode.leaves_orphans() {
+            return;
+        }
+        let Some(leaf) = rec.cgroup.clone() else {
+            return;
+        };
+        let cg = self.cgroups.clone();
+        let killed = blocking(move || {
+            if cg.exists(&leaf) {
+                cg.kill_all(&leaf)?;
+            }
+            Ok::<_, crate::cgroups::Error>(())
+        })
+        .await;
+        if let Err(e) = killed {
+            tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "kill the container's leftover processes");
+        }
+    }
+
+    /// StopContainer: the stop signal, then SIGKILL at `timeout`. An
+    /// unknown id and a stopped container succeed.
+    pub async fn stop(self: &Arc<Self>, id: &str, timeout: Duration) -> Result<(), Error> {
+        let Some(id) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        self.stop_locked(&id, timeout).await
+    }
+
+    async fn stop_locked(self: &Arc<Self>, id: &str, timeout: Duration) -> Result<(), Error> {
+        let Some(rec) = self.store.get(CONTAINERS, id)? else {
+            return Ok(());
+        };
+        match rec.state {
+            State::Creating => return Ok(()),
+            State::Exited => {
+                self.kill_leftovers(&rec, false).await;
+                return Ok(());
+            }
+            // Never started: the blocked init only needs killing.
+            State::Created => {
+                self.watch_exit(&rec);
+                let _ = self.engine.signal(&rec.pod_dir, id, libc::SIGKILL).await;
+                if !self.wait_recorded(id, self.settings.kill_grace).await {
+                    return Err(Error::Deadline(format!(
+                        "container {id} did not exit within {:?} of SIGKILL",
+                        self.settings.kill_grace
+                    )));
+                }
+                return Ok(());
+            }
+            State::Running => {}
+        }
+        self.watch_exit(&rec);
+        tracing::info!(container_id = %id, signal = rec.stop_signal, ?timeout, "stopping container");
+        if let Err(e) = self.engine.signal(&rec.pod_dir, id, rec.stop_signal).await {
+            tracing::debug!(container_id = %id, error = %crate::error::chain(&e), "stop signal");
+        }
+        if !timeout.is_zero() && self.wait_recorded(id, timeout).await {
+            return Ok(());
+        }
+        // Never skipped: a PID 1 may have had no handler yet.
+        if let Err(e) = self.engine.signal(&rec.pod_dir, id, libc::SIGKILL).await {
+            tracing::debug!(container_id = %id, error = %crate::error::chain(&e), "SIGKILL");
+        }
+        self.kill_leftovers(&rec, false).await;
+        if !self.wait_recorded(id, self.settings.kill_grace).await {
+            return Err(Error::Deadline(format!(
+                "container {id} did not exit within {:?} of SIGKILL",
+                self.settings.kill_grace
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits (up to `limit`) for the exit watcher to record the exit.
+    async fn wait_recorded(&self, id: &str, limit: Duration) -> bool {
+        let rx = self.exits.lock().expect("lock poisoned").get(id).cloned();
+        let Some(mut rx) = rx else {
+            return true;
+        };
+        matches!(
+            tokio::time::timeout(limit, rx.wait_for(|done| *done)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// RemoveContainer: kills a running container first, then deletes
+    /// everything. An unknown id succeeds.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), Error> {
+        let Some(id) = self.resolve(id)? else {
+            return Ok(());
+        };
+        self.remove_id(&id).await
+    }
+
+    async fn remove_id(self: &Arc<Self>, id: &str) -> Result<(), Error> {
+        let lock = self.lock_of(id);
+        let guard = lock.lock().await;
+        self.stop_locked(id, Duration::ZERO).await?;
+        if let Some(rec) = self.store.get(CONTAINERS, id)? {
+            self.discard(&rec).await;
+        }
+        drop(guard);
+        self.forget_lock(id);
+        tracing::info!(container_id = %id, "container removed");
+        Ok(())
+    }
+
+    /// StopPodSandbox: stops every container of the pod, at once.
+    pub async fn stop_pod(self: &Arc<Self>, pod_id: &str) -> Result<(), Error> {
+        let mut first_err = None;
+        for rec in self.of_pod(pod_id)? {
+            if let Err(e) = self.stop(&rec.id, Duration::ZERO).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// RemovePodSandbox: removes every container of the pod.
+    pub async fn remove_pod(self: &Arc<Self>, pod_id: &str) -> Result<(), Error> {
+        let mut first_err = None;
+        for rec in self.of_pod(pod_id)? {
+            if let Err(e) = self.remove_id(&rec.id).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// UpdateContainerResources: all or nothing, on a created or running
+    /// container.
+    pub async fn update_resources(
+        self: &Arc<Self>,
+        id: &str,
+        res: Resources,
+        oom_score_adj: Option<i32>,
+    ) -> Result<(), Error> {
+        let id = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        let rec = self
+            .store
+            .get(CONTAINERS, &id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?
+            .effective();
+        if !matches!(rec.state, State::Created | State::Running) {
+            return Err(Error::NotRunning {
+                id,
+                state: state_name(rec.state),
+            });
+        }
+        let leaf = rec
+            .cgroup
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("container {id} has no cgroup")))?;
+        let cg = self.cgroups.clone();
+        let r = res.clone();
+        blocking(move || cg.update(&leaf, &r)).await?;
+        self.store.write(|txn| {
+            if let Some(mut r) = txn.get(CONTAINERS, &id)? {
+                r.resources = res;
+                if oom_score_adj.is_some() {
+                    r.oom_score_adj = oom_score_adj;
+                }
+                txn.put(CONTAINERS, &id, &r)?;
+            }
+            Ok::<_, crate::store::Error>(())
+        })?;
+        tracing::info!(container_id = %id, "container resources updated");
+        Ok(())
+    }
+
+    /// ReopenContainerLog: only for a running container.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), Error> {
+        let id = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self
+            .store
+            .get(CONTAINERS, &id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?
+            .effective();
+        if rec.state != State::Running {
+            return Err(Error::NotRunning {
+                id,
+                state: state_name(rec.state),
+            });
+        }
+        if rec.log_path.is_none() {
+            return Err(Error::Invalid(format!("container {id} has no log path")));
+        }
+        Ok(self.engine.reopen_log(&rec.pod_dir, &id).await?)
+    }
+}
+
+/// The pod service's view of this one: stopping or removing a pod stops or
+/// removes its containers first (their exits are recorded properly while
+/// the pod's monitor still runs). Holds the service weakly: the pod
+/// service keeps it.
+pub struct PodHooks(pub std::sync::Weak<Containers>);
+
+#[async_trait::async_trait]
+impl crate::pod::ContainerHooks for PodHooks {
+    async fn stop_all(&self, pod_id: &str) -> Result<(), String> {
+        let Some(this) = self.0.upgrade() else {
+            return Ok(());
+        };
+        this.stop_pod(pod_id)
+            .await
+            .map_err(|e| crate::error::chain(&e))
+    }
+    async fn remove_all(&self, pod_id: &str) -> Result<(), String> {
+        let Some(this) = self.0.upgrade() else {
+            return Ok(());
+        };
+        this.remove_pod(pod_id)
+            .await
+            .map_err(|e| crate::error::chain(&e))
+    }
+}

@@ -1,0 +1,111 @@
+//! The production engine: the pod's monitor ([`crate::monitor::container`]),
+//! one connection per call.
+
+use crate::container::engine::{self, Engine, ExecHandle, ExecLaunch, Exit, Launch};
+use crate::error::Classify;
+use crate::linux::process::ProcRef;
+use crate::monitor::PodDir;
+use crate::monitor::client;
+use crate::monitor::container::{self as mc, ContainerLaunch, PodMonitor};
+
+/// Drives containers through each pod's monitor.
+pub struct Monitors;
+
+fn convert(e: mc::Error) -> engine::Error {
+    match e {
+        mc::Error::Failed { step, message }
+            if step == "unknown container" || step == "unknown exec" =>
+        {
+            engine::Error::Unknown(message)
+        }
+        mc::Error::Monitor(client::Error::Io { what, .. })
+            if what == "connect to monitor" || what == "open pod directory" =>
+        {
+            engine::Error::MonitorGone(crate::error::chain(&e))
+        }
+        e => {
+            let kind = e.kind();
+            match e {
+                mc::Error::Failed { step, message } => engine::Error::Step {
+                    step,
+                    message,
+                    kind,
+                },
+                e => engine::Error::Step {
+                    step: "monitor".into(),
+                    message: crate::error::chain(&e),
+                    kind,
+                },
+            }
+        }
+    }
+}
+
+fn monitor(pod: &PodDir) -> PodMonitor {
+    PodMonitor::new(pod.clone())
+}
+
+#[async_trait::async_trait]
+impl Engine for Monitors {
+    async fn create(&self, pod: &PodDir, l: &Launch) -> engine::Result<ProcRef> {
+        let launch = ContainerLaunch {
+            id: l.id.clone(),
+            spec: l.spec.clone(),
+            env: l.env.clone(),
+            user: l.user.clone(),
+            overlay: l.overlay.clone(),
+            cgroup_procs: l.cgroup_procs.clone(),
+            log_path: l.log_path.clone(),
+            tty: l.tty,
+            stdin: l.stdin,
+            stdin_once: l.stdin_once,
+        };
+        monitor(pod)
+            .create_container(&launch)
+            .await
+            .map_err(convert)
+    }
+    async fn start(&self, pod: &PodDir, id: &str) -> engine::Result<()> {
+        monitor(pod).start_container(id).await.map_err(convert)
+    }
+    async fn signal(&self, pod: &PodDir, id: &str, signal: i32) -> engine::Result<()> {
+        monitor(pod)
+            .signal_container(id, signal)
+            .await
+            .map_err(convert)
+    }
+    async fn wait(&self, pod: &PodDir, id: &str) -> engine::Result<Exit> {
+        monitor(pod).wait_container(id).await.map_err(convert)
+    }
+    async fn reopen_log(&self, pod: &PodDir, id: &str) -> engine::Result<()> {
+        monitor(pod).reopen_container_log(id).await.map_err(convert)
+    }
+    async fn remove(&self, pod: &PodDir, id: &str) -> engine::Result<()> {
+        monitor(pod).remove_container(id).await.map_err(convert)
+    }
+    async fn exec(&self, pod: &PodDir, l: &ExecLaunch) -> engine::Result<ExecHandle> {
+        let launch = mc::ExecLaunch {
+            exec_id: l.exec_id.clone(),
+            container_id: l.container_id.clone(),
+            args: l.args.clone(),
+            tty: l.tty,
+            stdin: l.stdin,
+        };
+        let h = monitor(pod).exec(&launch).await.map_err(convert)?;
+        Ok(ExecHandle {
+            proc: h.process,
+            stdin: h.stdin,
+            stdout: h.stdout,
+            stderr: h.stderr,
+        })
+    }
+    async fn wait_exec(&self, pod: &PodDir, exec_id: &str) -> engine::Result<Exit> {
+        monitor(pod).wait_exec(exec_id).await.map_err(convert)
+    }
+    async fn kill_exec(&self, pod: &PodDir, exec_id: &str) -> engine::Result<()> {
+        monitor(pod)
+            .signal_exec(exec_id, libc::SIGKILL)
+            .await
+            .map_err(convert)
+    }
+}

@@ -1,0 +1,119 @@
+//! What crius does about containers when it starts, and in the background.
+//!
+//! At start (after the pods are reconciled): intents (CREATING records)
+//! left by a crash are rolled back; a RUNNING container whose init still
+//! lives gets its exit watcher back; one that exited while crius was down
+//! shows the exit code its monitor wrote (`<pod dir>/exits/<id>`), or 255
+//! when its monitor died too; container directories without a record are
+//! removed — only names crius itself makes, only under its own root.
+//!
+//! In the background: containers whose CreateContainer caller gave up and
+//! that no retry claimed within the bound are removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::record::{CONTAINERS, State};
+use super::{Containers, Error};
+use crate::pod::now_ns;
+
+/// Reconciles the records with the host, then starts the reaper.
+pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
+    let records = containers.store.list(CONTAINERS)?;
+    for (id, rec) in records {
+        match rec.state {
+            State::Creating => {
+                tracing::warn!(container_id = %id, "rolling back a container whose creation was interrupted");
+                containers.discard(&rec).await;
+            }
+            State::Running | State::Created => {
+                let exited = crate::monitor::read_exit(&rec.exit_file());
+                let alive = rec.init.is_some_and(|i| i.alive());
+                if exited.is_none() && alive {
+                    if rec.state == State::Running {
+                        tracing::info!(container_id = %id, "watching a running container again");
+                        containers.watch_exit(&rec);
+                    }
+                    continue;
+                }
+                // Gone while crius was down: the watcher records the exit
+                // file's status (or 255) at once.
+                tracing::warn!(container_id = %id, exit = ?exited, "container exited while crius was not running");
+                containers.watch_exit(&rec);
+            }
+            State::Exited => {}
+        }
+    }
+    sweep_orphans(containers).await?;
+    let this = containers.clone();
+    tokio::spawn(async move { reap_unclaimed(this).await });
+    Ok(())
+}
+
+/// Removes container directories that no record owns.
+async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
+    let known: std::collections::HashSet<String> = containers
+        .store
+        .list(CONTAINERS)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let Ok(entries) = std::fs::read_dir(&containers.settings.dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ours || known.contains(&name) {
+            continue;
+        }
+        tracing::warn!(container_id = %name, "removing the directory of a container without a record");
+        let dir = entry.path();
+        let _ =
+            crate::linux::mount::detach_all(&crate::linux::mount::Host, &super::rootfs_dir(&dir));
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "remove orphan container directory");
+        }
+    }
+    Ok(())
+}
+
+/// Removes containers nobody claimed within the bound.
+async fn reap_unclaimed(containers: Arc<Containers>) {
+    let ttl = containers.settings.unclaimed_ttl;
+    let period = (ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(period).await;
+        let Ok(records) = containers.store.list(CONTAINERS) else {
+            continue;
+        };
+        let limit = now_ns() - ttl.as_nanos() as i64;
+        for (id, rec) in records {
+            if rec.claimed || rec.state == State::Creating || rec.created_at > limit {
+                continue;
+            }
+            let lock = containers.lock_of(&id);
+            let guard = lock.lock().await;
+            // Take it away from retries (they claim CREATED containers
+            // only), unless one claimed it meanwhile.
+            let taken = containers.store.write(|txn| {
+                let Some(mut r) = txn.get(CONTAINERS, &id)? else {
+                    return Ok::<_, crate::store::Error>(None);
+                };
+                if r.claimed {
+                    return Ok(None);
+                }
+                r.state = State::Exited;
+                r.reason = "never claimed".into();
+                txn.put(CONTAINERS, &id, &r)?;
+                Ok(Some(r))
+            });
+            if let Ok(Some(r)) = taken {
+                tracing::warn!(container_id = %id, "removing a container that no CreateContainer retry claimed");
+                containers.discard(&r).await;
+            }
+            drop(guard);
+            containers.forget_lock(&id);
+        }
+    }
+}

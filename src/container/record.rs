@@ -1,0 +1,157 @@
+//! The container record in the metadata store: written as an intent (state
+//! CREATING) before the first host side effect, so a crash at any step is
+//! rolled back from it at the next start; then CREATED, RUNNING, EXITED.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::{CgroupPath, Resources};
+use crate::linux::process::ProcRef;
+use crate::monitor::{PodDir, read_exit};
+use crate::store::Table;
+
+pub const CONTAINERS: Table<ContainerRecord> = Table::new("containers");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// CreateContainer is under way (or was, when crius died): an intent.
+    Creating,
+    /// The init exists, blocked before execve.
+    Created,
+    Running,
+    Exited,
+}
+
+/// Which PID namespace the container lives in, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PidMode {
+    Container,
+    Pod,
+    Node,
+    Target(String),
+}
+
+impl PidMode {
+    /// The entrypoint is not PID 1 of its namespace: processes it leaves
+    /// behind must be killed through the cgroup.
+    pub fn leaves_orphans(&self) -> bool {
+        *self != PidMode::Container
+    }
+}
+
+/// A CRI mount as ContainerStatus echoes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub container_path: String,
+    pub host_path: PathBuf,
+    pub readonly: bool,
+    /// 0 private, 1 host-to-container, 2 bidirectional (the CRI enum).
+    pub propagation: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub state: State,
+    /// Handed to a caller of CreateContainer; a container finished after
+    /// its caller gave up stays invisible until a retry claims it.
+    pub claimed: bool,
+    /// Nanoseconds since the Unix epoch.
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// The image as CreateContainer named it, and its id (`sha256:...`).
+    pub image: String,
+    pub image_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The CRI log path (pod log directory + config log path), if any.
+    pub log_path: Option<PathBuf>,
+    pub mounts: Vec<MountInfo>,
+    pub resources: Resources,
+    pub oom_score_adj: Option<i32>,
+    /// `<root>/containers/<id>`: upper and work dirs, rootfs mount point.
+    pub dir: PathBuf,
+    pub pod_dir: PodDir,
+    /// The container's leaf cgroup.
+    pub cgroup: Option<CgroupPath>,
+    pub pid_mode: PidMode,
+    /// The init, once the engine created it.
+    pub init: Option<ProcRef>,
+    /// The signal StopContainer sends first.
+    pub stop_signal: i32,
+    /// The OCI spec (verbose ContainerStatus) and what exec processes
+    /// inherit.
+    pub spec: serde_json::Value,
+    pub env: Vec<Vec<u8>>,
+    pub user: String,
+    pub cwd: String,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+}
+
+impl ContainerRecord {
+    pub fn visible(&self) -> bool {
+        self.claimed && self.state != State::Creating
+    }
+
+    pub fn exit_file(&self) -> PathBuf {
+        self.pod_dir.exit_file(&self.id)
+    }
+
+    /// The record as CRI sees it: a RUNNING container whose exit the
+    /// monitor already wrote is EXITED with that code, before the exit
+    /// watcher records it.
+    pub fn effective(mut self) -> ContainerRecord {
+        if self.state == State::Running
+            && let Some(exit) = read_exit(&self.exit_file())
+        {
+            self.state = State::Exited;
+            self.exit_code = exit.exit_code;
+            self.finished_at = exit.finished_at;
+            self.reason = exit_reason(exit.exit_code, false).into();
+        }
+        self
+    }
+}
+
+/// The CRI reason of an exit.
+pub fn exit_reason(code: i32, oom: bool) -> &'static str {
+    if oom {
+        "OOMKilled"
+    } else if code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+/// The key names are unique under: kubelet creates attempt N+1 while N
+/// still exists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+}
+
+impl ContainerRecord {
+    pub fn key(&self) -> Key {
+        Key {
+            pod_id: self.pod_id.clone(),
+            name: self.name.clone(),
+            attempt: self.attempt,
+        }
+    }
+}

@@ -1,0 +1,860 @@
+//! The container service against a recording fake engine, a fixture
+//! cgroup tree and a store in a tempdir: state machine, filters, rollback,
+//! stop escalation, ExecSync (real `sh` processes), reconcile.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::create::CreateRequest;
+use super::engine::{self, Engine, ExecHandle, ExecLaunch, Exit, Launch};
+use super::*;
+use crate::cgroups::Resources;
+use crate::linux::process::ProcRef;
+use crate::monitor::PodDir;
+use crate::pod::record::{PodRecord, State as PodState};
+use crate::pod::spec::{NamespaceMode, PodSpec};
+
+/// Containers are virtual (their init is a pid that does not exist);
+/// exec processes are real `sh -c` children in their own process group.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<String>>,
+    fail_create: Mutex<Option<String>>,
+    fail_start: Mutex<bool>,
+    /// Signals the container's process ignores (a PID 1 without handler).
+    ignored: Mutex<HashSet<i32>>,
+    exits: Mutex<HashMap<String, watch::Sender<Option<Exit>>>>,
+    execs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<tokio::process::Child>>>>,
+    launches: Mutex<Vec<Launch>>,
+    pgids: Mutex<HashMap<String, i32>>,
+    /// When set, create waits for it (a slow mount, a client that gives up).
+    create_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// When set, wait answers that the monitor is gone.
+    monitor_gone: Mutex<bool>,
+}
+
+fn gone_pid() -> ProcRef {
+    ProcRef {
+        pid: i32::MAX - 7,
+        start_time: 1,
+    }
+}
+
+impl Fake {
+    fn call(&self, s: String) {
+        self.calls.lock().unwrap().push(s);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn exit(&self, id: &str, code: i32) {
+        let tx = self.exits.lock().unwrap().get(id).cloned();
+        if let Some(tx) = tx {
+            tx.send_if_modified(|e| {
+                if e.is_some() {
+                    return false;
+                }
+                *e = Some(Exit {
+                    pid: gone_pid().pid,
+                    exit_code: code,
+                    signal: None,
+                    finished_at: crate::pod::now_ns(),
+                });
+                true
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for Fake {
+    async fn create(&self, _: &PodDir, l: &Launch) -> engine::Result<ProcRef> {
+        self.call(format!("create {}", l.id));
+        let gate = self.create_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        if let Some(step) = self.fail_create.lock().unwrap().clone() {
+            return Err(engine::Error::Step {
+                step,
+                message: "no such file or directory".into(),
+                kind: crate::error::Kind::InvalidArgument,
+            });
+        }
+        self.launches.lock().unwrap().push(l.clone());
+        self.exits
+            .lock()
+            .unwrap()
+            .insert(l.id.clone(), watch::channel(None).0);
+        Ok(gone_pid())
+    }
+    async fn start(&self, _: &PodDir, id: &str) -> engine::Result<()> {
+        self.call(format!("start {id}"));
+        if *self.fail_start.lock().unwrap() {
+            return Err(engine::Error::Step {
+                step: "exec".into(),
+                message: "exec: \"nope\": no such file".into(),
+                kind: crate::error::Kind::InvalidArgument,
+            });
+        }
+        Ok(())
+    }
+    async fn signal(&self, _: &PodDir, id: &str, signal: i32) -> engine::Result<()> {
+        self.call(format!("signal {id} {signal}"));
+        if !self.ignored.lock().unwrap().contains(&signal) {
+            self.exit(id, 128 + signal);
+        }
+        Ok(())
+    }
+    async fn wait(&self, _: &PodDir, id: &str) -> engine::Result<Exit> {
+        if *self.monitor_gone.lock().unwrap() {
+            return Err(engine::Error::MonitorGone("connect: refused".into()));
+        }
+        let rx = self.exits.lock().unwrap().get(id).map(|tx| tx.subscribe());
+        let Some(mut rx) = rx else {
+            return Err(engine::Error::Unknown(id.into()));
+        };
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| engine::Error::Unknown(id.into()))?;
+        Ok(exit.expect("checked"))
+    }
+    async fn reopen_log(&self, _: &PodDir, id: &str) -> engine::Result<()> {
+        self.call(format!("reopen {id}"));
+        Ok(())
+    }
+    async fn remove(&self, _: &PodDir, id: &str) -> engine::Result<()> {
+        self.call(format!("remove {id}"));
+        self.exits.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn exec(&self, _: &PodDir, l: &ExecLaunch) -> engine::Result<ExecHandle> {
+        use std::process::Stdio;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&l.args[0])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| engine::Error::Other(e.to_string()))?;
+        let proc = ProcRef::of(child.id().unwrap() as i32).unwrap();
+        self.pgids
+            .lock()
+            .unwrap()
+            .insert(l.exec_id.clone(), proc.pid);
+        let stdout = child.stdout.take().unwrap().into_owned_fd().unwrap();
+        let stderr = child.stderr.take().unwrap().into_owned_fd().unwrap();
+        self.execs
+            .lock()
+            .unwrap()
+            .insert(l.exec_id.clone(), Arc::new(tokio::sync::Mutex::new(child)));
+        Ok(ExecHandle {
+            proc,
+            stdin: None,
+            stdout,
+            stderr: Some(stderr),
+        })
+    }
+    async fn wait_exec(&self, _: &PodDir, exec_id: &str) -> engine::Result<Exit> {
+        let child = self.execs.lock().unwrap().get(exec_id).cloned().unwrap();
+        let mut child = child.lock().await;
+        let pid = child.id().unwrap_or(0) as i32;
+        let status = child.wait().await.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        Ok(Exit {
+            pid,
+            exit_code: status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            signal: status.signal(),
+            finished_at: 0,
+        })
+    }
+    async fn kill_exec(&self, _: &PodDir, exec_id: &str) -> engine::Result<()> {
+        // The child is its own group leader: its pid is the group id.
+        let pgid = *self.pgids.lock().unwrap().get(exec_id).unwrap();
+        assert!(pgid > 1, "never signal our own group");
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        Ok(())
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    _cg_dir: tempfile::TempDir,
+    cg_root: PathBuf,
+    fake: Arc<Fake>,
+    svc: Arc<Containers>,
+    store: Arc<Store>,
+    pod: PodRecord,
+}
+
+struct Images(FoundImage);
+
+impl ImageSource for Images {
+    fn find(&self, name: &str) -> Result<Option<FoundImage>, crate::image::Error> {
+        Ok((name == "busybox" || name == self.0.id).then(|| self.0.clone()))
+    }
+}
+
+const IMAGE_ID: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cg_dir, cg_root, cg) = crate::cgroups::tests::fake_v1();
+    let cg = Arc::new(cg);
+    let store = Arc::new(Store::open(&tmp.path().join("db")).unwrap());
+    let pod_id = crate::ids::new_id();
+    let dir = PodDir::new(&tmp.path().join("state"), &pod_id);
+    std::fs::create_dir_all(dir.exits()).unwrap();
+    let pod_cg = cg.pod_path("", &pod_id).unwrap();
+    cg.create(&pod_cg, &Default::default()).unwrap();
+    let pod = PodRecord {
+        id: pod_id.clone(),
+        spec: PodSpec {
+            name: "p".into(),
+            log_directory: tmp.path().join("logs").display().to_string(),
+            ..Default::default()
+        },
+        created_at: 1,
+        state: PodState::Ready,
+        reason: String::new(),
+        claimed: true,
+        finished_at: 1,
+        dir,
+        netns: None,
+        ipcns: None,
+        utsns: None,
+        shm: None,
+        cgroup: Some(pod_cg),
+        cgroup_created: true,
+        init_cgroup: None,
+        monitor: None,
+        init: None,
+        network: None,
+        boot_id: String::new(),
+    };
+    store.put(crate::pod::record::PODS, &pod_id, &pod).unwrap();
+    let layer = tmp.path().join("layers/1");
+    std::fs::create_dir_all(&layer).unwrap();
+    let images = Arc::new(Images(FoundImage {
+        id: IMAGE_ID.into(),
+        config: spec::ImageConfig {
+            cmd: vec!["sh".into()],
+            stop_signal: "SIGINT".into(),
+            ..Default::default()
+        },
+        layers: vec![layer],
+    }));
+    let fake = Arc::new(Fake::default());
+    let settings = Settings {
+        dir: tmp.path().join("containers"),
+        unclaimed_ttl: Duration::from_secs(600),
+        kill_grace: Duration::from_secs(2),
+        exec_drain: Duration::from_millis(300),
+    };
+    let svc = Arc::new(Containers::new(
+        store.clone(),
+        images,
+        cg,
+        fake.clone(),
+        settings,
+    ));
+    Env {
+        _tmp: tmp,
+        _cg_dir: cg_dir,
+        cg_root,
+        fake,
+        svc,
+        store,
+        pod,
+    }
+}
+
+impl Env {
+    fn req(&self, name: &str, attempt: u32) -> CreateRequest {
+        CreateRequest {
+            pod_id: self.pod.id.clone(),
+            config: spec::ContainerConfig {
+                name: name.into(),
+                ..Default::default()
+            },
+            attempt,
+            image: "busybox".into(),
+            log_path: format!("{name}/{attempt}.log"),
+            labels: [("app".to_string(), name.to_string())].into(),
+            stdin_once: false,
+            stop_signal: None,
+            pid_mode: NamespaceMode::Container,
+            target_id: String::new(),
+        }
+    }
+
+    fn cgroup_dir(&self, id: &str) -> PathBuf {
+        let pod = self.pod.cgroup.clone().unwrap();
+        let leaf = self.svc.cgroups.container_path(&pod, id).unwrap();
+        self.cg_root
+            .join("memory")
+            .join(leaf.path.trim_start_matches('/'))
+    }
+
+    async fn running(&self, name: &str) -> String {
+        let id = self.svc.create(self.req(name, 0)).await.unwrap();
+        self.svc.start(&id).await.unwrap();
+        id
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> crate::error::Kind {
+    crate::error::Classify::kind(&r.unwrap_err())
+}
+
+#[tokio::test]
+async fn create_start_stop_remove() {
+    let e = env();
+    let id = e.svc.create(e.req("web", 0)).await.unwrap();
+    let s = e.svc.status(&id[..8]).unwrap();
+    assert_eq!(s.state, State::Created);
+    assert_eq!(s.image_id, IMAGE_ID, "image_id is the image's id strictly");
+    assert_eq!(s.image, "busybox");
+    assert_eq!(s.stop_signal, libc::SIGINT, "the image's STOPSIGNAL");
+    assert!(s.log_path.as_ref().unwrap().ends_with("web/0.log"));
+    assert!(s.dir.join("u").is_dir() && s.dir.join("w").is_dir());
+    assert!(e.cgroup_dir(&id).is_dir(), "leaf cgroup made");
+    let launch = e.fake.launches.lock().unwrap()[0].clone();
+    assert_eq!(launch.overlay.upper, s.dir.join("u"));
+    assert!(!launch.cgroup_procs.is_empty());
+    assert_eq!(
+        launch
+            .spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .args()
+            .as_ref()
+            .unwrap(),
+        &["sh".to_string()]
+    );
+
+    e.svc.start(&id).await.unwrap();
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!(s.state, State::Running);
+    assert!(s.started_at >= s.created_at);
+    assert_eq!(
+        code(e.svc.start(&id).await),
+        crate::error::Kind::FailedPrecondition
+    );
+
+    e.svc.stop(&id, Duration::from_secs(5)).await.unwrap();
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!(s.state, State::Exited);
+    assert_eq!(s.exit_code, 128 + libc::SIGINT);
+    assert_eq!(s.reason, "Error");
+    assert_eq!(
+        e.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("signal"))
+            .count(),
+        1,
+        "no SIGKILL when the stop signal worked"
+    );
+    e.svc.stop(&id, Duration::from_secs(5)).await.unwrap();
+    e.svc.remove(&id).await.unwrap();
+    assert_eq!(code(e.svc.status(&id)), crate::error::Kind::NotFound);
+    assert!(!s.dir.exists(), "container directory removed");
+    assert!(!e.cgroup_dir(&id).exists(), "leaf cgroup removed");
+    e.svc.remove(&id).await.unwrap();
+    e.svc.stop("nonexistent", Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test]
+async fn names_are_unique_per_pod_name_and_attempt() {
+    let e = env();
+    let a = e.svc.create(e.req("web", 0)).await.unwrap();
+    let err = e.svc.create(e.req("web", 0)).await.unwrap_err();
+    assert_eq!(
+        crate::error::Classify::kind(&err),
+        crate::error::Kind::AlreadyExists
+    );
+    assert!(err.to_string().contains(&a));
+    let b = e.svc.create(e.req("web", 1)).await.unwrap();
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn bad_input_leaves_nothing() {
+    let e = env();
+    let mut r = e.req("web", 0);
+    r.image = "nothere".into();
+    assert_eq!(code(e.svc.create(r).await), crate::error::Kind::NotFound);
+    let mut r = e.req("web", 0);
+    r.pod_id = "ffffffff".into();
+    assert_eq!(code(e.svc.create(r).await), crate::error::Kind::NotFound);
+    // A pod that is not ready.
+    let mut pod = e.pod.clone();
+    pod.state = PodState::NotReady;
+    e.store
+        .put(crate::pod::record::PODS, &pod.id, &pod)
+        .unwrap();
+    assert_eq!(
+        code(e.svc.create(e.req("web", 0)).await),
+        crate::error::Kind::NotFound
+    );
+    e.store
+        .put(crate::pod::record::PODS, &pod.id, &e.pod)
+        .unwrap();
+    // A failing engine step: named, and everything undone.
+    *e.fake.fail_create.lock().unwrap() = Some("mount /data".into());
+    let err = e.svc.create(e.req("web", 0)).await.unwrap_err();
+    assert!(
+        crate::error::chain(&err).contains("mount /data"),
+        "{}",
+        crate::error::chain(&err)
+    );
+    assert_eq!(
+        crate::error::Classify::kind(&err),
+        crate::error::Kind::InvalidArgument
+    );
+    assert!(e.store.list(record::CONTAINERS).unwrap().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(&e.svc.settings.dir)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let pod_cg = e.cgroup_dir("x");
+    let pod_cg = pod_cg.parent().unwrap();
+    let children: Vec<_> = std::fs::read_dir(pod_cg)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .collect();
+    assert!(children.is_empty(), "{children:?}");
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_at_the_timeout() {
+    let e = env();
+    let id = e.running("web").await;
+    e.fake.ignored.lock().unwrap().insert(libc::SIGINT);
+    let t = Instant::now();
+    e.svc.stop(&id, Duration::from_millis(300)).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!((s.state, s.exit_code), (State::Exited, 137));
+    let signals: Vec<_> = e
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("signal"))
+        .collect();
+    assert_eq!(
+        signals,
+        [format!("signal {id} 2"), format!("signal {id} 9")]
+    );
+    // Timeout 0: the stop signal, then SIGKILL at once, never skipped.
+    let id = e.running("db").await;
+    e.svc.stop(&id, Duration::ZERO).await.unwrap();
+    assert!(e.fake.calls().contains(&format!("signal {id} 9")));
+}
+
+#[tokio::test]
+async fn exit_is_noticed_at_once_and_remove_kills_first() {
+    let e = env();
+    let id = e.running("job").await;
+    e.fake.exit(&id, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = e.svc.status(&id).unwrap();
+        if s.state == State::Exited {
+            assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "exit not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = e.running("web").await;
+    e.svc.remove(&id).await.unwrap();
+    let calls = e.fake.calls();
+    let kill = calls.iter().position(|c| *c == format!("signal {id} 9"));
+    let remove = calls.iter().position(|c| *c == format!("remove {id}"));
+    assert!(kill.unwrap() < remove.unwrap(), "{calls:?}");
+    assert!(e.svc.list(&Filter::default()).unwrap().len() == 1);
+}
+
+#[tokio::test]
+async fn start_failure_is_container_cannot_run() {
+    let e = env();
+    let id = e.svc.create(e.req("web", 0)).await.unwrap();
+    *e.fake.fail_start.lock().unwrap() = true;
+    let err = e.svc.start(&id).await.unwrap_err();
+    assert!(crate::error::chain(&err).contains("no such file"));
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!(s.state, State::Exited);
+    assert_eq!(s.reason, "ContainerCannotRun");
+    assert!(s.message.contains("no such file"));
+}
+
+#[tokio::test]
+async fn list_filters() {
+    let e = env();
+    let a = e.running("a").await;
+    let b = e.svc.create(e.req("b", 0)).await.unwrap();
+    let all = e.svc.list(&Filter::default()).unwrap();
+    assert_eq!(all.len(), 2);
+    let by = |f: Filter| -> Vec<String> {
+        let mut v: Vec<_> = e.svc.list(&f).unwrap().into_iter().map(|r| r.id).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        by(Filter {
+            id: a[..10].into(),
+            ..Default::default()
+        }),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        by(Filter {
+            state: Some(State::Created),
+            ..Default::default()
+        }),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        by(Filter {
+            labels: [("app".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        }),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        by(Filter {
+            pod_id: e.pod.id[..6].into(),
+            ..Default::default()
+        })
+        .len(),
+        2
+    );
+    assert!(
+        by(Filter {
+            pod_id: "zz".into(),
+            ..Default::default()
+        })
+        .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_key_share_the_outcome() {
+    let e = env();
+    let (a, b) = tokio::join!(e.svc.create(e.req("web", 0)), e.svc.create(e.req("web", 0)));
+    let (a, b) = (a.unwrap(), b.unwrap_or_else(|e| format!("{e}")));
+    // Either the retry waited for the first creation (same id), or it came
+    // after and found it claimed (AlreadyExists naming it).
+    assert!(b == a || b.contains(&a), "{a} vs {b}");
+    assert_eq!(e.store.list(record::CONTAINERS).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_creation_whose_caller_gave_up_is_claimed_by_the_retry() {
+    let e = env();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *e.fake.create_gate.lock().unwrap() = Some(gate.clone());
+    // The first caller's deadline passes while the init is being made.
+    let first =
+        tokio::time::timeout(Duration::from_millis(100), e.svc.create(e.req("web", 0))).await;
+    assert!(first.is_err(), "the first call gave up");
+    assert!(
+        e.svc.list(&Filter::default()).unwrap().is_empty(),
+        "unclaimed: invisible"
+    );
+    // The retry waits for the creation under way and gets its result.
+    let svc = e.svc.clone();
+    let req = e.req("web", 0);
+    let retry = tokio::spawn(async move { svc.create(req).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one();
+    let id = retry.await.unwrap().unwrap();
+    assert_eq!(
+        e.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("create"))
+            .count(),
+        1,
+        "created once"
+    );
+    let listed: Vec<_> = e
+        .svc
+        .list(&Filter::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![id]);
+}
+
+#[tokio::test]
+async fn oom_reason_comes_from_the_cgroup_counter() {
+    let e = env();
+    let id = e.running("hog").await;
+    // Killed, but not by the OOM killer: Error.
+    let other = e.running("other").await;
+    e.fake.exit(&other, 137);
+    // The kernel counted an OOM kill in hog's cgroup.
+    std::fs::write(
+        e.cgroup_dir(&id).join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    )
+    .unwrap();
+    e.fake.exit(&id, 137);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = e.store.get(record::CONTAINERS, &id).unwrap().unwrap();
+        let o = e.store.get(record::CONTAINERS, &other).unwrap().unwrap();
+        if r.state == State::Exited && o.state == State::Exited {
+            assert_eq!((r.exit_code, r.reason.as_str()), (137, "OOMKilled"));
+            assert_eq!((o.exit_code, o.reason.as_str()), (137, "Error"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "exits not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_monitor_ends_running_containers_with_255() {
+    let e = env();
+    *e.fake.monitor_gone.lock().unwrap() = true;
+    let id = e.running("web").await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = e.svc.status(&id).unwrap();
+        if r.state == State::Exited {
+            assert_eq!(r.exit_code, 255);
+            assert!(r.message.contains("monitor"), "{}", r.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "loss not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Stop and remove still succeed.
+    e.svc.stop(&id, Duration::from_secs(1)).await.unwrap();
+    e.svc.remove(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn update_resources_and_reopen_log_need_a_live_container() {
+    let e = env();
+    let id = e.running("web").await;
+    let res = Resources {
+        memory_limit: Some(64 << 20),
+        cpu_shares: Some(256),
+        ..Default::default()
+    };
+    e.svc.update_resources(&id, res, None).await.unwrap();
+    let mem = std::fs::read_to_string(e.cgroup_dir(&id).join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(mem.trim(), (64u64 << 20).to_string());
+    assert_eq!(
+        e.svc.status(&id).unwrap().resources.memory_limit,
+        Some(64 << 20)
+    );
+    // All or nothing: a bad value changes nothing.
+    let bad = Resources {
+        memory_limit: Some(32 << 20),
+        cpuset_cpus: Some("not-a-cpu-list".into()),
+        ..Default::default()
+    };
+    assert!(e.svc.update_resources(&id, bad, None).await.is_err());
+    let mem = std::fs::read_to_string(e.cgroup_dir(&id).join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(mem.trim(), (64u64 << 20).to_string());
+    e.svc.reopen_log(&id).await.unwrap();
+    e.svc.stop(&id, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        code(e.svc.reopen_log(&id).await),
+        crate::error::Kind::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            e.svc
+                .update_resources(&id, Resources::default(), None)
+                .await
+        ),
+        crate::error::Kind::FailedPrecondition
+    );
+    assert_eq!(
+        code(e.svc.reopen_log("nope").await),
+        crate::error::Kind::NotFound
+    );
+}
+
+fn exec(id: &str, cmd: &str, timeout: Option<Duration>) -> ExecRequest {
+    ExecRequest {
+        container_id: id.into(),
+        cmd: vec![cmd.into()],
+        timeout,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_output_exit_code_timeout_and_drain() {
+    let e = env();
+    let id = e.running("web").await;
+    let out = e
+        .svc
+        .exec_sync(exec(&id, "echo out; echo err >&2; exit 3", None))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.exit_code, 3);
+
+    // A background child holding stdout open does not hold the call.
+    let t = Instant::now();
+    let out = e
+        .svc
+        .exec_sync(exec(&id, "echo hi; sleep 3 & exit 0", None))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // The timeout kills the whole process group.
+    let marker = e._tmp.path().join("pgid");
+    let cmd = format!("echo $$ > {}; sleep 30 & sleep 30", marker.display());
+    let t = Instant::now();
+    let err = e
+        .svc
+        .exec_sync(exec(&id, &cmd, Some(Duration::from_millis(300))))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        crate::error::Classify::kind(&err),
+        crate::error::Kind::DeadlineExceeded
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let pgid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(live_in_group(pgid), Vec::<i32>::new(), "exec's group left");
+
+    // Output is capped.
+    let out = e
+        .svc
+        .exec_sync(exec(&id, "head -c 20000000 /dev/zero", None))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), exec::MAX_OUTPUT);
+
+    e.svc.stop(&id, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        code(e.svc.exec_sync(exec(&id, "true", None)).await),
+        crate::error::Kind::FailedPrecondition
+    );
+    assert_eq!(
+        code(e.svc.exec_sync(exec("0123abcd", "true", None)).await),
+        crate::error::Kind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn reconcile_records_exits_and_rolls_back_intents() {
+    let e = env();
+    let id = e.running("web").await;
+    // crius "restarts": a new service on the same store, the engine has
+    // lost the container, the monitor wrote its exit file.
+    let exit = Exit {
+        pid: 1,
+        exit_code: 42,
+        signal: None,
+        finished_at: 77,
+    };
+    std::fs::write(e.pod.dir.exit_file(&id), serde_json::to_vec(&exit).unwrap()).unwrap();
+    assert_eq!(
+        e.svc.status(&id).unwrap().exit_code,
+        42,
+        "the exit file shows at once"
+    );
+    let mut intent = e.svc.status(&id).unwrap();
+    intent.id = crate::ids::new_id();
+    intent.state = State::Creating;
+    intent.dir = e.svc.settings.dir.join(&intent.id);
+    std::fs::create_dir_all(intent.dir.join("u")).unwrap();
+    e.store
+        .put(record::CONTAINERS, &intent.id, &intent)
+        .unwrap();
+    let orphan = e.svc.settings.dir.join("a".repeat(64));
+    std::fs::create_dir_all(&orphan).unwrap();
+    let svc2 = Arc::new(Containers::new(
+        e.store.clone(),
+        e.svc.images.clone(),
+        e.svc.cgroups.clone(),
+        Arc::new(Fake::default()),
+        e.svc.settings.clone(),
+    ));
+    reconcile::start(&svc2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = e.store.get(record::CONTAINERS, &id).unwrap().unwrap();
+        if r.state == State::Exited {
+            assert_eq!((r.exit_code, r.finished_at), (42, 77));
+            break;
+        }
+        assert!(Instant::now() < deadline, "exit not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        e.store
+            .get(record::CONTAINERS, &intent.id)
+            .unwrap()
+            .is_none()
+    );
+    assert!(!intent.dir.exists());
+    assert!(!orphan.exists());
+    assert!(Containers::uses_image(&e.store, IMAGE_ID));
+    assert!(!Containers::uses_image(&e.store, "sha256:22"));
+}
+
+#[test]
+fn signals_by_name_and_number() {
+    assert_eq!(create::parse_signal("SIGINT"), Some(libc::SIGINT));
+    assert_eq!(create::parse_signal("quit"), Some(libc::SIGQUIT));
+    assert_eq!(create::parse_signal("15"), Some(15));
+    assert_eq!(create::parse_signal("SIGNOPE"), None);
+    assert_eq!(create::parse_signal("0"), None);
+}
+
+/// Processes of group `pgid` that are not zombies (an orphan's zombie
+/// waits for whoever adopts it).
+fn live_in_group(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 3 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X" {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,0 +1,88 @@
+//! A process executed in a running container (ExecSync, Exec), forked by
+//! the monitor: stage 1 joins the container's cgroup (a cgroup is not a
+//! namespace) and its namespaces through its init's /proc/PID/ns files,
+//! mount namespace last; the PID namespace needs a new process, so it
+//! clones stage 2 with CLONE_PARENT (the monitor reaps it), reports its
+//! pid and exits. Stage 2 starts its own session and process group (a
+//! timeout kills the whole group), enters the container's working
+//! directory, takes the container's user, capabilities and environment and
+//! execs. The sync socket is close-on-exec: EOF means the exec succeeded.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::Process;
+
+use super::process::{Forked, exit_immediately, fork_into};
+use super::setup::{self, Stdio, Sync};
+
+/// What the exec process needs besides its stdio.
+pub struct Exec<'a> {
+    /// The container's init, whose namespaces are joined.
+    pub init_pid: i32,
+    /// The container's process settings (user, capabilities, cwd, rlimits).
+    pub process: &'a Process,
+    pub args: &'a [String],
+    pub env: &'a [Vec<u8>],
+    pub user: &'a str,
+    pub cgroup_procs: &'a [PathBuf],
+}
+
+/// The namespaces joined, in order: the mount namespace last, since it
+/// hides the others' paths.
+const JOINED: [(&str, CloneFlags); 6] = [
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Stage 1; never returns.
+pub fn run(exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
+    let tty = stdio.tty;
+    let mut sync = setup::hand_off_fds(stdio, sync);
+    setup::non_dumpable();
+    if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
+        sync.fail("join cgroup", &e);
+    }
+    let list: Vec<(PathBuf, CloneFlags)> = JOINED
+        .iter()
+        .map(|(name, flag)| {
+            (
+                PathBuf::from(format!("/proc/{}/ns/{name}", exec.init_pid)),
+                *flag,
+            )
+        })
+        .collect();
+    if let Err(e) = setup::join_namespaces(&list) {
+        sync.fail("join namespaces", &e);
+    }
+    match fork_into(CloneFlags::CLONE_PARENT) {
+        Ok(Forked::Child) => stage2(exec, tty, sync),
+        Ok(Forked::Parent(pid)) => {
+            sync.send(&format!("pid {pid}"));
+            exit_immediately(0)
+        }
+        Err(e) => sync.fail("fork", &crate::error::chain(&e)),
+    }
+}
+
+fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
+    let _ = nix::unistd::setsid();
+    if tty && let Err(e) = setup::controlling_tty() {
+        sync.fail("terminal", &e);
+    }
+    if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {
+        sync.fail("cwd", &e);
+    }
+    let prepared = match setup::finalize(exec.process, exec.args, exec.env, exec.user) {
+        Ok(e) => e,
+        Err((step, e)) => sync.fail(step, &e),
+    };
+    let err = setup::exec(&prepared);
+    sync.send(&format!("error exec\t{err}"));
+    exit_immediately(127)
+}

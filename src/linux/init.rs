@@ -1,0 +1,131 @@
+//! A container's init, forked by the monitor and blocked before execve
+//! until StartContainer (runc create / start).
+//!
+//! Stage 1 (a child of the monitor, in the host's namespaces): stdio and
+//! the sync socket in place, every other fd closed, non-dumpable, the
+//! container's cgroup joined, the pod's net/IPC/UTS namespaces joined by
+//! their pinned paths (and the PID namespace in POD and TARGET mode), then
+//! a clone into a new mount namespace (and a new PID namespace in CONTAINER
+//! mode: entering one needs a new process) with CLONE_PARENT, so the
+//! monitor is the parent of stage 2. Stage 1 reports stage 2's pid and
+//! exits.
+//!
+//! Stage 2 (the container's init): its own session, the rootfs plan
+//! ([`super::rootfs`]), the working directory, the process settings
+//! ([`super::setup::finalize`]), `ready`, then it blocks until `start` and
+//! execs the entrypoint. Any failure is reported as `error <step>\t<why>`
+//! and ends the process, whose mount namespace takes every mount with it.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::process::{Forked, exit_immediately, fork_into};
+use super::setup::{self, Stdio, Sync};
+use crate::container::rootfs::{self, Overlay};
+
+/// What the init needs besides its stdio.
+pub struct Init<'a> {
+    pub spec: &'a Spec,
+    pub env: &'a [Vec<u8>],
+    pub user: &'a str,
+    pub overlay: &'a Overlay,
+    pub cgroup_procs: &'a [PathBuf],
+}
+
+fn clone_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
+    Some(match t {
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        _ => return None,
+    })
+}
+
+/// Namespaces of the Spec: (to join by path, to create).
+pub fn namespaces(spec: &Spec) -> (Vec<(PathBuf, CloneFlags)>, CloneFlags) {
+    let mut join = Vec::new();
+    let mut new = CloneFlags::empty();
+    let list = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in list {
+        let Some(flag) = clone_flag(ns.typ()) else {
+            continue;
+        };
+        match ns.path() {
+            Some(p) => join.push((p.clone(), flag)),
+            None => new |= flag,
+        }
+    }
+    // The mount namespace is always the container's own.
+    (join, new | CloneFlags::CLONE_NEWNS)
+}
+
+/// Stage 1; never returns.
+pub fn run(init: &Init, stdio: Stdio, sync: OwnedFd) -> ! {
+    let tty = stdio.tty;
+    let mut sync = setup::hand_off_fds(stdio, sync);
+    setup::non_dumpable();
+    if let Err(e) = setup::join_cgroup(init.cgroup_procs) {
+        sync.fail("join cgroup", &e);
+    }
+    let (join, new) = namespaces(init.spec);
+    if let Err(e) = setup::join_namespaces(&join) {
+        sync.fail("join namespaces", &e);
+    }
+    match fork_into(new | CloneFlags::CLONE_PARENT) {
+        Ok(Forked::Child) => stage2(init, tty, sync),
+        Ok(Forked::Parent(pid)) => {
+            sync.send(&format!("pid {pid}"));
+            exit_immediately(0)
+        }
+        Err(e) => sync.fail("create namespaces", &crate::error::chain(&e)),
+    }
+}
+
+fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
+    let _ = nix::unistd::setsid();
+    if tty && let Err(e) = setup::controlling_tty() {
+        sync.fail("terminal", &e);
+    }
+    // Device nodes get exactly the modes asked for.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let root = init
+        .spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default();
+    let is_dir = |p: &Path| p.is_dir() || !p.exists();
+    let steps = match rootfs::plan(init.spec, init.overlay, &is_dir) {
+        Ok(s) => s,
+        Err(e) => sync.fail("rootfs plan", &e.to_string()),
+    };
+    if let Err(e) = super::rootfs::execute(&root, &steps) {
+        sync.fail(&e.step, &e.message);
+    }
+    let Some(process) = init.spec.process() else {
+        sync.fail("exec", "the spec has no process")
+    };
+    if let Err(e) = setup::enter_cwd(process.cwd(), true) {
+        sync.fail("cwd", &e);
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let exec = match setup::finalize(process, &args, init.env, init.user) {
+        Ok(e) => e,
+        Err((step, e)) => sync.fail(step, &e),
+    };
+    sync.send("ready");
+    sync.wait_start();
+    let err = setup::exec(&exec);
+    sync.send(&format!("error exec\t{err}"));
+    exit_immediately(127)
+}

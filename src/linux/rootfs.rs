@@ -1,0 +1,492 @@
+//! Executing a container's rootfs plan ([`crate::container::rootfs::Step`])
+//! on the real kernel, inside the container's new mount namespace: overlay,
+//! propagation, Spec mounts whose targets are created and opened beneath
+//! the rootfs with openat2(RESOLVE_IN_ROOT) (a symlink in the image can
+//! never lead a mount out of it; the mount goes through the opened fd's
+//! /proc/self/fd path), device nodes, pivot_root(".", "."), masked and
+//! read-only paths (mount(2), pivot_root(2), openat2(2)).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use crate::container::rootfs::{Step, TargetKind};
+
+/// A failed step: which one, and why.
+#[derive(Debug)]
+pub struct StepError {
+    pub step: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+fn fail(step: impl Into<String>) -> impl FnOnce(String) -> StepError {
+    let step = step.into();
+    move |message| StepError { step, message }
+}
+
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let data = data.filter(|d| !d.is_empty());
+    nix::mount::mount(source, target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {} on {} ({fstype:?}, {flags:?}): {e}",
+            source.map(|s| s.display().to_string()).unwrap_or_default(),
+            target.display()
+        )
+    })
+}
+
+/// The mount point holding `path` and its propagation from mountinfo:
+/// (mount point, shared, slave).
+fn mount_of(path: &Path) -> Option<(PathBuf, bool, bool)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(PathBuf, bool, bool)> = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4) else { continue };
+        let point = PathBuf::from(point.replace("\\040", " "));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let optional = fields[6..].iter().take_while(|f| **f != "-");
+        let (mut shared, mut slave) = (false, false);
+        for f in optional {
+            shared |= f.starts_with("shared:");
+            slave |= f.starts_with("master:");
+        }
+        // Later lines are mounted later: the last match of the longest
+        // prefix is the visible mount.
+        if best
+            .as_ref()
+            .is_none_or(|(b, _, _)| point.components().count() >= b.components().count())
+        {
+            best = Some((point, shared, slave));
+        }
+    }
+    best
+}
+
+/// Checks, before any propagation change, that the source of every
+/// host-to-container (rslave) or bidirectional (rshared) mount sits on a
+/// shared or slave mount, as containerd requires: otherwise the mount
+/// would silently not propagate.
+pub fn check_propagation_sources(steps: &[Step]) -> Result<(), StepError> {
+    for s in steps {
+        let Step::Mount {
+            source, options, ..
+        } = s
+        else {
+            continue;
+        };
+        let wants_shared = options
+            .propagation
+            .iter()
+            .any(|p| p.contains(MsFlags::MS_SHARED));
+        let wants_slave = options
+            .propagation
+            .iter()
+            .any(|p| p.contains(MsFlags::MS_SLAVE));
+        if !(wants_shared || wants_slave) {
+            continue;
+        }
+        let real = std::fs::canonicalize(source).unwrap_or_else(|_| source.clone());
+        let (point, shared, slave) = mount_of(&real).unwrap_or_default();
+        let ok = if wants_shared {
+            shared
+        } else {
+            shared || slave
+        };
+        if !ok {
+            let need = if wants_shared {
+                "shared"
+            } else {
+                "shared or slave"
+            };
+            return Err(StepError {
+                step: format!("mount {}", source.display()),
+                message: format!(
+                    "path {} is mounted on {} but it is not a {need} mount",
+                    source.display(),
+                    point.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn open_in_root(root: &OwnedFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    rustix::fs::openat2(
+        root,
+        rel,
+        flags | OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// Creates `rel` beneath `root` (directories for every missing component,
+/// the last one as `kind`), resolving every component inside the root,
+/// and returns an O_PATH fd of it.
+pub fn create_beneath(root: &OwnedFd, rel: &Path, kind: TargetKind) -> Result<OwnedFd, String> {
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mut prefix = PathBuf::new();
+    for (i, part) in parts.iter().enumerate() {
+        let parent = open_in_root(root, &prefix, OFlags::DIRECTORY)
+            .map_err(|e| format!("open {} in the rootfs: {e}", prefix.display()))?;
+        prefix.push(part);
+        match open_in_root(root, &prefix, OFlags::empty()) {
+            Ok(_) => continue,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(format!("open {} in the rootfs: {e}", prefix.display())),
+        }
+        let last = i + 1 == parts.len();
+        let created = if last && kind == TargetKind::File {
+            rustix::fs::openat(
+                &parent,
+                *part,
+                OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&parent, *part, Mode::from_raw_mode(0o755))
+        };
+        match created {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(format!("create {} in the rootfs: {e}", prefix.display())),
+        }
+    }
+    open_in_root(root, &prefix, OFlags::empty())
+        .map_err(|e| format!("open {} in the rootfs: {e}", prefix.display()))
+}
+
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The standard device nodes (major, minor) every container gets.
+const DEVICES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+const DEV_LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+fn devices(dev: &OwnedFd) -> Result<(), String> {
+    for (name, major, minor) in DEVICES {
+        match rustix::fs::mknodat(
+            dev,
+            name,
+            rustix::fs::FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(format!("mknod /dev/{name}: {e}")),
+        }
+    }
+    for (name, target) in DEV_LINKS {
+        match rustix::fs::symlinkat(target, dev, name) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(format!("symlink /dev/{name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The container path of a host path beneath `root`, for messages.
+fn inside(root: &Path, target: &Path) -> String {
+    match target.strip_prefix(root) {
+        Ok(rel) => format!("/{}", rel.display()),
+        Err(_) => target.display().to_string(),
+    }
+}
+
+/// Runs `steps` in order. Must run in the container's own mount
+/// namespace: nothing here is undone, the namespace's end undoes it all.
+pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
+    check_propagation_sources(steps)?;
+    let mut root_fd: Option<OwnedFd> = None;
+    for s in steps {
+        match s {
+            Step::RootPropagation(flags) => mount(None, Path::new("/"), None, *flags, None)
+                .map_err(fail("rootfs propagation"))?,
+            Step::PrivateParent(path) => {
+                let (point, _, _) = mount_of(path).unwrap_or((PathBuf::from("/"), false, false));
+                mount(None, &point, None, MsFlags::MS_PRIVATE, None)
+                    .map_err(fail("make the rootfs parent private"))?
+            }
+            Step::Overlay { target, data } => {
+                std::fs::create_dir_all(target)
+                    .map_err(|e| format!("create {}: {e}", target.display()))
+                    .map_err(fail("mount the overlay rootfs"))?;
+                mount(
+                    Some(Path::new("overlay")),
+                    target,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data),
+                )
+                .map_err(fail("mount the overlay rootfs"))?
+            }
+            Step::BindSelf(path) => {
+                mount(
+                    Some(path),
+                    path,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )
+                .map_err(fail("bind the rootfs onto itself"))?;
+                let fd = rustix::fs::open(
+                    path,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| format!("open {}: {e}", path.display()))
+                .map_err(fail("bind the rootfs onto itself"))?;
+                root_fd = Some(fd);
+            }
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                options,
+                kind,
+            } => {
+                let name = format!("mount {}", inside(root, target));
+                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
+                    step: name.clone(),
+                    message: "the rootfs is not mounted".into(),
+                })?;
+                mount_one(root, root_fd, source, target, fstype, options, *kind)
+                    .map_err(fail(name))?
+            }
+            Step::Devices { dev } => {
+                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
+                    step: "create devices".into(),
+                    message: "the rootfs is not mounted".into(),
+                })?;
+                let rel = dev.strip_prefix(root).unwrap_or(dev);
+                let dev_fd = open_in_root(root_fd, rel, OFlags::DIRECTORY)
+                    .map_err(|e| format!("open /dev: {e}"))
+                    .map_err(fail("create devices"))?;
+                devices(&dev_fd).map_err(fail("create devices"))?
+            }
+            Step::PivotRoot(path) => {
+                root_fd = None;
+                pivot(path).map_err(fail("pivot_root"))?
+            }
+            Step::Mask(paths) => {
+                for p in paths {
+                    mask(p).map_err(fail(format!("mask {}", p.display())))?
+                }
+            }
+            Step::ReadOnly(paths) => {
+                for p in paths {
+                    readonly(p).map_err(fail(format!("make {} read-only", p.display())))?
+                }
+            }
+            Step::ReadOnlyRoot => mount(
+                None,
+                Path::new("/"),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )
+            .map_err(fail("make the rootfs read-only"))?,
+        }
+    }
+    Ok(())
+}
+
+fn mount_one(
+    root: &Path,
+    root_fd: &OwnedFd,
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    options: &crate::container::rootfs::MountOptions,
+    kind: TargetKind,
+) -> Result<(), String> {
+    if options.is_bind() && !source.exists() {
+        // What containerd and CRI-O do for a missing host path.
+        std::fs::create_dir_all(source)
+            .map_err(|e| format!("create host path {}: {e}", source.display()))?;
+    }
+    let rel = target.strip_prefix(root).unwrap_or(target);
+    let fd = create_beneath(root_fd, rel, kind)?;
+    let at = fd_path(&fd);
+    if options.is_bind() {
+        mount(Some(source), &at, None, options.flags, None)?;
+        if options.needs_remount() {
+            // Remount the mount now at the target (reopened: the fd still
+            // names the covered directory).
+            let fd = create_beneath(root_fd, rel, kind)?;
+            mount(
+                None,
+                &fd_path(&fd),
+                None,
+                options.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+    } else {
+        mount(
+            Some(source),
+            &at,
+            Some(fstype),
+            options.flags,
+            Some(&options.data),
+        )?;
+    }
+    if !options.propagation.is_empty() {
+        let fd = create_beneath(root_fd, rel, kind)?;
+        for p in &options.propagation {
+            mount(None, &fd_path(&fd), None, *p, None)?;
+        }
+    }
+    let _ = fd.as_fd();
+    Ok(())
+}
+
+/// pivot_root(".", ".") in the new root; the old root, now stacked on top
+/// of it, is entered through an fd opened before (a path "." would name
+/// the new root beneath it), made a slave recursively so its detach never
+/// propagates to the host, and detached. The new root's own mounts keep
+/// their propagation (a bidirectional mount stays a peer of the host's).
+fn pivot(root: &Path) -> Result<(), String> {
+    let old = rustix::fs::open(
+        "/",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open the old root: {e}"))?;
+    nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    nix::unistd::fchdir(&old).map_err(|e| format!("enter the old root: {e}"))?;
+    mount(
+        None,
+        Path::new("."),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detach the old root: {e}"))?;
+    drop(old);
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+fn mask(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("stat {}: {e}", path.display())),
+        Ok(m) if m.is_dir() => mount(
+            Some(Path::new("tmpfs")),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None,
+        ),
+        Ok(_) => mount(
+            Some(Path::new("/dev/null")),
+            path,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        ),
+    }
+}
+
+fn readonly(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    mount(
+        Some(path),
+        path,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    mount(
+        None,
+        path,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_created_beneath_the_root_whatever_symlinks_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // An image's absolute symlink and a .. chain both point out.
+        std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("rel")).unwrap();
+        let root_fd =
+            rustix::fs::open(&root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        // A dangling link (its target is not in the root) is refused...
+        assert!(create_beneath(&root_fd, Path::new("abs/x/y"), TargetKind::Dir).is_err());
+        assert!(create_beneath(&root_fd, Path::new("rel/f"), TargetKind::File).is_err());
+        assert!(!outside.join("x").exists() && !outside.join("f").exists());
+        // ...and one whose target exists in the root is followed there.
+        let inner = root.join(outside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::create_dir_all(root.join("outside")).unwrap();
+        create_beneath(&root_fd, Path::new("abs/x/y"), TargetKind::Dir).unwrap();
+        create_beneath(&root_fd, Path::new("rel/f"), TargetKind::File).unwrap();
+        assert!(!outside.join("x").exists() && !outside.join("f").exists());
+        assert!(inner.join("x/y").is_dir());
+        assert!(root.join("outside/f").is_file());
+    }
+
+    #[test]
+    fn inside_names_container_paths() {
+        assert_eq!(inside(Path::new("/r"), Path::new("/r/data")), "/data");
+    }
+}

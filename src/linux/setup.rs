@@ -1,0 +1,298 @@
+//! The process setup shared by a container's init and its exec processes,
+//! in runc's order: stdio and the hand-off fds in place and every other fd
+//! closed, non-dumpable before joining anything, the cgroup joined, the
+//! container's namespaces joined by path, then (in the final process) the
+//! working directory, rlimits, oom_score_adj, no_new_privs, the bounding
+//! set, the user (setgroups, setgid, setuid with KEEPCAPS), the other
+//! capability sets, and execve with the exact environment bytes.
+//!
+//! Runs only in processes forked from the single-threaded monitor.
+
+use std::ffi::{CString, OsStr};
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigSet, Signal};
+use oci_spec::runtime::Process;
+
+use super::caps;
+use super::process::{close_fds_from, default_signals, exit_immediately};
+
+/// The standard streams a container process gets.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// stdin is a terminal: it becomes the controlling one.
+    pub tty: bool,
+}
+
+/// The fd number the sync socket has in a forked setup process.
+pub const SYNC_FD: RawFd = 3;
+
+/// The sync socket with the monitor: one line per message, `pid N`,
+/// `ready`, `error <step>\t<message>`; the monitor writes `start`.
+pub struct Sync(std::fs::File);
+
+impl Sync {
+    pub fn send(&mut self, line: &str) {
+        let _ = self.0.write_all(format!("{line}\n").as_bytes());
+    }
+
+    /// Reports a failed step and ends the process.
+    pub fn fail(&mut self, step: &str, message: &str) -> ! {
+        let message = message.replace(['\n', '\t'], " ");
+        self.send(&format!("error {step}\t{message}"));
+        exit_immediately(1)
+    }
+
+    /// Blocks until the monitor says `start`; ends the process when the
+    /// monitor goes away instead.
+    pub fn wait_start(&mut self) {
+        use std::io::Read;
+        let mut buf = [0u8; 6];
+        match self.0.read_exact(&mut buf) {
+            Ok(()) if &buf == b"start\n" => {}
+            _ => exit_immediately(1),
+        }
+    }
+}
+
+/// Puts `stdio` on 0, 1, 2 and `sync` on [`SYNC_FD`] (close-on-exec, so
+/// the monitor sees EOF once execve succeeded), then closes every other fd
+/// inherited from the monitor (its sockets, other containers' pipes).
+pub fn hand_off_fds(stdio: Stdio, sync: OwnedFd) -> Sync {
+    // Move everything above the target numbers first, so no dup2 clobbers
+    // a source.
+    let high = |fd: OwnedFd| -> RawFd {
+        let n = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16))
+            .unwrap_or_else(|_| exit_immediately(1));
+        drop(fd);
+        n
+    };
+    let fds = [
+        high(stdio.stdin),
+        high(stdio.stdout),
+        high(stdio.stderr),
+        high(sync),
+    ];
+    for (target, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 onto 0..=3 of fds we own; the old ones at those
+        // numbers are inherited copies nobody else uses in this process.
+        if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
+            exit_immediately(1);
+        }
+    }
+    // SAFETY: F_SETFD on our own fd 3.
+    unsafe { libc::fcntl(SYNC_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    close_fds_from(4);
+    // SAFETY: fd 3 was just made ours by dup2; the File owns it from here.
+    Sync(unsafe { std::fs::File::from_raw_fd(SYNC_FD) })
+}
+
+/// Marks the process non-dumpable: a process of the container cannot
+/// ptrace it or open its /proc files (runc's escape protections).
+pub fn non_dumpable() {
+    let _ = nix::sys::prctl::set_dumpable(false);
+}
+
+/// Writes our pid into each cgroup.procs file (before joining namespaces:
+/// the files are host paths).
+pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), String> {
+    let pid = std::process::id().to_string();
+    for p in procs {
+        std::fs::write(p, &pid).map_err(|e| format!("write {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens every namespace file first (a joined mount namespace would hide
+/// the paths), then joins them in order.
+pub fn join_namespaces(list: &[(PathBuf, nix::sched::CloneFlags)]) -> Result<(), String> {
+    let mut files = Vec::new();
+    for (path, flag) in list {
+        let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        files.push((f, *flag, path));
+    }
+    for (f, flag, path) in files {
+        nix::sched::setns(&f, flag).map_err(|e| format!("setns {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The working directory: created when missing (`create`), entered, and
+/// checked to be reachable from our root (a cwd outside the root reads as
+/// "(unreachable)").
+pub fn enter_cwd(cwd: &Path, create: bool) -> Result<(), String> {
+    if create {
+        std::fs::create_dir_all(cwd).map_err(|e| format!("create {}: {e}", cwd.display()))?;
+    }
+    nix::unistd::chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
+    match nix::unistd::getcwd() {
+        Ok(p) if p.is_absolute() => Ok(()),
+        _ => Err(format!("{} is outside the container's root", cwd.display())),
+    }
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    })
+}
+
+fn rlimits(process: &Process) -> Result<(), String> {
+    for r in process.rlimits().as_deref().unwrap_or_default() {
+        let name = r.typ().to_string();
+        let res = rlimit_resource(&name).ok_or_else(|| format!("unknown rlimit {name}"))?;
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
+        // SAFETY: setrlimit reads one rlimit struct that lives across the call.
+        if unsafe { libc::setrlimit(res, &lim) } != 0 {
+            return Err(format!("setrlimit {name}: {}", nix::Error::last()));
+        }
+    }
+    Ok(())
+}
+
+/// oom_score_adj can be raised here but not lowered (that needs
+/// CAP_SYS_RESOURCE, which crius may not hold): a refused lowering is
+/// ignored, the process keeps the monitor's value.
+fn oom_score_adj(process: &Process) {
+    if let Some(adj) = process.oom_score_adj() {
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
+}
+
+/// What the final execve needs, prepared before the process blocks.
+pub struct Exec {
+    path: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
+    CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
+}
+
+/// Finds `name` as execvp would, in the PATH of `env`.
+fn look_path(name: &str, env: &[Vec<u8>]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return if executable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(format!("{name}: permission denied"))
+        } else {
+            Err(format!("{name}: no such file or directory"))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix(b"PATH="))
+        .unwrap_or(b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(|&b| b == b':') {
+        let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
+        let p = Path::new(OsStr::from_bytes(dir)).join(name);
+        if executable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!("{name}: executable file not found in $PATH"))
+}
+
+/// The credentials and capabilities of the container's process, applied to
+/// the calling process; returns what execve needs. Errors name their step.
+pub fn finalize(
+    process: &Process,
+    args: &[String],
+    env: &[Vec<u8>],
+    user: &str,
+) -> Result<Exec, (&'static str, String)> {
+    rlimits(process).map_err(|e| ("rlimits", e))?;
+    oom_score_adj(process);
+    let supplemental = process.user().additional_gids().clone().unwrap_or_default();
+    let id = crate::container::user::resolve(Path::new("/"), user, &supplemental)
+        .map_err(|e| ("user", e.to_string()))?;
+    if process.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
+    }
+    let sets = caps::Sets::from_spec(process.capabilities().as_ref());
+    caps::apply_bounding(sets.bounding).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+    caps::keep_caps(true).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+    let groups: Vec<nix::unistd::Gid> = id
+        .additional_gids
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| ("user", format!("setgroups: {e}")))?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid))
+        .map_err(|e| ("user", format!("setgid {}: {e}", id.gid)))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid))
+        .map_err(|e| ("user", format!("setuid {}: {e}", id.uid)))?;
+    caps::keep_caps(false).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+    caps::apply(&sets).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+
+    let mut env: Vec<Vec<u8>> = env.to_vec();
+    if !env.iter().any(|e| e.starts_with(b"HOME=")) {
+        env.push(format!("HOME={}", id.home).into_bytes());
+    }
+    let first = args.first().ok_or(("exec", "no command".to_string()))?;
+    let path = look_path(first, &env).map_err(|e| ("exec", e))?;
+    Ok(Exec {
+        path: cstring(path.as_os_str().as_bytes(), "the command").map_err(|e| ("exec", e))?,
+        args: args
+            .iter()
+            .map(|a| cstring(a.as_bytes(), "an argument"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ("exec", e))?,
+        env: env
+            .iter()
+            .map(|e| cstring(e, "the environment"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ("exec", e))?,
+    })
+}
+
+/// Makes stdin the controlling terminal of the (new) session.
+pub fn controlling_tty() -> Result<(), String> {
+    // SAFETY: TIOCSCTTY on fd 0 takes an int argument, no pointer.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(format!("TIOCSCTTY: {}", nix::Error::last()));
+    }
+    Ok(())
+}
+
+/// Restores what the monitor changed and a program expects at its start
+/// (the signal mask, ignored signals, the umask), then execve. Returns
+/// only on failure.
+pub fn exec(e: &Exec) -> String {
+    let _ = SigSet::all().thread_unblock();
+    default_signals(&[Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE]);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
+    format!("{}: {err}", e.path.to_string_lossy())
+}

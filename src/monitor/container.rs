@@ -1,0 +1,264 @@
+//! Containers and exec processes of a pod, as the daemon drives them
+//! through the pod's monitor ([`PodMonitor`]). This is the engine's API for
+//! the container service (see CONTAINER-CONTRACT.md):
+//!
+//! ```text
+//! let pod = PodMonitor::new(PodDir::new(state, pod_id));
+//! pod.create_container(&ContainerLaunch { .. }) -> ProcRef   // init blocked before execve,
+//!                                                            // every mount done
+//! pod.start_container(id)                                    // execve; Failed{step:"exec"} if it fails
+//! pod.signal_container(id, signal)                           // to its init
+//! pod.wait_container(id) -> Exit                             // resolves at the reap, at once if exited;
+//!                                                            // also written to PodDir::exit_file(id)
+//! pod.reopen_container_log(id)                               // after kubelet's rotation; running only
+//! pod.remove_container(id)                                   // kill if alive, reap, forget, exit file gone
+//! pod.exec(&ExecLaunch { .. }) -> ExecHandle                 // stdio fds in the daemon
+//! pod.wait_exec(exec_id) -> Exit                             // then the monitor forgets the exec
+//! pod.signal_exec(exec_id, signal)                           // its whole process group
+//! ```
+//!
+//! Every call opens its own connection (a wait may block for hours; the
+//! others are short). Errors: [`Error::Failed`] carries the step that
+//! failed (`"mount /data"`, `"exec"`, `"user"`, `"cwd"`, `"join cgroup"`,
+//! `"unknown container"`, `"not running"`...). A failed create leaves no
+//! process, no mount (they live in the container's own mount namespace) and
+//! no exit file; only a missing bind-mount source is created as a directory
+//! (what containerd and CRI-O do), and the rootfs mount point directory.
+//!
+//! The monitor copies a container's stdout/stderr into `log_path` in the CRI
+//! format (a container without a log path has its output read and dropped).
+//! The init joins `cgroup_procs` before any namespace, so all its setup is
+//! accounted to the container. The daemon owns the upper/work dirs, the
+//! cgroup and the rootfs directory.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::PodDir;
+use super::client::{self, Connection};
+use super::proto::{Exit, Reply, Request};
+use crate::container::rootfs::Overlay;
+use crate::error::{Classify, Kind};
+use crate::linux::process::ProcRef;
+
+/// Everything the monitor needs to create a container's init, blocked
+/// before execve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerLaunch {
+    pub id: String,
+    /// From `container::spec::build`; `root.path` is the rootfs mount point.
+    pub spec: oci_spec::runtime::Spec,
+    /// The process environment, exact bytes, `KEY=value` each.
+    pub env: Vec<Vec<u8>>,
+    /// Resolved inside the rootfs by the init (`container::user`).
+    pub user: String,
+    pub overlay: Overlay,
+    /// cgroup.procs files of the container's leaf, one per hierarchy.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The CRI log file; `None`: output is read and dropped.
+    pub log_path: Option<PathBuf>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+}
+
+/// A process to run in a running container, with the container's user,
+/// environment, capabilities, working directory and cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecLaunch {
+    /// Unique within the pod while the exec is known to the monitor.
+    pub exec_id: String,
+    pub container_id: String,
+    pub args: Vec<String>,
+    pub tty: bool,
+    /// Hand the daemon a pipe to the process's stdin (else /dev/null).
+    pub stdin: bool,
+}
+
+/// A started exec: its process and its stdio, owned by the daemon.
+#[derive(Debug)]
+pub struct ExecHandle {
+    pub process: ProcRef,
+    pub stdin: Option<OwnedFd>,
+    /// stdout, or the pty master with a tty.
+    pub stdout: OwnedFd,
+    /// `None` with a tty.
+    pub stderr: Option<OwnedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Monitor(#[from] client::Error),
+    /// The monitor refused or failed the request at `step`.
+    #[error("{step}: {message}")]
+    Failed { step: String, message: String },
+    #[error("monitor of {dir}: unexpected reply {reply}")]
+    Unexpected { dir: PathBuf, reply: String },
+}
+
+impl Classify for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::Monitor(e) => e.kind(),
+            Error::Failed { step, .. } => match step.as_str() {
+                "unknown container" | "unknown exec" => Kind::NotFound,
+                "already exists" => Kind::AlreadyExists,
+                "not running" | "not created" => Kind::FailedPrecondition,
+                s if s == "exec"
+                    || s == "user"
+                    || s == "cwd"
+                    || s == "rootfs plan"
+                    || s.starts_with("mount ") =>
+                {
+                    Kind::InvalidArgument
+                }
+                _ => Kind::Internal,
+            },
+            Error::Unexpected { .. } => Kind::Internal,
+        }
+    }
+}
+
+/// How long a create may take (mounts of a big image, a slow disk).
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The monitor of one pod, as seen from the daemon.
+#[derive(Debug, Clone)]
+pub struct PodMonitor {
+    pod: PodDir,
+}
+
+impl PodMonitor {
+    pub fn new(pod: PodDir) -> PodMonitor {
+        PodMonitor { pod }
+    }
+
+    pub fn dir(&self) -> &PodDir {
+        &self.pod
+    }
+
+    async fn call(&self, req: Request, limit: Option<Duration>) -> Result<Reply, Error> {
+        let mut conn = Connection::open(&self.pod).await?;
+        let reply = conn.call_within(&req, limit).await?;
+        match reply {
+            Reply::Failed { step, message } => Err(Error::Failed { step, message }),
+            Reply::Error { message } => Err(Error::Failed {
+                step: "monitor".into(),
+                message,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    fn unexpected(&self, reply: Reply) -> Error {
+        Error::Unexpected {
+            dir: self.pod.dir.clone(),
+            reply: format!("{reply:?}"),
+        }
+    }
+
+    async fn ok(&self, req: Request) -> Result<(), Error> {
+        match self.call(req, Some(client::CALL_TIMEOUT)).await? {
+            Reply::Ok => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Creates the container's init, blocked before execve with its rootfs
+    /// mounted.
+    pub async fn create_container(&self, launch: &ContainerLaunch) -> Result<ProcRef, Error> {
+        let req = Request::CreateContainer {
+            launch: Box::new(launch.clone()),
+        };
+        match self.call(req, Some(CREATE_TIMEOUT)).await? {
+            Reply::Created { init } => Ok(init),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Releases the init to execve its entrypoint.
+    pub async fn start_container(&self, id: &str) -> Result<(), Error> {
+        self.ok(Request::StartContainer { id: id.into() }).await
+    }
+
+    /// Signals the container's init.
+    pub async fn signal_container(&self, id: &str, signal: i32) -> Result<(), Error> {
+        self.ok(Request::SignalContainer {
+            id: id.into(),
+            signal,
+        })
+        .await
+    }
+
+    /// Resolves when the container's init has been reaped.
+    pub async fn wait_container(&self, id: &str) -> Result<Exit, Error> {
+        match self
+            .call(Request::WaitContainer { id: id.into() }, None)
+            .await?
+        {
+            Reply::Exited { exit } => Ok(exit),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Error> {
+        self.ok(Request::ReopenContainerLog { id: id.into() }).await
+    }
+
+    /// Kills (if alive), reaps and forgets the container; unknown ids succeed.
+    pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        self.ok(Request::RemoveContainer { id: id.into() }).await
+    }
+
+    /// Starts a process in a running container.
+    pub async fn exec(&self, launch: &ExecLaunch) -> Result<ExecHandle, Error> {
+        let mut conn = Connection::open(&self.pod).await?;
+        let req = Request::Exec {
+            launch: Box::new(launch.clone()),
+        };
+        let (reply, fds) = conn.call_with_fds(&req, CREATE_TIMEOUT).await?;
+        match reply {
+            Reply::ExecStarted { process, fds: n } if n == fds.len() => {
+                let mut fds = fds.into_iter();
+                let stdin = if launch.stdin { fds.next() } else { None };
+                let stdout = fds.next().ok_or_else(|| Error::Unexpected {
+                    dir: self.pod.dir.clone(),
+                    reply: "exec reply without stdout".into(),
+                })?;
+                let stderr = if launch.tty { None } else { fds.next() };
+                Ok(ExecHandle {
+                    process,
+                    stdin,
+                    stdout,
+                    stderr,
+                })
+            }
+            Reply::Failed { step, message } => Err(Error::Failed { step, message }),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Resolves when the exec process has been reaped.
+    pub async fn wait_exec(&self, exec_id: &str) -> Result<Exit, Error> {
+        match self
+            .call(Request::WaitExec { id: exec_id.into() }, None)
+            .await?
+        {
+            Reply::Exited { exit } => Ok(exit),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Signals the exec's process group (e.g. SIGKILL at an ExecSync timeout).
+    pub async fn signal_exec(&self, exec_id: &str, signal: i32) -> Result<(), Error> {
+        self.ok(Request::SignalExec {
+            id: exec_id.into(),
+            signal,
+        })
+        .await
+    }
+}
