@@ -17,17 +17,25 @@ use crate::registry::Registry;
 use crate::require_registry_tools;
 
 /// A daemon with busybox pulled; the registry stays up while it lives.
-struct Setup {
-    d: TestDaemon,
+pub struct Setup {
+    pub d: TestDaemon,
     _reg: Registry,
-    busybox: String,
-    image_id: String,
+    pub busybox: String,
+    pub image_id: String,
 }
 
 async fn setup() -> Setup {
+    setup_with_env(&[]).await
+}
+
+/// A daemon (with test-hook environment) and busybox pulled into it.
+pub async fn setup_with_env(env: &[(&str, &str)]) -> Setup {
     let reg = Registry::with_test_images(None);
-    let d =
-        TestDaemon::start("[registry]\nconfig_path = \"/nonexistent/crius-e2e-certs.d\"\n").await;
+    let d = crate::harness::start_with_env(
+        "[registry]\nconfig_path = \"/nonexistent/crius-e2e-certs.d\"\n",
+        env,
+    )
+    .await;
     let busybox = reg.image("busybox");
     let image_id = d
         .images()
@@ -51,7 +59,7 @@ async fn setup() -> Setup {
     }
 }
 
-fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
+pub fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
     let mut c = pod::with_namespaces(
         pod::config(name),
         NamespaceMode::Pod,
@@ -62,7 +70,7 @@ fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
     c
 }
 
-fn container(name: &str, image: &str, cmd: &[&str], pid: NamespaceMode) -> ContainerConfig {
+pub fn container(name: &str, image: &str, cmd: &[&str], pid: NamespaceMode) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -89,7 +97,11 @@ fn container(name: &str, image: &str, cmd: &[&str], pid: NamespaceMode) -> Conta
     }
 }
 
-async fn create(rt: &mut Client, pod: &str, c: ContainerConfig) -> Result<String, tonic::Status> {
+pub async fn create(
+    rt: &mut Client,
+    pod: &str,
+    c: ContainerConfig,
+) -> Result<String, tonic::Status> {
     rt.create_container(CreateContainerRequest {
         pod_sandbox_id: pod.into(),
         config: Some(c),
@@ -99,7 +111,7 @@ async fn create(rt: &mut Client, pod: &str, c: ContainerConfig) -> Result<String
     .map(|r| r.into_inner().container_id)
 }
 
-async fn start(rt: &mut Client, id: &str) {
+pub async fn start(rt: &mut Client, id: &str) {
     rt.start_container(StartContainerRequest {
         container_id: id.into(),
     })
@@ -107,7 +119,7 @@ async fn start(rt: &mut Client, id: &str) {
     .unwrap();
 }
 
-async fn status(rt: &mut Client, id: &str) -> (ContainerStatus, serde_json::Value) {
+pub async fn status(rt: &mut Client, id: &str) -> (ContainerStatus, serde_json::Value) {
     let r = rt
         .container_status(ContainerStatusRequest {
             container_id: id.into(),
@@ -122,7 +134,7 @@ async fn status(rt: &mut Client, id: &str) -> (ContainerStatus, serde_json::Valu
     )
 }
 
-async fn exec(
+pub async fn exec(
     rt: &mut Client,
     id: &str,
     cmd: &[&str],
@@ -137,7 +149,7 @@ async fn exec(
     .map(|r| r.into_inner())
 }
 
-async fn wait_state(
+pub async fn wait_state(
     rt: &mut Client,
     id: &str,
     state: ContainerState,
@@ -157,7 +169,7 @@ async fn wait_state(
     }
 }
 
-fn cgroup_procs(cgroup_path: &str) -> Vec<i32> {
+pub fn cgroup_procs(cgroup_path: &str) -> Vec<i32> {
     let file = Path::new("/sys/fs/cgroup/pids")
         .join(cgroup_path.trim_start_matches('/'))
         .join("cgroup.procs");

@@ -230,8 +230,7 @@ impl Containers {
                 ))
             })?,
         };
-        let log_path = (!req.log_path.is_empty())
-            .then(|| PathBuf::from(&pod.spec.log_directory).join(&req.log_path));
+        let log_path = log_path(&pod.spec.log_directory, &req.log_path);
         let cwd = built
             .spec
             .process()
@@ -505,6 +504,17 @@ impl Containers {
         }
         self.exits.lock().expect("lock poisoned").remove(&rec.id);
     }
+}
+
+/// The CRI log file: the pod's log directory + the container's log path.
+/// Without a directory only an absolute path is used (never one relative
+/// to the daemon's working directory).
+pub fn log_path(directory: &str, path: &str) -> Option<PathBuf> {
+    if path.is_empty() {
+        return None;
+    }
+    let full = PathBuf::from(directory).join(path);
+    full.is_absolute().then_some(full)
 }
 
 /// A signal by name ("SIGTERM", "TERM", "sigint") or number ("15").

@@ -829,6 +829,20 @@ async fn reconcile_records_exits_and_rolls_back_intents() {
 }
 
 #[test]
+fn log_paths_are_absolute_or_none() {
+    assert_eq!(
+        create::log_path("/var/log/pods/x", "c/0.log"),
+        Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+    );
+    assert_eq!(create::log_path("", "c/0.log"), None);
+    assert_eq!(
+        create::log_path("", "/tmp/c.log"),
+        Some(PathBuf::from("/tmp/c.log"))
+    );
+    assert_eq!(create::log_path("/var/log/pods/x", ""), None);
+}
+
+#[test]
 fn signals_by_name_and_number() {
     assert_eq!(create::parse_signal("SIGINT"), Some(libc::SIGINT));
     assert_eq!(create::parse_signal("quit"), Some(libc::SIGQUIT));

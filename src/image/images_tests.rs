@@ -98,8 +98,16 @@ async fn remove_is_refused_while_in_use_then_deletes_content() {
     let err = images.remove("busybox").await.unwrap_err();
     assert_eq!(err.kind(), Kind::FailedPrecondition, "{err}");
     assert!(images.lookup(CFG).unwrap().is_some());
+    let before = images.fs_usage().await.unwrap();
+    assert!(before.inodes_used >= 5, "{before:?}");
+    assert_eq!(images.fs_usage().await.unwrap(), before, "cached");
     used.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(images.remove("busybox").await.unwrap());
+    let after = images.fs_usage().await.unwrap();
+    assert!(
+        after.inodes_used < before.inodes_used,
+        "a removal refreshes the usage"
+    );
     assert!(!images.remove("busybox").await.unwrap(), "idempotent");
     assert!(!images.dirs().layer(7).exists());
     assert_eq!(std::fs::read_dir(&images.dirs().blobs).unwrap().count(), 0);

@@ -184,6 +184,10 @@ const LAYERS: Table<LayerRecord> = Table::new("layers");
 const META: Table<u64> = Table::new("image_meta");
 const NEXT_LAYER_DIR: &str = "next_layer_dir";
 
+/// How long an ImageFsInfo answer is reused when nothing was pulled or
+/// removed in between.
+const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Blob downloads at once (containerd's default is 3 per pull; this is for
 /// all pulls together).
 const MAX_DOWNLOADS: usize = 6;
@@ -215,6 +219,9 @@ pub(crate) struct Inner {
     pub(crate) inflight: pull::Inflight,
     /// Bounds the blob downloads running at once, across all pulls.
     pub(crate) downloads: tokio::sync::Semaphore,
+    /// The last ImageFsInfo walk: kubelet asks every few seconds, and the
+    /// walk visits every file of every layer. Cleared by pulls and removals.
+    usage: Mutex<Option<(std::time::Instant, FsUsage)>>,
     in_use: RwLock<Option<InUse>>,
 }
 
@@ -268,6 +275,7 @@ impl Images {
                 busy: Mutex::new(HashMap::new()),
                 inflight: Default::default(),
                 downloads: tokio::sync::Semaphore::new(MAX_DOWNLOADS),
+                usage: Mutex::new(None),
                 in_use: RwLock::new(None),
             }),
         };
@@ -377,6 +385,7 @@ impl Images {
                 let inner = inner.clone();
                 let _ = tokio::task::spawn_blocking(move || inner.collect_garbage()).await;
             }
+            *inner.usage.lock().expect("lock poisoned") = None;
             result
         });
         task.await
@@ -399,15 +408,24 @@ impl Images {
         tokio::task::spawn_blocking(move || inner.collect_garbage())
             .await
             .map_err(|e| Error::BadContent(format!("garbage collection task failed: {e}")))??;
+        *self.inner.usage.lock().expect("lock poisoned") = None;
         Ok(existed)
     }
 
-    /// Bytes and inodes used under the image store.
+    /// Bytes and inodes used under the image store (a walk at most every
+    /// USAGE_TTL unless images changed).
     pub async fn fs_usage(&self) -> Result<FsUsage> {
+        if let Some((at, usage)) = *self.inner.usage.lock().expect("lock poisoned")
+            && at.elapsed() < USAGE_TTL
+        {
+            return Ok(usage);
+        }
         let root = self.inner.dirs.root.clone();
-        tokio::task::spawn_blocking(move || gc::usage(&root))
+        let usage = tokio::task::spawn_blocking(move || gc::usage(&root))
             .await
-            .map_err(|e| Error::BadContent(format!("usage task failed: {e}")))?
+            .map_err(|e| Error::BadContent(format!("usage task failed: {e}")))??;
+        *self.inner.usage.lock().expect("lock poisoned") = Some((std::time::Instant::now(), usage));
+        Ok(usage)
     }
 }
 

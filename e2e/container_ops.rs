@@ -1,0 +1,423 @@
+//! Containers, continued: UpdateContainerResources and ReopenContainerLog on
+//! a running container, an image given by its id with no command, NODE and
+//! TARGET PID modes, a daemon killed or a client giving up in the middle of
+//! CreateContainer, a lost monitor, and 100 containers that leave no mount,
+//! cgroup, process or fd behind.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crius::cri::proto::*;
+use tonic::Code;
+
+use crate::container::{
+    Setup, cgroup_procs, container, create, exec, pod_config, setup_with_env, start, status,
+    wait_state,
+};
+use crate::pod::{self, wait_for};
+use crate::require_registry_tools;
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn cgroup_file(cgroup: &str, controller: &str, file: &str) -> String {
+    std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(cgroup.trim_start_matches('/'))
+            .join(file),
+    )
+    .unwrap_or_else(|e| panic!("read {controller}{cgroup}/{file}: {e}"))
+    .trim()
+    .to_string()
+}
+
+fn container_dirs(s: &Setup) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(s.d.root.join("containers"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_update_resources_reopen_log_and_image_by_id() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("ops", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    // By id, no command: the image's Cmd (sh) runs; stdin keeps it alive.
+    let mut c = container("byid", &s.image_id, &[], NamespaceMode::Container);
+    c.stdin = true;
+    let byid = create(&mut rt, &pod, c).await.unwrap();
+    start(&mut rt, &byid).await;
+    let (st, info) = status(&mut rt, &byid).await;
+    assert_eq!(st.image_id, s.image_id);
+    assert_eq!(info["runtimeSpec"]["process"]["args"][0], "sh");
+
+    let mut c = container(
+        "web",
+        &s.busybox,
+        &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+        NamespaceMode::Container,
+    );
+    c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    });
+    let id = create(&mut rt, &pod, c).await.unwrap();
+    start(&mut rt, &id).await;
+    let (_, info) = status(&mut rt, &id).await;
+    let cg = info["cgroupPath"].as_str().unwrap().to_string();
+    assert_eq!(cgroup_file(&cg, "cpu", "cpu.shares"), "512");
+    assert_eq!(
+        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 256,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(cgroup_file(&cg, "cpu", "cpu.shares"), "256");
+    assert_eq!(cgroup_file(&cg, "cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(
+        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    let (st, _) = status(&mut rt, &id).await;
+    let r = st.resources.unwrap().linux.unwrap();
+    assert_eq!((r.cpu_shares, r.memory_limit_in_bytes), (256, 128 << 20));
+    // All or nothing: a bad cpuset changes nothing.
+    let err = rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpuset_cpus: "999999".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    assert_eq!(
+        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+
+    // kubelet's rotation: rename, then ReopenContainerLog.
+    let log = logs.join("web.log");
+    wait_for("log lines", Duration::from_secs(10), || log.exists()).await;
+    let rotated = logs.join("web.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    rt.reopen_container_log(ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    wait_for("the new log file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("stdout F tick"))
+    })
+    .await;
+
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_node_and_target_pid_modes() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt,
+        pod_config("pidmodes", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let sleeper = |name: &str, mode| container(name, &s.busybox, &["sleep", "1000"], mode);
+    let main = create(&mut rt, &pod, sleeper("main", NamespaceMode::Container))
+        .await
+        .unwrap();
+    start(&mut rt, &main).await;
+    let mut dbg = sleeper("debug", NamespaceMode::Target);
+    dbg.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .target_id = main.clone();
+    let debug = create(&mut rt, &pod, dbg).await.unwrap();
+    start(&mut rt, &debug).await;
+    let node = create(&mut rt, &pod, sleeper("node", NamespaceMode::Node))
+        .await
+        .unwrap();
+    start(&mut rt, &node).await;
+    let ns = |pid: i64| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let pid = |info: &serde_json::Value| info["pid"].as_i64().unwrap();
+    let (_, im) = status(&mut rt, &main).await;
+    let (_, id) = status(&mut rt, &debug).await;
+    let (_, inode) = status(&mut rt, &node).await;
+    assert_eq!(
+        ns(pid(&im)),
+        ns(pid(&id)),
+        "TARGET joins the target's PID ns"
+    );
+    assert_eq!(
+        ns(pid(&inode)),
+        std::fs::read_link("/proc/self/ns/pid").unwrap(),
+        "NODE is the host's"
+    );
+    // The debug container sees the target's processes.
+    let out = exec(&mut rt, &debug, &["cat", "/proc/1/cmdline"], 0)
+        .await
+        .unwrap();
+    assert!(out.stdout.starts_with(b"sleep\0"));
+    // NODE mode: a child left behind is killed when the container stops.
+    let cg = inode["cgroupPath"].as_str().unwrap().to_string();
+    exec(
+        &mut rt,
+        &node,
+        &["sh", "-c", "setsid sleep 1000 >/dev/null 2>&1 &"],
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(cgroup_procs(&cg).len() >= 2);
+    rt.stop_container(StopContainerRequest {
+        container_id: node.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    wait_for("the leftover to die", Duration::from_secs(5), || {
+        cgroup_procs(&cg).is_empty()
+    })
+    .await;
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
+    require_registry_tools!();
+    let mut s = setup_with_env(&[
+        ("CRIUS_TEST_PAUSE_AT", "record container"),
+        ("CRIUS_TEST_PAUSE_SECS", "2"),
+    ])
+    .await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("slow", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let c = container(
+        "c",
+        &s.busybox,
+        &["sleep", "1000"],
+        NamespaceMode::Container,
+    );
+    // The client gives up; the creation finishes unseen; the retry claims it.
+    let mut req = tonic::Request::new(CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(c.clone()),
+        sandbox_config: None,
+    });
+    req.set_timeout(Duration::from_millis(500));
+    let err = rt.create_container(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let listed = rt
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "unclaimed containers are invisible");
+    let id = create(&mut rt, &pod, c.clone()).await.unwrap();
+    assert_eq!(container_dirs(&s).len(), 1, "created once");
+    start(&mut rt, &id).await;
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+
+    // Killed while paused after the init exists: the restart rolls back.
+    s.d.env = vec![("CRIUS_TEST_PAUSE_AT".into(), "record container".into())];
+    s.d.signal_and_wait(15, Duration::from_secs(10));
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let rt = s.d.runtime().await;
+    let pending = {
+        let mut rt = rt.clone();
+        let (pod, c) = (pod.clone(), c.clone());
+        tokio::spawn(async move { create(&mut rt, &pod, c).await })
+    };
+    let log = || s.d.log();
+    wait_for("the creation to pause", Duration::from_secs(20), || {
+        log().matches("test hook: pausing").count() >= 2
+    })
+    .await;
+    assert_eq!(container_dirs(&s).len(), 1);
+    s.d.signal_and_wait(9, Duration::from_secs(10))
+        .expect("daemon dies");
+    assert!(pending.await.unwrap().is_err());
+    s.d.env.clear();
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt2 = s.d.runtime().await;
+    assert!(
+        s.d.log()
+            .contains("rolling back a container whose creation was interrupted")
+    );
+    assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
+    // The name is free again.
+    let id = create(&mut rt2, &pod, c).await.unwrap();
+    rt2.remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    drop(rt);
+    pod::stop_remove(&mut rt2, &pod).await;
+    pod::assert_no_trace(&s.d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_monitor_ends_its_containers_with_255() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("lost", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let id = create(
+        &mut rt,
+        &pod,
+        container(
+            "c",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &id).await;
+    let (_, info) = pod::status(&mut rt, &pod).await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_state(
+        &mut rt,
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(st.exit_code, 255, "{st:?}");
+    assert!(st.message.contains("monitor"), "{st:?}");
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_containers_leave_no_trace() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("many", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let (_, info) = pod::status(&mut rt, &pod).await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let pod_cg = info["cgroupPath"].as_str().unwrap().to_string();
+    // Warm up once (lazy fds: the store, the image files).
+    let warm = create(
+        &mut rt,
+        &pod,
+        container("warm", &s.busybox, &["true"], NamespaceMode::Container),
+    )
+    .await
+    .unwrap();
+    rt.remove_container(RemoveContainerRequest { container_id: warm })
+        .await
+        .unwrap();
+    let (daemon_fds, monitor_fds) = (fd_count(s.d.pid()), fd_count(monitor));
+    let mounts = crius::linux::mount::mounts_under(s.d.dir.path()).len();
+    let t = Instant::now();
+    for i in 0..100 {
+        let name = format!("c{i}");
+        let id = create(
+            &mut rt,
+            &pod,
+            container(
+                &name,
+                &s.busybox,
+                &["sleep", "1000"],
+                NamespaceMode::Container,
+            ),
+        )
+        .await
+        .unwrap();
+        start(&mut rt, &id).await;
+        if i % 10 == 0 {
+            let out = exec(&mut rt, &id, &["echo", "ok"], 5).await.unwrap();
+            assert_eq!(out.stdout, b"ok\n");
+        }
+        rt.remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
+    let took = t.elapsed();
+    eprintln!("100 containers created, started and removed in {took:?}");
+    assert!(container_dirs(&s).is_empty());
+    assert_eq!(
+        crius::linux::mount::mounts_under(s.d.dir.path()).len(),
+        mounts,
+        "mounts left"
+    );
+    let leaves: Vec<_> =
+        std::fs::read_dir(Path::new("/sys/fs/cgroup/memory").join(pod_cg.trim_start_matches('/')))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect();
+    assert!(
+        leaves.iter().all(|l| l.to_string_lossy().contains("init")),
+        "container cgroups left: {leaves:?}"
+    );
+    assert_eq!(fd_count(s.d.pid()), daemon_fds, "daemon fds leaked");
+    assert_eq!(fd_count(monitor), monitor_fds, "monitor fds leaked");
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}
