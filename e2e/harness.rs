@@ -263,10 +263,20 @@ pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemo
     }
     // Pods of parallel tests never share a cgroup parent (a daemon sweeps
     // pod cgroups without a record under its parent at start).
+    // The VM tier's systemd guest sets CRIUS_E2E_CGROUP_DRIVER=systemd
+    // (hack/vm/tests.list): pods become slices below the test's own slice.
     if !toml.contains("[cgroup]") {
-        let parent = format!("/crius-e2e-{tag}");
-        toml.push_str(&format!("\n[cgroup]\ndefault_parent = \"{parent}\"\n"));
-        d.cgroup_parent = Some(parent);
+        if std::env::var("CRIUS_E2E_CGROUP_DRIVER").is_ok_and(|v| v == "systemd") {
+            let slice = format!("criuse2e{tag}.slice");
+            toml.push_str(&format!(
+                "\n[cgroup]\ndriver = \"systemd\"\ndefault_parent = \"{slice}\"\n"
+            ));
+            d.cgroup_parent = Some(format!("/{slice}"));
+        } else {
+            let parent = format!("/crius-e2e-{tag}");
+            toml.push_str(&format!("\n[cgroup]\ndefault_parent = \"{parent}\"\n"));
+            d.cgroup_parent = Some(parent);
+        }
     }
     std::fs::write(&d.config, toml).unwrap();
     d.spawn();

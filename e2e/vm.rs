@@ -75,3 +75,89 @@ async fn runtime_config_reports_the_guest_driver_from_the_config_file() {
         .unwrap();
     assert_eq!(r.into_inner().linux.unwrap().cgroup_driver, want as i32);
 }
+
+/// Stops what a test's pod left when the test fails midway: the systemd
+/// unit (systemd removes its cgroup) or the cgroupfs directories.
+struct PodCgroupGuard {
+    path: String,
+    unit: Option<String>,
+}
+
+impl Drop for PodCgroupGuard {
+    fn drop(&mut self) {
+        if let Some(unit) = &self.unit {
+            let _ = std::process::Command::new("systemctl")
+                .args(["stop", unit])
+                .status();
+        }
+        crate::harness::remove_cgroup_tree(&self.path);
+    }
+}
+
+fn unit_state(unit: &str) -> String {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", "-p", "ActiveState", "--value", unit])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A pod at a kubelet-style parent, with the guest mode's driver: its
+/// cgroup where kubelet expects it (a `kubepods-burstable-pod<uid>.slice`
+/// that systemd knows, with the systemd driver), the pod init in a leaf
+/// below it, and both gone after Stop and Remove.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_cgroup_at_kubelets_parent_with_the_guest_driver() {
+    let Some(mode) = vm_mode() else { return };
+    let tag = &crius::ids::new_id()[..10];
+    let (parent, want_path, unit) = match mode.as_str() {
+        "systemd" => {
+            let slice = format!("kubepods-burstable-pod{tag}.slice");
+            let path = format!("/kubepods.slice/kubepods-burstable.slice/{slice}");
+            (slice.clone(), path, Some(slice))
+        }
+        "cgroupfs" => {
+            let p = format!("/kubepods/burstable/pod{tag}");
+            (p.clone(), p, None)
+        }
+        other => panic!("unknown CRIUS_VM_MODE {other}"),
+    };
+    let _guard = PodCgroupGuard {
+        path: want_path.clone(),
+        unit: unit.clone(),
+    };
+    let d = TestDaemon::start(&format!("[cgroup]\ndriver = \"{mode}\"\n")).await;
+    let mut rt = d.runtime().await;
+    let mut c = crate::pod::config(&format!("vm{tag}"));
+    c.linux.as_mut().unwrap().cgroup_parent = parent;
+    let id = crate::pod::run(&mut rt, c).await.unwrap();
+
+    let (_, info) = crate::pod::status(&mut rt, &id).await;
+    assert_eq!(info["cgroupPath"], want_path.as_str(), "{info}");
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(want_path.trim_start_matches('/'));
+    assert!(dir.is_dir(), "{} exists", dir.display());
+    let init_cg = info["initCgroupPath"].as_str().expect("a pod init leaf");
+    assert!(init_cg.starts_with(&format!("{want_path}/")), "{info}");
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup{init_cg}/cgroup.procs")).unwrap();
+    assert!(!procs.trim().is_empty(), "the pod init is in its leaf");
+    if let Some(unit) = &unit {
+        assert_eq!(unit_state(unit), "active", "systemd knows the pod slice");
+        let scope = init_cg.rsplit('/').next().unwrap();
+        assert!(
+            scope.ends_with(".scope"),
+            "the init leaf is a scope: {init_cg}"
+        );
+        assert_eq!(unit_state(scope), "active", "systemd knows {scope}");
+    }
+
+    crate::pod::stop_remove(&mut rt, &id).await;
+    crate::pod::wait_for(
+        "the pod cgroup to go",
+        std::time::Duration::from_secs(20),
+        || !dir.exists(),
+    )
+    .await;
+    if let Some(unit) = &unit {
+        assert_ne!(unit_state(unit), "active", "the pod slice is stopped");
+    }
+}
