@@ -250,12 +250,15 @@ async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
+    // List never waits behind the creation (paused 1.5 s more).
+    let t = Instant::now();
     let listed = rt
         .list_containers(ListContainersRequest { filter: None })
         .await
         .unwrap()
         .into_inner()
         .containers;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(listed.is_empty(), "unclaimed containers are invisible");
     let id = create(&mut rt, &pod, c.clone()).await.unwrap();
     assert_eq!(container_dirs(&s).len(), 1, "created once");
