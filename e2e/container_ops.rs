@@ -65,9 +65,21 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
         &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
         NamespaceMode::Container,
     );
+    // kubelet sends a hugepage limit for every page size on every
+    // container: it must be taken wherever the hugetlb controller lives.
     c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
         cpu_shares: 512,
         memory_limit_in_bytes: 64 << 20,
+        hugepage_limits: vec![
+            HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            },
+            HugepageLimit {
+                page_size: "1GB".into(),
+                limit: 0,
+            },
+        ],
         ..Default::default()
     });
     let id = create(&mut rt, &pod, c).await.unwrap();
