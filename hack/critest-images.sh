@@ -85,8 +85,9 @@ int main(void) {
   for (;;) pause();
 }'
 
-write() { # write FILE MODE CONTENT
+write() { # write FILE MODE CONTENT (a new file: never through a hard link)
   mkdir -p "$(dirname "$1")"
+  rm -f "$1"
   printf '%s\n' "$3" >"$1"
   chmod "$2" "$1"
 }

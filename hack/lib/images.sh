@@ -12,16 +12,18 @@ images_require_tools() {
   [[ -x /bin/busybox ]] || { echo "busybox-static not installed (hack/install-deps.sh)" >&2; exit 1; }
 }
 
-# busybox_rootfs DIR: a root filesystem with the static busybox and a link for
-# each of its applets in /bin, /tmp (1777), /root and /etc; the caller writes
-# /etc/passwd and /etc/group.
+# busybox_rootfs DIR: a root filesystem with the static busybox and a hard
+# link for each of its applets in /bin (as the upstream busybox images have:
+# masking /bin/ls must not mask /bin/busybox behind a symlink), /tmp (1777),
+# /root and /etc; the caller writes /etc/passwd and /etc/group. Replace an
+# applet by removing its link first, never by writing through it.
 busybox_rootfs() {
   local rootfs=$1 applet
   mkdir -p "$rootfs"/{bin,etc,tmp,root}
   chmod 1777 "$rootfs/tmp"
   cp /bin/busybox "$rootfs/bin/busybox"
   for applet in $(/bin/busybox --list); do
-    [[ "$applet" == busybox ]] || ln -sf busybox "$rootfs/bin/$applet"
+    [[ "$applet" == busybox ]] || ln -f "$rootfs/bin/busybox" "$rootfs/bin/$applet"
   done
 }
 

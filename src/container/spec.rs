@@ -598,22 +598,16 @@ pub fn build(
         });
     }
     let caps = capabilities(&config.security)?;
+    let set: oci_spec::runtime::Capabilities = caps.iter().copied().collect();
+    // Inheritable and ambient stay empty, as in containerd: the builder's
+    // defaults would put capabilities there that a drop of ALL removed from
+    // the bounding set, which capset(2) refuses.
     let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(
-            caps.iter()
-                .copied()
-                .collect::<oci_spec::runtime::Capabilities>(),
-        )
-        .effective(
-            caps.iter()
-                .copied()
-                .collect::<oci_spec::runtime::Capabilities>(),
-        )
-        .permitted(
-            caps.iter()
-                .copied()
-                .collect::<oci_spec::runtime::Capabilities>(),
-        )
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
         .build()?;
     let mut process = ProcessBuilder::default()
         .terminal(config.tty)

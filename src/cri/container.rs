@@ -62,6 +62,13 @@ fn security(s: &proto::LinuxContainerSecurityContext) -> Result<Security, Status
                 .map_err(|_| invalid(format!("supplemental group {g} is out of range")))?,
         );
     }
+    // The CRI: run_as_group only together with run_as_user or
+    // run_as_username, "otherwise, the runtime MUST error".
+    if s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty() {
+        return Err(invalid(
+            "run_as_group requires run_as_user or run_as_username".into(),
+        ));
+    }
     Ok(Security {
         privileged: s.privileged,
         run_as_user: id_value("run_as_user", s.run_as_user.as_ref())?,

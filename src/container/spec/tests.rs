@@ -345,3 +345,47 @@ fn masked_paths_from_the_request_replace_the_defaults() {
     );
     assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
 }
+
+#[test]
+fn inheritable_and_ambient_stay_empty_even_when_all_is_dropped() {
+    let mut c = ContainerConfig::default();
+    c.security.drop_capabilities = strings(&["ALL"]);
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let caps = spec
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    for set in [
+        caps.bounding(),
+        caps.effective(),
+        caps.permitted(),
+        caps.inheritable(),
+        caps.ambient(),
+    ] {
+        assert_eq!(set.as_ref().map(|s| s.len()), Some(0));
+    }
+    let default = build(
+        &ContainerConfig::default(),
+        &image(),
+        &pod(),
+        Path::new("/r"),
+    )
+    .unwrap()
+    .spec;
+    let caps = default
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    assert_eq!(
+        caps.bounding().as_ref().unwrap().len(),
+        DEFAULT_CAPABILITIES.len()
+    );
+    assert!(caps.inheritable().as_ref().unwrap().is_empty());
+    assert!(caps.ambient().as_ref().unwrap().is_empty());
+}
