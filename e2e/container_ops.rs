@@ -65,9 +65,21 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
         &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
         NamespaceMode::Container,
     );
+    // kubelet sends a hugepage limit for every page size on every
+    // container: it must be taken wherever the hugetlb controller lives.
     c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
         cpu_shares: 512,
         memory_limit_in_bytes: 64 << 20,
+        hugepage_limits: vec![
+            HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            },
+            HugepageLimit {
+                page_size: "1GB".into(),
+                limit: 0,
+            },
+        ],
         ..Default::default()
     });
     let id = create(&mut rt, &pod, c).await.unwrap();
@@ -250,12 +262,15 @@ async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
+    // List never waits behind the creation (paused 1.5 s more).
+    let t = Instant::now();
     let listed = rt
         .list_containers(ListContainersRequest { filter: None })
         .await
         .unwrap()
         .into_inner()
         .containers;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(listed.is_empty(), "unclaimed containers are invisible");
     let id = create(&mut rt, &pod, c.clone()).await.unwrap();
     assert_eq!(container_dirs(&s).len(), 1, "created once");
@@ -418,6 +433,115 @@ async fn a_hundred_containers_leave_no_trace() {
     );
     assert_eq!(fd_count(s.d.pid()), daemon_fds, "daemon fds leaked");
     assert_eq!(fd_count(monitor), monitor_fds, "monitor fds leaked");
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_mounts_readonly_missing_source_and_refused_propagation() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt,
+        pod_config("mounts", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let host = s.d.dir.path().join("host");
+    std::fs::create_dir_all(host.join("ro")).unwrap();
+    std::fs::write(host.join("ro/f"), "data\n").unwrap();
+    let missing = host.join("missing/dir");
+    let mount = |src: &Path, dst: &str, readonly, propagation: MountPropagation| Mount {
+        container_path: dst.into(),
+        host_path: src.display().to_string(),
+        readonly,
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let mut c = container(
+        "m",
+        &s.busybox,
+        &["sleep", "1000"],
+        NamespaceMode::Container,
+    );
+    c.mounts = vec![
+        mount(
+            &host.join("ro"),
+            "/ro",
+            true,
+            MountPropagation::PropagationPrivate,
+        ),
+        mount(
+            &missing,
+            "/new",
+            false,
+            MountPropagation::PropagationPrivate,
+        ),
+    ];
+    let id = create(&mut rt, &pod, c).await.unwrap();
+    assert!(missing.is_dir(), "a missing host path is created");
+    start(&mut rt, &id).await;
+    let out = exec(&mut rt, &id, &["cat", "/ro/f"], 5).await.unwrap();
+    assert_eq!(out.stdout, b"data\n");
+    let out = exec(&mut rt, &id, &["touch", "/ro/x"], 5).await.unwrap();
+    assert_ne!(out.exit_code, 0, "read-only mount written");
+    let out = exec(&mut rt, &id, &["touch", "/new/x"], 5).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(missing.join("x").exists());
+    let (st, _) = status(&mut rt, &id).await;
+    let mounts: Vec<_> = st
+        .mounts
+        .iter()
+        .map(|m| (m.container_path.as_str(), m.readonly))
+        .collect();
+    assert_eq!(mounts, [("/ro", true), ("/new", false)]);
+
+    // Host-to-container from a private mount cannot work: refused, and the
+    // failed creation leaves nothing.
+    let propagation = std::process::Command::new("findmnt")
+        .args(["-n", "-o", "PROPAGATION", "-T"])
+        .arg(&host)
+        .output()
+        .unwrap();
+    let private = String::from_utf8_lossy(&propagation.stdout).trim() == "private";
+    if private {
+        let before = container_dirs(&s).len();
+        let mut c = container(
+            "h2c",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        );
+        c.mounts = vec![mount(
+            &host.join("ro"),
+            "/h2c",
+            false,
+            MountPropagation::PropagationHostToContainer,
+        )];
+        let err = create(&mut rt, &pod, c).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains("not a shared or slave mount"),
+            "{err:?}"
+        );
+        assert_eq!(container_dirs(&s).len(), before);
+        let names: Vec<_> = rt
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.metadata.unwrap().name)
+            .collect();
+        assert_eq!(names, ["m"]);
+    } else {
+        eprintln!(
+            "the test dir is on a shared mount here: the refusal of a private source is not exercised"
+        );
+    }
     pod::stop_remove(&mut rt, &pod).await;
     pod::assert_no_trace(&s.d);
 }

@@ -231,12 +231,6 @@ impl Containers {
             })?,
         };
         let log_path = log_path(&pod.spec.log_directory, &req.log_path);
-        let cwd = built
-            .spec
-            .process()
-            .as_ref()
-            .map(|p| p.cwd().display().to_string())
-            .unwrap_or_else(|| "/".into());
         let c = &req.config;
         let rec = ContainerRecord {
             id: id.clone(),
@@ -279,9 +273,6 @@ impl Containers {
             init: None,
             stop_signal,
             spec: serde_json::to_value(&built.spec).unwrap_or_default(),
-            env: built.env.clone(),
-            user: built.user.clone(),
-            cwd,
             tty: c.tty,
             stdin: c.stdin,
             stdin_once: req.stdin_once,

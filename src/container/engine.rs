@@ -38,17 +38,15 @@ pub struct Launch {
     pub stdin_once: bool,
 }
 
-/// A process to run inside a running container (ExecSync, Exec).
+/// A process to run inside a running container (ExecSync, Exec); the
+/// engine gives it the container's user, environment, working directory,
+/// capabilities and cgroup.
 #[derive(Debug, Clone)]
 pub struct ExecLaunch {
     /// Names the exec for later calls.
     pub exec_id: String,
     pub container_id: String,
     pub args: Vec<String>,
-    pub env: Vec<Vec<u8>>,
-    pub user: String,
-    pub cwd: String,
-    pub cgroup_procs: Vec<PathBuf>,
     pub tty: bool,
     pub stdin: bool,
 }

@@ -101,14 +101,6 @@ impl Containers {
             exec_id: exec_id.clone(),
             container_id: id.clone(),
             args: req.cmd.clone(),
-            env: rec.env.clone(),
-            user: rec.user.clone(),
-            cwd: rec.cwd.clone(),
-            cgroup_procs: rec
-                .cgroup
-                .as_ref()
-                .map(|c| self.cgroups.procs_files(c))
-                .unwrap_or_default(),
             tty: false,
             stdin: false,
         };

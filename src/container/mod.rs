@@ -28,6 +28,8 @@ pub mod record;
 pub mod rootfs;
 pub mod spec;
 #[cfg(test)]
+mod test_engine;
+#[cfg(test)]
 mod tests;
 pub mod user;
 

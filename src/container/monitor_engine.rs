@@ -109,3 +109,29 @@ impl Engine for Monitors {
             .map_err(convert)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_errors_keep_their_meaning() {
+        let gone = convert(mc::Error::Monitor(client::Error::Io {
+            what: "connect to monitor",
+            path: "/x/monitor.sock".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        }));
+        assert!(matches!(gone, engine::Error::MonitorGone(_)), "{gone:?}");
+        let unknown = convert(mc::Error::Failed {
+            step: "unknown container".into(),
+            message: "abc".into(),
+        });
+        assert!(matches!(unknown, engine::Error::Unknown(_)));
+        let mount = convert(mc::Error::Failed {
+            step: "mount /data".into(),
+            message: "no such file".into(),
+        });
+        assert_eq!(mount.to_string(), "mount /data: no such file");
+        assert_eq!(mount.kind(), crate::error::Kind::InvalidArgument);
+    }
+}

@@ -90,12 +90,8 @@ pub struct ContainerRecord {
     pub init: Option<ProcRef>,
     /// The signal StopContainer sends first.
     pub stop_signal: i32,
-    /// The OCI spec (verbose ContainerStatus) and what exec processes
-    /// inherit.
+    /// The OCI spec (verbose ContainerStatus).
     pub spec: serde_json::Value,
-    pub env: Vec<Vec<u8>>,
-    pub user: String,
-    pub cwd: String,
     pub tty: bool,
     pub stdin: bool,
     pub stdin_once: bool,

@@ -339,7 +339,7 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
             windows: None,
         }),
         user: None,
-        stop_signal: 0,
+        stop_signal: signal_enum(r.stop_signal),
     }
 }
 
@@ -364,6 +364,15 @@ fn verbose_info(r: &ContainerRecord) -> serde_json::Value {
         "dir": r.dir,
         "runtimeSpec": r.spec,
     })
+}
+
+/// A signal number as the CRI Signal enum (RUNTIME_DEFAULT when it has no
+/// name there).
+fn signal_enum(n: i32) -> i32 {
+    nix::sys::signal::Signal::try_from(n)
+        .ok()
+        .and_then(|s| Signal::from_str_name(&format!("SIGNAL_{}", s.as_str())))
+        .unwrap_or(Signal::RuntimeDefault) as i32
 }
 
 /// The CRI Signal enum as a signal number.
@@ -400,6 +409,8 @@ mod tests {
             Some(libc::SIGRTMIN() + 3)
         );
         assert_eq!(signal_number(Signal::RuntimeDefault), None);
+        assert_eq!(signal_enum(libc::SIGINT), Signal::Sigint as i32);
+        assert_eq!(signal_enum(libc::SIGTERM), Signal::Sigterm as i32);
     }
 
     #[test]
