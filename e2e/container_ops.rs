@@ -480,6 +480,11 @@ async fn container_mounts_readonly_missing_source_and_refused_propagation() {
             MountPropagation::PropagationPrivate,
         ),
     ];
+    c.devices = vec![Device {
+        container_path: "/dev/xnull".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rwm".into(),
+    }];
     let id = create(&mut rt, &pod, c).await.unwrap();
     assert!(missing.is_dir(), "a missing host path is created");
     start(&mut rt, &id).await;
@@ -490,6 +495,12 @@ async fn container_mounts_readonly_missing_source_and_refused_propagation() {
     let out = exec(&mut rt, &id, &["touch", "/new/x"], 5).await.unwrap();
     assert_eq!(out.exit_code, 0);
     assert!(missing.join("x").exists());
+    let device = ["sh", "-c", "test -c /dev/xnull && echo x >/dev/xnull"];
+    let out = exec(&mut rt, &id, &device, 5).await.unwrap();
+    assert_eq!(
+        out.exit_code, 0,
+        "the CRI device is a usable character device"
+    );
     let (st, _) = status(&mut rt, &id).await;
     let mounts: Vec<_> = st
         .mounts

@@ -447,6 +447,36 @@ fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
     )
 }
 
+/// A CRI device as a bind mount of the host's device node onto the
+/// container path (below the container's fresh /dev tmpfs): the node keeps
+/// its type and numbers, and no device cgroup rule denies it. Without `w`
+/// in its permissions it is read-only.
+fn device_mount(d: &Device) -> Result<Mount, Error> {
+    if !d.container_path.starts_with('/') {
+        return Err(Error::Invalid {
+            field: "device container_path",
+            reason: format!("{:?} is not absolute", d.container_path),
+        });
+    }
+    if d.permissions.chars().any(|c| !"rwm".contains(c)) {
+        return Err(Error::Invalid {
+            field: "device permissions",
+            reason: format!("{:?} is not a combination of r, w and m", d.permissions),
+        });
+    }
+    let rw = if d.permissions.contains('w') || d.permissions.is_empty() {
+        "rw"
+    } else {
+        "ro"
+    };
+    mount(
+        &d.container_path,
+        "bind",
+        &d.host_path,
+        &["bind", "rprivate", rw],
+    )
+}
+
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, Error> {
     let mut b = LinuxNamespaceBuilder::default().typ(typ);
     if let Some(p) = path {
@@ -643,6 +673,9 @@ pub fn build(
         .filter(|d| !cri.iter().any(|c| c.destination() == d.destination()))
         .collect();
     mounts.extend(cri);
+    for d in &config.devices {
+        mounts.push(device_mount(d)?);
+    }
 
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces(pod)?)

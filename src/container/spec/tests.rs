@@ -389,3 +389,41 @@ fn inheritable_and_ambient_stay_empty_even_when_all_is_dropped() {
     assert!(caps.inheritable().as_ref().unwrap().is_empty());
     assert!(caps.ambient().as_ref().unwrap().is_empty());
 }
+
+#[test]
+fn devices_are_bound_from_the_host_after_dev() {
+    let mut c = ContainerConfig::default();
+    c.devices = vec![
+        Device {
+            container_path: "/dev/xnull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rwm".into(),
+        },
+        Device {
+            container_path: "/dev/xzero".into(),
+            host_path: "/dev/zero".into(),
+            permissions: "r".into(),
+        },
+    ];
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let mounts = spec.mounts().as_ref().unwrap();
+    let pos = |d: &str| {
+        mounts
+            .iter()
+            .position(|m| m.destination() == Path::new(d))
+            .unwrap()
+    };
+    assert!(pos("/dev") < pos("/dev/xnull"));
+    let opts = |d: &str| mounts[pos(d)].options().clone().unwrap();
+    assert!(opts("/dev/xnull").contains(&"rw".to_string()));
+    assert!(opts("/dev/xzero").contains(&"ro".to_string()));
+    assert_eq!(
+        mounts[pos("/dev/xzero")].source().as_deref(),
+        Some(Path::new("/dev/zero"))
+    );
+    c.devices[0].permissions = "rx".into();
+    assert!(matches!(
+        build(&c, &image(), &pod(), Path::new("/r")),
+        Err(Error::Invalid { .. })
+    ));
+}
