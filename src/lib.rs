@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod image;
 pub mod linux;
+pub mod locks;
 pub mod monitor;
 pub mod network;
 pub mod pod;

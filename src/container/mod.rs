@@ -212,7 +212,7 @@ pub struct Containers {
     creating: Mutex<HashMap<record::Key, watch::Receiver<Option<Outcome>>>>,
     /// One lock per container for create/start/stop/remove/update (never
     /// taken by List/Status).
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: crate::locks::IdLocks,
     /// Recorded exits of running containers, for StopContainer to wait on.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
@@ -241,22 +241,17 @@ impl Containers {
             engine,
             settings,
             creating: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
+            locks: crate::locks::IdLocks::default(),
             exits: Mutex::new(HashMap::new()),
         }
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .expect("lock poisoned")
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+        self.locks.of(id)
     }
 
     fn forget_lock(&self, id: &str) {
-        self.locks.lock().expect("lock poisoned").remove(id);
+        self.locks.forget(id);
     }
 
     /// Resolves a full id or unique prefix among visible containers.

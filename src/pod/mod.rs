@@ -119,7 +119,7 @@ pub struct Pods {
     /// Creations under way, by pod key: a retry waits on the receiver.
     creating: Mutex<HashMap<spec::Key, watch::Receiver<Option<Outcome>>>>,
     /// One lock per pod for create/stop/remove (never taken by List/Status).
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: crate::locks::IdLocks,
     /// The container service, which stops and removes a pod's containers.
     containers: std::sync::OnceLock<Arc<dyn ContainerHooks>>,
 }
@@ -164,7 +164,7 @@ impl Pods {
             settings,
             boot_id,
             creating: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
+            locks: crate::locks::IdLocks::default(),
             containers: std::sync::OnceLock::new(),
         })
     }
@@ -179,16 +179,11 @@ impl Pods {
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .expect("lock poisoned")
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+        self.locks.of(id)
     }
 
     fn forget_lock(&self, id: &str) {
-        self.locks.lock().expect("lock poisoned").remove(id);
+        self.locks.forget(id);
     }
 
     /// Resolves a full id or unique prefix among visible pods.
