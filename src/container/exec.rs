@@ -18,8 +18,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::engine::ExecLaunch;
-use super::record::{CONTAINERS, State};
-use super::{Containers, Error, state_name};
+use super::{Containers, Error};
 
 /// The most output ExecSync returns, stdout and stderr together: below
 /// kubelet's 16 MiB gRPC message limit with room for the envelope.
@@ -82,20 +81,8 @@ impl Containers {
         if req.cmd.is_empty() {
             return Err(Error::Invalid("exec: cmd is required".into()));
         }
-        let id = self
-            .resolve(&req.container_id)?
-            .ok_or_else(|| Error::NotFound(req.container_id.clone()))?;
-        let rec = self
-            .store
-            .get(CONTAINERS, &id)?
-            .ok_or_else(|| Error::NotFound(id.clone()))?
-            .effective();
-        if rec.state != State::Running {
-            return Err(Error::NotRunning {
-                id,
-                state: state_name(rec.state),
-            });
-        }
+        let rec = self.running(&req.container_id)?;
+        let id = rec.id.clone();
         let exec_id = crate::ids::new_id();
         let launch = ExecLaunch {
             exec_id: exec_id.clone(),

@@ -345,20 +345,8 @@ impl Containers {
 
     /// ReopenContainerLog: only for a running container.
     pub async fn reopen_log(&self, id: &str) -> Result<(), Error> {
-        let id = self
-            .resolve(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let rec = self
-            .store
-            .get(CONTAINERS, &id)?
-            .ok_or_else(|| Error::NotFound(id.clone()))?
-            .effective();
-        if rec.state != State::Running {
-            return Err(Error::NotRunning {
-                id,
-                state: state_name(rec.state),
-            });
-        }
+        let rec = self.running(id)?;
+        let id = rec.id.clone();
         if rec.log_path.is_none() {
             return Err(Error::Invalid(format!("container {id} has no log path")));
         }

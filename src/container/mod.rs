@@ -277,6 +277,19 @@ impl Containers {
         Ok(rec.effective())
     }
 
+    /// The record of a running container (ExecSync, ReopenContainerLog);
+    /// NotRunning for any other state.
+    fn running(&self, id: &str) -> Result<ContainerRecord, Error> {
+        let rec = self.status(id)?;
+        if rec.state != State::Running {
+            return Err(Error::NotRunning {
+                id: rec.id,
+                state: state_name(rec.state),
+            });
+        }
+        Ok(rec)
+    }
+
     /// ListContainers.
     pub fn list(&self, filter: &Filter) -> Result<Vec<ContainerRecord>, Error> {
         let mut out = Vec::new();
