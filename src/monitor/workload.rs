@@ -189,19 +189,31 @@ fn follow(
 ) -> Result<i32, Failure> {
     let deadline = Instant::now() + limit;
     let mut stage2: Option<i32> = None;
+    // Stage 2 runs while stage 1 is still writing its pid: its "ready" may
+    // come first, and then the pid line is still to be read.
+    let mut ready = false;
     let result = (|| loop {
         match read_line(sock, deadline) {
             Ok(Some(line)) => {
                 if let Some(pid) = line.strip_prefix("pid ") {
                     stage2 = pid.trim().parse().ok();
                     let _ = nix::sys::wait::waitpid(stage1, None);
+                    if ready {
+                        return stage2.ok_or_else(|| failure("create", "bad pid reported"));
+                    }
                     continue;
                 }
                 if let Some(f) = reported(&line) {
                     return Err(f);
                 }
                 if line == "ready" && expect_ready {
-                    return stage2.ok_or_else(|| failure("create", "no pid reported"));
+                    match stage2 {
+                        Some(pid) => return Ok(pid),
+                        None => {
+                            ready = true;
+                            continue;
+                        }
+                    }
                 }
                 return Err(failure("create", format!("unexpected message {line:?}")));
             }
