@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Process;
 
-use super::caps;
-use super::process::{close_fds_from, default_signals, exit_immediately};
+use crate::sys::caps;
+use crate::sys::process::{close_fds_from, default_signals, exit_immediately};
 
 /// The standard streams a container process gets.
 pub struct Stdio {
@@ -235,7 +235,7 @@ pub fn finalize(
     rlimits(process).map_err(|e| ("rlimits", e))?;
     oom_score_adj(process);
     let supplemental = process.user().additional_gids().clone().unwrap_or_default();
-    let id = crate::container::user::resolve(Path::new("/"), user, &supplemental)
+    let id = crate::init::user::resolve(Path::new("/"), user, &supplemental)
         .map_err(|e| ("user", e.to_string()))?;
     if process.no_new_privileges().unwrap_or(false) {
         nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
