@@ -351,18 +351,23 @@ fn mount_one(
     }
     let rel = target.strip_prefix(root).unwrap_or(target);
     let fd = create_beneath(root_fd, rel, kind)?;
+    check_kernel_fs_target(&fd, &inside(root, target), fstype, options)?;
     let at = fd_path(&fd);
     if options.is_bind() {
         mount(Some(source), &at, None, options.flags, None)?;
         if options.needs_remount() {
             // Remount the mount now at the target (reopened: the fd still
-            // names the covered directory).
+            // names the covered directory), keeping the nosuid/nodev/noexec
+            // the source's mount has: a remount without them would clear
+            // them (runc does the same).
             let fd = create_beneath(root_fd, rel, kind)?;
+            let locked = crate::sys::mount::locked_flags_of(&fd)
+                .map_err(|e| crate::error::chain(&e))?;
             mount(
                 None,
                 &fd_path(&fd),
                 None,
-                options.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                options.flags | locked | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
                 None,
             )?;
         }
@@ -383,6 +388,54 @@ fn mount_one(
     }
     let _ = fd.as_fd();
     Ok(())
+}
+
+/// The /proc files a bind mount may cover (runc's checkProcMount list:
+/// what lxcfs-style tools replace); nothing else below /proc.
+const PROC_BIND_ALLOWED: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// Refuses a mount whose target, once resolved inside the rootfs, lies on
+/// procfs or sysfs: a volume over /proc/sys/kernel/core_pattern (or reached
+/// through an image's symlink into /proc) would rewrite a host kernel knob.
+/// What the kernel says (fstatfs of the opened target) counts, not the
+/// path's spelling. Allowed: a cgroup filesystem at /sys/fs/cgroup, and
+/// binds over runc's short /proc list.
+fn check_kernel_fs_target(
+    fd: &OwnedFd,
+    dest: &str,
+    fstype: &str,
+    options: &crate::init::rootfs::MountOptions,
+) -> Result<(), String> {
+    use crate::sys::mount::{KernelFs, kernel_fs_of};
+    let on = kernel_fs_of(fd).map_err(|e| crate::error::chain(&e))?;
+    let allowed = match on {
+        None => true,
+        Some(KernelFs::Sys) => {
+            dest == "/sys/fs/cgroup" && matches!(fstype, "cgroup" | "cgroup2")
+        }
+        Some(KernelFs::Proc) => options.is_bind() && PROC_BIND_ALLOWED.contains(&dest),
+    };
+    if allowed {
+        return Ok(());
+    }
+    let fs = match on {
+        Some(KernelFs::Proc) => "procfs",
+        _ => "sysfs",
+    };
+    Err(format!(
+        "mount target {dest} resolves onto {fs}: refused (a mount there would change a kernel setting)"
+    ))
 }
 
 /// pivot_root(".", ".") in the new root; the old root, now stacked on top
@@ -424,16 +477,17 @@ fn mask(path: &Path) -> Result<(), String> {
             MsFlags::MS_RDONLY,
             None,
         ),
-        Ok(_) => mount(
-            Some(Path::new("/dev/null")),
-            path,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        ),
+        Ok(_) => {
+            // Through a checked fd: the path /dev/null could name anything
+            // the container planted in its /dev.
+            let null = crate::sys::mount::open_dev_null().map_err(|e| crate::error::chain(&e))?;
+            mount(Some(&fd_path(&null)), path, None, MsFlags::MS_BIND, None)
+        }
     }
 }
 
+/// A read-only path with everything mounted below it read-only too (a
+/// submount of /proc/sys must not stay writable).
 fn readonly(path: &Path) -> Result<(), String> {
     if !path.exists() {
         return Ok(());
@@ -445,13 +499,31 @@ fn readonly(path: &Path) -> Result<(), String> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    mount(
-        None,
-        path,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None,
-    )
+    readonly_recursive(path)
+}
+
+/// Makes the mount at `path` and all its submounts read-only: one
+/// mount_setattr(AT_RECURSIVE) where the kernel has it (>= 5.12), else a
+/// read-only remount of each mount point below `path`, deepest first.
+pub fn readonly_recursive(path: &Path) -> Result<(), String> {
+    use crate::sys::mount;
+    if mount::recursive_readonly_supported() {
+        return mount::set_readonly_recursive(path).map_err(|e| crate::error::chain(&e));
+    }
+    let mut points = mount::mounts_under(path);
+    if !points.iter().any(|p| p == path) {
+        points.push(path.to_path_buf());
+    }
+    for p in points {
+        self::mount(
+            None,
+            &p,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
