@@ -14,6 +14,7 @@ pub mod mount;
 pub mod ns;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod setup;
 pub mod sysctl;
 
