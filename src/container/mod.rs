@@ -22,6 +22,7 @@ pub mod engine;
 mod exec;
 mod lifecycle;
 pub mod log;
+pub mod lsm;
 pub mod monitor_engine;
 pub mod reconcile;
 pub mod record;
