@@ -24,9 +24,10 @@ use tokio::sync::watch;
 use super::engine::Launch;
 use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
-use super::{Containers, Error, Outcome, blocking, rootfs, rootfs_dir, upper_dir, work_dir};
+use super::{Containers, Error, Outcome, blocking, rootfs_dir, upper_dir, work_dir};
 use crate::cgroups::CgroupPath;
 use crate::error::{Classify, Kind};
+use crate::init::rootfs;
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
 
@@ -365,7 +366,7 @@ impl Containers {
                 };
                 (
                     PidMode::Target(target.id.clone()),
-                    PidNamespace::Target(crate::linux::ns::Kind::Pid.proc_path(init.pid)),
+                    PidNamespace::Target(crate::sys::ns::Kind::Pid.proc_path(init.pid)),
                 )
             }
         })
@@ -511,7 +512,7 @@ impl Containers {
         }
         let dir = rec.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = crate::linux::mount::detach_all(&crate::linux::mount::Host, &rootfs_dir(&dir));
+            let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -11,11 +11,11 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use crate::container::rootfs::Overlay;
 use crate::error::{Classify, Kind};
-use crate::linux::process::ProcRef;
+use crate::init::rootfs::Overlay;
 use crate::monitor::PodDir;
-pub use crate::monitor::proto::Exit;
+pub use crate::monitor::protocol::Exit;
+use crate::sys::process::ProcRef;
 
 /// Everything an engine needs to create a container's init, blocked
 /// before execve.

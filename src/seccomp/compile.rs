@@ -7,7 +7,7 @@
 //! else one rule with every argument (AND).
 //!
 //! The result is the raw `struct sock_filter` array libseccomp exports; the
-//! container's init loads it with seccomp(2) ([`crate::linux::seccomp`])
+//! container's init loads it with seccomp(2) ([`crate::sys::seccomp`])
 //! and never links against anything.
 
 use std::collections::HashSet;

@@ -11,7 +11,7 @@
 //! program at CreateContainer ([`compile`], libseccomp), so a missing or
 //! malformed profile is InvalidArgument before anything exists; the program
 //! travels to the container's init, which loads it with seccomp(2) in
-//! runc's order (`crate::linux::seccomp`). Privileged containers run
+//! runc's order (`crate::sys::seccomp`). Privileged containers run
 //! unconfined whatever they ask for.
 
 mod compile;

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::process::{Forked, exit_immediately, fork_into};
 use super::setup::{self, Stdio, Sync};
-use crate::container::rootfs::{self, Overlay};
+use crate::init::rootfs::{self, Overlay};
+use crate::sys::process::{Forked, exit_immediately, fork_into};
 
 /// What the init needs besides its stdio.
 pub struct Init<'a> {
@@ -110,7 +110,7 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         Ok(s) => s,
         Err(e) => sync.fail("rootfs plan", &e.to_string()),
     };
-    if let Err(e) = super::rootfs::execute(&root, &steps) {
+    if let Err(e) = super::rootfs::apply::execute(&root, &steps) {
         sync.fail(&e.step, &e.message);
     }
     let Some(process) = init.spec.process() else {

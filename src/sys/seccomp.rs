@@ -49,7 +49,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::linux::process::{Forked, exit_immediately, fork_into};
+    use crate::sys::process::{Forked, exit_immediately, fork_into};
     use crate::seccomp::{self, Filter};
 
     fn compile_json(json: &str) -> Filter {

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Process;
 
-use super::caps;
-use super::process::{close_fds_from, default_signals, exit_immediately};
 use crate::seccomp::Filter;
+use crate::sys::caps;
+use crate::sys::process::{close_fds_from, default_signals, exit_immediately};
 
 /// The standard streams a container process gets.
 pub struct Stdio {
@@ -266,7 +266,7 @@ pub fn finalize(
     rlimits(process).map_err(|e| ("rlimits", e))?;
     oom_score_adj(process);
     let supplemental = process.user().additional_gids().clone().unwrap_or_default();
-    let id = crate::container::user::resolve(Path::new("/"), user, &supplemental)
+    let id = crate::init::user::resolve(Path::new("/"), user, &supplemental)
         .map_err(|e| ("user", e.to_string()))?;
     if let Some(profile) = process.apparmor_profile() {
         apparmor_on_exec(profile).map_err(|e| ("apparmor", e))?;
@@ -276,7 +276,7 @@ pub fn finalize(
         nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
     }
     if let Some(f) = seccomp.filter(|_| !no_new_privs) {
-        super::seccomp::load(&f.program, f.flags)
+        crate::sys::seccomp::load(&f.program, f.flags)
             .map_err(|e| ("seccomp", crate::error::chain(&e)))?;
     }
     let sets = caps::Sets::from_spec(process.capabilities().as_ref());
@@ -334,7 +334,7 @@ pub fn exec(e: &Exec) -> String {
     default_signals(&[Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE]);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     if let Some(f) = &e.late_seccomp
-        && let Err(err) = super::seccomp::load(&f.program, f.flags)
+        && let Err(err) = crate::sys::seccomp::load(&f.program, f.flags)
     {
         return crate::error::chain(&err);
     }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 
-use super::process::{Forked, exit_immediately, fork_into};
 use super::setup::{self, Stdio, Sync};
+use crate::sys::process::{Forked, exit_immediately, fork_into};
 
 /// What the exec process needs besides its stdio.
 pub struct Exec<'a> {
