@@ -49,8 +49,8 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::sys::process::{Forked, exit_immediately, fork_into};
     use crate::seccomp::{self, Filter};
+    use crate::sys::process::{Forked, exit_immediately, fork_into};
 
     fn compile_json(json: &str) -> Filter {
         let profile: seccomp::Profile = serde_json::from_str(json).unwrap();
