@@ -134,6 +134,7 @@ impl TestPod {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            seccomp: None,
             overlay: Overlay {
                 layers: vec![self.layer.clone()],
                 upper: dir.join("upper"),
