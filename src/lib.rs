@@ -16,5 +16,6 @@ pub mod locks;
 pub mod monitor;
 pub mod network;
 pub mod pod;
+pub mod seccomp;
 pub mod store;
 pub mod sys;

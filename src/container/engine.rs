@@ -28,6 +28,8 @@ pub struct Launch {
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init (`container::user`).
     pub user: String,
+    /// The compiled seccomp filter; `None`: unconfined.
+    pub seccomp: Option<crate::seccomp::Filter>,
     pub overlay: Overlay,
     /// `cgroup.procs` files of the container's leaf, joined before execve.
     pub cgroup_procs: Vec<PathBuf>,

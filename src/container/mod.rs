@@ -21,6 +21,7 @@ mod create;
 pub mod engine;
 mod exec;
 mod lifecycle;
+pub mod lsm;
 pub mod monitor_engine;
 pub mod reconcile;
 pub mod record;

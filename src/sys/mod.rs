@@ -11,6 +11,7 @@ pub mod fds;
 pub mod mount;
 pub mod ns;
 pub mod process;
+pub mod seccomp;
 pub mod sysctl;
 
 use std::path::PathBuf;

@@ -55,6 +55,10 @@ pub struct ContainerLaunch {
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init (`container::user`).
     pub user: String,
+    /// The compiled seccomp filter, loaded by the init and every exec
+    /// process; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<crate::seccomp::Filter>,
     pub overlay: Overlay,
     /// cgroup.procs files of the container's leaf, one per hierarchy.
     pub cgroup_procs: Vec<PathBuf>,

@@ -250,6 +250,7 @@ impl Container {
                     spec: &launch.spec,
                     env: &launch.env,
                     user: &launch.user,
+                    seccomp: launch.seccomp.as_ref(),
                     overlay: &launch.overlay,
                     cgroup_procs: &launch.cgroup_procs,
                 };
@@ -414,6 +415,7 @@ impl Container {
                     args: &launch.args,
                     env: &self.launch.env,
                     user: &self.launch.user,
+                    seccomp: self.launch.seccomp.as_ref(),
                     cgroup_procs: &self.launch.cgroup_procs,
                 };
                 crate::init::exec::run(&exec, p.child, child.into())
