@@ -203,8 +203,8 @@ pub fn open_dev_null() -> Result<std::os::fd::OwnedFd> {
     .map_err(|e| sys("open /dev/null")(nix::Error::from_raw(e.raw_os_error())))?;
     let st = rustix::fs::fstat(&fd)
         .map_err(|e| sys("stat /dev/null")(nix::Error::from_raw(e.raw_os_error())))?;
-    let is_char = rustix::fs::FileType::from_raw_mode(st.st_mode)
-        == rustix::fs::FileType::CharacterDevice;
+    let is_char =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice;
     if !is_char || st.st_rdev != rustix::fs::makedev(1, 3) {
         return Err(sys("/dev/null is not the 1:3 character device")(
             nix::Error::EPERM,
@@ -215,7 +215,8 @@ pub fn open_dev_null() -> Result<std::os::fd::OwnedFd> {
 
 /// Mount points at or below `prefix`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // thread-self: a thread that unshared its mount namespace sees its own.
+    let text = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
     let mut found: Vec<PathBuf> = text
         .lines()
         .filter_map(|line| line.split(' ').nth(4))

@@ -361,8 +361,8 @@ fn mount_one(
             // the source's mount has: a remount without them would clear
             // them (runc does the same).
             let fd = create_beneath(root_fd, rel, kind)?;
-            let locked = crate::sys::mount::locked_flags_of(&fd)
-                .map_err(|e| crate::error::chain(&e))?;
+            let locked =
+                crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
             mount(
                 None,
                 &fd_path(&fd),
@@ -421,9 +421,7 @@ fn check_kernel_fs_target(
     let on = kernel_fs_of(fd).map_err(|e| crate::error::chain(&e))?;
     let allowed = match on {
         None => true,
-        Some(KernelFs::Sys) => {
-            dest == "/sys/fs/cgroup" && matches!(fstype, "cgroup" | "cgroup2")
-        }
+        Some(KernelFs::Sys) => dest == "/sys/fs/cgroup" && matches!(fstype, "cgroup" | "cgroup2"),
         Some(KernelFs::Proc) => options.is_bind() && PROC_BIND_ALLOWED.contains(&dest),
     };
     if allowed {
@@ -510,7 +508,12 @@ pub fn readonly_recursive(path: &Path) -> Result<(), String> {
     if mount::recursive_readonly_supported() {
         return mount::set_readonly_recursive(path).map_err(|e| crate::error::chain(&e));
     }
-    let mut points = mount::mounts_under(path);
+    readonly_each(path)
+}
+
+/// The fallback of [`readonly_recursive`] for kernels before 5.12.
+fn readonly_each(path: &Path) -> Result<(), String> {
+    let mut points = crate::sys::mount::mounts_under(path);
     if !points.iter().any(|p| p == path) {
         points.push(path.to_path_buf());
     }
@@ -555,6 +558,116 @@ mod tests {
         assert!(!outside.join("x").exists() && !outside.join("f").exists());
         assert!(inner.join("x/y").is_dir());
         assert!(root.join("outside/f").is_file());
+    }
+
+    /// Runs `f` on a thread of its own in a private mount namespace (the
+    /// namespace ends with the thread), as root only.
+    fn in_mount_namespace(f: impl FnOnce() + Send + 'static) {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mount namespaces need root");
+            return;
+        }
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn tmpfs(at: &Path, data: &str, flags: MsFlags) {
+        nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data)).unwrap();
+    }
+
+    fn writable(dir: &Path) -> bool {
+        std::fs::write(dir.join("probe"), b"x").is_ok()
+    }
+
+    #[test]
+    fn read_only_paths_are_read_only_with_their_submounts() {
+        for each in [false, true] {
+            in_mount_namespace(move || {
+                let dir = tempfile::tempdir().unwrap();
+                let top = dir.path().join("top");
+                std::fs::create_dir(&top).unwrap();
+                tmpfs(&top, "size=64k", MsFlags::empty());
+                std::fs::create_dir(top.join("sub")).unwrap();
+                tmpfs(&top.join("sub"), "size=64k", MsFlags::empty());
+                assert!(writable(&top) && writable(&top.join("sub")));
+                mount(
+                    Some(&top),
+                    &top,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )
+                .unwrap();
+                if each {
+                    readonly_each(&top).unwrap();
+                } else {
+                    readonly_recursive(&top).unwrap();
+                }
+                assert!(!writable(&top), "top writable (fallback {each})");
+                assert!(
+                    !writable(&top.join("sub")),
+                    "submount writable (fallback {each})"
+                );
+                let _ = nix::mount::umount2(&top, MntFlags::MNT_DETACH);
+            });
+        }
+    }
+
+    #[test]
+    fn a_bind_remount_keeps_the_sources_nosuid_nodev_noexec() {
+        in_mount_namespace(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir(&src).unwrap();
+            let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            tmpfs(&src, "size=64k", locked);
+            let fd =
+                rustix::fs::open(&src, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+            assert_eq!(crate::sys::mount::locked_flags_of(&fd).unwrap(), locked);
+            let plain = dir.path().join("plain");
+            std::fs::create_dir(&plain).unwrap();
+            tmpfs(&plain, "size=64k", MsFlags::empty());
+            let fd =
+                rustix::fs::open(&plain, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+            assert_eq!(
+                crate::sys::mount::locked_flags_of(&fd).unwrap(),
+                MsFlags::empty()
+            );
+            let _ = nix::mount::umount2(&src, MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&plain, MntFlags::MNT_DETACH);
+        });
+    }
+
+    #[test]
+    fn procfs_and_sysfs_targets_are_refused_except_their_own_mounts() {
+        let open = |p: &str| rustix::fs::open(p, OFlags::PATH, Mode::empty()).unwrap();
+        let bind = crate::init::rootfs::parse_options(&["rbind".into()]);
+        let none = crate::init::rootfs::parse_options(&[]);
+        let kernel = open("/proc/sys/kernel/core_pattern");
+        assert!(
+            check_kernel_fs_target(&kernel, "/proc/sys/kernel/core_pattern", "bind", &bind)
+                .is_err()
+        );
+        let uptime = open("/proc/uptime");
+        assert!(check_kernel_fs_target(&uptime, "/proc/uptime", "bind", &bind).is_ok());
+        assert!(check_kernel_fs_target(&uptime, "/proc/uptime", "tmpfs", &none).is_err());
+        let sys = open("/sys/kernel");
+        assert!(check_kernel_fs_target(&sys, "/sys/fs/cgroup", "cgroup2", &none).is_ok());
+        assert!(check_kernel_fs_target(&sys, "/sys/kernel", "bind", &bind).is_err());
+        let tmp = open("/tmp");
+        assert!(check_kernel_fs_target(&tmp, "/tmp", "bind", &bind).is_ok());
     }
 
     #[test]
