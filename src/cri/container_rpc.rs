@@ -28,6 +28,7 @@ impl Cri {
             return Err(missing("pod_sandbox_id"));
         }
         let c = req.config.ok_or_else(|| missing("config"))?;
+        super::validate::container_size(&c, &self.daemon.config.grpc)?;
         let config = super::container::container_config(&c)?;
         let ns = c
             .linux
@@ -201,6 +202,12 @@ impl Cri {
         let id = required_id(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(missing("cmd"));
+        }
+        if req.timeout < 0 {
+            return Err(Status::invalid_argument(format!(
+                "timeout {} is negative",
+                req.timeout
+            )));
         }
         let out = self
             .daemon
