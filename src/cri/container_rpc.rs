@@ -29,7 +29,12 @@ impl Cri {
         }
         let c = req.config.ok_or_else(|| missing("config"))?;
         super::validate::container_size(&c, &self.daemon.config.grpc)?;
-        let config = super::container::container_config(&c)?;
+        let pod_security = req
+            .sandbox_config
+            .as_ref()
+            .and_then(|p| p.linux.as_ref())
+            .and_then(|l| l.security_context.as_ref());
+        let config = super::container::container_config(&c, pod_security)?;
         let ns = c
             .linux
             .as_ref()
