@@ -337,7 +337,8 @@ async fn users_groups_and_container_status_user() {
     // (name, image tag, security context, uid, gid, groups). alice is 1001
     // in /etc/passwd, member of staff (50) and audio (63).
     type Edit = fn(&mut LinuxContainerSecurityContext);
-    let cases: Vec<(&str, &str, Edit, (i64, i64, Vec<i64>))> = vec![
+    type Creds = (i64, i64, Vec<i64>);
+    let cases: Vec<(&str, &str, Edit, Creds)> = vec![
         (
             "run-as-user",
             "latest",
