@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 pub mod caps;
+pub mod exe;
 pub mod fds;
 pub mod mount;
 pub mod ns;
