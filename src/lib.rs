@@ -17,3 +17,4 @@ pub mod monitor;
 pub mod network;
 pub mod pod;
 pub mod store;
+pub mod streaming;

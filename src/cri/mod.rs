@@ -13,6 +13,7 @@ pub mod proto;
 mod runtime;
 pub mod server;
 mod status;
+mod stream_rpc;
 
 use std::sync::Arc;
 
