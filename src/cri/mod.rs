@@ -4,9 +4,11 @@
 //! the module that does the work, convert back. No prost type is used below
 //! this module.
 
+mod authority;
 pub mod container;
 mod container_rpc;
 pub mod error;
+mod hpack;
 mod image;
 mod pod;
 pub mod proto;
@@ -14,6 +16,7 @@ mod runtime;
 pub mod server;
 mod status;
 mod stream_rpc;
+pub mod validate;
 
 use std::sync::Arc;
 
