@@ -188,6 +188,22 @@ impl Txn {
         value.map(|v| decode(table, key, v.value())).transpose()
     }
 
+    /// Every record of a table, in key order, as this transaction sees it.
+    pub fn list<T: DeserializeOwned>(&mut self, table: Table<T>) -> Result<Vec<(String, T)>> {
+        let t = self
+            .txn
+            .open_table(table.def())
+            .map_err(db_err(table.name))?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err(table.name))? {
+            let (k, v) = entry.map_err(db_err(table.name))?;
+            let key = k.value().to_string();
+            let value = decode(table, &key, v.value())?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
     pub fn delete<T>(&mut self, table: Table<T>, key: &str) -> Result<bool> {
         let mut t = self
             .txn
