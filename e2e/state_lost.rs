@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crius::cri::proto::*;
 
 use crate::container::{container, create, pod_config, setup_with_env, start};
-use crate::harness::{TestDaemon, monitor_pids, run_crius};
+use crate::harness::{TestDaemon, monitor_pids, run_crius, start_with_env};
 use crate::pod::{self, assert_no_trace, config, list, run, wait_for};
 use crate::require_registry_tools;
 
@@ -179,4 +179,114 @@ async fn a_damaged_store_stops_start_with_a_clear_error_and_reset_starts_over() 
     let mut rt = d.runtime().await;
     assert!(list(&mut rt, None).await.is_empty());
     assert_all_gone(&d, &[monitor, init]).await;
+}
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_finished_after_its_caller_gave_up_is_rolled_back_at_restart() {
+    // The creation sleeps 2 s before its last step; the caller gives up
+    // after 300 ms; the default bound on unclaimed pods (600 s) never
+    // comes into play.
+    let mut d = start_with_env(
+        "",
+        &[
+            ("CRIUS_TEST_PAUSE_AT", "record pod"),
+            ("CRIUS_TEST_PAUSE_SECS", "2"),
+        ],
+    )
+    .await;
+    let mut rt = d.runtime().await;
+    let mut req = tonic::Request::new(RunPodSandboxRequest {
+        config: Some(config("gaveup")),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(300));
+    assert!(rt.run_pod_sandbox(req).await.is_err());
+    wait_for("the creation to finish", Duration::from_secs(20), || {
+        d.log().contains("pod sandbox ready")
+    })
+    .await;
+    assert!(list(&mut rt, None).await.is_empty(), "hidden while we live");
+    let monitors = monitor_pids(&d.state);
+    assert_eq!(monitors.len(), 1);
+    drop(rt);
+    d.signal_and_wait(15, Duration::from_secs(10))
+        .expect("daemon stops");
+    d.env.clear();
+    d.spawn();
+    d.wait_ready().await;
+    let mut rt = d.runtime().await;
+    assert!(list(&mut rt, None).await.is_empty());
+    assert!(
+        d.log().contains("no caller can claim it any more"),
+        "{}",
+        d.log()
+    );
+    assert_all_gone(&d, &monitors).await;
+    // The name is free again.
+    let id = run(&mut rt, config("gaveup")).await.unwrap();
+    pod::stop_remove(&mut rt, &id).await;
+    assert_no_trace(&d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_finished_after_its_caller_gave_up_is_rolled_back_at_restart() {
+    require_registry_tools!();
+    let mut s = setup_with_env(&[
+        ("CRIUS_TEST_PAUSE_AT", "record container"),
+        ("CRIUS_TEST_PAUSE_SECS", "2"),
+    ])
+    .await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = run(&mut rt, pod_config("cgaveup", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container(
+            "late",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Pod,
+        )),
+        sandbox_config: None,
+    });
+    req.set_timeout(Duration::from_millis(300));
+    assert!(rt.create_container(req).await.is_err());
+    wait_for("the creation to finish", Duration::from_secs(20), || {
+        s.d.log().contains("container created")
+    })
+    .await;
+    let dirs = |d: &TestDaemon| {
+        std::fs::read_dir(d.root.join("containers"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(dirs(&s.d), 1);
+    drop(rt);
+    s.d.signal_and_wait(15, Duration::from_secs(10))
+        .expect("daemon stops");
+    s.d.env.clear();
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt = s.d.runtime().await;
+    let all = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(all.is_empty(), "{all:?}");
+    assert!(s.d.log().contains("no caller can claim it any more"));
+    assert_eq!(dirs(&s.d), 0, "rolled back");
+    // The name is free again in the same pod.
+    let c = create(
+        &mut rt,
+        &pod,
+        container("late", &s.busybox, &["true"], NamespaceMode::Pod),
+    )
+    .await
+    .unwrap();
+    assert!(!c.is_empty());
+    pod::stop_remove(&mut rt, &pod).await;
+    assert_no_trace(&s.d);
 }
