@@ -15,7 +15,7 @@ use crate::pod::{self, assert_no_trace, config, list, run, wait_for};
 use crate::require_registry_tools;
 
 fn alive(pid: i32) -> bool {
-    crius::linux::process::ProcRef::of(pid).is_some_and(|p| p.alive())
+    crius::sys::process::ProcRef::of(pid).is_some_and(|p| p.alive())
 }
 
 /// A pod in its own PID namespace (a pod init) with a running container:

@@ -23,12 +23,12 @@ use super::record::{PodRecord, State};
 use super::spec::{Key, PodSpec};
 use super::{Error, NetworkInfo, Pods, now_ns};
 use crate::cgroups::{CgroupPath, Resources};
-use crate::linux::ns::Kind as Ns;
-use crate::linux::process::ProcRef;
 use crate::monitor::{self, PodDir};
 use crate::network::PodNetwork;
 use crate::network::dns::{self, DnsConfig};
 use crate::record::{self, Kind, Records, StepFailed, pause_point};
+use crate::sys::ns::Kind as Ns;
+use crate::sys::process::ProcRef;
 
 const OP: &str = "run pod sandbox";
 

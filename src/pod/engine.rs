@@ -9,9 +9,9 @@
 //! monitor with everything it started, and tells when a monitor ends.
 
 use crate::error::{Classify, Kind};
-use crate::linux::process::ProcRef;
 use crate::monitor::PodDir;
 pub use crate::monitor::Spec;
+use crate::sys::process::ProcRef;
 
 /// A started pod: its monitor and, in PID mode POD, its init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use nix::sys::signal::Signal;
 
 use super::record::{PodRecord, State};
 use super::{Error, Pods};
-use crate::linux::mount::{Host, detach_all};
-use crate::linux::ns;
-use crate::linux::process::ProcRef;
+use crate::sys::mount::{Host, detach_all};
+use crate::sys::ns;
+use crate::sys::process::ProcRef;
 
 impl Pods {
     /// StopPodSandbox: stops the pod's containers, its processes, network

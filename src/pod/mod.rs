@@ -56,7 +56,7 @@ pub enum Error {
     #[error(transparent)]
     Step(#[from] crate::record::StepFailed),
     #[error("read the boot id")]
-    BootId(#[source] crate::linux::Error),
+    BootId(#[source] crate::sys::Error),
     #[error("{0} creation ended without an outcome")]
     Abandoned(&'static str),
     #[error(transparent)]
@@ -164,7 +164,7 @@ impl Pods {
         engine: Arc<dyn engine::Engine>,
         settings: Settings,
     ) -> Result<Pods, Error> {
-        let boot_id = crate::linux::process::boot_id().map_err(Error::BootId)?;
+        let boot_id = crate::sys::process::boot_id().map_err(Error::BootId)?;
         Ok(Pods {
             records: crate::record::Records::new(store, settings.unclaimed_ttl),
             network,

@@ -7,8 +7,8 @@ use nix::sys::signal::Signal;
 
 use super::engine::{self, Engine, Spec, Started};
 use crate::error::{Classify, chain};
-use crate::linux::process::ProcRef;
 use crate::monitor::{PodDir, client};
+use crate::sys::process::ProcRef;
 
 pub struct Monitors {
     /// The binary to run as the monitor.

@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use super::record::State;
 use super::{Error, Pods};
-use crate::linux::mount::{Host, detach_all, mounts_under};
-use crate::linux::ns;
-use crate::linux::process::ProcRef;
 use crate::monitor::PodDir;
+use crate::sys::mount::{Host, detach_all, mounts_under};
+use crate::sys::ns;
+use crate::sys::process::ProcRef;
 
 /// The file remembering the boot the state dir belongs to.
 const BOOT_ID_FILE: &str = "boot_id";

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::engine::{self, Engine, Spec, Started};
 use super::*;
 use crate::error::Kind;
-use crate::linux::process::ProcRef;
 use crate::monitor::PodDir;
+use crate::sys::process::ProcRef;
 
 #[derive(Default)]
 pub(super) struct Fake {
