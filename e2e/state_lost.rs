@@ -194,12 +194,8 @@ async fn a_pod_finished_after_its_caller_gave_up_is_rolled_back_at_restart() {
     )
     .await;
     let mut rt = d.runtime().await;
-    let mut req = tonic::Request::new(RunPodSandboxRequest {
-        config: Some(config("gaveup")),
-        runtime_handler: String::new(),
-    });
-    req.set_timeout(Duration::from_millis(300));
-    assert!(rt.run_pod_sandbox(req).await.is_err());
+    let gave_up = pod::run_giving_up(&mut rt, config("gaveup"), Duration::from_millis(300));
+    assert!(gave_up.await.is_err());
     wait_for("the creation to finish", Duration::from_secs(20), || {
         d.log().contains("pod sandbox ready")
     })

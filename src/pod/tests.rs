@@ -12,6 +12,34 @@ fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> Kind {
     r.expect_err("an error").kind()
 }
 
+/// RunPodSandbox whose caller gives up while the monitor starts; the
+/// creation then goes on by itself.
+async fn give_up_on(e: &super::test_engine::Env, name: &str) {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *e.fake.gate.lock().unwrap() = Some(gate.clone());
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        e.pods.run(e.spec(name, false), String::new()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller gave up");
+    gate.notify_one();
+}
+
+/// Waits for the one pod to be READY, and checks it is unclaimed.
+async fn finished_unclaimed(e: &super::test_engine::Env) -> String {
+    loop {
+        let all = e.store.list(record::PODS).unwrap();
+        if let Some((id, r)) = all.first()
+            && r.state == State::Ready
+        {
+            assert!(!r.claimed);
+            return id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn run_stop_remove() {
     let e = env(Duration::from_secs(600));
@@ -127,26 +155,9 @@ async fn a_retry_waits_for_the_creation_under_way_and_claims_it() {
 #[tokio::test]
 async fn a_pod_finished_after_its_caller_gave_up_is_claimed_by_the_retry() {
     let e = env(Duration::from_secs(600));
-    let gate = Arc::new(tokio::sync::Notify::new());
-    *e.fake.gate.lock().unwrap() = Some(gate.clone());
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(50),
-        e.pods.run(e.spec("late", false), String::new()),
-    )
-    .await;
-    assert!(gave_up.is_err());
-    gate.notify_one();
+    give_up_on(&e, "late").await;
     // The creation finishes without its caller: READY, unclaimed, hidden.
-    let id = loop {
-        let all = e.store.list(record::PODS).unwrap();
-        if let Some((id, r)) = all.first()
-            && r.state == State::Ready
-        {
-            assert!(!r.claimed);
-            break id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let id = finished_unclaimed(&e).await;
     assert!(e.pods.list(&Filter::default()).unwrap().is_empty());
     assert_eq!(
         kind(e.pods.status(&id)),
@@ -165,23 +176,8 @@ async fn a_pod_finished_after_its_caller_gave_up_is_claimed_by_the_retry() {
 #[tokio::test]
 async fn an_unclaimed_pod_is_reaped_after_the_bound() {
     let e = env(Duration::ZERO);
-    let gate = Arc::new(tokio::sync::Notify::new());
-    *e.fake.gate.lock().unwrap() = Some(gate.clone());
-    let _ = tokio::time::timeout(
-        Duration::from_millis(50),
-        e.pods.run(e.spec("orphan", false), String::new()),
-    )
-    .await;
-    gate.notify_one();
-    let id = loop {
-        let all = e.store.list(record::PODS).unwrap();
-        if let Some((id, r)) = all.first()
-            && r.state == State::Ready
-        {
-            break id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    give_up_on(&e, "orphan").await;
+    let id = finished_unclaimed(&e).await;
     crate::record::reap_unclaimed(&e.pods).await;
     e.assert_gone(&id);
 }

@@ -221,14 +221,7 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(table.name)(e)),
         };
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(db_err(table.name))? {
-            let (k, v) = entry.map_err(db_err(table.name))?;
-            let key = k.value().to_string();
-            let value = decode(table, &key, v.value())?;
-            out.push((key, value));
-        }
-        Ok(out)
+        read_all(table, &t)
     }
 
     /// Writes one record (insert or replace).
@@ -291,14 +284,7 @@ impl Txn {
             .txn
             .open_table(table.def())
             .map_err(db_err(table.name))?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(db_err(table.name))? {
-            let (k, v) = entry.map_err(db_err(table.name))?;
-            let key = k.value().to_string();
-            let value = decode(table, &key, v.value())?;
-            out.push((key, value));
-        }
-        Ok(out)
+        read_all(table, &t)
     }
 
     pub fn delete<T>(&mut self, table: Table<T>, key: &str) -> Result<bool> {
@@ -309,6 +295,21 @@ impl Txn {
         let existed = t.remove(key).map_err(db_err(table.name))?.is_some();
         Ok(existed)
     }
+}
+
+/// Every record of an open table, in key order.
+fn read_all<T: DeserializeOwned>(
+    table: Table<T>,
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for entry in t.iter().map_err(db_err(table.name))? {
+        let (k, v) = entry.map_err(db_err(table.name))?;
+        let key = k.value().to_string();
+        let value = decode(table, &key, v.value())?;
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 fn decode<T: DeserializeOwned>(table: Table<T>, key: &str, bytes: &[u8]) -> Result<T> {
