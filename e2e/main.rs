@@ -13,4 +13,5 @@ mod pod_recovery;
 mod registry;
 mod runtime;
 mod security;
+mod state_lost;
 mod vm;
