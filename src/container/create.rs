@@ -22,10 +22,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::engine::Launch;
+use super::log::LogPath;
 use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
 use super::{Containers, Error, Outcome, blocking, rootfs, rootfs_dir, upper_dir, work_dir};
-use crate::cgroups::CgroupPath;
+use crate::cgroups::{CgroupPath, DeviceRules};
 use crate::error::{Classify, Kind};
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
@@ -175,6 +176,14 @@ impl Containers {
         if req.image.is_empty() {
             return Err(Error::Invalid("container image is required".into()));
         }
+        // containerd's rule: a privileged container needs a privileged pod.
+        if req.config.security.privileged && !pod.spec.privileged {
+            return Err(Error::Invalid(format!(
+                "security_context.privileged: a privileged container is not allowed in the non-privileged pod sandbox {}",
+                pod.id
+            )));
+        }
+        let log_path = log_path(&pod.spec.log_directory, &req.log_path)?;
         let image = self
             .images
             .find(&req.image)?
@@ -202,15 +211,17 @@ impl Containers {
             cgroup_v2: self.cgroups.is_unified(),
         };
         let rootfs = rootfs_dir(&dir);
-        let built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
-            let kind = e.kind();
-            Error::Step {
-                op: "create container",
-                step: "build the OCI spec".into(),
-                kind,
-                source: Box::new(e),
-            }
-        })?;
+        let devices = super::devices::resolve_all(&req.config.devices)?;
+        let rules: Vec<_> = devices.iter().map(|d| d.rule()).collect();
+        let device_rules = DeviceRules::container(req.config.security.privileged, &rules);
+        let spec_err = |e: spec::Error| Error::Step {
+            op: "create container",
+            step: "build the OCI spec".into(),
+            kind: e.kind(),
+            source: Box::new(e),
+        };
+        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(spec_err)?;
+        spec::add_devices(&mut built.spec, &devices, &device_rules).map_err(spec_err)?;
         let overlay = rootfs::Overlay {
             layers: image.layers.clone(),
             upper: upper_dir(&dir),
@@ -230,7 +241,6 @@ impl Containers {
                 ))
             })?,
         };
-        let log_path = log_path(&pod.spec.log_directory, &req.log_path);
         let c = &req.config;
         let rec = ContainerRecord {
             id: id.clone(),
@@ -249,7 +259,7 @@ impl Containers {
             image_id: image.id.clone(),
             labels: req.labels.clone(),
             annotations: c.annotations.clone(),
-            log_path: log_path.clone(),
+            log_path: log_path.as_ref().map(LogPath::full),
             mounts: c
                 .mounts
                 .iter()
@@ -264,7 +274,10 @@ impl Containers {
                     },
                 })
                 .collect(),
-            resources: c.resources.clone(),
+            resources: crate::cgroups::Resources {
+                devices: Some(device_rules),
+                ..c.resources.clone()
+            },
             oom_score_adj: c.oom_score_adj,
             dir,
             pod_dir: pod.dir.clone(),
@@ -377,7 +390,16 @@ impl Containers {
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record intent"))?;
 
-        // 2. The container's directory: upper, work, rootfs mount point.
+        // 2. The container's directory (0700: its upper dir holds what the
+        //    container wrote): upper, work, rootfs mount point.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&rec.dir)
+                .map_err(|e| io_step("create container directory", &rec.dir, e))?;
+        }
         for d in [
             upper_dir(&rec.dir),
             work_dir(&rec.dir),
@@ -406,12 +428,15 @@ impl Containers {
             launch.cgroup_procs = self.cgroups.procs_files(&leaf);
         }
 
-        // 4. The log file's directory (kubelet usually made it).
-        if let Some(parent) = rec.log_path.as_ref().and_then(|p| p.parent())
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| io_step("create log directory", parent, e))?;
+        // 4. The log file's directory (kubelet usually made it), beneath
+        //    the pod's log directory.
+        if let Some(log) = &launch.log_path {
+            log.create_parent().map_err(|e| Error::Step {
+                op: "create container",
+                step: "create log directory".into(),
+                kind: Kind::Internal,
+                source: Box::new(e),
+            })?;
         }
 
         // 5. The init: mounts done, blocked before execve.
@@ -497,15 +522,39 @@ impl Containers {
     }
 }
 
-/// The CRI log file: the pod's log directory + the container's log path.
-/// Without a directory only an absolute path is used (never one relative
-/// to the daemon's working directory).
-pub fn log_path(directory: &str, path: &str) -> Option<PathBuf> {
+/// The CRI log file: the pod's log directory + the container's log path,
+/// which must stay beneath it: an absolute path, `..`, or NUL is refused.
+/// Without a directory (or a relative one) there is no log file. The file
+/// itself is opened beneath the directory ([`crate::container::log`]).
+pub fn log_path(directory: &str, path: &str) -> Result<Option<LogPath>, Error> {
+    use std::path::Component;
     if path.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let full = PathBuf::from(directory).join(path);
-    full.is_absolute().then_some(full)
+    let bad = |reason: &str| Error::Invalid(format!("log_path {path:?} {reason}"));
+    if path.contains('\0') {
+        return Err(bad("contains NUL"));
+    }
+    let rel = std::path::Path::new(path);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(bad(
+                    "is absolute: it must be relative to the pod's log_directory",
+                ));
+            }
+            Component::ParentDir => return Err(bad("contains '..'")),
+        }
+    }
+    let dir = PathBuf::from(directory);
+    if !dir.is_absolute() {
+        return Ok(None);
+    }
+    Ok(Some(LogPath {
+        dir,
+        rel: rel.components().collect(),
+    }))
 }
 
 /// A signal by name ("SIGTERM", "TERM", "sigint") or number ("15").

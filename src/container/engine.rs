@@ -32,7 +32,7 @@ pub struct Launch {
     /// `cgroup.procs` files of the container's leaf, joined before execve.
     pub cgroup_procs: Vec<PathBuf>,
     /// The CRI log file the engine writes stdout/stderr to.
-    pub log_path: Option<PathBuf>,
+    pub log_path: Option<crate::container::log::LogPath>,
     pub tty: bool,
     pub stdin: bool,
     pub stdin_once: bool,
@@ -49,6 +49,8 @@ pub struct ExecLaunch {
     pub args: Vec<String>,
     pub tty: bool,
     pub stdin: bool,
+    /// `cgroup.procs` files of the container's cgroup, joined before execve.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A running exec process and its stdio, handed to the daemon.

@@ -90,6 +90,11 @@ impl Containers {
             args: req.cmd.clone(),
             tty: false,
             stdin: false,
+            cgroup_procs: rec
+                .cgroup
+                .as_ref()
+                .map(|c| self.cgroups.procs_files(c))
+                .unwrap_or_default(),
         };
         let handle = self.engine.exec(&rec.pod_dir, &launch).await?;
         drop(handle.stdin);

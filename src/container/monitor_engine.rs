@@ -55,7 +55,8 @@ impl Engine for Monitors {
             user: l.user.clone(),
             overlay: l.overlay.clone(),
             cgroup_procs: l.cgroup_procs.clone(),
-            log_path: l.log_path.clone(),
+            log_path: l.log_path.as_ref().map(|p| p.full()),
+            log_dir: l.log_path.as_ref().map(|p| p.dir.clone()),
             tty: l.tty,
             stdin: l.stdin,
             stdin_once: l.stdin_once,
@@ -90,6 +91,7 @@ impl Engine for Monitors {
             args: l.args.clone(),
             tty: l.tty,
             stdin: l.stdin,
+            cgroup_procs: l.cgroup_procs.clone(),
         };
         let h = monitor(pod).exec(&launch).await.map_err(convert)?;
         Ok(ExecHandle {

@@ -236,8 +236,8 @@ impl Container {
     /// Forks the container's init and follows its setup until it blocks
     /// before execve. The caller registers `init.pid` as a child.
     pub fn create(launch: ContainerLaunch) -> Result<Container, Failure> {
-        let log = match &launch.log_path {
-            Some(p) => Some(LogFile::open(p).map_err(|e| failure("open log", e.to_string()))?),
+        let log = match launch.log_file() {
+            Some(p) => Some(LogFile::open(&p).map_err(|e| failure("open log", e.to_string()))?),
             None => None,
         };
         let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
@@ -414,7 +414,11 @@ impl Container {
                     args: &launch.args,
                     env: &self.launch.env,
                     user: &self.launch.user,
-                    cgroup_procs: &self.launch.cgroup_procs,
+                    cgroup_procs: if launch.cgroup_procs.is_empty() {
+                        &self.launch.cgroup_procs
+                    } else {
+                        &launch.cgroup_procs
+                    },
                 };
                 crate::linux::exec::run(&exec, p.child, child.into())
             }

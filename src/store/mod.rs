@@ -97,6 +97,19 @@ fn db_err<E: Into<redb::Error>>(table: &'static str) -> impl FnOnce(E) -> Error 
 impl Store {
     /// Opens (or creates) the database file; its directory must exist.
     pub fn open(path: &Path) -> Result<Store> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // 0600 before redb writes a byte: records hold Secret values.
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        opened.map_err(|e| Error::Open {
+            path: path.into(),
+            source: redb::Error::Io(e),
+        })?;
         let db = redb::Database::create(path).map_err(|e| Error::Open {
             path: path.into(),
             source: e.into(),
