@@ -11,4 +11,5 @@ mod pod;
 mod pod_recovery;
 mod registry;
 mod runtime;
+mod security;
 mod vm;

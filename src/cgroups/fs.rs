@@ -175,7 +175,7 @@ impl Tree {
                 &rules.bpf_program().len().to_string(),
             );
         }
-        crate::linux::bpf::attach_device_program(&dir, &rules.bpf_program()).map_err(|source| {
+        crate::sys::bpf::attach_device_program(&dir, &rules.bpf_program()).map_err(|source| {
             Error::Io {
                 op: "attach the device program to cgroup",
                 path: dir,

@@ -648,7 +648,7 @@ fn host_device_rules_deny_kmsg() {
     let (out, dir) = device_opens(&mut g, "deny", &[]);
     assert_eq!(out, "null\n", "only /dev/null may be opened");
     if g.cg.is_unified() {
-        assert_eq!(crate::linux::bpf::device_programs(&dir).unwrap(), 1);
+        assert_eq!(crate::sys::bpf::device_programs(&dir).unwrap(), 1);
     } else {
         let list = std::fs::read_to_string(dir.join("devices.list")).unwrap();
         for line in ["c *:* m", "b *:* m", "c 1:3 rwm", "c 136:* rwm"] {
@@ -712,7 +712,7 @@ fn host_device_program_on_a_private_cgroup2_mount() {
     };
     let (out, leaf) = device_opens(&mut g, "deny", &[]);
     assert_eq!(out, "null\n", "only /dev/null may be opened");
-    assert_eq!(crate::linux::bpf::device_programs(&leaf).unwrap(), 1);
+    assert_eq!(crate::sys::bpf::device_programs(&leaf).unwrap(), 1);
     let kmsg = Rule::new(DevKind::Char, Some(1), Some(11), Access::READ);
     let (out, _) = device_opens(&mut g, "allow", &[kmsg]);
     assert_eq!(out, "kmsg\nnull\n", "a rule for 1:11 allows it");

@@ -22,12 +22,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::engine::Launch;
-use super::log::LogPath;
 use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
-use super::{Containers, Error, Outcome, blocking, rootfs, rootfs_dir, upper_dir, work_dir};
+use super::{Containers, Error, Outcome, blocking, rootfs_dir, upper_dir, work_dir};
 use crate::cgroups::{CgroupPath, DeviceRules};
 use crate::error::{Classify, Kind};
+use crate::init::rootfs;
+use crate::monitor::process::log::LogPath;
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
 
@@ -214,14 +215,50 @@ impl Containers {
         let devices = super::devices::resolve_all(&req.config.devices)?;
         let rules: Vec<_> = devices.iter().map(|d| d.rule()).collect();
         let device_rules = DeviceRules::container(req.config.security.privileged, &rules);
-        let spec_err = |e: spec::Error| Error::Step {
+        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
+            let kind = e.kind();
+            Error::Step {
+                op: "create container",
+                step: "build the OCI spec".into(),
+                kind,
+                source: Box::new(e),
+            }
+        })?;
+        spec::add_devices(&mut built.spec, &devices, &device_rules).map_err(|e| Error::Step {
             op: "create container",
             step: "build the OCI spec".into(),
             kind: e.kind(),
             source: Box::new(e),
-        };
-        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(spec_err)?;
-        spec::add_devices(&mut built.spec, &devices, &device_rules).map_err(spec_err)?;
+        })?;
+        let security = &req.config.security;
+        let apparmor = super::lsm::apparmor_profile(security, super::lsm::Host::current())
+            .map_err(Error::Invalid)?;
+        if let Some(process) = built.spec.process_mut() {
+            process.set_apparmor_profile(apparmor);
+        }
+        // The filter is compiled here, so a bad profile fails before
+        // anything exists; RuntimeDefault depends on the bounding set.
+        let bounding: Vec<String> = built
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().clone())
+            .into_iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        let seccomp = crate::seccomp::prepare(
+            &security.seccomp,
+            security.privileged,
+            bounding.iter().map(String::as_str),
+        )
+        .map_err(|e| Error::Step {
+            op: "create container",
+            step: "compile the seccomp profile".into(),
+            kind: e.kind(),
+            source: Box::new(e),
+        })?;
         let overlay = rootfs::Overlay {
             layers: image.layers.clone(),
             upper: upper_dir(&dir),
@@ -295,6 +332,7 @@ impl Containers {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            seccomp,
             overlay,
             cgroup_procs: Vec::new(),
             log_path,
@@ -348,7 +386,7 @@ impl Containers {
                 };
                 (
                     PidMode::Target(target.id.clone()),
-                    PidNamespace::Target(crate::linux::ns::Kind::Pid.proc_path(init.pid)),
+                    PidNamespace::Target(crate::sys::ns::Kind::Pid.proc_path(init.pid)),
                 )
             }
         })
@@ -506,7 +544,7 @@ impl Containers {
         }
         let dir = rec.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = crate::linux::mount::detach_all(&crate::linux::mount::Host, &rootfs_dir(&dir));
+            let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -525,7 +563,7 @@ impl Containers {
 /// The CRI log file: the pod's log directory + the container's log path,
 /// which must stay beneath it: an absolute path, `..`, or NUL is refused.
 /// Without a directory (or a relative one) there is no log file. The file
-/// itself is opened beneath the directory ([`crate::container::log`]).
+/// itself is opened beneath the directory ([`crate::monitor::process::log`]).
 pub fn log_path(directory: &str, path: &str) -> Result<Option<LogPath>, Error> {
     use std::path::Component;
     if path.is_empty() {
