@@ -2,6 +2,7 @@
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
 mod boundary;
+mod breakout;
 mod container;
 mod container_ops;
 mod engine;
