@@ -337,7 +337,7 @@ impl Monitor {
         }
         while let Some(end) = self.conns[i].buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.conns[i].buf.drain(..=end).collect();
-            let reply = match serde_json::from_slice::<Request>(&line) {
+            let reply = match serde_json::from_slice::<Request<'static>>(&line) {
                 Ok(req) => self.handle(i, req),
                 Err(e) => Some(Reply::Error {
                     message: format!("unsupported request: {e}"),
@@ -353,7 +353,7 @@ impl Monitor {
         true
     }
 
-    fn handle(&mut self, i: usize, req: Request) -> Option<Reply> {
+    fn handle(&mut self, i: usize, req: Request<'static>) -> Option<Reply> {
         let greeted = self.conns[i].greeted;
         let conn = self.conns[i].id;
         Some(match req {
@@ -390,7 +390,7 @@ impl Monitor {
                         message: format!("container {:?} exists in this pod", launch.id),
                     });
                 }
-                match Container::create(*launch) {
+                match Container::create(launch.into_owned()) {
                     Ok(c) => {
                         let init = c.init;
                         self.children
