@@ -116,9 +116,11 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .context("StopPodSandbox")?;
-                rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.id })
-                    .await
-                    .context("RemovePodSandbox")?;
+                rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id,
+                })
+                .await
+                .context("RemovePodSandbox")?;
             }
         }
         _ => anyhow::bail!(usage),

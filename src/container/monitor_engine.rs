@@ -48,10 +48,7 @@ fn monitor(pod: &PodDir) -> PodMonitor {
 #[async_trait::async_trait]
 impl Engine for Monitors {
     async fn create(&self, pod: &PodDir, l: &Launch) -> engine::Result<ProcRef> {
-        monitor(pod)
-            .create_container(l)
-            .await
-            .map_err(convert)
+        monitor(pod).create_container(l).await.map_err(convert)
     }
     async fn start(&self, pod: &PodDir, id: &str) -> engine::Result<()> {
         monitor(pod).start_container(id).await.map_err(convert)

@@ -7,14 +7,17 @@
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-use crate::sys::process::{close_fds_from, set_name};
+use crate::sys::process::{SingleThreaded, close_fds_from, set_name};
 
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never
 /// missed: its signal stays pending for `sigwait`.
 pub fn run() -> ! {
+    // SAFETY: the pod init is a program of its own (crius-pod-init) whose
+    // main calls this first; it never starts a thread.
+    let one = unsafe { SingleThreaded::new() };
     set_name("crius-init");
-    close_fds_from(3);
+    close_fds_from(one, 3);
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     let _ = chld.thread_block();

@@ -22,7 +22,6 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
 
-
 pub use compile::{Host, cap_key, compile};
 pub use profile::Profile;
 

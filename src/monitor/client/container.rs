@@ -36,7 +36,6 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
 use crate::monitor::PodDir;
