@@ -8,6 +8,7 @@ use super::proto;
 use crate::container::spec::{
     AppArmor, BindMount, ContainerConfig, Device, Propagation, Resources, Security,
 };
+use crate::init::user::GroupsPolicy;
 use crate::seccomp;
 
 fn invalid(msg: String) -> Status {
@@ -200,6 +201,13 @@ fn security(
                 .map_err(|_| invalid(format!("supplemental group {g} is out of range")))?,
         );
     }
+    // A name alone: "root:0" would otherwise set the group too.
+    if s.run_as_username.contains([':', '\0']) {
+        return Err(invalid(format!(
+            "run_as_username {:?} must be a user name alone (no ':' or NUL)",
+            s.run_as_username
+        )));
+    }
     // The CRI: run_as_group only together with run_as_user or
     // run_as_username, "otherwise, the runtime MUST error".
     if s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty() {
@@ -213,10 +221,21 @@ fn security(
         run_as_group: id_value("run_as_group", s.run_as_group.as_ref())?,
         run_as_username: s.run_as_username.clone(),
         supplemental_groups,
+        groups: match proto::SupplementalGroupsPolicy::try_from(s.supplemental_groups_policy) {
+            Ok(proto::SupplementalGroupsPolicy::Merge) => GroupsPolicy::Merge,
+            Ok(proto::SupplementalGroupsPolicy::Strict) => GroupsPolicy::Strict,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "supplemental_groups_policy {} is unknown",
+                    s.supplemental_groups_policy
+                )));
+            }
+        },
         readonly_rootfs: s.readonly_rootfs,
         no_new_privs: s.no_new_privs,
         add_capabilities: caps.add_capabilities,
         drop_capabilities: caps.drop_capabilities,
+        ambient_capabilities: caps.add_ambient_capabilities,
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
         seccomp: seccomp_request(s, pod)?,
@@ -271,8 +290,8 @@ pub fn container_config(
         .metadata
         .as_ref()
         .map(|m| m.name.clone())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| missing("container metadata.name"))?;
+        .ok_or_else(|| missing("container metadata"))?;
+    super::validate::name("container metadata.name", &name)?;
     let linux = c.linux.clone().unwrap_or_default();
     let mut envs = Vec::with_capacity(c.envs.len());
     for kv in &c.envs {
