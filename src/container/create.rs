@@ -240,7 +240,8 @@ impl Containers {
             seccomp,
             overlay,
             cgroup_procs: Vec::new(),
-            log_path,
+            log_path: log_path.as_ref().map(LogPath::full),
+            log_dir: log_path.map(|p| p.dir),
             tty: c.tty,
             stdin: c.stdin,
             stdin_once: req.stdin_once,
@@ -351,7 +352,7 @@ impl Containers {
 
         // 4. The log file's directory (kubelet usually made it), beneath
         //    the pod's log directory.
-        if let Some(log) = &launch.log_path {
+        if let Some(log) = launch.log_file() {
             log.create_parent()
                 .map_err(|e| io_step("create log directory", &e.path, e.source))?;
         }
