@@ -14,4 +14,5 @@ mod pod_recovery;
 mod registry;
 mod runtime;
 mod security;
+mod state_lost;
 mod vm;
