@@ -15,4 +15,5 @@ mod registry;
 mod runtime;
 mod security;
 mod state_lost;
+mod streaming;
 mod vm;
