@@ -196,10 +196,9 @@ impl Pods {
             }
             if let Some(fd) = m.open() {
                 let _ = fd.signal(Signal::SIGKILL);
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while m.alive() && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
+                // The pidfd turns readable at the exit: no polling.
+                let limit = std::time::Duration::from_secs(5);
+                let _ = tokio::time::timeout(limit, fd.exited()).await;
             }
         }
         if let Some(init) = rec.init {
