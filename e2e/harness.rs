@@ -13,6 +13,8 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_crius");
+/// The monitor binary, beside [`BIN`] (where the daemon looks for it).
+pub const MONITOR_BIN: &str = env!("CARGO_BIN_EXE_crius-monitor");
 
 /// A running daemon. Dropping it stops the process (SIGTERM, then SIGKILL)
 /// and removes its directories. Tests use the multi-thread runtime: Drop
@@ -301,7 +303,7 @@ pub fn monitor_pids(state: &Path) -> Vec<i32> {
         let (Some(pid), Some(start)) = (v["pid"].as_i64(), v["start_time"].as_u64()) else {
             continue;
         };
-        if crius::linux::process::start_time(pid as i32) == Some(start) {
+        if crius::sys::process::start_time(pid as i32) == Some(start) {
             pids.push(pid as i32);
         }
     }
@@ -335,7 +337,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 
 /// Lazily unmounts everything mounted under `dir` (deepest first).
 pub fn unmount_under(dir: &Path) {
-    for m in crius::linux::mount::mounts_under(dir) {
+    for m in crius::sys::mount::mounts_under(dir) {
         let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
 }

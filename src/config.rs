@@ -62,6 +62,8 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub pod: PodConfig,
+    #[serde(default)]
+    pub grpc: GrpcConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +120,31 @@ pub struct PodConfig {
     /// A pod finished after its RunPodSandbox caller gave up waits this
     /// long for a retry to claim it, then is removed.
     pub unclaimed_ttl_secs: u64,
+    /// The crius-monitor binary; `None`: the one beside the crius binary.
+    pub monitor: Option<PathBuf>,
+}
+
+/// What the CRI server accepts from one client: request sizes and how long
+/// a silent connection or request stream is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// The most one PodSandboxConfig or ContainerConfig may carry (its
+    /// encoded size: labels, annotations, env, command, args, mounts, ...).
+    pub max_config_bytes: u64,
+    /// The most labels + annotations (keys and values) one pod may carry:
+    /// they travel in every ListPodSandbox answer.
+    pub max_pod_labels_bytes: u64,
+    /// The same for one container (ListContainers).
+    pub max_container_labels_bytes: u64,
+    /// HTTP/2 PING sent to a client every this many seconds...
+    pub keepalive_interval_secs: u64,
+    /// ...which closes the connection when unanswered for this many seconds.
+    pub keepalive_timeout_secs: u64,
+    /// A connection that sends nothing for this long (not even a PING
+    /// answer), or a request whose body stops arriving for this long, is
+    /// closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -131,6 +158,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
+            grpc: GrpcConfig::default(),
         }
     }
 }
@@ -172,7 +200,49 @@ impl Default for PodConfig {
         PodConfig {
             shm_size: 64 << 20,
             unclaimed_ttl_secs: 600,
+            monitor: None,
         }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            max_config_bytes: 1 << 20,
+            max_pod_labels_bytes: 64 << 10,
+            max_container_labels_bytes: 16 << 10,
+            keepalive_interval_secs: 60,
+            keepalive_timeout_secs: 20,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl GrpcConfig {
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+impl Config {
+    /// The crius-monitor binary: `pod.monitor`, else the one beside the
+    /// running crius binary.
+    pub fn monitor_path(&self) -> PathBuf {
+        if let Some(p) = &self.pod.monitor {
+            return p.clone();
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        exe.parent()
+            .unwrap_or(Path::new("/usr/local/bin"))
+            .join(crate::monitor::MONITOR_BIN)
     }
 }
 
@@ -242,6 +312,14 @@ impl Config {
                 )));
             }
         }
+        if let Some(p) = &self.pod.monitor
+            && !p.is_absolute()
+        {
+            return Err(Error::Invalid(format!(
+                "pod.monitor must be an absolute path, got {}",
+                p.display()
+            )));
+        }
         if !self.cgroup.default_parent.starts_with('/')
             && self.cgroup.driver == CgroupDriver::Cgroupfs
         {
@@ -264,6 +342,36 @@ impl Config {
             return Err(Error::Invalid(
                 "network.plugin_timeout_secs must be at least 1".into(),
             ));
+        }
+        let grpc = &self.grpc;
+        for (name, v) in [
+            ("keepalive_interval_secs", grpc.keepalive_interval_secs),
+            ("keepalive_timeout_secs", grpc.keepalive_timeout_secs),
+            ("idle_timeout_secs", grpc.idle_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("grpc.{name} must be at least 1")));
+            }
+        }
+        // A live client answers each PING; only a silent one may time out.
+        if grpc.idle_timeout_secs <= grpc.keepalive_interval_secs + grpc.keepalive_timeout_secs {
+            return Err(Error::Invalid(format!(
+                "grpc.idle_timeout_secs ({}) must exceed keepalive_interval_secs + keepalive_timeout_secs ({})",
+                grpc.idle_timeout_secs,
+                grpc.keepalive_interval_secs + grpc.keepalive_timeout_secs
+            )));
+        }
+        for (name, v) in [
+            ("max_config_bytes", grpc.max_config_bytes),
+            ("max_pod_labels_bytes", grpc.max_pod_labels_bytes),
+            (
+                "max_container_labels_bytes",
+                grpc.max_container_labels_bytes,
+            ),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("grpc.{name} must be at least 1")));
+            }
         }
         Ok(())
     }

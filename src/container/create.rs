@@ -22,11 +22,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::engine::Launch;
-use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
+use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, ProcessUser, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
-use super::{Containers, Error, Outcome, blocking, rootfs, rootfs_dir, upper_dir, work_dir};
+use super::{Containers, Error, Outcome, blocking, rootfs_dir, upper_dir, work_dir};
 use crate::cgroups::CgroupPath;
 use crate::error::{Classify, Kind};
+use crate::init::rootfs;
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
 
@@ -171,7 +172,11 @@ impl Containers {
     }
 
     /// Everything decided without side effects: bad input fails here.
-    fn plan(&self, pod: &PodRecord, req: CreateRequest) -> Result<Plan, Error> {
+    fn plan(&self, pod: &PodRecord, mut req: CreateRequest) -> Result<Plan, Error> {
+        req.config.oom_score_adj = req
+            .config
+            .oom_score_adj
+            .map(|adj| spec::restrict_oom_score_adj(adj, own_oom_floor()));
         if req.image.is_empty() {
             return Err(Error::Invalid("container image is required".into()));
         }
@@ -202,7 +207,7 @@ impl Containers {
             cgroup_v2: self.cgroups.is_unified(),
         };
         let rootfs = rootfs_dir(&dir);
-        let built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
+        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
             let kind = e.kind();
             Error::Step {
                 op: "create container",
@@ -210,6 +215,35 @@ impl Containers {
                 kind,
                 source: Box::new(e),
             }
+        })?;
+        let security = &req.config.security;
+        let apparmor = super::lsm::apparmor_profile(security, super::lsm::Host::current())
+            .map_err(Error::Invalid)?;
+        if let Some(process) = built.spec.process_mut() {
+            process.set_apparmor_profile(apparmor);
+        }
+        // The filter is compiled here, so a bad profile fails before
+        // anything exists; RuntimeDefault depends on the bounding set.
+        let bounding: Vec<String> = built
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().clone())
+            .into_iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        let seccomp = crate::seccomp::prepare(
+            &security.seccomp,
+            security.privileged,
+            bounding.iter().map(String::as_str),
+        )
+        .map_err(|e| Error::Step {
+            op: "create container",
+            step: "compile the seccomp profile".into(),
+            kind: e.kind(),
+            source: Box::new(e),
         })?;
         let overlay = rootfs::Overlay {
             layers: image.layers.clone(),
@@ -271,6 +305,7 @@ impl Containers {
             cgroup: Some(leaf.clone()),
             pid_mode,
             init: None,
+            user: None,
             stop_signal,
             spec: serde_json::to_value(&built.spec).unwrap_or_default(),
             tty: c.tty,
@@ -282,6 +317,8 @@ impl Containers {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            groups: security.groups,
+            seccomp,
             overlay,
             cgroup_procs: Vec::new(),
             log_path,
@@ -335,7 +372,7 @@ impl Containers {
                 };
                 (
                     PidMode::Target(target.id.clone()),
-                    PidNamespace::Target(crate::linux::ns::Kind::Pid.proc_path(init.pid)),
+                    PidNamespace::Target(crate::sys::ns::Kind::Pid.proc_path(init.pid)),
                 )
             }
         })
@@ -428,6 +465,7 @@ impl Containers {
                 step_err(&step)(e)
             })?;
         rec.init = Some(init);
+        rec.user = ProcessUser::of(init.pid);
         self.store
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record container init"))?;
@@ -481,7 +519,7 @@ impl Containers {
         }
         let dir = rec.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = crate::linux::mount::detach_all(&crate::linux::mount::Host, &rootfs_dir(&dir));
+            let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -499,6 +537,22 @@ impl Containers {
 
 /// The CRI log file: the pod's log directory + the container's log path.
 /// Without a directory only an absolute path is used (never one relative
+/// The lowest oom_score_adj crius can give a process: its own when it
+/// lacks CAP_SYS_RESOURCE (containerd's restrict_oom_score_adj), `None`
+/// when it may set any.
+fn own_oom_floor() -> Option<i32> {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let me = std::process::id() as i32;
+    let capable =
+        crate::sys::caps::effective_of(me).is_some_and(|e| e & (1 << CAP_SYS_RESOURCE) != 0);
+    if capable {
+        return None;
+    }
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// to the daemon's working directory).
 pub fn log_path(directory: &str, path: &str) -> Option<PathBuf> {
     if path.is_empty() {

@@ -88,14 +88,35 @@ pub struct Security {
     pub run_as_group: Option<u32>,
     pub run_as_username: String,
     pub supplemental_groups: Vec<u32>,
+    /// SupplementalGroupsPolicy: whether the image's /etc/group counts.
+    pub groups: crate::init::user::GroupsPolicy,
     pub readonly_rootfs: bool,
     pub no_new_privs: bool,
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
+    /// Capabilities kept across execve by a non-root user (ambient and
+    /// inheritable, and so also permitted, effective and bounding).
+    pub ambient_capabilities: Vec<String>,
     /// Paths to mask / make read-only; empty = containerd's defaults
     /// (kubelet sends its own list for unprivileged containers).
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
+    /// The seccomp profile, compiled by `crate::seccomp::prepare`.
+    pub seccomp: crate::seccomp::Request,
+    pub apparmor: AppArmor,
+    /// SELinux options were given (crius applies no SELinux labels).
+    pub selinux: bool,
+}
+
+/// The AppArmor profile the CRI asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AppArmor {
+    /// The CRI's nil profile: the runtime's default.
+    #[default]
+    RuntimeDefault,
+    Unconfined,
+    /// A profile loaded on the node, by name.
+    Localhost(String),
 }
 
 /// The CRI container config, in crius's own terms.
@@ -272,36 +293,47 @@ pub fn process_args(config: &ContainerConfig, image: &ImageConfig) -> Result<Vec
 }
 
 /// The environment: a default PATH, then the image's, then the config's, a
-/// later key replacing an earlier one in place.
+/// later key replacing an earlier one in place. Linear in the number of
+/// entries (a client may send a hundred thousand).
 pub fn process_env(config: &ContainerConfig, image: &ImageConfig) -> Vec<Vec<u8>> {
-    let mut env: Vec<Vec<u8>> = Vec::new();
+    let mut env = Env::default();
     if !image.env.iter().any(|e| e.starts_with("PATH=")) {
-        set_env(&mut env, DEFAULT_PATH.as_bytes().to_vec());
+        env.set(DEFAULT_PATH.as_bytes().to_vec());
     }
     for e in &image.env {
-        set_env(&mut env, e.as_bytes().to_vec());
+        env.set(e.as_bytes().to_vec());
     }
     for (key, value) in &config.envs {
-        let mut entry = key.as_bytes().to_vec();
+        let mut entry = Vec::with_capacity(key.len() + 1 + value.len());
+        entry.extend_from_slice(key.as_bytes());
         entry.push(b'=');
         entry.extend_from_slice(value);
-        set_env(&mut env, entry);
+        env.set(entry);
     }
-    if config.tty && !env.iter().any(|e| e.starts_with(b"TERM=")) {
-        set_env(&mut env, b"TERM=xterm".to_vec());
+    if config.tty && !env.index.contains_key(b"TERM".as_slice()) {
+        env.set(b"TERM=xterm".to_vec());
     }
-    env
+    env.entries
 }
 
-/// Sets `KEY=value` in `env`, replacing an entry with the same key in place.
-fn set_env(env: &mut Vec<Vec<u8>>, entry: Vec<u8>) {
-    let key_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
-    let same_key = |e: &&mut Vec<u8>| {
-        e.len() > key_len && e[..key_len] == entry[..key_len] && e[key_len] == b'='
-    };
-    match env.iter_mut().find(same_key) {
-        Some(existing) => *existing = entry,
-        None => env.push(entry),
+/// `KEY=value` entries in order, with an index by key.
+#[derive(Default)]
+struct Env {
+    entries: Vec<Vec<u8>>,
+    index: std::collections::HashMap<Vec<u8>, usize>,
+}
+
+impl Env {
+    /// Sets `KEY=value`, replacing an entry with the same key in place.
+    fn set(&mut self, entry: Vec<u8>) {
+        let key_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
+        match self.index.entry(entry[..key_len].to_vec()) {
+            std::collections::hash_map::Entry::Occupied(at) => self.entries[*at.get()] = entry,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(self.entries.len());
+                self.entries.push(entry);
+            }
+        }
     }
 }
 
@@ -322,6 +354,12 @@ pub fn process_user(security: &Security, image: &ImageConfig) -> String {
         return image.user.clone();
     }
     format!("0{group}")
+}
+
+/// A requested oom_score_adj raised to `floor` (crius's own, when it may
+/// not lower a process below it): the kernel would refuse a lower value.
+pub fn restrict_oom_score_adj(adj: i32, floor: Option<i32>) -> i32 {
+    floor.map_or(adj, |f| adj.max(f))
 }
 
 /// rshared if any mount is bidirectional, rslave if any is
@@ -627,17 +665,28 @@ pub fn build(
             reason: format!("{cwd:?} is not absolute"),
         });
     }
-    let caps = capabilities(&config.security)?;
+    let mut caps = capabilities(&config.security)?;
+    let mut ambient = oci_spec::runtime::Capabilities::new();
+    if !config.security.privileged {
+        for name in &config.security.ambient_capabilities {
+            let cap = parse_capability(name)?;
+            ambient.insert(cap);
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+    }
     let set: oci_spec::runtime::Capabilities = caps.iter().copied().collect();
-    // Inheritable and ambient stay empty, as in containerd: the builder's
-    // defaults would put capabilities there that a drop of ALL removed from
-    // the bounding set, which capset(2) refuses.
+    // Inheritable and ambient hold only the ambient capabilities asked for,
+    // as in containerd: the builder's defaults would put capabilities there
+    // that a drop of ALL removed from the bounding set, which capset(2)
+    // refuses.
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(set.clone())
         .effective(set.clone())
         .permitted(set)
-        .inheritable(oci_spec::runtime::Capabilities::new())
-        .ambient(oci_spec::runtime::Capabilities::new())
+        .inheritable(ambient.clone())
+        .ambient(ambient)
         .build()?;
     let mut process = ProcessBuilder::default()
         .terminal(config.tty)

@@ -28,7 +28,13 @@ impl Cri {
             return Err(missing("pod_sandbox_id"));
         }
         let c = req.config.ok_or_else(|| missing("config"))?;
-        let config = super::container::container_config(&c)?;
+        super::validate::container_size(&c, &self.daemon.config.grpc)?;
+        let pod_security = req
+            .sandbox_config
+            .as_ref()
+            .and_then(|p| p.linux.as_ref())
+            .and_then(|l| l.security_context.as_ref());
+        let config = super::container::container_config(&c, pod_security)?;
         let ns = c
             .linux
             .as_ref()
@@ -202,6 +208,12 @@ impl Cri {
         if req.cmd.is_empty() {
             return Err(missing("cmd"));
         }
+        if req.timeout < 0 {
+            return Err(Status::invalid_argument(format!(
+                "timeout {} is negative",
+                req.timeout
+            )));
+        }
         let out = self
             .daemon
             .containers
@@ -338,7 +350,13 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
             }),
             windows: None,
         }),
-        user: None,
+        user: r.user.as_ref().map(|u| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                supplemental_groups: u.groups.iter().map(|&g| g.into()).collect(),
+            }),
+        }),
         stop_signal: signal_enum(r.stop_signal),
     }
 }

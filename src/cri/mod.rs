@@ -4,15 +4,18 @@
 //! the module that does the work, convert back. No prost type is used below
 //! this module.
 
+mod authority;
 pub mod container;
 mod container_rpc;
 pub mod error;
+mod hpack;
 mod image;
 mod pod;
 pub mod proto;
 mod runtime;
 pub mod server;
 mod status;
+pub mod validate;
 
 use std::sync::Arc;
 

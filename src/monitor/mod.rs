@@ -1,32 +1,29 @@
-//! The per-pod monitor: `crius monitor <pod dir>`, a single-threaded
-//! re-execution of crius (no tokio) that owns a pod's processes.
+//! The per-pod monitor: `crius-monitor <pod dir>`, a single-threaded
+//! program of its own (no tokio; src/bin/crius-monitor.rs) that owns a
+//! pod's processes. [`protocol`] is what the daemon and the monitor say to
+//! each other, [`client`] the daemon's side (tokio), [`process`] the
+//! monitor's.
 //!
 //! It starts a new session (setsid), ignores SIGINT and SIGHUP and is a
 //! child subreaper, so it outlives `crius serve` (restarts, Ctrl-C, a kill
 //! of the daemon). It creates the pod's namespaces in a forked child
 //! (fork is safe: the monitor has one thread), pins them, applies the
 //! sysctls inside them, mounts the pod's /dev/shm, and in PID mode POD
-//! keeps that child as PID 1 of the pod's PID namespace (the pod init,
-//! [`init`]). It reaps every child the moment SIGCHLD arrives and writes
+//! keeps that child as PID 1 of the pod's PID namespace, where it executes
+//! the pod init ([`POD_INIT_BIN`], [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives and writes
 //! how it ended to `<pod dir>/exits/<name>` before anything else, since only
 //! a parent can collect an exit status. The daemon talks to it over
-//! `<pod dir>/monitor.sock` ([`proto`]) and watches it with a pidfd.
+//! `<pod dir>/monitor.sock` ([`protocol`]) and watches it with a pidfd.
 
 pub mod client;
-pub mod container;
-mod init;
-pub mod proto;
-mod sandbox;
-mod server;
-mod workload;
+pub mod process;
+pub mod protocol;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::linux::ns::Kind;
-
-pub use server::main;
+use crate::sys::ns::Kind;
 
 /// What the daemon asks a new monitor to set up, written to
 /// `<pod dir>/monitor.json` before the monitor starts.
@@ -112,11 +109,16 @@ pub fn socket_path(pod: &PodDir) -> std::io::Result<(std::fs::File, PathBuf)> {
     Ok((dir, path))
 }
 
+/// The file name of the monitor binary.
+pub const MONITOR_BIN: &str = "crius-monitor";
+/// The file name of the pod init binary, beside the monitor's.
+pub const POD_INIT_BIN: &str = "crius-pod-init";
+
 /// Name of the pod init's exit file.
 pub const INIT: &str = "init";
 
 /// Reads an exit file; `None` while the child has not ended.
-pub fn read_exit(path: &Path) -> Option<proto::Exit> {
+pub fn read_exit(path: &Path) -> Option<protocol::Exit> {
     let text = std::fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
 }
