@@ -8,6 +8,7 @@
 
 pub mod caps;
 pub mod fds;
+pub mod malloc;
 pub mod mount;
 pub mod ns;
 pub mod process;
