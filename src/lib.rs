@@ -16,6 +16,8 @@ pub mod locks;
 pub mod monitor;
 pub mod network;
 pub mod pod;
+pub mod record;
 pub mod seccomp;
 pub mod store;
+pub mod streaming;
 pub mod sys;

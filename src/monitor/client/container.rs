@@ -31,59 +31,18 @@
 //! accounted to the container. The daemon owns the upper/work dirs, the
 //! cgroup and the rootfs directory.
 
+use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
-use crate::init::rootfs::Overlay;
+use crate::init::user::GroupsPolicy;
 use crate::monitor::PodDir;
-use crate::monitor::protocol::{Exit, Reply, Request};
+pub use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
+use crate::monitor::protocol::{Exit, Reply, Request, SECURITY_VERSION};
 use crate::sys::process::ProcRef;
-
-/// Everything the monitor needs to create a container's init, blocked
-/// before execve.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerLaunch {
-    pub id: String,
-    /// From `container::spec::build`; `root.path` is the rootfs mount point.
-    pub spec: oci_spec::runtime::Spec,
-    /// The process environment, exact bytes, `KEY=value` each.
-    pub env: Vec<Vec<u8>>,
-    /// Resolved inside the rootfs by the init (`container::user`).
-    pub user: String,
-    /// Where `user`'s supplemental groups come from.
-    #[serde(default)]
-    pub groups: crate::init::user::GroupsPolicy,
-    /// The compiled seccomp filter, loaded by the init and every exec
-    /// process; `None`: unconfined.
-    #[serde(default)]
-    pub seccomp: Option<crate::seccomp::Filter>,
-    pub overlay: Overlay,
-    /// cgroup.procs files of the container's leaf, one per hierarchy.
-    pub cgroup_procs: Vec<PathBuf>,
-    /// The CRI log file; `None`: output is read and dropped.
-    pub log_path: Option<PathBuf>,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdin_once: bool,
-}
-
-/// A process to run in a running container, with the container's user,
-/// environment, capabilities, working directory and cgroup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecLaunch {
-    /// Unique within the pod while the exec is known to the monitor.
-    pub exec_id: String,
-    pub container_id: String,
-    pub args: Vec<String>,
-    pub tty: bool,
-    /// Hand the daemon a pipe to the process's stdin (else /dev/null).
-    pub stdin: bool,
-}
 
 /// A started exec: its process and its stdio, owned by the daemon.
 #[derive(Debug)]
@@ -114,7 +73,7 @@ impl Classify for Error {
             Error::Failed { step, .. } => match step.as_str() {
                 "unknown container" | "unknown exec" => Kind::NotFound,
                 "already exists" => Kind::AlreadyExists,
-                "not running" | "not created" => Kind::FailedPrecondition,
+                "not running" | "not created" | "monitor version" => Kind::FailedPrecondition,
                 s if s == "exec"
                     || s == "user"
                     || s == "cwd"
@@ -127,6 +86,18 @@ impl Classify for Error {
             },
             Error::Unexpected { .. } => Kind::Internal,
         }
+    }
+}
+
+/// A refusal or failure reply as an error.
+fn failed(reply: Reply) -> Result<Reply, Error> {
+    match reply {
+        Reply::Failed { step, message } => Err(Error::Failed { step, message }),
+        Reply::Error { message } => Err(Error::Failed {
+            step: "monitor".into(),
+            message,
+        }),
+        other => Ok(other),
     }
 }
 
@@ -148,17 +119,9 @@ impl PodMonitor {
         &self.pod
     }
 
-    async fn call(&self, req: Request, limit: Option<Duration>) -> Result<Reply, Error> {
+    async fn call(&self, req: Request<'_>, limit: Option<Duration>) -> Result<Reply, Error> {
         let mut conn = Connection::open(&self.pod).await?;
-        let reply = conn.call_within(&req, limit).await?;
-        match reply {
-            Reply::Failed { step, message } => Err(Error::Failed { step, message }),
-            Reply::Error { message } => Err(Error::Failed {
-                step: "monitor".into(),
-                message,
-            }),
-            other => Ok(other),
-        }
+        failed(conn.call_within(&req, limit).await?)
     }
 
     fn unexpected(&self, reply: Reply) -> Error {
@@ -168,7 +131,7 @@ impl PodMonitor {
         }
     }
 
-    async fn ok(&self, req: Request) -> Result<(), Error> {
+    async fn ok(&self, req: Request<'_>) -> Result<(), Error> {
         match self.call(req, Some(client::CALL_TIMEOUT)).await? {
             Reply::Ok => Ok(()),
             other => Err(self.unexpected(other)),
@@ -177,11 +140,25 @@ impl PodMonitor {
 
     /// Creates the container's init, blocked before execve with its rootfs
     /// mounted.
+    /// A monitor older than [`SECURITY_VERSION`] would ignore the filter
+    /// and the Strict groups policy: such a launch is refused.
     pub async fn create_container(&self, launch: &ContainerLaunch) -> Result<ProcRef, Error> {
+        let needs = launch.seccomp.is_some() || launch.groups != GroupsPolicy::Merge;
+        let mut conn = Connection::open(&self.pod).await?;
+        let version = conn.version;
+        if needs && version < SECURITY_VERSION {
+            return Err(Error::Failed {
+                step: "monitor version".into(),
+                message: format!(
+                    "the pod's monitor speaks protocol {version}, which cannot apply a seccomp \
+                     filter or a Strict groups policy; recreate the pod"
+                ),
+            });
+        }
         let req = Request::CreateContainer {
-            launch: Box::new(launch.clone()),
+            launch: Cow::Borrowed(launch),
         };
-        match self.call(req, Some(CREATE_TIMEOUT)).await? {
+        match failed(conn.call_within(&req, Some(CREATE_TIMEOUT)).await?)? {
             Reply::Created { init } => Ok(init),
             other => Err(self.unexpected(other)),
         }
@@ -225,7 +202,7 @@ impl PodMonitor {
     pub async fn exec(&self, launch: &ExecLaunch) -> Result<ExecHandle, Error> {
         let mut conn = Connection::open(&self.pod).await?;
         let req = Request::Exec {
-            launch: Box::new(launch.clone()),
+            launch: Cow::Borrowed(launch),
         };
         let (reply, fds) = conn.call_with_fds(&req, CREATE_TIMEOUT).await?;
         match reply {
@@ -267,5 +244,94 @@ impl PodMonitor {
             signal,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+
+    use super::*;
+    use crate::init::rootfs::Overlay;
+
+    /// A monitor of protocol `version` that answers the hello of each
+    /// connection and then `created` to any request.
+    fn old_monitor(pod: &PodDir, version: u32) -> std::thread::JoinHandle<usize> {
+        std::fs::create_dir_all(&pod.dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(pod.socket()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        std::thread::spawn(move || {
+            let mut requests = 0;
+            for _ in 0..2 {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
+                let mut w = stream.try_clone().unwrap();
+                let mut lines = BufReader::new(stream).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    let reply = if line.contains("\"hello\"") {
+                        format!(
+                            r#"{{"reply":"hello","version":{version},"monitor":{{"pid":1,"start_time":0}}}}"#
+                        )
+                    } else {
+                        requests += 1;
+                        r#"{"reply":"created","init":{"pid":1,"start_time":0}}"#.to_string()
+                    };
+                    if writeln!(w, "{reply}").is_err() {
+                        break;
+                    }
+                }
+            }
+            requests
+        })
+    }
+
+    fn launch() -> ContainerLaunch {
+        ContainerLaunch {
+            id: "c".into(),
+            spec: oci_spec::runtime::Spec::default(),
+            env: Vec::new(),
+            user: "0".into(),
+            groups: GroupsPolicy::Merge,
+            seccomp: None,
+            overlay: Overlay {
+                layers: Vec::new(),
+                upper: "/u".into(),
+                work: "/w".into(),
+            },
+            cgroup_procs: Vec::new(),
+            log_path: None,
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_old_monitor_never_gets_a_launch_it_would_not_confine() {
+        let state = tempfile::tempdir().unwrap();
+        let pod = PodDir::new(state.path(), "p");
+        let server = old_monitor(&pod, 2);
+        let mut l = launch();
+        l.seccomp = Some(crate::seccomp::Filter {
+            program: vec![0; 8],
+            flags: 0,
+        });
+        let err = PodMonitor::new(pod.clone())
+            .create_container(&l)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), Kind::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains("protocol 2"), "{err}");
+        // Without a filter or Strict groups the old monitor still creates.
+        PodMonitor::new(pod)
+            .create_container(&launch())
+            .await
+            .unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            1,
+            "only the unconfined launch was sent"
+        );
     }
 }
