@@ -14,4 +14,5 @@ mod registry;
 mod runtime;
 mod security;
 mod state_lost;
+mod streaming;
 mod vm;

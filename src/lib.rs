@@ -19,4 +19,5 @@ pub mod pod;
 pub mod record;
 pub mod seccomp;
 pub mod store;
+pub mod streaming;
 pub mod sys;

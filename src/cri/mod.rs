@@ -15,6 +15,7 @@ pub mod proto;
 mod runtime;
 pub mod server;
 mod status;
+mod stream_rpc;
 pub mod validate;
 
 use std::sync::Arc;
