@@ -390,8 +390,13 @@ fn mount_one(
     kind: TargetKind,
 ) -> Result<(), String> {
     if options.is_bind() && !source.exists() {
-        // What containerd and CRI-O do for a missing host path.
-        std::fs::create_dir_all(source)
+        // What containerd and CRI-O do for a missing host path: 0755 with
+        // its missing parents (exactly: the rootfs setup runs with umask 0).
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(source)
             .map_err(|e| format!("create host path {}: {e}", source.display()))?;
     }
     let rel = target.strip_prefix(root).unwrap_or(target);
