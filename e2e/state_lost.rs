@@ -79,6 +79,41 @@ async fn a_wiped_store_leaves_no_pod_behind_after_restart() {
     );
 }
 
+/// Everything `rm -rf` can remove below `dir` (busy mount points stay).
+fn wipe(dir: &Path) {
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// The root and the state dir wiped after a kill -9: no record, no pid
+/// file, no cached CNI result; what is left is what the kernel shows (the
+/// monitor in the monitors cgroup, its children, the pod cgroup, the pins
+/// that are busy mount points).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_root_and_state_dir_leave_no_pod_behind_after_restart() {
+    require_registry_tools!();
+    let mut s = setup_with_env(&[]).await;
+    let (_, monitor, init, workload) = pod_with_a_workload(&s).await;
+    s.d.signal_and_wait(9, Duration::from_secs(10))
+        .expect("daemon dies");
+    wipe(&s.d.root);
+    wipe(&s.d.state);
+    assert!(alive(monitor), "the pod outlives the wipe");
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt = s.d.runtime().await;
+    assert!(list(&mut rt, None).await.is_empty());
+    assert_all_gone(&s.d, &[monitor, init, workload]).await;
+    assert!(
+        s.d.log().contains("killing a pod monitor without a record"),
+        "{}",
+        s.d.log()
+    );
+}
+
 /// Writes 8 KiB of random bytes over the database, from the start of each
 /// 4 KiB page that holds `needle` (the live record is among them).
 fn damage(db: &Path, needle: &str) {

@@ -394,6 +394,32 @@ impl Network {
         Ok(())
     }
 
+    /// DEL for a pod whose cached ADD result is lost (the state dir was
+    /// wiped): the current network config, no previous result, no netns.
+    /// Plugins release what they hold by container id (host-local's lease);
+    /// DEL of an attachment that never existed succeeds (CNI requires DEL
+    /// to be idempotent). With a cache entry this is [`Network::teardown`].
+    pub async fn teardown_uncached(&self, pod_id: &str) -> Result<()> {
+        validate_id(pod_id)?;
+        if self.cache.read(pod_id)?.is_some() {
+            return self.teardown(pod_id, Path::new("")).await;
+        }
+        let list = self.load("")?;
+        let entry = Entry {
+            format: cache::FORMAT,
+            pod_id: pod_id.to_string(),
+            netns: PathBuf::new(),
+            if_name: IF_NAME.into(),
+            cni_args: String::new(),
+            port_mappings: Vec::new(),
+            config: list.raw.clone(),
+            result: None,
+        };
+        self.del_list(&list, &entry, None).await?;
+        tracing::info!(%pod_id, network = %list.name, "pod network deleted without a cached result");
+        Ok(())
+    }
+
     /// The cached ADD result's addresses; `None` without a finished ADD.
     pub fn cached_status(&self, pod_id: &str) -> Option<NetworkStatus> {
         let entry = self.cache.read(pod_id).ok().flatten()?;

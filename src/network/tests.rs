@@ -582,3 +582,24 @@ async fn gc_deletes_attachments_of_unknown_pods_and_sends_gc_to_1_1_plugins() {
     assert_eq!(f.env("addr", "GC", "CNI_COMMAND"), "GC");
     assert_eq!(f.calls().iter().filter(|c| c.contains(" GC ")).count(), 3);
 }
+
+#[tokio::test]
+async fn del_without_a_cached_result_uses_the_current_config_and_the_pod_id() {
+    let f = Fixture::new(PLUGINS, Some(two_plugin_list()), false);
+    f.net.teardown_uncached("lost").await.unwrap();
+    let calls = f.calls();
+    for plugin in ["addr", "pm", "plain"] {
+        let del = format!("{plugin} DEL eth0");
+        assert!(calls.contains(&del), "every plugin of the list: {calls:?}");
+    }
+    assert_eq!(f.env("addr", "DEL", "CNI_CONTAINERID"), "lost");
+    assert!(
+        f.stdin("addr", "DEL").get("prevResult").is_none(),
+        "no result"
+    );
+    assert!(f.net.cached_pods().unwrap().is_empty());
+    assert!(
+        f.net.teardown_uncached("../x").await.is_err(),
+        "ids are checked"
+    );
+}

@@ -108,9 +108,13 @@ fn release_stale(dir: &PodDir) {
 async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result<(), Error> {
     let records = pods.records.list()?;
     let known: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    // Attachments with a cached result get their DEL from the network's gc.
+    let cached = pods.network.cached_pods().unwrap_or_default();
+    // Pods the kernel or the disk shows and no record owns.
+    let mut orphans = std::collections::BTreeSet::new();
     if !rebooted {
         let live: Vec<ProcRef> = records.iter().filter_map(|r| r.monitor).collect();
-        kill_orphan_monitors(pods, state, &live).await;
+        orphans.extend(kill_orphan_monitors(pods, state, &live).await);
     }
     for sub in ["pods", "ns"] {
         let Ok(entries) = std::fs::read_dir(state.join(sub)) else {
@@ -122,6 +126,7 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result
                 continue;
             }
             tracing::warn!(pod_id = %name, "removing the leftovers of a pod without a record");
+            orphans.insert(name.clone());
             let dir = PodDir::new(state, &name);
             pods.engine.stop(&dir, None).await;
             for mount in mounts_under(&dir.dir)
@@ -144,8 +149,19 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result
         Ok(n) => tracing::warn!(count = n, "released the networks of pods without a record"),
         Err(e) => tracing::warn!(error = %crate::error::chain(&e), "CNI garbage collection"),
     }
+    // Attachments whose cached result is lost too (the state dir was
+    // wiped): DEL with the current config releases their addresses.
+    let cgroups = orphan_cgroups(pods, &known);
+    orphans.extend(cgroups.iter().map(|(id, _)| id.clone()));
+    if !rebooted {
+        for id in orphans.iter().filter(|id| !cached.contains(id)) {
+            if let Err(e) = pods.network.teardown_uncached(id).await {
+                tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "CNI DEL without a cached result");
+            }
+        }
+    }
     // Pod cgroups crius made under its default parent with no record.
-    for (id, path) in orphan_cgroups(pods, &known) {
+    for (id, path) in cgroups {
         tracing::warn!(pod_id = %id, cgroup = %path, "removing the cgroup of a pod without a record");
         let cg = pods.cgroups.clone();
         let removed = super::lifecycle::blocking(move || {
@@ -166,18 +182,20 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result
 /// init and container inits: each is PID 1 of its namespace or a plain
 /// child), then the monitor itself, through its socket when its pod
 /// directory still answers.
-async fn kill_orphan_monitors(pods: &Arc<Pods>, state: &Path, live: &[ProcRef]) {
+/// The pod ids of the monitors killed.
+async fn kill_orphan_monitors(pods: &Arc<Pods>, state: &Path, live: &[ProcRef]) -> Vec<String> {
+    let mut killed = Vec::new();
     let Some(cgroup) = pods.monitors_cgroup() else {
-        return;
+        return killed;
     };
     if !pods.cgroups.exists(&cgroup) {
-        return;
+        return killed;
     }
     let pids = match pods.cgroups.procs(&cgroup) {
         Ok(pids) => pids,
         Err(e) => {
             tracing::warn!(cgroup = %cgroup.path, error = %crate::error::chain(&e), "list the monitors' cgroup");
-            return;
+            return killed;
         }
     };
     for pid in pids {
@@ -196,7 +214,9 @@ async fn kill_orphan_monitors(pods: &Arc<Pods>, state: &Path, live: &[ProcRef]) 
         }
         let dir = PodDir::new(state, pod_id.as_deref().unwrap_or("unknown"));
         pods.engine.stop(&dir, Some(m)).await;
+        killed.extend(pod_id);
     }
+    killed
 }
 
 /// The pod id a monitor was started for: the last argument of its command
