@@ -10,4 +10,5 @@ mod pod;
 mod pod_recovery;
 mod registry;
 mod runtime;
+mod stats;
 mod vm;

@@ -62,6 +62,8 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub pod: PodConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +122,22 @@ pub struct PodConfig {
     pub unclaimed_ttl_secs: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// How often the sampler reads every pod's and container's usage, in
+    /// milliseconds (the window of the CPU rates); at least 100.
+    pub interval_ms: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            interval_ms: 10_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -131,6 +149,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
+            stats: StatsConfig::default(),
         }
     }
 }
@@ -248,6 +267,12 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "cgroup.default_parent must be an absolute cgroup path, got {:?}",
                 self.cgroup.default_parent
+            )));
+        }
+        if self.stats.interval_ms < 100 {
+            return Err(Error::Invalid(format!(
+                "stats.interval_ms must be at least 100, got {}",
+                self.stats.interval_ms
             )));
         }
         let net = &self.network;

@@ -16,4 +16,5 @@ pub mod locks;
 pub mod monitor;
 pub mod network;
 pub mod pod;
+pub mod stats;
 pub mod store;

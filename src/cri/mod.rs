@@ -12,7 +12,9 @@ mod pod;
 pub mod proto;
 mod runtime;
 pub mod server;
+mod stats;
 mod status;
+mod streams;
 
 use std::sync::Arc;
 
