@@ -387,7 +387,7 @@ async fn a_hundred_containers_leave_no_trace() {
         .await
         .unwrap();
     let (daemon_fds, monitor_fds) = (fd_count(s.d.pid()), fd_count(monitor));
-    let mounts = crius::linux::mount::mounts_under(s.d.dir.path()).len();
+    let mounts = crius::sys::mount::mounts_under(s.d.dir.path()).len();
     let t = Instant::now();
     for i in 0..100 {
         let name = format!("c{i}");
@@ -416,7 +416,7 @@ async fn a_hundred_containers_leave_no_trace() {
     eprintln!("100 containers created, started and removed in {took:?}");
     assert!(container_dirs(&s).is_empty());
     assert_eq!(
-        crius::linux::mount::mounts_under(s.d.dir.path()).len(),
+        crius::sys::mount::mounts_under(s.d.dir.path()).len(),
         mounts,
         "mounts left"
     );

@@ -8,14 +8,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crius::container::rootfs::Overlay;
 use crius::container::spec::{
     self, BindMount, ContainerConfig, ImageConfig, PidNamespace, PodContext, Propagation,
 };
-use crius::linux::ns::Kind;
+use crius::init::rootfs::Overlay;
+use crius::monitor::client::container::{ContainerLaunch, Error, ExecLaunch, PodMonitor};
 use crius::monitor::client::{self, Started};
-use crius::monitor::container::{ContainerLaunch, Error, ExecLaunch, PodMonitor};
 use crius::monitor::{PodDir, Spec};
+use crius::sys::ns::Kind;
 
 use crate::harness::{BIN, children_of, unmount_under};
 
@@ -134,6 +134,7 @@ impl TestPod {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            seccomp: None,
             overlay: Overlay {
                 layers: vec![self.layer.clone()],
                 upper: dir.join("upper"),
@@ -260,11 +261,11 @@ async fn engine_namespaces_in_pod_and_container_modes() {
     for (r, mode_pod) in [(ra, true), (rb, false)] {
         assert_eq!(
             ns_inode(r.pid, "ipc"),
-            crius::linux::ns::inode(&p.pod.ns(Kind::Ipc)).unwrap()
+            crius::sys::ns::inode(&p.pod.ns(Kind::Ipc)).unwrap()
         );
         assert_eq!(
             ns_inode(r.pid, "uts"),
-            crius::linux::ns::inode(&p.pod.ns(Kind::Uts)).unwrap()
+            crius::sys::ns::inode(&p.pod.ns(Kind::Uts)).unwrap()
         );
         let me = std::process::id() as i32;
         assert_eq!(ns_inode(r.pid, "net"), ns_inode(me, "net"), "host network");
@@ -307,7 +308,7 @@ async fn engine_namespaces_in_pod_and_container_modes() {
     assert_eq!((exit.exit_code, exit.signal), (137, Some(9)));
     assert!(p.monitor.signal_container("b", 9).await.is_err());
     p.monitor.remove_container("a").await.unwrap();
-    assert!(!crius::linux::process::ProcRef::alive(&ra));
+    assert!(!crius::sys::process::ProcRef::alive(&ra));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -345,7 +346,7 @@ async fn engine_failed_create_names_the_step_and_leaves_nothing() {
     assert!(!p.pod.exit_file("bad").exists(), "no exit file");
     let rootfs = launch.spec.root().as_ref().unwrap().path().clone();
     assert!(
-        crius::linux::mount::mounts_under(&rootfs).is_empty(),
+        crius::sys::mount::mounts_under(&rootfs).is_empty(),
         "no mount"
     );
     // The same id works afterwards.
@@ -464,7 +465,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
             .collect::<Vec<_>>()
             .join("\n"),
     );
-    assert!(crius::linux::mount::mounts_under(&shared).contains(&shared.join("inner")));
+    assert!(crius::sys::mount::mounts_under(&shared).contains(&shared.join("inner")));
     p.monitor.remove_container("shared").await.unwrap();
     unmount_under(&shared);
 

@@ -301,7 +301,7 @@ pub fn monitor_pids(state: &Path) -> Vec<i32> {
         let (Some(pid), Some(start)) = (v["pid"].as_i64(), v["start_time"].as_u64()) else {
             continue;
         };
-        if crius::linux::process::start_time(pid as i32) == Some(start) {
+        if crius::sys::process::start_time(pid as i32) == Some(start) {
             pids.push(pid as i32);
         }
     }
@@ -335,7 +335,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 
 /// Lazily unmounts everything mounted under `dir` (deepest first).
 pub fn unmount_under(dir: &Path) {
-    for m in crius::linux::mount::mounts_under(dir) {
+    for m in crius::sys::mount::mounts_under(dir) {
         let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -10,5 +10,6 @@ mod pod;
 mod pod_recovery;
 mod registry;
 mod runtime;
+mod security;
 mod stats;
 mod vm;

@@ -118,7 +118,7 @@ fn nsenter(args: &[String], cmd: &[&str]) -> String {
 
 /// Everything a pod could leave behind under the daemon's dirs.
 pub fn assert_no_trace(d: &TestDaemon) {
-    let mounts = crius::linux::mount::mounts_under(d.dir.path());
+    let mounts = crius::sys::mount::mounts_under(d.dir.path());
     // The shared <state>/ns mount itself may stay (like /run/netns).
     let ns_root = d.state.join("ns");
     let leftover: Vec<_> = mounts.iter().filter(|m| **m != ns_root).collect();
@@ -265,8 +265,8 @@ async fn pod_lifecycle_with_its_own_namespaces() {
     assert!(net.starts_with(d.state.join("ns").join(&id)), "{net:?}");
     let monitor = info["monitorPid"].as_i64().unwrap() as i32;
     let init = info["initPid"].as_i64().unwrap() as i32;
-    assert!(crius::linux::process::start_time(monitor).is_some());
-    assert!(crius::linux::process::start_time(init).is_some());
+    assert!(crius::sys::process::start_time(monitor).is_some());
+    assert!(crius::sys::process::start_time(init).is_some());
     // The init is PID 1 of the pod's PID namespace.
     let status_text = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
     let nspid = status_text
@@ -406,8 +406,8 @@ async fn pod_lifecycle_with_its_own_namespaces() {
     );
     assert!(!net.exists(), "netns pin released at stop");
     wait_for("monitor and init to end", Duration::from_secs(5), || {
-        !crius::linux::process::ProcRef::of(monitor).is_some_and(|p| p.alive())
-            && !crius::linux::process::ProcRef::of(init).is_some_and(|p| p.alive())
+        !crius::sys::process::ProcRef::of(monitor).is_some_and(|p| p.alive())
+            && !crius::sys::process::ProcRef::of(init).is_some_and(|p| p.alive())
     })
     .await;
     // Stop again, remove, remove again: all fine.

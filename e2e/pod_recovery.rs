@@ -21,7 +21,7 @@ fn kill9(pid: i32) {
 }
 
 fn alive(pid: i32) -> bool {
-    crius::linux::process::ProcRef::of(pid).is_some_and(|p| p.alive())
+    crius::sys::process::ProcRef::of(pid).is_some_and(|p| p.alive())
 }
 
 async fn state_of(rt: &mut Client, id: &str) -> i32 {
@@ -161,7 +161,7 @@ async fn killed_at(step: &str) {
     .await;
     let monitors = monitor_pids(&d.state);
     assert_eq!(monitors.len(), 1, "the monitor was started");
-    assert!(!crius::linux::mount::mounts_under(&d.state.join("pods")).is_empty());
+    assert!(!crius::sys::mount::mounts_under(&d.state.join("pods")).is_empty());
     if step != "set up pod network" {
         let veths = std::process::Command::new("ip")
             .args(["-o", "link", "show", "master", d.bridge.as_ref().unwrap()])

@@ -12,14 +12,43 @@
 #   layered:latest              busybox + a layer that deletes /data/gone
 #                               (whiteout), replaces /data/replaced and makes
 #                               /data/dir opaque (only /data/dir/new remains)
+#   probe:latest                busybox + /usr/local/bin/probe (a static C
+#                               program making one syscall and printing
+#                               "ok" or "errno N", or the effective uid), a
+#                               setuid-root copy probe-suid, and users and
+#                               groups for the security-context tests
 set -euo pipefail
 # shellcheck source=lib/images.sh
 source "$(dirname "$0")/lib/images.sh"
 cmd=${1:?usage: $0 build OUT | push OUT HOST:PORT}
 out=${2:?usage: $0 build OUT | push OUT HOST:PORT}
 
+# The probe program of the probe image.
+PROBE_C='#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static int report(long rc) {
+  if (rc < 0) { printf("errno %d\n", errno); return 1; }
+  printf("ok\n");
+  return 0;
+}
+int main(int argc, char **argv) {
+  const char *w = argc > 1 ? argv[1] : "";
+  if (!strcmp(w, "keyctl")) /* KEYCTL_GET_KEYRING_ID of the session keyring */
+    return report(syscall(SYS_keyctl, 0, -3, 0));
+  if (!strcmp(w, "unshare-user")) return report(unshare(CLONE_NEWUSER));
+  if (!strcmp(w, "getppid")) return report(syscall(SYS_getppid));
+  if (!strcmp(w, "euid")) { printf("%d\n", (int)geteuid()); return 0; }
+  fprintf(stderr, "usage: probe keyctl|unshare-user|getppid|euid\n");
+  return 2;
+}'
+
 build() {
-  images_require_tools
+  images_require_tools gcc
   rm -rf "$out" && mkdir -p "$out"
   local oci="$out/oci" work="$out/work"
   mkdir -p "$work"
@@ -57,6 +86,22 @@ build() {
   umoci tag --image "$oci:busybox" layered
   umoci raw add-layer --image "$oci:layered" "$work/upper.tar"
 
+  # probe: the probe programs and more users and groups.
+  local probe="$work/probe"
+  mkdir -p "$probe/usr/local/bin" "$probe/etc"
+  printf '%s\n' "$PROBE_C" >"$work/probe.c"
+  gcc -static -Os -o "$probe/usr/local/bin/probe" "$work/probe.c"
+  cp "$probe/usr/local/bin/probe" "$probe/usr/local/bin/probe-suid"
+  chown 0:0 "$probe/usr/local/bin/probe-suid"
+  chmod 4755 "$probe/usr/local/bin/probe-suid"
+  printf '%s\n' root:x:0:0:root:/root:/bin/sh user:x:1000:1000:user:/home/user:/bin/sh \
+    alice:x:1001:1001:alice:/home/alice:/bin/sh >"$probe/etc/passwd"
+  printf '%s\n' root:x:0: user:x:1000: alice:x:1001: staff:x:50:alice,user audio:x:63:alice \
+    >"$probe/etc/group"
+  layer_tar "$probe" "$work/probe.tar" usr etc/passwd etc/group
+  umoci tag --image "$oci:busybox" probe
+  umoci raw add-layer --image "$oci:probe" "$work/probe.tar"
+
   # A layout of its own: in the same one skopeo would reuse the gzip blob.
   skopeo copy --quiet --dest-compress-format zstd "oci:$oci:busybox" "oci:$out/oci-zstd:busybox-zstd"
   rm -rf "$work"
@@ -72,6 +117,7 @@ push() {
   push_image "$out/oci-zstd:busybox-zstd" "$reg/busybox-zstd:latest" --dest-compress-format zstd
   push_image "$out/oci:nonroot" "$reg/nonroot:latest"
   push_image "$out/oci:layered" "$reg/layered:latest"
+  push_image "$out/oci:probe" "$reg/probe:latest"
 }
 
 case "$cmd" in

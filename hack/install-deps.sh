@@ -4,8 +4,9 @@
 set -euo pipefail
 what=${1:-test}
 
-# Debian packages. runtime: what `crius serve` uses on a node.
-runtime_pkgs=(containernetworking-plugins iptables iproute2 ca-certificates)
+# Debian packages. runtime: what `crius serve` uses on a node, and what
+# building it needs (libseccomp compiles the seccomp profiles).
+runtime_pkgs=(containernetworking-plugins iptables iproute2 ca-certificates libseccomp-dev pkg-config)
 # test: what the test suites drive (a local registry, test images, the VM tier).
 test_pkgs=("${runtime_pkgs[@]}" docker-registry busybox-static skopeo umoci apache2-utils
   # hack/critest-images.sh compiles two tiny static programs

@@ -24,9 +24,10 @@ use tokio::sync::watch;
 use super::engine::Launch;
 use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
-use super::{Containers, Error, Outcome, blocking, rootfs, rootfs_dir, upper_dir, work_dir};
+use super::{Containers, Error, Outcome, blocking, rootfs_dir, upper_dir, work_dir};
 use crate::cgroups::CgroupPath;
 use crate::error::{Classify, Kind};
+use crate::init::rootfs;
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
 
@@ -202,7 +203,7 @@ impl Containers {
             cgroup_v2: self.cgroups.is_unified(),
         };
         let rootfs = rootfs_dir(&dir);
-        let built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
+        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
             let kind = e.kind();
             Error::Step {
                 op: "create container",
@@ -210,6 +211,35 @@ impl Containers {
                 kind,
                 source: Box::new(e),
             }
+        })?;
+        let security = &req.config.security;
+        let apparmor = super::lsm::apparmor_profile(security, super::lsm::Host::current())
+            .map_err(Error::Invalid)?;
+        if let Some(process) = built.spec.process_mut() {
+            process.set_apparmor_profile(apparmor);
+        }
+        // The filter is compiled here, so a bad profile fails before
+        // anything exists; RuntimeDefault depends on the bounding set.
+        let bounding: Vec<String> = built
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().clone())
+            .into_iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        let seccomp = crate::seccomp::prepare(
+            &security.seccomp,
+            security.privileged,
+            bounding.iter().map(String::as_str),
+        )
+        .map_err(|e| Error::Step {
+            op: "create container",
+            step: "compile the seccomp profile".into(),
+            kind: e.kind(),
+            source: Box::new(e),
         })?;
         let overlay = rootfs::Overlay {
             layers: image.layers.clone(),
@@ -282,6 +312,7 @@ impl Containers {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            seccomp,
             overlay,
             cgroup_procs: Vec::new(),
             log_path,
@@ -335,7 +366,7 @@ impl Containers {
                 };
                 (
                     PidMode::Target(target.id.clone()),
-                    PidNamespace::Target(crate::linux::ns::Kind::Pid.proc_path(init.pid)),
+                    PidNamespace::Target(crate::sys::ns::Kind::Pid.proc_path(init.pid)),
                 )
             }
         })
@@ -481,7 +512,7 @@ impl Containers {
         }
         let dir = rec.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = crate::linux::mount::detach_all(&crate::linux::mount::Host, &rootfs_dir(&dir));
+            let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

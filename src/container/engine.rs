@@ -11,11 +11,11 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use crate::container::rootfs::Overlay;
 use crate::error::{Classify, Kind};
-use crate::linux::process::ProcRef;
+use crate::init::rootfs::Overlay;
 use crate::monitor::PodDir;
-pub use crate::monitor::proto::Exit;
+pub use crate::monitor::protocol::Exit;
+use crate::sys::process::ProcRef;
 
 /// Everything an engine needs to create a container's init, blocked
 /// before execve.
@@ -28,6 +28,8 @@ pub struct Launch {
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init (`container::user`).
     pub user: String,
+    /// The compiled seccomp filter; `None`: unconfined.
+    pub seccomp: Option<crate::seccomp::Filter>,
     pub overlay: Overlay,
     /// `cgroup.procs` files of the container's leaf, joined before execve.
     pub cgroup_procs: Vec<PathBuf>,

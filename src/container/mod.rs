@@ -3,7 +3,7 @@
 //!
 //! The translation (`spec`) is pure: CRI config + image config + the pod's
 //! context in, an `oci_spec::runtime::Spec` out. The engine that creates the
-//! container processes (src/linux, src/monitor) consumes the Spec, so an
+//! container processes (src/init, src/monitor) consumes the Spec, so an
 //! external OCI runtime could be plugged in later and the translation is
 //! unit-tested without privileges.
 //!
@@ -21,17 +21,15 @@ mod create;
 pub mod engine;
 mod exec;
 mod lifecycle;
-pub mod log;
+pub mod lsm;
 pub mod monitor_engine;
 pub mod reconcile;
 pub mod record;
-pub mod rootfs;
 pub mod spec;
 #[cfg(test)]
 mod test_engine;
 #[cfg(test)]
 mod tests;
-pub mod user;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,12 +1,12 @@
-//! The production engine: the pod's monitor ([`crate::monitor::container`]),
+//! The production engine: the pod's monitor ([`crate::monitor::client::container`]),
 //! one connection per call.
 
 use crate::container::engine::{self, Engine, ExecHandle, ExecLaunch, Exit, Launch};
 use crate::error::Classify;
-use crate::linux::process::ProcRef;
 use crate::monitor::PodDir;
 use crate::monitor::client;
-use crate::monitor::container::{self as mc, ContainerLaunch, PodMonitor};
+use crate::monitor::client::container::{self as mc, ContainerLaunch, PodMonitor};
+use crate::sys::process::ProcRef;
 
 /// Drives containers through each pod's monitor.
 pub struct Monitors;
@@ -53,6 +53,7 @@ impl Engine for Monitors {
             spec: l.spec.clone(),
             env: l.env.clone(),
             user: l.user.clone(),
+            seccomp: l.seccomp.clone(),
             overlay: l.overlay.clone(),
             cgroup_procs: l.cgroup_procs.clone(),
             log_path: l.log_path.clone(),

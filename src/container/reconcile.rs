@@ -69,8 +69,7 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
         }
         tracing::warn!(container_id = %name, "removing the directory of a container without a record");
         let dir = entry.path();
-        let _ =
-            crate::linux::mount::detach_all(&crate::linux::mount::Host, &super::rootfs_dir(&dir));
+        let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &super::rootfs_dir(&dir));
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "remove orphan container directory");
         }

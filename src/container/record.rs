@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{CgroupPath, Resources};
-use crate::linux::process::ProcRef;
 use crate::monitor::{PodDir, read_exit};
 use crate::store::Table;
+use crate::sys::process::ProcRef;
 
 pub const CONTAINERS: Table<ContainerRecord> = Table::new("containers");
 

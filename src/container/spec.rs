@@ -96,6 +96,22 @@ pub struct Security {
     /// (kubelet sends its own list for unprivileged containers).
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
+    /// The seccomp profile, compiled by `crate::seccomp::prepare`.
+    pub seccomp: crate::seccomp::Request,
+    pub apparmor: AppArmor,
+    /// SELinux options were given (crius applies no SELinux labels).
+    pub selinux: bool,
+}
+
+/// The AppArmor profile the CRI asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AppArmor {
+    /// The CRI's nil profile: the runtime's default.
+    #[default]
+    RuntimeDefault,
+    Unconfined,
+    /// A profile loaded on the node, by name.
+    Localhost(String),
 }
 
 /// The CRI container config, in crius's own terms.

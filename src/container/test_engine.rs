@@ -13,10 +13,10 @@ use tokio::sync::watch;
 use super::create::CreateRequest;
 use super::engine::{self, Engine, ExecHandle, ExecLaunch, Exit, Launch};
 use super::*;
-use crate::linux::process::ProcRef;
 use crate::monitor::PodDir;
 use crate::pod::record::{PodRecord, State as PodState};
 use crate::pod::spec::{NamespaceMode, PodSpec};
+use crate::sys::process::ProcRef;
 
 /// Containers are virtual (their init is a pid that does not exist);
 /// exec processes are real `sh -c` children in their own process group.

@@ -6,8 +6,9 @@ use tonic::Status;
 use super::error::missing;
 use super::proto;
 use crate::container::spec::{
-    BindMount, ContainerConfig, Device, Propagation, Resources, Security,
+    AppArmor, BindMount, ContainerConfig, Device, Propagation, Resources, Security,
 };
+use crate::seccomp;
 
 fn invalid(msg: String) -> Status {
     Status::invalid_argument(msg)
@@ -53,7 +54,144 @@ fn oom_score_adj(r: &proto::LinuxContainerResources) -> Result<i32, Status> {
         .ok_or_else(|| invalid(format!("oom_score_adj {} is out of range", r.oom_score_adj)))
 }
 
-fn security(s: &proto::LinuxContainerSecurityContext) -> Result<Security, Status> {
+/// A CRI SecurityProfile: `Ok(None)` when it is absent.
+fn profile<T>(
+    field: &'static str,
+    p: Option<&proto::SecurityProfile>,
+    localhost: impl FnOnce(String) -> T,
+    runtime_default: T,
+    unconfined: T,
+) -> Result<Option<T>, Status> {
+    use proto::security_profile::ProfileType;
+    let Some(p) = p else { return Ok(None) };
+    let typ = ProfileType::try_from(p.profile_type).map_err(|_| {
+        invalid(format!(
+            "{field}.profile_type {} is unknown",
+            p.profile_type
+        ))
+    })?;
+    if typ != ProfileType::Localhost && !p.localhost_ref.is_empty() {
+        return Err(invalid(format!(
+            "{field}.localhost_ref is set but the profile type is {}",
+            typ.as_str_name()
+        )));
+    }
+    Ok(Some(match typ {
+        ProfileType::RuntimeDefault => runtime_default,
+        ProfileType::Unconfined => unconfined,
+        ProfileType::Localhost if p.localhost_ref.is_empty() => {
+            return Err(invalid(format!(
+                "{field}.localhost_ref is required for a Localhost profile"
+            )));
+        }
+        ProfileType::Localhost => localhost(p.localhost_ref.clone()),
+    }))
+}
+
+/// The deprecated `*_profile_path` form: `runtime/default` (also
+/// `docker/default`), `unconfined`, `localhost/<ref>`; `Ok(None)` when empty.
+fn legacy_profile<T>(
+    field: &'static str,
+    path: &str,
+    localhost: impl FnOnce(String) -> T,
+    runtime_default: T,
+    unconfined: T,
+) -> Result<Option<T>, Status> {
+    Ok(Some(match path {
+        "" => return Ok(None),
+        "runtime/default" | "docker/default" => runtime_default,
+        "unconfined" => unconfined,
+        p => match p.strip_prefix("localhost/") {
+            Some(r) if !r.is_empty() => localhost(r.to_string()),
+            _ => {
+                return Err(invalid(format!(
+                    "{field} {path:?} is not runtime/default, unconfined or localhost/<profile>"
+                )));
+            }
+        },
+    }))
+}
+
+/// The seccomp profile: the container's field, else its deprecated path,
+/// else the pod's (field, then path); none at all means unconfined.
+#[allow(deprecated)] // the deprecated path is still part of the CRI
+fn seccomp_request(
+    s: &proto::LinuxContainerSecurityContext,
+    pod: Option<&proto::LinuxSandboxSecurityContext>,
+) -> Result<seccomp::Request, Status> {
+    let localhost = |field: &'static str| {
+        move |path: String| seccomp::Request::Localhost {
+            path: path.into(),
+            field,
+        }
+    };
+    let sc = |field: &'static str, p: Option<&proto::SecurityProfile>| {
+        profile(
+            field,
+            p,
+            localhost(field),
+            seccomp::Request::RuntimeDefault,
+            seccomp::Request::Unconfined,
+        )
+    };
+    let legacy = |field: &'static str, path: &str| {
+        legacy_profile(
+            field,
+            path,
+            localhost(field),
+            seccomp::Request::RuntimeDefault,
+            seccomp::Request::Unconfined,
+        )
+    };
+    if let Some(r) = sc("security_context.seccomp", s.seccomp.as_ref())? {
+        return Ok(r);
+    }
+    if let Some(r) = legacy(
+        "security_context.seccomp_profile_path",
+        &s.seccomp_profile_path,
+    )? {
+        return Ok(r);
+    }
+    if let Some(pod) = pod {
+        if let Some(r) = sc("pod security_context.seccomp", pod.seccomp.as_ref())? {
+            return Ok(r);
+        }
+        if let Some(r) = legacy(
+            "pod security_context.seccomp_profile_path",
+            &pod.seccomp_profile_path,
+        )? {
+            return Ok(r);
+        }
+    }
+    Ok(seccomp::Request::Unconfined)
+}
+
+#[allow(deprecated)] // the deprecated name is still part of the CRI
+fn apparmor_request(s: &proto::LinuxContainerSecurityContext) -> Result<AppArmor, Status> {
+    let field = "security_context.apparmor";
+    if let Some(a) = profile(
+        field,
+        s.apparmor.as_ref(),
+        AppArmor::Localhost,
+        AppArmor::RuntimeDefault,
+        AppArmor::Unconfined,
+    )? {
+        return Ok(a);
+    }
+    Ok(legacy_profile(
+        "security_context.apparmor_profile",
+        &s.apparmor_profile,
+        AppArmor::Localhost,
+        AppArmor::RuntimeDefault,
+        AppArmor::Unconfined,
+    )?
+    .unwrap_or_default())
+}
+
+fn security(
+    s: &proto::LinuxContainerSecurityContext,
+    pod: Option<&proto::LinuxSandboxSecurityContext>,
+) -> Result<Security, Status> {
     let caps = s.capabilities.clone().unwrap_or_default();
     let mut supplemental_groups = Vec::with_capacity(s.supplemental_groups.len());
     for g in &s.supplemental_groups {
@@ -81,6 +219,11 @@ fn security(s: &proto::LinuxContainerSecurityContext) -> Result<Security, Status
         drop_capabilities: caps.drop_capabilities,
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
+        seccomp: seccomp_request(s, pod)?,
+        apparmor: apparmor_request(s)?,
+        selinux: s.selinux_options.as_ref().is_some_and(|o| {
+            !(o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty())
+        }),
     })
 }
 
@@ -116,9 +259,14 @@ fn mount(m: &proto::Mount) -> Result<BindMount, Status> {
     })
 }
 
-/// The CRI ContainerConfig in crius's terms. The image reference and the
-/// log path stay with the caller, which resolves them.
-pub fn container_config(c: &proto::ContainerConfig) -> Result<ContainerConfig, Status> {
+/// The CRI ContainerConfig in crius's terms (`pod`: the sandbox's security
+/// context, whose seccomp profile containers without one inherit). The
+/// image reference and the log path stay with the caller, which resolves
+/// them.
+pub fn container_config(
+    c: &proto::ContainerConfig,
+    pod: Option<&proto::LinuxSandboxSecurityContext>,
+) -> Result<ContainerConfig, Status> {
     let name = c
         .metadata
         .as_ref()
@@ -162,12 +310,7 @@ pub fn container_config(c: &proto::ContainerConfig) -> Result<ContainerConfig, S
             .transpose()?
             .unwrap_or_default(),
         oom_score_adj: linux.resources.as_ref().map(oom_score_adj).transpose()?,
-        security: linux
-            .security_context
-            .as_ref()
-            .map(security)
-            .transpose()?
-            .unwrap_or_default(),
+        security: security(&linux.security_context.clone().unwrap_or_default(), pod)?,
     })
 }
 
@@ -214,7 +357,7 @@ mod tests {
 
     #[test]
     fn converts_the_cri_config() {
-        let c = container_config(&config()).unwrap();
+        let c = container_config(&config(), None).unwrap();
         assert_eq!(c.name, "c");
         assert_eq!(c.envs, [("RAW".to_string(), vec![0xfe, 0xff])]);
         assert_eq!(c.mounts[0].propagation, Propagation::Bidirectional);
@@ -231,19 +374,19 @@ mod tests {
         let mut c = config();
         c.metadata = None;
         assert_eq!(
-            container_config(&c).unwrap_err().code(),
+            container_config(&c, None).unwrap_err().code(),
             Code::InvalidArgument
         );
         let mut c = config();
         c.envs[0].key = "A=B".into();
         assert_eq!(
-            container_config(&c).unwrap_err().code(),
+            container_config(&c, None).unwrap_err().code(),
             Code::InvalidArgument
         );
         let mut c = config();
         c.mounts[0].propagation = 42;
         assert_eq!(
-            container_config(&c).unwrap_err().code(),
+            container_config(&c, None).unwrap_err().code(),
             Code::InvalidArgument
         );
         let mut c = config();
@@ -255,7 +398,7 @@ mod tests {
             .unwrap()
             .run_as_user = Some(proto::Int64Value { value: -1 });
         assert_eq!(
-            container_config(&c).unwrap_err().code(),
+            container_config(&c, None).unwrap_err().code(),
             Code::InvalidArgument
         );
         let mut c = config();
@@ -267,7 +410,7 @@ mod tests {
             .unwrap()
             .oom_score_adj = 5000;
         assert_eq!(
-            container_config(&c).unwrap_err().code(),
+            container_config(&c, None).unwrap_err().code(),
             Code::InvalidArgument
         );
     }

@@ -28,7 +28,12 @@ impl Cri {
             return Err(missing("pod_sandbox_id"));
         }
         let c = req.config.ok_or_else(|| missing("config"))?;
-        let config = super::container::container_config(&c)?;
+        let pod_security = req
+            .sandbox_config
+            .as_ref()
+            .and_then(|p| p.linux.as_ref())
+            .and_then(|l| l.security_context.as_ref());
+        let config = super::container::container_config(&c, pod_security)?;
         let ns = c
             .linux
             .as_ref()

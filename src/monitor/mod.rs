@@ -7,26 +7,22 @@
 //! (fork is safe: the monitor has one thread), pins them, applies the
 //! sysctls inside them, mounts the pod's /dev/shm, and in PID mode POD
 //! keeps that child as PID 1 of the pod's PID namespace (the pod init,
-//! [`init`]). It reaps every child the moment SIGCHLD arrives and writes
+//! [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives and writes
 //! how it ended to `<pod dir>/exits/<name>` before anything else, since only
 //! a parent can collect an exit status. The daemon talks to it over
-//! `<pod dir>/monitor.sock` ([`proto`]) and watches it with a pidfd.
+//! `<pod dir>/monitor.sock` ([`protocol`]) and watches it with a pidfd.
 
 pub mod client;
-pub mod container;
-mod init;
-pub mod proto;
-mod sandbox;
-mod server;
-mod workload;
+pub mod process;
+pub mod protocol;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::linux::ns::Kind;
+use crate::sys::ns::Kind;
 
-pub use server::main;
+pub use process::main;
 
 /// What the daemon asks a new monitor to set up, written to
 /// `<pod dir>/monitor.json` before the monitor starts.
@@ -116,7 +112,7 @@ pub fn socket_path(pod: &PodDir) -> std::io::Result<(std::fs::File, PathBuf)> {
 pub const INIT: &str = "init";
 
 /// Reads an exit file; `None` while the child has not ended.
-pub fn read_exit(path: &Path) -> Option<proto::Exit> {
+pub fn read_exit(path: &Path) -> Option<protocol::Exit> {
     let text = std::fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
 }

@@ -24,11 +24,11 @@ use super::spec::PodSpec;
 use super::{Error, NetworkInfo, Outcome, Pods, now_ns};
 use crate::cgroups::{CgroupPath, Resources};
 use crate::error::{Classify, Kind};
-use crate::linux::ns::Kind as Ns;
-use crate::linux::process::ProcRef;
 use crate::monitor::{self, PodDir, client};
 use crate::network::PodNetwork;
 use crate::network::dns::{self, DnsConfig};
+use crate::sys::ns::Kind as Ns;
+use crate::sys::process::ProcRef;
 
 /// Test hook: the env var naming a step before which RunPodSandbox pauses
 /// (e2e tests kill the daemon there, or let a client's deadline pass), for

@@ -13,10 +13,10 @@ use nix::sys::signal::Signal;
 use super::record::{PODS, PodRecord, State};
 use super::{Error, Pods};
 use crate::error::Classify;
-use crate::linux::mount::{Host, detach_all};
-use crate::linux::ns;
-use crate::linux::process::ProcRef;
 use crate::monitor::{PodDir, client};
+use crate::sys::mount::{Host, detach_all};
+use crate::sys::ns;
+use crate::sys::process::ProcRef;
 
 fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
 where

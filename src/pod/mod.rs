@@ -152,7 +152,7 @@ impl Pods {
         cgroups: Arc<Cgroups>,
         settings: Settings,
     ) -> Result<Pods, Error> {
-        let boot_id = crate::linux::process::boot_id().map_err(|e| Error::Step {
+        let boot_id = crate::sys::process::boot_id().map_err(|e| Error::Step {
             step: "read boot id".into(),
             kind: Kind::Internal,
             source: Box::new(e),

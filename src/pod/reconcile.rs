@@ -18,10 +18,10 @@ use std::time::Duration;
 use super::lifecycle::read_pid_file;
 use super::record::{PODS, State};
 use super::{Error, Pods, now_ns};
-use crate::linux::mount::{Host, detach_all, mounts_under};
-use crate::linux::ns;
 use crate::monitor::PodDir;
 use crate::monitor::client::Connection;
+use crate::sys::mount::{Host, detach_all, mounts_under};
+use crate::sys::ns;
 
 /// The file remembering the boot the state dir belongs to.
 const BOOT_ID_FILE: &str = "boot_id";

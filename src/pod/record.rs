@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::PodSpec;
 use crate::cgroups::CgroupPath;
-use crate::linux::process::ProcRef;
 use crate::monitor::{INIT, PodDir, read_exit};
 use crate::store::Table;
+use crate::sys::process::ProcRef;
 
 pub const PODS: Table<PodRecord> = Table::new("pods");
 
@@ -87,6 +87,6 @@ impl PodRecord {
 
     pub fn pid_ns_path(&self) -> Option<PathBuf> {
         self.init
-            .map(|i| crate::linux::ns::Kind::Pid.proc_path(i.pid))
+            .map(|i| crate::sys::ns::Kind::Pid.proc_path(i.pid))
     }
 }

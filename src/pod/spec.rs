@@ -181,7 +181,7 @@ impl PodSpec {
                     ));
                 }
             }
-            crate::linux::sysctl::path(name).map_err(|e| Error::Invalid(e.to_string()))?;
+            crate::sys::sysctl::path(name).map_err(|e| Error::Invalid(e.to_string()))?;
         }
         Ok(())
     }

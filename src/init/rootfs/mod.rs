@@ -1,7 +1,7 @@
 //! The container's root filesystem as a plan: the ordered mount steps that
 //! turn the image layers and the Spec's mounts into the tree the container
 //! sees, computed as data so it is unit-tested without privileges. The
-//! engine in src/linux executes the steps, inside the container's new mount
+//! executor ([`apply`]) runs the steps, inside the container's new mount
 //! namespace, in this order (runc's `prepareRootfs`):
 //!
 //! 1. root propagation from the Spec (rslave / rshared / rprivate, recursive)
@@ -13,6 +13,8 @@
 //! 6. device nodes and the /dev symlinks
 //! 7. pivot_root(".", "."), old root detached; masked and read-only paths;
 //!    the root remounted read-only when the Spec asks.
+
+pub mod apply;
 
 use std::path::{Path, PathBuf};
 

@@ -22,15 +22,16 @@ use std::path::{Path, PathBuf};
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::process::{Forked, exit_immediately, fork_into};
 use super::setup::{self, Stdio, Sync};
-use crate::container::rootfs::{self, Overlay};
+use crate::init::rootfs::{self, Overlay};
+use crate::sys::process::{Forked, exit_immediately, fork_into};
 
 /// What the init needs besides its stdio.
 pub struct Init<'a> {
     pub spec: &'a Spec,
     pub env: &'a [Vec<u8>],
     pub user: &'a str,
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
     pub overlay: &'a Overlay,
     pub cgroup_procs: &'a [PathBuf],
 }
@@ -109,7 +110,7 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         Ok(s) => s,
         Err(e) => sync.fail("rootfs plan", &e.to_string()),
     };
-    if let Err(e) = super::rootfs::execute(&root, &steps) {
+    if let Err(e) = super::rootfs::apply::execute(&root, &steps) {
         sync.fail(&e.step, &e.message);
     }
     let Some(process) = init.spec.process() else {
@@ -119,7 +120,7 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         sync.fail("cwd", &e);
     }
     let args = process.args().clone().unwrap_or_default();
-    let exec = match setup::finalize(process, &args, init.env, init.user) {
+    let exec = match setup::finalize(process, &args, init.env, init.user, init.seccomp) {
         Ok(e) => e,
         Err((step, e)) => sync.fail(step, &e),
     };

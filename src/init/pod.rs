@@ -7,7 +7,7 @@
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-use crate::linux::process::{close_fds_from, set_name};
+use crate::sys::process::{close_fds_from, set_name};
 
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never

@@ -37,12 +37,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::PodDir;
-use super::client::{self, Connection};
-use super::proto::{Exit, Reply, Request};
-use crate::container::rootfs::Overlay;
+use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
-use crate::linux::process::ProcRef;
+use crate::init::rootfs::Overlay;
+use crate::monitor::PodDir;
+use crate::monitor::protocol::{Exit, Reply, Request};
+use crate::sys::process::ProcRef;
 
 /// Everything the monitor needs to create a container's init, blocked
 /// before execve.
@@ -55,6 +55,10 @@ pub struct ContainerLaunch {
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init (`container::user`).
     pub user: String,
+    /// The compiled seccomp filter, loaded by the init and every exec
+    /// process; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<crate::seccomp::Filter>,
     pub overlay: Overlay,
     /// cgroup.procs files of the container's leaf, one per hierarchy.
     pub cgroup_procs: Vec<PathBuf>,

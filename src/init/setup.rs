@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Process;
 
-use super::caps;
-use super::process::{close_fds_from, default_signals, exit_immediately};
+use crate::seccomp::Filter;
+use crate::sys::caps;
+use crate::sys::process::{close_fds_from, default_signals, exit_immediately};
 
 /// The standard streams a container process gets.
 pub struct Stdio {
@@ -188,6 +189,8 @@ pub struct Exec {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    /// With no_new_privs the filter is loaded last, right before execve.
+    late_seccomp: Option<Filter>,
 }
 
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
@@ -224,21 +227,57 @@ fn look_path(name: &str, env: &[Vec<u8>]) -> Result<PathBuf, String> {
     Err(format!("{name}: executable file not found in $PATH"))
 }
 
+/// Asks for the AppArmor profile `name` at the coming execve, through the
+/// process's own attr file, checked to be procfs (a container mount could
+/// cover /proc with something that swallows the write).
+fn apparmor_on_exec(name: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let path = [
+        "/proc/thread-self/attr/apparmor/exec",
+        "/proc/thread-self/attr/exec",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .ok_or("no AppArmor attr file under /proc/thread-self")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {path}: {e}"))?;
+    let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| format!("statfs {path}: {e}"))?;
+    if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(format!("{path} is not on procfs"));
+    }
+    f.write_all(format!("exec {name}").as_bytes())
+        .map_err(|e| format!("write {path}: {e}"))
+}
+
 /// The credentials and capabilities of the container's process, applied to
-/// the calling process; returns what execve needs. Errors name their step.
+/// the calling process, with the seccomp filter in runc's order (without
+/// no_new_privs loading it needs CAP_SYS_ADMIN, so it goes before the
+/// capabilities are dropped; with it, last, in [`exec`]); returns what
+/// execve needs. Errors name their step.
 pub fn finalize(
     process: &Process,
     args: &[String],
     env: &[Vec<u8>],
     user: &str,
+    seccomp: Option<&Filter>,
 ) -> Result<Exec, (&'static str, String)> {
     rlimits(process).map_err(|e| ("rlimits", e))?;
     oom_score_adj(process);
     let supplemental = process.user().additional_gids().clone().unwrap_or_default();
-    let id = crate::container::user::resolve(Path::new("/"), user, &supplemental)
+    let id = crate::init::user::resolve(Path::new("/"), user, &supplemental)
         .map_err(|e| ("user", e.to_string()))?;
-    if process.no_new_privileges().unwrap_or(false) {
+    if let Some(profile) = process.apparmor_profile() {
+        apparmor_on_exec(profile).map_err(|e| ("apparmor", e))?;
+    }
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
+    }
+    if let Some(f) = seccomp.filter(|_| !no_new_privs) {
+        crate::sys::seccomp::load(&f.program, f.flags)
+            .map_err(|e| ("seccomp", crate::error::chain(&e)))?;
     }
     let sets = caps::Sets::from_spec(process.capabilities().as_ref());
     caps::apply_bounding(sets.bounding).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
@@ -274,6 +313,7 @@ pub fn finalize(
             .map(|e| cstring(e, "the environment"))
             .collect::<Result<_, _>>()
             .map_err(|e| ("exec", e))?,
+        late_seccomp: seccomp.filter(|_| no_new_privs).cloned(),
     })
 }
 
@@ -293,6 +333,11 @@ pub fn exec(e: &Exec) -> String {
     let _ = SigSet::all().thread_unblock();
     default_signals(&[Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE]);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    if let Some(f) = &e.late_seccomp
+        && let Err(err) = crate::sys::seccomp::load(&f.program, f.flags)
+    {
+        return crate::error::chain(&err);
+    }
     let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
     format!("{}: {err}", e.path.to_string_lossy())
 }

@@ -7,14 +7,11 @@
 #![allow(unsafe_code)]
 
 pub mod caps;
-pub mod exec;
 pub mod fds;
-pub mod init;
 pub mod mount;
 pub mod ns;
 pub mod process;
-pub mod rootfs;
-pub mod setup;
+pub mod seccomp;
 pub mod sysctl;
 
 use std::path::PathBuf;

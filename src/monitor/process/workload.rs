@@ -1,5 +1,5 @@
 //! The monitor's containers and exec processes: forking them (the setup
-//! itself is in src/linux: [`crate::linux::init`], [`crate::linux::exec`]),
+//! itself is in src/init: [`crate::init::container`], [`crate::init::exec`]),
 //! following their setup over a sync socket, releasing a created init,
 //! and copying a container's stdout/stderr into its CRI log file.
 //!
@@ -17,11 +17,11 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::container::{ContainerLaunch, ExecLaunch};
-use super::proto::Exit;
-use crate::container::log::{Formatter, LogFile, Stream};
-use crate::linux::process::{Forked, ProcRef, fork_into};
-use crate::linux::setup::Stdio;
+use crate::init::setup::Stdio;
+use crate::monitor::client::container::{ContainerLaunch, ExecLaunch};
+use crate::monitor::process::log::{Formatter, LogFile, Stream};
+use crate::monitor::protocol::Exit;
+use crate::sys::process::{Forked, ProcRef, fork_into};
 
 /// Most bytes read from one stream in one poll round.
 pub const ROUND: usize = 256 << 10;
@@ -246,14 +246,15 @@ impl Container {
         let stage1 = match fork_into(nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
-                let init = crate::linux::init::Init {
+                let init = crate::init::container::Init {
                     spec: &launch.spec,
                     env: &launch.env,
                     user: &launch.user,
+                    seccomp: launch.seccomp.as_ref(),
                     overlay: &launch.overlay,
                     cgroup_procs: &launch.cgroup_procs,
                 };
-                crate::linux::init::run(&init, p.child, child.into())
+                crate::init::container::run(&init, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure("create", crate::error::chain(&e))),
@@ -408,15 +409,16 @@ impl Container {
         let stage1 = match fork_into(nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
-                let exec = crate::linux::exec::Exec {
+                let exec = crate::init::exec::Exec {
                     init_pid: self.init.pid,
                     process,
                     args: &launch.args,
                     env: &self.launch.env,
                     user: &self.launch.user,
+                    seccomp: self.launch.seccomp.as_ref(),
                     cgroup_procs: &self.launch.cgroup_procs,
                 };
-                crate::linux::exec::run(&exec, p.child, child.into())
+                crate::init::exec::run(&exec, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure("exec", crate::error::chain(&e))),

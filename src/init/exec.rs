@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 
-use super::process::{Forked, exit_immediately, fork_into};
 use super::setup::{self, Stdio, Sync};
+use crate::sys::process::{Forked, exit_immediately, fork_into};
 
 /// What the exec process needs besides its stdio.
 pub struct Exec<'a> {
@@ -26,6 +26,8 @@ pub struct Exec<'a> {
     pub args: &'a [String],
     pub env: &'a [Vec<u8>],
     pub user: &'a str,
+    /// The container's seccomp filter.
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
     pub cgroup_procs: &'a [PathBuf],
 }
 
@@ -78,7 +80,8 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
     if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {
         sync.fail("cwd", &e);
     }
-    let prepared = match setup::finalize(exec.process, exec.args, exec.env, exec.user) {
+    let prepared = match setup::finalize(exec.process, exec.args, exec.env, exec.user, exec.seccomp)
+    {
         Ok(e) => e,
         Err((step, e)) => sync.fail(step, &e),
     };

@@ -109,7 +109,7 @@ pub fn join(path: &Path, kind: Kind) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linux::mount::Recorder;
+    use crate::sys::mount::Recorder;
 
     #[test]
     fn shared_dir_is_bound_onto_itself_only_when_not_a_mount() {

@@ -15,11 +15,12 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::proto::{self, Exit, Reply, Request, SetupReply};
+use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
-use super::{INIT, PodDir, Spec, sandbox};
-use crate::container::log::Stream;
-use crate::linux::process::{self, ProcRef};
+use crate::monitor::process::log::Stream;
+use crate::monitor::protocol::{self as proto, Exit, Reply, Request, SetupReply};
+use crate::monitor::{INIT, PodDir, Spec};
+use crate::sys::process::{self, ProcRef};
 
 /// Longest request line a monitor accepts (a container's Spec and env).
 const MAX_LINE: usize = 8 << 20;
@@ -73,7 +74,7 @@ fn run(pod: &PodDir) -> Result<(), String> {
     let spec: Spec = serde_json::from_slice(&text).map_err(|e| format!("parse spec: {e}"))?;
     let socket = pod.socket();
     let _ = std::fs::remove_file(&socket);
-    let bound = super::socket_path(pod).and_then(|(dir, short)| {
+    let bound = crate::monitor::socket_path(pod).and_then(|(dir, short)| {
         let l = UnixListener::bind(&short);
         drop(dir);
         l
@@ -294,7 +295,7 @@ impl Monitor {
         } else {
             use std::os::fd::AsRawFd;
             let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-            match crate::linux::fds::send_with_fds(stream.as_fd(), &out, &raw) {
+            match crate::sys::fds::send_with_fds(stream.as_fd(), &out, &raw) {
                 Ok(n) => (&self.conns[i].stream).write_all(&out[n..]).is_ok(),
                 Err(_) => false,
             }

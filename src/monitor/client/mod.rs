@@ -1,6 +1,8 @@
 //! The daemon's side of a monitor: starting one (a re-exec of the crius
 //! binary, never a fork of the multi-threaded daemon) and talking to it.
 
+pub mod container;
+
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::proto::{self, Reply, Request, SetupReply};
+use super::protocol::{self as proto, Reply, Request, SetupReply};
 use super::{PodDir, Spec};
 use crate::error::{Classify, Kind};
-use crate::linux::process::ProcRef;
+use crate::sys::process::ProcRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -166,7 +168,7 @@ impl Connection {
     /// cannot drive.
     pub async fn open(pod: &PodDir) -> Result<Connection, Error> {
         let path = pod.socket();
-        let (dir_fd, short) = super::socket_path(pod).map_err(|source| Error::Io {
+        let (dir_fd, short) = crate::monitor::socket_path(pod).map_err(|source| Error::Io {
             what: "open pod directory",
             path: pod.dir.clone(),
             source,
@@ -277,7 +279,7 @@ impl Connection {
             while !data.ends_with(b"\n") {
                 stream.readable().await?;
                 match stream.try_io(tokio::io::Interest::READABLE, || {
-                    crate::linux::fds::recv_with_fds(stream, &mut data, &mut fds)
+                    crate::sys::fds::recv_with_fds(stream, &mut data, &mut fds)
                 }) {
                     Ok(0) => break,
                     Ok(_) => {}

@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::container::{ContainerLaunch, ExecLaunch};
-use crate::linux::process::ProcRef;
+use super::client::container::{ContainerLaunch, ExecLaunch};
+use crate::sys::process::ProcRef;
 
 /// The version this build speaks (2: containers and execs).
 pub const VERSION: u32 = 2;

@@ -1,4 +1,4 @@
-//! Executing a container's rootfs plan ([`crate::container::rootfs::Step`])
+//! Executing a container's rootfs plan ([`crate::init::rootfs::Step`])
 //! on the real kernel, inside the container's new mount namespace: overlay,
 //! propagation, Spec mounts whose targets are created and opened beneath
 //! the rootfs with openat2(RESOLVE_IN_ROOT) (a symlink in the image can
@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use crate::container::rootfs::{Step, TargetKind};
+use crate::init::rootfs::{Step, TargetKind};
 
 /// A failed step: which one, and why.
 #[derive(Debug)]
@@ -341,7 +341,7 @@ fn mount_one(
     source: &Path,
     target: &Path,
     fstype: &str,
-    options: &crate::container::rootfs::MountOptions,
+    options: &crate::init::rootfs::MountOptions,
     kind: TargetKind,
 ) -> Result<(), String> {
     if options.is_bind() && !source.exists() {

@@ -10,11 +10,11 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::{PodDir, Spec};
-use crate::linux::mount::{Host, Mounts, detach_all};
-use crate::linux::ns::{self, Kind};
-use crate::linux::process::{Forked, ProcRef, exit_immediately, fork_into};
-use crate::linux::sysctl;
+use crate::monitor::{PodDir, Spec};
+use crate::sys::mount::{Host, Mounts, detach_all};
+use crate::sys::ns::{self, Kind};
+use crate::sys::process::{Forked, ProcRef, exit_immediately, fork_into};
+use crate::sys::sysctl;
 
 /// A failed step: its name and what went wrong.
 #[derive(Debug)]
@@ -155,7 +155,7 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec) -> ! {
         exit_immediately(1);
     }
     if spec.pid_namespace {
-        super::init::run();
+        crate::init::pod::run();
     }
     exit_immediately(0)
 }

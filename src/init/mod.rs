@@ -1,0 +1,14 @@
+//! Code that runs inside a new process forked by the monitor: a container's
+//! init (both stages, [`container`]), an exec process ([`exec`]), the
+//! process setup they share ([`setup`]), the rootfs plan and its executor
+//! ([`rootfs`]), user resolution ([`user`]) and the pod init ([`pod`]).
+//!
+//! Runs only in single-threaded processes forked from the monitor.
+#![allow(unsafe_code)]
+
+pub mod container;
+pub mod exec;
+pub mod pod;
+pub mod rootfs;
+pub mod setup;
+pub mod user;

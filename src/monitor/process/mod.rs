@@ -1,0 +1,11 @@
+//! The monitor process itself (`crius monitor <pod dir>`): single-threaded,
+//! no tokio. [`server`] answers the daemon, [`sandbox`] creates the pod's
+//! namespaces, [`workload`] forks container inits and exec processes,
+//! [`log`] writes their output in the CRI log format.
+
+pub mod log;
+mod sandbox;
+mod server;
+mod workload;
+
+pub use server::main;
