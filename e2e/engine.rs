@@ -17,7 +17,7 @@ use crius::monitor::client::{self, Started};
 use crius::monitor::{PodDir, Spec};
 use crius::sys::ns::Kind;
 
-use crate::harness::{BIN, children_of, unmount_under};
+use crate::harness::{MONITOR_BIN, children_of, unmount_under};
 
 /// A pod with its own monitor in a tempdir, an image layer and a cgroup.
 pub struct TestPod {
@@ -82,7 +82,7 @@ impl TestPod {
             sysctls: vec![],
             shm_size: Some(64 << 20),
         };
-        let started = client::start(Path::new(BIN), &pod, &spec, Duration::from_secs(10))
+        let started = client::start(Path::new(MONITOR_BIN), &pod, &spec, Duration::from_secs(10))
             .await
             .unwrap();
         let layer = base.path().join("layers/1");

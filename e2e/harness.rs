@@ -13,6 +13,8 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_crius");
+/// The monitor binary, beside [`BIN`] (where the daemon looks for it).
+pub const MONITOR_BIN: &str = env!("CARGO_BIN_EXE_crius-monitor");
 
 /// A running daemon. Dropping it stops the process (SIGTERM, then SIGKILL)
 /// and removes its directories. Tests use the multi-thread runtime: Drop

@@ -120,6 +120,8 @@ pub struct PodConfig {
     /// A pod finished after its RunPodSandbox caller gave up waits this
     /// long for a retry to claim it, then is removed.
     pub unclaimed_ttl_secs: u64,
+    /// The crius-monitor binary; `None`: the one beside the crius binary.
+    pub monitor: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,7 +193,22 @@ impl Default for PodConfig {
         PodConfig {
             shm_size: 64 << 20,
             unclaimed_ttl_secs: 600,
+            monitor: None,
         }
+    }
+}
+
+impl Config {
+    /// The crius-monitor binary: `pod.monitor`, else the one beside the
+    /// running crius binary.
+    pub fn monitor_path(&self) -> PathBuf {
+        if let Some(p) = &self.pod.monitor {
+            return p.clone();
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        exe.parent()
+            .unwrap_or(Path::new("/usr/local/bin"))
+            .join(crate::monitor::MONITOR_BIN)
     }
 }
 
@@ -260,6 +277,14 @@ impl Config {
                     p.display()
                 )));
             }
+        }
+        if let Some(p) = &self.pod.monitor
+            && !p.is_absolute()
+        {
+            return Err(Error::Invalid(format!(
+                "pod.monitor must be an absolute path, got {}",
+                p.display()
+            )));
         }
         if !self.cgroup.default_parent.starts_with('/')
             && self.cgroup.driver == CgroupDriver::Cgroupfs

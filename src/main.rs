@@ -34,12 +34,6 @@ enum Command {
     },
     /// Print the version.
     Version,
-    /// The per-pod monitor (started by `crius serve`, not by hand).
-    #[command(hide = true)]
-    Monitor {
-        /// The pod's state directory.
-        dir: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]
@@ -69,10 +63,6 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The monitor stays single-threaded: no tokio, no logging threads.
-    if let Command::Monitor { dir } = &cli.command {
-        return crius::monitor::main(dir);
-    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config {
@@ -85,7 +75,6 @@ fn main() -> ExitCode {
             println!("crius {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Monitor { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,13 +1,16 @@
-//! The per-pod monitor: `crius monitor <pod dir>`, a single-threaded
-//! re-execution of crius (no tokio) that owns a pod's processes.
+//! The per-pod monitor: `crius-monitor <pod dir>`, a single-threaded
+//! program of its own (no tokio; src/bin/crius-monitor.rs) that owns a
+//! pod's processes. [`protocol`] is what the daemon and the monitor say to
+//! each other, [`client`] the daemon's side (tokio), [`process`] the
+//! monitor's.
 //!
 //! It starts a new session (setsid), ignores SIGINT and SIGHUP and is a
 //! child subreaper, so it outlives `crius serve` (restarts, Ctrl-C, a kill
 //! of the daemon). It creates the pod's namespaces in a forked child
 //! (fork is safe: the monitor has one thread), pins them, applies the
 //! sysctls inside them, mounts the pod's /dev/shm, and in PID mode POD
-//! keeps that child as PID 1 of the pod's PID namespace (the pod init,
-//! [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives and writes
+//! keeps that child as PID 1 of the pod's PID namespace, where it executes
+//! the pod init ([`POD_INIT_BIN`], [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives and writes
 //! how it ended to `<pod dir>/exits/<name>` before anything else, since only
 //! a parent can collect an exit status. The daemon talks to it over
 //! `<pod dir>/monitor.sock` ([`protocol`]) and watches it with a pidfd.
@@ -21,8 +24,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::ns::Kind;
-
-pub use process::main;
 
 /// What the daemon asks a new monitor to set up, written to
 /// `<pod dir>/monitor.json` before the monitor starts.
@@ -107,6 +108,11 @@ pub fn socket_path(pod: &PodDir) -> std::io::Result<(std::fs::File, PathBuf)> {
     let path = PathBuf::from(format!("/proc/self/fd/{}/monitor.sock", dir.as_raw_fd()));
     Ok((dir, path))
 }
+
+/// The file name of the monitor binary.
+pub const MONITOR_BIN: &str = "crius-monitor";
+/// The file name of the pod init binary, beside the monitor's.
+pub const POD_INIT_BIN: &str = "crius-pod-init";
 
 /// Name of the pod init's exit file.
 pub const INIT: &str = "init";

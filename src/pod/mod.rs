@@ -86,7 +86,7 @@ type Outcome = Result<String, Arc<Error>>;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state: PathBuf,
-    /// The crius binary to re-execute as the monitor.
+    /// The crius-monitor binary started for each pod.
     pub exe: PathBuf,
     pub shm_size: u64,
     pub default_cgroup_parent: String,
@@ -100,7 +100,7 @@ impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             state: config.state.clone(),
-            exe: PathBuf::from("/proc/self/exe"),
+            exe: config.monitor_path(),
             shm_size: config.pod.shm_size,
             default_cgroup_parent: config.cgroup.default_parent.clone(),
             unclaimed_ttl: Duration::from_secs(config.pod.unclaimed_ttl_secs),

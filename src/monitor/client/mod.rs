@@ -4,7 +4,6 @@
 pub mod container;
 
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -59,7 +58,7 @@ pub struct Started {
     pub init: Option<ProcRef>,
 }
 
-/// Starts the monitor of `pod` (`exe monitor <pod dir>`) and waits for its
+/// Starts the monitor of `pod` (`crius-monitor <pod dir>`) and waits for its
 /// setup reply. On failure the monitor has exited (or is killed) and reaped.
 pub async fn start(
     exe: &Path,
@@ -85,8 +84,6 @@ pub async fn start(
             source,
         })?;
     let mut child = std::process::Command::new(exe)
-        .arg0("crius")
-        .arg("monitor")
         .arg(&pod.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

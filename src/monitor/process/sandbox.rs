@@ -3,7 +3,9 @@
 //! pod's /dev/shm. Each step is named, so a failure says which one broke,
 //! and [`undo`] removes whatever was done.
 
+use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 
 use nix::sched::CloneFlags;
@@ -54,6 +56,16 @@ fn setup_steps(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
         .map(|k| k.clone_flag())
         .fold(CloneFlags::empty(), |a, b| a | b);
     let pid_ns = spec.pid_namespace;
+    // The pod init is a program of its own beside the monitor's binary,
+    // checked before anything is created.
+    let pod_init = if pid_ns {
+        Some(pod_init_path().map_err(|message| StepError {
+            step: "find pod init",
+            message,
+        })?)
+    } else {
+        None
+    };
     if !flags.is_empty() || pid_ns {
         ns::ensure_shared_dir(&m, &spec.ns_root).map_err(step("prepare namespace directory"))?;
         std::fs::create_dir_all(&dir.ns_dir).map_err(step("prepare namespace directory"))?;
@@ -66,7 +78,7 @@ fn setup_steps(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
         let pid = match fork_into(all).map_err(step("create namespaces"))? {
             Forked::Child => {
                 drop(parent_end);
-                namespace_child(child_end, spec)
+                namespace_child(child_end, spec, pod_init.as_deref())
             }
             Forked::Parent(pid) => pid,
         };
@@ -127,7 +139,7 @@ impl Drop for ChildGuard {
 
 /// The forked child, inside the new namespaces: hostname, sysctls, report,
 /// then wait to be pinned and either exit or become the pod init.
-fn namespace_child(mut sock: UnixStream, spec: &Spec) -> ! {
+fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&CStr>) -> ! {
     let result = (|| -> Result<(), String> {
         if let Some(name) = &spec.hostname
             && spec.namespaces.contains(&Kind::Uts)
@@ -154,10 +166,27 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec) -> ! {
     if sock.read_exact(&mut go).is_err() {
         exit_immediately(1);
     }
-    if spec.pid_namespace {
-        crate::init::pod::run();
+    if let Some(path) = pod_init {
+        // Close-on-exec fds go; the socket is one of them.
+        let _ = nix::unistd::execv(path, &[path]);
+        exit_immediately(127)
     }
     exit_immediately(0)
+}
+
+/// The pod init binary ([`crate::monitor::POD_INIT_BIN`]) beside this
+/// monitor's own binary, as an exec-ready path.
+fn pod_init_path() -> Result<CString, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("read /proc/self/exe: {e}"))?;
+    let path = exe
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join(crate::monitor::POD_INIT_BIN);
+    if !path.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    CString::new(path.into_os_string().into_vec())
+        .map_err(|_| "the pod init path holds a NUL byte".to_string())
 }
 
 /// Removes the pins and the /dev/shm mount of the pod, if present.
