@@ -5,6 +5,7 @@ mod container;
 mod container_ops;
 mod engine;
 mod harness;
+mod hostile;
 mod image;
 mod pod;
 mod pod_recovery;

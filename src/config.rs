@@ -64,6 +64,7 @@ pub struct Config {
     pub pod: PodConfig,
     #[serde(default)]
     pub stats: StatsConfig,
+    pub grpc: GrpcConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +141,29 @@ impl Default for StatsConfig {
     }
 }
 
+/// What the CRI server accepts from one client: request sizes and how long
+/// a silent connection or request stream is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// The most one PodSandboxConfig or ContainerConfig may carry (its
+    /// encoded size: labels, annotations, env, command, args, mounts, ...).
+    pub max_config_bytes: u64,
+    /// The most labels + annotations (keys and values) one pod may carry:
+    /// they travel in every ListPodSandbox answer.
+    pub max_pod_labels_bytes: u64,
+    /// The same for one container (ListContainers).
+    pub max_container_labels_bytes: u64,
+    /// HTTP/2 PING sent to a client every this many seconds...
+    pub keepalive_interval_secs: u64,
+    /// ...which closes the connection when unanswered for this many seconds.
+    pub keepalive_timeout_secs: u64,
+    /// A connection that sends nothing for this long (not even a PING
+    /// answer), or a request whose body stops arriving for this long, is
+    /// closed.
+    pub idle_timeout_secs: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -152,6 +176,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
             stats: StatsConfig::default(),
+            grpc: GrpcConfig::default(),
         }
     }
 }
@@ -195,6 +220,33 @@ impl Default for PodConfig {
             unclaimed_ttl_secs: 600,
             monitor: None,
         }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            max_config_bytes: 1 << 20,
+            max_pod_labels_bytes: 64 << 10,
+            max_container_labels_bytes: 16 << 10,
+            keepalive_interval_secs: 60,
+            keepalive_timeout_secs: 20,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl GrpcConfig {
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 }
 
@@ -314,6 +366,36 @@ impl Config {
             return Err(Error::Invalid(
                 "network.plugin_timeout_secs must be at least 1".into(),
             ));
+        }
+        let grpc = &self.grpc;
+        for (name, v) in [
+            ("keepalive_interval_secs", grpc.keepalive_interval_secs),
+            ("keepalive_timeout_secs", grpc.keepalive_timeout_secs),
+            ("idle_timeout_secs", grpc.idle_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("grpc.{name} must be at least 1")));
+            }
+        }
+        // A live client answers each PING; only a silent one may time out.
+        if grpc.idle_timeout_secs <= grpc.keepalive_interval_secs + grpc.keepalive_timeout_secs {
+            return Err(Error::Invalid(format!(
+                "grpc.idle_timeout_secs ({}) must exceed keepalive_interval_secs + keepalive_timeout_secs ({})",
+                grpc.idle_timeout_secs,
+                grpc.keepalive_interval_secs + grpc.keepalive_timeout_secs
+            )));
+        }
+        for (name, v) in [
+            ("max_config_bytes", grpc.max_config_bytes),
+            ("max_pod_labels_bytes", grpc.max_pod_labels_bytes),
+            (
+                "max_container_labels_bytes",
+                grpc.max_container_labels_bytes,
+            ),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("grpc.{name} must be at least 1")));
+            }
         }
         Ok(())
     }

@@ -288,36 +288,47 @@ pub fn process_args(config: &ContainerConfig, image: &ImageConfig) -> Result<Vec
 }
 
 /// The environment: a default PATH, then the image's, then the config's, a
-/// later key replacing an earlier one in place.
+/// later key replacing an earlier one in place. Linear in the number of
+/// entries (a client may send a hundred thousand).
 pub fn process_env(config: &ContainerConfig, image: &ImageConfig) -> Vec<Vec<u8>> {
-    let mut env: Vec<Vec<u8>> = Vec::new();
+    let mut env = Env::default();
     if !image.env.iter().any(|e| e.starts_with("PATH=")) {
-        set_env(&mut env, DEFAULT_PATH.as_bytes().to_vec());
+        env.set(DEFAULT_PATH.as_bytes().to_vec());
     }
     for e in &image.env {
-        set_env(&mut env, e.as_bytes().to_vec());
+        env.set(e.as_bytes().to_vec());
     }
     for (key, value) in &config.envs {
-        let mut entry = key.as_bytes().to_vec();
+        let mut entry = Vec::with_capacity(key.len() + 1 + value.len());
+        entry.extend_from_slice(key.as_bytes());
         entry.push(b'=');
         entry.extend_from_slice(value);
-        set_env(&mut env, entry);
+        env.set(entry);
     }
-    if config.tty && !env.iter().any(|e| e.starts_with(b"TERM=")) {
-        set_env(&mut env, b"TERM=xterm".to_vec());
+    if config.tty && !env.index.contains_key(b"TERM".as_slice()) {
+        env.set(b"TERM=xterm".to_vec());
     }
-    env
+    env.entries
 }
 
-/// Sets `KEY=value` in `env`, replacing an entry with the same key in place.
-fn set_env(env: &mut Vec<Vec<u8>>, entry: Vec<u8>) {
-    let key_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
-    let same_key = |e: &&mut Vec<u8>| {
-        e.len() > key_len && e[..key_len] == entry[..key_len] && e[key_len] == b'='
-    };
-    match env.iter_mut().find(same_key) {
-        Some(existing) => *existing = entry,
-        None => env.push(entry),
+/// `KEY=value` entries in order, with an index by key.
+#[derive(Default)]
+struct Env {
+    entries: Vec<Vec<u8>>,
+    index: std::collections::HashMap<Vec<u8>, usize>,
+}
+
+impl Env {
+    /// Sets `KEY=value`, replacing an entry with the same key in place.
+    fn set(&mut self, entry: Vec<u8>) {
+        let key_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
+        match self.index.entry(entry[..key_len].to_vec()) {
+            std::collections::hash_map::Entry::Occupied(at) => self.entries[*at.get()] = entry,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(self.entries.len());
+                self.entries.push(entry);
+            }
+        }
     }
 }
 

@@ -200,6 +200,13 @@ fn security(
                 .map_err(|_| invalid(format!("supplemental group {g} is out of range")))?,
         );
     }
+    // A name alone: "root:0" would otherwise set the group too.
+    if s.run_as_username.contains([':', '\0']) {
+        return Err(invalid(format!(
+            "run_as_username {:?} must be a user name alone (no ':' or NUL)",
+            s.run_as_username
+        )));
+    }
     // The CRI: run_as_group only together with run_as_user or
     // run_as_username, "otherwise, the runtime MUST error".
     if s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty() {
@@ -271,8 +278,8 @@ pub fn container_config(
         .metadata
         .as_ref()
         .map(|m| m.name.clone())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| missing("container metadata.name"))?;
+        .ok_or_else(|| missing("container metadata"))?;
+    super::validate::name("container metadata.name", &name)?;
     let linux = c.linux.clone().unwrap_or_default();
     let mut envs = Vec::with_capacity(c.envs.len());
     for kv in &c.envs {

@@ -28,6 +28,7 @@ impl Cri {
             return Err(missing("pod_sandbox_id"));
         }
         let c = req.config.ok_or_else(|| missing("config"))?;
+        super::validate::container_size(&c, &self.daemon.config.grpc)?;
         let pod_security = req
             .sandbox_config
             .as_ref()
@@ -206,6 +207,12 @@ impl Cri {
         let id = required_id(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(missing("cmd"));
+        }
+        if req.timeout < 0 {
+            return Err(Status::invalid_argument(format!(
+                "timeout {} is negative",
+                req.timeout
+            )));
         }
         let out = self
             .daemon

@@ -4,9 +4,11 @@
 //! the module that does the work, convert back. No prost type is used below
 //! this module.
 
+mod authority;
 pub mod container;
 mod container_rpc;
 pub mod error;
+mod hpack;
 mod image;
 mod pod;
 pub mod proto;
@@ -15,6 +17,7 @@ pub mod server;
 mod stats;
 mod status;
 mod streams;
+pub mod validate;
 
 use std::sync::Arc;
 

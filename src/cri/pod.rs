@@ -8,6 +8,7 @@ use tonic::{Response, Status};
 use super::Cri;
 use super::error::{missing, status};
 use super::proto::*;
+use super::validate;
 use crate::pod::spec::{self, NamespaceMode as Mode};
 use crate::pod::{Filter, PodRecord, PodSpec, State};
 
@@ -17,6 +18,7 @@ impl Cri {
         req: RunPodSandboxRequest,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let config = req.config.ok_or_else(|| missing("config"))?;
+        validate::pod_size(&config, &self.daemon.config.grpc)?;
         let spec = pod_spec(config, req.runtime_handler)?;
         let pod_cidr = self.daemon.runtime_config().pod_cidr;
         let id = self.daemon.pods.run(spec, pod_cidr).await.map_err(status)?;
@@ -146,9 +148,28 @@ fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
 /// PodSandboxConfig -> crius's pod spec.
 fn pod_spec(c: PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Status> {
     let meta = c.metadata.ok_or_else(|| missing("config.metadata"))?;
+    validate::name("metadata.name", &meta.name)?;
+    validate::name("metadata.uid", &meta.uid)?;
+    validate::name("metadata.namespace", &meta.namespace)?;
+    if !c.log_directory.is_empty() && !c.log_directory.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "log_directory {:?} is not an absolute path",
+            c.log_directory
+        )));
+    }
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
+    if let Some(p) = c
+        .port_mappings
+        .iter()
+        .find(|p| !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err())
+    {
+        return Err(Status::invalid_argument(format!(
+            "port_mappings host_ip {:?} is not an IP address",
+            p.host_ip
+        )));
+    }
     let port_mappings = c
         .port_mappings
         .into_iter()

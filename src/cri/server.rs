@@ -1,5 +1,9 @@
 //! Serving the CRI over a unix socket: socket setup, the per-RPC layer
-//! (deadline and tracing span) and graceful shutdown.
+//! (deadline and tracing span), what a silent client is allowed (HTTP/2
+//! keepalive PINGs, an idle timeout for connections and request bodies) and
+//! graceful shutdown. Every connection goes through
+//! [`super::authority::Conn`], so clients that send a socket path as
+//! `:authority` (gRPC C-core, grpc-java) are served too.
 //!
 //! crius drives hyper's HTTP/2 server itself instead of tonic's transport so
 //! that an expired `grpc-timeout` answers DEADLINE_EXCEEDED, the code kubelet
@@ -21,6 +25,7 @@ use tonic::service::Routes;
 use tracing::Instrument;
 
 use super::Cri;
+use super::authority::{Activity, Conn};
 use super::proto::image_service_server::ImageServiceServer;
 use super::proto::runtime_service_server::RuntimeServiceServer;
 use crate::error::{Classify, Kind};
@@ -93,6 +98,7 @@ pub async fn serve(
     path: &Path,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = cri.daemon.config.grpc.clone();
     let routes = Routes::new(
         RuntimeServiceServer::new(cri.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -104,20 +110,33 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
     )
     .prepare();
-    let service = RpcService { routes };
+    let idle = limits.idle_timeout();
+    let service = RpcService {
+        routes,
+        body_idle: idle,
+    };
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http.max_frame_size(MAX_FRAME_SIZE);
+    http.max_frame_size(MAX_FRAME_SIZE)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval())
+        .keep_alive_timeout(limits.keepalive_timeout());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let conn = http.serve_connection(TokioIo::new(stream), service.clone());
-                    let conn = graceful.watch(conn);
+                    let activity = Activity::default();
+                    let io = TokioIo::new(Conn::new(stream, activity.clone()));
+                    let conn = graceful.watch(http.serve_connection(io, service.clone()));
                     tokio::spawn(async move {
-                        if let Err(err) = conn.await {
-                            tracing::debug!(?err, "connection closed with an error");
+                        tokio::select! {
+                            done = conn => if let Err(err) = done {
+                                tracing::debug!(?err, "connection closed with an error");
+                            },
+                            () = activity.idle(idle) => {
+                                tracing::debug!(?idle, "closing a connection that sent nothing");
+                            }
                         }
                     });
                 }
@@ -149,6 +168,8 @@ const MAX_FRAME_SIZE: u32 = 1 << 20;
 #[derive(Clone)]
 struct RpcService {
     routes: Routes,
+    /// How long a request body may stop arriving.
+    body_idle: Duration,
 }
 
 type HttpResponse = http::Response<tonic::body::Body>;
@@ -179,6 +200,7 @@ impl hyper::service::Service<http::Request<Incoming>> for RpcService {
             image = tracing::field::Empty,
         );
         let routes = self.routes.clone();
+        let req = req.map(|body| IdleBody::new(body, self.body_idle));
         Box::pin(
             async move {
                 let start = Instant::now();
@@ -198,6 +220,59 @@ impl hyper::service::Service<http::Request<Incoming>> for RpcService {
             }
             .instrument(span),
         )
+    }
+}
+
+/// A request body that fails when no frame arrives for `limit`: a stream
+/// whose client never sends its message does not hold its handler forever.
+struct IdleBody {
+    inner: Incoming,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleBody {
+    fn new(inner: Incoming, limit: Duration) -> IdleBody {
+        IdleBody {
+            inner,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl hyper::body::Body for IdleBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(
+                        format!("no request data for {:?}", self.limit).into()
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
