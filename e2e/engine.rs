@@ -134,6 +134,7 @@ impl TestPod {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            groups: Default::default(),
             seccomp: None,
             overlay: Overlay {
                 layers: vec![self.layer.clone()],

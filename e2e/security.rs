@@ -268,3 +268,317 @@ async fn list(rt: &mut Client) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Pulls `image` into the daemon.
+async fn pull(s: &Setup, image: &str) {
+    s.d.images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// (uid, gid, sorted groups) from a /proc/PID/status text.
+fn creds(status: &str) -> (i64, i64, Vec<i64>) {
+    let field = |name: &str| -> Vec<i64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let mut groups = field("Groups:");
+    groups.sort();
+    (field("Uid:")[0], field("Gid:")[0], groups)
+}
+
+/// What the workload (PID 1 in its PID namespace) and an exec'd process
+/// run as; they must agree.
+async fn workload_creds(rt: &mut Client, id: &str) -> (i64, i64, Vec<i64>) {
+    let (_, init, _) = sh(rt, id, &["cat", "/proc/1/status"]).await;
+    let (_, me, _) = sh(rt, id, &["cat", "/proc/self/status"]).await;
+    assert_eq!(
+        creds(&init),
+        creds(&me),
+        "exec'd processes get the same user"
+    );
+    creds(&init)
+}
+
+/// ContainerStatus.user as (uid, gid, sorted groups).
+async fn status_user(rt: &mut Client, id: &str) -> (i64, i64, Vec<i64>) {
+    let (st, _) = crate::container::status(rt, id).await;
+    let u = st.user.and_then(|u| u.linux).expect("ContainerStatus.user");
+    let mut groups = u.supplemental_groups;
+    groups.sort();
+    (u.uid, u.gid, groups)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_groups_and_container_status_user() {
+    require_registry_tools!();
+    let (s, probe) = setup().await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt,
+        pod_config("users", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    // (name, image tag, security context, uid, gid, groups). alice is 1001
+    // in /etc/passwd, member of staff (50) and audio (63).
+    type Edit = fn(&mut LinuxContainerSecurityContext);
+    type Creds = (i64, i64, Vec<i64>);
+    let cases: Vec<(&str, &str, Edit, Creds)> = vec![
+        (
+            "run-as-user",
+            "latest",
+            |sc| {
+                sc.run_as_user = Some(Int64Value { value: 1001 });
+                sc.seccomp = runtime_default();
+            },
+            (1001, 1001, vec![50, 63, 1001]),
+        ),
+        (
+            "username-group-supplemental",
+            "latest",
+            |sc| {
+                sc.run_as_username = "alice".into();
+                sc.run_as_group = Some(Int64Value { value: 3000 });
+                sc.supplemental_groups = vec![4000];
+            },
+            (1001, 3000, vec![50, 63, 3000, 4000]),
+        ),
+        (
+            "strict",
+            "latest",
+            |sc| {
+                sc.run_as_user = Some(Int64Value { value: 1001 });
+                sc.supplemental_groups = vec![4000];
+                sc.supplemental_groups_policy = SupplementalGroupsPolicy::Strict as i32;
+            },
+            (1001, 1001, vec![1001, 4000]),
+        ),
+        (
+            "image-uid",
+            "1001",
+            |_| {},
+            (1001, 1001, vec![50, 63, 1001]),
+        ),
+        ("image-uid-gid", "1001-63", |_| {}, (1001, 63, vec![50, 63])),
+        (
+            "image-name",
+            "alice",
+            |_| {},
+            (1001, 1001, vec![50, 63, 1001]),
+        ),
+        (
+            "image-name-group",
+            "alice-audio",
+            |_| {},
+            (1001, 63, vec![50, 63]),
+        ),
+        (
+            "image-user-strict",
+            "alice",
+            |sc| sc.supplemental_groups_policy = SupplementalGroupsPolicy::Strict as i32,
+            (1001, 1001, vec![1001]),
+        ),
+    ];
+    for (name, tag, edit, want) in cases {
+        let image = format!("{probe}:{tag}");
+        pull(&s, &image).await;
+        let mut c = sleeper(name, &image, edit);
+        c.log_path = format!("{name}.log");
+        let id = run(&mut rt, &pod, c).await;
+        assert_eq!(workload_creds(&mut rt, &id).await, want, "{name}");
+        assert_eq!(
+            status_user(&mut rt, &id).await,
+            want,
+            "{name}: ContainerStatus.user"
+        );
+    }
+
+    // run_as_group without a user is refused; so is a name not in the image.
+    let err = create(
+        &mut rt,
+        &pod,
+        sleeper("group-only", &probe, |sc| {
+            sc.run_as_group = Some(Int64Value { value: 5 })
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = create(
+        &mut rt,
+        &pod,
+        sleeper("ghost", &probe, |sc| sc.run_as_username = "ghost".into()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("ghost"), "{err:?}");
+
+    let features = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .features
+        .unwrap();
+    assert!(features.supplemental_groups_policy);
+    pod::stop_remove(&mut rt, &pod).await;
+}
+
+/// A capability set (`CapEff`, `CapBnd`...) of a /proc/PID/status text.
+fn cap(status: &str, field: &str) -> u64 {
+    let v = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(v.trim(), 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capabilities_and_no_new_privs() {
+    require_registry_tools!();
+    let (s, probe) = setup().await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("caps", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let held = cap(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+        "CapBnd",
+    );
+    // containerd's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL
+    // SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD
+    // AUDIT_WRITE SETFCAP.
+    const DEFAULT: u64 = 0xa80425fb;
+    const CHOWN: u64 = 1;
+    const KILL: u64 = 1 << 5;
+    const NET_BIND_SERVICE: u64 = 1 << 10;
+    const SYS_ADMIN: u64 = 1 << 21;
+    type Edit = fn(&mut LinuxContainerSecurityContext);
+    let cases: Vec<(&str, Edit, u64)> = vec![
+        ("default", |_| {}, DEFAULT),
+        (
+            "drop",
+            |sc| {
+                sc.capabilities = Some(Capability {
+                    drop_capabilities: vec!["CHOWN".into(), "CAP_KILL".into()],
+                    ..Default::default()
+                })
+            },
+            DEFAULT & !(CHOWN | KILL),
+        ),
+        (
+            "add",
+            |sc| {
+                sc.capabilities = Some(Capability {
+                    add_capabilities: vec!["sys_admin".into()],
+                    ..Default::default()
+                })
+            },
+            DEFAULT | SYS_ADMIN,
+        ),
+        (
+            "drop-all",
+            |sc| {
+                sc.capabilities = Some(Capability {
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                })
+            },
+            0,
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let mut c = sleeper(name, &probe, edit);
+        c.log_path = format!("{name}.log");
+        let id = run(&mut rt, &pod, c).await;
+        let (_, init, _) = sh(&mut rt, &id, &["cat", "/proc/1/status"]).await;
+        assert_eq!(cap(&init, "CapEff"), want, "{name}: {init}");
+        assert_eq!(cap(&init, "CapBnd"), want, "{name}");
+        assert_eq!(
+            cap(
+                &sh(&mut rt, &id, &["cat", "/proc/self/status"]).await.1,
+                "CapEff"
+            ),
+            want,
+            "{name}: exec'd processes get the container's capabilities"
+        );
+    }
+    let mut all = sleeper("add-all", &probe, |sc| {
+        sc.capabilities = Some(Capability {
+            add_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        })
+    });
+    all.log_path = "add-all.log".into();
+    let id = run(&mut rt, &pod, all).await;
+    let (_, init, _) = sh(&mut rt, &id, &["cat", "/proc/1/status"]).await;
+    assert_eq!(
+        cap(&init, "CapEff"),
+        held,
+        "ALL: every capability crius holds"
+    );
+
+    // A non-root user keeps only its ambient capabilities across execve.
+    let mut ambient = sleeper("ambient", &probe, |sc| {
+        sc.run_as_user = Some(Int64Value { value: 1000 });
+        sc.capabilities = Some(Capability {
+            drop_capabilities: vec!["ALL".into()],
+            add_ambient_capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            ..Default::default()
+        });
+    });
+    ambient.log_path = "ambient.log".into();
+    let id = run(&mut rt, &pod, ambient).await;
+    let (_, init, _) = sh(&mut rt, &id, &["cat", "/proc/1/status"]).await;
+    assert_eq!(cap(&init, "CapEff"), NET_BIND_SERVICE, "{init}");
+    assert_eq!(cap(&init, "CapAmb"), NET_BIND_SERVICE);
+    let mut plain = sleeper("nonroot-plain", &probe, |sc| {
+        sc.run_as_user = Some(Int64Value { value: 1000 })
+    });
+    plain.log_path = "nonroot-plain.log".into();
+    let id = run(&mut rt, &pod, plain).await;
+    let (_, init, _) = sh(&mut rt, &id, &["cat", "/proc/1/status"]).await;
+    assert_eq!(cap(&init, "CapEff"), 0, "no ambient: nothing after execve");
+
+    // no_new_privs: a setuid-root binary does not make a user root; with
+    // it, the filter is loaded last and still applies.
+    let suid = "/usr/local/bin/probe-suid";
+    let mut nnp = sleeper("nnp", &probe, |sc| {
+        sc.run_as_user = Some(Int64Value { value: 1000 });
+        sc.no_new_privs = true;
+        sc.seccomp = runtime_default();
+    });
+    nnp.log_path = "nnp.log".into();
+    let nnp = run(&mut rt, &pod, nnp).await;
+    let mut free = sleeper("suid", &probe, |sc| {
+        sc.run_as_user = Some(Int64Value { value: 1000 })
+    });
+    free.log_path = "suid.log".into();
+    let free = run(&mut rt, &pod, free).await;
+    assert_eq!(sh(&mut rt, &free, &[suid, "euid"]).await.1, "0");
+    assert_eq!(sh(&mut rt, &nnp, &[suid, "euid"]).await.1, "1000");
+    let (_, init, _) = sh(&mut rt, &nnp, &["cat", "/proc/1/status"]).await;
+    assert!(
+        init.contains("NoNewPrivs:\t1") && init.contains("Seccomp:\t2"),
+        "{init}"
+    );
+    assert_eq!(sh(&mut rt, &nnp, &[PROBE, "keyctl"]).await.1, "errno 1");
+    pod::stop_remove(&mut rt, &pod).await;
+}

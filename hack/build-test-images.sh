@@ -17,6 +17,8 @@
 #                               "ok" or "errno N", or the effective uid), a
 #                               setuid-root copy probe-suid, and users and
 #                               groups for the security-context tests
+#   probe:1001,1001-63,alice,alice-audio  probe with User 1001, 1001:63,
+#                               alice, alice:audio
 set -euo pipefail
 # shellcheck source=lib/images.sh
 source "$(dirname "$0")/lib/images.sh"
@@ -101,6 +103,13 @@ build() {
   layer_tar "$probe" "$work/probe.tar" usr etc/passwd etc/group
   umoci tag --image "$oci:busybox" probe
   umoci raw add-layer --image "$oci:probe" "$work/probe.tar"
+  # The image USER in each form Docker allows.
+  local u
+  for u in 1001 1001:63 alice alice:audio; do
+    umoci tag --image "$oci:probe" "probe-${u/:/-}-base"
+    umoci config --image "$oci:probe-${u/:/-}-base" --tag "probe-${u/:/-}" --config.user "$u"
+    umoci remove --image "$oci:probe-${u/:/-}-base"
+  done
 
   # A layout of its own: in the same one skopeo would reuse the gzip blob.
   skopeo copy --quiet --dest-compress-format zstd "oci:$oci:busybox" "oci:$out/oci-zstd:busybox-zstd"
@@ -118,6 +127,9 @@ push() {
   push_image "$out/oci:nonroot" "$reg/nonroot:latest"
   push_image "$out/oci:layered" "$reg/layered:latest"
   push_image "$out/oci:probe" "$reg/probe:latest"
+  for tag in 1001 1001-63 alice alice-audio; do
+    push_image "$out/oci:probe-$tag" "$reg/probe:$tag"
+  done
 }
 
 case "$cmd" in

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::engine::Launch;
-use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, State};
+use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, ProcessUser, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
 use super::{Containers, Error, Outcome, blocking, rootfs_dir, upper_dir, work_dir};
 use crate::cgroups::CgroupPath;
@@ -172,7 +172,11 @@ impl Containers {
     }
 
     /// Everything decided without side effects: bad input fails here.
-    fn plan(&self, pod: &PodRecord, req: CreateRequest) -> Result<Plan, Error> {
+    fn plan(&self, pod: &PodRecord, mut req: CreateRequest) -> Result<Plan, Error> {
+        req.config.oom_score_adj = req
+            .config
+            .oom_score_adj
+            .map(|adj| spec::restrict_oom_score_adj(adj, own_oom_floor()));
         if req.image.is_empty() {
             return Err(Error::Invalid("container image is required".into()));
         }
@@ -301,6 +305,7 @@ impl Containers {
             cgroup: Some(leaf.clone()),
             pid_mode,
             init: None,
+            user: None,
             stop_signal,
             spec: serde_json::to_value(&built.spec).unwrap_or_default(),
             tty: c.tty,
@@ -312,6 +317,7 @@ impl Containers {
             spec: built.spec,
             env: built.env,
             user: built.user,
+            groups: security.groups,
             seccomp,
             overlay,
             cgroup_procs: Vec::new(),
@@ -459,6 +465,7 @@ impl Containers {
                 step_err(&step)(e)
             })?;
         rec.init = Some(init);
+        rec.user = ProcessUser::of(init.pid);
         self.store
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record container init"))?;
@@ -530,6 +537,22 @@ impl Containers {
 
 /// The CRI log file: the pod's log directory + the container's log path.
 /// Without a directory only an absolute path is used (never one relative
+/// The lowest oom_score_adj crius can give a process: its own when it
+/// lacks CAP_SYS_RESOURCE (containerd's restrict_oom_score_adj), `None`
+/// when it may set any.
+fn own_oom_floor() -> Option<i32> {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let me = std::process::id() as i32;
+    let capable =
+        crate::sys::caps::effective_of(me).is_some_and(|e| e & (1 << CAP_SYS_RESOURCE) != 0);
+    if capable {
+        return None;
+    }
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// to the daemon's working directory).
 pub fn log_path(directory: &str, path: &str) -> Option<PathBuf> {
     if path.is_empty() {

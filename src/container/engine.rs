@@ -28,6 +28,7 @@ pub struct Launch {
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init (`container::user`).
     pub user: String,
+    pub groups: crate::init::user::GroupsPolicy,
     /// The compiled seccomp filter; `None`: unconfined.
     pub seccomp: Option<crate::seccomp::Filter>,
     pub overlay: Overlay,

@@ -53,6 +53,7 @@ impl Engine for Monitors {
             spec: l.spec.clone(),
             env: l.env.clone(),
             user: l.user.clone(),
+            groups: l.groups,
             seccomp: l.seccomp.clone(),
             overlay: l.overlay.clone(),
             cgroup_procs: l.cgroup_procs.clone(),

@@ -88,6 +88,9 @@ pub struct ContainerRecord {
     pub pid_mode: PidMode,
     /// The init, once the engine created it.
     pub init: Option<ProcRef>,
+    /// The credentials the init really got (ContainerStatus.user).
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
     /// The signal StopContainer sends first.
     pub stop_signal: i32,
     /// The OCI spec (verbose ContainerStatus).
@@ -95,6 +98,39 @@ pub struct ContainerRecord {
     pub tty: bool,
     pub stdin: bool,
     pub stdin_once: bool,
+}
+
+/// The uid, gid and supplemental groups of a container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl ProcessUser {
+    /// What the kernel says process `pid` runs as (its real ids, from
+    /// /proc): read while the init waits before execve, after it took the
+    /// container's user, so it is what the workload starts with.
+    pub fn of(pid: i32) -> Option<ProcessUser> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        ProcessUser::parse(&status)
+    }
+
+    fn parse(status: &str) -> Option<ProcessUser> {
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| {
+                v.split_whitespace()
+                    .map(|n| n.parse::<u32>().ok())
+                    .collect::<Option<Vec<_>>>()
+            })
+        };
+        Some(ProcessUser {
+            uid: *field("Uid:")??.first()?,
+            gid: *field("Gid:")??.first()?,
+            groups: field("Groups:")??,
+        })
+    }
 }
 
 impl ContainerRecord {
@@ -149,5 +185,27 @@ impl ContainerRecord {
             name: self.name.clone(),
             attempt: self.attempt,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_user_comes_from_proc_status() {
+        let status = "Name:\tsleep\nUid:\t1000\t1000\t1000\t1000\nGid:\t3000\t3000\t3000\t3000\nGroups:\t3000 50 4000 \n";
+        assert_eq!(
+            ProcessUser::parse(status),
+            Some(ProcessUser {
+                uid: 1000,
+                gid: 3000,
+                groups: vec![3000, 50, 4000]
+            })
+        );
+        let none = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n";
+        assert_eq!(ProcessUser::parse(none).unwrap().groups, Vec::<u32>::new());
+        let me = ProcessUser::of(std::process::id() as i32).unwrap();
+        assert_eq!(me.uid, nix::unistd::getuid().as_raw());
     }
 }

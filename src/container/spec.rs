@@ -88,10 +88,15 @@ pub struct Security {
     pub run_as_group: Option<u32>,
     pub run_as_username: String,
     pub supplemental_groups: Vec<u32>,
+    /// SupplementalGroupsPolicy: whether the image's /etc/group counts.
+    pub groups: crate::init::user::GroupsPolicy,
     pub readonly_rootfs: bool,
     pub no_new_privs: bool,
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
+    /// Capabilities kept across execve by a non-root user (ambient and
+    /// inheritable, and so also permitted, effective and bounding).
+    pub ambient_capabilities: Vec<String>,
     /// Paths to mask / make read-only; empty = containerd's defaults
     /// (kubelet sends its own list for unprivileged containers).
     pub masked_paths: Vec<String>,
@@ -349,6 +354,12 @@ pub fn process_user(security: &Security, image: &ImageConfig) -> String {
         return image.user.clone();
     }
     format!("0{group}")
+}
+
+/// A requested oom_score_adj raised to `floor` (crius's own, when it may
+/// not lower a process below it): the kernel would refuse a lower value.
+pub fn restrict_oom_score_adj(adj: i32, floor: Option<i32>) -> i32 {
+    floor.map_or(adj, |f| adj.max(f))
 }
 
 /// rshared if any mount is bidirectional, rslave if any is
@@ -654,17 +665,28 @@ pub fn build(
             reason: format!("{cwd:?} is not absolute"),
         });
     }
-    let caps = capabilities(&config.security)?;
+    let mut caps = capabilities(&config.security)?;
+    let mut ambient = oci_spec::runtime::Capabilities::new();
+    if !config.security.privileged {
+        for name in &config.security.ambient_capabilities {
+            let cap = parse_capability(name)?;
+            ambient.insert(cap);
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+    }
     let set: oci_spec::runtime::Capabilities = caps.iter().copied().collect();
-    // Inheritable and ambient stay empty, as in containerd: the builder's
-    // defaults would put capabilities there that a drop of ALL removed from
-    // the bounding set, which capset(2) refuses.
+    // Inheritable and ambient hold only the ambient capabilities asked for,
+    // as in containerd: the builder's defaults would put capabilities there
+    // that a drop of ALL removed from the bounding set, which capset(2)
+    // refuses.
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(set.clone())
         .effective(set.clone())
         .permitted(set)
-        .inheritable(oci_spec::runtime::Capabilities::new())
-        .ambient(oci_spec::runtime::Capabilities::new())
+        .inheritable(ambient.clone())
+        .ambient(ambient)
         .build()?;
     let mut process = ProcessBuilder::default()
         .terminal(config.tty)

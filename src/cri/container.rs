@@ -8,6 +8,7 @@ use super::proto;
 use crate::container::spec::{
     AppArmor, BindMount, ContainerConfig, Device, Propagation, Resources, Security,
 };
+use crate::init::user::GroupsPolicy;
 use crate::seccomp;
 
 fn invalid(msg: String) -> Status {
@@ -220,10 +221,21 @@ fn security(
         run_as_group: id_value("run_as_group", s.run_as_group.as_ref())?,
         run_as_username: s.run_as_username.clone(),
         supplemental_groups,
+        groups: match proto::SupplementalGroupsPolicy::try_from(s.supplemental_groups_policy) {
+            Ok(proto::SupplementalGroupsPolicy::Merge) => GroupsPolicy::Merge,
+            Ok(proto::SupplementalGroupsPolicy::Strict) => GroupsPolicy::Strict,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "supplemental_groups_policy {} is unknown",
+                    s.supplemental_groups_policy
+                )));
+            }
+        },
         readonly_rootfs: s.readonly_rootfs,
         no_new_privs: s.no_new_privs,
         add_capabilities: caps.add_capabilities,
         drop_capabilities: caps.drop_capabilities,
+        ambient_capabilities: caps.add_ambient_capabilities,
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
         seccomp: seccomp_request(s, pod)?,

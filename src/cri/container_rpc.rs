@@ -350,7 +350,13 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
             }),
             windows: None,
         }),
-        user: None,
+        user: r.user.as_ref().map(|u| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                supplemental_groups: u.groups.iter().map(|&g| g.into()).collect(),
+            }),
+        }),
         stop_signal: signal_enum(r.stop_signal),
     }
 }

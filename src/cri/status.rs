@@ -69,7 +69,7 @@ impl Cri {
                 }),
             }],
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
                 user_namespaces_host_network: false,
                 mount_options: false,
             }),

@@ -31,6 +31,7 @@ pub struct Init<'a> {
     pub spec: &'a Spec,
     pub env: &'a [Vec<u8>],
     pub user: &'a str,
+    pub groups: crate::init::user::GroupsPolicy,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
     pub overlay: &'a Overlay,
     pub cgroup_procs: &'a [PathBuf],
@@ -120,7 +121,14 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         sync.fail("cwd", &e);
     }
     let args = process.args().clone().unwrap_or_default();
-    let exec = match setup::finalize(process, &args, init.env, init.user, init.seccomp) {
+    let exec = match setup::finalize(
+        process,
+        &args,
+        init.env,
+        init.user,
+        init.groups,
+        init.seccomp,
+    ) {
         Ok(e) => e,
         Err((step, e)) => sync.fail(step, &e),
     };

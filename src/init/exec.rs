@@ -26,6 +26,7 @@ pub struct Exec<'a> {
     pub args: &'a [String],
     pub env: &'a [Vec<u8>],
     pub user: &'a str,
+    pub groups: crate::init::user::GroupsPolicy,
     /// The container's seccomp filter.
     pub seccomp: Option<&'a crate::seccomp::Filter>,
     pub cgroup_procs: &'a [PathBuf],
@@ -80,8 +81,14 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
     if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {
         sync.fail("cwd", &e);
     }
-    let prepared = match setup::finalize(exec.process, exec.args, exec.env, exec.user, exec.seccomp)
-    {
+    let prepared = match setup::finalize(
+        exec.process,
+        exec.args,
+        exec.env,
+        exec.user,
+        exec.groups,
+        exec.seccomp,
+    ) {
         Ok(e) => e,
         Err((step, e)) => sync.fail(step, &e),
     };

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Process;
 
+use crate::init::user::GroupsPolicy;
 use crate::seccomp::Filter;
 use crate::sys::caps;
 use crate::sys::process::{close_fds_from, default_signals, exit_immediately};
@@ -175,12 +176,13 @@ fn rlimits(process: &Process) -> Result<(), String> {
     Ok(())
 }
 
-/// oom_score_adj can be raised here but not lowered (that needs
-/// CAP_SYS_RESOURCE, which crius may not hold): a refused lowering is
-/// ignored, the process keeps the monitor's value.
-fn oom_score_adj(process: &Process) {
-    if let Some(adj) = process.oom_score_adj() {
-        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+/// The process's oom_score_adj; the daemon already raised a value below
+/// its own when it lacks CAP_SYS_RESOURCE, so a refusal is an error.
+fn oom_score_adj(process: &Process) -> Result<(), String> {
+    match process.oom_score_adj() {
+        Some(adj) => std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("write {adj} to /proc/self/oom_score_adj: {e}")),
+        None => Ok(()),
     }
 }
 
@@ -261,12 +263,13 @@ pub fn finalize(
     args: &[String],
     env: &[Vec<u8>],
     user: &str,
+    groups: GroupsPolicy,
     seccomp: Option<&Filter>,
 ) -> Result<Exec, (&'static str, String)> {
     rlimits(process).map_err(|e| ("rlimits", e))?;
-    oom_score_adj(process);
+    oom_score_adj(process).map_err(|e| ("oom_score_adj", e))?;
     let supplemental = process.user().additional_gids().clone().unwrap_or_default();
-    let id = crate::init::user::resolve(Path::new("/"), user, &supplemental)
+    let id = crate::init::user::resolve(Path::new("/"), user, &supplemental, groups)
         .map_err(|e| ("user", e.to_string()))?;
     if let Some(profile) = process.apparmor_profile() {
         apparmor_on_exec(profile).map_err(|e| ("apparmor", e))?;

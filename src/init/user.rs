@@ -74,10 +74,29 @@ fn groups(rootfs: &Path) -> Vec<(String, u32, Vec<String>)> {
         .collect()
 }
 
+/// Where supplemental groups come from (the CRI's SupplementalGroupsPolicy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupsPolicy {
+    /// The user's groups in the image's /etc/group, plus the requested ones.
+    #[default]
+    Merge,
+    /// Only the requested ones: /etc/group is not read for memberships.
+    Strict,
+}
+
 /// Resolves `user` (`uid`, `uid:gid`, `name`, `name:group`) inside `rootfs`.
 /// A numeric uid needs no passwd entry (Kubernetes' runAsUser), and gets
-/// gid 0 unless passwd or the request says otherwise.
-pub fn resolve(rootfs: &Path, user: &str, supplemental: &[u32]) -> Result<Identity, Error> {
+/// gid 0 unless passwd or the request says otherwise. The supplemental
+/// groups are, as containerd 2 makes them: the primary gid, then (policy
+/// Merge) every /etc/group entry listing the user's name (except a group
+/// named like the user), then `supplemental`, each once.
+pub fn resolve(
+    rootfs: &Path,
+    user: &str,
+    supplemental: &[u32],
+    policy: GroupsPolicy,
+) -> Result<Identity, Error> {
     let (user_part, group_part) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -107,11 +126,10 @@ pub fn resolve(rootfs: &Path, user: &str, supplemental: &[u32]) -> Result<Identi
                 .ok_or_else(|| Error::UnknownGroup(g.to_string()))?,
         };
     }
-    let mut additional_gids: Vec<u32> = Vec::new();
-    // A group given explicitly replaces the user's own groups, as Docker does.
-    if let (Some(name), None) = (&name, group_part) {
-        for (_, g, members) in &all_groups {
-            if members.iter().any(|m| m == name) && !additional_gids.contains(g) {
+    let mut additional_gids: Vec<u32> = vec![gid];
+    if let (Some(name), GroupsPolicy::Merge) = (&name, policy) {
+        for (group, g, members) in &all_groups {
+            if group != name && members.iter().any(|m| m == name) && !additional_gids.contains(g) {
                 additional_gids.push(*g);
             }
         }
@@ -132,6 +150,7 @@ pub fn resolve(rootfs: &Path, user: &str, supplemental: &[u32]) -> Result<Identi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use GroupsPolicy::{Merge, Strict};
 
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -143,43 +162,54 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.path().join("etc/group"),
-            "root:x:0:\nwww:x:33:\nstaff:x:50:www,other\nnogroup:x:65534:\n",
+            "root:x:0:\nwww:x:33:www\nstaff:x:50:www,other\nnogroup:x:65534:\n",
         )
         .unwrap();
         dir
     }
 
+    fn ids(id: &Identity) -> (u32, u32, Vec<u32>) {
+        (id.uid, id.gid, id.additional_gids.clone())
+    }
+
     #[test]
     fn names_and_numbers_resolve_inside_the_rootfs() {
         let r = rootfs();
-        let www = resolve(r.path(), "www", &[]).unwrap();
-        assert_eq!((www.uid, www.gid, www.home.as_str()), (33, 33, "/var/www"));
-        assert_eq!(www.additional_gids, [50], "member of staff");
-        let n = resolve(r.path(), "1234", &[7]).unwrap();
+        let www = resolve(r.path(), "www", &[], Merge).unwrap();
+        assert_eq!(ids(&www), (33, 33, vec![33, 50]), "primary, then staff");
+        assert_eq!(www.home, "/var/www");
+        let n = resolve(r.path(), "1234", &[7], Merge).unwrap();
+        assert_eq!(ids(&n), (1234, 0, vec![0, 7]));
+        let by_uid = resolve(r.path(), "33", &[], Merge).unwrap();
+        assert_eq!(ids(&by_uid), (33, 33, vec![33, 50]), "memberships by name");
+        let ng = resolve(r.path(), "www:nogroup", &[], Merge).unwrap();
+        assert_eq!(ids(&ng), (33, 65534, vec![65534, 50]));
+        let num = resolve(r.path(), "65534:5", &[], Merge).unwrap();
+        assert_eq!(ids(&num), (65534, 5, vec![5]));
         assert_eq!(
-            (n.uid, n.gid, n.additional_gids.clone()),
-            (1234, 0, vec![7])
-        );
-        let ng = resolve(r.path(), "www:nogroup", &[]).unwrap();
-        assert_eq!((ng.uid, ng.gid), (33, 65534));
-        assert!(ng.additional_gids.is_empty());
-        let num = resolve(r.path(), "65534:5", &[]).unwrap();
-        assert_eq!((num.uid, num.gid), (65534, 5));
-        assert_eq!(
-            resolve(r.path(), "ghost", &[]),
+            resolve(r.path(), "ghost", &[], Merge),
             Err(Error::UnknownUser("ghost".into()))
         );
         assert_eq!(
-            resolve(r.path(), "0:ghosts", &[]),
+            resolve(r.path(), "0:ghosts", &[], Merge),
             Err(Error::UnknownGroup("ghosts".into()))
         );
     }
 
     #[test]
+    fn strict_ignores_the_image_groups() {
+        let r = rootfs();
+        let merge = resolve(r.path(), "www", &[1000, 50], Merge).unwrap();
+        assert_eq!(merge.additional_gids, [33, 50, 1000]);
+        let strict = resolve(r.path(), "www", &[1000], Strict).unwrap();
+        assert_eq!(strict.additional_gids, [33, 1000]);
+    }
+
+    #[test]
     fn an_image_without_passwd_still_runs_numeric_users() {
         let empty = tempfile::tempdir().unwrap();
-        let id = resolve(empty.path(), "1000:1000", &[]).unwrap();
-        assert_eq!((id.uid, id.gid), (1000, 1000));
-        assert!(resolve(empty.path(), "root", &[]).is_err());
+        let id = resolve(empty.path(), "1000:1000", &[], Merge).unwrap();
+        assert_eq!(ids(&id), (1000, 1000, vec![1000]));
+        assert!(resolve(empty.path(), "root", &[], Merge).is_err());
     }
 }

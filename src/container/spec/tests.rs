@@ -427,3 +427,38 @@ fn devices_are_bound_from_the_host_after_dev() {
         Err(Error::Invalid { .. })
     ));
 }
+
+#[test]
+fn ambient_capabilities_are_in_every_set() {
+    let mut c = ContainerConfig::default();
+    c.security.drop_capabilities = strings(&["ALL"]);
+    c.security.ambient_capabilities = strings(&["CAP_NET_BIND_SERVICE"]);
+    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let caps = spec
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    for set in [
+        caps.bounding(),
+        caps.effective(),
+        caps.permitted(),
+        caps.inheritable(),
+        caps.ambient(),
+    ] {
+        let set = set.as_ref().unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.contains(&Capability::NetBindService));
+    }
+    c.security.ambient_capabilities = strings(&["CAP_TELEPATHY"]);
+    assert!(build(&c, &image(), &pod(), Path::new("/r")).is_err());
+}
+
+#[test]
+fn oom_score_adj_is_raised_to_the_floor() {
+    assert_eq!(restrict_oom_score_adj(-998, Some(0)), 0);
+    assert_eq!(restrict_oom_score_adj(500, Some(0)), 500);
+    assert_eq!(restrict_oom_score_adj(-998, None), -998);
+}

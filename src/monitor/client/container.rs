@@ -55,6 +55,9 @@ pub struct ContainerLaunch {
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init (`container::user`).
     pub user: String,
+    /// Where `user`'s supplemental groups come from.
+    #[serde(default)]
+    pub groups: crate::init::user::GroupsPolicy,
     /// The compiled seccomp filter, loaded by the init and every exec
     /// process; `None`: unconfined.
     #[serde(default)]

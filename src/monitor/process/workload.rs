@@ -250,6 +250,7 @@ impl Container {
                     spec: &launch.spec,
                     env: &launch.env,
                     user: &launch.user,
+                    groups: launch.groups,
                     seccomp: launch.seccomp.as_ref(),
                     overlay: &launch.overlay,
                     cgroup_procs: &launch.cgroup_procs,
@@ -415,6 +416,7 @@ impl Container {
                     args: &launch.args,
                     env: &self.launch.env,
                     user: &self.launch.user,
+                    groups: self.launch.groups,
                     seccomp: self.launch.seccomp.as_ref(),
                     cgroup_procs: &self.launch.cgroup_procs,
                 };
