@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 use super::client::container::{ContainerLaunch, ExecLaunch};
 use crate::sys::process::ProcRef;
 
-/// The version this build speaks (2: containers and execs).
-pub const VERSION: u32 = 2;
+/// The version this build speaks (2: containers and execs; 3: a container
+/// launch carries its seccomp filter and groups policy, which a version 2
+/// monitor would silently ignore).
+pub const VERSION: u32 = 3;
+/// The first version that applies a launch's seccomp filter and groups
+/// policy.
+pub const SECURITY_VERSION: u32 = 3;
 /// The oldest monitor version this daemon still drives.
 pub const MIN_VERSION: u32 = 1;
 

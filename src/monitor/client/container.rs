@@ -40,8 +40,9 @@ use serde::{Deserialize, Serialize};
 use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
 use crate::init::rootfs::Overlay;
+use crate::init::user::GroupsPolicy;
 use crate::monitor::PodDir;
-use crate::monitor::protocol::{Exit, Reply, Request};
+use crate::monitor::protocol::{Exit, Reply, Request, SECURITY_VERSION};
 use crate::sys::process::ProcRef;
 
 /// Everything the monitor needs to create a container's init, blocked
@@ -114,7 +115,7 @@ impl Classify for Error {
             Error::Failed { step, .. } => match step.as_str() {
                 "unknown container" | "unknown exec" => Kind::NotFound,
                 "already exists" => Kind::AlreadyExists,
-                "not running" | "not created" => Kind::FailedPrecondition,
+                "not running" | "not created" | "monitor version" => Kind::FailedPrecondition,
                 s if s == "exec"
                     || s == "user"
                     || s == "cwd"
@@ -127,6 +128,18 @@ impl Classify for Error {
             },
             Error::Unexpected { .. } => Kind::Internal,
         }
+    }
+}
+
+/// A refusal or failure reply as an error.
+fn failed(reply: Reply) -> Result<Reply, Error> {
+    match reply {
+        Reply::Failed { step, message } => Err(Error::Failed { step, message }),
+        Reply::Error { message } => Err(Error::Failed {
+            step: "monitor".into(),
+            message,
+        }),
+        other => Ok(other),
     }
 }
 
@@ -150,15 +163,7 @@ impl PodMonitor {
 
     async fn call(&self, req: Request, limit: Option<Duration>) -> Result<Reply, Error> {
         let mut conn = Connection::open(&self.pod).await?;
-        let reply = conn.call_within(&req, limit).await?;
-        match reply {
-            Reply::Failed { step, message } => Err(Error::Failed { step, message }),
-            Reply::Error { message } => Err(Error::Failed {
-                step: "monitor".into(),
-                message,
-            }),
-            other => Ok(other),
-        }
+        failed(conn.call_within(&req, limit).await?)
     }
 
     fn unexpected(&self, reply: Reply) -> Error {
@@ -177,11 +182,25 @@ impl PodMonitor {
 
     /// Creates the container's init, blocked before execve with its rootfs
     /// mounted.
+    /// A monitor older than [`SECURITY_VERSION`] would ignore the filter
+    /// and the Strict groups policy: such a launch is refused.
     pub async fn create_container(&self, launch: &ContainerLaunch) -> Result<ProcRef, Error> {
+        let needs = launch.seccomp.is_some() || launch.groups != GroupsPolicy::Merge;
+        let mut conn = Connection::open(&self.pod).await?;
+        let version = conn.version;
+        if needs && version < SECURITY_VERSION {
+            return Err(Error::Failed {
+                step: "monitor version".into(),
+                message: format!(
+                    "the pod's monitor speaks protocol {version}, which cannot apply a seccomp \
+                     filter or a Strict groups policy; recreate the pod"
+                ),
+            });
+        }
         let req = Request::CreateContainer {
             launch: Box::new(launch.clone()),
         };
-        match self.call(req, Some(CREATE_TIMEOUT)).await? {
+        match failed(conn.call_within(&req, Some(CREATE_TIMEOUT)).await?)? {
             Reply::Created { init } => Ok(init),
             other => Err(self.unexpected(other)),
         }
@@ -267,5 +286,93 @@ impl PodMonitor {
             signal,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+
+    use super::*;
+
+    /// A monitor of protocol `version` that answers the hello of each
+    /// connection and then `created` to any request.
+    fn old_monitor(pod: &PodDir, version: u32) -> std::thread::JoinHandle<usize> {
+        std::fs::create_dir_all(&pod.dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(pod.socket()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        std::thread::spawn(move || {
+            let mut requests = 0;
+            for _ in 0..2 {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
+                let mut w = stream.try_clone().unwrap();
+                let mut lines = BufReader::new(stream).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    let reply = if line.contains("\"hello\"") {
+                        format!(
+                            r#"{{"reply":"hello","version":{version},"monitor":{{"pid":1,"start_time":0}}}}"#
+                        )
+                    } else {
+                        requests += 1;
+                        r#"{"reply":"created","init":{"pid":1,"start_time":0}}"#.to_string()
+                    };
+                    if writeln!(w, "{reply}").is_err() {
+                        break;
+                    }
+                }
+            }
+            requests
+        })
+    }
+
+    fn launch() -> ContainerLaunch {
+        ContainerLaunch {
+            id: "c".into(),
+            spec: oci_spec::runtime::Spec::default(),
+            env: Vec::new(),
+            user: "0".into(),
+            groups: GroupsPolicy::Merge,
+            seccomp: None,
+            overlay: Overlay {
+                layers: Vec::new(),
+                upper: "/u".into(),
+                work: "/w".into(),
+            },
+            cgroup_procs: Vec::new(),
+            log_path: None,
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_old_monitor_never_gets_a_launch_it_would_not_confine() {
+        let state = tempfile::tempdir().unwrap();
+        let pod = PodDir::new(state.path(), "p");
+        let server = old_monitor(&pod, 2);
+        let mut l = launch();
+        l.seccomp = Some(crate::seccomp::Filter {
+            program: vec![0; 8],
+            flags: 0,
+        });
+        let err = PodMonitor::new(pod.clone())
+            .create_container(&l)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), Kind::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains("protocol 2"), "{err}");
+        // Without a filter or Strict groups the old monitor still creates.
+        PodMonitor::new(pod)
+            .create_container(&launch())
+            .await
+            .unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            1,
+            "only the unconfined launch was sent"
+        );
     }
 }
