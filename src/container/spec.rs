@@ -471,6 +471,26 @@ fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
             reason: format!("{:?} is not absolute", m.container_path),
         });
     }
+    // The container's /dev is crius's tmpfs with checked nodes (masking
+    // binds /dev/null from it): a volume replacing it whole could plant a
+    // `null` that points anywhere. Paths below /dev stay allowed.
+    let path = std::path::Path::new(&m.container_path);
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Invalid {
+            field: "mount container_path",
+            reason: format!("{:?} contains \"..\"", m.container_path),
+        });
+    }
+    let normal: std::path::PathBuf = path.components().collect();
+    if normal == std::path::Path::new("/dev") {
+        return Err(Error::Invalid {
+            field: "mount container_path",
+            reason: "a mount onto /dev itself is refused (mount below /dev instead)".into(),
+        });
+    }
     let propagation = match m.propagation {
         Propagation::Private => "rprivate",
         Propagation::HostToContainer => "rslave",

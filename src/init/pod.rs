@@ -3,11 +3,31 @@
 //! orphaned inside the namespace are re-parented to it. When it dies the
 //! kernel kills every process of the namespace, so the sandbox is READY
 //! only while it lives.
+//!
+//! Every container of a POD-mode pod sees it as PID 1, so a container with
+//! CAP_SYS_PTRACE can read its /proc/1/root, /proc/1/mountinfo and its
+//! memory. Before it starts reaping it therefore gives everything up
+//! ([`isolate`]): its own mount namespace pivoted into an empty read-only
+//! tmpfs, no capabilities (bounding set emptied), uid/gid 65535 with no
+//! supplementary groups, no_new_privs, non-dumpable.
 
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Gid, Uid};
 
-use crate::sys::process::{close_fds_from, set_name};
+use crate::sys::process::{close_fds_from, exit_immediately, set_name};
+
+/// The unprivileged ids the pod init runs as (the "nobody" of 16-bit ids,
+/// as CRI-O's pinns and the pause image use).
+pub const UID: u32 = 65535;
+pub const GID: u32 = 65535;
+
+/// Where the empty root is built, inside the init's own mount namespace
+/// only: any directory every host has; the host's view is unchanged.
+const SCRATCH: &str = "/proc";
 
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never
@@ -15,6 +35,12 @@ use crate::sys::process::{close_fds_from, set_name};
 pub fn run() -> ! {
     set_name("crius-init");
     close_fds_from(3);
+    if let Err(e) = isolate() {
+        // The monitor sees the init end and marks the sandbox NOTREADY; a
+        // pod init that could not shed root must not run.
+        eprintln!("crius-init: {e}");
+        exit_immediately(125);
+    }
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     let _ = chld.thread_block();
@@ -27,4 +53,58 @@ pub fn run() -> ! {
         }
         let _ = chld.wait();
     }
+}
+
+/// Gives up the host's view and every privilege (see the module doc), in
+/// the order that keeps the needed privilege until its last use: mounts,
+/// then the bounding set (needs CAP_SETPCAP), then the ids (which clear
+/// the permitted and effective sets), then no_new_privs and dumpable.
+pub fn isolate() -> Result<(), String> {
+    // 1. A mount namespace of its own, detached from the host's.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare the mount namespace: {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make mounts private: {e}"))?;
+    // 2. An empty tmpfs becomes the root; the old root is detached.
+    let scratch = Path::new(SCRATCH);
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    nix::mount::mount(
+        Some("crius-init"),
+        scratch,
+        Some("tmpfs"),
+        flags,
+        Some("size=4k,mode=0555"),
+    )
+    .map_err(|e| format!("mount an empty root: {e}"))?;
+    nix::unistd::chdir(scratch).map_err(|e| format!("enter the empty root: {e}"))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detach the host's root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make the empty root read-only: {e}"))?;
+    // 3. No capability can ever come back.
+    crate::sys::caps::apply_bounding(0).map_err(|e| crate::error::chain(&e))?;
+    // 4. Unprivileged ids: setuid away from 0 clears the permitted,
+    //    effective and ambient sets.
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let (gid, uid) = (Gid::from_raw(GID), Uid::from_raw(UID));
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid {GID}: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid {UID}: {e}"))?;
+    // 5. Nothing gained by exec, nothing readable through ptrace or /proc.
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("non-dumpable: {e}"))?;
+    Ok(())
 }

@@ -129,7 +129,13 @@ pub fn join_namespaces(list: &[(PathBuf, nix::sched::CloneFlags)]) -> Result<(),
 /// "(unreachable)").
 pub fn enter_cwd(cwd: &Path, create: bool) -> Result<(), String> {
     if create {
-        std::fs::create_dir_all(cwd).map_err(|e| format!("create {}: {e}", cwd.display()))?;
+        // 0755 whatever the umask (the rootfs setup runs with umask 0).
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(cwd)
+            .map_err(|e| format!("create {}: {e}", cwd.display()))?;
     }
     nix::unistd::chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
     match nix::unistd::getcwd() {

@@ -62,12 +62,31 @@ pub fn number(cap: Capability) -> Option<u32> {
     NAMES.iter().position(|n| *n == name).map(|i| i as u32)
 }
 
-/// The highest capability number the running kernel knows.
+/// The highest capability number the running kernel knows, found by asking
+/// the kernel (PR_CAPBSET_READ answers EINVAL past the last one) and never
+/// by reading /proc/sys/kernel/cap_last_cap: inside a container that file
+/// can be covered by a mount or reached through a planted symlink, and a
+/// forged `0` there would leave every capability in the bounding set.
+/// Probed once per process; the answer does not change while it runs.
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(probe_last_cap)
+}
+
+fn probe_last_cap() -> u32 {
+    // Capability numbers fit in 64 bits of the kernel's sets; 63 bounds
+    // the probe whatever the kernel answers.
+    let mut last = 0;
+    for cap in 0..64u32 {
+        // SAFETY: PR_CAPBSET_READ takes a capability number and reads
+        // nothing from our memory.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        if rc < 0 {
+            break;
+        }
+        last = cap;
+    }
+    last
 }
 
 /// Whether `cap` is in this process's bounding set.
@@ -230,6 +249,19 @@ pub fn effective_of(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_cap_is_probed_not_read() {
+        // The probe agrees with the kernel's own file on the host, where
+        // nothing covers it.
+        let file: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(probe_last_cap(), file);
+        assert_eq!(last_cap(), file);
+    }
 
     #[test]
     fn numbers_follow_the_kernel() {

@@ -81,9 +81,142 @@ pub fn detach_all(m: &dyn Mounts, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes the mount at `path` and every mount below it read-only in one
+/// call (mount_setattr(2) with AT_RECURSIVE, Linux >= 5.12). A plain
+/// `MS_REMOUNT|MS_RDONLY` changes only the top mount and leaves submounts
+/// writable. ENOSYS on older kernels: see [`recursive_readonly_supported`].
+pub fn set_readonly_recursive(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| sys(format!("mount_setattr {}", path.display()))(nix::Error::EINVAL))?;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads a NUL-terminated path and a mount_attr of
+    // the size passed, both alive for the call; it writes nothing of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(sys(format!(
+            "make {} and its submounts read-only (mount_setattr)",
+            path.display()
+        ))(nix::Error::last()));
+    }
+    Ok(())
+}
+
+/// Whether the kernel has mount_setattr(2): probed once per process with a
+/// call that changes nothing (no attribute set or cleared on an fd that is
+/// not a mount: EBADF/EINVAL mean the call exists, ENOSYS that it doesn't).
+pub fn recursive_readonly_supported() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let attr = libc::mount_attr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: an empty path with AT_EMPTY_PATH on fd -1 and a valid
+        // mount_attr; the kernel reads both and fails without side effects.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                &attr as *const libc::mount_attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        };
+        !(rc != 0 && nix::Error::last() == nix::Error::ENOSYS)
+    })
+}
+
+/// The filesystem kinds a mount target must never resolve onto (unless
+/// the mount is that filesystem's own, at its own place): a bind over a
+/// procfs or sysfs file is how a container rewrites a kernel knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFs {
+    Proc,
+    Sys,
+}
+
+/// What filesystem the open file `fd` lives on, when it is procfs or sysfs
+/// (fstatfs(2), which works on O_PATH fds).
+pub fn kernel_fs_of(fd: &impl std::os::fd::AsFd) -> Result<Option<KernelFs>> {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    let st = rustix::fs::fstatfs(fd)
+        .map_err(|e| sys("fstatfs of a mount target")(nix::Error::from_raw(e.raw_os_error())))?;
+    Ok(match st.f_type as i64 {
+        PROC_SUPER_MAGIC => Some(KernelFs::Proc),
+        SYSFS_MAGIC => Some(KernelFs::Sys),
+        _ => None,
+    })
+}
+
+/// The mount flags of the filesystem holding `fd` that a bind remount must
+/// keep (nosuid, nodev, noexec): a remount without them would clear them
+/// on the new mount, giving the container set-id or device files a host
+/// mount had disabled (statfs(2) f_flags).
+pub fn locked_flags_of(fd: &impl std::os::fd::AsFd) -> Result<MsFlags> {
+    let st = rustix::fs::fstatvfs(fd)
+        .map_err(|e| sys("fstatvfs of a bind source")(nix::Error::from_raw(e.raw_os_error())))?;
+    let f = st.f_flag;
+    let mut out = MsFlags::empty();
+    if f.contains(rustix::fs::StatVfsMountFlags::NOSUID) {
+        out |= MsFlags::MS_NOSUID;
+    }
+    if f.contains(rustix::fs::StatVfsMountFlags::NODEV) {
+        out |= MsFlags::MS_NODEV;
+    }
+    if f.contains(rustix::fs::StatVfsMountFlags::NOEXEC) {
+        out |= MsFlags::MS_NOEXEC;
+    }
+    Ok(out)
+}
+
+/// Opens `/dev/null` of the current root and checks that it really is the
+/// 1:3 character device: a container that controls its /dev could plant a
+/// symlink or a file there, turning a "mask with /dev/null" bind into a
+/// bind of something else (runc's CVE-2025-31133). The returned O_PATH fd
+/// is what the caller mounts from (through /proc/self/fd).
+pub fn open_dev_null() -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        "/dev/null",
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| sys("open /dev/null")(nix::Error::from_raw(e.raw_os_error())))?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| sys("stat /dev/null")(nix::Error::from_raw(e.raw_os_error())))?;
+    let is_char =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice;
+    if !is_char || st.st_rdev != rustix::fs::makedev(1, 3) {
+        return Err(sys("/dev/null is not the 1:3 character device")(
+            nix::Error::EPERM,
+        ));
+    }
+    Ok(fd)
+}
+
 /// Mount points at or below `prefix`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // thread-self: a thread that unshared its mount namespace sees its own.
+    let text = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
     let mut found: Vec<PathBuf> = text
         .lines()
         .filter_map(|line| line.split(' ').nth(4))

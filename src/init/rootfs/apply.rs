@@ -351,18 +351,23 @@ fn mount_one(
     }
     let rel = target.strip_prefix(root).unwrap_or(target);
     let fd = create_beneath(root_fd, rel, kind)?;
+    check_kernel_fs_target(&fd, &inside(root, target), fstype, options)?;
     let at = fd_path(&fd);
     if options.is_bind() {
         mount(Some(source), &at, None, options.flags, None)?;
         if options.needs_remount() {
             // Remount the mount now at the target (reopened: the fd still
-            // names the covered directory).
+            // names the covered directory), keeping the nosuid/nodev/noexec
+            // the source's mount has: a remount without them would clear
+            // them (runc does the same).
             let fd = create_beneath(root_fd, rel, kind)?;
+            let locked =
+                crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
             mount(
                 None,
                 &fd_path(&fd),
                 None,
-                options.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                options.flags | locked | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
                 None,
             )?;
         }
@@ -383,6 +388,52 @@ fn mount_one(
     }
     let _ = fd.as_fd();
     Ok(())
+}
+
+/// The /proc files a bind mount may cover (runc's checkProcMount list:
+/// what lxcfs-style tools replace); nothing else below /proc.
+const PROC_BIND_ALLOWED: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// Refuses a mount whose target, once resolved inside the rootfs, lies on
+/// procfs or sysfs: a volume over /proc/sys/kernel/core_pattern (or reached
+/// through an image's symlink into /proc) would rewrite a host kernel knob.
+/// What the kernel says (fstatfs of the opened target) counts, not the
+/// path's spelling. Allowed: a cgroup filesystem at /sys/fs/cgroup, and
+/// binds over runc's short /proc list.
+fn check_kernel_fs_target(
+    fd: &OwnedFd,
+    dest: &str,
+    fstype: &str,
+    options: &crate::init::rootfs::MountOptions,
+) -> Result<(), String> {
+    use crate::sys::mount::{KernelFs, kernel_fs_of};
+    let on = kernel_fs_of(fd).map_err(|e| crate::error::chain(&e))?;
+    let allowed = match on {
+        None => true,
+        Some(KernelFs::Sys) => dest == "/sys/fs/cgroup" && matches!(fstype, "cgroup" | "cgroup2"),
+        Some(KernelFs::Proc) => options.is_bind() && PROC_BIND_ALLOWED.contains(&dest),
+    };
+    if allowed {
+        return Ok(());
+    }
+    let fs = match on {
+        Some(KernelFs::Proc) => "procfs",
+        _ => "sysfs",
+    };
+    Err(format!(
+        "mount target {dest} resolves onto {fs}: refused (a mount there would change a kernel setting)"
+    ))
 }
 
 /// pivot_root(".", ".") in the new root; the old root, now stacked on top
@@ -424,16 +475,17 @@ fn mask(path: &Path) -> Result<(), String> {
             MsFlags::MS_RDONLY,
             None,
         ),
-        Ok(_) => mount(
-            Some(Path::new("/dev/null")),
-            path,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        ),
+        Ok(_) => {
+            // Through a checked fd: the path /dev/null could name anything
+            // the container planted in its /dev.
+            let null = crate::sys::mount::open_dev_null().map_err(|e| crate::error::chain(&e))?;
+            mount(Some(&fd_path(&null)), path, None, MsFlags::MS_BIND, None)
+        }
     }
 }
 
+/// A read-only path with everything mounted below it read-only too (a
+/// submount of /proc/sys must not stay writable).
 fn readonly(path: &Path) -> Result<(), String> {
     if !path.exists() {
         return Ok(());
@@ -445,13 +497,36 @@ fn readonly(path: &Path) -> Result<(), String> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    mount(
-        None,
-        path,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None,
-    )
+    readonly_recursive(path)
+}
+
+/// Makes the mount at `path` and all its submounts read-only: one
+/// mount_setattr(AT_RECURSIVE) where the kernel has it (>= 5.12), else a
+/// read-only remount of each mount point below `path`, deepest first.
+pub fn readonly_recursive(path: &Path) -> Result<(), String> {
+    use crate::sys::mount;
+    if mount::recursive_readonly_supported() {
+        return mount::set_readonly_recursive(path).map_err(|e| crate::error::chain(&e));
+    }
+    readonly_each(path)
+}
+
+/// The fallback of [`readonly_recursive`] for kernels before 5.12.
+fn readonly_each(path: &Path) -> Result<(), String> {
+    let mut points = crate::sys::mount::mounts_under(path);
+    if !points.iter().any(|p| p == path) {
+        points.push(path.to_path_buf());
+    }
+    for p in points {
+        self::mount(
+            None,
+            &p,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -483,6 +558,116 @@ mod tests {
         assert!(!outside.join("x").exists() && !outside.join("f").exists());
         assert!(inner.join("x/y").is_dir());
         assert!(root.join("outside/f").is_file());
+    }
+
+    /// Runs `f` on a thread of its own in a private mount namespace (the
+    /// namespace ends with the thread), as root only.
+    fn in_mount_namespace(f: impl FnOnce() + Send + 'static) {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mount namespaces need root");
+            return;
+        }
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn tmpfs(at: &Path, data: &str, flags: MsFlags) {
+        nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data)).unwrap();
+    }
+
+    fn writable(dir: &Path) -> bool {
+        std::fs::write(dir.join("probe"), b"x").is_ok()
+    }
+
+    #[test]
+    fn read_only_paths_are_read_only_with_their_submounts() {
+        for each in [false, true] {
+            in_mount_namespace(move || {
+                let dir = tempfile::tempdir().unwrap();
+                let top = dir.path().join("top");
+                std::fs::create_dir(&top).unwrap();
+                tmpfs(&top, "size=64k", MsFlags::empty());
+                std::fs::create_dir(top.join("sub")).unwrap();
+                tmpfs(&top.join("sub"), "size=64k", MsFlags::empty());
+                assert!(writable(&top) && writable(&top.join("sub")));
+                mount(
+                    Some(&top),
+                    &top,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )
+                .unwrap();
+                if each {
+                    readonly_each(&top).unwrap();
+                } else {
+                    readonly_recursive(&top).unwrap();
+                }
+                assert!(!writable(&top), "top writable (fallback {each})");
+                assert!(
+                    !writable(&top.join("sub")),
+                    "submount writable (fallback {each})"
+                );
+                let _ = nix::mount::umount2(&top, MntFlags::MNT_DETACH);
+            });
+        }
+    }
+
+    #[test]
+    fn a_bind_remount_keeps_the_sources_nosuid_nodev_noexec() {
+        in_mount_namespace(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir(&src).unwrap();
+            let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            tmpfs(&src, "size=64k", locked);
+            let fd =
+                rustix::fs::open(&src, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+            assert_eq!(crate::sys::mount::locked_flags_of(&fd).unwrap(), locked);
+            let plain = dir.path().join("plain");
+            std::fs::create_dir(&plain).unwrap();
+            tmpfs(&plain, "size=64k", MsFlags::empty());
+            let fd =
+                rustix::fs::open(&plain, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+            assert_eq!(
+                crate::sys::mount::locked_flags_of(&fd).unwrap(),
+                MsFlags::empty()
+            );
+            let _ = nix::mount::umount2(&src, MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&plain, MntFlags::MNT_DETACH);
+        });
+    }
+
+    #[test]
+    fn procfs_and_sysfs_targets_are_refused_except_their_own_mounts() {
+        let open = |p: &str| rustix::fs::open(p, OFlags::PATH, Mode::empty()).unwrap();
+        let bind = crate::init::rootfs::parse_options(&["rbind".into()]);
+        let none = crate::init::rootfs::parse_options(&[]);
+        let kernel = open("/proc/sys/kernel/core_pattern");
+        assert!(
+            check_kernel_fs_target(&kernel, "/proc/sys/kernel/core_pattern", "bind", &bind)
+                .is_err()
+        );
+        let uptime = open("/proc/uptime");
+        assert!(check_kernel_fs_target(&uptime, "/proc/uptime", "bind", &bind).is_ok());
+        assert!(check_kernel_fs_target(&uptime, "/proc/uptime", "tmpfs", &none).is_err());
+        let sys = open("/sys/kernel");
+        assert!(check_kernel_fs_target(&sys, "/sys/fs/cgroup", "cgroup2", &none).is_ok());
+        assert!(check_kernel_fs_target(&sys, "/sys/kernel", "bind", &bind).is_err());
+        let tmp = open("/tmp");
+        assert!(check_kernel_fs_target(&tmp, "/tmp", "bind", &bind).is_ok());
     }
 
     #[test]

@@ -75,7 +75,13 @@ fn run(pod: &PodDir) -> Result<(), String> {
     let socket = pod.socket();
     let _ = std::fs::remove_file(&socket);
     let bound = crate::monitor::socket_path(pod).and_then(|(dir, short)| {
-        let l = UnixListener::bind(&short);
+        // Only root (the daemon) may speak to the monitor: 0600 on the
+        // socket, and every peer's credentials checked at accept.
+        let l = UnixListener::bind(&short).and_then(|l| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600))?;
+            Ok(l)
+        });
         drop(dir);
         l
     });
@@ -307,6 +313,9 @@ impl Monitor {
 
     fn accept(&mut self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
+            if !peer_is_trusted(&stream) {
+                continue;
+            }
             if stream.set_nonblocking(true).is_ok() {
                 self.next_conn += 1;
                 self.conns.push(Conn {
@@ -632,4 +641,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
+}
+
+/// A peer may drive the monitor only as root or as the monitor's own user
+/// (SO_PEERCRED): the socket's mode is the first fence, this the second.
+fn peer_is_trusted(stream: &std::os::unix::net::UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(stream, PeerCredentials) {
+        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
 }
