@@ -13,5 +13,6 @@ mod pod_recovery;
 mod registry;
 mod runtime;
 mod security;
+mod state_lost;
 mod stats;
 mod vm;

@@ -59,6 +59,22 @@ pub async fn run(rt: &mut Client, c: PodSandboxConfig) -> Result<String, tonic::
     .map(|r| r.into_inner().pod_sandbox_id)
 }
 
+/// RunPodSandbox whose caller gives up after `timeout`.
+pub async fn run_giving_up(
+    rt: &mut Client,
+    c: PodSandboxConfig,
+    timeout: Duration,
+) -> Result<String, tonic::Status> {
+    let mut req = tonic::Request::new(RunPodSandboxRequest {
+        config: Some(c),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(timeout);
+    rt.run_pod_sandbox(req)
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
 pub async fn status(rt: &mut Client, id: &str) -> (PodSandboxStatus, serde_json::Value) {
     let r = rt
         .pod_sandbox_status(PodSandboxStatusRequest {

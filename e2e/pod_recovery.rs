@@ -9,7 +9,8 @@ use tonic::Code;
 
 use crate::harness::{TestDaemon, children_of, monitor_pids, start_with_env};
 use crate::pod::{
-    Client, assert_no_trace, config, list, run, status, stop_remove, wait_for, with_namespaces,
+    Client, assert_no_trace, config, list, run, run_giving_up, status, stop_remove, wait_for,
+    with_namespaces,
 };
 
 fn kill9(pid: i32) {
@@ -210,12 +211,9 @@ async fn a_retry_after_a_client_timeout_gets_the_same_pod() {
     )
     .await;
     let mut rt = d.runtime().await;
-    let mut req = tonic::Request::new(RunPodSandboxRequest {
-        config: Some(config("slow")),
-        runtime_handler: String::new(),
-    });
-    req.set_timeout(Duration::from_millis(300));
-    let e = rt.run_pod_sandbox(req).await.unwrap_err();
+    let e = run_giving_up(&mut rt, config("slow"), Duration::from_millis(300))
+        .await
+        .unwrap_err();
     // tonic's client gives up by itself (CANCELLED) or the server answers
     // DEADLINE_EXCEEDED: either way the caller is gone.
     assert!(
@@ -248,12 +246,8 @@ async fn a_retry_after_a_client_timeout_gets_the_same_pod() {
     assert_eq!(e.code(), Code::AlreadyExists);
 
     // A pod nobody claims is removed after the bound (1 s here).
-    let mut req = tonic::Request::new(RunPodSandboxRequest {
-        config: Some(config("orphan")),
-        runtime_handler: String::new(),
-    });
-    req.set_timeout(Duration::from_millis(300));
-    assert!(rt.run_pod_sandbox(req).await.is_err());
+    let gave_up = run_giving_up(&mut rt, config("orphan"), Duration::from_millis(300));
+    assert!(gave_up.await.is_err());
     let pods_dir = d.state.join("pods");
     wait_for("the orphan to be created", Duration::from_secs(10), || {
         std::fs::read_dir(&pods_dir).map(|r| r.count()).unwrap_or(0) == 2

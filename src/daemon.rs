@@ -74,11 +74,13 @@ impl Daemon {
         let images = Images::open(&config, store.clone())?;
         let network = Arc::new(Network::new(&config.network, &config.state));
         let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
+        let pod_settings = pod::Settings::from_config(&config);
         let pods = Arc::new(Pods::new(
             store.clone(),
             network.clone(),
             cgroups.clone(),
-            pod::Settings::from_config(&config),
+            Pods::monitors(&pod_settings),
+            pod_settings,
         )?);
         let containers = Arc::new(Containers::new(
             store.clone(),

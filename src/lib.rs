@@ -16,6 +16,7 @@ pub mod locks;
 pub mod monitor;
 pub mod network;
 pub mod pod;
+pub mod record;
 pub mod seccomp;
 pub mod stats;
 pub mod store;

@@ -32,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Check or set aside the metadata database.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -40,6 +45,26 @@ enum Command {
 enum ConfigCommand {
     /// Print the full default configuration, commented.
     Default,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check every page and record of the database (exit 1 when damaged).
+    Check(StoreArgs),
+    /// Start over: move the database aside (never deleting it); the next
+    /// `crius serve` removes every pod and container the lost records
+    /// owned. Stop crius first.
+    Reset(StoreArgs),
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Configuration file [default: /etc/crius/crius.toml]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Persistent state directory (overrides `root`).
+    #[arg(long)]
+    root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +96,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
+        Command::Store { command } => store(command),
         Command::Version => {
             println!("crius {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -101,6 +127,34 @@ fn load_config(args: ServeArgs) -> anyhow::Result<Config> {
     }
     config.validate()?;
     Ok(config)
+}
+
+fn store(command: StoreCommand) -> anyhow::Result<()> {
+    let (StoreCommand::Check(args) | StoreCommand::Reset(args)) = &command;
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(root) = &args.root {
+        config.root = root.clone();
+    }
+    let path = config.db_path();
+    match command {
+        StoreCommand::Check(_) => {
+            for (table, count) in crius::store::Store::check(&path)? {
+                println!("{table}: {count} records");
+            }
+            println!("{}: ok", path.display());
+        }
+        StoreCommand::Reset(_) => match crius::store::Store::set_aside(&path)
+            .with_context(|| format!("move {} aside", path.display()))?
+        {
+            Some(to) => println!(
+                "moved {} to {}; the next `crius serve` removes the leftovers of the lost records",
+                path.display(),
+                to.display()
+            ),
+            None => println!("{}: no database", path.display()),
+        },
+    }
+    Ok(())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {

@@ -19,17 +19,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use super::engine::Launch;
 use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, ProcessUser, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
-use super::{Containers, Error, Outcome, blocking, rootfs_dir, upper_dir, work_dir};
+use super::{Containers, Error, blocking, rootfs_dir, upper_dir, work_dir};
 use crate::cgroups::CgroupPath;
-use crate::error::{Classify, Kind};
 use crate::init::rootfs;
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
+use crate::record::{Kind, Records, StepFailed, pause_point};
 
 /// CreateContainer's input in crius's terms.
 #[derive(Debug, Clone)]
@@ -50,45 +48,23 @@ pub struct CreateRequest {
     pub target_id: String,
 }
 
-/// Test hook, as RunPodSandbox's: `CRIUS_TEST_PAUSE_AT=<step>` pauses
-/// CreateContainer before that step for `CRIUS_TEST_PAUSE_SECS` seconds
-/// (default 3600). Never set in production.
-async fn test_pause(step: &str) {
-    if std::env::var("CRIUS_TEST_PAUSE_AT").is_ok_and(|s| s == step) {
-        let secs = std::env::var("CRIUS_TEST_PAUSE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3600);
-        tracing::warn!(step, secs, "test hook: pausing before this step");
-        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
-    }
-}
+const OP: &str = "create container";
 
-fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
+fn step_err<E>(name: &str) -> impl FnOnce(E) -> Error
 where
-    E: std::error::Error + Classify + Send + Sync + 'static,
+    E: std::error::Error + crate::error::Classify + Send + Sync + 'static,
 {
-    let step = step.to_string();
-    move |e| Error::Step {
-        op: "create container",
-        step,
-        kind: e.kind(),
-        source: Box::new(e),
-    }
+    let f = crate::record::step(OP, name);
+    move |e| Error::Step(f(e))
 }
 
-fn io_step(step: &str, path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::Step {
-        op: "create container",
-        step: step.to_string(),
-        kind: Kind::Internal,
-        source: format!("{}: {e}", path.display()).into(),
-    }
+fn io_step(name: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Step(StepFailed::io(OP, name, path, e))
 }
 
-/// What creation decided before the first side effect.
-struct Plan {
-    rec: ContainerRecord,
+/// What creation decided before the first side effect (besides the
+/// intent record).
+pub struct Plan {
     launch: Launch,
     /// A systemd scope needs its first process: made after the init.
     cgroup_after_init: bool,
@@ -103,76 +79,15 @@ impl Containers {
             name: req.config.name.clone(),
             attempt: req.attempt,
         };
-        let mut rx = {
-            let mut creating = self.creating.lock().expect("lock poisoned");
-            match creating.get(&key) {
-                Some(rx) => {
-                    tracing::info!(name = %key.name, "a retry waits for the creation under way");
-                    rx.clone()
-                }
-                None => {
-                    if let Some(existing) = self.find_by_key(&key)? {
-                        if !existing.claimed && existing.state == State::Created {
-                            tracing::info!(container_id = %existing.id, "a retry claims the container its first call created");
-                            return self.claim(&existing.id);
-                        }
-                        return Err(Error::AlreadyExists {
-                            pod_id: key.pod_id,
-                            name: key.name,
-                            attempt: key.attempt,
-                            id: existing.id,
-                        });
-                    }
-                    let plan = self.plan(&pod, req)?;
-                    let (tx, rx) = watch::channel(None);
-                    creating.insert(key.clone(), rx.clone());
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let outcome: Outcome = this.create_plan(plan).await.map_err(Arc::new);
-                        this.creating.lock().expect("lock poisoned").remove(&key);
-                        let _ = tx.send(Some(outcome));
-                    });
-                    rx
-                }
-            }
-        };
-        let outcome = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| Error::Internal("container creation was abandoned".into()))?
-            .clone()
-            .expect("checked by wait_for");
-        match outcome {
-            Ok(id) => self.claim(&id),
-            Err(e) => Err(Error::Shared(e)),
-        }
-    }
-
-    fn find_by_key(&self, key: &Key) -> Result<Option<ContainerRecord>, Error> {
-        Ok(self
-            .store
-            .list(CONTAINERS)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .find(|r| r.state != State::Creating && &r.key() == key))
-    }
-
-    /// Hands a finished container to its caller.
-    fn claim(&self, id: &str) -> Result<String, Error> {
-        self.store.write(|txn| {
-            let Some(mut rec) = txn.get(CONTAINERS, id)? else {
-                return Err(Error::NotFound(id.to_string()));
-            };
-            if !rec.claimed {
-                rec.claimed = true;
-                txn.put(CONTAINERS, id, &rec)?;
-            }
-            Ok(id.to_string())
-        })
+        crate::record::create(self, key, || self.plan(&pod, req)).await
     }
 
     /// Everything decided without side effects: bad input fails here.
-    fn plan(&self, pod: &PodRecord, mut req: CreateRequest) -> Result<Plan, Error> {
+    fn plan(
+        &self,
+        pod: &PodRecord,
+        mut req: CreateRequest,
+    ) -> Result<(ContainerRecord, Plan), Error> {
         req.config.oom_score_adj = req
             .config
             .oom_score_adj
@@ -207,15 +122,8 @@ impl Containers {
             cgroup_v2: self.cgroups.is_unified(),
         };
         let rootfs = rootfs_dir(&dir);
-        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs).map_err(|e| {
-            let kind = e.kind();
-            Error::Step {
-                op: "create container",
-                step: "build the OCI spec".into(),
-                kind,
-                source: Box::new(e),
-            }
-        })?;
+        let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs)
+            .map_err(step_err("build the OCI spec"))?;
         let security = &req.config.security;
         let apparmor = super::lsm::apparmor_profile(security, super::lsm::Host::current())
             .map_err(Error::Invalid)?;
@@ -239,12 +147,7 @@ impl Containers {
             security.privileged,
             bounding.iter().map(String::as_str),
         )
-        .map_err(|e| Error::Step {
-            op: "create container",
-            step: "compile the seccomp profile".into(),
-            kind: e.kind(),
-            source: Box::new(e),
-        })?;
+        .map_err(step_err("compile the seccomp profile"))?;
         let overlay = rootfs::Overlay {
             layers: image.layers.clone(),
             upper: upper_dir(&dir),
@@ -326,11 +229,13 @@ impl Containers {
             stdin: c.stdin,
             stdin_once: req.stdin_once,
         };
-        Ok(Plan {
-            cgroup_after_init: leaf.unit.as_ref().is_some_and(|u| u.is_scope()),
+        Ok((
             rec,
-            launch,
-        })
+            Plan {
+                cgroup_after_init: leaf.unit.as_ref().is_some_and(|u| u.is_scope()),
+                launch,
+            },
+        ))
     }
 
     fn pid_namespace(
@@ -378,38 +283,14 @@ impl Containers {
         })
     }
 
-    /// Runs the steps; on failure everything done is undone.
-    async fn create_plan(self: &Arc<Self>, plan: Plan) -> Result<String, Error> {
-        let id = plan.rec.id.clone();
-        let lock = self.lock_of(&id);
-        let guard = lock.lock().await;
-        let mut rec = plan.rec;
-        let result = self
-            .create_steps(&mut rec, plan.launch, plan.cgroup_after_init)
-            .await;
-        match result {
-            Ok(()) => {
-                tracing::info!(container_id = %id, name = %rec.name, pod_id = %rec.pod_id, "container created");
-                Ok(id)
-            }
-            Err(err) => {
-                tracing::warn!(container_id = %id, error = %crate::error::chain(&err), "container creation failed; rolling back");
-                self.discard(&rec).await;
-                drop(guard);
-                self.forget_lock(&id);
-                Err(err)
-            }
-        }
-    }
-
-    async fn create_steps(
+    async fn steps(
         &self,
         rec: &mut ContainerRecord,
         mut launch: Launch,
         cgroup_after_init: bool,
     ) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
-        test_pause("record container intent").await;
+        pause_point("record container intent").await;
         self.store
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record intent"))?;
@@ -452,7 +333,7 @@ impl Containers {
         }
 
         // 5. The init: mounts done, blocked before execve.
-        test_pause("create container init").await;
+        pause_point("create container init").await;
         let init = self
             .engine
             .create(&rec.pod_dir, &launch)
@@ -481,14 +362,50 @@ impl Containers {
         }
 
         // 6. Created, but unclaimed until the caller (or a retry) takes it.
-        test_pause("record container").await;
+        pause_point("record container").await;
         rec.state = State::Created;
         self.store
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record container"))?;
         Ok(())
     }
+}
 
+#[async_trait::async_trait]
+impl Kind for Containers {
+    type Record = ContainerRecord;
+    type Error = Error;
+    type Plan = Plan;
+
+    fn records(&self) -> &Records<ContainerRecord, Error> {
+        &self.records
+    }
+
+    fn already_exists(&self, key: Key, id: &str) -> Error {
+        Error::AlreadyExists {
+            pod_id: key.pod_id,
+            name: key.name,
+            attempt: key.attempt,
+            id: id.to_string(),
+        }
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        rec: &mut ContainerRecord,
+        plan: Plan,
+    ) -> Result<(), Error> {
+        self.steps(rec, plan.launch, plan.cgroup_after_init).await?;
+        tracing::info!(container_id = %rec.id, name = %rec.name, pod_id = %rec.pod_id, "container created");
+        Ok(())
+    }
+
+    async fn rollback(&self, rec: &ContainerRecord) {
+        self.discard(rec).await;
+    }
+}
+
+impl Containers {
     /// Undoes whatever exists of a container, from any state: the engine's
     /// process, leftover processes in its cgroup, the cgroup, the
     /// directory, the exit file, the record. Idempotent.

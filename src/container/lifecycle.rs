@@ -49,12 +49,7 @@ impl Containers {
             rec.reason = "ContainerCannotRun".into();
             rec.message = message;
             self.store.put(CONTAINERS, &id, &rec)?;
-            return Err(Error::Step {
-                op: "start container",
-                step: "start container init".into(),
-                kind: crate::error::Classify::kind(&e),
-                source: Box::new(e),
-            });
+            return Err(crate::record::step("start container", "start container init")(e).into());
         }
         rec.state = State::Running;
         rec.started_at = now_ns();

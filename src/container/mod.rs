@@ -38,6 +38,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::record::Record;
+
 use crate::cgroups::Cgroups;
 use crate::config::Config;
 use crate::error::{Classify, Kind};
@@ -77,14 +79,8 @@ pub enum Error {
     Deadline(String),
     /// A step of CreateContainer (or another multi-step call) failed;
     /// everything before it was undone.
-    #[error("{op}: step {step:?} failed")]
-    Step {
-        op: &'static str,
-        step: String,
-        kind: Kind,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Step(#[from] crate::record::StepFailed),
     #[error(transparent)]
     Engine(#[from] engine::Error),
     #[error(transparent)]
@@ -113,7 +109,7 @@ impl Classify for Error {
             Error::Invalid(_) => Kind::InvalidArgument,
             Error::NotRunning { .. } | Error::WrongState(_) => Kind::FailedPrecondition,
             Error::Deadline(_) => Kind::DeadlineExceeded,
-            Error::Step { kind, .. } => *kind,
+            Error::Step(e) => e.kind,
             Error::Engine(e) => e.kind(),
             Error::Cgroups(e) => e.kind(),
             Error::Image(e) => e.kind(),
@@ -196,21 +192,29 @@ impl ImageSource for crate::image::Images {
     }
 }
 
-/// A finished creation: the container id or the (shared) error.
-type Outcome = Result<String, Arc<Error>>;
+impl crate::record::RecordError for Error {
+    fn shared(e: Arc<Error>) -> Error {
+        Error::Shared(e)
+    }
+    fn abandoned(kind: &'static str) -> Error {
+        Error::Internal(format!("{kind} creation ended without an outcome"))
+    }
+    fn not_found(id: &str) -> Error {
+        Error::NotFound(id.to_string())
+    }
+}
 
 /// The container service: a field of [`crate::daemon::Daemon`].
 pub struct Containers {
+    /// The container records and their lifecycle (creations under way,
+    /// one lock per container for create/start/stop/remove/update, never
+    /// taken by List/Status).
+    records: crate::record::Records<ContainerRecord, Error>,
     store: Arc<Store>,
     images: Arc<dyn ImageSource>,
     cgroups: Arc<Cgroups>,
     engine: Arc<dyn engine::Engine>,
     settings: Settings,
-    /// Creations under way, by key: a retry waits on the receiver.
-    creating: Mutex<HashMap<record::Key, watch::Receiver<Option<Outcome>>>>,
-    /// One lock per container for create/start/stop/remove/update (never
-    /// taken by List/Status).
-    locks: crate::locks::IdLocks,
     /// Recorded exits of running containers, for StopContainer to wait on.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
@@ -233,34 +237,27 @@ impl Containers {
         settings: Settings,
     ) -> Containers {
         Containers {
+            records: crate::record::Records::new(store.clone(), settings.unclaimed_ttl),
             store,
             images,
             cgroups,
             engine,
             settings,
-            creating: Mutex::new(HashMap::new()),
-            locks: crate::locks::IdLocks::default(),
             exits: Mutex::new(HashMap::new()),
         }
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.of(id)
+        self.records.lock_of(id)
     }
 
     fn forget_lock(&self, id: &str) {
-        self.locks.forget(id);
+        self.records.forget_lock(id);
     }
 
     /// Resolves a full id or unique prefix among visible containers.
     fn resolve(&self, prefix: &str) -> Result<Option<String>, Error> {
-        let all = self.store.list(record::CONTAINERS)?;
-        let ids: Vec<&str> = all
-            .iter()
-            .filter(|(_, r)| r.visible())
-            .map(|(k, _)| k.as_str())
-            .collect();
-        Ok(crate::ids::resolve(prefix, ids)?.map(str::to_string))
+        self.records.resolve(prefix)
     }
 
     /// ContainerStatus: the record with its effective state.

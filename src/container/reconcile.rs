@@ -1,31 +1,30 @@
 //! What crius does about containers when it starts, and in the background.
 //!
 //! At start (after the pods are reconciled): intents (CREATING records)
-//! left by a crash are rolled back; a RUNNING container whose init still
+//! left by a crash, and containers whose creation finished after their
+//! caller gave up, are rolled back ([`crate::record::reconcile`]); a RUNNING container whose init still
 //! lives gets its exit watcher back; one that exited while crius was down
 //! shows the exit code its monitor wrote (`<pod dir>/exits/<id>`), or 255
 //! when its monitor died too; container directories without a record are
 //! removed — only names crius itself makes, only under its own root.
 //!
 //! In the background: containers whose CreateContainer caller gave up and
-//! that no retry claimed within the bound are removed.
+//! that no retry claimed within the bound are removed ([`crate::record`]'s
+//! reaper).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::record::{CONTAINERS, State};
 use super::{Containers, Error};
-use crate::pod::now_ns;
 
 /// Reconciles the records with the host, then starts the reaper.
 pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
-    let records = containers.store.list(CONTAINERS)?;
-    for (id, rec) in records {
+    // Intents and containers nobody claimed: no caller can still be waiting.
+    let records = crate::record::reconcile(containers).await?;
+    for rec in records {
+        let id = rec.id.clone();
         match rec.state {
-            State::Creating => {
-                tracing::warn!(container_id = %id, "rolling back a container whose creation was interrupted");
-                containers.discard(&rec).await;
-            }
+            State::Creating => {}
             State::Running | State::Created => {
                 let exited = crate::monitor::read_exit(&rec.exit_file());
                 let alive = rec.init.is_some_and(|i| i.alive());
@@ -45,8 +44,7 @@ pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
         }
     }
     sweep_orphans(containers).await?;
-    let this = containers.clone();
-    tokio::spawn(async move { reap_unclaimed(this).await });
+    crate::record::start_reaper(containers);
     Ok(())
 }
 
@@ -75,44 +73,4 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Removes containers nobody claimed within the bound.
-async fn reap_unclaimed(containers: Arc<Containers>) {
-    let ttl = containers.settings.unclaimed_ttl;
-    let period = (ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        tokio::time::sleep(period).await;
-        let Ok(records) = containers.store.list(CONTAINERS) else {
-            continue;
-        };
-        let limit = now_ns() - ttl.as_nanos() as i64;
-        for (id, rec) in records {
-            if rec.claimed || rec.state == State::Creating || rec.created_at > limit {
-                continue;
-            }
-            let lock = containers.lock_of(&id);
-            let guard = lock.lock().await;
-            // Take it away from retries (they claim CREATED containers
-            // only), unless one claimed it meanwhile.
-            let taken = containers.store.write(|txn| {
-                let Some(mut r) = txn.get(CONTAINERS, &id)? else {
-                    return Ok::<_, crate::store::Error>(None);
-                };
-                if r.claimed {
-                    return Ok(None);
-                }
-                r.state = State::Exited;
-                r.reason = "never claimed".into();
-                txn.put(CONTAINERS, &id, &r)?;
-                Ok(Some(r))
-            });
-            if let Ok(Some(r)) = taken {
-                tracing::warn!(container_id = %id, "removing a container that no CreateContainer retry claimed");
-                containers.discard(&r).await;
-            }
-            drop(guard);
-            containers.forget_lock(&id);
-        }
-    }
 }

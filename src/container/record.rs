@@ -133,11 +133,41 @@ impl ProcessUser {
     }
 }
 
-impl ContainerRecord {
-    pub fn visible(&self) -> bool {
-        self.claimed && self.state != State::Creating
-    }
+impl crate::record::Record for ContainerRecord {
+    type Key = Key;
+    const TABLE: Table<ContainerRecord> = CONTAINERS;
+    const KIND: &'static str = "container";
+    const CREATE_RPC: &'static str = "CreateContainer";
 
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn key(&self) -> Key {
+        ContainerRecord::key(self)
+    }
+    fn is_intent(&self) -> bool {
+        self.state == State::Creating
+    }
+    fn is_finished(&self) -> bool {
+        self.state == State::Created
+    }
+    fn claimed(&self) -> bool {
+        self.claimed
+    }
+    fn set_claimed(&mut self) {
+        self.claimed = true;
+    }
+    /// The bound on unclaimed containers runs from their creation.
+    fn settled_at(&self) -> i64 {
+        self.created_at
+    }
+    fn abandon(&mut self, reason: &str) {
+        self.state = State::Exited;
+        self.reason = reason.to_string();
+    }
+}
+
+impl ContainerRecord {
     pub fn exit_file(&self) -> PathBuf {
         self.pod_dir.exit_file(&self.id)
     }

@@ -412,41 +412,48 @@ async fn pull_from(
         },
         annotations: manifest.annotations,
     };
-    let all = inner.store.list(IMAGES)?;
-    inner.store.write(|txn| {
-        for (other_id, mut other) in all {
-            if other_id == id {
+    record_image(&inner.store, record, repo_tag.as_deref())?;
+    drop(hold);
+    tracing::info!(image = %name, %id, "pulled");
+    Ok(id)
+}
+
+/// Stores a pulled image and moves its tag here from any other image: one
+/// read-modify-write transaction, so concurrent pulls never lose each
+/// other's tags (redb serialises write transactions). Tags, digests and
+/// manifests the image already had are kept.
+pub(crate) fn record_image(
+    store: &crate::store::Store,
+    mut record: ImageRecord,
+    repo_tag: Option<&str>,
+) -> Result<()> {
+    store.write(|txn| {
+        for (other_id, mut other) in txn.list(IMAGES)? {
+            if other_id == record.id {
                 continue;
             }
             let before = other.repo_tags.len();
-            other.repo_tags.retain(|t| Some(t) != repo_tag.as_ref());
+            other.repo_tags.retain(|t| Some(t.as_str()) != repo_tag);
             if other.repo_tags.len() != before {
                 txn.put(IMAGES, &other_id, &other)?;
             }
         }
-        let mut record = record;
-        if let Some(old) = txn.get(IMAGES, &id)? {
-            for t in old.repo_tags {
-                if !record.repo_tags.contains(&t) {
-                    record.repo_tags.push(t);
-                }
-            }
-            for d in old.repo_digests {
-                if !record.repo_digests.contains(&d) {
-                    record.repo_digests.push(d);
-                }
-            }
-            for m in old.manifests {
-                if !record.manifests.contains(&m) {
-                    record.manifests.push(m);
-                }
-            }
+        if let Some(old) = txn.get(IMAGES, &record.id)? {
+            merge_new(&mut record.repo_tags, old.repo_tags);
+            merge_new(&mut record.repo_digests, old.repo_digests);
+            merge_new(&mut record.manifests, old.manifests);
         }
-        txn.put(IMAGES, &id, &record)
-    })?;
-    drop(hold);
-    tracing::info!(image = %name, %id, "pulled");
-    Ok(id)
+        txn.put(IMAGES, &record.id, &record)?;
+        Ok(())
+    })
+}
+
+fn merge_new(into: &mut Vec<String>, from: Vec<String>) {
+    for v in from {
+        if !into.contains(&v) {
+            into.push(v);
+        }
+    }
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
@@ -646,5 +653,65 @@ mod tests {
             ..Auth::default()
         };
         assert!(bad.to_registry_auth().is_err());
+    }
+
+    fn image(id: &str, tag: &str) -> ImageRecord {
+        ImageRecord {
+            id: id.into(),
+            repo_tags: vec![tag.into()],
+            repo_digests: vec![format!("r@{id}")],
+            size: 1,
+            manifests: vec![format!("m-{id}")],
+            layers: Vec::new(),
+            config: ImageConfig::default(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// Pulls that move tags away from one image and pulls that add tags to
+    /// it, all at once: every tag ends on exactly the image its last pull
+    /// named, none is lost (the list is read inside the write transaction).
+    #[test]
+    fn concurrent_pulls_keep_every_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("db")).unwrap());
+        const N: usize = 8;
+        let mut shared = image("sha256:shared", "t/moved:0");
+        shared.repo_tags = (0..N).map(|i| format!("t/moved:{i}")).collect();
+        record_image(&store, shared, None).unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(2 * N));
+        let mut threads = Vec::new();
+        for i in 0..N {
+            // Moves tag i to its own image.
+            let (s, b) = (store.clone(), barrier.clone());
+            threads.push(std::thread::spawn(move || {
+                let tag = format!("t/moved:{i}");
+                b.wait();
+                record_image(&s, image(&format!("sha256:own{i}"), &tag), Some(&tag)).unwrap();
+            }));
+            // Adds a new tag to the shared image.
+            let (s, b) = (store.clone(), barrier.clone());
+            threads.push(std::thread::spawn(move || {
+                let tag = format!("t/added:{i}");
+                b.wait();
+                record_image(&s, image("sha256:shared", &tag), Some(&tag)).unwrap();
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all: BTreeMap<String, ImageRecord> = store.list(IMAGES).unwrap().into_iter().collect();
+        let mut shared_tags = all["sha256:shared"].repo_tags.clone();
+        shared_tags.sort();
+        let want: Vec<String> = (0..N).map(|i| format!("t/added:{i}")).collect();
+        assert_eq!(shared_tags, want, "added tags kept, moved ones gone");
+        for i in 0..N {
+            assert_eq!(
+                all[&format!("sha256:own{i}")].repo_tags,
+                [format!("t/moved:{i}")]
+            );
+        }
+        let total: usize = all.values().map(|r| r.repo_tags.len()).sum();
+        assert_eq!(total, 2 * N, "each tag on one image");
     }
 }

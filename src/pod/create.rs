@@ -7,7 +7,9 @@
 //! that arrives while the first call still runs waits for its outcome.
 //!
 //! The steps, each named in the error when it fails; a failure undoes
-//! every step before it ([`Pods::teardown`], [`Pods::remove_files`]):
+//! every step before it ([`Pods::teardown`], [`Pods::remove_files`]).
+//! Single-flight, claim and rollback are the shared record lifecycle
+//! ([`crate::record`]); this file holds the pod's steps:
 //! 1. record intent   2. create pod directory   3. create pod cgroup
 //! 4. start pod monitor (its sub-steps: prepare namespace directory, create
 //!    namespaces, set hostname, apply sysctls, pin namespaces, start pod
@@ -16,47 +18,31 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use super::lifecycle::blocking;
-use super::record::{PODS, PodRecord, State};
-use super::spec::PodSpec;
-use super::{Error, NetworkInfo, Outcome, Pods, now_ns};
+use super::record::{PodRecord, State};
+use super::spec::{Key, PodSpec};
+use super::{Error, NetworkInfo, Pods, now_ns};
 use crate::cgroups::{CgroupPath, Resources};
-use crate::error::{Classify, Kind};
-use crate::monitor::{self, PodDir, client};
+use crate::monitor::{self, PodDir};
 use crate::network::PodNetwork;
 use crate::network::dns::{self, DnsConfig};
+use crate::record::{self, Kind, Records, StepFailed, pause_point};
 use crate::sys::ns::Kind as Ns;
 use crate::sys::process::ProcRef;
 
-/// Test hook: the env var naming a step before which RunPodSandbox pauses
-/// (e2e tests kill the daemon there, or let a client's deadline pass), for
-/// `CRIUS_TEST_PAUSE_SECS` seconds (default 3600). Never set in production.
-pub const TEST_PAUSE_ENV: &str = "CRIUS_TEST_PAUSE_AT";
-pub const TEST_PAUSE_SECS_ENV: &str = "CRIUS_TEST_PAUSE_SECS";
+const OP: &str = "run pod sandbox";
 
-async fn test_pause(step: &str) {
-    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|s| s == step) {
-        let secs = std::env::var(TEST_PAUSE_SECS_ENV)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3600);
-        tracing::warn!(step, secs, "test hook: pausing before this step");
-        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
-    }
+fn step<E>(name: &str) -> impl FnOnce(E) -> StepFailed
+where
+    E: std::error::Error + crate::error::Classify + Send + Sync + 'static,
+{
+    record::step(OP, name)
 }
 
-fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
-where
-    E: std::error::Error + Classify + Send + Sync + 'static,
-{
-    let step = step.to_string();
-    move |e| Error::Step {
-        step,
-        kind: e.kind(),
-        source: Box::new(e),
-    }
+/// What RunPodSandbox decided before its first side effect.
+pub struct Plan {
+    /// kubelet's pod CIDR, from UpdateRuntimeConfig ("" if none).
+    pod_cidr: String,
 }
 
 impl Pods {
@@ -65,95 +51,21 @@ impl Pods {
     pub async fn run(self: &Arc<Self>, spec: PodSpec, pod_cidr: String) -> Result<String, Error> {
         spec.validate()?;
         let key = spec.key();
-        let mut rx = {
-            let mut creating = self.creating.lock().expect("lock poisoned");
-            match creating.get(&key) {
-                Some(rx) => {
-                    tracing::info!(name = %key.name, "a retry waits for the creation under way");
-                    rx.clone()
-                }
-                None => {
-                    if let Some(existing) = self.find_by_key(&key)? {
-                        if !existing.claimed && existing.state == State::Ready {
-                            tracing::info!(pod_id = %existing.id, "a retry claims the pod its first call created");
-                            return self.claim(&existing.id);
-                        }
-                        return Err(Error::AlreadyExists {
-                            name: key.name,
-                            namespace: key.namespace,
-                            uid: key.uid,
-                            attempt: key.attempt,
-                            id: existing.id,
-                        });
-                    }
-                    let id = crate::ids::new_id();
-                    // A bad cgroup_parent is the caller's error: refuse it
-                    // before anything exists.
-                    let cgroup = self
-                        .cgroups
-                        .pod_path(&spec.cgroup_parent, &id)
-                        .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
-                    let (tx, rx) = watch::channel(None);
-                    creating.insert(key.clone(), rx.clone());
-                    let this = self.clone();
-                    tracing::Span::current().record("pod_id", id.as_str());
-                    tokio::spawn(async move {
-                        let outcome: Outcome = this
-                            .create(id, spec, cgroup, pod_cidr)
-                            .await
-                            .map_err(Arc::new);
-                        this.creating.lock().expect("lock poisoned").remove(&key);
-                        let _ = tx.send(Some(outcome));
-                    });
-                    rx
-                }
-            }
-        };
-        let outcome = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| Error::Invalid("pod creation was abandoned".into()))?
-            .clone()
-            .expect("checked by wait_for");
-        match outcome {
-            Ok(id) => self.claim(&id),
-            Err(e) => Err(Error::Shared(e)),
-        }
-    }
-
-    fn find_by_key(&self, key: &super::spec::Key) -> Result<Option<PodRecord>, Error> {
-        Ok(self
-            .store
-            .list(PODS)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .find(|r| r.state != State::Creating && &r.spec.key() == key))
-    }
-
-    /// Hands a finished pod to its caller: from now on List/Status show it.
-    fn claim(&self, id: &str) -> Result<String, Error> {
-        self.store.write(|txn| {
-            let Some(mut rec) = txn.get(PODS, id)? else {
-                return Err(Error::NotFound(id.to_string()));
-            };
-            if !rec.claimed {
-                rec.claimed = true;
-                txn.put(PODS, id, &rec)?;
-            }
-            Ok(id.to_string())
+        record::create(self, key, || {
+            let id = crate::ids::new_id();
+            tracing::Span::current().record("pod_id", id.as_str());
+            Ok((self.intent(id, spec)?, Plan { pod_cidr }))
         })
+        .await
     }
 
-    /// The steps of RunPodSandbox; on failure everything done is undone.
-    async fn create(
-        self: &Arc<Self>,
-        id: String,
-        spec: PodSpec,
-        cgroup: CgroupPath,
-        pod_cidr: String,
-    ) -> Result<String, Error> {
-        let lock = self.lock_of(&id);
-        let _guard = lock.lock().await;
+    /// The intent record: every path decided, nothing created. A bad
+    /// cgroup_parent is the caller's error, refused here.
+    fn intent(&self, id: String, spec: PodSpec) -> Result<PodRecord, Error> {
+        let cgroup = self
+            .cgroups
+            .pod_path(&spec.cgroup_parent, &id)
+            .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
         let dir = PodDir::new(&self.settings.state, &id);
         let ns_path = |kind: Ns, own: bool| own.then(|| dir.ns(kind));
         let init_cgroup = if spec.pod_pid_namespace() {
@@ -165,8 +77,8 @@ impl Pods {
         } else {
             None
         };
-        let mut rec = PodRecord {
-            id: id.clone(),
+        Ok(PodRecord {
+            id,
             created_at: now_ns(),
             state: State::Creating,
             reason: String::new(),
@@ -186,106 +98,82 @@ impl Pods {
             init: None,
             network: None,
             boot_id: self.boot_id.clone(),
-            dir: dir.clone(),
+            dir,
             spec,
-        };
-        let result = self.create_steps(&mut rec, &pod_cidr).await;
-        match result {
-            Ok(()) => {
-                tracing::info!(pod_id = %id, name = %rec.spec.name, "pod sandbox ready");
-                Ok(id)
-            }
-            Err(err) => {
-                tracing::warn!(pod_id = %id, error = %crate::error::chain(&err), "pod sandbox creation failed; rolling back");
-                let _ = self.teardown(&rec, false).await;
-                self.remove_files(&rec).await;
-                if let Err(e) = self.store.delete(PODS, &id) {
-                    tracing::error!(pod_id = %id, error = %crate::error::chain(&e), "delete pod intent");
-                }
-                drop(_guard);
-                self.forget_lock(&id);
-                Err(err)
-            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Kind for Pods {
+    type Record = PodRecord;
+    type Error = Error;
+    type Plan = Plan;
+
+    fn records(&self) -> &Records<PodRecord, Error> {
+        &self.records
+    }
+
+    fn already_exists(&self, key: Key, id: &str) -> Error {
+        Error::AlreadyExists {
+            name: key.name,
+            namespace: key.namespace,
+            uid: key.uid,
+            attempt: key.attempt,
+            id: id.to_string(),
         }
     }
 
-    async fn create_steps(
-        self: &Arc<Self>,
-        rec: &mut PodRecord,
-        pod_cidr: &str,
-    ) -> Result<(), Error> {
+    async fn create_steps(self: &Arc<Self>, rec: &mut PodRecord, plan: Plan) -> Result<(), Error> {
+        self.steps(rec, &plan.pod_cidr).await?;
+        tracing::info!(pod_id = %rec.id, name = %rec.spec.name, "pod sandbox ready");
+        Ok(())
+    }
+
+    async fn rollback(&self, rec: &PodRecord) {
+        let _ = self.teardown(rec, false).await;
+        self.remove_files(rec).await;
+        if let Err(e) = self.records.delete(&rec.id) {
+            tracing::error!(pod_id = %rec.id, error = %crate::error::chain(&e), "delete pod record");
+        }
+    }
+}
+
+impl Pods {
+    async fn steps(self: &Arc<Self>, rec: &mut PodRecord, pod_cidr: &str) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
-        test_pause("record intent").await;
-        self.store
-            .put(PODS, &rec.id, rec)
-            .map_err(step_err("record intent"))?;
+        pause_point("record intent").await;
+        self.records.put(rec).map_err(step("record intent"))?;
 
         // 2. The pod's directory under the state dir.
-        test_pause("create pod directory").await;
-        std::fs::create_dir_all(rec.dir.exits()).map_err(|e| Error::Step {
-            step: "create pod directory".into(),
-            kind: Kind::Internal,
-            source: format!("create {}: {e}", rec.dir.dir.display()).into(),
-        })?;
+        pause_point("create pod directory").await;
+        std::fs::create_dir_all(rec.dir.exits())
+            .map_err(|e| StepFailed::io(OP, "create pod directory", &rec.dir.dir, e))?;
 
         // 3. The pod cgroup (left as it is when kubelet made it).
-        test_pause("create pod cgroup").await;
+        pause_point("create pod cgroup").await;
         let cg = self.cgroups.clone();
-        let path = rec.cgroup.clone().expect("set by create");
+        let path = rec.cgroup.clone().expect("set by intent");
         let res = pod_resources(&rec.spec);
         rec.cgroup_created = blocking(move || cg.create(&path, &res))
             .await
-            .map_err(step_err("create pod cgroup"))?;
-        self.store
-            .put(PODS, &rec.id, rec)
-            .map_err(step_err("create pod cgroup"))?;
+            .map_err(step("create pod cgroup"))?;
+        self.records.put(rec).map_err(step("create pod cgroup"))?;
 
         // 4. The monitor: namespaces, sysctls, pod init, /dev/shm.
-        test_pause("start pod monitor").await;
-        let spec = &rec.spec;
-        let mut namespaces = Vec::new();
-        if rec.netns.is_some() {
-            namespaces.push(Ns::Net);
-        }
-        if rec.ipcns.is_some() {
-            namespaces.push(Ns::Ipc);
-        }
-        if rec.utsns.is_some() {
-            namespaces.push(Ns::Uts);
-        }
-        let mspec = monitor::Spec {
-            pod_id: rec.id.clone(),
-            ns_root: self.settings.state.join("ns"),
-            namespaces,
-            pid_namespace: spec.pod_pid_namespace(),
-            hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
-            sysctls: spec
-                .sysctls
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            shm_size: rec.shm.is_some().then_some(self.settings.shm_size),
-        };
-        let started = client::start(
-            &self.settings.exe,
-            &rec.dir,
-            &mspec,
-            self.settings.setup_timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            client::Error::Setup { ref step, .. } => {
-                let step = step.clone();
-                step_err(&step)(e)
-            }
-            e => step_err("start pod monitor")(e),
+        pause_point("start pod monitor").await;
+        let mspec = self.monitor_spec(rec);
+        let started = self.engine.start(&rec.dir, &mspec).await.map_err(|e| {
+            let name = match &e {
+                super::engine::Error::Step { step, .. } => step.clone(),
+                _ => "start pod monitor".into(),
+            };
+            step(&name)(e)
         })?;
         rec.monitor = Some(started.monitor);
         rec.init = started.init;
         self.watch(&rec.id, started.monitor);
-        self.store
-            .put(PODS, &rec.id, rec)
-            .map_err(step_err("record pod monitor"))?;
+        self.records.put(rec).map_err(step("record pod monitor"))?;
         self.move_to_monitors_cgroup(started.monitor).await;
 
         // 5. The pod init's own leaf cgroup under the pod cgroup.
@@ -293,11 +181,11 @@ impl Pods {
             let cg = self.cgroups.clone();
             blocking(move || cg.create_with_pid(&leaf, &Resources::default(), init.pid))
                 .await
-                .map_err(step_err("create pod init cgroup"))?;
+                .map_err(step("create pod init cgroup"))?;
         }
 
         // 6. CNI ADD, unless the pod uses the host network.
-        test_pause("set up pod network").await;
+        pause_point("set up pod network").await;
         if let Some(netns) = &rec.netns {
             let req = PodNetwork {
                 pod_id: rec.id.clone(),
@@ -312,7 +200,7 @@ impl Pods {
                 .network
                 .setup(&req)
                 .await
-                .map_err(step_err("set up pod network"))?;
+                .map_err(step("set up pod network"))?;
             rec.network = Some(NetworkInfo {
                 ip: status.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 additional_ips: status
@@ -322,24 +210,46 @@ impl Pods {
                     .collect(),
                 result: status.result,
             });
-            self.store
-                .put(PODS, &rec.id, rec)
-                .map_err(step_err("set up pod network"))?;
+            self.records.put(rec).map_err(step("set up pod network"))?;
         }
 
         // 7. The files containers will mount.
-        test_pause("write resolv.conf and hostname").await;
+        pause_point("write resolv.conf and hostname").await;
         self.write_dns_files(rec)
-            .map_err(step_err("write resolv.conf and hostname"))?;
+            .map_err(step("write resolv.conf and hostname"))?;
 
         // 8. Ready, but unclaimed until the caller (or a retry) takes it.
-        test_pause("record pod").await;
+        pause_point("record pod").await;
         rec.state = State::Ready;
         rec.finished_at = now_ns();
-        self.store
-            .put(PODS, &rec.id, rec)
-            .map_err(step_err("record pod"))?;
+        self.records.put(rec).map_err(step("record pod"))?;
         Ok(())
+    }
+
+    fn monitor_spec(&self, rec: &PodRecord) -> monitor::Spec {
+        let spec = &rec.spec;
+        let namespaces = [
+            (Ns::Net, &rec.netns),
+            (Ns::Ipc, &rec.ipcns),
+            (Ns::Uts, &rec.utsns),
+        ]
+        .into_iter()
+        .filter(|(_, pin)| pin.is_some())
+        .map(|(kind, _)| kind)
+        .collect();
+        monitor::Spec {
+            pod_id: rec.id.clone(),
+            ns_root: self.settings.state.join("ns"),
+            namespaces,
+            pid_namespace: spec.pod_pid_namespace(),
+            hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
+            sysctls: spec
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            shm_size: rec.shm.is_some().then_some(self.settings.shm_size),
+        }
     }
 
     fn write_dns_files(&self, rec: &PodRecord) -> Result<(), crate::network::Error> {

@@ -10,27 +10,14 @@ use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 
-use super::record::{PODS, PodRecord, State};
+use super::record::{PodRecord, State};
 use super::{Error, Pods};
-use crate::error::Classify;
-use crate::monitor::{PodDir, client};
 use crate::sys::mount::{Host, detach_all};
 use crate::sys::ns;
 use crate::sys::process::ProcRef;
 
-fn step_err<E>(step: &str) -> impl FnOnce(E) -> Error
-where
-    E: std::error::Error + Classify + Send + Sync + 'static,
-{
-    let step = step.to_string();
-    move |e| Error::Step {
-        step,
-        kind: e.kind(),
-        source: Box::new(e),
-    }
-}
-
 impl Pods {
+    /// StopPodSandbox: stops the pod's containers, its processes, network
     /// and namespaces. An unknown id succeeds.
     pub async fn stop(self: &Arc<Self>, id: &str) -> Result<(), Error> {
         let Some(id) = self.resolve(id)? else {
@@ -47,7 +34,7 @@ impl Pods {
     }
 
     async fn stop_locked(&self, id: &str) -> Result<(), Error> {
-        let Some(mut rec) = self.store.get(PODS, id)? else {
+        let Some(mut rec) = self.records.get(id)? else {
             return Ok(());
         };
         if rec.state == State::Ready {
@@ -55,11 +42,11 @@ impl Pods {
             // expected.
             rec.state = State::NotReady;
             rec.reason = "stopped".into();
-            self.store.put(PODS, id, &rec)?;
+            self.records.put(&rec)?;
         }
         self.teardown(&rec, true).await?;
         rec.monitor = None;
-        self.store.put(PODS, id, &rec)?;
+        self.records.put(&rec)?;
         tracing::info!(pod_id = %id, "pod sandbox stopped");
         Ok(())
     }
@@ -78,10 +65,10 @@ impl Pods {
             tracing::warn!(pod_id = %id, error = %e, "remove the pod's containers");
         }
         self.stop_locked(&id).await?;
-        if let Some(rec) = self.store.get(PODS, &id)? {
+        if let Some(rec) = self.records.get(&id)? {
             self.remove_files(&rec).await;
         }
-        self.store.delete(PODS, &id)?;
+        self.records.delete(&id)?;
         drop(guard);
         self.forget_lock(&id);
         tracing::info!(pod_id = %id, "pod sandbox removed");
@@ -102,7 +89,9 @@ impl Pods {
         {
             tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "CNI DEL failed");
             if strict {
-                return Err(step_err("tear down pod network")(e));
+                return Err(
+                    crate::record::step("stop pod sandbox", "tear down pod network")(e).into(),
+                );
             }
         }
         for pin in [&rec.netns, &rec.ipcns, &rec.utsns].into_iter().flatten() {
@@ -150,16 +139,10 @@ impl Pods {
     /// it is our child) and, unless the pod was being stopped, kills the
     /// pod's processes and marks it NOTREADY.
     pub(super) fn watch(self: &Arc<Self>, id: &str, monitor: ProcRef) {
-        let Some(pidfd) = monitor.open() else {
-            let this = self.clone();
-            let id = id.to_string();
-            tokio::spawn(async move { this.monitor_lost(&id, monitor).await });
-            return;
-        };
         let this = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            pidfd.exited().await;
+            this.engine.exited(monitor).await;
             this.monitor_lost(&id, monitor).await;
         });
     }
@@ -167,7 +150,7 @@ impl Pods {
     async fn monitor_lost(&self, id: &str, monitor: ProcRef) {
         let lock = self.lock_of(id);
         let _guard = lock.lock().await;
-        let Ok(Some(mut rec)) = self.store.get(PODS, id) else {
+        let Ok(Some(mut rec)) = self.records.get(id) else {
             return;
         };
         if rec.monitor != Some(monitor) || rec.state != State::Ready {
@@ -177,7 +160,7 @@ impl Pods {
         self.kill_processes(&rec).await;
         rec.state = State::NotReady;
         rec.reason = format!("the pod's monitor (pid {}) was lost", monitor.pid);
-        if let Err(e) = self.store.put(PODS, id, &rec) {
+        if let Err(e) = self.records.put(&rec) {
             tracing::error!(pod_id = %id, error = %crate::error::chain(&e), "record lost monitor");
         }
     }
@@ -187,21 +170,7 @@ impl Pods {
     /// Kills the monitor (asking it first, so it reaps and records its
     /// children) and every process of the pod, through its cgroup.
     pub(super) async fn kill_processes(&self, rec: &PodRecord) {
-        let monitor = rec.monitor.or_else(|| read_pid_file(&rec.dir));
-        if let Some(m) = monitor
-            && m.alive()
-        {
-            if let Err(e) = client::shutdown(&rec.dir).await {
-                tracing::debug!(pod_id = %rec.id, error = %crate::error::chain(&e), "monitor shutdown failed; killing it");
-            }
-            if let Some(fd) = m.open() {
-                let _ = fd.signal(Signal::SIGKILL);
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while m.alive() && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
+        self.engine.stop(&rec.dir, rec.monitor).await;
         if let Some(init) = rec.init {
             init.signal(Signal::SIGKILL);
         }
@@ -227,11 +196,4 @@ where
             "cgroup task failed: {e}"
         )))
     })
-}
-
-/// The monitor's own record of itself, for when the daemon died before
-/// storing it.
-pub(super) fn read_pid_file(dir: &PodDir) -> Option<ProcRef> {
-    let text = std::fs::read(dir.pid_file()).ok()?;
-    serde_json::from_slice(&text).ok()
 }

@@ -10,22 +10,26 @@
 //! lock, which creation, stop and removal hold across slow work.
 
 mod create;
+pub mod engine;
 mod lifecycle;
+pub mod monitor_engine;
 pub mod reconcile;
 pub mod record;
 pub mod spec;
+#[cfg(test)]
+mod test_engine;
+#[cfg(test)]
+mod tests;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::watch;
 
 use crate::cgroups::Cgroups;
 use crate::config::Config;
 use crate::error::{Classify, Kind};
 use crate::network::Network;
+use crate::record::Record;
 use crate::store::{self, Store};
 pub use record::{NetworkInfo, PodRecord, State};
 pub use spec::PodSpec;
@@ -49,13 +53,12 @@ pub enum Error {
     #[error("runtime handler {0:?} is not known to crius (only the default handler \"\" exists)")]
     UnknownHandler(String),
     /// A step of RunPodSandbox failed; everything before it was undone.
-    #[error("run pod sandbox: step {step:?} failed")]
-    Step {
-        step: String,
-        kind: Kind,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Step(#[from] crate::record::StepFailed),
+    #[error("read the boot id")]
+    BootId(#[source] crate::sys::Error),
+    #[error("{0} creation ended without an outcome")]
+    Abandoned(&'static str),
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
@@ -71,7 +74,8 @@ impl Classify for Error {
             Error::NotFound(_) => Kind::NotFound,
             Error::AlreadyExists { .. } => Kind::AlreadyExists,
             Error::Invalid(_) | Error::UnknownHandler(_) => Kind::InvalidArgument,
-            Error::Step { kind, .. } => *kind,
+            Error::Step(e) => e.kind,
+            Error::BootId(_) | Error::Abandoned(_) => Kind::Internal,
             Error::Store(e) => e.kind(),
             Error::Id(e) => e.kind(),
             Error::Shared(e) => e.kind(),
@@ -79,8 +83,17 @@ impl Classify for Error {
     }
 }
 
-/// A finished creation: the pod id or the (shared) error.
-type Outcome = Result<String, Arc<Error>>;
+impl crate::record::RecordError for Error {
+    fn shared(e: Arc<Error>) -> Error {
+        Error::Shared(e)
+    }
+    fn abandoned(kind: &'static str) -> Error {
+        Error::Abandoned(kind)
+    }
+    fn not_found(id: &str) -> Error {
+        Error::NotFound(id.to_string())
+    }
+}
 
 /// Tunables of the pod service, from the daemon config.
 #[derive(Debug, Clone)]
@@ -111,15 +124,13 @@ impl Settings {
 
 /// The pod service: a field of [`crate::daemon::Daemon`].
 pub struct Pods {
-    store: Arc<Store>,
+    /// The pod records and their lifecycle (creations under way, locks).
+    records: crate::record::Records<PodRecord, Error>,
     network: Arc<Network>,
     cgroups: Arc<Cgroups>,
+    engine: Arc<dyn engine::Engine>,
     settings: Settings,
     boot_id: String,
-    /// Creations under way, by pod key: a retry waits on the receiver.
-    creating: Mutex<HashMap<spec::Key, watch::Receiver<Option<Outcome>>>>,
-    /// One lock per pod for create/stop/remove (never taken by List/Status).
-    locks: crate::locks::IdLocks,
     /// The container service, which stops and removes a pod's containers.
     containers: std::sync::OnceLock<Arc<dyn ContainerHooks>>,
 }
@@ -150,22 +161,26 @@ impl Pods {
         store: Arc<Store>,
         network: Arc<Network>,
         cgroups: Arc<Cgroups>,
+        engine: Arc<dyn engine::Engine>,
         settings: Settings,
     ) -> Result<Pods, Error> {
-        let boot_id = crate::sys::process::boot_id().map_err(|e| Error::Step {
-            step: "read boot id".into(),
-            kind: Kind::Internal,
-            source: Box::new(e),
-        })?;
+        let boot_id = crate::sys::process::boot_id().map_err(Error::BootId)?;
         Ok(Pods {
-            store,
+            records: crate::record::Records::new(store, settings.unclaimed_ttl),
             network,
             cgroups,
+            engine,
             settings,
             boot_id,
-            creating: Mutex::new(HashMap::new()),
-            locks: crate::locks::IdLocks::default(),
             containers: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The production engine: a `crius monitor` per pod.
+    pub fn monitors(settings: &Settings) -> Arc<dyn engine::Engine> {
+        Arc::new(monitor_engine::Monitors {
+            exe: settings.exe.clone(),
+            setup_timeout: settings.setup_timeout,
         })
     }
 
@@ -179,22 +194,16 @@ impl Pods {
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.of(id)
+        self.records.lock_of(id)
     }
 
     fn forget_lock(&self, id: &str) {
-        self.locks.forget(id);
+        self.records.forget_lock(id);
     }
 
     /// Resolves a full id or unique prefix among visible pods.
     fn resolve(&self, prefix: &str) -> Result<Option<String>, Error> {
-        let all = self.store.list(record::PODS)?;
-        let ids: Vec<&str> = all
-            .iter()
-            .filter(|(_, r)| r.visible())
-            .map(|(k, _)| k.as_str())
-            .collect();
-        Ok(crate::ids::resolve(prefix, ids)?.map(str::to_string))
+        self.records.resolve(prefix)
     }
 
     /// PodSandboxStatus: the record with its effective state.
@@ -203,8 +212,8 @@ impl Pods {
             .resolve(id)?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let mut rec = self
-            .store
-            .get(record::PODS, &id)?
+            .records
+            .get(&id)?
             .ok_or_else(|| Error::NotFound(id.clone()))?;
         rec.state = rec.effective_state();
         Ok(rec)
@@ -213,8 +222,8 @@ impl Pods {
     /// ListPodSandbox.
     pub fn list(&self, filter: &Filter) -> Result<Vec<Summary>, Error> {
         let mut out = Vec::new();
-        for (id, mut rec) in self.store.list(record::PODS)? {
-            if !rec.visible() || !id.starts_with(&filter.id) {
+        for mut rec in self.records.list()? {
+            if !rec.visible() || !rec.id.starts_with(&filter.id) {
                 continue;
             }
             if !filter

@@ -1,27 +1,28 @@
 //! What crius does about pods when it starts, and in the background.
 //!
-//! At start: intents (CREATING records) left by a crash are rolled back;
+//! At start: intents (CREATING records) left by a crash, and pods whose
+//! creation finished after their caller gave up (no caller of a previous
+//! run can claim them), are rolled back ([`crate::record::reconcile`]);
 //! READY pods are reattached to their monitors (pid + start time checked,
 //! then the versioned handshake), or marked NOTREADY with their processes
 //! killed when the monitor is gone; a changed boot id (the state dir is not
-//! necessarily tmpfs) means every monitor is gone. Then pod directories and
-//! namespace pins under crius's own state dir that no record owns are
-//! removed — never anything outside it.
+//! necessarily tmpfs) means every monitor is gone. Then what pods without
+//! a record left is found from the kernel and the disk and removed
+//! ([`sweep_orphans`]) — only under crius's own prefixes, never anything
+//! outside them.
 //!
 //! In the background: pods whose RunPodSandbox caller gave up and that no
-//! retry claimed within the bound are removed.
+//! retry claimed within the bound are removed ([`crate::record`]'s reaper).
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::lifecycle::read_pid_file;
-use super::record::{PODS, State};
-use super::{Error, Pods, now_ns};
+use super::record::State;
+use super::{Error, Pods};
 use crate::monitor::PodDir;
-use crate::monitor::client::Connection;
 use crate::sys::mount::{Host, detach_all, mounts_under};
 use crate::sys::ns;
+use crate::sys::process::ProcRef;
 
 /// The file remembering the boot the state dir belongs to.
 const BOOT_ID_FILE: &str = "boot_id";
@@ -41,59 +42,51 @@ pub async fn start(pods: &Arc<Pods>) -> Result<(), Error> {
         tracing::warn!("the machine rebooted since the last start: every pod monitor is gone");
     }
 
-    let records = pods.store.list(PODS)?;
-    for (id, mut rec) in records.iter().cloned() {
-        match rec.state {
-            State::Creating => {
-                tracing::warn!(pod_id = %id, "rolling back a pod whose creation was interrupted");
-                let _ = pods.teardown(&rec, false).await;
-                pods.remove_files(&rec).await;
-                pods.store.delete(PODS, &id)?;
-            }
-            State::Ready => {
-                let monitor = rec.monitor.filter(|m| !rebooted && m.alive());
-                let attached = match monitor {
-                    Some(m) => match Connection::open(&rec.dir).await {
-                        Ok(conn) if conn.monitor == m => true,
-                        Ok(conn) => {
-                            tracing::warn!(pod_id = %id, pid = conn.monitor.pid, "monitor socket answered for another process");
-                            false
-                        }
-                        Err(e) => {
-                            tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "monitor did not answer");
-                            false
-                        }
-                    },
-                    None => false,
-                };
-                if let (true, Some(m)) = (attached, monitor) {
-                    tracing::info!(pod_id = %id, pid = m.pid, "reattached to pod monitor");
-                    pods.watch(&id, m);
-                } else {
-                    tracing::warn!(pod_id = %id, "pod monitor is gone: the pod is NOTREADY");
-                    if !rebooted {
-                        let _ = pods.teardown(&rec, false).await;
-                    } else {
-                        release_stale(&rec.dir);
-                    }
-                    rec.state = State::NotReady;
-                    rec.reason = if rebooted {
-                        "the machine rebooted".into()
-                    } else {
-                        "the pod's monitor was lost while crius was not running".into()
-                    };
-                    rec.monitor = None;
-                    pods.store.put(PODS, &id, &rec)?;
+    // Intents and pods nobody claimed: no caller can still be waiting.
+    let kept = crate::record::reconcile(pods).await?;
+    for mut rec in kept {
+        if rec.state != State::Ready {
+            continue;
+        }
+        let id = rec.id.clone();
+        let monitor = rec.monitor.filter(|m| !rebooted && m.alive());
+        let attached = match monitor {
+            Some(m) => match pods.engine.attach(&rec.dir).await {
+                Ok(answered) if answered == m => true,
+                Ok(answered) => {
+                    tracing::warn!(pod_id = %id, pid = answered.pid, "monitor socket answered for another process");
+                    false
                 }
+                Err(e) => {
+                    tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "monitor did not answer");
+                    false
+                }
+            },
+            None => false,
+        };
+        if let (true, Some(m)) = (attached, monitor) {
+            tracing::info!(pod_id = %id, pid = m.pid, "reattached to pod monitor");
+            pods.watch(&id, m);
+        } else {
+            tracing::warn!(pod_id = %id, "pod monitor is gone: the pod is NOTREADY");
+            if !rebooted {
+                let _ = pods.teardown(&rec, false).await;
+            } else {
+                release_stale(&rec.dir);
             }
-            State::NotReady => {}
+            rec.state = State::NotReady;
+            rec.reason = if rebooted {
+                "the machine rebooted".into()
+            } else {
+                "the pod's monitor was lost while crius was not running".into()
+            };
+            rec.monitor = None;
+            pods.records.put(&rec)?;
         }
     }
 
-    sweep_orphans(pods, &state).await?;
-
-    let this = pods.clone();
-    tokio::spawn(async move { reap_unclaimed(this).await });
+    sweep_orphans(pods, &state, rebooted).await?;
+    crate::record::start_reaper(pods);
     Ok(())
 }
 
@@ -105,14 +98,20 @@ fn release_stale(dir: &PodDir) {
     let _ = std::fs::remove_dir(&dir.ns_dir);
 }
 
-/// Removes pod directories and pins under the state dir that no record owns.
-async fn sweep_orphans(pods: &Arc<Pods>, state: &Path) -> Result<(), Error> {
-    let known: std::collections::HashSet<String> = pods
-        .store
-        .list(PODS)?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+/// Removes what pods without a record left on the host, found from what
+/// the kernel and the disk still show (the store may be lost): every
+/// process in crius's monitors cgroup that is not a recorded pod's live
+/// monitor (with its children: pod init, container inits), pod directories
+/// and namespace pins under the state dir, cached CNI results (DEL with the
+/// cached result releases the address), pod cgroups under the default
+/// parent (every process in them killed first).
+async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result<(), Error> {
+    let records = pods.records.list()?;
+    let known: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    if !rebooted {
+        let live: Vec<ProcRef> = records.iter().filter_map(|r| r.monitor).collect();
+        kill_orphan_monitors(pods, state, &live).await;
+    }
     for sub in ["pods", "ns"] {
         let Ok(entries) = std::fs::read_dir(state.join(sub)) else {
             continue;
@@ -124,10 +123,7 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path) -> Result<(), Error> {
             }
             tracing::warn!(pod_id = %name, "removing the leftovers of a pod without a record");
             let dir = PodDir::new(state, &name);
-            if let Some(m) = read_pid_file(&dir).filter(|m| m.alive()) {
-                let _ = crate::monitor::client::shutdown(&dir).await;
-                m.signal(nix::sys::signal::Signal::SIGKILL);
-            }
+            pods.engine.stop(&dir, None).await;
             for mount in mounts_under(&dir.dir)
                 .into_iter()
                 .chain(mounts_under(&dir.ns_dir))
@@ -162,6 +158,71 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Kills every process in crius's monitors cgroup that is not one of the
+/// `live` monitors: a monitor whose pod has no record (the store was lost,
+/// or its pod directory with its pid file). Its children first (the pod
+/// init and container inits: each is PID 1 of its namespace or a plain
+/// child), then the monitor itself, through its socket when its pod
+/// directory still answers.
+async fn kill_orphan_monitors(pods: &Arc<Pods>, state: &Path, live: &[ProcRef]) {
+    let Some(cgroup) = pods.monitors_cgroup() else {
+        return;
+    };
+    if !pods.cgroups.exists(&cgroup) {
+        return;
+    }
+    let pids = match pods.cgroups.procs(&cgroup) {
+        Ok(pids) => pids,
+        Err(e) => {
+            tracing::warn!(cgroup = %cgroup.path, error = %crate::error::chain(&e), "list the monitors' cgroup");
+            return;
+        }
+    };
+    for pid in pids {
+        let Some(m) = ProcRef::of(pid) else {
+            continue;
+        };
+        if live.contains(&m) {
+            continue;
+        }
+        let pod_id = monitor_pod_id(pid);
+        tracing::warn!(pid, pod_id = ?pod_id, "killing a pod monitor without a record, and its children");
+        for child in children_of(pid) {
+            if let Some(c) = ProcRef::of(child) {
+                c.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let dir = PodDir::new(state, pod_id.as_deref().unwrap_or("unknown"));
+        pods.engine.stop(&dir, Some(m)).await;
+    }
+}
+
+/// The pod id a monitor was started for: the last argument of its command
+/// line is its pod directory, named by the id.
+fn monitor_pod_id(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let last = cmdline.split(|b| *b == 0).rfind(|a| !a.is_empty())?;
+    let name = Path::new(std::str::from_utf8(last).ok()?).file_name()?;
+    let name = name.to_str()?;
+    is_pod_id(name).then(|| name.to_string())
+}
+
+/// The direct children of `pid` (every thread's list).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 /// Children of crius's default cgroup parent that are pod cgroups of
@@ -213,48 +274,6 @@ fn embedded_id(name: &str) -> Option<&str> {
 /// Only names crius itself makes (64 hex digits) are ever swept.
 fn is_pod_id(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Removes pods nobody claimed within the bound.
-async fn reap_unclaimed(pods: Arc<Pods>) {
-    let ttl = pods.settings.unclaimed_ttl;
-    let period = (ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        tokio::time::sleep(period).await;
-        let Ok(records) = pods.store.list(PODS) else {
-            continue;
-        };
-        let limit = now_ns() - ttl.as_nanos() as i64;
-        for (id, rec) in records {
-            if rec.claimed || rec.state == State::Creating || rec.finished_at > limit {
-                continue;
-            }
-            let lock = pods.lock_of(&id);
-            let guard = lock.lock().await;
-            // Atomically take it away from retries (they claim READY pods
-            // only), unless one claimed it meanwhile.
-            let taken = pods.store.write(|txn| {
-                let Some(mut r) = txn.get(PODS, &id)? else {
-                    return Ok::<_, crate::store::Error>(None);
-                };
-                if r.claimed {
-                    return Ok(None);
-                }
-                r.state = State::NotReady;
-                r.reason = "never claimed".into();
-                txn.put(PODS, &id, &r)?;
-                Ok(Some(r))
-            });
-            if let Ok(Some(r)) = taken {
-                tracing::warn!(pod_id = %id, "removing a pod that no RunPodSandbox retry claimed");
-                let _ = pods.teardown(&r, false).await;
-                pods.remove_files(&r).await;
-                let _ = pods.store.delete(PODS, &id);
-            }
-            drop(guard);
-            pods.forget_lock(&id);
-        }
-    }
 }
 
 #[cfg(test)]

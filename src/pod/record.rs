@@ -67,12 +67,40 @@ pub struct PodRecord {
     pub boot_id: String,
 }
 
-impl PodRecord {
-    /// Visible to List and Status.
-    pub fn visible(&self) -> bool {
-        self.claimed && self.state != State::Creating
-    }
+impl crate::record::Record for PodRecord {
+    type Key = super::spec::Key;
+    const TABLE: Table<PodRecord> = PODS;
+    const KIND: &'static str = "pod";
+    const CREATE_RPC: &'static str = "RunPodSandbox";
 
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn key(&self) -> Self::Key {
+        self.spec.key()
+    }
+    fn is_intent(&self) -> bool {
+        self.state == State::Creating
+    }
+    fn is_finished(&self) -> bool {
+        self.state == State::Ready
+    }
+    fn claimed(&self) -> bool {
+        self.claimed
+    }
+    fn set_claimed(&mut self) {
+        self.claimed = true;
+    }
+    fn settled_at(&self) -> i64 {
+        self.finished_at
+    }
+    fn abandon(&mut self, reason: &str) {
+        self.state = State::NotReady;
+        self.reason = reason.to_string();
+    }
+}
+
+impl PodRecord {
     /// The state CRI sees: a READY pod whose init has died is NOTREADY (its
     /// PID namespace is gone), which the monitor's exit file tells at once.
     pub fn effective_state(&self) -> State {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crate::cgroups::{Cgroups, Stats, stats};
 use crate::container::record::{CONTAINERS, ContainerRecord, State};
 use crate::pod::record::{PODS, PodRecord, State as PodState};
+use crate::record::Record;
 use crate::store::Store;
 
 /// What the sampler knows about one container.

@@ -9,7 +9,7 @@
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,6 +17,12 @@ use crate::error::{Classify, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "the metadata database {path} is damaged ({reason}); crius never deletes it by itself. \
+         `crius store check` tells what is wrong; to start over, stop crius, run `crius store reset` \
+         (it moves the file aside), then start crius: it removes what the lost records owned"
+    )]
+    Damaged { path: PathBuf, reason: String },
     #[error("open metadata database {path}")]
     Open {
         path: PathBuf,
@@ -96,12 +102,103 @@ fn db_err<E: Into<redb::Error>>(table: &'static str) -> impl FnOnce(E) -> Error 
 
 impl Store {
     /// Opens (or creates) the database file; its directory must exist.
+    /// Every page is checked first: a file damaged outside redb is
+    /// refused with [`Error::Damaged`] (a plain redb open may panic on
+    /// it), and is never modified or removed here.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = redb::Database::create(path).map_err(|e| Error::Open {
+        let opened = std::panic::catch_unwind(|| {
+            redb::Database::builder()
+                .set_check_integrity_on_open(true)
+                .create(path)
+        });
+        let damaged = |reason: String| Error::Damaged {
             path: path.into(),
-            source: e.into(),
-        })?;
-        Ok(Store { db })
+            reason,
+        };
+        match opened {
+            Ok(Ok(db)) => Ok(Store { db }),
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)))) => {
+                Err(damaged(why))
+            }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                Err(damaged(e.to_string()))
+            }
+            Ok(Err(e)) => Err(Error::Open {
+                path: path.into(),
+                source: e.into(),
+            }),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the database library panicked".into());
+                Err(damaged(why))
+            }
+        }
+    }
+
+    /// `crius store check`: opens the file (checking every page) and
+    /// decodes every record of every table; the record count per table.
+    /// A record that is not JSON is [`Error::Damaged`].
+    pub fn check(path: &Path) -> Result<Vec<(String, usize)>> {
+        let store = Store::open(path)?;
+        let damaged = |reason: String| Error::Damaged {
+            path: path.into(),
+            reason,
+        };
+        let txn = store.db.begin_read().map_err(db_err("<check>"))?;
+        let mut out = Vec::new();
+        for handle in txn.list_tables().map_err(db_err("<check>"))? {
+            let name = handle.name().to_string();
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            let t = txn
+                .open_table(def)
+                .map_err(|e| damaged(format!("table {name}: {e}")))?;
+            let mut n = 0;
+            for entry in t
+                .iter()
+                .map_err(|e| damaged(format!("table {name}: {e}")))?
+            {
+                let (k, v) = entry.map_err(|e| damaged(format!("table {name}: {e}")))?;
+                serde_json::from_slice::<serde_json::Value>(v.value())
+                    .map_err(|e| damaged(format!("table {name}, record {:?}: {e}", k.value())))?;
+                n += 1;
+            }
+            out.push((name, n));
+        }
+        Ok(out)
+    }
+
+    /// `crius store reset`: moves the database file aside (to
+    /// `<file>.damaged-<unix seconds>`), never deleting it; the next start
+    /// opens an empty store and removes the leftovers of the lost records.
+    /// The new name, or `None` when there was no file.
+    pub fn set_aside(path: &Path) -> std::io::Result<Option<PathBuf>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        if let Err(Error::Open {
+            source: redb::Error::DatabaseAlreadyOpen,
+            ..
+        }) = Store::open(path)
+        {
+            return Err(std::io::Error::other(format!(
+                "{} is in use: stop crius first",
+                path.display()
+            )));
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".damaged-{secs}"));
+        let to = PathBuf::from(name);
+        std::fs::rename(path, &to)?;
+        Ok(Some(to))
     }
 
     /// Reads one record.
@@ -124,14 +221,7 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(table.name)(e)),
         };
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(db_err(table.name))? {
-            let (k, v) = entry.map_err(db_err(table.name))?;
-            let key = k.value().to_string();
-            let value = decode(table, &key, v.value())?;
-            out.push((key, value));
-        }
-        Ok(out)
+        read_all(table, &t)
     }
 
     /// Writes one record (insert or replace).
@@ -188,6 +278,15 @@ impl Txn {
         value.map(|v| decode(table, key, v.value())).transpose()
     }
 
+    /// Every record of a table, in key order, as this transaction sees it.
+    pub fn list<T: DeserializeOwned>(&mut self, table: Table<T>) -> Result<Vec<(String, T)>> {
+        let t = self
+            .txn
+            .open_table(table.def())
+            .map_err(db_err(table.name))?;
+        read_all(table, &t)
+    }
+
     pub fn delete<T>(&mut self, table: Table<T>, key: &str) -> Result<bool> {
         let mut t = self
             .txn
@@ -196,6 +295,21 @@ impl Txn {
         let existed = t.remove(key).map_err(db_err(table.name))?.is_some();
         Ok(existed)
     }
+}
+
+/// Every record of an open table, in key order.
+fn read_all<T: DeserializeOwned>(
+    table: Table<T>,
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for entry in t.iter().map_err(db_err(table.name))? {
+        let (k, v) = entry.map_err(db_err(table.name))?;
+        let key = k.value().to_string();
+        let value = decode(table, &key, v.value())?;
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 fn decode<T: DeserializeOwned>(table: Table<T>, key: &str, bytes: &[u8]) -> Result<T> {
@@ -240,6 +354,54 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list(RECS).unwrap().len(), 1, "records survive reopening");
+    }
+
+    /// 8 KiB of random bytes anywhere in the file (the header, a page):
+    /// open fails with Damaged naming the file, without a panic, and the
+    /// file is left exactly as it was.
+    #[test]
+    fn a_damaged_file_is_refused_and_kept() {
+        use std::io::{Read, Seek, Write};
+        // Pages in use only: junk over free space is not damage.
+        for offset in [0u64, 4096, 8192] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            {
+                let s = Store::open(&path).unwrap();
+                const BIG: Table<String> = Table::new("recs");
+                for i in 0..200 {
+                    s.put(BIG, &format!("k{i}"), &"x".repeat(500)).unwrap();
+                }
+            }
+            assert_eq!(Store::check(&path).unwrap(), [("recs".to_string(), 200)]);
+            let mut junk = vec![0u8; 8192];
+            std::fs::File::open("/dev/urandom")
+                .unwrap()
+                .read_exact(&mut junk)
+                .unwrap();
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+            f.write_all(&junk).unwrap();
+            drop(f);
+            let before = std::fs::read(&path).unwrap();
+            let Err(err) = Store::open(&path) else {
+                panic!("offset {offset}: a damaged file was opened");
+            };
+            assert!(
+                matches!(err, Error::Damaged { .. }),
+                "offset {offset}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("crius store reset"), "{msg}");
+            assert!(matches!(Store::check(&path), Err(Error::Damaged { .. })));
+            assert_eq!(std::fs::read(&path).unwrap(), before, "file untouched");
+            let aside = Store::set_aside(&path).unwrap().unwrap();
+            assert!(!path.exists());
+            assert_eq!(std::fs::read(&aside).unwrap(), before, "moved, not deleted");
+            let s = Store::open(&path).unwrap();
+            assert!(s.list(RECS).unwrap().is_empty(), "a fresh store");
+        }
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! The one lifecycle pods and containers share: records in the metadata
+//! store that are written as an intent before the first side effect on the
+//! host, finished by a creation that survives its caller, claimed by that
+//! caller (or a retry), rolled back when a step fails, when crius died
+//! halfway, or when nobody claims them.
+//!
+//! A resource kind ([`Kind`]: the pod service, the container service)
+//! brings its record type ([`Record`]), its creation steps and its
+//! rollback; [`Records`] holds what is common: the table, the per-id
+//! locks, the creations under way (a retry with the same key waits for the
+//! first call's outcome instead of starting a second creation), id-prefix
+//! resolution among visible records, claim, and the reaper of records
+//! nobody claimed. [`reconcile`] is the start-up half: after a restart no
+//! caller can still be waiting, so intents and unclaimed records are both
+//! rolled back.
+//!
+//! Crash points for the e2e tests ([`pause_point`]) and the error of a
+//! named creation step ([`StepFailed`]) live here too.
+
+pub mod step;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::locks::IdLocks;
+use crate::store::{self, Store, Table};
+pub use step::{StepFailed, pause_point, step};
+
+/// A record of a resource kind, as the store holds it.
+pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// What names are unique under (kubelet's name + attempt, ...).
+    type Key: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static;
+    const TABLE: Table<Self>;
+    /// The kind in log lines: "pod", "container".
+    const KIND: &'static str;
+    /// The RPC that creates it, in log lines.
+    const CREATE_RPC: &'static str;
+
+    fn id(&self) -> &str;
+    fn key(&self) -> Self::Key;
+    /// An intent: creation under way, or interrupted by a crash.
+    fn is_intent(&self) -> bool;
+    /// Creation finished: a retry of an unclaimed record may claim it.
+    fn is_finished(&self) -> bool;
+    fn claimed(&self) -> bool;
+    fn set_claimed(&mut self);
+    /// When the bound on unclaimed records starts (nanoseconds).
+    fn settled_at(&self) -> i64;
+    /// Takes an unclaimed record away from retries before it is rolled
+    /// back (a state retries never claim, with the reason).
+    fn abandon(&mut self, reason: &str);
+
+    /// Visible to List and Status.
+    fn visible(&self) -> bool {
+        self.claimed() && !self.is_intent()
+    }
+}
+
+/// The errors the lifecycle produces, in the kind's own error type.
+pub trait RecordError:
+    From<store::Error> + From<crate::ids::Error> + std::error::Error + Send + Sync + 'static
+{
+    /// The outcome of a creation shared with a retry that waited for it.
+    fn shared(e: Arc<Self>) -> Self;
+    /// A creation ended without an outcome (its task panicked).
+    fn abandoned(kind: &'static str) -> Self;
+    fn not_found(id: &str) -> Self;
+}
+
+/// A resource kind: the service that creates and rolls back its records.
+#[async_trait::async_trait]
+pub trait Kind: Send + Sync + Sized + 'static {
+    type Record: Record;
+    type Error: RecordError;
+    /// What creation decided before its first side effect.
+    type Plan: Send + 'static;
+
+    fn records(&self) -> &Records<Self::Record, Self::Error>;
+    /// AlreadyExists for `key`, naming the record that holds it.
+    fn already_exists(&self, key: <Self::Record as Record>::Key, id: &str) -> Self::Error;
+    /// The steps of a creation; `rec` (the intent) is updated as they go.
+    async fn create_steps(
+        self: &Arc<Self>,
+        rec: &mut Self::Record,
+        plan: Self::Plan,
+    ) -> Result<(), Self::Error>;
+    /// Undoes whatever the record holds on the host, from any state, and
+    /// deletes the record. Idempotent; logs what it cannot undo.
+    async fn rollback(&self, rec: &Self::Record);
+}
+
+/// A finished creation: the id or the (shared) error.
+type Outcome<E> = Result<String, Arc<E>>;
+
+/// What every kind's service holds of the lifecycle: records of type `R`
+/// whose creation fails with `E`.
+pub struct Records<R: Record, E> {
+    store: Arc<Store>,
+    /// Creations under way, by key: a retry waits on the receiver.
+    #[allow(clippy::type_complexity)]
+    creating: Mutex<HashMap<R::Key, watch::Receiver<Option<Outcome<E>>>>>,
+    /// One lock per id for create/stop/remove/update (never taken by
+    /// List/Status).
+    locks: IdLocks,
+    /// How long a finished, unclaimed record waits for a retry.
+    pub unclaimed_ttl: Duration,
+}
+
+impl<R: Record, E: RecordError> Records<R, E> {
+    pub fn new(store: Arc<Store>, unclaimed_ttl: Duration) -> Records<R, E> {
+        Records {
+            store,
+            creating: Mutex::new(HashMap::new()),
+            locks: IdLocks::default(),
+            unclaimed_ttl,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.of(id)
+    }
+
+    pub fn forget_lock(&self, id: &str) {
+        self.locks.forget(id);
+    }
+
+    pub fn get(&self, id: &str) -> store::Result<Option<R>> {
+        self.store.get(R::TABLE, id)
+    }
+
+    pub fn put(&self, rec: &R) -> store::Result<()> {
+        self.store.put(R::TABLE, rec.id(), rec)
+    }
+
+    pub fn delete(&self, id: &str) -> store::Result<bool> {
+        self.store.delete(R::TABLE, id)
+    }
+
+    pub fn list(&self) -> store::Result<Vec<R>> {
+        Ok(self
+            .store
+            .list(R::TABLE)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Resolves a full id or unique prefix among visible records.
+    pub fn resolve(&self, prefix: &str) -> Result<Option<String>, E> {
+        let all = self.store.list(R::TABLE)?;
+        let ids = all
+            .iter()
+            .filter(|(_, r)| r.visible())
+            .map(|(k, _)| k.as_str());
+        Ok(crate::ids::resolve(prefix, ids)?.map(str::to_string))
+    }
+
+    /// The finished record holding `key`, if any.
+    fn find_by_key(&self, key: &R::Key) -> store::Result<Option<R>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|r| !r.is_intent() && &r.key() == key))
+    }
+
+    /// Hands a finished record to its caller: from now on List/Status
+    /// show it.
+    pub fn claim(&self, id: &str) -> Result<String, E> {
+        self.store.write(|txn| {
+            let Some(mut rec) = txn.get(R::TABLE, id)? else {
+                return Err(E::not_found(id));
+            };
+            if !rec.claimed() {
+                rec.set_claimed();
+                txn.put(R::TABLE, id, &rec)?;
+            }
+            Ok(id.to_string())
+        })
+    }
+
+    /// Takes an unclaimed record away from retries, in one transaction:
+    /// the abandoned record, or `None` when it is gone or was claimed.
+    fn take_unclaimed(&self, id: &str, reason: &str) -> store::Result<Option<R>> {
+        self.store.write(|txn| {
+            let Some(mut r) = txn.get(R::TABLE, id)? else {
+                return Ok(None);
+            };
+            if r.claimed() || r.is_intent() {
+                return Ok(None);
+            }
+            r.abandon(reason);
+            txn.put(R::TABLE, id, &r)?;
+            Ok(Some(r))
+        })
+    }
+}
+
+/// Creates a record of kind `K`: single-flight by key (a retry waits for
+/// the creation under way and shares its outcome), claim of a finished
+/// record whose caller gave up, AlreadyExists for any other holder of the
+/// key; else `plan` decides everything without side effects (bad input
+/// fails there) and returns the intent, and the steps run in a detached
+/// task, so a caller that gives up never interrupts them halfway.
+pub async fn create<K: Kind>(
+    kind: &Arc<K>,
+    key: <K::Record as Record>::Key,
+    plan: impl FnOnce() -> Result<(K::Record, K::Plan), K::Error>,
+) -> Result<String, K::Error> {
+    let records = kind.records();
+    let mut rx: watch::Receiver<Option<Outcome<K::Error>>> = {
+        let mut creating = records.creating.lock().expect("lock poisoned");
+        match creating.get(&key) {
+            Some(rx) => {
+                tracing::info!(kind = K::Record::KIND, key = ?key, "a retry waits for the creation under way");
+                rx.clone()
+            }
+            None => {
+                if let Some(existing) = records.find_by_key(&key)? {
+                    if !existing.claimed() && existing.is_finished() {
+                        tracing::info!(kind = K::Record::KIND, id = %existing.id(), "a retry claims what its first call created");
+                        return records.claim(existing.id());
+                    }
+                    return Err(kind.already_exists(key, existing.id()));
+                }
+                let (rec, plan) = plan()?;
+                let (tx, rx) = watch::channel(None);
+                creating.insert(key.clone(), rx.clone());
+                let this = kind.clone();
+                tokio::spawn(async move {
+                    let outcome = run(&this, rec, plan).await.map_err(Arc::new);
+                    this.records()
+                        .creating
+                        .lock()
+                        .expect("lock poisoned")
+                        .remove(&key);
+                    let _ = tx.send(Some(outcome));
+                });
+                rx
+            }
+        }
+    };
+    let outcome = rx
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| K::Error::abandoned(K::Record::KIND))?
+        .clone()
+        .expect("checked by wait_for");
+    match outcome {
+        Ok(id) => records.claim(&id),
+        Err(e) => Err(K::Error::shared(e)),
+    }
+}
+
+/// Runs the steps under the record's lock; a failure rolls back all of
+/// them.
+async fn run<K: Kind>(
+    kind: &Arc<K>,
+    mut rec: K::Record,
+    plan: K::Plan,
+) -> Result<String, K::Error> {
+    let id = rec.id().to_string();
+    let lock = kind.records().lock_of(&id);
+    let guard = lock.lock().await;
+    match kind.create_steps(&mut rec, plan).await {
+        Ok(()) => {
+            tracing::info!(kind = K::Record::KIND, %id, "{} created", K::Record::KIND);
+            Ok(id)
+        }
+        Err(err) => {
+            tracing::warn!(kind = K::Record::KIND, %id, error = %crate::error::chain(&err), "creation failed; rolling back");
+            kind.rollback(&rec).await;
+            drop(guard);
+            kind.records().forget_lock(&id);
+            Err(err)
+        }
+    }
+}
+
+/// At start, before anything else touches the records of kind `K`: no
+/// caller of a previous run can still be waiting, so intents (creations
+/// a crash interrupted) and finished records nobody claimed are rolled
+/// back. The records left are the ones to reattach.
+pub async fn reconcile<K: Kind>(kind: &Arc<K>) -> Result<Vec<K::Record>, K::Error> {
+    let mut kept = Vec::new();
+    for rec in kind.records().list()? {
+        if rec.is_intent() {
+            tracing::warn!(id = %rec.id(), "rolling back a {} whose creation was interrupted", K::Record::KIND);
+            kind.rollback(&rec).await;
+        } else if !rec.claimed() {
+            tracing::warn!(id = %rec.id(), "rolling back a {} whose creation finished after its caller gave up: no caller can claim it any more", K::Record::KIND);
+            kind.rollback(&rec).await;
+        } else {
+            kept.push(rec);
+        }
+    }
+    Ok(kept)
+}
+
+/// Starts the background reaper of records nobody claimed within the
+/// bound (while the daemon that created them lives, a retry may still
+/// come).
+pub fn start_reaper<K: Kind>(kind: &Arc<K>) {
+    let this = kind.clone();
+    tokio::spawn(async move {
+        let ttl = this.records().unclaimed_ttl;
+        let period = (ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            tokio::time::sleep(period).await;
+            reap_unclaimed(&this).await;
+        }
+    });
+}
+
+/// One round of the reaper.
+pub async fn reap_unclaimed<K: Kind>(kind: &Arc<K>) {
+    let records = kind.records();
+    let Ok(all) = records.list() else {
+        return;
+    };
+    let limit = crate::pod::now_ns() - records.unclaimed_ttl.as_nanos() as i64;
+    for rec in all {
+        if rec.claimed() || rec.is_intent() || rec.settled_at() > limit {
+            continue;
+        }
+        let id = rec.id().to_string();
+        let lock = records.lock_of(&id);
+        let guard = lock.lock().await;
+        if let Ok(Some(r)) = records.take_unclaimed(&id, "never claimed") {
+            tracing::warn!(%id, "removing a {} that no {} retry claimed", K::Record::KIND, K::Record::CREATE_RPC);
+            kind.rollback(&r).await;
+        }
+        drop(guard);
+        records.forget_lock(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests;
