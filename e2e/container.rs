@@ -30,9 +30,14 @@ async fn setup() -> Setup {
 
 /// A daemon (with test-hook environment) and busybox pulled into it.
 pub async fn setup_with_env(env: &[(&str, &str)]) -> Setup {
+    setup_with("", env).await
+}
+
+/// Like [`setup_with_env`], with more config (TOML) for the daemon.
+pub async fn setup_with(extra_toml: &str, env: &[(&str, &str)]) -> Setup {
     let reg = Registry::with_test_images(None);
     let d = crate::harness::start_with_env(
-        "[registry]\nconfig_path = \"/nonexistent/crius-e2e-certs.d\"\n",
+        &format!("[registry]\nconfig_path = \"/nonexistent/crius-e2e-certs.d\"\n{extra_toml}"),
         env,
     )
     .await;

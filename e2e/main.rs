@@ -15,4 +15,5 @@ mod runtime;
 mod security;
 mod state_lost;
 mod stats;
+mod streaming;
 mod vm;

@@ -131,8 +131,8 @@ async fn rpcs_not_done_answer_unimplemented_with_their_name() {
     let d = TestDaemon::start("").await;
     let mut rt = d.runtime().await;
     let err = rt.exec(ExecRequest::default()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Exec"), "{}", err.message());
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("container_id"), "{}", err.message());
     let err = rt
         .checkpoint_container(CheckpointContainerRequest::default())
         .await

@@ -13,23 +13,35 @@ use crate::require_registry_tools;
 /// The probe program (the image's PATH is /bin).
 const PROBE: &str = "/usr/local/bin/probe";
 
-/// A daemon with busybox and the probe image pulled; returns the probe
-/// image's reference.
-async fn setup() -> (Setup, String) {
+/// A daemon with busybox and the probe image pulled, and a pod.
+struct Env {
+    s: Setup,
+    /// The probe image's reference.
+    probe: String,
+    rt: Client,
+    pod: String,
+    logs: std::path::PathBuf,
+}
+
+async fn setup(pod_name: &str) -> Env {
     let s = setup_with_env(&[]).await;
     let probe = format!("{}probe", s.busybox.trim_end_matches("busybox"));
-    s.d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: probe.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (s, probe)
+    pull(&s, &probe).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt,
+        pod_config(pod_name, NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    Env {
+        s,
+        probe,
+        rt,
+        pod,
+        logs,
+    }
 }
 
 /// A container of the probe image that sleeps, with `edit` applied to its
@@ -90,15 +102,13 @@ fn localhost(path: &std::path::Path) -> Option<SecurityProfile> {
 #[tokio::test(flavor = "multi_thread")]
 async fn seccomp_runtime_default_denies_unshare_and_keyctl() {
     require_registry_tools!();
-    let (s, probe) = setup().await;
-    let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(
-        &mut rt,
-        pod_config("seccomp", NamespaceMode::Container, &logs),
-    )
-    .await
-    .unwrap();
+    let Env {
+        s: _s,
+        probe,
+        mut rt,
+        pod,
+        logs,
+    } = setup("seccomp").await;
 
     let confined = run(
         &mut rt,
@@ -176,15 +186,13 @@ async fn seccomp_runtime_default_denies_unshare_and_keyctl() {
 #[allow(deprecated)] // the legacy seccomp_profile_path is part of the test
 async fn seccomp_localhost_profiles_and_their_errors() {
     require_registry_tools!();
-    let (s, probe) = setup().await;
-    let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(
-        &mut rt,
-        pod_config("localhost", NamespaceMode::Container, &logs),
-    )
-    .await
-    .unwrap();
+    let Env {
+        s,
+        probe,
+        mut rt,
+        pod,
+        ..
+    } = setup("localhost").await;
     let profile = s.d.dir.path().join("getppid-42.json");
     std::fs::write(
         &profile,
@@ -325,15 +333,13 @@ async fn status_user(rt: &mut Client, id: &str) -> (i64, i64, Vec<i64>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn users_groups_and_container_status_user() {
     require_registry_tools!();
-    let (s, probe) = setup().await;
-    let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(
-        &mut rt,
-        pod_config("users", NamespaceMode::Container, &logs),
-    )
-    .await
-    .unwrap();
+    let Env {
+        s,
+        probe,
+        mut rt,
+        pod,
+        ..
+    } = setup("users").await;
     // (name, image tag, security context, uid, gid, groups). alice is 1001
     // in /etc/passwd, member of staff (50) and audio (63).
     type Edit = fn(&mut LinuxContainerSecurityContext);
@@ -452,12 +458,14 @@ fn cap(status: &str, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn capabilities_and_no_new_privs() {
     require_registry_tools!();
-    let (s, probe) = setup().await;
-    let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(&mut rt, pod_config("caps", NamespaceMode::Container, &logs))
-        .await
-        .unwrap();
+    // `_s` keeps the daemon and the registry alive to the end.
+    let Env {
+        s: _s,
+        probe,
+        mut rt,
+        pod,
+        ..
+    } = setup("caps").await;
     let held = cap(
         &std::fs::read_to_string("/proc/self/status").unwrap(),
         "CapBnd",

@@ -64,6 +64,7 @@ pub struct Config {
     pub pod: PodConfig,
     #[serde(default)]
     pub stats: StatsConfig,
+    pub streaming: StreamingConfig,
     pub grpc: GrpcConfig,
 }
 
@@ -141,6 +142,31 @@ impl Default for StatsConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// `host:port` of the Exec/Attach/PortForward server; port 0 picks a
+    /// free port at start. An unspecified host (0.0.0.0, [::]) listens on
+    /// all addresses and puts the node's first global address in URLs.
+    pub address: String,
+    /// A streaming URL not used within this many seconds expires.
+    pub token_ttl_secs: u64,
+    /// PEM certificate chain and private key: both set serves HTTPS.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1:0".into(),
+            token_ttl_secs: 60,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+        }
+    }
+}
+
 /// What the CRI server accepts from one client: request sizes and how long
 /// a silent connection or request stream is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +202,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
             stats: StatsConfig::default(),
+            streaming: StreamingConfig::default(),
             grpc: GrpcConfig::default(),
         }
     }
@@ -365,6 +392,23 @@ impl Config {
         if net.plugin_timeout_secs == 0 {
             return Err(Error::Invalid(
                 "network.plugin_timeout_secs must be at least 1".into(),
+            ));
+        }
+        let st = &self.streaming;
+        if st.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Invalid(format!(
+                "streaming.address must be an ip:port (port 0 for any free port), got {:?}",
+                st.address
+            )));
+        }
+        if st.token_ttl_secs == 0 {
+            return Err(Error::Invalid(
+                "streaming.token_ttl_secs must be at least 1".into(),
+            ));
+        }
+        if st.tls_cert_file.as_os_str().is_empty() != st.tls_key_file.as_os_str().is_empty() {
+            return Err(Error::Invalid(
+                "streaming.tls_cert_file and streaming.tls_key_file must be set together".into(),
             ));
         }
         let grpc = &self.grpc;

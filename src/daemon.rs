@@ -2,7 +2,7 @@
 //! Each service (images, pods, containers) is a field that owns its own locks,
 //! so a slow pull or CNI call never blocks an unrelated List or Status.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
@@ -31,6 +31,8 @@ pub struct Daemon {
     pub stats: Arc<Sampler>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
+    /// The Exec/Attach/PortForward server, once started.
+    streaming: OnceLock<crate::streaming::Server>,
 }
 
 /// Why the daemon's state could not be opened.
@@ -107,6 +109,7 @@ impl Daemon {
             containers,
             stats,
             runtime_config: RwLock::new(RuntimeConfig::default()),
+            streaming: OnceLock::new(),
         })
     }
 
@@ -116,6 +119,22 @@ impl Daemon {
         pod::reconcile::start(&self.pods).await?;
         container::reconcile::start(&self.containers).await?;
         Ok(())
+    }
+
+    /// Starts the streaming server on the configured address.
+    pub async fn start_streaming(&self) -> Result<(), crate::streaming::Error> {
+        let runtime = Arc::new(crate::streaming::backend::DaemonRuntime {
+            containers: self.containers.clone(),
+            pods: self.pods.clone(),
+        });
+        let settings = crate::streaming::Settings::from_config(&self.config.streaming);
+        let server = crate::streaming::Server::start(settings, runtime).await?;
+        let _ = self.streaming.set(server);
+        Ok(())
+    }
+
+    pub fn streaming(&self) -> Option<&crate::streaming::Server> {
+        self.streaming.get()
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

@@ -20,4 +20,5 @@ pub mod record;
 pub mod seccomp;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod sys;

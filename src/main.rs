@@ -190,6 +190,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = server::bind(&listen)?;
         let daemon = Arc::new(Daemon::open(config)?);
         daemon.reconcile().await.context("reconcile")?;
+        daemon
+            .start_streaming()
+            .await
+            .context("start the streaming server")?;
         daemon.stats.spawn();
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;

@@ -9,50 +9,16 @@
 //! processes whose stdio it hands to the daemon as fds.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 
 use crate::error::{Classify, Kind};
-use crate::init::rootfs::Overlay;
 use crate::monitor::PodDir;
 pub use crate::monitor::protocol::Exit;
 use crate::sys::process::ProcRef;
 
-/// Everything an engine needs to create a container's init, blocked
-/// before execve.
-#[derive(Debug, Clone)]
-pub struct Launch {
-    pub id: String,
-    /// From `container::spec::build`; `root.path` is the rootfs mount point.
-    pub spec: oci_spec::runtime::Spec,
-    /// The process environment, exact bytes, `KEY=value` each.
-    pub env: Vec<Vec<u8>>,
-    /// Resolved inside the rootfs by the init (`container::user`).
-    pub user: String,
-    pub groups: crate::init::user::GroupsPolicy,
-    /// The compiled seccomp filter; `None`: unconfined.
-    pub seccomp: Option<crate::seccomp::Filter>,
-    pub overlay: Overlay,
-    /// `cgroup.procs` files of the container's leaf, joined before execve.
-    pub cgroup_procs: Vec<PathBuf>,
-    /// The CRI log file the engine writes stdout/stderr to.
-    pub log_path: Option<PathBuf>,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdin_once: bool,
-}
-
-/// A process to run inside a running container (ExecSync, Exec); the
-/// engine gives it the container's user, environment, working directory,
-/// capabilities and cgroup.
-#[derive(Debug, Clone)]
-pub struct ExecLaunch {
-    /// Names the exec for later calls.
-    pub exec_id: String,
-    pub container_id: String,
-    pub args: Vec<String>,
-    pub tty: bool,
-    pub stdin: bool,
-}
+/// What an engine needs to create a container's init (blocked before
+/// execve) and to run a process in a running container: the monitor
+/// protocol's own types, so nothing is copied between layers.
+pub use crate::monitor::protocol::{ContainerLaunch as Launch, ExecLaunch};
 
 /// A running exec process and its stdio, handed to the daemon.
 #[derive(Debug)]

@@ -150,3 +150,86 @@ impl Containers {
         })
     }
 }
+
+/// An exec started for a stream (Exec): its stdio, and the handle that
+/// waits for it or kills it.
+pub struct StreamExec {
+    pub handle: super::engine::ExecHandle,
+    pub waiter: ExecWaiter,
+}
+
+/// Waits for, or kills, one exec process.
+pub struct ExecWaiter {
+    engine: Arc<dyn super::engine::Engine>,
+    pod_dir: crate::monitor::PodDir,
+    exec_id: String,
+    kill_grace: Duration,
+}
+
+impl ExecWaiter {
+    /// The exit code, once the process has exited and was reaped.
+    pub async fn wait(&self) -> Result<i32, Error> {
+        Ok(self
+            .engine
+            .wait_exec(&self.pod_dir, &self.exec_id)
+            .await?
+            .exit_code)
+    }
+
+    /// SIGKILLs the exec's process group and waits (bounded) for the reap.
+    pub async fn kill(&self) {
+        if let Err(e) = self.engine.kill_exec(&self.pod_dir, &self.exec_id).await {
+            tracing::warn!(exec_id = %self.exec_id, error = %crate::error::chain(&e), "kill exec");
+        }
+        let reaped = tokio::time::timeout(
+            self.kill_grace,
+            self.engine.wait_exec(&self.pod_dir, &self.exec_id),
+        )
+        .await;
+        if reaped.is_err() {
+            tracing::warn!(exec_id = %self.exec_id, "exec not reaped after SIGKILL");
+        }
+    }
+}
+
+impl Containers {
+    /// Starts `cmd` in a running container for a streaming session: the
+    /// caller copies its stdio and must wait for it or kill it.
+    pub async fn exec_stream(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<StreamExec, Error> {
+        if cmd.is_empty() {
+            return Err(Error::Invalid("exec: cmd is required".into()));
+        }
+        let rec = self.running(container_id)?;
+        let exec_id = crate::ids::new_id();
+        let launch = ExecLaunch {
+            exec_id: exec_id.clone(),
+            container_id: rec.id.clone(),
+            args: cmd.to_vec(),
+            tty,
+            // With a tty, stdin is written to the pty master.
+            stdin: stdin && !tty,
+        };
+        let handle = self.engine.exec(&rec.pod_dir, &launch).await?;
+        tracing::debug!(container_id = %rec.id, exec_id = %exec_id, tty, stdin, "exec started for a stream");
+        Ok(StreamExec {
+            handle,
+            waiter: ExecWaiter {
+                engine: self.engine.clone(),
+                pod_dir: rec.pod_dir.clone(),
+                exec_id,
+                kill_grace: self.settings.kill_grace,
+            },
+        })
+    }
+
+    /// Checks that `container_id` names a running container.
+    pub fn check_running(&self, container_id: &str) -> Result<(), Error> {
+        self.running(container_id).map(drop)
+    }
+}

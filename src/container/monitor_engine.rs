@@ -5,7 +5,7 @@ use crate::container::engine::{self, Engine, ExecHandle, ExecLaunch, Exit, Launc
 use crate::error::Classify;
 use crate::monitor::PodDir;
 use crate::monitor::client;
-use crate::monitor::client::container::{self as mc, ContainerLaunch, PodMonitor};
+use crate::monitor::client::container::{self as mc, PodMonitor};
 use crate::sys::process::ProcRef;
 
 /// Drives containers through each pod's monitor.
@@ -48,24 +48,7 @@ fn monitor(pod: &PodDir) -> PodMonitor {
 #[async_trait::async_trait]
 impl Engine for Monitors {
     async fn create(&self, pod: &PodDir, l: &Launch) -> engine::Result<ProcRef> {
-        let launch = ContainerLaunch {
-            id: l.id.clone(),
-            spec: l.spec.clone(),
-            env: l.env.clone(),
-            user: l.user.clone(),
-            groups: l.groups,
-            seccomp: l.seccomp.clone(),
-            overlay: l.overlay.clone(),
-            cgroup_procs: l.cgroup_procs.clone(),
-            log_path: l.log_path.clone(),
-            tty: l.tty,
-            stdin: l.stdin,
-            stdin_once: l.stdin_once,
-        };
-        monitor(pod)
-            .create_container(&launch)
-            .await
-            .map_err(convert)
+        monitor(pod).create_container(l).await.map_err(convert)
     }
     async fn start(&self, pod: &PodDir, id: &str) -> engine::Result<()> {
         monitor(pod).start_container(id).await.map_err(convert)
@@ -86,14 +69,7 @@ impl Engine for Monitors {
         monitor(pod).remove_container(id).await.map_err(convert)
     }
     async fn exec(&self, pod: &PodDir, l: &ExecLaunch) -> engine::Result<ExecHandle> {
-        let launch = mc::ExecLaunch {
-            exec_id: l.exec_id.clone(),
-            container_id: l.container_id.clone(),
-            args: l.args.clone(),
-            tty: l.tty,
-            stdin: l.stdin,
-        };
-        let h = monitor(pod).exec(&launch).await.map_err(convert)?;
+        let h = monitor(pod).exec(l).await.map_err(convert)?;
         Ok(ExecHandle {
             proc: h.process,
             stdin: h.stdin,

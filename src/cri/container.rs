@@ -144,23 +144,26 @@ fn seccomp_request(
             seccomp::Request::Unconfined,
         )
     };
-    if let Some(r) = sc("security_context.seccomp", s.seccomp.as_ref())? {
-        return Ok(r);
-    }
-    if let Some(r) = legacy(
+    // (field, profile, deprecated path field, path), the container's first.
+    let mut candidates = vec![(
+        "security_context.seccomp",
+        s.seccomp.as_ref(),
         "security_context.seccomp_profile_path",
-        &s.seccomp_profile_path,
-    )? {
-        return Ok(r);
-    }
+        s.seccomp_profile_path.as_str(),
+    )];
     if let Some(pod) = pod {
-        if let Some(r) = sc("pod security_context.seccomp", pod.seccomp.as_ref())? {
+        candidates.push((
+            "pod security_context.seccomp",
+            pod.seccomp.as_ref(),
+            "pod security_context.seccomp_profile_path",
+            pod.seccomp_profile_path.as_str(),
+        ));
+    }
+    for (field, p, path_field, path) in candidates {
+        if let Some(r) = sc(field, p)? {
             return Ok(r);
         }
-        if let Some(r) = legacy(
-            "pod security_context.seccomp_profile_path",
-            &pod.seccomp_profile_path,
-        )? {
+        if let Some(r) = legacy(path_field, path)? {
             return Ok(r);
         }
     }
@@ -432,5 +435,76 @@ mod tests {
             container_config(&c, None).unwrap_err().code(),
             Code::InvalidArgument
         );
+    }
+
+    #[test]
+    #[allow(deprecated)] // the legacy paths are part of the CRI
+    fn seccomp_profiles_from_every_field() {
+        use proto::security_profile::ProfileType;
+        let with = |edit: &dyn Fn(&mut proto::LinuxContainerSecurityContext)| {
+            let mut c = config();
+            edit(c.linux.as_mut().unwrap().security_context.as_mut().unwrap());
+            c
+        };
+        let profile = |typ: ProfileType, r: &str| {
+            Some(proto::SecurityProfile {
+                profile_type: typ as i32,
+                localhost_ref: r.into(),
+            })
+        };
+        let get = |c: &proto::ContainerConfig, pod: Option<&proto::LinuxSandboxSecurityContext>| {
+            container_config(c, pod).map(|c| c.security.seccomp)
+        };
+        assert_eq!(get(&config(), None).unwrap(), seccomp::Request::Unconfined);
+        let c = with(&|sc| sc.seccomp = profile(ProfileType::RuntimeDefault, ""));
+        assert_eq!(get(&c, None).unwrap(), seccomp::Request::RuntimeDefault);
+        let c = with(&|sc| sc.seccomp = profile(ProfileType::Localhost, "/p.json"));
+        assert_eq!(
+            get(&c, None).unwrap(),
+            seccomp::Request::Localhost {
+                path: "/p.json".into(),
+                field: "security_context.seccomp"
+            }
+        );
+        for (path, want) in [
+            ("runtime/default", seccomp::Request::RuntimeDefault),
+            ("docker/default", seccomp::Request::RuntimeDefault),
+            ("unconfined", seccomp::Request::Unconfined),
+        ] {
+            let c = with(&|sc| sc.seccomp_profile_path = path.into());
+            assert_eq!(get(&c, None).unwrap(), want, "{path}");
+        }
+        // The pod's profile when the container has none; the container's wins.
+        let pod = proto::LinuxSandboxSecurityContext {
+            seccomp_profile_path: "localhost//pod.json".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            get(&config(), Some(&pod)).unwrap(),
+            seccomp::Request::Localhost {
+                path: "/pod.json".into(),
+                field: "pod security_context.seccomp_profile_path"
+            }
+        );
+        let c = with(&|sc| sc.seccomp = profile(ProfileType::Unconfined, ""));
+        assert_eq!(get(&c, Some(&pod)).unwrap(), seccomp::Request::Unconfined);
+        // Malformed requests are refused.
+        for bad in [
+            with(&|sc| sc.seccomp_profile_path = "localhost/".into()),
+            with(&|sc| sc.seccomp_profile_path = "my-profile".into()),
+            with(&|sc| sc.seccomp = profile(ProfileType::Localhost, "")),
+            with(&|sc| sc.seccomp = profile(ProfileType::RuntimeDefault, "/x")),
+            with(&|sc| {
+                sc.seccomp = Some(proto::SecurityProfile {
+                    profile_type: 9,
+                    localhost_ref: String::new(),
+                })
+            }),
+            with(&|sc| sc.apparmor_profile = "my-profile".into()),
+            with(&|sc| sc.supplemental_groups_policy = 7),
+        ] {
+            let e = container_config(&bad, None).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        }
     }
 }

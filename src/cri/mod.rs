@@ -17,6 +17,7 @@ pub mod server;
 mod stats;
 mod status;
 mod streams;
+mod stream_rpc;
 pub mod validate;
 
 use std::sync::Arc;

@@ -135,14 +135,14 @@ impl RuntimeService for Cri {
     async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
         self.exec_sync_rpc(req.into_inner()).await
     }
-    async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> Reply<ExecResponse> {
+        self.exec_rpc(req.into_inner()).await
     }
-    async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<AttachRequest>) -> Reply<AttachResponse> {
+        self.attach_rpc(req.into_inner()).await
     }
-    async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
+        self.port_forward_rpc(req.into_inner()).await
     }
 
     async fn container_stats(

@@ -24,7 +24,8 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::setup::{self, Stdio, Sync};
 use crate::init::rootfs::{self, Overlay};
-use crate::sys::process::{Forked, exit_immediately, fork_into};
+use crate::sys::ns::{self, Kind};
+use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
 /// What the init needs besides its stdio.
 pub struct Init<'a> {
@@ -37,20 +38,22 @@ pub struct Init<'a> {
     pub cgroup_procs: &'a [PathBuf],
 }
 
-fn clone_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
+/// The kind of an OCI namespace entry (user and time namespaces are not
+/// used by crius).
+fn kind(t: LinuxNamespaceType) -> Option<Kind> {
     Some(match t {
-        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
-        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
-        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
-        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
-        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Network => Kind::Net,
+        LinuxNamespaceType::Ipc => Kind::Ipc,
+        LinuxNamespaceType::Uts => Kind::Uts,
+        LinuxNamespaceType::Pid => Kind::Pid,
+        LinuxNamespaceType::Mount => Kind::Mnt,
+        LinuxNamespaceType::Cgroup => Kind::Cgroup,
         _ => return None,
     })
 }
 
 /// Namespaces of the Spec: (to join by path, to create).
-pub fn namespaces(spec: &Spec) -> (Vec<(PathBuf, CloneFlags)>, CloneFlags) {
+pub fn namespaces(spec: &Spec) -> (Vec<(PathBuf, Kind)>, CloneFlags) {
     let mut join = Vec::new();
     let mut new = CloneFlags::empty();
     let list = spec
@@ -59,12 +62,12 @@ pub fn namespaces(spec: &Spec) -> (Vec<(PathBuf, CloneFlags)>, CloneFlags) {
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
     for ns in list {
-        let Some(flag) = clone_flag(ns.typ()) else {
+        let Some(kind) = kind(ns.typ()) else {
             continue;
         };
         match ns.path() {
-            Some(p) => join.push((p.clone(), flag)),
-            None => new |= flag,
+            Some(p) => join.push((p.clone(), kind)),
+            None => new |= kind.clone_flag(),
         }
     }
     // The mount namespace is always the container's own.
@@ -72,18 +75,18 @@ pub fn namespaces(spec: &Spec) -> (Vec<(PathBuf, CloneFlags)>, CloneFlags) {
 }
 
 /// Stage 1; never returns.
-pub fn run(init: &Init, stdio: Stdio, sync: OwnedFd) -> ! {
+pub fn run(one: SingleThreaded, init: &Init, stdio: Stdio, sync: OwnedFd) -> ! {
     let tty = stdio.tty;
-    let mut sync = setup::hand_off_fds(stdio, sync);
+    let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     if let Err(e) = setup::join_cgroup(init.cgroup_procs) {
         sync.fail("join cgroup", &e);
     }
     let (join, new) = namespaces(init.spec);
-    if let Err(e) = setup::join_namespaces(&join) {
-        sync.fail("join namespaces", &e);
+    if let Err(e) = ns::join(&join) {
+        sync.fail("join namespaces", &crate::error::chain(&e));
     }
-    match fork_into(new | CloneFlags::CLONE_PARENT) {
+    match fork_into(one, new | CloneFlags::CLONE_PARENT) {
         Ok(Forked::Child) => stage2(init, tty, sync),
         Ok(Forked::Parent(pid)) => {
             sync.send(&format!("pid {pid}"));

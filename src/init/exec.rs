@@ -15,7 +15,8 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 
 use super::setup::{self, Stdio, Sync};
-use crate::sys::process::{Forked, exit_immediately, fork_into};
+use crate::sys::ns::{self, Kind};
+use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
 /// What the exec process needs besides its stdio.
 pub struct Exec<'a> {
@@ -34,36 +35,31 @@ pub struct Exec<'a> {
 
 /// The namespaces joined, in order: the mount namespace last, since it
 /// hides the others' paths.
-const JOINED: [(&str, CloneFlags); 6] = [
-    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-    ("ipc", CloneFlags::CLONE_NEWIPC),
-    ("uts", CloneFlags::CLONE_NEWUTS),
-    ("net", CloneFlags::CLONE_NEWNET),
-    ("pid", CloneFlags::CLONE_NEWPID),
-    ("mnt", CloneFlags::CLONE_NEWNS),
+const JOINED: [Kind; 6] = [
+    Kind::Cgroup,
+    Kind::Ipc,
+    Kind::Uts,
+    Kind::Net,
+    Kind::Pid,
+    Kind::Mnt,
 ];
 
 /// Stage 1; never returns.
-pub fn run(exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
+pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     let tty = stdio.tty;
-    let mut sync = setup::hand_off_fds(stdio, sync);
+    let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
         sync.fail("join cgroup", &e);
     }
-    let list: Vec<(PathBuf, CloneFlags)> = JOINED
+    let list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
-        .map(|(name, flag)| {
-            (
-                PathBuf::from(format!("/proc/{}/ns/{name}", exec.init_pid)),
-                *flag,
-            )
-        })
+        .map(|&kind| (kind.proc_path(exec.init_pid), kind))
         .collect();
-    if let Err(e) = setup::join_namespaces(&list) {
-        sync.fail("join namespaces", &e);
+    if let Err(e) = ns::join(&list) {
+        sync.fail("join namespaces", &crate::error::chain(&e));
     }
-    match fork_into(CloneFlags::CLONE_PARENT) {
+    match fork_into(one, CloneFlags::CLONE_PARENT) {
         Ok(Forked::Child) => stage2(exec, tty, sync),
         Ok(Forked::Parent(pid)) => {
             sync.send(&format!("pid {pid}"));

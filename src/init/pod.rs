@@ -18,7 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Uid};
 
-use crate::sys::process::{close_fds_from, exit_immediately, set_name};
+use crate::sys::process::{SingleThreaded, close_fds_from, exit_immediately, set_name};
 
 /// The unprivileged ids the pod init runs as (the "nobody" of 16-bit ids,
 /// as CRI-O's pinns and the pause image use).
@@ -33,8 +33,11 @@ const SCRATCH: &str = "/proc";
 /// monitor), so a child that exits between the reap and the wait is never
 /// missed: its signal stays pending for `sigwait`.
 pub fn run() -> ! {
+    // SAFETY: the pod init is a program of its own (crius-pod-init) whose
+    // main calls this first; it never starts a thread.
+    let one = unsafe { SingleThreaded::new() };
     set_name("crius-init");
-    close_fds_from(3);
+    close_fds_from(one, 3);
     if let Err(e) = isolate() {
         // The monitor sees the init end and marks the sandbox NOTREADY; a
         // pod init that could not shed root must not run.

@@ -1,7 +1,7 @@
 //! The process setup shared by a container's init and its exec processes,
 //! in runc's order: stdio and the hand-off fds in place and every other fd
 //! closed, non-dumpable before joining anything, the cgroup joined, the
-//! container's namespaces joined by path, then (in the final process) the
+//! container's namespaces joined by path ([`crate::sys::ns::join`]), then (in the final process) the
 //! working directory, rlimits, oom_score_adj, no_new_privs, the bounding
 //! set, the user (setgroups, setgid, setuid with KEEPCAPS), the other
 //! capability sets, and execve with the exact environment bytes.
@@ -20,7 +20,7 @@ use oci_spec::runtime::Process;
 use crate::init::user::GroupsPolicy;
 use crate::seccomp::Filter;
 use crate::sys::caps;
-use crate::sys::process::{close_fds_from, default_signals, exit_immediately};
+use crate::sys::process::{SingleThreaded, close_fds_from, default_signals, exit_immediately};
 
 /// The standard streams a container process gets.
 pub struct Stdio {
@@ -65,7 +65,7 @@ impl Sync {
 /// Puts `stdio` on 0, 1, 2 and `sync` on [`SYNC_FD`] (close-on-exec, so
 /// the monitor sees EOF once execve succeeded), then closes every other fd
 /// inherited from the monitor (its sockets, other containers' pipes).
-pub fn hand_off_fds(stdio: Stdio, sync: OwnedFd) -> Sync {
+pub fn hand_off_fds(one: SingleThreaded, stdio: Stdio, sync: OwnedFd) -> Sync {
     // Move everything above the target numbers first, so no dup2 clobbers
     // a source.
     let high = |fd: OwnedFd| -> RawFd {
@@ -89,7 +89,7 @@ pub fn hand_off_fds(stdio: Stdio, sync: OwnedFd) -> Sync {
     }
     // SAFETY: F_SETFD on our own fd 3.
     unsafe { libc::fcntl(SYNC_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-    close_fds_from(4);
+    close_fds_from(one, 4);
     // SAFETY: fd 3 was just made ours by dup2; the File owns it from here.
     Sync(unsafe { std::fs::File::from_raw_fd(SYNC_FD) })
 }
@@ -106,20 +106,6 @@ pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), String> {
     let pid = std::process::id().to_string();
     for p in procs {
         std::fs::write(p, &pid).map_err(|e| format!("write {}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// Opens every namespace file first (a joined mount namespace would hide
-/// the paths), then joins them in order.
-pub fn join_namespaces(list: &[(PathBuf, nix::sched::CloneFlags)]) -> Result<(), String> {
-    let mut files = Vec::new();
-    for (path, flag) in list {
-        let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        files.push((f, *flag, path));
-    }
-    for (f, flag, path) in files {
-        nix::sched::setns(&f, flag).map_err(|e| format!("setns {}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -11,7 +11,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::client::container::{ContainerLaunch, ExecLaunch};
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use crate::init::rootfs::Overlay;
 use crate::sys::process::ProcRef;
 
 /// The version this build speaks (2: containers and execs; 3: a container
@@ -26,7 +29,9 @@ pub const MIN_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
+// One request lives per call, never in a collection: its size is moot.
+#[allow(clippy::large_enum_variant)]
+pub enum Request<'a> {
     Hello {
         version: u32,
     },
@@ -37,7 +42,8 @@ pub enum Request {
     /// Fork a container's init, set it up and leave it blocked before
     /// execve. Replies `Created` or `Failed`.
     CreateContainer {
-        launch: Box<ContainerLaunch>,
+        /// Borrowed by the daemon, owned once deserialized by the monitor.
+        launch: Cow<'a, ContainerLaunch>,
     },
     /// Release a created init to execve. `Ok` or `Failed` (step "exec").
     StartContainer {
@@ -63,7 +69,7 @@ pub enum Request {
     /// its stdio fds attached (SCM_RIGHTS): stdin (if asked), stdout,
     /// stderr (absent with a tty, whose master is the stdout fd).
     Exec {
-        launch: Box<ExecLaunch>,
+        launch: Cow<'a, ExecLaunch>,
     },
     /// Answered with `Exited` when the exec process is reaped; the monitor
     /// then forgets it.
@@ -112,6 +118,58 @@ pub enum Reply {
         /// stderr (if no tty), in that order.
         fds: usize,
     },
+}
+
+/// Everything the monitor needs to create a container's init, blocked
+/// before execve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerLaunch {
+    pub id: String,
+    /// From `container::spec::build`; `root.path` is the rootfs mount point.
+    pub spec: oci_spec::runtime::Spec,
+    /// The process environment, exact bytes, `KEY=value` each.
+    pub env: Vec<Vec<u8>>,
+    /// Resolved inside the rootfs by the init ([`crate::init::user`]).
+    pub user: String,
+    /// Where `user`'s supplemental groups come from.
+    #[serde(default)]
+    pub groups: crate::init::user::GroupsPolicy,
+    /// The compiled seccomp filter, loaded by the init and every exec
+    /// process; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<SeccompFilter>,
+    pub overlay: Overlay,
+    /// cgroup.procs files of the container's leaf, one per hierarchy.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The CRI log file; `None`: output is read and dropped.
+    pub log_path: Option<PathBuf>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+}
+
+/// A process to run in a running container, with the container's user,
+/// environment, capabilities, working directory and cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecLaunch {
+    /// Unique within the pod while the exec is known to the monitor.
+    pub exec_id: String,
+    pub container_id: String,
+    pub args: Vec<String>,
+    pub tty: bool,
+    /// Hand the daemon a pipe to the process's stdin (else /dev/null).
+    pub stdin: bool,
+}
+
+/// A compiled seccomp filter, as seccomp(2) takes it (built by
+/// [`crate::seccomp`] in the daemon, loaded by the init).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The `struct sock_filter` array (8 bytes per instruction, native
+    /// byte order).
+    pub program: Vec<u8>,
+    /// SECCOMP_FILTER_FLAG_* bits for the load.
+    pub flags: u32,
 }
 
 /// How a child ended: what the monitor writes to `<pod dir>/exits/<name>`

@@ -22,8 +22,6 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 pub use compile::{Host, cap_key, compile};
 pub use profile::Profile;
 
@@ -46,15 +44,9 @@ pub enum Request {
     Localhost { path: PathBuf, field: &'static str },
 }
 
-/// A compiled filter, as seccomp(2) takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Filter {
-    /// The `struct sock_filter` array (8 bytes per instruction, native
-    /// byte order).
-    pub program: Vec<u8>,
-    /// SECCOMP_FILTER_FLAG_* bits for the load.
-    pub flags: u32,
-}
+/// A compiled filter, as seccomp(2) takes it: the type the monitor's
+/// protocol carries to the init.
+pub use crate::monitor::protocol::SeccompFilter as Filter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

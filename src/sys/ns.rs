@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::mount::{Mounts, detach_all};
 use super::{Result, io, sys};
 
-/// The namespaces a pod shares between its containers.
+/// The namespace kinds crius creates or joins (a pod shares net, ipc, uts
+/// and pid; a container has its own mnt and may have its own cgroup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -25,6 +26,8 @@ pub enum Kind {
     Ipc,
     Uts,
     Pid,
+    Mnt,
+    Cgroup,
 }
 
 impl Kind {
@@ -35,15 +38,20 @@ impl Kind {
             Kind::Ipc => "ipc",
             Kind::Uts => "uts",
             Kind::Pid => "pid",
+            Kind::Mnt => "mnt",
+            Kind::Cgroup => "cgroup",
         }
     }
 
+    /// The one mapping of kinds to clone(2)/setns(2) flags.
     pub fn clone_flag(self) -> CloneFlags {
         match self {
             Kind::Net => CloneFlags::CLONE_NEWNET,
             Kind::Ipc => CloneFlags::CLONE_NEWIPC,
             Kind::Uts => CloneFlags::CLONE_NEWUTS,
             Kind::Pid => CloneFlags::CLONE_NEWPID,
+            Kind::Mnt => CloneFlags::CLONE_NEWNS,
+            Kind::Cgroup => CloneFlags::CLONE_NEWCGROUP,
         }
     }
 
@@ -95,15 +103,24 @@ pub fn unpin(m: &dyn Mounts, path: &Path) -> Result<()> {
     }
 }
 
-/// Moves the calling thread into the namespace pinned (or linked) at `path`.
-/// Only for single-threaded helpers or dedicated threads.
-pub fn join(path: &Path, kind: Kind) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(io("open namespace", path))?;
-    nix::sched::setns(&file, kind.clone_flag()).map_err(sys(format!(
-        "setns {} {}",
-        kind.name(),
-        path.display()
-    )))
+/// Moves the calling thread into each namespace pinned (or linked) at the
+/// given paths, in order. Every file is opened first: a joined mount
+/// namespace would hide the later paths. Only for single-threaded helpers
+/// or dedicated threads.
+pub fn join(list: &[(PathBuf, Kind)]) -> Result<()> {
+    let mut files = Vec::with_capacity(list.len());
+    for (path, kind) in list {
+        let file = std::fs::File::open(path).map_err(io("open namespace", path))?;
+        files.push((file, *kind, path));
+    }
+    for (file, kind, path) in files {
+        nix::sched::setns(&file, kind.clone_flag()).map_err(sys(format!(
+            "setns {} {}",
+            kind.name(),
+            path.display()
+        )))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -172,6 +172,23 @@ impl AsRawFd for PidFd {
     }
 }
 
+/// Proof that the process has a single thread: [`fork_into`] and
+/// [`close_fds_from`] demand it, so the multi-threaded daemon cannot call
+/// them. Created (unsafely) only by the entry points of the single-threaded
+/// programs, the monitor's and the pod init's `main`; a forked child
+/// inherits its parent's. Not `Send`: it cannot reach another thread.
+#[derive(Debug, Clone, Copy)]
+pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
+
+impl SingleThreaded {
+    /// # Safety
+    /// The calling process has exactly one thread and starts none while a
+    /// copy of the token lives.
+    pub unsafe fn new() -> SingleThreaded {
+        SingleThreaded(std::marker::PhantomData)
+    }
+}
+
 /// Which side of [`fork_into`] we are on.
 pub enum Forked {
     Parent(Pid),
@@ -182,12 +199,13 @@ pub enum Forked {
 /// CLONE_NEWNET, NEWIPC, NEWUTS, NEWPID): clone(2) without a new stack has
 /// fork semantics. With CLONE_NEWPID the child is PID 1 of a new PID namespace.
 ///
-/// Only for single-threaded processes (the monitor): the child of a
-/// multi-threaded process may find locks held by threads that do not exist.
-pub fn fork_into(flags: CloneFlags) -> Result<Forked> {
+/// Only for single-threaded processes (the monitor, hence the token): the
+/// child of a multi-threaded process may find locks held by threads that do
+/// not exist.
+pub fn fork_into(_: SingleThreaded, flags: CloneFlags) -> Result<Forked> {
     let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: raw clone with a NULL stack duplicates the calling process like
-    // fork(2). The caller is single-threaded (documented contract), so the
+    // fork(2). The caller is single-threaded (the token), so the
     // child's copy of the address space has no lock held by a missing thread.
     let rc = unsafe {
         libc::syscall(
@@ -209,10 +227,12 @@ pub fn fork_into(flags: CloneFlags) -> Result<Forked> {
 }
 
 /// Closes every fd from `first` up (close_range(2)), e.g. in a forked
-/// child that must not hold its parent's sockets.
-pub fn close_fds_from(first: u32) {
-    // SAFETY: close_range only closes descriptors; the caller owns every fd
-    // >= first and does not use them afterwards.
+/// child that must not hold its parent's sockets. Single-threaded only (the
+/// token): another thread could be using one of them.
+pub fn close_fds_from(_: SingleThreaded, first: u32) {
+    // SAFETY: close_range only closes descriptors; with one thread (the
+    // token) the caller owns every fd >= first and does not use them
+    // afterwards.
     unsafe {
         libc::syscall(libc::SYS_close_range, first, u32::MAX, 0);
     }

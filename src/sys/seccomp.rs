@@ -50,7 +50,7 @@ mod tests {
 
     use super::*;
     use crate::seccomp::{self, Filter};
-    use crate::sys::process::{Forked, exit_immediately, fork_into};
+    use crate::sys::process::exit_immediately;
 
     fn compile_json(json: &str) -> Filter {
         let profile: seccomp::Profile = serde_json::from_str(json).unwrap();
@@ -61,8 +61,10 @@ mod tests {
     /// which answers 0 or the number of the failed expectation; returns the
     /// child's exit code.
     fn in_filtered_child(filter: &Filter, check: fn() -> i32) -> i32 {
-        match fork_into(nix::sched::CloneFlags::empty()).unwrap() {
-            Forked::Child => {
+        // SAFETY: the test process has threads, so the child makes only
+        // system calls (no allocation, no lock) until it exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
                 // Only system calls from here: the test process has threads.
                 if nix::sys::prctl::set_no_new_privs().is_err() {
                     exit_immediately(100);
@@ -72,10 +74,12 @@ mod tests {
                 }
                 exit_immediately(check())
             }
-            Forked::Parent(pid) => match nix::sys::wait::waitpid(pid, None).unwrap() {
-                nix::sys::wait::WaitStatus::Exited(_, code) => code,
-                other => panic!("child ended with {other:?}"),
-            },
+            nix::unistd::ForkResult::Parent { child: pid } => {
+                match nix::sys::wait::waitpid(pid, None).unwrap() {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("child ended with {other:?}"),
+                }
+            }
         }
     }
 

@@ -346,18 +346,21 @@ fn masked_paths_from_the_request_replace_the_defaults() {
     assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
 }
 
+fn caps_of(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::LinuxCapabilities {
+    spec.process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap()
+}
+
 #[test]
 fn inheritable_and_ambient_stay_empty_even_when_all_is_dropped() {
     let mut c = ContainerConfig::default();
     c.security.drop_capabilities = strings(&["ALL"]);
     let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
-    let caps = spec
-        .process()
-        .as_ref()
-        .unwrap()
-        .capabilities()
-        .clone()
-        .unwrap();
+    let caps = caps_of(&spec);
     for set in [
         caps.bounding(),
         caps.effective(),
@@ -375,13 +378,7 @@ fn inheritable_and_ambient_stay_empty_even_when_all_is_dropped() {
     )
     .unwrap()
     .spec;
-    let caps = default
-        .process()
-        .as_ref()
-        .unwrap()
-        .capabilities()
-        .clone()
-        .unwrap();
+    let caps = caps_of(&default);
     assert_eq!(
         caps.bounding().as_ref().unwrap().len(),
         DEFAULT_CAPABILITIES.len()
@@ -434,13 +431,7 @@ fn ambient_capabilities_are_in_every_set() {
     c.security.drop_capabilities = strings(&["ALL"]);
     c.security.ambient_capabilities = strings(&["CAP_NET_BIND_SERVICE"]);
     let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
-    let caps = spec
-        .process()
-        .as_ref()
-        .unwrap()
-        .capabilities()
-        .clone()
-        .unwrap();
+    let caps = caps_of(&spec);
     for set in [
         caps.bounding(),
         caps.effective(),

@@ -31,60 +31,18 @@
 //! accounted to the container. The daemon owns the upper/work dirs, the
 //! cgroup and the rootfs directory.
 
+use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
-use crate::init::rootfs::Overlay;
 use crate::init::user::GroupsPolicy;
 use crate::monitor::PodDir;
+pub use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
 use crate::monitor::protocol::{Exit, Reply, Request, SECURITY_VERSION};
 use crate::sys::process::ProcRef;
-
-/// Everything the monitor needs to create a container's init, blocked
-/// before execve.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerLaunch {
-    pub id: String,
-    /// From `container::spec::build`; `root.path` is the rootfs mount point.
-    pub spec: oci_spec::runtime::Spec,
-    /// The process environment, exact bytes, `KEY=value` each.
-    pub env: Vec<Vec<u8>>,
-    /// Resolved inside the rootfs by the init (`container::user`).
-    pub user: String,
-    /// Where `user`'s supplemental groups come from.
-    #[serde(default)]
-    pub groups: crate::init::user::GroupsPolicy,
-    /// The compiled seccomp filter, loaded by the init and every exec
-    /// process; `None`: unconfined.
-    #[serde(default)]
-    pub seccomp: Option<crate::seccomp::Filter>,
-    pub overlay: Overlay,
-    /// cgroup.procs files of the container's leaf, one per hierarchy.
-    pub cgroup_procs: Vec<PathBuf>,
-    /// The CRI log file; `None`: output is read and dropped.
-    pub log_path: Option<PathBuf>,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdin_once: bool,
-}
-
-/// A process to run in a running container, with the container's user,
-/// environment, capabilities, working directory and cgroup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecLaunch {
-    /// Unique within the pod while the exec is known to the monitor.
-    pub exec_id: String,
-    pub container_id: String,
-    pub args: Vec<String>,
-    pub tty: bool,
-    /// Hand the daemon a pipe to the process's stdin (else /dev/null).
-    pub stdin: bool,
-}
 
 /// A started exec: its process and its stdio, owned by the daemon.
 #[derive(Debug)]
@@ -161,7 +119,7 @@ impl PodMonitor {
         &self.pod
     }
 
-    async fn call(&self, req: Request, limit: Option<Duration>) -> Result<Reply, Error> {
+    async fn call(&self, req: Request<'_>, limit: Option<Duration>) -> Result<Reply, Error> {
         let mut conn = Connection::open(&self.pod).await?;
         failed(conn.call_within(&req, limit).await?)
     }
@@ -173,7 +131,7 @@ impl PodMonitor {
         }
     }
 
-    async fn ok(&self, req: Request) -> Result<(), Error> {
+    async fn ok(&self, req: Request<'_>) -> Result<(), Error> {
         match self.call(req, Some(client::CALL_TIMEOUT)).await? {
             Reply::Ok => Ok(()),
             other => Err(self.unexpected(other)),
@@ -198,7 +156,7 @@ impl PodMonitor {
             });
         }
         let req = Request::CreateContainer {
-            launch: Box::new(launch.clone()),
+            launch: Cow::Borrowed(launch),
         };
         match failed(conn.call_within(&req, Some(CREATE_TIMEOUT)).await?)? {
             Reply::Created { init } => Ok(init),
@@ -244,7 +202,7 @@ impl PodMonitor {
     pub async fn exec(&self, launch: &ExecLaunch) -> Result<ExecHandle, Error> {
         let mut conn = Connection::open(&self.pod).await?;
         let req = Request::Exec {
-            launch: Box::new(launch.clone()),
+            launch: Cow::Borrowed(launch),
         };
         let (reply, fds) = conn.call_with_fds(&req, CREATE_TIMEOUT).await?;
         match reply {
@@ -294,6 +252,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
 
     use super::*;
+    use crate::init::rootfs::Overlay;
 
     /// A monitor of protocol `version` that answers the hello of each
     /// connection and then `created` to any request.

@@ -216,7 +216,7 @@ impl Connection {
     }
 
     /// Sends one request and reads its reply.
-    pub async fn call(&mut self, req: &Request) -> Result<Reply, Error> {
+    pub async fn call(&mut self, req: &Request<'_>) -> Result<Reply, Error> {
         self.call_within(req, Some(CALL_TIMEOUT)).await
     }
 
@@ -224,7 +224,7 @@ impl Connection {
     /// (`None`: as long as it takes, e.g. a wait for an exit).
     pub async fn call_within(
         &mut self,
-        req: &Request,
+        req: &Request<'_>,
         limit: Option<Duration>,
     ) -> Result<Reply, Error> {
         let mut line = serde_json::to_vec(req).expect("serializable");
@@ -260,7 +260,7 @@ impl Connection {
     /// exchanges (one reply per request), so the socket is read directly.
     pub async fn call_with_fds(
         &mut self,
-        req: &Request,
+        req: &Request<'_>,
         limit: Duration,
     ) -> Result<(Reply, Vec<OwnedFd>), Error> {
         if !self.reader.buffer().is_empty() {

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use crate::monitor::{PodDir, Spec};
 use crate::sys::mount::{Host, Mounts, detach_all};
 use crate::sys::ns::{self, Kind};
-use crate::sys::process::{Forked, ProcRef, exit_immediately, fork_into};
+use crate::sys::process::{Forked, ProcRef, SingleThreaded, exit_immediately, fork_into};
 use crate::sys::sysctl;
 
 /// A failed step: its name and what went wrong.
@@ -38,15 +38,15 @@ pub struct Sandbox {
 }
 
 /// Sets the pod up as `spec` asks. On error, what was done is undone.
-pub fn setup(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
-    let result = setup_steps(dir, spec);
+pub fn setup(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
+    let result = setup_steps(one, dir, spec);
     if result.is_err() {
         undo(dir);
     }
     result
 }
 
-fn setup_steps(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
+fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
     let m = Host;
     let mut init = None;
     // 1. The namespaces, with hostname and sysctls applied from inside.
@@ -75,7 +75,7 @@ fn setup_steps(dir: &PodDir, spec: &Spec) -> Result<Sandbox, StepError> {
             flags
         };
         let (mut parent_end, child_end) = UnixStream::pair().map_err(step("create namespaces"))?;
-        let pid = match fork_into(all).map_err(step("create namespaces"))? {
+        let pid = match fork_into(one, all).map_err(step("create namespaces"))? {
             Forked::Child => {
                 drop(parent_end);
                 namespace_child(child_end, spec, pod_init.as_deref())

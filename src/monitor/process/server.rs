@@ -20,13 +20,17 @@ use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use crate::monitor::process::log::Stream;
 use crate::monitor::protocol::{self as proto, Exit, Reply, Request, SetupReply};
 use crate::monitor::{INIT, PodDir, Spec};
-use crate::sys::process::{self, ProcRef};
+use crate::sys::process::{self, ProcRef, SingleThreaded};
 
 /// Longest request line a monitor accepts (a container's Spec and env).
 const MAX_LINE: usize = 8 << 20;
 
 /// `crius monitor <pod dir>`: never returns while the pod lives.
+#[allow(unsafe_code)]
 pub fn main(dir: &Path) -> ExitCode {
+    // SAFETY: the monitor is a program of its own (crius-monitor) whose
+    // main calls this first; it never starts a thread.
+    let one = unsafe { SingleThreaded::new() };
     let Some(pod_id) = dir.file_name().and_then(|n| n.to_str()) else {
         eprintln!("crius monitor: bad pod directory {}", dir.display());
         return ExitCode::FAILURE;
@@ -36,7 +40,7 @@ pub fn main(dir: &Path) -> ExitCode {
         .and_then(Path::parent)
         .unwrap_or(Path::new("/"));
     let pod = PodDir::new(state, pod_id);
-    match run(&pod) {
+    match run(one, &pod) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("crius monitor {pod_id}: {msg}");
@@ -45,7 +49,7 @@ pub fn main(dir: &Path) -> ExitCode {
     }
 }
 
-fn run(pod: &PodDir) -> Result<(), String> {
+fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
     // 1. Detach from the daemon: own session, immune to the terminal's
     //    SIGINT/SIGHUP, the reaper of every orphan below us.
     let _ = nix::unistd::setsid();
@@ -95,7 +99,7 @@ fn run(pod: &PodDir) -> Result<(), String> {
             return Err(format!("listen on {}: {e}", socket.display()));
         }
     };
-    let sandbox = match sandbox::setup(pod, &spec) {
+    let sandbox = match sandbox::setup(one, pod, &spec) {
         Ok(s) => s,
         Err(e) => {
             report(&SetupReply::Failed {
@@ -110,6 +114,7 @@ fn run(pod: &PodDir) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
     let mut m = Monitor {
+        one,
         pod: pod.clone(),
         me,
         children: HashMap::new(),
@@ -176,6 +181,7 @@ enum Slot {
 }
 
 struct Monitor {
+    one: SingleThreaded,
     pod: PodDir,
     me: ProcRef,
     /// Children we started, by pid.
@@ -346,7 +352,7 @@ impl Monitor {
         }
         while let Some(end) = self.conns[i].buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.conns[i].buf.drain(..=end).collect();
-            let reply = match serde_json::from_slice::<Request>(&line) {
+            let reply = match serde_json::from_slice::<Request<'static>>(&line) {
                 Ok(req) => self.handle(i, req),
                 Err(e) => Some(Reply::Error {
                     message: format!("unsupported request: {e}"),
@@ -362,7 +368,7 @@ impl Monitor {
         true
     }
 
-    fn handle(&mut self, i: usize, req: Request) -> Option<Reply> {
+    fn handle(&mut self, i: usize, req: Request<'static>) -> Option<Reply> {
         let greeted = self.conns[i].greeted;
         let conn = self.conns[i].id;
         Some(match req {
@@ -399,7 +405,7 @@ impl Monitor {
                         message: format!("container {:?} exists in this pod", launch.id),
                     });
                 }
-                match Container::create(*launch) {
+                match Container::create(self.one, launch.into_owned()) {
                     Ok(c) => {
                         let init = c.init;
                         self.children
@@ -471,7 +477,7 @@ impl Monitor {
                 let Some(c) = self.containers.get(&launch.container_id) else {
                     return Some(unknown("container", &launch.container_id));
                 };
-                match c.exec(&launch) {
+                match c.exec(self.one, &launch) {
                     Ok((e, fds)) => {
                         let process = e.process;
                         self.children

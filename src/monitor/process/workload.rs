@@ -21,7 +21,7 @@ use crate::init::setup::Stdio;
 use crate::monitor::client::container::{ContainerLaunch, ExecLaunch};
 use crate::monitor::process::log::{Formatter, LogFile, Stream};
 use crate::monitor::protocol::Exit;
-use crate::sys::process::{Forked, ProcRef, fork_into};
+use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.
 pub const ROUND: usize = 256 << 10;
@@ -235,7 +235,7 @@ fn follow(
 impl Container {
     /// Forks the container's init and follows its setup until it blocks
     /// before execve. The caller registers `init.pid` as a child.
-    pub fn create(launch: ContainerLaunch) -> Result<Container, Failure> {
+    pub fn create(one: SingleThreaded, launch: ContainerLaunch) -> Result<Container, Failure> {
         let log = match &launch.log_path {
             Some(p) => Some(LogFile::open(p).map_err(|e| failure("open log", e.to_string()))?),
             None => None,
@@ -243,7 +243,7 @@ impl Container {
         let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
         let (mut parent, child) =
             UnixStream::pair().map_err(|e| failure("create", e.to_string()))?;
-        let stage1 = match fork_into(nix::sched::CloneFlags::empty()) {
+        let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
                 let init = crate::init::container::Init {
@@ -255,7 +255,7 @@ impl Container {
                     overlay: &launch.overlay,
                     cgroup_procs: &launch.cgroup_procs,
                 };
-                crate::init::container::run(&init, p.child, child.into())
+                crate::init::container::run(one, &init, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure("create", crate::error::chain(&e))),
@@ -395,7 +395,11 @@ impl Container {
 
     /// Starts `launch` inside this (running) container; returns the
     /// process and the daemon's ends of its stdio.
-    pub fn exec(&self, launch: &ExecLaunch) -> Result<(ExecProc, Vec<OwnedFd>), Failure> {
+    pub fn exec(
+        &self,
+        one: SingleThreaded,
+        launch: &ExecLaunch,
+    ) -> Result<(ExecProc, Vec<OwnedFd>), Failure> {
         if self.state != State::Running {
             return Err(failure("not running", "the container is not running"));
         }
@@ -407,7 +411,7 @@ impl Container {
             .ok_or_else(|| failure("exec", "the container has no process"))?;
         let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
         let (mut parent, child) = UnixStream::pair().map_err(|e| failure("exec", e.to_string()))?;
-        let stage1 = match fork_into(nix::sched::CloneFlags::empty()) {
+        let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
                 let exec = crate::init::exec::Exec {
@@ -420,7 +424,7 @@ impl Container {
                     seccomp: self.launch.seccomp.as_ref(),
                     cgroup_procs: &self.launch.cgroup_procs,
                 };
-                crate::init::exec::run(&exec, p.child, child.into())
+                crate::init::exec::run(one, &exec, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure("exec", crate::error::chain(&e))),

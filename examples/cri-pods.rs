@@ -1,0 +1,129 @@
+//! A minimal CRI client for the footprint measurement (hack/footprint.sh)
+//! where crictl is not installed:
+//!   `cri-pods SOCKET up N IMAGE`  pulls IMAGE, then runs N pods in the host
+//!                                 network, each with one `sleep` container
+//!   `cri-pods SOCKET down`        stops and removes every pod
+
+use anyhow::Context;
+use crius::cri::proto::image_service_client::ImageServiceClient;
+use crius::cri::proto::runtime_service_client::RuntimeServiceClient;
+use crius::cri::proto::*;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+async fn connect(socket: String) -> anyhow::Result<Channel> {
+    Endpoint::from_static("http://crius.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
+        .context("connect to the CRI socket")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: cri-pods SOCKET up N IMAGE | cri-pods SOCKET down";
+    let (socket, cmd) = match &args[..] {
+        [_, socket, cmd, ..] => (socket.clone(), cmd.as_str()),
+        _ => anyhow::bail!(usage),
+    };
+    let channel = connect(socket).await?;
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    match (cmd, &args[3..]) {
+        ("up", [n, image]) => {
+            let n: usize = n.parse().context("N")?;
+            let image = ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            };
+            ImageServiceClient::new(channel)
+                .pull_image(PullImageRequest {
+                    image: Some(image.clone()),
+                    ..Default::default()
+                })
+                .await
+                .context("pull")?;
+            for i in 0..n {
+                let config = PodSandboxConfig {
+                    metadata: Some(PodSandboxMetadata {
+                        name: format!("footprint-{i}"),
+                        uid: format!("footprint-uid-{i}"),
+                        namespace: "footprint".into(),
+                        attempt: 0,
+                    }),
+                    linux: Some(LinuxPodSandboxConfig {
+                        security_context: Some(LinuxSandboxSecurityContext {
+                            namespace_options: Some(NamespaceOption {
+                                network: NamespaceMode::Node as i32,
+                                pid: NamespaceMode::Pod as i32,
+                                ipc: NamespaceMode::Pod as i32,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let pod = rt
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(config.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("RunPodSandbox")?
+                    .into_inner()
+                    .pod_sandbox_id;
+                let c = rt
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod.clone(),
+                        config: Some(ContainerConfig {
+                            metadata: Some(ContainerMetadata {
+                                name: "sleep".into(),
+                                attempt: 0,
+                            }),
+                            image: Some(image.clone()),
+                            command: vec!["sleep".into(), "3600".into()],
+                            ..Default::default()
+                        }),
+                        sandbox_config: Some(config),
+                    })
+                    .await
+                    .context("CreateContainer")?
+                    .into_inner()
+                    .container_id;
+                rt.start_container(StartContainerRequest { container_id: c })
+                    .await
+                    .context("StartContainer")?;
+                println!("{pod}");
+            }
+        }
+        ("down", []) => {
+            let pods = rt
+                .list_pod_sandbox(ListPodSandboxRequest::default())
+                .await?
+                .into_inner()
+                .items;
+            for p in pods {
+                rt.stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await
+                .context("StopPodSandbox")?;
+                rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id,
+                })
+                .await
+                .context("RemovePodSandbox")?;
+            }
+        }
+        _ => anyhow::bail!(usage),
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Per-pod memory of crius: starts a release `crius serve` with temporary
+# root, state, socket and cgroup parent, runs PODS pods (host network, PID
+# mode POD) with one `sleep` container each through examples/cri-pods, then
+# sums Rss and Pss (/proc/PID/smaps_rollup) of every crius process that
+# appeared besides the daemon (monitors and pod inits) and prints the total
+# and the share of one pod. Stops what it started and removes its files,
+# also on failure. Needs root, docker-registry, skopeo, umoci and
+# busybox-static (hack/install-deps.sh).
+#   hack/footprint.sh                      # the crius built here
+#   CRIUS=/path/to/old/crius hack/footprint.sh   # another build, e.g. before a change
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/images.sh
+source hack/lib/images.sh
+pods=${PODS:-10}
+target=${CARGO_TARGET_DIR:-target}
+[[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
+images_require_tools docker-registry
+
+cargo build --release --quiet --bins --example cri-pods
+crius=${CRIUS:-$(pwd)/$target/release/crius}
+client="$(pwd)/$target/release/examples/cri-pods"
+
+work=$(mktemp -d /tmp/crius-footprint-XXXXXX)
+crius_pid=
+cleanup() {
+  if [[ -n "$crius_pid" ]]; then
+    "$client" "$work/crius.sock" down >/dev/null 2>&1 || true
+    kill "$crius_pid" 2>/dev/null && wait "$crius_pid" 2>/dev/null || true
+  fi
+  hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
+  # Monitors outlive the daemon by design: stop the ones of this run.
+  for f in "$work"/state/pods/*/monitor.pid; do
+    [[ -f "$f" ]] || continue
+    pid=$(jq -r .pid "$f") && kill -9 "$pid" 2>/dev/null || true
+  done
+  sleep 0.5
+  grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  for cg in /sys/fs/cgroup/crius-footprint* /sys/fs/cgroup/*/crius-footprint*; do
+    [[ -d "$cg" ]] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The image: busybox, pushed to a throw-away registry.
+oci="$work/oci"
+rootfs="$work/rootfs"
+busybox_rootfs "$rootfs"
+echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
+echo "root:x:0:" >"$rootfs/etc/group"
+layer_tar "$rootfs" "$work/base.tar"
+umoci init --layout "$oci"
+umoci new --image "$oci:busybox"
+umoci raw add-layer --image "$oci:busybox" "$work/base.tar"
+umoci config --image "$oci:busybox" --config.cmd sh --config.env PATH=/bin
+addr=$(hack/registry.sh start "$work/registry")
+push_image "$oci:busybox" "$addr/footprint/busybox:latest"
+
+mkdir -p "$work/root" "$work/state" "$work/cni"
+cat >"$work/crius.toml" <<TOML
+[cgroup]
+default_parent = "/crius-footprint"
+[registry]
+config_path = "$work/certs.d"
+[network]
+conf_dir = "$work/cni"
+default_network = false
+TOML
+before=$(ls /proc | grep -E '^[0-9]+$' | sort)
+"$crius" serve --config "$work/crius.toml" --listen "$work/crius.sock" \
+  --root "$work/root" --state "$work/state" --log-level warn >"$work/crius.log" 2>&1 &
+crius_pid=$!
+for _ in $(seq 100); do [[ -S "$work/crius.sock" ]] && break; sleep 0.1; done
+[[ -S "$work/crius.sock" ]] || { cat "$work/crius.log" >&2; exit 1; }
+
+"$client" "$work/crius.sock" up "$pods" "$addr/footprint/busybox:latest" >/dev/null
+sleep 1
+after=$(ls /proc | grep -E '^[0-9]+$' | sort)
+
+# Every new process whose binary is a crius one, except the daemon.
+rss=0 pss=0 n=0
+declare -A names=()
+for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
+  [[ "$pid" == "$crius_pid" ]] && continue
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+  [[ "$(basename "${exe% (deleted)}")" == crius* ]] || continue
+  read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' "/proc/$pid/smaps_rollup")
+  rss=$((rss + r)) pss=$((pss + p)) n=$((n + 1))
+  name=$(cat "/proc/$pid/comm")
+  names[$name]=$((${names[$name]:-0} + 1))
+done
+((n)) || { echo "no crius process appeared" >&2; exit 1; }
+echo "binary:      $crius ($(du -k "$crius" | cut -f1) KiB)"
+for b in crius-monitor crius-pod-init; do
+  [[ -x "$(dirname "$crius")/$b" ]] && echo "             $b: $(du -k "$(dirname "$crius")/$b" | cut -f1) KiB"
+done
+echo -n "processes:   $n for $pods pods ("
+for k in "${!names[@]}"; do echo -n "$k x${names[$k]} "; done
+echo ")"
+awk -v r="$rss" -v p="$pss" -v n="$pods" 'BEGIN {
+  printf "total:       %.1f MiB RSS, %.2f MiB PSS\n", r / 1024, p / 1024
+  printf "per pod:     %.2f MiB RSS, %.3f MiB PSS\n", r / 1024 / n, p / 1024 / n
+}'
