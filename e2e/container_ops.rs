@@ -487,6 +487,9 @@ async fn container_mounts_readonly_missing_source_and_refused_propagation() {
     }];
     let id = create(&mut rt, &pod, c).await.unwrap();
     assert!(missing.is_dir(), "a missing host path is created");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&missing).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "created 0755, not 0777");
     start(&mut rt, &id).await;
     let out = exec(&mut rt, &id, &["cat", "/ro/f"], 5).await.unwrap();
     assert_eq!(out.stdout, b"data\n");

@@ -147,6 +147,7 @@ impl TestPod {
                 .map(|c| c.join("cgroup.procs"))
                 .collect(),
             log_path: Some(dir.join("log")),
+            log_dir: Some(dir.clone()),
             tty: false,
             stdin: false,
             stdin_once: false,
@@ -507,6 +508,7 @@ async fn engine_exec_output_exit_code_and_process_group_kill() {
         ],
         tty: false,
         stdin: false,
+        cgroup_procs: Vec::new(),
     };
     // Not started yet: refused.
     assert!(p.monitor.exec(&exec).await.is_err());

@@ -1,6 +1,7 @@
 //! End-to-end tests: each test starts its own `crius serve` with temporary
 //! directories (see harness.rs) and talks CRI to it over the unix socket.
 
+mod boundary;
 mod breakout;
 mod container;
 mod container_ops;

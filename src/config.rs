@@ -474,6 +474,23 @@ mod tests {
     }
 
     #[test]
+    fn streaming_keys_are_checked() {
+        let bad = |toml: &str| {
+            Config::parse(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[streaming]\naddress = \"localhost\"\n").contains("streaming.address"));
+        assert!(bad("[streaming]\ntoken_ttl_secs = 0\n").contains("token_ttl_secs"));
+        assert!(bad("[streaming]\ntls_cert_file = \"/c.pem\"\n").contains("set together"));
+        let c = Config::parse("[streaming]\naddress = \"[::]:10010\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.streaming.token_ttl_secs, 60);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = Config::parse("lissten = \"/x\"").unwrap_err().to_string();
         assert!(e.contains("lissten"), "{e}");

@@ -46,12 +46,52 @@ pub enum OpenError {
     Pod(#[from] pod::Error),
     #[error("cgroups")]
     Cgroups(#[from] cgroups::Error),
+    #[error("restrict the permissions of {path}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl crate::error::Classify for OpenError {
     fn kind(&self) -> crate::error::Kind {
         crate::error::Kind::Internal
     }
+}
+
+/// Closes crius's storage to other host users: the root and state dirs
+/// 0711 (the socket's own mode decides who may connect), every directory
+/// crius keeps below them 0700, so no host user can reach a container's
+/// upper dir or an image layer (and run a set-id binary a container left
+/// there, CVE-2021-41091) or read the database (it is also 0600: it
+/// holds every container's environment). Applied at every start, so an
+/// older install is closed too.
+pub fn restrict_dirs(config: &Config) -> Result<(), OpenError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let set = |dir: &std::path::Path, mode: u32| -> Result<(), OpenError> {
+        let err = |source| OpenError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)
+    };
+    set(&config.root, 0o711)?;
+    set(&config.state, 0o711)?;
+    for dir in [
+        config.root.join("containers"),
+        config.root.join("image"),
+        config.state.join("pods"),
+        config.state.join("ns"),
+    ] {
+        set(&dir, 0o700)?;
+    }
+    Ok(())
 }
 
 /// Why reconciling at start failed.
@@ -72,6 +112,7 @@ pub struct RuntimeConfig {
 impl Daemon {
     /// Opens the daemon's state under the configured root.
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
+        restrict_dirs(&config)?;
         let store = Arc::new(Store::open(&config.db_path())?);
         let images = Images::open(&config, store.clone())?;
         let network = Arc::new(Network::new(&config.network, &config.state));

@@ -55,6 +55,12 @@ pub fn populate(dir: &Path, h: &Hierarchy) {
             "hugetlb" if v1 => files.push(("hugetlb.2MB.limit_in_bytes", "0")),
             "hugetlb" => files.push(("hugetlb.2MB.max", "max")),
             "freezer" => files.push(("freezer.state", "THAWED")),
+            // Writes replace the content here: the last rule written.
+            "devices" => files.extend([
+                ("devices.allow", ""),
+                ("devices.deny", ""),
+                ("devices.list", "a *:* rwm"),
+            ]),
             _ => {}
         }
     }

@@ -14,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Error;
+use super::devices::DeviceRules;
 use super::layout::{Layout, Mode};
 use super::resources::Write;
 
@@ -142,6 +143,45 @@ impl Tree {
             done.push((file.clone(), old));
         }
         Ok(())
+    }
+
+    /// Applies a container's device policy to `path` ([`super::devices`]):
+    /// through the v1 devices controller when one is mounted, else as a
+    /// BPF_CGROUP_DEVICE program attached to the unified hierarchy's
+    /// cgroup. A host with neither is an error: a container must never
+    /// run without the device rules.
+    pub fn set_devices(&self, path: &str, rules: &DeviceRules) -> Result<(), Error> {
+        if let Some(h) = self
+            .layout
+            .hierarchies
+            .iter()
+            .find(|h| !h.unified && h.has("devices"))
+        {
+            let dir = h.dir(path);
+            for (file, line) in rules.v1_writes() {
+                write(&dir.join(file), &line)?;
+            }
+            return Ok(());
+        }
+        let Some(u) = self.layout.unified() else {
+            return Err(Error::NoDeviceController);
+        };
+        let dir = u.dir(path);
+        #[cfg(test)]
+        if self.fake_kernel {
+            // Fixture trees cannot hold a program: record its size.
+            return write(
+                &dir.join("crius.test.device_program"),
+                &rules.bpf_program().len().to_string(),
+            );
+        }
+        crate::sys::bpf::attach_device_program(&dir, &rules.bpf_program()).map_err(|source| {
+            Error::Io {
+                op: "attach the device program to cgroup",
+                path: dir,
+                source,
+            }
+        })
     }
 
     /// The `cgroup.procs` files of `path`, one per hierarchy: writing a pid

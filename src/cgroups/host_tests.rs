@@ -599,6 +599,127 @@ fn host_timing() {
     );
 }
 
+/// Runs `sh` in a new leaf with the container device rules (plus
+/// `extra`) and reports which of /dev/kmsg (c 1:11, the attack: a root
+/// container could read the host's kernel log) and /dev/null it could
+/// open. Returns the leaf's directory in the devices hierarchy (or v2).
+fn device_opens(g: &mut Guard, pod: &str, extra: &[Rule]) -> (String, std::path::PathBuf) {
+    let pod = g.cg.pod_path("", pod).unwrap();
+    g.cg.create(&pod, &Resources::default()).unwrap();
+    let leaf = g.cg.container_path(&pod, "c").unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("read x; (: </dev/kmsg) 2>/dev/null && echo kmsg; (: </dev/null) && echo null; exit 0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let res = Resources {
+        devices: Some(DeviceRules::container(false, extra)),
+        ..Default::default()
+    };
+    let made = g.cg.create_with_pid(&leaf, &res, child.id() as i32);
+    if made.is_err() {
+        let _ = child.kill();
+    }
+    made.unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let h =
+        g.cg.layout()
+            .hierarchies
+            .iter()
+            .find(|h| !h.unified && h.has("devices"))
+            .or(g.cg.layout().unified())
+            .unwrap();
+    let dir = h.dir(&leaf.path);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), dir)
+}
+
+/// The device rules on this host's layout (v1 devices controller here, a
+/// BPF program in the VM's cgroup v2): /dev/kmsg cannot be opened from
+/// the container cgroup, /dev/null can; with a rule for 1:11 it can.
+#[test]
+fn host_device_rules_deny_kmsg() {
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let (out, dir) = device_opens(&mut g, "deny", &[]);
+    assert_eq!(out, "null\n", "only /dev/null may be opened");
+    if g.cg.is_unified() {
+        assert_eq!(crate::sys::bpf::device_programs(&dir).unwrap(), 1);
+    } else {
+        let list = std::fs::read_to_string(dir.join("devices.list")).unwrap();
+        for line in ["c *:* m", "b *:* m", "c 1:3 rwm", "c 136:* rwm"] {
+            assert!(list.lines().any(|l| l == line), "{line} not in {list}");
+        }
+        assert!(!list.contains("a *:*"), "{list}");
+        assert!(!list.contains("c 1:11"), "{list}");
+    }
+    let kmsg = Rule::new(DevKind::Char, Some(1), Some(11), Access::READ);
+    let (out, _) = device_opens(&mut g, "allow", &[kmsg]);
+    assert_eq!(out, "kmsg\nnull\n", "a rule for 1:11 allows it");
+}
+
+/// The BPF program for real on this v1 host: a private cgroup2 mount (the
+/// kernel's one v2 hierarchy, here without controllers) takes the
+/// program; the same attack is refused. Skipped where v2 is the host's
+/// layout (the test above covers it there).
+#[test]
+fn host_device_program_on_a_private_cgroup2_mount() {
+    if !is_root() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if mountinfo.contains(" - cgroup2 ") {
+        eprintln!("skipped: cgroup2 is mounted on this host (see host_device_rules_deny_kmsg)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cg2");
+    std::fs::create_dir(&root).unwrap();
+    nix::mount::mount(
+        Some("none"),
+        &root,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(root.clone());
+    let mi = dir.path().join("mountinfo");
+    std::fs::write(
+        &mi,
+        format!("99 1 0:99 / {} rw - cgroup2 none rw\n", root.display()),
+    )
+    .unwrap();
+    let tag = &crate::ids::new_id()[..12];
+    let cg = Cgroups::detect(CgroupDriver::Cgroupfs, &mi, &root)
+        .unwrap()
+        .with_default_parent(&format!("/crius-test-{tag}"))
+        .unwrap();
+    let mut g = Guard {
+        prefix: cg.default_parent_path().unwrap(),
+        cg,
+        children: Vec::new(),
+    };
+    let (out, leaf) = device_opens(&mut g, "deny", &[]);
+    assert_eq!(out, "null\n", "only /dev/null may be opened");
+    assert_eq!(crate::sys::bpf::device_programs(&leaf).unwrap(), 1);
+    let kmsg = Rule::new(DevKind::Char, Some(1), Some(11), Access::READ);
+    let (out, _) = device_opens(&mut g, "allow", &[kmsg]);
+    assert_eq!(out, "kmsg\nnull\n", "a rule for 1:11 allows it");
+    // The shell has exited: the leaf can go before the mount does.
+    drop(g);
+}
+
 #[test]
 fn host_stats_count_cpu_memory_and_tasks() {
     if !is_root() {

@@ -283,6 +283,7 @@ pub(crate) mod tests {
              35 31 0:32 / {r}/freezer rw - cgroup cgroup rw,freezer\n\
              36 31 0:33 / {r}/hugetlb rw - cgroup cgroup rw,hugetlb\n\
              37 31 0:34 / {r}/cpuset rw - cgroup cgroup rw,cpuset\n\
+             39 31 0:35 / {r}/devices rw - cgroup cgroup rw,devices\n\
              38 99 0:29 / /var/lib/x/rootfs/sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n"
         )
     }
@@ -329,7 +330,7 @@ pub(crate) mod tests {
         let root = Path::new("/sys/fs/cgroup");
         let l = Layout::parse(&legacy_mountinfo(root), root, none).unwrap();
         assert_eq!(l.mode, Mode::Legacy);
-        assert_eq!(l.hierarchies.len(), 6);
+        assert_eq!(l.hierarchies.len(), 7);
         assert_eq!(
             l.controller("cpuacct").unwrap().mount,
             Path::new("/sys/fs/cgroup/cpu,cpuacct")

@@ -64,6 +64,7 @@
 //! (a v1 migration pays an RCU grace period per hierarchy), 9 ms for
 //! kill_all + wait + remove.
 
+pub mod devices;
 #[cfg(test)]
 mod fake_kernel;
 pub mod fs;
@@ -82,6 +83,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{CgroupConfig, CgroupDriver};
 use crate::error::{Classify, Kind};
+pub use devices::{Access, DevKind, DeviceRules, Rule};
 pub use layout::{Layout, Mode};
 pub use oom::OomWatch;
 pub use paths::{CgroupPath, Unit};
@@ -106,6 +108,8 @@ pub enum Error {
     },
     #[error("unexpected content {text:?} in {path}")]
     Parse { path: PathBuf, text: String },
+    #[error("no device controller: neither a cgroup v1 devices hierarchy nor cgroup v2 is mounted")]
+    NoDeviceController,
     #[error("no cgroup hierarchy is mounted under {root}")]
     NoCgroups { root: PathBuf },
     #[error("invalid cgroup path {path:?}: {reason}")]
@@ -337,7 +341,14 @@ impl Cgroups {
                 return Err(e);
             }
         };
-        if let Err(e) = self.tree.apply(&path.path, writes) {
+        let applied = self
+            .tree
+            .apply(&path.path, writes)
+            .and_then(|()| match &res.devices {
+                Some(rules) => self.tree.set_devices(&path.path, rules),
+                None => Ok(()),
+            });
+        if let Err(e) = applied {
             self.tree.undo_create(&made);
             self.stop_unit(path);
             return Err(e);

@@ -40,6 +40,10 @@ pub struct Resources {
     pub pids_limit: Option<i64>,
     /// cgroup v2 files written verbatim ("memory.oom.group" -> "1").
     pub unified: BTreeMap<String, String>,
+    /// The device policy ([`super::devices`]); `None` leaves it as it is
+    /// (pods, updates). Set for containers when their cgroup is made.
+    #[serde(default)]
+    pub devices: Option<super::devices::DeviceRules>,
 }
 
 impl Resources {
@@ -372,6 +376,7 @@ mod tests {
             hugepage_limits: [("2MB".to_string(), 4 << 20)].into(),
             pids_limit: Some(64),
             unified: BTreeMap::new(),
+            devices: None,
         }
     }
 

@@ -254,6 +254,9 @@ pub fn start_properties(
         (DEFAULT_DEPENDENCIES, Value::from(false)),
     ]);
     props.extend(resource_properties(res, unified)?);
+    if let Some(rules) = &res.devices {
+        props.extend(rules.systemd_properties());
+    }
     Ok(props)
 }
 

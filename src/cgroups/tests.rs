@@ -115,7 +115,7 @@ fn v1_pod_and_container_get_their_limits() {
     let c = f.cg.container_path(&pod, "c1").unwrap();
     f.cg.create_with_pid(&c, &Resources::default(), std::process::id() as i32)
         .unwrap();
-    assert_eq!(f.cg.procs_files(&c).len(), 6);
+    assert_eq!(f.cg.procs_files(&c).len(), 7);
     for file in f.cg.procs_files(&c) {
         assert_eq!(read(file), std::process::id().to_string());
     }

@@ -23,8 +23,9 @@ use super::engine::Launch;
 use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, ProcessUser, State};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
 use super::{Containers, Error, blocking, rootfs_dir, upper_dir, work_dir};
-use crate::cgroups::CgroupPath;
+use crate::cgroups::{CgroupPath, DeviceRules};
 use crate::init::rootfs;
+use crate::monitor::process::log::LogPath;
 use crate::pod::now_ns;
 use crate::pod::record::PodRecord;
 use crate::record::{Kind, Records, StepFailed, pause_point};
@@ -95,6 +96,14 @@ impl Containers {
         if req.image.is_empty() {
             return Err(Error::Invalid("container image is required".into()));
         }
+        // containerd's rule: a privileged container needs a privileged pod.
+        if req.config.security.privileged && !pod.spec.privileged {
+            return Err(Error::Invalid(format!(
+                "security_context.privileged: a privileged container is not allowed in the non-privileged pod sandbox {}",
+                pod.id
+            )));
+        }
+        let log_path = log_path(&pod.spec.log_directory, &req.log_path)?;
         let image = self
             .images
             .find(&req.image)?
@@ -122,7 +131,12 @@ impl Containers {
             cgroup_v2: self.cgroups.is_unified(),
         };
         let rootfs = rootfs_dir(&dir);
+        let devices = super::devices::resolve_all(&req.config.devices)?;
+        let rules: Vec<_> = devices.iter().map(|d| d.rule()).collect();
+        let device_rules = DeviceRules::container(req.config.security.privileged, &rules);
         let mut built = spec::build(&req.config, &image.config, &ctx, &rootfs)
+            .map_err(step_err("build the OCI spec"))?;
+        spec::add_devices(&mut built.spec, &devices, &device_rules)
             .map_err(step_err("build the OCI spec"))?;
         let security = &req.config.security;
         let apparmor = super::lsm::apparmor_profile(security, super::lsm::Host::current())
@@ -167,7 +181,6 @@ impl Containers {
                 ))
             })?,
         };
-        let log_path = log_path(&pod.spec.log_directory, &req.log_path);
         let c = &req.config;
         let rec = ContainerRecord {
             id: id.clone(),
@@ -186,7 +199,7 @@ impl Containers {
             image_id: image.id.clone(),
             labels: req.labels.clone(),
             annotations: c.annotations.clone(),
-            log_path: log_path.clone(),
+            log_path: log_path.as_ref().map(LogPath::full),
             mounts: c
                 .mounts
                 .iter()
@@ -201,7 +214,10 @@ impl Containers {
                     },
                 })
                 .collect(),
-            resources: c.resources.clone(),
+            resources: crate::cgroups::Resources {
+                devices: Some(device_rules),
+                ..c.resources.clone()
+            },
             oom_score_adj: c.oom_score_adj,
             dir,
             pod_dir: pod.dir.clone(),
@@ -224,7 +240,8 @@ impl Containers {
             seccomp,
             overlay,
             cgroup_procs: Vec::new(),
-            log_path,
+            log_path: log_path.as_ref().map(LogPath::full),
+            log_dir: log_path.map(|p| p.dir),
             tty: c.tty,
             stdin: c.stdin,
             stdin_once: req.stdin_once,
@@ -295,7 +312,16 @@ impl Containers {
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record intent"))?;
 
-        // 2. The container's directory: upper, work, rootfs mount point.
+        // 2. The container's directory (0700: its upper dir holds what the
+        //    container wrote): upper, work, rootfs mount point.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&rec.dir)
+                .map_err(|e| io_step("create container directory", &rec.dir, e))?;
+        }
         for d in [
             upper_dir(&rec.dir),
             work_dir(&rec.dir),
@@ -324,12 +350,11 @@ impl Containers {
             launch.cgroup_procs = self.cgroups.procs_files(&leaf);
         }
 
-        // 4. The log file's directory (kubelet usually made it).
-        if let Some(parent) = rec.log_path.as_ref().and_then(|p| p.parent())
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| io_step("create log directory", parent, e))?;
+        // 4. The log file's directory (kubelet usually made it), beneath
+        //    the pod's log directory.
+        if let Some(log) = launch.log_file() {
+            log.create_parent()
+                .map_err(|e| io_step("create log directory", &e.path, e.source))?;
         }
 
         // 5. The init: mounts done, blocked before execve.
@@ -452,8 +477,6 @@ impl Containers {
     }
 }
 
-/// The CRI log file: the pod's log directory + the container's log path.
-/// Without a directory only an absolute path is used (never one relative
 /// The lowest oom_score_adj crius can give a process: its own when it
 /// lacks CAP_SYS_RESOURCE (containerd's restrict_oom_score_adj), `None`
 /// when it may set any.
@@ -470,13 +493,39 @@ fn own_oom_floor() -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// to the daemon's working directory).
-pub fn log_path(directory: &str, path: &str) -> Option<PathBuf> {
+/// The CRI log file: the pod's log directory + the container's log path,
+/// which must stay beneath it: an absolute path, `..`, or NUL is refused.
+/// Without a directory (or a relative one) there is no log file. The file
+/// itself is opened beneath the directory ([`crate::monitor::process::log`]).
+pub fn log_path(directory: &str, path: &str) -> Result<Option<LogPath>, Error> {
+    use std::path::Component;
     if path.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let full = PathBuf::from(directory).join(path);
-    full.is_absolute().then_some(full)
+    let bad = |reason: &str| Error::Invalid(format!("log_path {path:?} {reason}"));
+    if path.contains('\0') {
+        return Err(bad("contains NUL"));
+    }
+    let rel = std::path::Path::new(path);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(bad(
+                    "is absolute: it must be relative to the pod's log_directory",
+                ));
+            }
+            Component::ParentDir => return Err(bad("contains '..'")),
+        }
+    }
+    let dir = PathBuf::from(directory);
+    if !dir.is_absolute() {
+        return Ok(None);
+    }
+    Ok(Some(LogPath {
+        dir,
+        rel: rel.components().collect(),
+    }))
 }
 
 /// A signal by name ("SIGTERM", "TERM", "sigint") or number ("15").

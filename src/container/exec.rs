@@ -76,6 +76,15 @@ impl Capture {
 }
 
 impl Containers {
+    /// The container's cgroup.procs files, which an exec process joins
+    /// before execve (with systemd its init joined none itself).
+    fn exec_cgroup_procs(&self, rec: &super::record::ContainerRecord) -> Vec<std::path::PathBuf> {
+        rec.cgroup
+            .as_ref()
+            .map(|c| self.cgroups.procs_files(c))
+            .unwrap_or_default()
+    }
+
     /// ExecSync.
     pub async fn exec_sync(&self, req: ExecRequest) -> Result<ExecOutput, Error> {
         if req.cmd.is_empty() {
@@ -90,6 +99,7 @@ impl Containers {
             args: req.cmd.clone(),
             tty: false,
             stdin: false,
+            cgroup_procs: self.exec_cgroup_procs(&rec),
         };
         let handle = self.engine.exec(&rec.pod_dir, &launch).await?;
         drop(handle.stdin);
@@ -214,6 +224,7 @@ impl Containers {
             tty,
             // With a tty, stdin is written to the pty master.
             stdin: stdin && !tty,
+            cgroup_procs: self.exec_cgroup_procs(&rec),
         };
         let handle = self.engine.exec(&rec.pod_dir, &launch).await?;
         tracing::debug!(container_id = %rec.id, exec_id = %exec_id, tty, stdin, "exec started for a stream");

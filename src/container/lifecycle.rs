@@ -326,7 +326,9 @@ impl Containers {
         blocking(move || cg.update(&leaf, &r)).await?;
         self.store.write(|txn| {
             if let Some(mut r) = txn.get(CONTAINERS, &id)? {
-                r.resources = res;
+                // The device rules are the container's for life.
+                let devices = r.resources.devices.take();
+                r.resources = crate::cgroups::Resources { devices, ..res };
                 if oom_score_adj.is_some() {
                     r.oom_score_adj = oom_score_adj;
                 }

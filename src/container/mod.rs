@@ -18,6 +18,7 @@
 //! Processes come from an [`engine::Engine`] (the pod's monitor).
 
 mod create;
+pub mod devices;
 pub mod engine;
 mod exec;
 mod lifecycle;

@@ -505,34 +505,57 @@ fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
     )
 }
 
-/// A CRI device as a bind mount of the host's device node onto the
-/// container path (below the container's fresh /dev tmpfs): the node keeps
-/// its type and numbers, and no device cgroup rule denies it. Without `w`
-/// in its permissions it is read-only.
-fn device_mount(d: &Device) -> Result<Mount, Error> {
-    if !d.container_path.starts_with('/') {
-        return Err(Error::Invalid {
-            field: "device container_path",
-            reason: format!("{:?} is not absolute", d.container_path),
-        });
-    }
-    if d.permissions.chars().any(|c| !"rwm".contains(c)) {
-        return Err(Error::Invalid {
-            field: "device permissions",
-            reason: format!("{:?} is not a combination of r, w and m", d.permissions),
-        });
-    }
-    let rw = if d.permissions.contains('w') || d.permissions.is_empty() {
-        "rw"
-    } else {
-        "ro"
+/// The CRI devices as nodes the init makes inside the container (checked
+/// on the host first: [`super::devices`]), and the device cgroup rules in
+/// the Spec (deny all, runc's defaults, these devices) for anyone reading
+/// it; the cgroup layer applies the same rules from the record.
+pub fn add_devices(
+    spec: &mut Spec,
+    devices: &[super::devices::HostDevice],
+    rules: &crate::cgroups::DeviceRules,
+) -> Result<(), Error> {
+    use crate::cgroups::{DevKind, DeviceRules};
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let nodes = devices
+        .iter()
+        .map(|d| d.linux_device())
+        .collect::<Result<Vec<_>, _>>()?;
+    let rule = |allow: bool, kind: DevKind, major: Option<u32>, minor: Option<u32>, access| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(match kind {
+                DevKind::All => LinuxDeviceType::A,
+                DevKind::Char => LinuxDeviceType::C,
+                DevKind::Block => LinuxDeviceType::B,
+            })
+            .access::<String>(access);
+        // Absent numbers are wildcards.
+        if let Some(m) = major {
+            b = b.major(i64::from(m));
+        }
+        if let Some(m) = minor {
+            b = b.minor(i64::from(m));
+        }
+        b.build()
     };
-    mount(
-        &d.container_path,
-        "bind",
-        &d.host_path,
-        &["bind", "rprivate", rw],
-    )
+    let cgroup = match rules {
+        DeviceRules::AllowAll => vec![rule(true, DevKind::All, None, None, "rwm".into())?],
+        DeviceRules::Allow(list) => {
+            std::iter::once(rule(false, DevKind::All, None, None, "rwm".into()))
+                .chain(
+                    list.iter()
+                        .map(|r| rule(true, r.kind, r.major, r.minor, r.access.to_string())),
+                )
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_devices(Some(nodes));
+        if let Some(res) = linux.resources_mut() {
+            res.set_devices(Some(cgroup));
+        }
+    }
+    Ok(())
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, Error> {
@@ -742,9 +765,6 @@ pub fn build(
         .filter(|d| !cri.iter().any(|c| c.destination() == d.destination()))
         .collect();
     mounts.extend(cri);
-    for d in &config.devices {
-        mounts.push(device_mount(d)?);
-    }
 
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces(pod)?)

@@ -10,6 +10,7 @@ use super::engine::Exit;
 use super::test_engine::*;
 use super::*;
 use crate::cgroups::Resources;
+use crate::error::{Classify, Kind};
 use crate::pod::record::State as PodState;
 
 fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> crate::error::Kind {
@@ -526,17 +527,19 @@ async fn reconcile_records_exits_and_rolls_back_intents() {
 }
 
 #[test]
-fn log_paths_are_absolute_or_none() {
-    assert_eq!(
-        create::log_path("/var/log/pods/x", "c/0.log"),
-        Some(PathBuf::from("/var/log/pods/x/c/0.log"))
-    );
-    assert_eq!(create::log_path("", "c/0.log"), None);
-    assert_eq!(
-        create::log_path("", "/tmp/c.log"),
-        Some(PathBuf::from("/tmp/c.log"))
-    );
-    assert_eq!(create::log_path("/var/log/pods/x", ""), None);
+fn log_paths_stay_beneath_the_log_directory() {
+    let p = create::log_path("/var/log/pods/x", "c/0.log")
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.full(), PathBuf::from("/var/log/pods/x/c/0.log"));
+    assert_eq!(p.rel, PathBuf::from("c/0.log"));
+    assert_eq!(create::log_path("", "c/0.log").unwrap(), None);
+    assert_eq!(create::log_path("/var/log/pods/x", "").unwrap(), None);
+    for bad in ["/tmp/c.log", "../c.log", "c/../../etc/passwd", "c\0.log"] {
+        let e = create::log_path("/var/log/pods/x", bad).unwrap_err();
+        assert_eq!(e.kind(), Kind::InvalidArgument, "{bad}: {e}");
+        assert!(e.to_string().contains("log_path"), "{e}");
+    }
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub fn resources(r: &proto::LinuxContainerResources) -> Result<Resources, Status
         hugepage_limits,
         pids_limit: None,
         unified: r.unified.clone().into_iter().collect(),
+        // Device rules come from the devices and privilege, not from here.
+        devices: None,
     })
 }
 

@@ -143,9 +143,26 @@ pub struct ContainerLaunch {
     pub cgroup_procs: Vec<PathBuf>,
     /// The CRI log file; `None`: output is read and dropped.
     pub log_path: Option<PathBuf>,
+    /// The pod's log directory: `log_path` is opened beneath it, never
+    /// following a symlink out (absent from older daemons: the file's own
+    /// directory).
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
     pub tty: bool,
     pub stdin: bool,
     pub stdin_once: bool,
+}
+
+impl ContainerLaunch {
+    /// The log file as a path beneath its directory.
+    pub fn log_file(&self) -> Option<crate::monitor::process::log::LogPath> {
+        let full = self.log_path.as_ref()?;
+        let (dir, rel) = match &self.log_dir {
+            Some(dir) => (dir.clone(), full.strip_prefix(dir).ok()?.to_path_buf()),
+            None => (full.parent()?.to_path_buf(), full.file_name()?.into()),
+        };
+        Some(crate::monitor::process::log::LogPath { dir, rel })
+    }
 }
 
 /// A process to run in a running container, with the container's user,
@@ -159,6 +176,12 @@ pub struct ExecLaunch {
     pub tty: bool,
     /// Hand the daemon a pipe to the process's stdin (else /dev/null).
     pub stdin: bool,
+    /// cgroup.procs files of the container's cgroup, joined before execve.
+    /// The daemon sends them because with systemd the container's init
+    /// joined no cgroup itself (the scope was made around it); empty (an
+    /// older daemon): those the container's init joined.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A compiled seccomp filter, as seccomp(2) takes it (built by

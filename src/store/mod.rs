@@ -106,6 +106,19 @@ impl Store {
     /// refused with [`Error::Damaged`] (a plain redb open may panic on
     /// it), and is never modified or removed here.
     pub fn open(path: &Path) -> Result<Store> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // 0600 before redb writes a byte: records hold Secret values.
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        opened.map_err(|e| Error::Open {
+            path: path.into(),
+            source: redb::Error::Io(e),
+        })?;
         let opened = std::panic::catch_unwind(|| {
             redb::Database::builder()
                 .set_check_integrity_on_open(true)

@@ -553,3 +553,75 @@ async fn remote_command(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_carry_an_unspecified_address() {
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(url_host(v4), v4);
+        let any4 = url_host("0.0.0.0".parse().unwrap());
+        assert!(any4.is_ipv4() && !any4.is_unspecified(), "{any4}");
+        let any6 = url_host("::".parse().unwrap());
+        assert!(any6.is_ipv6() && !any6.is_unspecified(), "{any6}");
+    }
+
+    #[test]
+    fn tls_files_that_do_not_load_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let err = tls_acceptor(&cert, &key).err().unwrap().to_string();
+        assert!(err.contains("cert.pem"), "{err}");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let err = tls_acceptor(&cert, &key).err().unwrap().to_string();
+        assert!(err.contains("no certificate"), "{err}");
+    }
+
+    #[test]
+    fn negotiation_follows_the_clients_order() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "X-Stream-Protocol-Version",
+            HeaderValue::from_static("v9.channel.k8s.io"),
+        );
+        h.append(
+            "X-Stream-Protocol-Version",
+            HeaderValue::from_static("v3.channel.k8s.io, v4.channel.k8s.io"),
+        );
+        let exec = Request::Exec {
+            container_id: "c".into(),
+            cmd: vec!["true".into()],
+            tty: false,
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        };
+        match spdy_handshake(&h, &exec) {
+            Handshake::Upgrade(r, Transport::Spdy(Some(Version::V3))) => {
+                assert_eq!(r.status(), StatusCode::SWITCHING_PROTOCOLS);
+                assert_eq!(
+                    r.headers()["x-stream-protocol-version"],
+                    "v3.channel.k8s.io"
+                );
+            }
+            _ => panic!("expected v3"),
+        }
+        let mut h = HeaderMap::new();
+        h.append(
+            "X-Stream-Protocol-Version",
+            HeaderValue::from_static("v9.channel.k8s.io"),
+        );
+        match spdy_handshake(&h, &exec) {
+            Handshake::Refused(r) => assert_eq!(r.status(), StatusCode::FORBIDDEN),
+            _ => panic!("expected a refusal"),
+        }
+        // No negotiation at all: the oldest protocol.
+        match spdy_handshake(&HeaderMap::new(), &exec) {
+            Handshake::Upgrade(_, Transport::Spdy(Some(Version::V1))) => {}
+            _ => panic!("expected v1"),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! functions with errors that name the operation and the path.
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod caps;
 pub mod fds;
 pub mod mount;

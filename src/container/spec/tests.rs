@@ -388,41 +388,47 @@ fn inheritable_and_ambient_stay_empty_even_when_all_is_dropped() {
 }
 
 #[test]
-fn devices_are_bound_from_the_host_after_dev() {
-    let mut c = ContainerConfig::default();
-    c.devices = vec![
-        Device {
-            container_path: "/dev/xnull".into(),
-            host_path: "/dev/null".into(),
-            permissions: "rwm".into(),
-        },
-        Device {
-            container_path: "/dev/xzero".into(),
-            host_path: "/dev/zero".into(),
-            permissions: "r".into(),
-        },
-    ];
-    let spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
-    let mounts = spec.mounts().as_ref().unwrap();
-    let pos = |d: &str| {
-        mounts
-            .iter()
-            .position(|m| m.destination() == Path::new(d))
-            .unwrap()
+fn devices_become_nodes_and_cgroup_rules() {
+    let c = ContainerConfig::default();
+    let mut spec = build(&c, &image(), &pod(), Path::new("/r")).unwrap().spec;
+    let d = crate::container::devices::HostDevice {
+        container_path: "/dev/xzero".into(),
+        kind: crate::cgroups::DevKind::Char,
+        major: 1,
+        minor: 5,
+        mode: 0o666,
+        uid: 0,
+        gid: 0,
+        access: crate::cgroups::Access::READ,
     };
-    assert!(pos("/dev") < pos("/dev/xnull"));
-    let opts = |d: &str| mounts[pos(d)].options().clone().unwrap();
-    assert!(opts("/dev/xnull").contains(&"rw".to_string()));
-    assert!(opts("/dev/xzero").contains(&"ro".to_string()));
-    assert_eq!(
-        mounts[pos("/dev/xzero")].source().as_deref(),
-        Some(Path::new("/dev/zero"))
+    let rules = crate::cgroups::DeviceRules::container(false, &[d.rule()]);
+    add_devices(&mut spec, &[d], &rules).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    let nodes = linux.devices().as_ref().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].path(), Path::new("/dev/xzero"));
+    assert_eq!((nodes[0].major(), nodes[0].minor()), (1, 5));
+    let cg = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .as_ref()
+        .unwrap();
+    assert!(!cg[0].allow(), "deny all first");
+    let last = cg.last().unwrap();
+    assert!(last.allow());
+    assert_eq!((last.major(), last.minor()), (Some(1), Some(5)));
+    assert_eq!(last.access().as_deref(), Some("r"));
+    assert!(
+        !spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.destination() == Path::new("/dev/xzero")),
+        "no bind mount of a host path"
     );
-    c.devices[0].permissions = "rx".into();
-    assert!(matches!(
-        build(&c, &image(), &pod(), Path::new("/r")),
-        Err(Error::Invalid { .. })
-    ));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use crate::init::rootfs::{Step, TargetKind};
+use crate::init::rootfs::{Node, Step, TargetKind};
 
 /// A failed step: which one, and why.
 #[derive(Debug)]
@@ -229,6 +229,41 @@ fn devices(dev: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes a CRI device's node: its parent directories are created beneath
+/// the root (symlinks resolved inside it), then mknod, owner and mode
+/// (set after mknod: the umask must not narrow them).
+fn make_node(root: &Path, root_fd: &OwnedFd, n: &Node) -> Result<(), String> {
+    let rel = n.target.strip_prefix(root).unwrap_or(&n.target);
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err("not a file path".into());
+    };
+    let dir = create_beneath(root_fd, parent, TargetKind::Dir)?;
+    let kind = if n.block {
+        rustix::fs::FileType::BlockDevice
+    } else {
+        rustix::fs::FileType::CharacterDevice
+    };
+    let mode = Mode::from_raw_mode(n.mode);
+    rustix::fs::mknodat(
+        &dir,
+        name,
+        kind,
+        mode,
+        rustix::fs::makedev(n.major, n.minor),
+    )
+    .map_err(|e| format!("mknod: {e}"))?;
+    rustix::fs::chownat(
+        &dir,
+        name,
+        Some(rustix::fs::Uid::from_raw(n.uid)),
+        Some(rustix::fs::Gid::from_raw(n.gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| format!("chown: {e}"))?;
+    rustix::fs::chmodat(&dir, name, mode, rustix::fs::AtFlags::empty())
+        .map_err(|e| format!("chmod: {e}"))
+}
+
 /// The container path of a host path beneath `root`, for messages.
 fn inside(root: &Path, target: &Path) -> String {
     match target.strip_prefix(root) {
@@ -308,6 +343,16 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     .map_err(fail("create devices"))?;
                 devices(&dev_fd).map_err(fail("create devices"))?
             }
+            Step::Nodes(nodes) => {
+                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
+                    step: "create CRI devices".into(),
+                    message: "the rootfs is not mounted".into(),
+                })?;
+                for n in nodes {
+                    let name = format!("create device {}", inside(root, &n.target));
+                    make_node(root, root_fd, n).map_err(fail(name))?
+                }
+            }
             Step::PivotRoot(path) => {
                 root_fd = None;
                 pivot(path).map_err(fail("pivot_root"))?
@@ -345,8 +390,13 @@ fn mount_one(
     kind: TargetKind,
 ) -> Result<(), String> {
     if options.is_bind() && !source.exists() {
-        // What containerd and CRI-O do for a missing host path.
-        std::fs::create_dir_all(source)
+        // What containerd and CRI-O do for a missing host path: 0755 with
+        // its missing parents (exactly: the rootfs setup runs with umask 0).
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(source)
             .map_err(|e| format!("create host path {}: {e}", source.display()))?;
     }
     let rel = target.strip_prefix(root).unwrap_or(target);

@@ -10,7 +10,7 @@
 //! 4. the rootfs bind-mounted onto itself (pivot_root needs a mount point)
 //! 5. the Spec's mounts, targets created beneath the rootfs, each followed by
 //!    its read-only remount and propagation change where asked
-//! 6. device nodes and the /dev symlinks
+//! 6. device nodes and the /dev symlinks, then the CRI devices' nodes
 //! 7. pivot_root(".", "."), old root detached; masked and read-only paths;
 //!    the root remounted read-only when the Spec asks.
 
@@ -35,6 +35,8 @@ pub enum Error {
     OverlayTooLong { layers: usize, len: usize },
     #[error("an image needs at least one layer")]
     NoLayers,
+    #[error("device {0:?}: major or minor number out of range")]
+    DeviceNumber(PathBuf),
 }
 
 impl Classify for Error {
@@ -213,6 +215,9 @@ pub enum Step {
     /// /dev nodes bind-mounted from the host's (works without mknod rights
     /// in user namespaces) and the standard /dev symlinks.
     Devices { dev: PathBuf },
+    /// The CRI devices: nodes made (mknod) at host paths beneath the
+    /// rootfs, their parents created beneath it like mount targets.
+    Nodes(Vec<Node>),
     /// pivot_root(".", ".") in the rootfs, then detach the old root.
     PivotRoot(PathBuf),
     /// Container paths to mask (/dev/null over files, a read-only tmpfs
@@ -222,6 +227,19 @@ pub enum Step {
     ReadOnly(Vec<PathBuf>),
     /// Remount the container's / read-only.
     ReadOnlyRoot,
+}
+
+/// A device node to make: type, numbers, permission bits and owner as the
+/// host's node has them (checked by the daemon, `container::devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub target: PathBuf,
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// `dest` joined beneath `rootfs`, lexically: `..` cannot climb out. (The
@@ -299,9 +317,28 @@ pub fn plan(
         });
     }
 
-    // 6: device nodes where /dev is a fresh tmpfs.
+    // 6: device nodes where /dev is a fresh tmpfs, then the CRI devices.
     if let Some(dev) = dev {
         steps.push(Step::Devices { dev });
+    }
+    let mut nodes = Vec::new();
+    for d in linux
+        .and_then(|l| l.devices().as_deref())
+        .unwrap_or_default()
+    {
+        let number = |v: i64| u32::try_from(v).map_err(|_| Error::DeviceNumber(d.path().clone()));
+        nodes.push(Node {
+            target: beneath(&root, d.path())?,
+            block: d.typ() == oci_spec::runtime::LinuxDeviceType::B,
+            major: number(d.major())?,
+            minor: number(d.minor())?,
+            mode: d.file_mode().unwrap_or(0o666) & 0o7777,
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        });
+    }
+    if !nodes.is_empty() {
+        steps.push(Step::Nodes(nodes));
     }
 
     // 7: pivot, then the paths that only make sense from inside.
@@ -438,7 +475,36 @@ mod tests {
             work: "/c/w".into(),
         };
         let is_dir = |p: &Path| p != Path::new("/run/crius/pods/p/hostname");
-        let steps = plan(&built.spec, &overlay, &is_dir).unwrap();
+        let mut spec = built.spec;
+        let node = crate::container::devices::HostDevice {
+            container_path: "/dev/snd/c0".into(),
+            kind: crate::cgroups::DevKind::Block,
+            major: 7,
+            minor: 3,
+            mode: 0o4660,
+            uid: 5,
+            gid: 6,
+            access: crate::cgroups::Access::READ,
+        };
+        let rules = crate::cgroups::DeviceRules::container(false, &[node.rule()]);
+        spec::add_devices(&mut spec, &[node], &rules).unwrap();
+        let steps = plan(&spec, &overlay, &is_dir).unwrap();
+        let nodes = steps
+            .iter()
+            .position(|s| matches!(s, Step::Nodes(_)))
+            .expect("a node step");
+        assert_eq!(
+            steps[nodes],
+            Step::Nodes(vec![Node {
+                target: "/run/c/rootfs/dev/snd/c0".into(),
+                block: true,
+                major: 7,
+                minor: 3,
+                mode: 0o4660,
+                uid: 5,
+                gid: 6,
+            }])
+        );
         assert_eq!(
             steps[0],
             Step::RootPropagation(MsFlags::MS_SHARED | MsFlags::MS_REC)
@@ -476,6 +542,7 @@ mod tests {
             .position(|s| matches!(s, Step::PivotRoot(_)))
             .unwrap();
         assert!(mount_at("/run/c/rootfs/data") < devices && devices < pivot);
+        assert!(devices < nodes && nodes < pivot);
         assert!(matches!(steps[pivot + 1], Step::Mask(_)));
         assert!(matches!(steps[pivot + 2], Step::ReadOnly(_)));
         assert!(!steps.contains(&Step::ReadOnlyRoot));

@@ -301,6 +301,7 @@ mod tests {
             },
             cgroup_procs: Vec::new(),
             log_path: None,
+            log_dir: None,
             tty: false,
             stdin: false,
             stdin_once: false,

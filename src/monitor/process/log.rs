@@ -7,10 +7,11 @@
 //! without files; [`LogFile`] appends records and reopens after kubelet's
 //! rotation.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest content of one record (containerd's and CRI-O's 16 KiB).
@@ -126,33 +127,93 @@ pub struct Error {
     pub source: std::io::Error,
 }
 
+/// A CRI log file: a relative path (no `..`, checked by CreateContainer)
+/// beneath the pod's log directory. It is only ever opened through the
+/// directory with RESOLVE_BENEATH and O_NOFOLLOW, so a symlink planted in
+/// the log directory cannot make crius (root) write elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPath {
+    pub dir: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl LogPath {
+    /// The whole path, as ContainerStatus reports it.
+    pub fn full(&self) -> PathBuf {
+        self.dir.join(&self.rel)
+    }
+
+    /// Creates the log directory (kubelet's, absolute) and the
+    /// directories of `rel` beneath it (kubelet usually made them all),
+    /// never following a symlink below the log directory.
+    pub fn create_parent(&self) -> Result<(), Error> {
+        let err = |source: rustix::io::Errno| Error {
+            path: self.full(),
+            source: source.into(),
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut at = open_dir(&self.dir).map_err(err)?;
+        for part in self.rel.parent().into_iter().flat_map(Path::components) {
+            match rustix::fs::mkdirat(&at, part.as_os_str(), Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(err(e)),
+            }
+            at = rustix::fs::openat2(
+                &at,
+                part.as_os_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            )
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the file for appending (created 0640 when missing).
+    fn open(&self) -> Result<File, Error> {
+        let err = |source: rustix::io::Errno| Error {
+            path: self.full(),
+            source: source.into(),
+        };
+        let dir = open_dir(&self.dir).map_err(err)?;
+        let fd = rustix::fs::openat2(
+            &dir,
+            &self.rel,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o640),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(err)?;
+        Ok(File::from(fd))
+    }
+}
+
+fn open_dir(dir: &Path) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// The container's log file, appended to. After a failed reopen it stays
 /// closed: it never creates a file kubelet did not expect.
 #[derive(Debug)]
 pub struct LogFile {
-    path: PathBuf,
+    path: LogPath,
     file: Option<File>,
 }
 
 impl LogFile {
-    pub fn open(path: &Path) -> Result<LogFile, Error> {
-        let file = Self::open_file(path)?;
+    pub fn open(path: &LogPath) -> Result<LogFile, Error> {
         Ok(LogFile {
-            path: path.into(),
-            file: Some(file),
+            file: Some(path.open()?),
+            path: path.clone(),
         })
-    }
-
-    fn open_file(path: &Path) -> Result<File, Error> {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(|source| Error {
-                path: path.into(),
-                source,
-            })
     }
 
     /// Writes records; an error (a full disk) drops them rather than stall
@@ -160,7 +221,7 @@ impl LogFile {
     pub fn write(&mut self, records: &[u8]) -> Result<(), Error> {
         match &mut self.file {
             Some(f) => f.write_all(records).map_err(|source| Error {
-                path: self.path.clone(),
+                path: self.path.full(),
                 source,
             }),
             None => Ok(()),
@@ -170,7 +231,7 @@ impl LogFile {
     /// Reopens the path after rotation (kubelet renamed the old file).
     pub fn reopen(&mut self) -> Result<(), Error> {
         self.file = None;
-        self.file = Some(Self::open_file(&self.path)?);
+        self.file = Some(self.path.open()?);
         Ok(())
     }
 
@@ -254,7 +315,7 @@ mod tests {
     fn reopen_follows_rotation_and_fails_without_creating_dirs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.log");
-        let mut log = LogFile::open(&path).unwrap();
+        let mut log = LogFile::open(&beneath(dir.path(), "c.log")).unwrap();
         log.write(b"one\n").unwrap();
         std::fs::rename(&path, dir.path().join("c.log.1")).unwrap();
         log.reopen().unwrap();
@@ -264,11 +325,43 @@ mod tests {
 
         let gone = dir.path().join("gone");
         std::fs::create_dir(&gone).unwrap();
-        let mut log = LogFile::open(&gone.join("c.log")).unwrap();
+        let mut log = LogFile::open(&beneath(&gone, "c.log")).unwrap();
         std::fs::remove_dir_all(&gone).unwrap();
         assert!(log.reopen().is_err());
         assert!(!log.is_open());
         log.write(b"dropped\n").unwrap();
         assert!(!gone.exists(), "nothing was created");
+    }
+
+    fn beneath(dir: &Path, rel: &str) -> LogPath {
+        LogPath {
+            dir: dir.into(),
+            rel: rel.into(),
+        }
+    }
+
+    /// A symlink planted in the log directory (to a host file, or a
+    /// directory symlink leading out) is never followed.
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "host file\n").unwrap();
+        std::os::unix::fs::symlink(&victim, logs.join("c.log")).unwrap();
+        let e = LogFile::open(&beneath(&logs, "c.log")).unwrap_err();
+        assert_eq!(e.source.raw_os_error(), Some(libc::ELOOP), "{e}");
+        std::os::unix::fs::symlink(dir.path(), logs.join("out")).unwrap();
+        let e = LogFile::open(&beneath(&logs, "out/victim")).unwrap_err();
+        assert_eq!(e.source.raw_os_error(), Some(libc::EXDEV), "{e}");
+        assert!(beneath(&logs, "out/new/c.log").create_parent().is_err());
+        assert!(!dir.path().join("new").exists());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
+        // A directory made below the log dir is fine.
+        let ok = beneath(&logs, "web/0.log");
+        ok.create_parent().unwrap();
+        LogFile::open(&ok).unwrap().write(b"x\n").unwrap();
+        assert_eq!(std::fs::read(logs.join("web/0.log")).unwrap(), b"x\n");
     }
 }

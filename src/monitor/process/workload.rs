@@ -236,8 +236,8 @@ impl Container {
     /// Forks the container's init and follows its setup until it blocks
     /// before execve. The caller registers `init.pid` as a child.
     pub fn create(one: SingleThreaded, launch: ContainerLaunch) -> Result<Container, Failure> {
-        let log = match &launch.log_path {
-            Some(p) => Some(LogFile::open(p).map_err(|e| failure("open log", e.to_string()))?),
+        let log = match launch.log_file() {
+            Some(p) => Some(LogFile::open(&p).map_err(|e| failure("open log", e.to_string()))?),
             None => None,
         };
         let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
@@ -422,7 +422,11 @@ impl Container {
                     user: &self.launch.user,
                     groups: self.launch.groups,
                     seccomp: self.launch.seccomp.as_ref(),
-                    cgroup_procs: &self.launch.cgroup_procs,
+                    cgroup_procs: if launch.cgroup_procs.is_empty() {
+                        &self.launch.cgroup_procs
+                    } else {
+                        &launch.cgroup_procs
+                    },
                 };
                 crate::init::exec::run(one, &exec, p.child, child.into())
             }
