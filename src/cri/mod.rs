@@ -16,8 +16,8 @@ mod runtime;
 pub mod server;
 mod stats;
 mod status;
-mod streams;
 mod stream_rpc;
+mod streams;
 pub mod validate;
 
 use std::sync::Arc;
