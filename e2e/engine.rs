@@ -590,3 +590,31 @@ async fn engine_monitor_memory_with_ten_containers() {
         p.monitor.remove_container(&format!("m{i}")).await.unwrap();
     }
 }
+
+/// The monitor binary carries none of the daemon's crates: no async
+/// runtime, gRPC, HTTP, CLI or TOML code (its symbols, as `nm` lists them).
+#[test]
+fn monitor_binary_links_no_daemon_crate() {
+    let out = std::process::Command::new("nm")
+        .args(["-C", MONITOR_BIN])
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(out.status.success(), "nm {MONITOR_BIN}");
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        symbols.contains("crius::monitor::process"),
+        "the check sees the monitor's own code"
+    );
+    for krate in [
+        "tokio::",
+        "tonic::",
+        "hyper::",
+        "clap::",
+        "toml::",
+        "prost::",
+        "tracing::",
+    ] {
+        let n = symbols.lines().filter(|l| l.contains(krate)).count();
+        assert_eq!(n, 0, "{MONITOR_BIN} links {n} symbols of {krate}");
+    }
+}

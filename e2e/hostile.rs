@@ -298,6 +298,16 @@ async fn bad_container_fields_are_refused_and_leave_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("timeout"), "{}", e.message());
+    // An error quoting a huge id stays within what clients accept in
+    // headers (a longer grpc-message made tonic reset the stream).
+    let e = rt
+        .start_container(StartContainerRequest {
+            container_id: "y".repeat(40_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert!(e.message().len() < 2100, "{}", e.message().len());
     let listed = rt
         .list_containers(ListContainersRequest::default())
         .await

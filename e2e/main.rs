@@ -3,6 +3,7 @@
 
 mod boundary;
 mod breakout;
+mod campaign;
 mod container;
 mod container_ops;
 mod engine;

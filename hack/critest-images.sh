@@ -73,17 +73,6 @@ NNP_C='#include <stdio.h>
 #include <unistd.h>
 int main(void) { printf("Effective uid: %d\n", (int)geteuid()); return 0; }'
 
-# pause: sleeps until SIGINT or SIGTERM, reaping children.
-PAUSE_C='#include <signal.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-static void quit(int sig) { (void)sig; _exit(0); }
-static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
-int main(void) {
-  signal(SIGINT, quit); signal(SIGTERM, quit); signal(SIGCHLD, reap);
-  for (;;) pause();
-}'
 
 write() { # write FILE MODE CONTENT (a new file: never through a hard link)
   mkdir -p "$(dirname "$1")"
@@ -193,11 +182,7 @@ exec httpd -f -v -p 80 -h /usr/local/apache2/htdocs'
   done
 
   # 8. pause 3.9 and 3.10: only /pause (two builds differ by a label).
-  local pause="$work/pause"
-  mkdir -p "$pause"
-  printf '%s\n' "$PAUSE_C" >"$work/pause.c"
-  gcc -static -Os -o "$pause/pause" "$work/pause.c"
-  layer_tar "$pause" "$work/pause.tar" pause
+  pause_layer "$work/pause" "$work/pause.tar"
   new_image pause-3.9 "$work/pause.tar"
   umoci config --image "$oci:pause-3.9" --config.entrypoint /pause --config.label version=3.9
   new_image pause-3.10 "$work/pause.tar"

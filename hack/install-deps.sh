@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what crius and its tests need on Debian 12, idempotently.
-# Usage: hack/install-deps.sh [runtime|test]   (default: test, a superset)
+# Usage: hack/install-deps.sh [runtime|test|bench]   (default: test)
 set -euo pipefail
 what=${1:-test}
 
@@ -15,11 +15,14 @@ test_pkgs=("${runtime_pkgs[@]}" docker-registry busybox-static skopeo umoci apac
   # the VM tier (hack/vm-e2e.sh): qemu, kmod's depmod/modprobe for the guest
   # kernel's modules, and systemd + D-Bus for the guest's systemd mode
   qemu-system-x86 kmod systemd dbus)
+# bench: hack/bench.sh also runs containerd (with runc) side by side.
+bench_pkgs=("${test_pkgs[@]}" containerd runc)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
   test) pkgs=("${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [runtime|test]" >&2; exit 2 ;;
+  bench) pkgs=("${bench_pkgs[@]}") ;;
+  *) echo "usage: $0 [runtime|test|bench]" >&2; exit 2 ;;
 esac
 
 missing=()

@@ -12,6 +12,8 @@ pub mod error;
 pub mod ids;
 pub mod image;
 pub mod init;
+#[cfg(test)]
+mod layout_tests;
 pub mod locks;
 pub mod monitor;
 pub mod network;

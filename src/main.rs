@@ -175,6 +175,7 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    crius::sys::malloc::tune_for_daemon();
     let config = load_config(args)?;
     init_logging(&config.log_level)?;
     for dir in [&config.root, &config.state] {

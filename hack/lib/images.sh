@@ -48,3 +48,41 @@ push_image() {
   [[ -n "${REGISTRY_CREDS:-}" ]] && copy+=(--dest-creds "$REGISTRY_CREDS")
   "${copy[@]}" "$@" "oci:$src" "docker://$ref"
 }
+
+# pause_layer DIR TAR: a layer holding only /pause, a static program that
+# sleeps until SIGINT or SIGTERM and reaps children (the pod sandbox image of
+# containerd and CRI-O). Needs gcc.
+pause_layer() {
+  local dir=$1 tar=$2
+  mkdir -p "$dir"
+  cat >"$dir.c" <<'C'
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void quit(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+int main(void) {
+  signal(SIGINT, quit); signal(SIGTERM, quit); signal(SIGCHLD, reap);
+  for (;;) pause();
+}
+C
+  gcc -static -Os -o "$dir/pause" "$dir.c"
+  rm -f "$dir.c"
+  layer_tar "$dir" "$tar" pause
+}
+
+# random_layers DIR TAR_PREFIX LAYERS MB: LAYERS layer tarballs
+# TAR_PREFIX<i>.tar of MB files of 1 MB of incompressible data each, like
+# an image's data layers (a pull benchmark's worst case for compression).
+random_layers() {
+  local dir=$1 prefix=$2 layers=$3 mb=$4 i f
+  for i in $(seq 1 "$layers"); do
+    mkdir -p "$dir/l$i/data/layer$i"
+    for f in $(seq 1 "$mb"); do
+      head -c 1048576 /dev/urandom >"$dir/l$i/data/layer$i/f$f"
+    done
+    layer_tar "$dir/l$i" "$prefix$i.tar"
+    rm -rf "${dir:?}/l$i"
+  done
+}

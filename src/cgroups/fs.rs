@@ -20,8 +20,6 @@ use super::resources::Write;
 
 /// How long `remove` waits for a cgroup's processes to finish exiting.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a freeze may take before crius kills without it.
-const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The cgroup trees crius works on.
 #[derive(Debug, Clone)]
@@ -215,8 +213,12 @@ impl Tree {
     }
 
     /// SIGKILLs every process of `path` and below: v2 `cgroup.kill` when
-    /// the kernel has it, then (v1, or an old v2) freeze, kill each pid,
-    /// thaw, so nothing forks while the pids are read.
+    /// the kernel has it, else (v1, or an old v2) kill each pid and read
+    /// the cgroup again until it shows no pid not yet killed. A process
+    /// with SIGKILL pending cannot fork any more (the kernel aborts a fork
+    /// racing a fatal signal), so the loop ends, with no freezer: v1's
+    /// FROZEN comes only once every killed task has left, which would mean
+    /// polling for it.
     pub fn kill_all(&self, path: &str) -> Result<(), Error> {
         let mut killed_by_v2 = false;
         if let Some(u) = self.layout.unified() {
@@ -233,42 +235,24 @@ impl Tree {
         if killed_by_v2 && self.layout.mode == Mode::Unified {
             return Ok(());
         }
-        let freezer = self.freezer(path);
-        if let Some(f) = &freezer {
-            f.freeze()?;
-        }
-        let result = self.procs(path).map(|pids| {
-            for pid in pids {
+        let mut killed = BTreeSet::new();
+        loop {
+            let new: Vec<i32> = self
+                .procs(path)?
+                .into_iter()
+                .filter(|p| !killed.contains(p))
+                .collect();
+            if new.is_empty() {
+                return Ok(());
+            }
+            for pid in new {
                 match kill(Pid::from_raw(pid), Signal::SIGKILL) {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                     Err(e) => tracing::warn!(pid, err = %e, "kill cgroup process"),
                 }
+                killed.insert(pid);
             }
-        });
-        if let Some(f) = &freezer {
-            // A frozen cgroup never lets its killed processes die.
-            f.thaw()?;
         }
-        result
-    }
-
-    fn freezer(&self, path: &str) -> Option<Freezer> {
-        if let Some(h) = self
-            .layout
-            .hierarchies
-            .iter()
-            .find(|h| !h.unified && h.has("freezer"))
-        {
-            let dir = h.dir(path);
-            return dir
-                .is_dir()
-                .then_some(Freezer::V1(dir.join("freezer.state")));
-        }
-        let u = self.layout.unified()?;
-        let dir = u.dir(path);
-        dir.join("cgroup.freeze")
-            .is_file()
-            .then_some(Freezer::V2(dir))
     }
 
     /// How many processes the OOM killer killed in `path` (and below).
@@ -375,45 +359,6 @@ impl Tree {
         match std::fs::remove_dir(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             r => r,
-        }
-    }
-}
-
-enum Freezer {
-    /// v1 `freezer.state`.
-    V1(PathBuf),
-    /// v2 cgroup dir with `cgroup.freeze` and `cgroup.events`.
-    V2(PathBuf),
-}
-
-impl Freezer {
-    fn freeze(&self) -> Result<(), Error> {
-        let (file, value) = match self {
-            Freezer::V1(f) => (f.clone(), "FROZEN"),
-            Freezer::V2(d) => (d.join("cgroup.freeze"), "1"),
-        };
-        write(&file, value)?;
-        let deadline = Instant::now() + FREEZE_TIMEOUT;
-        while Instant::now() < deadline {
-            let frozen = match self {
-                Freezer::V1(f) => read_trimmed(f)? == "FROZEN",
-                Freezer::V2(d) => {
-                    key_value(&read_trimmed(&d.join("cgroup.events"))?, "frozen") == Some(1)
-                }
-            };
-            if frozen {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        tracing::debug!(file = %file.display(), "cgroup not frozen in time, killing anyway");
-        Ok(())
-    }
-
-    fn thaw(&self) -> Result<(), Error> {
-        match self {
-            Freezer::V1(f) => write(f, "THAWED"),
-            Freezer::V2(d) => write(&d.join("cgroup.freeze"), "0"),
         }
     }
 }

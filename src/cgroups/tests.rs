@@ -275,7 +275,7 @@ fn v1_memory_order_follows_the_current_memsw() {
 }
 
 #[test]
-fn kill_all_kills_through_the_freezer_on_v1() {
+fn kill_all_kills_every_process_on_v1() {
     let f = fixture(Kind::V1);
     let pod = f.cg.pod_path("", "k").unwrap();
     f.cg.create(&pod, &Resources::default()).unwrap();
@@ -290,10 +290,6 @@ fn kill_all_kills_through_the_freezer_on_v1() {
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9));
-    assert_eq!(
-        read(f.root.join("freezer/crius/pod-k/freezer.state")),
-        "THAWED"
-    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ impl Cri {
         &self,
         req: CreateContainerRequest,
     ) -> Reply<CreateContainerResponse> {
-        tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
+        super::record_field("pod_id", req.pod_sandbox_id.as_str());
         if req.pod_sandbox_id.is_empty() {
             return Err(missing("pod_sandbox_id"));
         }
@@ -90,7 +90,7 @@ impl Cri {
             .create(request)
             .await
             .map_err(status)?;
-        tracing::Span::current().record("container_id", id.as_str());
+        super::record_field("container_id", id.as_str());
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
 
@@ -233,7 +233,7 @@ impl Cri {
 }
 
 fn required_id(id: &str) -> Result<&str, Status> {
-    tracing::Span::current().record("container_id", id);
+    super::record_field("container_id", id);
     if id.is_empty() {
         return Err(missing("container_id"));
     }

@@ -96,7 +96,7 @@ impl ImageService for Cri {
     async fn image_status(&self, req: Request<ImageStatusRequest>) -> Reply<ImageStatusResponse> {
         let req = req.into_inner();
         let name = image_name(req.image)?;
-        tracing::Span::current().record("image", name.as_str());
+        super::record_field("image", name.as_str());
         let images = &self.daemon.images;
         let Some(record) = images.lookup(&name).map_err(status)? else {
             return Ok(Response::new(ImageStatusResponse::default()));
@@ -123,7 +123,7 @@ impl ImageService for Cri {
     async fn pull_image(&self, req: Request<PullImageRequest>) -> Reply<PullImageResponse> {
         let req = req.into_inner();
         let name = image_name(req.image)?;
-        tracing::Span::current().record("image", name.as_str());
+        super::record_field("image", name.as_str());
         let auth = req.auth.map(Auth::from).unwrap_or_default();
         let id = self.daemon.images.pull(&name, auth).await.map_err(status)?;
         Ok(Response::new(PullImageResponse { image_ref: id }))
@@ -131,7 +131,7 @@ impl ImageService for Cri {
 
     async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Reply<RemoveImageResponse> {
         let name = image_name(req.into_inner().image)?;
-        tracing::Span::current().record("image", name.as_str());
+        super::record_field("image", name.as_str());
         self.daemon.images.remove(&name).await.map_err(status)?;
         Ok(Response::new(RemoveImageResponse {}))
     }

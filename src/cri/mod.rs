@@ -35,3 +35,25 @@ impl Cri {
         Cri { daemon }
     }
 }
+
+/// The most of a client-sent id or name the RPC's span carries: a hostile
+/// client may send megabytes, and the span is in every log line of the RPC.
+const MAX_FIELD_LOGGED: usize = 100;
+
+/// Records `value` (cut to [`MAX_FIELD_LOGGED`] bytes) as `name` on the
+/// current RPC span.
+fn record_field(name: &'static str, value: &str) {
+    let span = tracing::Span::current();
+    if value.len() <= MAX_FIELD_LOGGED {
+        span.record(name, value);
+        return;
+    }
+    let mut cut = MAX_FIELD_LOGGED;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    span.record(
+        name,
+        format!("{}... ({} bytes)", &value[..cut], value.len()).as_str(),
+    );
+}

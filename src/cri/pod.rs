@@ -22,7 +22,7 @@ impl Cri {
         let spec = pod_spec(config, req.runtime_handler)?;
         let pod_cidr = self.daemon.runtime_config().pod_cidr;
         let id = self.daemon.pods.run(spec, pod_cidr).await.map_err(status)?;
-        tracing::Span::current().record("pod_id", id.as_str());
+        super::record_field("pod_id", id.as_str());
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -30,7 +30,7 @@ impl Cri {
         &self,
         req: StopPodSandboxRequest,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
+        super::record_field("pod_id", req.pod_sandbox_id.as_str());
         if req.pod_sandbox_id.is_empty() {
             return Err(missing("pod_sandbox_id"));
         }
@@ -46,7 +46,7 @@ impl Cri {
         &self,
         req: RemovePodSandboxRequest,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
+        super::record_field("pod_id", req.pod_sandbox_id.as_str());
         if req.pod_sandbox_id.is_empty() {
             return Err(missing("pod_sandbox_id"));
         }
@@ -62,7 +62,7 @@ impl Cri {
         &self,
         req: PodSandboxStatusRequest,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
+        super::record_field("pod_id", req.pod_sandbox_id.as_str());
         if req.pod_sandbox_id.is_empty() {
             return Err(missing("pod_sandbox_id"));
         }

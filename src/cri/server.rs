@@ -216,11 +216,42 @@ impl hyper::service::Service<http::Request<Incoming>> for RpcService {
                     },
                 };
                 tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "rpc done");
-                response
+                response.map(cap_status_message)
             }
             .instrument(span),
         )
     }
+}
+
+/// The most of a `grpc-message` crius sends. Error messages may quote what
+/// the client sent, and clients refuse a response whose headers pass their
+/// header list limit (16 KiB for hyper and tonic), resetting the stream.
+const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// Cuts an error answer's `grpc-message` to [`MAX_STATUS_MESSAGE`] bytes
+/// (errors are answered trailers-only: the message is in the headers).
+fn cap_status_message(mut resp: HttpResponse) -> HttpResponse {
+    let Some(value) = resp.headers().get("grpc-message") else {
+        return resp;
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() <= MAX_STATUS_MESSAGE {
+        return resp;
+    }
+    // The value is percent-encoded: never split a %XX escape.
+    let mut cut = MAX_STATUS_MESSAGE;
+    if let Some(p) = bytes[cut - 2..cut].iter().position(|&b| b == b'%') {
+        cut = cut - 2 + p;
+    }
+    let capped = format!(
+        "{}...%20({}%20bytes%20cut)",
+        String::from_utf8_lossy(&bytes[..cut]),
+        bytes.len() - cut
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&capped) {
+        resp.headers_mut().insert("grpc-message", v);
+    }
+    resp
 }
 
 /// A request body that fails when no frame arrives for `limit`: a stream
@@ -311,6 +342,25 @@ mod tests {
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+
+    #[test]
+    fn long_status_messages_are_cut_between_escapes() {
+        let answer = |msg: &str| {
+            let mut r = Status::not_found(msg).into_http::<tonic::body::Body>();
+            r = cap_status_message(r);
+            r.headers()["grpc-message"].to_str().unwrap().to_string()
+        };
+        assert_eq!(answer("short"), "short");
+        let long = answer(&format!("container {} not found", "y".repeat(40_000)));
+        assert!(long.len() < MAX_STATUS_MESSAGE + 40, "{}", long.len());
+        assert!(long.starts_with("container%20yyy") && long.ends_with("bytes%20cut)"));
+        // Only escapes near the cut: none is split.
+        let spaces = answer(&" ".repeat(10_000));
+        assert!(
+            spaces.split("...").next().unwrap().len() % 3 == 0,
+            "{spaces}"
+        );
     }
 
     #[test]

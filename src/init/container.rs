@@ -33,7 +33,7 @@ pub struct Init<'a> {
     pub env: &'a [Vec<u8>],
     pub user: &'a str,
     pub groups: crate::init::user::GroupsPolicy,
-    pub seccomp: Option<&'a crate::seccomp::Filter>,
+    pub seccomp: Option<&'a crate::monitor::protocol::SeccompFilter>,
     pub overlay: &'a Overlay,
     pub cgroup_procs: &'a [PathBuf],
 }

@@ -29,7 +29,7 @@ pub struct Exec<'a> {
     pub user: &'a str,
     pub groups: crate::init::user::GroupsPolicy,
     /// The container's seccomp filter.
-    pub seccomp: Option<&'a crate::seccomp::Filter>,
+    pub seccomp: Option<&'a crate::monitor::protocol::SeccompFilter>,
     pub cgroup_procs: &'a [PathBuf],
 }
 

@@ -18,7 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Process;
 
 use crate::init::user::GroupsPolicy;
-use crate::seccomp::Filter;
+use crate::monitor::protocol::SeccompFilter as Filter;
 use crate::sys::caps;
 use crate::sys::process::{SingleThreaded, close_fds_from, default_signals, exit_immediately};
 

@@ -67,14 +67,12 @@ impl Engine for Monitors {
     }
 }
 
-/// SIGKILL, then waits up to 5 s for the process to be gone.
+/// SIGKILL, then waits up to 5 s for the process to be gone: the pidfd
+/// turns readable at the exit, no polling.
 pub(super) async fn kill_and_wait(m: ProcRef) {
     if let Some(fd) = m.open() {
         let _ = fd.signal(Signal::SIGKILL);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while m.alive() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), fd.exited()).await;
     }
 }
 

@@ -5,9 +5,19 @@
 //!
 //! Records are JSON values in named tables keyed by a string (an id). Each
 //! module owns its tables: `const PODS: Table<PodRecord> = Table::new("pods");`.
+//!
+//! Group commit: a commit costs an fsync (milliseconds on a busy disk), and
+//! redb has one writer at a time, so concurrent writes would queue for one
+//! fsync each. Instead, writes that arrive while a commit is in flight are
+//! applied to the next open transaction and committed together with one
+//! fsync; each [`Store::write`] still returns only once its changes are
+//! durable, and a write whose closure fails changes nothing (its changes
+//! are buffered in [`Txn`] and applied only when it succeeds).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
@@ -41,6 +51,11 @@ pub enum Error {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("commit to the metadata database")]
+    Commit {
+        #[source]
+        source: Arc<redb::Error>,
     },
     #[error("encode record {key:?} of table {table}")]
     Encode {
@@ -91,6 +106,25 @@ impl<T> Table<T> {
 
 pub struct Store {
     db: redb::Database,
+    batch: Mutex<Batch>,
+    committed: Condvar,
+}
+
+/// The group commit's state (see the module doc).
+#[derive(Default)]
+struct Batch {
+    /// The transaction the writers of batch `next` applied their changes to.
+    txn: Option<redb::WriteTransaction>,
+    /// The number of the batch `txn` belongs to.
+    next: u64,
+    /// Some writer applied changes to `txn`.
+    dirty: bool,
+    /// Every batch below this number has been committed (or failed).
+    done: u64,
+    /// A writer is committing a batch (without holding the lock).
+    committing: bool,
+    /// The last failed commit: its batch and error.
+    failed: Option<(u64, Arc<redb::Error>)>,
 }
 
 fn db_err<E: Into<redb::Error>>(table: &'static str) -> impl FnOnce(E) -> Error {
@@ -129,7 +163,11 @@ impl Store {
             reason,
         };
         match opened {
-            Ok(Ok(db)) => Ok(Store { db }),
+            Ok(Ok(db)) => Ok(Store {
+                db,
+                batch: Mutex::default(),
+                committed: Condvar::new(),
+            }),
             Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)))) => {
                 Err(damaged(why))
             }
@@ -248,41 +286,120 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction: all its changes commit together,
-    /// or none do when it returns an error.
-    pub fn write<R, E>(&self, f: impl FnOnce(&mut Txn) -> Result<R, E>) -> Result<R, E>
+    /// or none do when it returns an error. Returns once they are durable
+    /// (possibly committed with other writers' changes: see the module doc).
+    pub fn write<R, E>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
     where
         E: From<Error>,
     {
-        let txn = self.db.begin_write().map_err(db_err("<transaction>"))?;
-        let mut wrapped = Txn { txn };
-        let out = f(&mut wrapped)?;
-        wrapped.txn.commit().map_err(db_err("<commit>"))?;
-        Ok(out)
+        // Waiting for the lock or an fsync must not stall a runtime worker.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.write_now(f))
+            }
+            _ => self.write_now(f),
+        }
+    }
+
+    /// The batch state; a writer's panic leaves it consistent (its closure
+    /// only touched its own buffer).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_now<R, E>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<Error>,
+    {
+        let mut g = self.lock();
+        if g.txn.is_none() {
+            // Waits inside redb while another writer's commit finishes.
+            g.txn = Some(self.db.begin_write().map_err(db_err("<transaction>"))?);
+        }
+        let Some(open) = g.txn.as_ref() else {
+            unreachable!("opened above")
+        };
+        let mut txn = Txn {
+            txn: open,
+            changes: BTreeMap::new(),
+        };
+        let out = f(&mut txn)?;
+        let mine = g.next;
+        if txn.changes.is_empty() {
+            if !g.dirty {
+                return Ok(out);
+            }
+            // It read other writers' changes: it stands or falls with them.
+        } else if let Err(e) = txn.apply() {
+            // Half applied: the whole batch fails, its writers are told.
+            drop(g.txn.take());
+            g.dirty = false;
+            let e = Arc::new(e);
+            g.failed = Some((mine, e.clone()));
+            g.next += 1;
+            g.done = mine + 1;
+            self.committed.notify_all();
+            return Err(Error::Commit { source: e }.into());
+        } else {
+            g.dirty = true;
+        }
+        while g.done <= mine {
+            if g.committing {
+                g = self
+                    .committed
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            let Some(txn) = g.txn.take() else {
+                unreachable!("batch {mine} has an open transaction")
+            };
+            let batch = g.next;
+            g.next += 1;
+            g.dirty = false;
+            g.committing = true;
+            drop(g);
+            let result = txn.commit();
+            g = self.lock();
+            g.committing = false;
+            g.done = batch + 1;
+            if let Err(e) = result {
+                g.failed = Some((batch, Arc::new(e.into())));
+            }
+            self.committed.notify_all();
+        }
+        match &g.failed {
+            Some((batch, e)) if *batch == mine => Err(Error::Commit { source: e.clone() }.into()),
+            _ => Ok(out),
+        }
     }
 }
 
-/// A write transaction: see [`Store::write`].
-pub struct Txn {
-    txn: redb::WriteTransaction,
+/// A write transaction: see [`Store::write`]. Its changes are buffered
+/// and reach the database only when the closure succeeds.
+pub struct Txn<'a> {
+    txn: &'a redb::WriteTransaction,
+    /// (table, key) -> the new value, or `None` for a deletion.
+    changes: BTreeMap<(&'static str, String), Option<Vec<u8>>>,
 }
 
-impl Txn {
+impl Txn<'_> {
     pub fn put<T: Serialize>(&mut self, table: Table<T>, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(|source| Error::Encode {
             table: table.name,
             key: key.into(),
             source,
         })?;
-        let mut t = self
-            .txn
-            .open_table(table.def())
-            .map_err(db_err(table.name))?;
-        t.insert(key, bytes.as_slice())
-            .map_err(db_err(table.name))?;
+        self.changes.insert((table.name, key.into()), Some(bytes));
         Ok(())
     }
 
     pub fn get<T: DeserializeOwned>(&mut self, table: Table<T>, key: &str) -> Result<Option<T>> {
+        if let Some(change) = self.changes.get(&(table.name, key.to_string())) {
+            return change.as_deref().map(|v| decode(table, key, v)).transpose();
+        }
         let t = self
             .txn
             .open_table(table.def())
@@ -291,22 +408,57 @@ impl Txn {
         value.map(|v| decode(table, key, v.value())).transpose()
     }
 
-    /// Every record of a table, in key order, as this transaction sees it.
+    /// Every record of a table, in key order, as this transaction sees it
+    /// (its own buffered changes included).
     pub fn list<T: DeserializeOwned>(&mut self, table: Table<T>) -> Result<Vec<(String, T)>> {
         let t = self
             .txn
             .open_table(table.def())
             .map_err(db_err(table.name))?;
-        read_all(table, &t)
+        let mut all: BTreeMap<String, T> = read_all(table, &t)?.into_iter().collect();
+        for ((name, key), change) in &self.changes {
+            if *name != table.name {
+                continue;
+            }
+            match change {
+                Some(bytes) => {
+                    all.insert(key.clone(), decode(table, key, bytes)?);
+                }
+                None => {
+                    all.remove(key);
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
     }
 
     pub fn delete<T>(&mut self, table: Table<T>, key: &str) -> Result<bool> {
-        let mut t = self
-            .txn
-            .open_table(table.def())
-            .map_err(db_err(table.name))?;
-        let existed = t.remove(key).map_err(db_err(table.name))?.is_some();
+        let existed = match self.changes.get(&(table.name, key.to_string())) {
+            Some(change) => change.is_some(),
+            None => {
+                let t = self
+                    .txn
+                    .open_table(table.def())
+                    .map_err(db_err(table.name))?;
+                t.get(key).map_err(db_err(table.name))?.is_some()
+            }
+        };
+        self.changes.insert((table.name, key.into()), None);
         Ok(existed)
+    }
+
+    /// Writes the buffered changes into the open transaction.
+    fn apply(self) -> Result<(), redb::Error> {
+        for ((name, key), change) in self.changes {
+            let def: TableDefinition<'static, &'static str, &'static [u8]> =
+                TableDefinition::new(name);
+            let mut t = self.txn.open_table(def)?;
+            match change {
+                Some(bytes) => t.insert(key.as_str(), bytes.as_slice()).map(drop)?,
+                None => t.remove(key.as_str()).map(drop)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -439,5 +591,66 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.get(OTHER, "y").unwrap(), Some(Rec { n: 2 }));
+    }
+
+    #[test]
+    fn a_transaction_reads_its_own_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.put(RECS, "old", &Rec { n: 1 }).unwrap();
+        s.write(|t| {
+            t.put(RECS, "new", &Rec { n: 2 })?;
+            assert_eq!(t.get(RECS, "new")?, Some(Rec { n: 2 }));
+            assert!(t.delete(RECS, "old")?);
+            assert_eq!(t.get(RECS, "old")?, None);
+            assert!(!t.delete(RECS, "old")?, "deleted in this transaction");
+            assert!(t.delete(RECS, "new")?);
+            t.put(RECS, "new", &Rec { n: 3 })
+        })
+        .unwrap();
+        assert_eq!(s.get(RECS, "old").unwrap(), None);
+        assert_eq!(s.get(RECS, "new").unwrap(), Some(Rec { n: 3 }));
+    }
+
+    /// Concurrent writers share commits; each one's changes are visible
+    /// when its write returns, and a failing one among them changes nothing.
+    #[test]
+    fn concurrent_writes_commit_in_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = Arc::new(Store::open(&path).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for j in 0..25 {
+                        let key = format!("{i}-{j}");
+                        if j % 5 == 4 {
+                            let r: Result<(), Error> = s.write(|t| {
+                                t.put(RECS, &key, &Rec { n: j })?;
+                                Err(Error::Commit {
+                                    source: Arc::new(redb::Error::Corrupted("test".into())),
+                                })
+                            });
+                            assert!(r.is_err());
+                            assert_eq!(s.get(RECS, &key).unwrap(), None);
+                        } else {
+                            s.put(RECS, &key, &Rec { n: j }).unwrap();
+                            assert_eq!(s.get(RECS, &key).unwrap(), Some(Rec { n: j }));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.list(RECS).unwrap().len(),
+            8 * 20,
+            "every successful write is durable"
+        );
     }
 }

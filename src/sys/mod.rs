@@ -9,6 +9,7 @@
 pub mod bpf;
 pub mod caps;
 pub mod fds;
+pub mod malloc;
 pub mod mount;
 pub mod ns;
 pub mod process;

@@ -18,9 +18,9 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::init::setup::Stdio;
-use crate::monitor::client::container::{ContainerLaunch, ExecLaunch};
 use crate::monitor::process::log::{Formatter, LogFile, Stream};
 use crate::monitor::protocol::Exit;
+use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
 use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.

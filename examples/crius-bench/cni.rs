@@ -1,0 +1,123 @@
+//! The CNI plugins' own time: the loopback plugin and every plugin of a
+//! conflist run directly (CNI spec 1.0 ADD with prevResult chaining, DEL in
+//! reverse order), in a network namespace pinned by `unshare --net=FILE`,
+//! the same calls a runtime makes for one pod.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::stats::Results;
+
+pub struct Cni {
+    pub conflist: PathBuf,
+    pub bin_dir: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Cni {
+    fn call(
+        &self,
+        plugin: &Value,
+        cmd: &str,
+        id: &str,
+        netns: &Path,
+        ifname: &str,
+    ) -> anyhow::Result<Value> {
+        let ty = plugin["type"].as_str().context("plugin without type")?;
+        let mut child = Command::new(self.bin_dir.join(ty))
+            .env_clear()
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", &self.bin_dir)
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={id}"),
+            )
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("run CNI plugin {ty}"))?;
+        child
+            .stdin
+            .take()
+            .context("plugin stdin")?
+            .write_all(&serde_json::to_vec(plugin)?)?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "CNI {cmd} {ty}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if out.stdout.is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// ADD then DEL of loopback + the conflist, `n` times, each pair in a
+    /// fresh namespace; records "CNI plugins ADD" and "CNI plugins DEL".
+    pub fn measure(&self, n: usize, r: &mut Results) -> anyhow::Result<()> {
+        let list: Value = serde_json::from_slice(
+            &std::fs::read(&self.conflist)
+                .with_context(|| format!("read {}", self.conflist.display()))?,
+        )?;
+        let version = list["cniVersion"].clone();
+        let name = list["name"].clone();
+        let lo = json!({"cniVersion": version, "name": "cni-loopback", "type": "loopback"});
+        let plugins: Vec<Value> = list["plugins"]
+            .as_array()
+            .context("conflist without plugins")?
+            .clone();
+        for i in 0..n {
+            let netns = self.work.join(format!("netns-{i}"));
+            std::fs::write(&netns, b"")?;
+            let st = Command::new("unshare")
+                .arg(format!("--net={}", netns.display()))
+                .arg("true")
+                .status()?;
+            anyhow::ensure!(st.success(), "unshare --net={}", netns.display());
+            let id = format!("cni-bench-{}-{i}", std::process::id());
+            let result = (|| -> anyhow::Result<()> {
+                let t = Instant::now();
+                self.call(&lo, "ADD", &id, &netns, "lo")?;
+                let mut prev = Value::Null;
+                for p in &plugins {
+                    let mut conf = p.clone();
+                    conf["cniVersion"] = version.clone();
+                    conf["name"] = name.clone();
+                    if !prev.is_null() {
+                        conf["prevResult"] = prev.clone();
+                    }
+                    prev = self.call(&conf, "ADD", &id, &netns, "eth0")?;
+                }
+                r.time("CNI plugins ADD (loopback + conflist)", t.elapsed());
+                let t = Instant::now();
+                for p in plugins.iter().rev() {
+                    let mut conf = p.clone();
+                    conf["cniVersion"] = version.clone();
+                    conf["name"] = name.clone();
+                    conf["prevResult"] = prev.clone();
+                    self.call(&conf, "DEL", &id, &netns, "eth0")?;
+                }
+                self.call(&lo, "DEL", &id, &netns, "lo")?;
+                r.time("CNI plugins DEL (conflist + loopback)", t.elapsed());
+                Ok(())
+            })();
+            let _ = Command::new("umount").arg(&netns).status();
+            let _ = std::fs::remove_file(&netns);
+            result?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The CRI calls of the benchmark: pod and container configurations as
+//! kubelet sends them (a cgroup parent per pod, a log directory the client
+//! made) and each lifecycle step timed in this process.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crius::cri::proto::runtime_service_client::RuntimeServiceClient;
+use crius::cri::proto::*;
+use tonic::transport::Channel;
+
+use crate::stats::Results;
+
+/// Kubelet's NamespaceMode values.
+pub const POD: i32 = 0;
+pub const CONTAINER: i32 = 1;
+pub const NODE: i32 = 2;
+
+/// A container that stops at SIGTERM at once, whatever its PID.
+pub const WORKLOAD: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
+
+/// What every call of one run shares.
+#[derive(Clone)]
+pub struct Bench {
+    pub rt: RuntimeServiceClient<Channel>,
+    pub image: String,
+    /// Parent of the per-pod cgroups, e.g. /crius-bench-crius.
+    pub cgroup_root: String,
+    pub logs: PathBuf,
+    pub label: String,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A pod of this run: its id and config (containers need both).
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+}
+
+impl Bench {
+    fn pod_config(&self, pid: i32) -> anyhow::Result<PodSandboxConfig> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let uid = format!("{}-{}-{n}", self.label, std::process::id());
+        let logs = self.logs.join(&uid);
+        std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+        Ok(PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: format!("bench-{n}"),
+                uid: uid.clone(),
+                namespace: "bench".into(),
+                attempt: 0,
+            }),
+            hostname: format!("bench-{n}"),
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/pod{}", self.cgroup_root, uid),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    pub async fn run_pod(&mut self, pid: i32, r: &mut Results, tag: &str) -> anyhow::Result<Pod> {
+        let config = self.pod_config(pid)?;
+        let t = Instant::now();
+        let id = self
+            .rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+        r.time(&format!("{tag}RunPodSandbox"), t.elapsed());
+        Ok(Pod { id, config })
+    }
+
+    pub async fn stop_pod(&mut self, pod: &Pod, r: &mut Results, name: &str) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.rt
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await
+            .context("StopPodSandbox")?;
+        r.time(name, t.elapsed());
+        Ok(())
+    }
+
+    pub async fn remove_pod(
+        &mut self,
+        pod: &Pod,
+        r: &mut Results,
+        tag: &str,
+    ) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.rt
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await
+            .context("RemovePodSandbox")?;
+        r.time(&format!("{tag}RemovePodSandbox"), t.elapsed());
+        Ok(())
+    }
+
+    /// CreateContainer and StartContainer, each timed and their sum.
+    pub async fn start_container(
+        &mut self,
+        pod: &Pod,
+        pid: i32,
+        r: &mut Results,
+        tag: &str,
+    ) -> anyhow::Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: WORKLOAD.iter().map(|s| s.to_string()).collect(),
+            log_path: "c.log".into(),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let id = self
+            .rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        let created = t.elapsed();
+        let t2 = Instant::now();
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .context("StartContainer")?;
+        r.time(&format!("{tag}CreateContainer"), created);
+        r.time(&format!("{tag}StartContainer"), t2.elapsed());
+        r.time(&format!("{tag}CreateContainer+StartContainer"), t.elapsed());
+        Ok(id)
+    }
+
+    pub async fn exec_true(&mut self, id: &str, r: &mut Results) -> anyhow::Result<()> {
+        let t = Instant::now();
+        let resp = self
+            .rt
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await
+            .context("ExecSync")?
+            .into_inner();
+        r.time("ExecSync true", t.elapsed());
+        anyhow::ensure!(
+            resp.exit_code == 0,
+            "ExecSync true: exit code {}",
+            resp.exit_code
+        );
+        Ok(())
+    }
+
+    pub async fn stop_remove_container(
+        &mut self,
+        id: &str,
+        r: &mut Results,
+        tag: &str,
+    ) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: 10,
+            })
+            .await
+            .context("StopContainer")?;
+        r.time(&format!("{tag}StopContainer"), t.elapsed());
+        let t = Instant::now();
+        self.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .context("RemoveContainer")?;
+        r.time(&format!("{tag}RemoveContainer"), t.elapsed());
+        Ok(())
+    }
+
+    pub async fn pod_status(&mut self, pod: &Pod, r: &mut Results) -> anyhow::Result<()> {
+        let t = Instant::now();
+        let s = self
+            .rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner();
+        r.time("PodSandboxStatus", t.elapsed());
+        let ip = s
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        anyhow::ensure!(!ip.is_empty(), "pod {} has no IP", pod.id);
+        Ok(())
+    }
+
+    /// The kubelet order: run the pod, create and start its container,
+    /// stop and remove the container, stop and remove the pod.
+    pub async fn container_cycle(&mut self, r: &mut Results, tag: &str) -> anyhow::Result<()> {
+        let pod = self.run_pod(CONTAINER, r, tag).await?;
+        let c = self.start_container(&pod, CONTAINER, r, tag).await?;
+        self.stop_remove_container(&c, r, tag).await?;
+        self.stop_pod(&pod, r, &format!("{tag}StopPodSandbox"))
+            .await?;
+        self.remove_pod(&pod, r, tag).await
+    }
+
+    /// A pod without containers: run, status, stop, remove.
+    pub async fn pod_cycle(&mut self, r: &mut Results, tag: &str) -> anyhow::Result<()> {
+        let pod = self.run_pod(CONTAINER, r, tag).await?;
+        if tag.is_empty() {
+            self.pod_status(&pod, r).await?;
+        }
+        self.stop_pod(&pod, r, &format!("{tag}StopPodSandbox (empty pod)"))
+            .await?;
+        self.remove_pod(&pod, r, tag).await
+    }
+
+    /// StopPodSandbox of a pod whose container runs, in PID mode `pid`.
+    pub async fn stop_running_pod(&mut self, pid: i32, r: &mut Results) -> anyhow::Result<()> {
+        let name = match pid {
+            POD => "POD",
+            CONTAINER => "CONTAINER",
+            _ => "NODE",
+        };
+        let pod = self.run_pod(pid, &mut Results::default(), "").await?;
+        self.start_container(&pod, pid, &mut Results::default(), "")
+            .await?;
+        self.stop_pod(
+            &pod,
+            r,
+            &format!("StopPodSandbox, container running, PID {name}"),
+        )
+        .await?;
+        self.remove_pod(&pod, &mut Results::default(), "").await
+    }
+
+    /// Stops and removes every pod of this run's label (after a failure).
+    pub async fn remove_all(&mut self) {
+        let Ok(pods) = self
+            .rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+        else {
+            return;
+        };
+        for p in pods.into_inner().items {
+            let pod = Pod {
+                id: p.id,
+                config: PodSandboxConfig::default(),
+            };
+            let mut r = Results::default();
+            let _ = self.stop_pod(&pod, &mut r, "").await;
+            let _ = self.remove_pod(&pod, &mut r, "").await;
+        }
+    }
+}
+
+/// Waits for `d`, for the monitor-side work of the previous call to settle
+/// before a memory reading.
+pub async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+}
