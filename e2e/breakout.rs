@@ -281,3 +281,87 @@ async fn only_root_may_speak_to_a_monitor() {
     pod::stop_remove(&mut rt, &pod).await;
     pod::assert_no_trace(&d);
 }
+
+/// Size and change times of a file, to see that a host binary was not
+/// written (debug binaries are too big to hash in every test run).
+fn digest(path: &Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (
+        m.len(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ctime_nsec() + m.ctime() * 1_000_000_000,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_container_can_write_the_binaries_of_crius_processes() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("exe", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let bins = Path::new(crate::harness::BIN)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let monitor_bin = bins.join("crius-monitor");
+    let init_bin = bins.join("crius-pod-init");
+    let before = (digest(&monitor_bin), digest(&init_bin));
+    // The host side: the monitor and the pod init run from handles nothing
+    // can write through (a read-only detached mount or a sealed memfd).
+    let monitors = crate::harness::monitor_pids(&s.d.state);
+    assert_eq!(monitors.len(), 1);
+    let init = crate::harness::children_of(monitors[0])[0];
+    for pid in [monitors[0], init] {
+        let exe = std::fs::File::open(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            !crius::sys::exe::writable(&exe).unwrap(),
+            "/proc/{pid}/exe can be written"
+        );
+        assert!(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{pid}/exe"))
+                .is_err(),
+            "/proc/{pid}/exe opened for writing"
+        );
+    }
+    // The attack: a container in the host's PID namespace with
+    // CAP_SYS_PTRACE writes to the exe of every process it can see.
+    let mut c = container(
+        "attacker",
+        &s.busybox,
+        &["sleep", "1000"],
+        NamespaceMode::Node,
+    );
+    c.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .capabilities = Some(Capability {
+        add_capabilities: vec!["CAP_SYS_PTRACE".into()],
+        ..Default::default()
+    });
+    let id = create(&mut rt, &pod, c).await.unwrap();
+    start(&mut rt, &id).await;
+    let script = format!(
+        "ok=0; for p in {} {}; do if echo pwned >> /proc/$p/exe; then ok=1; fi; done; echo $ok",
+        monitors[0], init
+    );
+    let out = exec(&mut rt, &id, &["sh", "-c", &script], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "a write went through: {out:?}"
+    );
+    assert_eq!((digest(&monitor_bin), digest(&init_bin)), before);
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}

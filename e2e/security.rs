@@ -168,10 +168,18 @@ async fn seccomp_runtime_default_denies_unshare_and_keyctl() {
     start(&mut rt, &id).await;
     assert_eq!(proc_status(&mut rt, &id, "Seccomp").await, "2");
 
-    // A privileged container ignores the profile.
+    // A privileged container (in a privileged pod) ignores the profile.
+    let mut privileged_pod = pod_config("privileged", NamespaceMode::Container, &logs);
+    privileged_pod
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let ppod = pod::run(&mut rt, privileged_pod).await.unwrap();
     let privileged = run(
         &mut rt,
-        &pod,
+        &ppod,
         sleeper("privileged", &probe, |sc| {
             sc.seccomp = runtime_default();
             sc.privileged = true;
@@ -179,6 +187,7 @@ async fn seccomp_runtime_default_denies_unshare_and_keyctl() {
     )
     .await;
     assert_eq!(proc_status(&mut rt, &privileged, "Seccomp").await, "0");
+    pod::stop_remove(&mut rt, &ppod).await;
     pod::stop_remove(&mut rt, &pod).await;
 }
 

@@ -113,6 +113,9 @@ pub fn socket_path(pod: &PodDir) -> std::io::Result<(std::fs::File, PathBuf)> {
 pub const MONITOR_BIN: &str = "crius-monitor";
 /// The file name of the pod init binary, beside the monitor's.
 pub const POD_INIT_BIN: &str = "crius-pod-init";
+/// The environment variable through which the daemon names the pod init
+/// binary to a monitor it runs from a sealed handle.
+pub const POD_INIT_ENV: &str = "CRIUS_POD_INIT";
 
 /// Name of the pod init's exit file.
 pub const INIT: &str = "init";

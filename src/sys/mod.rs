@@ -8,6 +8,7 @@
 
 pub mod bpf;
 pub mod caps;
+pub mod exe;
 pub mod fds;
 pub mod malloc;
 pub mod mount;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::protocol::{self as proto, Reply, Request, SetupReply};
 use super::{PodDir, Spec};
 use crate::error::{Classify, Kind};
+use crate::sys::exe::Sealed;
 use crate::sys::process::ProcRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,24 @@ pub struct Started {
     pub init: Option<ProcRef>,
 }
 
+/// The sealed handle of the monitor binary at `exe`, made once per path
+/// and kept for the daemon's life (a detached read-only mount costs
+/// nothing; a sealed memfd copy is made once).
+fn sealed(exe: &Path) -> Result<std::sync::Arc<Sealed>, Error> {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<Sealed>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = cache.iter().find(|(p, _)| p == exe) {
+        return Ok(s.clone());
+    }
+    let s = std::sync::Arc::new(Sealed::open(exe).map_err(|e| Error::Spawn {
+        exe: exe.into(),
+        source: std::io::Error::other(crate::error::chain(&e)),
+    })?);
+    cache.push((exe.to_path_buf(), s.clone()));
+    Ok(s)
+}
+
 /// Starts the monitor of `pod` (`crius-monitor <pod dir>`) and waits for its
 /// setup reply. On failure the monitor has exited (or is killed) and reaped.
 pub async fn start(
@@ -83,7 +102,17 @@ pub async fn start(
             path: log_path,
             source,
         })?;
-    let mut child = std::process::Command::new(exe)
+    // The monitor runs from a sealed handle of its binary, never the host
+    // path: every container init and exec helper is a fork of it, and a
+    // container must not be able to reopen /proc/<pid>/exe for writing.
+    let sealed = sealed(exe)?;
+    let pod_init = exe
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(super::POD_INIT_BIN);
+    let mut child = std::process::Command::new(sealed.exec_path());
+    std::os::unix::process::CommandExt::arg0(&mut child, super::MONITOR_BIN);
+    let mut child = child
         .arg(&pod.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -93,6 +122,7 @@ pub async fn start(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
+        .env(super::POD_INIT_ENV, &pod_init)
         .spawn()
         .map_err(|source| Error::Spawn {
             exe: exe.into(),

@@ -3,9 +3,7 @@
 //! pod's /dev/shm. Each step is named, so a failure says which one broke,
 //! and [`undo`] removes whatever was done.
 
-use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 
 use nix::sched::CloneFlags;
@@ -13,6 +11,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::monitor::{PodDir, Spec};
+use crate::sys::exe::Sealed;
 use crate::sys::mount::{Host, Mounts, detach_all};
 use crate::sys::ns::{self, Kind};
 use crate::sys::process::{Forked, ProcRef, SingleThreaded, exit_immediately, fork_into};
@@ -59,7 +58,7 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
     // The pod init is a program of its own beside the monitor's binary,
     // checked before anything is created.
     let pod_init = if pid_ns {
-        Some(pod_init_path().map_err(|message| StepError {
+        Some(pod_init_exe().map_err(|message| StepError {
             step: "find pod init",
             message,
         })?)
@@ -78,7 +77,7 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
         let pid = match fork_into(one, all).map_err(step("create namespaces"))? {
             Forked::Child => {
                 drop(parent_end);
-                namespace_child(child_end, spec, pod_init.as_deref())
+                namespace_child(child_end, spec, pod_init.as_ref())
             }
             Forked::Parent(pid) => pid,
         };
@@ -139,7 +138,7 @@ impl Drop for ChildGuard {
 
 /// The forked child, inside the new namespaces: hostname, sysctls, report,
 /// then wait to be pinned and either exit or become the pod init.
-fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&CStr>) -> ! {
+fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>) -> ! {
     let result = (|| -> Result<(), String> {
         if let Some(name) = &spec.hostname
             && spec.namespaces.contains(&Kind::Uts)
@@ -166,27 +165,32 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&CStr>) -
     if sock.read_exact(&mut go).is_err() {
         exit_immediately(1);
     }
-    if let Some(path) = pod_init {
+    if let Some(exe) = pod_init {
         // Close-on-exec fds go; the socket is one of them.
-        let _ = nix::unistd::execv(path, &[path]);
+        let _ = exe.exec(&[c"crius-pod-init"]);
         exit_immediately(127)
     }
     exit_immediately(0)
 }
 
-/// The pod init binary ([`crate::monitor::POD_INIT_BIN`]) beside this
-/// monitor's own binary, as an exec-ready path.
-fn pod_init_path() -> Result<CString, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("read /proc/self/exe: {e}"))?;
-    let path = exe
-        .parent()
-        .unwrap_or(std::path::Path::new("/"))
-        .join(crate::monitor::POD_INIT_BIN);
+/// The pod init binary, sealed (see [`crate::sys::exe`]): the one the
+/// daemon names in [`crate::monitor::POD_INIT_ENV`], else the one beside
+/// this monitor's binary (a monitor the daemon ran from a sealed handle has
+/// no host path of its own to look beside).
+fn pod_init_exe() -> Result<Sealed, String> {
+    let path = match std::env::var_os(crate::monitor::POD_INIT_ENV) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().map_err(|e| format!("read /proc/self/exe: {e}"))?;
+            exe.parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join(crate::monitor::POD_INIT_BIN)
+        }
+    };
     if !path.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
-    CString::new(path.into_os_string().into_vec())
-        .map_err(|_| "the pod init path holds a NUL byte".to_string())
+    Sealed::open(&path).map_err(|e| crate::error::chain(&e))
 }
 
 /// Removes the pins and the /dev/shm mount of the pod, if present.
