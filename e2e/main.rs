@@ -16,5 +16,6 @@ mod registry;
 mod runtime;
 mod security;
 mod state_lost;
+mod stats;
 mod streaming;
 mod vm;

@@ -63,6 +63,7 @@ pub struct Config {
     #[serde(default)]
     pub pod: PodConfig,
     #[serde(default)]
+    pub stats: StatsConfig,
     pub streaming: StreamingConfig,
     pub grpc: GrpcConfig,
 }
@@ -127,6 +128,22 @@ pub struct PodConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// How often the sampler reads every pod's and container's usage, in
+    /// milliseconds (the window of the CPU rates); at least 100.
+    pub interval_ms: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            interval_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StreamingConfig {
     /// `host:port` of the Exec/Attach/PortForward server; port 0 picks a
     /// free port at start. An unspecified host (0.0.0.0, [::]) listens on
@@ -184,6 +201,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
+            stats: StatsConfig::default(),
             streaming: StreamingConfig::default(),
             grpc: GrpcConfig::default(),
         }
@@ -353,6 +371,12 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "cgroup.default_parent must be an absolute cgroup path, got {:?}",
                 self.cgroup.default_parent
+            )));
+        }
+        if self.stats.interval_ms < 100 {
+            return Err(Error::Invalid(format!(
+                "stats.interval_ms must be at least 100, got {}",
+                self.stats.interval_ms
             )));
         }
         let net = &self.network;

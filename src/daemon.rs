@@ -10,6 +10,7 @@ use crate::container::{self, Containers};
 use crate::image::{self, Images};
 use crate::network::Network;
 use crate::pod::{self, Pods};
+use crate::stats::Sampler;
 use crate::store::{self, Store};
 
 pub struct Daemon {
@@ -26,6 +27,8 @@ pub struct Daemon {
     pub pods: Arc<Pods>,
     /// Containers (see crate::container).
     pub containers: Arc<Containers>,
+    /// The stats sampler and its cache (see crate::stats).
+    pub stats: Arc<Sampler>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
     /// The Exec/Attach/PortForward server, once started.
@@ -132,6 +135,11 @@ impl Daemon {
         pods.set_container_hooks(Arc::new(container::PodHooks(Arc::downgrade(&containers))));
         let in_use = store.clone();
         images.set_in_use(move |image_id| Containers::uses_image(&in_use, image_id));
+        let stats = Arc::new(Sampler::new(
+            cgroups.clone(),
+            store.clone(),
+            std::time::Duration::from_millis(config.stats.interval_ms),
+        ));
         Ok(Daemon {
             config,
             store,
@@ -140,6 +148,7 @@ impl Daemon {
             cgroups,
             pods,
             containers,
+            stats,
             runtime_config: RwLock::new(RuntimeConfig::default()),
             streaming: OnceLock::new(),
         })

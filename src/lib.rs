@@ -20,6 +20,7 @@ pub mod network;
 pub mod pod;
 pub mod record;
 pub mod seccomp;
+pub mod stats;
 pub mod store;
 pub mod streaming;
 pub mod sys;

@@ -195,6 +195,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .start_streaming()
             .await
             .context("start the streaming server")?;
+        daemon.stats.spawn();
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
         tracing::info!("crius stopped");

@@ -361,37 +361,6 @@ impl Tree {
             r => r,
         }
     }
-
-    /// Usage counters of `path` (each `None` when its controller is absent).
-    pub fn stats(&self, path: &str) -> Result<super::Stats, Error> {
-        let mut s = super::Stats::default();
-        if let Some(h) = self.layout.controller("cpuacct") {
-            s.cpu_usage_ns = Some(parse_u64(&h.dir(path).join("cpuacct.usage"))?);
-        } else if let Some(h) = self.layout.controller("cpu").filter(|h| h.unified) {
-            let stat = read_trimmed(&h.dir(path).join("cpu.stat"))?;
-            s.cpu_usage_ns = key_value(&stat, "usage_usec").map(|us| us * 1000);
-        }
-        if let Some(h) = self.layout.controller("memory") {
-            let dir = h.dir(path);
-            let (usage, inactive_key) = if h.unified {
-                (parse_u64(&dir.join("memory.current"))?, "inactive_file")
-            } else {
-                (
-                    parse_u64(&dir.join("memory.usage_in_bytes"))?,
-                    "total_inactive_file",
-                )
-            };
-            let stat = read_trimmed(&dir.join("memory.stat"))?;
-            let inactive = key_value(&stat, inactive_key).unwrap_or(0);
-            s.memory_usage_bytes = Some(usage);
-            // What kubelet evicts on: usage minus reclaimable page cache.
-            s.memory_working_set_bytes = Some(usage.saturating_sub(inactive));
-        }
-        if let Some(h) = self.layout.controller("pids") {
-            s.pids = Some(parse_u64(&h.dir(path).join("pids.current"))?);
-        }
-        Ok(s)
-    }
 }
 
 /// Enables in `dir` every controller its `cgroup.controllers` offers, so
@@ -525,7 +494,7 @@ fn subtree_procs(dir: &Path) -> Result<BTreeSet<i32>, Error> {
     Ok(pids)
 }
 
-fn read_trimmed(file: &Path) -> Result<String, Error> {
+pub(super) fn read_trimmed(file: &Path) -> Result<String, Error> {
     std::fs::read_to_string(file)
         .map(|s| s.trim().to_string())
         .map_err(|source| Error::Io {
@@ -543,7 +512,7 @@ fn write(file: &Path, value: &str) -> Result<(), Error> {
     })
 }
 
-fn parse_u64(file: &Path) -> Result<u64, Error> {
+pub(super) fn parse_u64(file: &Path) -> Result<u64, Error> {
     let text = read_trimmed(file)?;
     text.parse().map_err(|_| Error::Parse {
         path: file.into(),
@@ -552,7 +521,7 @@ fn parse_u64(file: &Path) -> Result<u64, Error> {
 }
 
 /// The value of `key` in a flat-keyed file (`oom_kill 3`).
-fn key_value(text: &str, key: &str) -> Option<u64> {
+pub(super) fn key_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()

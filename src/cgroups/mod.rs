@@ -74,13 +74,12 @@ pub mod layout;
 pub mod oom;
 pub mod paths;
 pub mod resources;
+pub mod stats;
 pub mod systemd;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::{CgroupConfig, CgroupDriver};
 use crate::error::{Classify, Kind};
@@ -89,6 +88,7 @@ pub use layout::{Layout, Mode};
 pub use oom::OomWatch;
 pub use paths::{CgroupPath, Unit};
 pub use resources::Resources;
+pub use stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -152,18 +152,6 @@ impl Classify for Error {
             _ => Kind::Internal,
         }
     }
-}
-
-/// Usage counters of a cgroup; `None` where the controller is absent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Total CPU time consumed, nanoseconds.
-    pub cpu_usage_ns: Option<u64>,
-    pub memory_usage_bytes: Option<u64>,
-    /// Usage minus inactive file cache: what kubelet evicts on.
-    pub memory_working_set_bytes: Option<u64>,
-    /// Number of tasks.
-    pub pids: Option<u64>,
 }
 
 /// What crius asks of systemd: units behind a trait, so the systemd

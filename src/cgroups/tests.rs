@@ -314,8 +314,8 @@ fn oom_counters_and_stats() {
     .unwrap();
     assert_eq!(f.cg.oom_kills(&pod).unwrap(), 3);
     let s = f.cg.stats(&pod).unwrap();
-    assert_eq!(s.cpu_usage_ns, Some(12345));
-    assert_eq!(s.memory_working_set_bytes, Some(4096 - 1024));
+    assert_eq!(s.cpu.unwrap().usage_ns, 12345);
+    assert_eq!(s.memory.unwrap().working_set_bytes, 4096 - 1024);
     assert_eq!(s.pids, Some(0));
 
     let f = fixture(Kind::V2);
@@ -328,9 +328,113 @@ fn oom_counters_and_stats() {
     .unwrap();
     assert_eq!(f.cg.oom_kills(&pod).unwrap(), 2);
     let s = f.cg.stats(&pod).unwrap();
-    assert_eq!(s.cpu_usage_ns, Some(7000));
-    assert_eq!(s.memory_usage_bytes, Some(8192));
-    assert_eq!(s.memory_working_set_bytes, Some(4096));
+    assert_eq!(s.cpu.unwrap().usage_ns, 7000);
+    let m = s.memory.unwrap();
+    assert_eq!(m.usage_bytes, 8192);
+    assert_eq!(m.working_set_bytes, 4096);
+}
+
+#[test]
+fn stats_v1_memory_swap_and_limit() {
+    let f = fixture(Kind::V1);
+    let pod = f.cg.pod_path("", "s").unwrap();
+    let res = Resources {
+        memory_limit: Some(64 << 20),
+        ..Default::default()
+    };
+    f.cg.create(&pod, &res).unwrap();
+    let mem = f.root.join("memory/crius/pod-s");
+    std::fs::write(mem.join("memory.usage_in_bytes"), "10485760").unwrap();
+    std::fs::write(
+        mem.join("memory.stat"),
+        "rss 1\ntotal_rss 6291456\ntotal_cache 3145728\ntotal_mapped_file 4096\ntotal_inactive_file 2097152\ntotal_pgfault 900\ntotal_pgmajfault 3\n",
+    )
+    .unwrap();
+    std::fs::write(mem.join("memory.memsw.usage_in_bytes"), "11534336").unwrap();
+    std::fs::write(
+        f.root.join("cpu,cpuacct/crius/pod-s/cpu.stat"),
+        "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\n",
+    )
+    .unwrap();
+    std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "100663296").unwrap();
+    let s = f.cg.stats(&pod).unwrap();
+    let cpu = s.cpu.unwrap();
+    assert_eq!(cpu.usage_ns, 12345);
+    assert_eq!(
+        (cpu.periods, cpu.throttled_periods, cpu.throttled_ns),
+        (10, 4, 5000)
+    );
+    let m = s.memory.clone().unwrap();
+    assert_eq!(m.usage_bytes, 10 << 20);
+    assert_eq!(m.working_set_bytes, 8 << 20);
+    assert_eq!(m.rss_bytes, 6 << 20);
+    assert_eq!((m.page_faults, m.major_page_faults), (900, 3));
+    assert_eq!((m.cache_bytes, m.mapped_file_bytes), (3 << 20, 4096));
+    assert_eq!(
+        m.max_usage_bytes, 0,
+        "no memory.max_usage_in_bytes in the fixture"
+    );
+    assert_eq!(m.limit_bytes, Some(64 << 20));
+    assert_eq!(m.available_bytes(), Some(56 << 20));
+    let swap = s.swap.clone().unwrap();
+    assert_eq!(swap.usage_bytes, 1 << 20);
+    assert_eq!(swap.limit_bytes, Some(32 << 20));
+    assert_eq!(swap.available_bytes(), Some(31 << 20));
+    assert_eq!(s.psi, stats::Psi::default(), "no PSI on v1");
+}
+
+#[test]
+fn stats_v2_memory_swap_pids_and_psi() {
+    let f = fixture(Kind::V2);
+    let pod = f.cg.pod_path("", "s").unwrap();
+    f.cg.create(&pod, &Resources::default()).unwrap();
+    let dir = f.root.join("crius/pod-s");
+    std::fs::write(
+        dir.join("cpu.stat"),
+        "usage_usec 2500000\nuser_usec 2000000\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("memory.current"), "20971520").unwrap();
+    std::fs::write(
+        dir.join("memory.stat"),
+        "anon 12582912\nfile 8388608\nfile_mapped 4096\nkernel 8192\ninactive_file 4194304\npgfault 77\npgmajfault 2\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("memory.swap.current"), "4096").unwrap();
+    std::fs::write(dir.join("pids.current"), "4").unwrap();
+    std::fs::write(
+        dir.join("cpu.pressure"),
+        "some avg10=12.50 avg60=3.00 avg300=1.00 total=5000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=10\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("memory.events"),
+        "low 0\nhigh 0\nmax 5\noom 0\noom_kill 0\n",
+    )
+    .unwrap();
+    let s = f.cg.stats(&pod).unwrap();
+    let cpu = s.cpu.unwrap();
+    assert_eq!(cpu.usage_ns, 2_500_000_000);
+    assert_eq!(cpu.user_ns, 2_000_000_000);
+    let m = s.memory.clone().unwrap();
+    assert_eq!(m.working_set_bytes, 16 << 20);
+    assert_eq!(m.rss_bytes, 12 << 20);
+    assert_eq!((m.page_faults, m.major_page_faults), (77, 2));
+    assert_eq!(
+        (m.cache_bytes, m.mapped_file_bytes, m.kernel_bytes),
+        (8 << 20, 4096, 8192)
+    );
+    assert_eq!(m.failcnt, 5);
+    assert_eq!(m.limit_bytes, None, "memory.max is max");
+    assert_eq!(m.available_bytes(), None);
+    let swap = s.swap.clone().unwrap();
+    assert_eq!((swap.usage_bytes, swap.limit_bytes), (4096, None));
+    assert_eq!(s.pids, Some(4));
+    let cpu = s.psi.cpu.clone().unwrap();
+    assert_eq!(cpu.some.total_us, 5000);
+    assert_eq!(cpu.some.avg10, 12.5);
+    assert_eq!(cpu.full.total_us, 10);
+    assert_eq!(s.psi.memory, None, "no memory.pressure file in the fixture");
 }
 
 #[test]

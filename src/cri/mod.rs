@@ -14,8 +14,10 @@ mod pod;
 pub mod proto;
 mod runtime;
 pub mod server;
+mod stats;
 mod status;
 mod stream_rpc;
+mod streams;
 pub mod validate;
 
 use std::sync::Arc;

@@ -66,9 +66,9 @@ impl RuntimeService for Cri {
     type StreamPodSandboxesStream = Stream<StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
         &self,
-        _: Request<StreamPodSandboxesRequest>,
+        req: Request<StreamPodSandboxesRequest>,
     ) -> Reply<Self::StreamPodSandboxesStream> {
-        Err(unimplemented("StreamPodSandboxes"))
+        self.stream_pods_rpc(req.into_inner())
     }
     async fn update_pod_sandbox_resources(
         &self,
@@ -110,9 +110,9 @@ impl RuntimeService for Cri {
     type StreamContainersStream = Stream<StreamContainersResponse>;
     async fn stream_containers(
         &self,
-        _: Request<StreamContainersRequest>,
+        req: Request<StreamContainersRequest>,
     ) -> Reply<Self::StreamContainersStream> {
-        Err(unimplemented("StreamContainers"))
+        self.stream_containers_rpc(req.into_inner())
     }
     async fn container_status(
         &self,
@@ -147,60 +147,60 @@ impl RuntimeService for Cri {
 
     async fn container_stats(
         &self,
-        _: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> Reply<ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+        self.container_stats_rpc(req.into_inner()).await
     }
     async fn list_container_stats(
         &self,
-        _: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Reply<ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+        self.list_container_stats_rpc(req.into_inner()).await
     }
     type StreamContainerStatsStream = Stream<StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _: Request<StreamContainerStatsRequest>,
+        req: Request<StreamContainerStatsRequest>,
     ) -> Reply<Self::StreamContainerStatsStream> {
-        Err(unimplemented("StreamContainerStats"))
+        self.stream_container_stats_rpc(req.into_inner()).await
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Reply<PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+        self.pod_sandbox_stats_rpc(req.into_inner()).await
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Reply<ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+        self.list_pod_sandbox_stats_rpc(req.into_inner()).await
     }
     type StreamPodSandboxStatsStream = Stream<StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _: Request<StreamPodSandboxStatsRequest>,
+        req: Request<StreamPodSandboxStatsRequest>,
     ) -> Reply<Self::StreamPodSandboxStatsStream> {
-        Err(unimplemented("StreamPodSandboxStats"))
+        self.stream_pod_stats_rpc(req.into_inner()).await
     }
     async fn list_metric_descriptors(
         &self,
         _: Request<ListMetricDescriptorsRequest>,
     ) -> Reply<ListMetricDescriptorsResponse> {
-        Err(unimplemented("ListMetricDescriptors"))
+        self.list_metric_descriptors_rpc()
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Reply<ListPodSandboxMetricsResponse> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        self.list_pod_sandbox_metrics_rpc().await
     }
     type StreamPodSandboxMetricsStream = Stream<StreamPodSandboxMetricsResponse>;
     async fn stream_pod_sandbox_metrics(
         &self,
         _: Request<StreamPodSandboxMetricsRequest>,
     ) -> Reply<Self::StreamPodSandboxMetricsStream> {
-        Err(unimplemented("StreamPodSandboxMetrics"))
+        self.stream_pod_metrics_rpc().await
     }
 
     async fn checkpoint_container(
