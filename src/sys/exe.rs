@@ -64,14 +64,8 @@ impl Sealed {
     }
 }
 
-fn path_cstr(path: &Path) -> Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| sys(format!("{} holds a NUL byte", path.display()))(nix::Error::EINVAL))
-}
-
 fn readonly_mount(path: &Path) -> Result<OwnedFd> {
-    let c = path_cstr(path)?;
+    let c = super::mount::path_cstr(path)?;
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     // SAFETY: open_tree reads a NUL-terminated path alive for the call and
     // returns a new fd (or -1), which we own at once.
@@ -90,30 +84,16 @@ fn readonly_mount(path: &Path) -> Result<OwnedFd> {
     }
     // SAFETY: a fresh fd nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(rc as i32) };
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr on our fd with an empty path and a mount_attr
-    // of the size passed, alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(sys(format!(
-            "make the bind of {} read-only",
-            path.display()
-        ))(nix::Error::last()));
-    }
+    super::mount::mount_setattr(
+        fd.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH,
+        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+    )
+    .map_err(sys(format!(
+        "make the bind of {} read-only",
+        path.display()
+    )))?;
     Ok(fd)
 }
 

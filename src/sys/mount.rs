@@ -81,16 +81,24 @@ pub fn detach_all(m: &dyn Mounts, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Makes the mount at `path` and every mount below it read-only in one
-/// call (mount_setattr(2) with AT_RECURSIVE, Linux >= 5.12). A plain
-/// `MS_REMOUNT|MS_RDONLY` changes only the top mount and leaves submounts
-/// writable. ENOSYS on older kernels: see [`recursive_readonly_supported`].
-pub fn set_readonly_recursive(path: &Path) -> Result<()> {
+/// A path as the C string a system call takes.
+pub(crate) fn path_cstr(path: &Path) -> Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| sys(format!("mount_setattr {}", path.display()))(nix::Error::EINVAL))?;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| sys(format!("{} holds a NUL byte", path.display()))(nix::Error::EINVAL))
+}
+
+/// mount_setattr(2) (Linux >= 5.12): sets the attributes `set` on the mount
+/// `path` names relative to `dirfd` (with `flags` such as AT_RECURSIVE or
+/// AT_EMPTY_PATH); nothing is cleared and propagation is left alone.
+pub(crate) fn mount_setattr(
+    dirfd: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    set: u64,
+) -> nix::Result<()> {
     let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_set: set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -100,48 +108,43 @@ pub fn set_readonly_recursive(path: &Path) -> Result<()> {
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
+            dirfd,
+            path.as_ptr(),
+            flags as libc::c_uint,
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
     if rc != 0 {
-        return Err(sys(format!(
-            "make {} and its submounts read-only (mount_setattr)",
-            path.display()
-        ))(nix::Error::last()));
+        return Err(nix::Error::last());
     }
     Ok(())
 }
 
+/// Makes the mount at `path` and every mount below it read-only in one
+/// call (mount_setattr(2) with AT_RECURSIVE, Linux >= 5.12). A plain
+/// `MS_REMOUNT|MS_RDONLY` changes only the top mount and leaves submounts
+/// writable. ENOSYS on older kernels: see [`recursive_readonly_supported`].
+pub fn set_readonly_recursive(path: &Path) -> Result<()> {
+    let c = path_cstr(path)?;
+    mount_setattr(
+        libc::AT_FDCWD,
+        &c,
+        libc::AT_RECURSIVE,
+        libc::MOUNT_ATTR_RDONLY,
+    )
+    .map_err(sys(format!(
+        "make {} and its submounts read-only (mount_setattr)",
+        path.display()
+    )))
+}
+
 /// Whether the kernel has mount_setattr(2): probed once per process with a
-/// call that changes nothing (no attribute set or cleared on an fd that is
-/// not a mount: EBADF/EINVAL mean the call exists, ENOSYS that it doesn't).
+/// call that changes nothing (no attribute set on fd -1: EBADF/EINVAL mean
+/// the call exists, ENOSYS that it doesn't).
 pub fn recursive_readonly_supported() -> bool {
     static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PROBE.get_or_init(|| {
-        let attr = libc::mount_attr {
-            attr_set: 0,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        // SAFETY: an empty path with AT_EMPTY_PATH on fd -1 and a valid
-        // mount_attr; the kernel reads both and fails without side effects.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                -1,
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint,
-                &attr as *const libc::mount_attr,
-                std::mem::size_of::<libc::mount_attr>(),
-            )
-        };
-        !(rc != 0 && nix::Error::last() == nix::Error::ENOSYS)
-    })
+    *PROBE.get_or_init(|| mount_setattr(-1, c"", libc::AT_EMPTY_PATH, 0) != Err(nix::Error::ENOSYS))
 }
 
 /// The filesystem kinds a mount target must never resolve onto (unless
