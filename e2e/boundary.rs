@@ -97,16 +97,7 @@ async fn boundary_device_cgroup_stops_mknod_attacks() {
         NamespaceMode::Container,
     );
     // CAP_SYSLOG so that only the device cgroup decides about reading.
-    c.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .capabilities = Some(Capability {
-        add_capabilities: vec!["SYSLOG".into()],
-        ..Default::default()
-    });
+    crate::container::add_capabilities(&mut c, &["SYSLOG"]);
     c.devices = vec![
         device("/dev/null", "/dev/xnull", "rw"),
         device("/dev/kmsg", "/dev/sub/xkmsg", "r"),

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use crius::cri::proto::*;
 
-use crate::container::{container, create, exec, pod_config, setup_with_env, start};
+use crate::container::{
+    add_capabilities, container, create, exec, pod_config, setup_with_env, start,
+};
 use crate::pod;
 use crate::require_registry_tools;
 
@@ -178,11 +180,7 @@ async fn the_pod_init_shows_a_container_nothing_of_the_host() {
         .await
         .unwrap();
     let mut c = container("spy", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod);
-    let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
-    sc.capabilities = Some(Capability {
-        add_capabilities: vec!["CAP_SYS_PTRACE".into()],
-        ..Default::default()
-    });
+    add_capabilities(&mut c, &["CAP_SYS_PTRACE"]);
     let id = create(&mut rt, &pod, c).await.unwrap();
     start(&mut rt, &id).await;
     let out = exec(&mut rt, &id, &["cat", "/proc/1/status"], 5)
@@ -337,16 +335,7 @@ async fn no_container_can_write_the_binaries_of_crius_processes() {
         &["sleep", "1000"],
         NamespaceMode::Node,
     );
-    c.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .capabilities = Some(Capability {
-        add_capabilities: vec!["CAP_SYS_PTRACE".into()],
-        ..Default::default()
-    });
+    add_capabilities(&mut c, &["CAP_SYS_PTRACE"]);
     let id = create(&mut rt, &pod, c).await.unwrap();
     start(&mut rt, &id).await;
     let script = format!(

@@ -102,6 +102,20 @@ pub fn container(name: &str, image: &str, cmd: &[&str], pid: NamespaceMode) -> C
     }
 }
 
+/// Adds capabilities (names as the CRI takes them) to a container built by
+/// [`container`].
+pub fn add_capabilities(c: &mut ContainerConfig, caps: &[&str]) {
+    let sc = c
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    sc.capabilities
+        .get_or_insert_with(Default::default)
+        .add_capabilities
+        .extend(caps.iter().map(|c| c.to_string()));
+}
+
 pub async fn create(
     rt: &mut Client,
     pod: &str,
