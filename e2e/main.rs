@@ -10,6 +10,7 @@ mod engine;
 mod harness;
 mod hostile;
 mod image;
+mod mounts;
 mod pod;
 mod pod_recovery;
 mod registry;
