@@ -220,6 +220,8 @@ pub struct Containers {
     images: Arc<dyn ImageSource>,
     cgroups: Arc<Cgroups>,
     engine: Arc<dyn engine::Engine>,
+    /// Where its state changes are announced.
+    events: Arc<crate::events::Events>,
     settings: Settings,
     /// Recorded exits of running containers, for StopContainer to wait on.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
@@ -240,6 +242,7 @@ impl Containers {
         images: Arc<dyn ImageSource>,
         cgroups: Arc<Cgroups>,
         engine: Arc<dyn engine::Engine>,
+        events: Arc<crate::events::Events>,
         settings: Settings,
     ) -> Containers {
         Containers {
@@ -248,6 +251,7 @@ impl Containers {
             images,
             cgroups,
             engine,
+            events,
             settings,
             exits: Mutex::new(HashMap::new()),
         }
