@@ -378,6 +378,11 @@ impl Cgroups {
         }
     }
 
+    /// Checks `res` as [`Self::update`] would, without touching a cgroup.
+    pub fn check(&self, res: &Resources) -> Result<(), Error> {
+        resources::plan(&self.tree.layout, res).map(|_| ())
+    }
+
     /// Changes the resources of an existing cgroup, all or nothing: every
     /// value and file is checked first, and what was written is restored
     /// when a write fails.
