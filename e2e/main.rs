@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod hostile_image;
 mod image;
+mod mounts;
 mod pod;
 mod pod_recovery;
 mod pull_limits;

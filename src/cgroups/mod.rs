@@ -455,4 +455,10 @@ impl Cgroups {
     pub fn stats(&self, path: &CgroupPath) -> Result<Stats, Error> {
         self.tree.stats(&path.path)
     }
+
+    /// The cumulative CPU time of `path`, in nanoseconds (`None` without
+    /// a CPU accounting controller).
+    pub fn cpu_usage(&self, path: &CgroupPath) -> Result<Option<u64>, Error> {
+        self.tree.cpu_usage(&path.path)
+    }
 }
