@@ -7,6 +7,7 @@ mod campaign;
 mod container;
 mod container_ops;
 mod engine;
+mod events;
 mod harness;
 mod hostile;
 mod image;

@@ -428,6 +428,10 @@ impl Kind for Containers {
     async fn rollback(&self, rec: &ContainerRecord) {
         self.discard(rec).await;
     }
+
+    fn on_claimed(&self, rec: &ContainerRecord) {
+        self.events.container(crate::events::Type::Created, rec);
+    }
 }
 
 impl Containers {

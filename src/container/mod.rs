@@ -215,6 +215,8 @@ pub struct Containers {
     images: Arc<dyn ImageSource>,
     cgroups: Arc<Cgroups>,
     engine: Arc<dyn engine::Engine>,
+    /// Where its state changes are announced.
+    events: Arc<crate::events::Events>,
     settings: Settings,
     /// Recorded exits of running containers, for StopContainer to wait on.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
@@ -235,6 +237,7 @@ impl Containers {
         images: Arc<dyn ImageSource>,
         cgroups: Arc<Cgroups>,
         engine: Arc<dyn engine::Engine>,
+        events: Arc<crate::events::Events>,
         settings: Settings,
     ) -> Containers {
         Containers {
@@ -243,6 +246,7 @@ impl Containers {
             images,
             cgroups,
             engine,
+            events,
             settings,
             exits: Mutex::new(HashMap::new()),
         }

@@ -295,7 +295,7 @@ fn container(r: &ContainerRecord) -> Container {
     }
 }
 
-fn container_status(r: &ContainerRecord) -> ContainerStatus {
+pub(super) fn container_status(r: &ContainerRecord) -> ContainerStatus {
     let res = &r.resources;
     ContainerStatus {
         id: r.id.clone(),
