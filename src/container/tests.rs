@@ -631,7 +631,7 @@ async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() 
     let e = env();
     let mut sub = e.svc.events.subscribe();
     // A creation that fails at a step is never visible: no event.
-    *e.fake.fail_create.lock().unwrap() = Some("boom".into());
+    *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/boom".into()));
     assert!(e.svc.create(e.req("bad", 0)).await.is_err());
     *e.fake.fail_create.lock().unwrap() = None;
     // A start the engine refuses: created, then stopped (never started).
