@@ -142,6 +142,7 @@ impl TestPod {
                 upper: dir.join("upper"),
                 work: dir.join("work"),
             },
+            volumes: Vec::new(),
             cgroup_procs: self
                 .cgroups
                 .iter()
@@ -392,6 +393,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: file.clone(),
         readonly: true,
         propagation: Propagation::Private,
+        ..Default::default()
     });
     config.security.readonly_rootfs = true;
     let (code, log) = p.run("files", &config, PidNamespace::Node).await;
@@ -412,6 +414,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: shared.clone(),
         readonly: false,
         propagation: Propagation::HostToContainer,
+        ..Default::default()
     });
     let launch = p.launch("slave", &slave, PidNamespace::Node);
     p.monitor.create_container(&launch).await.unwrap();
@@ -445,6 +448,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: shared.clone(),
         readonly: false,
         propagation: Propagation::Bidirectional,
+        ..Default::default()
     });
     let launch = p.launch("shared", &both, PidNamespace::Node);
     let init = p.monitor.create_container(&launch).await.unwrap();
@@ -481,6 +485,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: private,
         readonly: false,
         propagation: Propagation::HostToContainer,
+        ..Default::default()
     });
     let err = p
         .monitor

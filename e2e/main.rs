@@ -11,6 +11,7 @@ mod events;
 mod harness;
 mod hostile;
 mod image;
+mod mounts;
 mod pod;
 mod pod_recovery;
 mod registry;

@@ -117,6 +117,11 @@ impl Daemon {
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         restrict_dirs(&config)?;
         let store = Arc::new(Store::open(&config.db_path())?);
+        // Probed once: recursive read-only mounts and their Status feature.
+        tracing::info!(
+            supported = crate::sys::mount::recursive_readonly_supported(),
+            "recursive read-only mounts (mount_setattr)"
+        );
         let images = Images::open(&config, store.clone())?;
         let network = Arc::new(Network::new(&config.network, &config.state));
         let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
