@@ -567,11 +567,12 @@ fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Res
         None,
     )?;
     let fd = create_beneath(root_fd, rel, kind)?;
+    let locked = crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
     mount(
         None,
         &fd_path(&fd),
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
         None,
     )
 }
