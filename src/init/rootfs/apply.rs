@@ -13,11 +13,12 @@ use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::init::rootfs::{Lower, Node, Step, TargetKind};
+use crate::monitor::sync::Step as SetupStep;
 
 /// A failed step: which one, and why.
 #[derive(Debug)]
 pub struct StepError {
-    pub step: String,
+    pub step: SetupStep,
     pub message: String,
 }
 
@@ -27,8 +28,7 @@ impl std::fmt::Display for StepError {
     }
 }
 
-fn fail(step: impl Into<String>) -> impl FnOnce(String) -> StepError {
-    let step = step.into();
+fn fail(step: SetupStep) -> impl FnOnce(String) -> StepError {
     move |message| StepError { step, message }
 }
 
@@ -116,7 +116,7 @@ pub fn check_propagation_sources(steps: &[Step]) -> Result<(), StepError> {
                 "shared or slave"
             };
             return Err(StepError {
-                step: format!("mount {}", source.display()),
+                step: SetupStep::Mount(source.display().to_string()),
                 message: format!(
                     "path {} is mounted on {} but it is not a {need} mount",
                     source.display(),
@@ -273,9 +273,9 @@ fn inside(root: &Path, target: &Path) -> String {
 }
 
 /// The rootfs' fd, which the steps after the self bind work beneath.
-fn mounted<'a>(root_fd: &'a Option<OwnedFd>, step: &str) -> Result<&'a OwnedFd, StepError> {
+fn mounted<'a>(root_fd: &'a Option<OwnedFd>, step: &SetupStep) -> Result<&'a OwnedFd, StepError> {
     root_fd.as_ref().ok_or_else(|| StepError {
-        step: step.to_string(),
+        step: step.clone(),
         message: "the rootfs is not mounted".into(),
     })
 }
@@ -288,16 +288,16 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
     for s in steps {
         match s {
             Step::RootPropagation(flags) => mount(None, Path::new("/"), None, *flags, None)
-                .map_err(fail("rootfs propagation"))?,
+                .map_err(fail(SetupStep::RootPropagation))?,
             Step::PrivateParent(path) => {
                 let (point, _, _) = mount_of(path).unwrap_or((PathBuf::from("/"), false, false));
                 mount(None, &point, None, MsFlags::MS_PRIVATE, None)
-                    .map_err(fail("make the rootfs parent private"))?
+                    .map_err(fail(SetupStep::PrivateParent))?
             }
             Step::Overlay { target, data } => {
                 std::fs::create_dir_all(target)
                     .map_err(|e| format!("create {}: {e}", target.display()))
-                    .map_err(fail("mount the overlay rootfs"))?;
+                    .map_err(fail(SetupStep::Overlay))?;
                 mount(
                     Some(Path::new("overlay")),
                     target,
@@ -305,7 +305,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     MsFlags::empty(),
                     Some(data),
                 )
-                .map_err(fail("mount the overlay rootfs"))?
+                .map_err(fail(SetupStep::Overlay))?
             }
             Step::BindSelf(path) => {
                 mount(
@@ -315,14 +315,14 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None,
                 )
-                .map_err(fail("bind the rootfs onto itself"))?;
+                .map_err(fail(SetupStep::BindRoot))?;
                 let fd = rustix::fs::open(
                     path,
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| format!("open {}: {e}", path.display()))
-                .map_err(fail("bind the rootfs onto itself"))?;
+                .map_err(fail(SetupStep::BindRoot))?;
                 root_fd = Some(fd);
             }
             Step::Mount {
@@ -332,7 +332,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 options,
                 kind,
             } => {
-                let name = format!("mount {}", inside(root, target));
+                let name = SetupStep::Mount(inside(root, target));
                 let root_fd = mounted(&root_fd, &name)?;
                 mount_one(root, root_fd, source, target, fstype, options, *kind)
                     .map_err(fail(name))?
@@ -344,7 +344,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 image,
                 staging,
             } => {
-                let name = format!("mount {}", inside(root, target));
+                let name = SetupStep::Mount(inside(root, target));
                 let root_fd = mounted(&root_fd, &name)?;
                 let volume = Volume {
                     lower,
@@ -355,32 +355,32 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 mount_volume(root, root_fd, target, &volume).map_err(fail(name))?
             }
             Step::Devices { dev } => {
-                let root_fd = mounted(&root_fd, "create devices")?;
+                let root_fd = mounted(&root_fd, &SetupStep::Devices)?;
                 let rel = dev.strip_prefix(root).unwrap_or(dev);
                 let dev_fd = open_in_root(root_fd, rel, OFlags::DIRECTORY)
                     .map_err(|e| format!("open /dev: {e}"))
-                    .map_err(fail("create devices"))?;
-                devices(&dev_fd).map_err(fail("create devices"))?
+                    .map_err(fail(SetupStep::Devices))?;
+                devices(&dev_fd).map_err(fail(SetupStep::Devices))?
             }
             Step::Nodes(nodes) => {
-                let root_fd = mounted(&root_fd, "create CRI devices")?;
+                let root_fd = mounted(&root_fd, &SetupStep::CriDevices)?;
                 for n in nodes {
-                    let name = format!("create device {}", inside(root, &n.target));
+                    let name = SetupStep::Device(inside(root, &n.target));
                     make_node(root, root_fd, n).map_err(fail(name))?
                 }
             }
             Step::PivotRoot(path) => {
                 root_fd = None;
-                pivot(path).map_err(fail("pivot_root"))?
+                pivot(path).map_err(fail(SetupStep::PivotRoot))?
             }
             Step::Mask(paths) => {
                 for p in paths {
-                    mask(p).map_err(fail(format!("mask {}", p.display())))?
+                    mask(p).map_err(fail(SetupStep::Mask(p.display().to_string())))?
                 }
             }
             Step::ReadOnly(paths) => {
                 for p in paths {
-                    readonly(p).map_err(fail(format!("make {} read-only", p.display())))?
+                    readonly(p).map_err(fail(SetupStep::ReadOnlyPath(p.display().to_string())))?
                 }
             }
             Step::ReadOnlyRoot => mount(
@@ -390,7 +390,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None,
             )
-            .map_err(fail("make the rootfs read-only"))?,
+            .map_err(fail(SetupStep::ReadOnlyRoot))?,
         }
     }
     Ok(())
