@@ -14,6 +14,8 @@
 #   hack/footprint.sh                      # the crius built here
 #   PODS=100 hack/footprint.sh             # the stats RPCs' target: < 50 ms
 #   CRIUS=/path/to/old/crius hack/footprint.sh   # another build, e.g. before a change
+#   CRIUS=target/debug/crius CLIENT=target/debug/examples/cri-pods hack/footprint.sh
+#                                          # prebuilt binaries, no build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/images.sh
@@ -24,9 +26,13 @@ target=${CARGO_TARGET_DIR:-target}
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
 images_require_tools docker-registry
 
-cargo build --release --quiet --bins --example cri-pods
+# CRIUS and CLIENT name prebuilt binaries (e.g. a debug build); else this
+# tree's release build.
+if [[ -z ${CRIUS:-} || -z ${CLIENT:-} ]]; then
+  cargo build --release --quiet --bins --example cri-pods
+fi
 crius=${CRIUS:-$(pwd)/$target/release/crius}
-client="$(pwd)/$target/release/examples/cri-pods"
+client=${CLIENT:-$(pwd)/$target/release/examples/cri-pods}
 
 work=$(mktemp -d /tmp/crius-footprint-XXXXXX)
 crius_pid=
@@ -92,11 +98,13 @@ rss=0 pss=0 n=0
 declare -A names=()
 for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
   [[ "$pid" == "$crius_pid" ]] && continue
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-  [[ "$(basename "${exe% (deleted)}")" == crius* ]] || continue
+  # argv[0]: the monitor and the pod init run from a sealed handle
+  # (src/sys/exe.rs), so their /proc/PID/exe names no crius file.
+  name=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1) || continue
+  name=$(basename "$name")
+  [[ "$name" == crius* ]] || continue
   read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' "/proc/$pid/smaps_rollup")
   rss=$((rss + r)) pss=$((pss + p)) n=$((n + 1))
-  name=$(cat "/proc/$pid/comm")
   names[$name]=$((${names[$name]:-0} + 1))
 done
 ((n)) || { echo "no crius process appeared" >&2; exit 1; }
