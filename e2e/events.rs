@@ -64,6 +64,19 @@ fn summary(events: &[ContainerEventResponse]) -> Vec<(String, ContainerEventType
         .collect()
 }
 
+/// A created and started `sleep 1000` container in `pod`.
+async fn sleeper(rt: &mut Client, pod: &str, name: &str, image: &str) -> String {
+    let id = create(
+        rt,
+        pod,
+        container(name, image, &["sleep", "1000"], NamespaceMode::Pod),
+    )
+    .await
+    .unwrap();
+    start(rt, &id).await;
+    id
+}
+
 /// The status of container `id` in event `e`.
 fn status_in<'a>(e: &'a ContainerEventResponse, id: &str) -> Option<&'a ContainerStatus> {
     e.containers_statuses.iter().find(|c| c.id == id)
@@ -82,14 +95,7 @@ async fn events_arrive_in_order_with_the_statuses() {
     let pod = pod::run(&mut rt, pod_config("events", NamespaceMode::Pod, &logs))
         .await
         .unwrap();
-    let web = create(
-        &mut rt,
-        &pod,
-        container("web", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod),
-    )
-    .await
-    .unwrap();
-    start(&mut rt, &web).await;
+    let web = sleeper(&mut rt, &pod, "web", &s.busybox).await;
     rt.stop_container(StopContainerRequest {
         container_id: web.clone(),
         timeout: 0,
@@ -240,19 +246,7 @@ async fn a_subscriber_that_never_reads_stalls_nothing_and_is_dropped() {
     let mut ids = Vec::new();
     for i in 0..4 {
         let t = Instant::now();
-        let id = create(
-            &mut rt,
-            &pod,
-            container(
-                &format!("c{i}"),
-                &s.busybox,
-                &["sleep", "1000"],
-                NamespaceMode::Pod,
-            ),
-        )
-        .await
-        .unwrap();
-        start(&mut rt, &id).await;
+        let id = sleeper(&mut rt, &pod, &format!("c{i}"), &s.busybox).await;
         rt.remove_container(RemoveContainerRequest {
             container_id: id.clone(),
         })
@@ -309,14 +303,7 @@ async fn a_restart_sends_no_event_for_an_unchanged_state() {
     let pod = pod::run(&mut rt, pod_config("restart", NamespaceMode::Pod, &logs))
         .await
         .unwrap();
-    let id = create(
-        &mut rt,
-        &pod,
-        container("web", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod),
-    )
-    .await
-    .unwrap();
-    start(&mut rt, &id).await;
+    let id = sleeper(&mut rt, &pod, "web", &s.busybox).await;
     // An open subscription does not hold the shutdown: it ends.
     let mut open = subscribe(&mut rt).await;
     tokio::task::block_in_place(|| s.d.signal_and_wait(15, Duration::from_secs(10)))
