@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 pub use crate::cgroups::Resources;
@@ -106,6 +106,9 @@ pub struct Security {
     pub apparmor: AppArmor,
     /// SELinux options were given (crius applies no SELinux labels).
     pub selinux: bool,
+    /// The user namespace the container's own userns_options ask for, if
+    /// it sent any (`Some(None)`: the host's); it must be its pod's.
+    pub userns: Option<Option<crate::sys::ns::UserMaps>>,
 }
 
 /// The AppArmor profile the CRI asks for.
@@ -169,6 +172,8 @@ pub struct PodContext {
     pub cgroup_path: PathBuf,
     /// cgroup v2 only: a private cgroup namespace and a read-only /sys/fs/cgroup.
     pub cgroup_v2: bool,
+    /// The pod's user namespace: its pin and mappings (`None`: the host's).
+    pub user_ns: Option<(PathBuf, crate::sys::ns::UserMaps)>,
 }
 
 /// The translation's result.
@@ -391,6 +396,20 @@ fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount
 
 /// The mounts every container gets, before its CRI mounts.
 fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>, Error> {
+    // In a user namespace the filesystems crius mounts for the container
+    // belong to its root (and devpts to its tty group), not to host ids it
+    // cannot see.
+    let (dev_data, pts_gid) = match &pod.user_ns {
+        Some((_, maps)) => (
+            Some(format!(
+                "uid={},gid={}",
+                maps.uid.to_host(0).unwrap_or(0),
+                maps.gid.to_host(0).unwrap_or(0)
+            )),
+            maps.gid.to_host(5).map(|g| format!("gid={g}")),
+        ),
+        None => (None, Some("gid=5".to_string())),
+    };
     let mut mounts = vec![
         mount(
             "/proc",
@@ -402,7 +421,10 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
             "/dev",
             "tmpfs",
             Path::new("tmpfs"),
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            &["nosuid", "strictatime", "mode=755", "size=65536k"]
+                .into_iter()
+                .chain(dev_data.as_deref())
+                .collect::<Vec<_>>(),
         )?,
         mount(
             "/dev/pts",
@@ -414,8 +436,10 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
                 "newinstance",
                 "ptmxmode=0666",
                 "mode=0620",
-                "gid=5",
-            ],
+            ]
+            .into_iter()
+            .chain(pts_gid.as_deref())
+            .collect::<Vec<_>>(),
         )?,
         mount(
             "/dev/mqueue",
@@ -464,7 +488,9 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
     Ok(mounts)
 }
 
-fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
+/// A CRI mount as an OCI bind; in a pod with its own user namespace it is
+/// idmapped (`ridmap`), so its files keep their host owners.
+fn cri_mount(m: &BindMount, userns: bool) -> Result<Mount, Error> {
     if !m.container_path.starts_with('/') {
         return Err(Error::Invalid {
             field: "mount container_path",
@@ -497,11 +523,15 @@ fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
         Propagation::Bidirectional => "rshared",
     };
     let rw = if m.readonly { "ro" } else { "rw" };
+    let idmap = userns.then_some("ridmap");
     mount(
         &m.container_path,
         "bind",
         &m.host_path,
-        &["rbind", propagation, rw],
+        &["rbind", propagation, rw]
+            .into_iter()
+            .chain(idmap)
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -569,6 +599,9 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
 fn namespaces(pod: &PodContext) -> Result<Vec<LinuxNamespace>, Error> {
     use LinuxNamespaceType::*;
     let mut ns = vec![namespace(Mount, None)?];
+    if let Some((pin, _)) = &pod.user_ns {
+        ns.push(namespace(User, Some(pin))?);
+    }
     for (typ, path) in [
         (Network, &pod.net_ns),
         (Ipc, &pod.ipc_ns),
@@ -758,7 +791,7 @@ pub fn build(
     let cri: Vec<Mount> = config
         .mounts
         .iter()
-        .map(cri_mount)
+        .map(|m| cri_mount(m, pod.user_ns.is_some()))
         .collect::<Result<_, _>>()?;
     let mut mounts: Vec<Mount> = default_mounts(pod, config.security.readonly_rootfs)?
         .into_iter()
@@ -766,7 +799,20 @@ pub fn build(
         .collect();
     mounts.extend(cri);
 
-    let mut linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some((_, maps)) = &pod.user_ns {
+        let map = |m: &crate::sys::ns::IdMap| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.length)
+                .build()
+        };
+        linux = linux
+            .uid_mappings(vec![map(&maps.uid)?])
+            .gid_mappings(vec![map(&maps.gid)?]);
+    }
+    let mut linux = linux
         .namespaces(namespaces(pod)?)
         .resources(resources(&config.resources)?)
         .cgroups_path(pod.cgroup_path.clone())

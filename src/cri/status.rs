@@ -65,7 +65,9 @@ impl Cri {
                 name: DEFAULT_HANDLER.into(),
                 features: Some(RuntimeHandlerFeatures {
                     recursive_read_only_mounts: false,
-                    user_namespaces: false,
+                    // Only where the probes succeeded: kubelet then sends
+                    // hostUsers:false pods here.
+                    user_namespaces: self.daemon.userns.supported(),
                 }),
             }],
             features: Some(RuntimeFeatures {

@@ -4,6 +4,7 @@
 //! [`log`] writes their output in the CRI log format.
 
 pub mod log;
+pub mod probe;
 mod sandbox;
 mod server;
 mod workload;
