@@ -143,6 +143,7 @@ impl TestPod {
                 upper: dir.join("upper"),
                 work: dir.join("work"),
             },
+            volumes: Vec::new(),
             cgroup_procs: self
                 .cgroups
                 .iter()
@@ -393,6 +394,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: file.clone(),
         readonly: true,
         propagation: Propagation::Private,
+        ..Default::default()
     });
     config.security.readonly_rootfs = true;
     let (code, log) = p.run("files", &config, PidNamespace::Node).await;
@@ -413,6 +415,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: shared.clone(),
         readonly: false,
         propagation: Propagation::HostToContainer,
+        ..Default::default()
     });
     let launch = p.launch("slave", &slave, PidNamespace::Node);
     p.monitor.create_container(&launch).await.unwrap();
@@ -446,6 +449,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: shared.clone(),
         readonly: false,
         propagation: Propagation::Bidirectional,
+        ..Default::default()
     });
     let launch = p.launch("shared", &both, PidNamespace::Node);
     let init = p.monitor.create_container(&launch).await.unwrap();
@@ -482,6 +486,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: private,
         readonly: false,
         propagation: Propagation::HostToContainer,
+        ..Default::default()
     });
     let err = p
         .monitor
