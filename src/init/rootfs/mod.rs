@@ -7,6 +7,7 @@
 //! 1. root propagation from the Spec (rslave / rshared / rprivate, recursive)
 //! 2. the rootfs' parent made private (pivot_root fails on a shared parent)
 //! 3. overlayfs over the layer dirs with the container's upper/work dirs
+//!    (in a user namespace over idmapped copies of the layers)
 //! 4. the rootfs bind-mounted onto itself (pivot_root needs a mount point)
 //! 5. the Spec's mounts, targets created beneath the rootfs, each followed by
 //!    its read-only remount (recursive for `rro`) and propagation change
