@@ -19,6 +19,7 @@ use crate::require_registry_tools;
 /// A daemon with busybox pulled; the registry stays up while it lives.
 pub struct Setup {
     pub d: TestDaemon,
+    /// The registry the test images came from (tests push more to it).
     pub reg: Registry,
     pub busybox: String,
     pub image_id: String,
@@ -484,7 +485,7 @@ async fn container_pid_modes_share_pod_namespaces() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // StopContainer returns once the cgroup's processes are gone.
     assert!(
         cgroup_procs(&cgroup).is_empty(),
         "processes left in a stopped POD-mode container"

@@ -21,6 +21,7 @@ use crate::init::setup::Stdio;
 use crate::monitor::process::log::{Formatter, LogFile, Stream};
 use crate::monitor::protocol::Exit;
 use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
+use crate::monitor::sync::{Message, Step};
 use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.
@@ -33,13 +34,13 @@ const START_LIMIT: Duration = Duration::from_secs(10);
 /// A failed request: the step and why.
 #[derive(Debug)]
 pub struct Failure {
-    pub step: String,
+    pub step: Step,
     pub message: String,
 }
 
-fn failure(step: &str, message: impl Into<String>) -> Failure {
+fn failure(step: Step, message: impl Into<String>) -> Failure {
     Failure {
-        step: step.into(),
+        step,
         message: message.into(),
     }
 }
@@ -166,13 +167,6 @@ fn read_line(sock: &mut UnixStream, deadline: Instant) -> Result<Option<String>,
     }
 }
 
-/// `error <step>\t<message>` → the failure it reports.
-fn reported(line: &str) -> Option<Failure> {
-    let rest = line.strip_prefix("error ")?;
-    let (step, message) = rest.split_once('\t').unwrap_or((rest, ""));
-    Some(failure(step, message))
-}
-
 fn kill_and_reap(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
@@ -193,34 +187,34 @@ fn follow(
     // come first, and then the pid line is still to be read.
     let mut ready = false;
     let result = (|| loop {
-        match read_line(sock, deadline) {
-            Ok(Some(line)) => {
-                if let Some(pid) = line.strip_prefix("pid ") {
-                    stage2 = pid.trim().parse().ok();
-                    let _ = nix::sys::wait::waitpid(stage1, None);
-                    if ready {
-                        return stage2.ok_or_else(|| failure("create", "bad pid reported"));
-                    }
-                    continue;
-                }
-                if let Some(f) = reported(&line) {
-                    return Err(f);
-                }
-                if line == "ready" && expect_ready {
-                    match stage2 {
-                        Some(pid) => return Ok(pid),
-                        None => {
-                            ready = true;
-                            continue;
-                        }
-                    }
-                }
-                return Err(failure("create", format!("unexpected message {line:?}")));
-            }
+        let line = match read_line(sock, deadline) {
+            Ok(Some(line)) => line,
             // EOF: stage 2 exec'ed (exec processes) or everything ended.
-            Ok(None) if !expect_ready && stage2.is_some() => return Ok(stage2.unwrap()),
-            Ok(None) => return Err(failure("create", "the process ended during setup")),
-            Err(e) => return Err(failure("create", e)),
+            Ok(None) => match stage2 {
+                Some(pid) if !expect_ready => return Ok(pid),
+                _ => return Err(failure(Step::Create, "the process ended during setup")),
+            },
+            Err(e) => return Err(failure(Step::Create, e)),
+        };
+        match Message::decode(&line) {
+            Some(Message::Pid(pid)) => {
+                stage2 = Some(pid);
+                let _ = nix::sys::wait::waitpid(stage1, None);
+                if ready {
+                    return Ok(pid);
+                }
+            }
+            Some(Message::Failed { step, message }) => return Err(Failure { step, message }),
+            Some(Message::Ready) if expect_ready => match stage2 {
+                Some(pid) => return Ok(pid),
+                None => ready = true,
+            },
+            _ => {
+                return Err(failure(
+                    Step::Create,
+                    format!("unexpected message {line:?}"),
+                ));
+            }
         }
     })();
     if result.is_err() {
@@ -237,12 +231,12 @@ impl Container {
     /// before execve. The caller registers `init.pid` as a child.
     pub fn create(one: SingleThreaded, launch: ContainerLaunch) -> Result<Container, Failure> {
         let log = match launch.log_file() {
-            Some(p) => Some(LogFile::open(&p).map_err(|e| failure("open log", e.to_string()))?),
+            Some(p) => Some(LogFile::open(&p).map_err(|e| failure(Step::OpenLog, e.to_string()))?),
             None => None,
         };
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
+        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
         let (mut parent, child) =
-            UnixStream::pair().map_err(|e| failure("create", e.to_string()))?;
+            UnixStream::pair().map_err(|e| failure(Step::Create, e.to_string()))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
@@ -259,14 +253,14 @@ impl Container {
                 crate::init::container::run(one, &init, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
-            Err(e) => return Err(failure("create", crate::error::chain(&e))),
+            Err(e) => return Err(failure(Step::Create, crate::error::chain(&e))),
         };
         drop(child);
         drop(p.child);
         let pid = follow(&mut parent, stage1, SETUP_LIMIT, true)?;
         let Some(init) = ProcRef::of(pid) else {
             kill_and_reap(pid);
-            return Err(failure("create", "the init vanished"));
+            return Err(failure(Step::Create, "the init vanished"));
         };
         set_nonblocking(&p.out);
         if let Some(e) = &p.err {
@@ -289,24 +283,31 @@ impl Container {
     /// then exits 127 and is reaped as usual).
     pub fn start(&mut self) -> Result<(), Failure> {
         if self.state != State::Created {
-            return Err(failure("not created", "the container was already started"));
+            return Err(failure(
+                Step::NotCreated,
+                "the container was already started",
+            ));
         }
         let Some(mut sync) = self.sync.take() else {
-            return Err(failure("not created", "the container was already started"));
+            return Err(failure(
+                Step::NotCreated,
+                "the container was already started",
+            ));
         };
         use std::io::Write;
         if sync.write_all(b"start\n").is_err() {
-            return Err(failure("not running", "the container's init has exited"));
+            return Err(failure(Step::NotRunning, "the container's init has exited"));
         }
         match read_line(&mut sync, Instant::now() + START_LIMIT) {
             Ok(None) => {
                 self.state = State::Running;
                 Ok(())
             }
-            Ok(Some(line)) => {
-                Err(reported(&line).unwrap_or_else(|| failure("exec", line.to_string())))
-            }
-            Err(e) => Err(failure("exec", e)),
+            Ok(Some(line)) => Err(match Message::decode(&line) {
+                Some(Message::Failed { step, message }) => Failure { step, message },
+                _ => failure(Step::Exec, line),
+            }),
+            Err(e) => Err(failure(Step::Exec, e)),
         }
     }
 
@@ -384,13 +385,13 @@ impl Container {
 
     pub fn reopen_log(&mut self) -> Result<(), Failure> {
         if matches!(self.state, State::Exited(_)) {
-            return Err(failure("not running", "the container is not running"));
+            return Err(failure(Step::NotRunning, "the container is not running"));
         }
         match &mut self.log {
             Some(log) => log
                 .reopen()
-                .map_err(|e| failure("reopen log", e.to_string())),
-            None => Err(failure("reopen log", "the container has no log file")),
+                .map_err(|e| failure(Step::ReopenLog, e.to_string())),
+            None => Err(failure(Step::ReopenLog, "the container has no log file")),
         }
     }
 
@@ -402,16 +403,17 @@ impl Container {
         launch: &ExecLaunch,
     ) -> Result<(ExecProc, Vec<OwnedFd>), Failure> {
         if self.state != State::Running {
-            return Err(failure("not running", "the container is not running"));
+            return Err(failure(Step::NotRunning, "the container is not running"));
         }
         let process = self
             .launch
             .spec
             .process()
             .as_ref()
-            .ok_or_else(|| failure("exec", "the container has no process"))?;
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
-        let (mut parent, child) = UnixStream::pair().map_err(|e| failure("exec", e.to_string()))?;
+            .ok_or_else(|| failure(Step::Exec, "the container has no process"))?;
+        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
+        let (mut parent, child) =
+            UnixStream::pair().map_err(|e| failure(Step::Exec, e.to_string()))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
@@ -432,7 +434,7 @@ impl Container {
                 crate::init::exec::run(one, &exec, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
-            Err(e) => return Err(failure("exec", crate::error::chain(&e))),
+            Err(e) => return Err(failure(Step::Exec, crate::error::chain(&e))),
         };
         drop(child);
         drop(p.child);
@@ -460,20 +462,5 @@ impl Container {
         let out = self.out.as_ref().map(|f| (Stream::Stdout, f.as_fd()));
         let err = self.err.as_ref().map(|f| (Stream::Stderr, f.as_fd()));
         out.into_iter().chain(err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_parse() {
-        let f = reported("error mount /data\tno such file").unwrap();
-        assert_eq!(
-            (f.step.as_str(), f.message.as_str()),
-            ("mount /data", "no such file")
-        );
-        assert!(reported("ready").is_none());
     }
 }
