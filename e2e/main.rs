@@ -18,4 +18,5 @@ mod security;
 mod state_lost;
 mod stats;
 mod streaming;
+mod streaming_attach;
 mod vm;

@@ -98,9 +98,6 @@ pub fn run(one: SingleThreaded, init: &Init, stdio: Stdio, sync: OwnedFd) -> ! {
 
 fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
     let _ = nix::unistd::setsid();
-    if tty && let Err(e) = setup::controlling_tty() {
-        sync.fail("terminal", &e);
-    }
     // Device nodes get exactly the modes asked for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let root = init
@@ -116,6 +113,10 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
     };
     if let Err(e) = super::rootfs::apply::execute(&root, &steps) {
         sync.fail(&e.step, &e.message);
+    }
+    // After pivot_root: the terminal comes from the container's own devpts.
+    if tty && let Err(e) = setup::terminal(&mut sync) {
+        sync.fail("terminal", &e);
     }
     let Some(process) = init.spec.process() else {
         sync.fail("exec", "the spec has no process")
