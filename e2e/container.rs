@@ -19,7 +19,7 @@ use crate::require_registry_tools;
 /// A daemon with busybox pulled; the registry stays up while it lives.
 pub struct Setup {
     pub d: TestDaemon,
-    _reg: Registry,
+    pub reg: Registry,
     pub busybox: String,
     pub image_id: String,
 }
@@ -58,7 +58,7 @@ pub async fn setup_with(extra_toml: &str, env: &[(&str, &str)]) -> Setup {
         .image_ref;
     Setup {
         d,
-        _reg: reg,
+        reg,
         busybox,
         image_id,
     }

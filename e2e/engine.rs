@@ -141,6 +141,7 @@ impl TestPod {
                 upper: dir.join("upper"),
                 work: dir.join("work"),
             },
+            volumes: Vec::new(),
             cgroup_procs: self
                 .cgroups
                 .iter()
@@ -391,6 +392,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: file.clone(),
         readonly: true,
         propagation: Propagation::Private,
+        ..Default::default()
     });
     config.security.readonly_rootfs = true;
     let (code, log) = p.run("files", &config, PidNamespace::Node).await;
@@ -411,6 +413,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: shared.clone(),
         readonly: false,
         propagation: Propagation::HostToContainer,
+        ..Default::default()
     });
     let launch = p.launch("slave", &slave, PidNamespace::Node);
     p.monitor.create_container(&launch).await.unwrap();
@@ -444,6 +447,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: shared.clone(),
         readonly: false,
         propagation: Propagation::Bidirectional,
+        ..Default::default()
     });
     let launch = p.launch("shared", &both, PidNamespace::Node);
     let init = p.monitor.create_container(&launch).await.unwrap();
@@ -480,6 +484,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         host_path: private,
         readonly: false,
         propagation: Propagation::HostToContainer,
+        ..Default::default()
     });
     let err = p
         .monitor

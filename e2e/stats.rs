@@ -89,10 +89,14 @@ async fn wait_stats(
     }
 }
 
-/// The next sample after `after` (a new sampler round).
+/// The first answer from a sampler round newer than `after` (memory's
+/// timestamp is the round's) whose CPU values are still the round's own
+/// (an answer later than CPU_FRESH after the round reads the CPU counter
+/// again, with its own timestamp).
 async fn next_sample(rt: &mut Client, id: &str, after: i64) -> ContainerStats {
     wait_stats(rt, id, "a new sample", |s| {
-        s.cpu.as_ref().unwrap().timestamp > after
+        let round = s.memory.as_ref().unwrap().timestamp;
+        round > after && s.cpu.as_ref().unwrap().timestamp == round
     })
     .await
 }
@@ -187,12 +191,19 @@ async fn stats_of_memory_cpu_network_and_writable_layer() {
     assert!(v(&w.inodes_used) >= 2, "{w:?}");
     assert!(w.fs_id.unwrap().mountpoint.ends_with("/containers"));
 
-    // CPU: the rate over one sampler round matches the cumulative counter.
-    let first = next_sample(&mut rt, &busy, 0).await;
-    let first = next_sample(&mut rt, &busy, first.cpu.unwrap().timestamp).await;
-    let c1 = first.cpu.unwrap();
-    let second = next_sample(&mut rt, &busy, c1.timestamp).await;
-    let c2 = second.cpu.unwrap();
+    // CPU: the rate over one sampler round matches the cumulative counter
+    // (two consecutive rounds, a second apart: retried when the polling
+    // missed one).
+    let mut first = next_sample(&mut rt, &busy, 0).await;
+    let (c1, c2) = loop {
+        let c1 = first.cpu.unwrap();
+        let second = next_sample(&mut rt, &busy, c1.timestamp).await;
+        let c2 = second.cpu.unwrap();
+        if c2.timestamp - c1.timestamp < 1_800_000_000 {
+            break (c1, c2);
+        }
+        first = second;
+    };
     let used = v(&c2.usage_core_nano_seconds) - v(&c1.usage_core_nano_seconds);
     assert!(used > 0, "CPU time of a busy loop grows");
     let expected = used as f64 * 1e9 / (c2.timestamp - c1.timestamp) as f64;
@@ -468,4 +479,71 @@ async fn stream_lists_answer_what_list_answers() {
     for id in ids {
         pod::stop_remove(&mut rt, &id).await;
     }
+}
+
+/// What `crictl stats` and `crictl statsp` do: two List answers a second
+/// apart, from which they compute CPU% (and fail when the CPU timestamp did
+/// not move). With a sampler interval of a minute, no round runs between
+/// them: the CPU counter is read again for each answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_answers_a_second_apart_show_cpu_moving_between_sampler_rounds() {
+    require_registry_tools!();
+    let s = crate::container::setup_with("[stats]\ninterval_ms = 60000\n", &[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("crictl", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let busy = create(
+        &mut rt,
+        &pod,
+        container(
+            "busy",
+            &s.busybox,
+            &["sh", "-c", "while :; do :; done"],
+            NamespaceMode::Pod,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &busy).await;
+    let both = |rt: &Client| {
+        let mut rt = rt.clone();
+        async move {
+            let c = rt
+                .list_container_stats(ListContainerStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .remove(0);
+            let p = rt
+                .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .remove(0);
+            (
+                c.cpu.unwrap(),
+                p.linux.unwrap().cpu.unwrap(),
+                c.memory.unwrap(),
+            )
+        }
+    };
+    let (c1, p1, m1) = both(&rt).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (c2, p2, m2) = both(&rt).await;
+    for (what, a, b) in [("container", &c1, &c2), ("pod", &p1, &p2)] {
+        assert!(
+            b.timestamp >= a.timestamp + 900_000_000,
+            "{what}: {a:?} then {b:?}"
+        );
+        assert!(
+            v(&b.usage_core_nano_seconds) > v(&a.usage_core_nano_seconds),
+            "{what}: {a:?} then {b:?}"
+        );
+    }
+    assert_eq!(m1.timestamp, m2.timestamp, "no sampler round between them");
+    pod::stop_remove(&mut rt, &pod).await;
 }

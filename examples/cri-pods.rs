@@ -2,6 +2,10 @@
 //! where crictl is not installed:
 //!   `cri-pods SOCKET up N IMAGE`  pulls IMAGE, then runs N pods in the host
 //!                                 network, each with one `sleep` container
+//!   `cri-pods SOCKET stats ROUNDS` calls ListPodSandboxStats and
+//!                                 ListContainerStats ROUNDS times each and
+//!                                 prints their latency (first call, p50,
+//!                                 p95, max)
 //!   `cri-pods SOCKET down`        stops and removes every pod
 
 use anyhow::Context;
@@ -28,7 +32,8 @@ async fn connect(socket: String) -> anyhow::Result<Channel> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: cri-pods SOCKET up N IMAGE | cri-pods SOCKET down";
+    let usage =
+        "usage: cri-pods SOCKET up N IMAGE | cri-pods SOCKET stats ROUNDS | cri-pods SOCKET down";
     let (socket, cmd) = match &args[..] {
         [_, socket, cmd, ..] => (socket.clone(), cmd.as_str()),
         _ => anyhow::bail!(usage),
@@ -104,6 +109,34 @@ async fn main() -> anyhow::Result<()> {
                 println!("{pod}");
             }
         }
+        ("stats", [rounds]) => {
+            let rounds: usize = rounds.parse().context("ROUNDS")?;
+            let mut pods = Vec::new();
+            let mut containers = Vec::new();
+            let mut counts = (0, 0);
+            for _ in 0..rounds.max(1) {
+                let t = std::time::Instant::now();
+                counts.0 = rt
+                    .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+                    .await
+                    .context("ListPodSandboxStats")?
+                    .into_inner()
+                    .stats
+                    .len();
+                pods.push(t.elapsed());
+                let t = std::time::Instant::now();
+                counts.1 = rt
+                    .list_container_stats(ListContainerStatsRequest::default())
+                    .await
+                    .context("ListContainerStats")?
+                    .into_inner()
+                    .stats
+                    .len();
+                containers.push(t.elapsed());
+            }
+            print_latency("ListPodSandboxStats", counts.0, &pods);
+            print_latency("ListContainerStats", counts.1, &containers);
+        }
         ("down", []) => {
             let pods = rt
                 .list_pod_sandbox(ListPodSandboxRequest::default())
@@ -126,4 +159,20 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!(usage),
     }
     Ok(())
+}
+
+/// One line: the first call, then p50, p95 and max of every call, in ms.
+fn print_latency(rpc: &str, items: usize, samples: &[std::time::Duration]) {
+    let ms = |d: &std::time::Duration| d.as_secs_f64() * 1000.0;
+    let first = samples.first().map(ms).unwrap_or(0.0);
+    let mut sorted: Vec<f64> = samples.iter().map(ms).collect();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{rpc:<20} {items:>4} items  first {first:7.2} ms  p50 {:7.2} ms  p95 {:7.2} ms  max {:7.2} ms  ({} calls)",
+        at(0.5),
+        at(0.95),
+        at(1.0),
+        sorted.len()
+    );
 }

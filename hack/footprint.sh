@@ -7,13 +7,19 @@
 # and the share of one pod. Stops what it started and removes its files,
 # also on failure. Needs root, docker-registry, skopeo, umoci and
 # busybox-static (hack/install-deps.sh).
+# Then, with those pods, the latency of ListPodSandboxStats and
+# ListContainerStats as a client sees it (STATS_ROUNDS calls each, after one
+# sampler round has seen every pod) and the sampler's own round time (from
+# its debug log).
 #   hack/footprint.sh                      # the crius built here
+#   PODS=100 hack/footprint.sh             # the stats RPCs' target: < 50 ms
 #   CRIUS=/path/to/old/crius hack/footprint.sh   # another build, e.g. before a change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/images.sh
 source hack/lib/images.sh
 pods=${PODS:-10}
+stats_rounds=${STATS_ROUNDS:-50}
 target=${CARGO_TARGET_DIR:-target}
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
 images_require_tools docker-registry
@@ -67,10 +73,12 @@ config_path = "$work/certs.d"
 [network]
 conf_dir = "$work/cni"
 default_network = false
+[stats]
+interval_ms = 2000
 TOML
 before=$(ls /proc | grep -E '^[0-9]+$' | sort)
 "$crius" serve --config "$work/crius.toml" --listen "$work/crius.sock" \
-  --root "$work/root" --state "$work/state" --log-level warn >"$work/crius.log" 2>&1 &
+  --root "$work/root" --state "$work/state" --log-level warn,crius::stats=debug >"$work/crius.log" 2>&1 &
 crius_pid=$!
 for _ in $(seq 100); do [[ -S "$work/crius.sock" ]] && break; sleep 0.1; done
 [[ -S "$work/crius.sock" ]] || { cat "$work/crius.log" >&2; exit 1; }
@@ -103,3 +111,8 @@ awk -v r="$rss" -v p="$pss" -v n="$pods" 'BEGIN {
   printf "total:       %.1f MiB RSS, %.2f MiB PSS\n", r / 1024, p / 1024
   printf "per pod:     %.2f MiB RSS, %.3f MiB PSS\n", r / 1024 / n, p / 1024 / n
 }'
+
+# The stats RPCs, once a sampler round (every 2 s here) has seen every pod.
+sleep 3
+"$client" "$work/crius.sock" stats "$stats_rounds"
+grep -o 'samples=[0-9]* took_ms=[0-9]*' "$work/crius.log" | tail -5 | sed 's/^/sampler round: /'

@@ -132,12 +132,16 @@ pub struct StatsConfig {
     /// How often the sampler reads every pod's and container's usage, in
     /// milliseconds (the window of the CPU rates); at least 100.
     pub interval_ms: u64,
+    /// How many container events a GetContainerEvents subscriber may fall
+    /// behind before it is dropped with an error; at least 1.
+    pub events_buffer: usize,
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
         StatsConfig {
             interval_ms: 10_000,
+            events_buffer: 1024,
         }
     }
 }
@@ -378,6 +382,11 @@ impl Config {
                 "stats.interval_ms must be at least 100, got {}",
                 self.stats.interval_ms
             )));
+        }
+        if self.stats.events_buffer == 0 {
+            return Err(Error::Invalid(
+                "stats.events_buffer must be at least 1".into(),
+            ));
         }
         let net = &self.network;
         if net.default_bridge.is_empty()

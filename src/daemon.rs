@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use crate::cgroups::{self, Cgroups};
 use crate::config::Config;
 use crate::container::{self, Containers};
+use crate::events::Events;
 use crate::image::{self, Images};
 use crate::network::Network;
 use crate::pod::{self, Pods};
@@ -29,6 +30,8 @@ pub struct Daemon {
     pub containers: Arc<Containers>,
     /// The stats sampler and its cache (see crate::stats).
     pub stats: Arc<Sampler>,
+    /// Container and pod events (GetContainerEvents, see crate::events).
+    pub events: Arc<Events>,
     /// Settings kubelet pushes with UpdateRuntimeConfig.
     runtime_config: RwLock<RuntimeConfig>,
     /// The Exec/Attach/PortForward server, once started.
@@ -114,15 +117,22 @@ impl Daemon {
     pub fn open(config: Config) -> Result<Daemon, OpenError> {
         restrict_dirs(&config)?;
         let store = Arc::new(Store::open(&config.db_path())?);
+        // Probed once: recursive read-only mounts and their Status feature.
+        tracing::info!(
+            supported = crate::sys::mount::recursive_readonly_supported(),
+            "recursive read-only mounts (mount_setattr)"
+        );
         let images = Images::open(&config, store.clone())?;
         let network = Arc::new(Network::new(&config.network, &config.state));
         let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
+        let events = Arc::new(Events::new(store.clone(), config.stats.events_buffer));
         let pod_settings = pod::Settings::from_config(&config);
         let pods = Arc::new(Pods::new(
             store.clone(),
             network.clone(),
             cgroups.clone(),
             Pods::monitors(&pod_settings),
+            events.clone(),
             pod_settings,
         )?);
         let containers = Arc::new(Containers::new(
@@ -130,6 +140,7 @@ impl Daemon {
             Arc::new(images.clone()),
             cgroups.clone(),
             Arc::new(container::monitor_engine::Monitors),
+            events.clone(),
             container::Settings::from_config(&config),
         ));
         pods.set_container_hooks(Arc::new(container::PodHooks(Arc::downgrade(&containers))));
@@ -149,6 +160,7 @@ impl Daemon {
             pods,
             containers,
             stats,
+            events,
             runtime_config: RwLock::new(RuntimeConfig::default()),
             streaming: OnceLock::new(),
         })

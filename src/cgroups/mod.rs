@@ -378,6 +378,11 @@ impl Cgroups {
         }
     }
 
+    /// Checks `res` as [`Self::update`] would, without touching a cgroup.
+    pub fn check(&self, res: &Resources) -> Result<(), Error> {
+        resources::plan(&self.tree.layout, res).map(|_| ())
+    }
+
     /// Changes the resources of an existing cgroup, all or nothing: every
     /// value and file is checked first, and what was written is restored
     /// when a write fails.
@@ -449,5 +454,11 @@ impl Cgroups {
 
     pub fn stats(&self, path: &CgroupPath) -> Result<Stats, Error> {
         self.tree.stats(&path.path)
+    }
+
+    /// The cumulative CPU time of `path`, in nanoseconds (`None` without
+    /// a CPU accounting controller).
+    pub fn cpu_usage(&self, path: &CgroupPath) -> Result<Option<u64>, Error> {
+        self.tree.cpu_usage(&path.path)
     }
 }

@@ -127,6 +127,21 @@ pub struct PressureLine {
 }
 
 impl Tree {
+    /// The cumulative CPU time of `path` alone (one file): what a stats
+    /// RPC reads fresh while the rest comes from the sampler's cache.
+    pub fn cpu_usage(&self, path: &str) -> Result<Option<u64>, Error> {
+        if let Some(h) = self.layout.controller("cpuacct") {
+            return parse_u64(&h.dir(path).join("cpuacct.usage")).map(Some);
+        }
+        match self.layout.controller("cpu").filter(|h| h.unified) {
+            Some(h) => {
+                let stat = read_trimmed(&h.dir(path).join("cpu.stat"))?;
+                Ok(key_value(&stat, "usage_usec").map(|us| us.saturating_mul(1000)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Usage counters of `path` (each `None` when its controller is absent).
     pub fn stats(&self, path: &str) -> Result<Stats, Error> {
         let mut s = Stats::default();

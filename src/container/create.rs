@@ -11,7 +11,8 @@
 //!
 //! The steps, each named in the error when it fails; a failure undoes
 //! every step before it ([`Containers::discard`]):
-//! 1. record intent   2. create container directory
+//! 1. record intent   2. create container directory (upper, work, rootfs
+//!    mount point, a staging dir per image volume)
 //! 3. create container cgroup   4. create log directory
 //! 5. create container init (the engine: mounts, namespaces, blocked
 //!    before execve)   6. record container
@@ -20,9 +21,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::engine::Launch;
-use super::record::{CONTAINERS, ContainerRecord, Key, MountInfo, PidMode, ProcessUser, State};
+use super::record::{
+    CONTAINERS, ContainerRecord, Key, MountInfo, MountedImage, PidMode, ProcessUser, State,
+};
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
-use super::{Containers, Error, blocking, rootfs_dir, upper_dir, work_dir};
+use super::{Containers, Error, blocking, rootfs_dir, upper_dir, volume_dir, work_dir};
 use crate::cgroups::{CgroupPath, DeviceRules};
 use crate::init::rootfs;
 use crate::monitor::process::log::LogPath;
@@ -171,6 +174,7 @@ impl Containers {
         overlay
             .data()
             .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+        let (volumes, mounted) = self.image_volumes(&req.config, &dir)?;
         let stop_signal = match req.stop_signal {
             Some(s) => s,
             None if image.config.stop_signal.is_empty() => libc::SIGTERM,
@@ -203,7 +207,8 @@ impl Containers {
             mounts: c
                 .mounts
                 .iter()
-                .map(|m| MountInfo {
+                .zip(mounted)
+                .map(|(m, image)| MountInfo {
                     container_path: m.container_path.clone(),
                     host_path: m.host_path.clone(),
                     readonly: m.readonly,
@@ -212,6 +217,8 @@ impl Containers {
                         Propagation::HostToContainer => 1,
                         Propagation::Bidirectional => 2,
                     },
+                    recursive_readonly: m.recursive_readonly,
+                    image,
                 })
                 .collect(),
             resources: crate::cgroups::Resources {
@@ -239,6 +246,7 @@ impl Containers {
             groups: security.groups,
             seccomp,
             overlay,
+            volumes,
             cgroup_procs: Vec::new(),
             log_path: log_path.as_ref().map(LogPath::full),
             log_dir: log_path.map(|p| p.dir),
@@ -253,6 +261,56 @@ impl Containers {
                 launch,
             },
         ))
+    }
+
+    /// The image volumes of `config` (each image present: never pulled),
+    /// and per CRI mount the image it mounts, if any. A recursive
+    /// read-only bind needs mount_setattr(2), probed once.
+    fn image_volumes(
+        &self,
+        config: &ContainerConfig,
+        dir: &std::path::Path,
+    ) -> Result<(Vec<rootfs::ImageVolume>, Vec<Option<MountedImage>>), Error> {
+        let mut volumes = Vec::new();
+        let mut mounted = Vec::with_capacity(config.mounts.len());
+        for m in &config.mounts {
+            if m.recursive_readonly && !crate::sys::mount::recursive_readonly_supported() {
+                return Err(Error::Invalid(format!(
+                    "mount {}: recursive_read_only needs mount_setattr(2) (Linux >= 5.12), \
+                     which this kernel lacks",
+                    m.container_path
+                )));
+            }
+            let Some(v) = &m.image else {
+                mounted.push(None);
+                continue;
+            };
+            let image = self
+                .images
+                .find(&v.image)?
+                .ok_or_else(|| Error::VolumeImageNotFound {
+                    path: m.container_path.clone(),
+                    image: v.image.clone(),
+                })?;
+            let volume = rootfs::ImageVolume {
+                target: m.container_path.clone().into(),
+                layers: image.layers,
+                sub_path: v.sub_path.clone().into(),
+                image: image.id.clone(),
+                staging: volume_dir(dir, volumes.len()),
+            };
+            // The overlay options must fit in one page: refuse now.
+            volume
+                .data()
+                .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+            volumes.push(volume);
+            mounted.push(Some(MountedImage {
+                image: v.image.clone(),
+                id: image.id,
+                sub_path: v.sub_path.clone(),
+            }));
+        }
+        Ok((volumes, mounted))
     }
 
     fn pid_namespace(
@@ -322,11 +380,15 @@ impl Containers {
                 .create(&rec.dir)
                 .map_err(|e| io_step("create container directory", &rec.dir, e))?;
         }
+        let staging = launch.volumes.iter().map(|v| v.staging.clone());
         for d in [
             upper_dir(&rec.dir),
             work_dir(&rec.dir),
             rootfs_dir(&rec.dir),
-        ] {
+        ]
+        .into_iter()
+        .chain(staging)
+        {
             std::fs::create_dir_all(&d)
                 .map_err(|e| io_step("create container directory", &d, e))?;
         }
@@ -427,6 +489,10 @@ impl Kind for Containers {
 
     async fn rollback(&self, rec: &ContainerRecord) {
         self.discard(rec).await;
+    }
+
+    fn on_claimed(&self, rec: &ContainerRecord) {
+        self.events.container(crate::events::Type::Created, rec);
     }
 }
 

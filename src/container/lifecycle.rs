@@ -17,7 +17,9 @@ use super::engine::Exit;
 use super::record::{CONTAINERS, ContainerRecord, State, exit_reason};
 use super::{Containers, Error, blocking, state_name};
 use crate::cgroups::Resources;
+use crate::events::Type;
 use crate::pod::now_ns;
+use crate::record::Record;
 
 impl Containers {
     /// StartContainer: releases a CREATED container's init to execve.
@@ -49,11 +51,13 @@ impl Containers {
             rec.reason = "ContainerCannotRun".into();
             rec.message = message;
             self.store.put(CONTAINERS, &id, &rec)?;
+            self.events.container(Type::Stopped, &rec);
             return Err(crate::record::step("start container", "start container init")(e).into());
         }
         rec.state = State::Running;
         rec.started_at = now_ns();
         self.store.put(CONTAINERS, &id, &rec)?;
+        self.events.container(Type::Started, &rec);
         self.watch_exit(&rec);
         tracing::info!(container_id = %id, "container started");
         Ok(())
@@ -149,7 +153,10 @@ impl Containers {
         });
         match updated {
             Ok(Some(r)) => {
-                tracing::info!(container_id = %rec.id, exit_code = r.exit_code, reason = %r.reason, "container exited")
+                tracing::info!(container_id = %rec.id, exit_code = r.exit_code, reason = %r.reason, "container exited");
+                if r.visible() {
+                    self.events.container(Type::Stopped, &r);
+                }
             }
             Ok(None) => {}
             Err(e) => {
@@ -264,6 +271,9 @@ impl Containers {
         self.stop_locked(id, Duration::ZERO).await?;
         if let Some(rec) = self.store.get(CONTAINERS, id)? {
             self.discard(&rec).await;
+            if rec.visible() {
+                self.events.container(Type::Deleted, &rec);
+            }
         }
         drop(guard);
         self.forget_lock(id);

@@ -62,6 +62,10 @@ pub enum Error {
     #[error("image {0:?} not found: pull it first (CreateContainer never pulls)")]
     ImageNotFound(String),
     #[error(
+        "mount {path}: the image {image:?} of this image volume is not present: pull it first (CreateContainer never pulls)"
+    )]
+    VolumeImageNotFound { path: String, image: String },
+    #[error(
         "container {name:?} (attempt {attempt}) already exists in pod sandbox {pod_id} with id {id}"
     )]
     AlreadyExists {
@@ -105,7 +109,8 @@ impl Classify for Error {
             Error::NotFound(_)
             | Error::PodNotFound(_)
             | Error::PodNotReady(_)
-            | Error::ImageNotFound(_) => Kind::NotFound,
+            | Error::ImageNotFound(_)
+            | Error::VolumeImageNotFound { .. } => Kind::NotFound,
             Error::AlreadyExists { .. } => Kind::AlreadyExists,
             Error::Invalid(_) => Kind::InvalidArgument,
             Error::NotRunning { .. } | Error::WrongState(_) => Kind::FailedPrecondition,
@@ -215,6 +220,8 @@ pub struct Containers {
     images: Arc<dyn ImageSource>,
     cgroups: Arc<Cgroups>,
     engine: Arc<dyn engine::Engine>,
+    /// Where its state changes are announced.
+    events: Arc<crate::events::Events>,
     settings: Settings,
     /// Recorded exits of running containers, for StopContainer to wait on.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
@@ -235,6 +242,7 @@ impl Containers {
         images: Arc<dyn ImageSource>,
         cgroups: Arc<Cgroups>,
         engine: Arc<dyn engine::Engine>,
+        events: Arc<crate::events::Events>,
         settings: Settings,
     ) -> Containers {
         Containers {
@@ -243,6 +251,7 @@ impl Containers {
             images,
             cgroups,
             engine,
+            events,
             settings,
             exits: Mutex::new(HashMap::new()),
         }
@@ -312,12 +321,19 @@ impl Containers {
         Ok(out)
     }
 
-    /// Whether a container (in any state) uses the image `image_id`:
-    /// RemoveImage refuses such an image.
+    /// Whether a container (in any state) uses the image `image_id`, as
+    /// its rootfs or as a volume: RemoveImage refuses such an image.
     pub fn uses_image(store: &Store, image_id: &str) -> bool {
         store
             .list(record::CONTAINERS)
-            .map(|all| all.iter().any(|(_, r)| r.image_id == image_id))
+            .map(|all| {
+                all.iter().any(|(_, r)| {
+                    r.image_id == image_id
+                        || r.mounts
+                            .iter()
+                            .any(|m| m.image.as_ref().is_some_and(|i| i.id == image_id))
+                })
+            })
             .unwrap_or(true)
     }
 
@@ -373,6 +389,11 @@ pub fn work_dir(dir: &Path) -> PathBuf {
 }
 pub fn rootfs_dir(dir: &Path) -> PathBuf {
     dir.join("r")
+}
+/// Where image volume `n` is mounted (in the container's mount namespace
+/// only) before its sub path is bound into the rootfs.
+pub fn volume_dir(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("v{n}"))
 }
 
 /// Runs blocking work (cgroup files, directory trees) off the async workers.

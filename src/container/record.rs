@@ -51,6 +51,22 @@ pub struct MountInfo {
     pub readonly: bool,
     /// 0 private, 1 host-to-container, 2 bidirectional (the CRI enum).
     pub propagation: i32,
+    #[serde(default)]
+    pub recursive_readonly: bool,
+    /// An image volume: the image it mounts (also what keeps RemoveImage
+    /// from removing it).
+    #[serde(default)]
+    pub image: Option<MountedImage>,
+}
+
+/// The image of an image volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountedImage {
+    /// As the mount named it.
+    pub image: String,
+    /// Its id (`sha256:...`): ContainerStatus' `image.image_ref`.
+    pub id: String,
+    pub sub_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

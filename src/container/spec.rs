@@ -63,13 +63,30 @@ pub enum Propagation {
     Bidirectional,
 }
 
-/// A CRI bind mount.
+/// A CRI mount: a bind of `host_path`, or an image volume when `image`
+/// is set (then `host_path` is empty).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BindMount {
     pub container_path: String,
     pub host_path: PathBuf,
     pub readonly: bool,
+    /// Read-only with every submount (`rro`: mount_setattr AT_RECURSIVE);
+    /// the CRI layer only lets it through with `readonly` and private
+    /// propagation.
+    pub recursive_readonly: bool,
     pub propagation: Propagation,
+    pub image: Option<ImageVolume>,
+}
+
+/// An image mounted read-only as a volume (KEP-4639).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageVolume {
+    /// The image as the mount names it (tag, digest or id): it must be
+    /// present, crius never pulls it.
+    pub image: String,
+    /// A relative path inside the image, no `..` (checked by the CRI
+    /// layer); empty: the image's root.
+    pub sub_path: String,
 }
 
 /// A CRI device.
@@ -464,7 +481,9 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
     Ok(mounts)
 }
 
-fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
+/// The OCI mount of a CRI bind; `None` for an image volume, which the
+/// rootfs plan mounts from its own step (its path is checked all the same).
+fn cri_mount(m: &BindMount) -> Result<Option<Mount>, Error> {
     if !m.container_path.starts_with('/') {
         return Err(Error::Invalid {
             field: "mount container_path",
@@ -491,18 +510,21 @@ fn cri_mount(m: &BindMount) -> Result<Mount, Error> {
             reason: "a mount onto /dev itself is refused (mount below /dev instead)".into(),
         });
     }
+    if m.image.is_some() {
+        return Ok(None);
+    }
     let propagation = match m.propagation {
         Propagation::Private => "rprivate",
         Propagation::HostToContainer => "rslave",
         Propagation::Bidirectional => "rshared",
     };
     let rw = if m.readonly { "ro" } else { "rw" };
-    mount(
-        &m.container_path,
-        "bind",
-        &m.host_path,
-        &["rbind", propagation, rw],
-    )
+    let mut options = vec!["rbind", propagation, rw];
+    if m.recursive_readonly {
+        // OCI runtime-spec 1.1's recursive read-only option (runc's too).
+        options.push("rro");
+    }
+    mount(&m.container_path, "bind", &m.host_path, &options).map(Some)
 }
 
 /// The CRI devices as nodes the init makes inside the container (checked
@@ -754,15 +776,20 @@ pub fn build(
         process = process.oom_score_adj(adj);
     }
 
-    // Default mounts first; a CRI mount on the same destination replaces it.
-    let cri: Vec<Mount> = config
-        .mounts
-        .iter()
-        .map(cri_mount)
-        .collect::<Result<_, _>>()?;
+    // Default mounts first; a CRI mount (an image volume too) on the same
+    // destination replaces it.
+    let mut cri: Vec<Mount> = Vec::new();
+    for m in &config.mounts {
+        cri.extend(cri_mount(m)?);
+    }
     let mut mounts: Vec<Mount> = default_mounts(pod, config.security.readonly_rootfs)?
         .into_iter()
-        .filter(|d| !cri.iter().any(|c| c.destination() == d.destination()))
+        .filter(|d| {
+            !config
+                .mounts
+                .iter()
+                .any(|c| d.destination() == Path::new(&c.container_path))
+        })
         .collect();
     mounts.extend(cri);
 

@@ -269,6 +269,7 @@ pub(super) fn env() -> Env {
         images,
         cg,
         fake.clone(),
+        Arc::new(crate::events::Events::new(store.clone(), 64)),
         settings,
     ));
     Env {

@@ -501,6 +501,7 @@ async fn reconcile_records_exits_and_rolls_back_intents() {
         e.svc.images.clone(),
         e.svc.cgroups.clone(),
         Arc::new(Fake::default()),
+        e.svc.events.clone(),
         e.svc.settings.clone(),
     ));
     reconcile::start(&svc2).await.unwrap();
@@ -571,4 +572,77 @@ fn live_in_group(pgid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// The next event of `sub` (bounded wait: an event that never comes fails).
+async fn next_event(sub: &mut crate::events::Subscriber) -> Arc<crate::events::Event> {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("an event within 5s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_follow_the_recorded_states_in_order() {
+    use crate::events::Type;
+    let e = env();
+    let mut sub = e.svc.events.subscribe();
+    let id = e.svc.create(e.req("web", 0)).await.unwrap();
+    let ev = next_event(&mut sub).await;
+    assert_eq!((ev.id.as_str(), ev.kind), (id.as_str(), Type::Created));
+    assert_eq!(ev.pod.as_ref().unwrap().id, e.pod.id, "the pod's status");
+    assert_eq!(ev.containers.len(), 1);
+    assert_eq!(ev.containers[0].state, State::Created);
+
+    e.svc.start(&id).await.unwrap();
+    let ev = next_event(&mut sub).await;
+    assert_eq!((ev.id.as_str(), ev.kind), (id.as_str(), Type::Started));
+    assert_eq!(ev.containers[0].state, State::Running);
+
+    // An exit the engine reports on its own (no StopContainer).
+    e.fake.exit(&id, 3);
+    let ev = next_event(&mut sub).await;
+    assert_eq!((ev.id.as_str(), ev.kind), (id.as_str(), Type::Stopped));
+    assert_eq!(
+        (ev.containers[0].state, ev.containers[0].exit_code),
+        (State::Exited, 3)
+    );
+
+    // Stopping a stopped container records nothing and says nothing.
+    e.svc.stop(&id, Duration::ZERO).await.unwrap();
+    e.svc.remove(&id).await.unwrap();
+    let ev = next_event(&mut sub).await;
+    assert_eq!((ev.id.as_str(), ev.kind), (id.as_str(), Type::Deleted));
+    assert!(ev.containers.is_empty(), "the record is gone");
+    // Removing again, or an unknown id: no event.
+    e.svc.remove(&id).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sub.next())
+            .await
+            .is_err(),
+        "no further event"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() {
+    use crate::events::Type;
+    let e = env();
+    let mut sub = e.svc.events.subscribe();
+    // A creation that fails at a step is never visible: no event.
+    *e.fake.fail_create.lock().unwrap() = Some("boom".into());
+    assert!(e.svc.create(e.req("bad", 0)).await.is_err());
+    *e.fake.fail_create.lock().unwrap() = None;
+    // A start the engine refuses: created, then stopped (never started).
+    let id = e.svc.create(e.req("web", 0)).await.unwrap();
+    *e.fake.fail_start.lock().unwrap() = true;
+    assert!(e.svc.start(&id).await.is_err());
+    let kinds = [next_event(&mut sub).await, next_event(&mut sub).await]
+        .iter()
+        .map(|ev| (ev.id.clone(), ev.kind))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        kinds,
+        [(id.clone(), Type::Created), (id.clone(), Type::Stopped)]
+    );
 }

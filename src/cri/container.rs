@@ -6,7 +6,7 @@ use tonic::Status;
 use super::error::missing;
 use super::proto;
 use crate::container::spec::{
-    AppArmor, BindMount, ContainerConfig, Device, Propagation, Resources, Security,
+    AppArmor, BindMount, ContainerConfig, Device, ImageVolume, Propagation, Resources, Security,
 };
 use crate::init::user::GroupsPolicy;
 use crate::seccomp;
@@ -255,15 +255,7 @@ fn mount(m: &proto::Mount) -> Result<BindMount, Status> {
     if m.container_path.is_empty() {
         return Err(missing("mount container_path"));
     }
-    if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Err(Status::invalid_argument(format!(
-            "mount {}: image volumes are not supported by crius yet",
-            m.container_path
-        )));
-    }
-    if m.host_path.is_empty() {
-        return Err(missing("mount host_path"));
-    }
+    let at = &m.container_path;
     let propagation = match proto::MountPropagation::try_from(m.propagation) {
         Ok(proto::MountPropagation::PropagationPrivate) => Propagation::Private,
         Ok(proto::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
@@ -275,11 +267,84 @@ fn mount(m: &proto::Mount) -> Result<BindMount, Status> {
             )));
         }
     };
+    // KEP-3857: only a read-only, private mount can be recursively
+    // read-only (a propagated submount would arrive writable).
+    if m.recursive_read_only && !m.readonly {
+        return Err(invalid(format!(
+            "mount {at}: recursive_read_only requires readonly"
+        )));
+    }
+    if m.recursive_read_only && propagation != Propagation::Private {
+        return Err(invalid(format!(
+            "mount {at}: recursive_read_only requires private propagation"
+        )));
+    }
+    let image = match m.image.as_ref().filter(|i| !i.image.is_empty()) {
+        Some(i) => Some(image_volume(m, &i.image, propagation)?),
+        None if !m.image_sub_path.is_empty() => {
+            return Err(invalid(format!(
+                "mount {at}: image_sub_path is set but image is not"
+            )));
+        }
+        None if m.host_path.is_empty() => return Err(missing("mount host_path")),
+        None => None,
+    };
     Ok(BindMount {
         container_path: m.container_path.clone(),
         host_path: m.host_path.clone().into(),
-        readonly: m.readonly || m.recursive_read_only,
+        readonly: m.readonly,
+        recursive_readonly: m.recursive_read_only,
         propagation,
+        image,
+    })
+}
+
+/// An image volume (KEP-4639): read-only, no host path, private, and a
+/// sub path that stays inside the image (relative, no `..`, no NUL).
+fn image_volume(
+    m: &proto::Mount,
+    image: &str,
+    propagation: Propagation,
+) -> Result<ImageVolume, Status> {
+    let at = &m.container_path;
+    if !m.readonly {
+        return Err(invalid(format!(
+            "mount {at}: an image volume must be readonly"
+        )));
+    }
+    if !m.host_path.is_empty() {
+        return Err(invalid(format!(
+            "mount {at}: an image volume has no host_path (got {:?})",
+            m.host_path
+        )));
+    }
+    if propagation != Propagation::Private {
+        return Err(invalid(format!(
+            "mount {at}: an image volume has no host side to propagate: propagation must be private"
+        )));
+    }
+    let sub = &m.image_sub_path;
+    let path = std::path::Path::new(sub);
+    let bad = if sub.contains('\0') {
+        Some("contains NUL")
+    } else if path.is_absolute() {
+        Some("is absolute: it must be relative to the image's root")
+    } else if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        Some("contains \"..\"")
+    } else {
+        None
+    };
+    if let Some(reason) = bad {
+        return Err(invalid(format!(
+            "mount {at}: image_sub_path {sub:?} {reason}"
+        )));
+    }
+    Ok(ImageVolume {
+        image: image.to_string(),
+        sub_path: sub.clone(),
     })
 }
 

@@ -295,7 +295,7 @@ fn container(r: &ContainerRecord) -> Container {
     }
 }
 
-fn container_status(r: &ContainerRecord) -> ContainerStatus {
+pub(super) fn container_status(r: &ContainerRecord) -> ContainerStatus {
     let res = &r.resources;
     ContainerStatus {
         id: r.id.clone(),
@@ -320,6 +320,18 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
                 host_path: m.host_path.display().to_string(),
                 readonly: m.readonly,
                 propagation: m.propagation,
+                recursive_read_only: m.recursive_readonly,
+                image: m.image.as_ref().map(|i| ImageSpec {
+                    image: i.image.clone(),
+                    user_specified_image: i.image.clone(),
+                    image_ref: i.id.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: m
+                    .image
+                    .as_ref()
+                    .map(|i| i.sub_path.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .collect(),

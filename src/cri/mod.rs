@@ -8,6 +8,7 @@ mod authority;
 pub mod container;
 mod container_rpc;
 pub mod error;
+mod events;
 mod hpack;
 mod image;
 mod pod;

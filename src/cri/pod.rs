@@ -58,6 +58,26 @@ impl Cri {
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
+    pub(super) async fn update_pod_resources(
+        &self,
+        req: UpdatePodSandboxResourcesRequest,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        super::record_field("pod_id", req.pod_sandbox_id.as_str());
+        if req.pod_sandbox_id.is_empty() {
+            return Err(missing("pod_sandbox_id"));
+        }
+        self.daemon
+            .pods
+            .update_resources(
+                &req.pod_sandbox_id,
+                req.resources.map(resources),
+                req.overhead.map(resources),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
+    }
+
     pub(super) fn pod_status(
         &self,
         req: PodSandboxStatusRequest,
@@ -248,7 +268,7 @@ fn unsorted(m: &BTreeMap<String, String>) -> HashMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn pod_sandbox_status(r: &PodRecord) -> PodSandboxStatus {
+pub(super) fn pod_sandbox_status(r: &PodRecord) -> PodSandboxStatus {
     let network = r.network.as_ref().map(|n| PodSandboxNetworkStatus {
         ip: n.ip.clone(),
         additional_ips: n

@@ -1,10 +1,11 @@
 //! The RuntimeService: one thin method per RPC that hands the request to the
-//! module implementing it. RPCs whose issue has not landed answer UNIMPLEMENTED.
+//! module implementing it. Only the checkpoint RPCs answer UNIMPLEMENTED
+//! (see [`checkpoint_unimplemented`] for why).
 
 use tonic::{Request, Response, Status};
 
 use super::Cri;
-use super::error::unimplemented;
+use super::error::checkpoint_unimplemented;
 use super::proto::runtime_service_server::RuntimeService;
 use super::proto::*;
 
@@ -72,9 +73,9 @@ impl RuntimeService for Cri {
     }
     async fn update_pod_sandbox_resources(
         &self,
-        _: Request<UpdatePodSandboxResourcesRequest>,
+        req: Request<UpdatePodSandboxResourcesRequest>,
     ) -> Reply<UpdatePodSandboxResourcesResponse> {
-        Err(unimplemented("UpdatePodSandboxResources"))
+        self.update_pod_resources(req.into_inner()).await
     }
 
     async fn create_container(
@@ -207,22 +208,22 @@ impl RuntimeService for Cri {
         &self,
         _: Request<CheckpointContainerRequest>,
     ) -> Reply<CheckpointContainerResponse> {
-        Err(unimplemented("CheckpointContainer"))
+        Err(checkpoint_unimplemented("CheckpointContainer"))
     }
     async fn checkpoint_pod(
         &self,
         _: Request<CheckpointPodRequest>,
     ) -> Reply<CheckpointPodResponse> {
-        Err(unimplemented("CheckpointPod"))
+        Err(checkpoint_unimplemented("CheckpointPod"))
     }
     async fn restore_pod(&self, _: Request<RestorePodRequest>) -> Reply<RestorePodResponse> {
-        Err(unimplemented("RestorePod"))
+        Err(checkpoint_unimplemented("RestorePod"))
     }
     type GetContainerEventsStream = Stream<ContainerEventResponse>;
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        self.container_events_rpc()
     }
 }

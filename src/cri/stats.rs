@@ -306,7 +306,7 @@ fn container_stats(
             labels: unsorted(&r.labels),
             annotations: unsorted(&r.annotations),
         }),
-        cpu: Some(cpu(ts, &s.cgroup, s.nano_cores)),
+        cpu: Some(cpu(s.cpu_timestamp, &s.cgroup, s.nano_cores)),
         memory: Some(memory(ts, &s.cgroup)),
         writable_layer: Some(FilesystemUsage {
             timestamp: ts,
@@ -360,7 +360,7 @@ fn pod_stats(p: &PodRecord, s: &PodSample, containers: Vec<ContainerStats>) -> P
             annotations: unsorted(&p.spec.annotations),
         }),
         linux: Some(LinuxPodSandboxStats {
-            cpu: Some(cpu(ts, &s.cgroup, s.nano_cores)),
+            cpu: Some(cpu(s.cpu_timestamp, &s.cgroup, s.nano_cores)),
             memory: Some(memory(ts, &s.cgroup)),
             network,
             process: Some(ProcessUsage {

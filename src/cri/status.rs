@@ -64,7 +64,8 @@ impl Cri {
             runtime_handlers: vec![RuntimeHandler {
                 name: DEFAULT_HANDLER.into(),
                 features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    // Only where mount_setattr(2) exists (probed once).
+                    recursive_read_only_mounts: crate::sys::mount::recursive_readonly_supported(),
                     user_namespaces: false,
                 }),
             }],

@@ -35,6 +35,7 @@ pub struct Init<'a> {
     pub groups: crate::init::user::GroupsPolicy,
     pub seccomp: Option<&'a crate::monitor::protocol::SeccompFilter>,
     pub overlay: &'a Overlay,
+    pub volumes: &'a [rootfs::ImageVolume],
     pub cgroup_procs: &'a [PathBuf],
 }
 
@@ -107,7 +108,7 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         .map(|r| r.path().clone())
         .unwrap_or_default();
     let is_dir = |p: &Path| p.is_dir() || !p.exists();
-    let steps = match rootfs::plan(init.spec, init.overlay, &is_dir) {
+    let steps = match rootfs::plan(init.spec, init.overlay, init.volumes, &is_dir) {
         Ok(s) => s,
         Err(e) => sync.fail("rootfs plan", &e.to_string()),
     };

@@ -14,19 +14,23 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::PathBuf;
 
-use crate::init::rootfs::Overlay;
+use crate::init::rootfs::{ImageVolume, Overlay};
 use crate::sys::process::ProcRef;
 
 /// The version this build speaks (2: containers and execs; 3: a container
 /// launch carries its seccomp filter and groups policy, which a version 2
-/// monitor would silently ignore; 4: attach and resize of a container's
-/// own stdio, terminals from the container's devpts).
-pub const VERSION: u32 = 4;
+/// monitor would silently ignore; 4: image volumes and recursive read-only
+/// binds, which a version 3 monitor would silently skip or make plain
+/// read-only; 5: attach and resize of a container's own stdio, terminals
+/// from the container's devpts).
+pub const VERSION: u32 = 5;
 /// The first version that serves `attach_container`.
-pub const ATTACH_VERSION: u32 = 4;
+pub const ATTACH_VERSION: u32 = 5;
 /// The first version that applies a launch's seccomp filter and groups
 /// policy.
 pub const SECURITY_VERSION: u32 = 3;
+/// The first version that mounts a launch's image volumes and `rro` binds.
+pub const MOUNTS_VERSION: u32 = 4;
 /// The oldest monitor version this daemon still drives.
 pub const MIN_VERSION: u32 = 1;
 
@@ -185,6 +189,9 @@ pub struct ContainerLaunch {
     #[serde(default)]
     pub seccomp: Option<SeccompFilter>,
     pub overlay: Overlay,
+    /// Images mounted as volumes (absent from older daemons: none).
+    #[serde(default)]
+    pub volumes: Vec<ImageVolume>,
     /// cgroup.procs files of the container's leaf, one per hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
     /// The CRI log file; `None`: output is read and dropped.
@@ -200,6 +207,18 @@ pub struct ContainerLaunch {
 }
 
 impl ContainerLaunch {
+    /// Whether a monitor older than [`MOUNTS_VERSION`] would get this
+    /// launch wrong: it has image volumes or a recursive read-only bind.
+    pub fn needs_mounts_version(&self) -> bool {
+        let rro = self
+            .spec
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| m.options().iter().flatten().any(|o| o.as_str() == "rro"));
+        rro || !self.volumes.is_empty()
+    }
+
     /// The log file as a path beneath its directory.
     pub fn log_file(&self) -> Option<crate::monitor::process::log::LogPath> {
         let full = self.log_path.as_ref()?;

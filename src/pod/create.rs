@@ -137,6 +137,12 @@ impl Kind for Pods {
             tracing::error!(pod_id = %rec.id, error = %crate::error::chain(&e), "delete pod record");
         }
     }
+
+    /// A claimed pod is READY: created and started at once.
+    fn on_claimed(&self, rec: &PodRecord) {
+        self.events.pod(crate::events::Type::Created, rec);
+        self.events.pod(crate::events::Type::Started, rec);
+    }
 }
 
 impl Pods {
@@ -310,7 +316,7 @@ impl Pods {
 
 /// Pod-level limits for a pod cgroup crius creates: the pod's resources
 /// plus its overhead. CRI zero values mean "not set".
-fn pod_resources(spec: &PodSpec) -> Resources {
+pub(super) fn pod_resources(spec: &PodSpec) -> Resources {
     let Some(r) = spec.resources.as_ref().or(spec.overhead.as_ref()) else {
         return Resources::default();
     };
@@ -322,7 +328,11 @@ fn pod_resources(spec: &PodSpec) -> Resources {
     };
     Resources {
         cpu_shares: pos(r.cpu_shares).map(|v| v as u64),
-        cpu_quota: add(pos(r.cpu_quota), extra.and_then(|o| pos(o.cpu_quota))),
+        // -1: unlimited, whatever the overhead.
+        cpu_quota: match r.cpu_quota {
+            -1 => Some(-1),
+            q => add(pos(q), extra.and_then(|o| pos(o.cpu_quota))),
+        },
         cpu_period: pos(r.cpu_period).map(|v| v as u64),
         cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
         cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 
 use super::record::{PodRecord, State};
+use super::spec;
 use super::{Error, Pods};
+use crate::events::Type;
+use crate::record::Record;
 use crate::sys::mount::{Host, detach_all};
 use crate::sys::ns;
 use crate::sys::process::ProcRef;
@@ -43,6 +46,9 @@ impl Pods {
             rec.state = State::NotReady;
             rec.reason = "stopped".into();
             self.records.put(&rec)?;
+            if rec.visible() {
+                self.events.pod(Type::Stopped, &rec);
+            }
         }
         self.teardown(&rec, true).await?;
         rec.monitor = None;
@@ -65,13 +71,70 @@ impl Pods {
             tracing::warn!(pod_id = %id, error = %e, "remove the pod's containers");
         }
         self.stop_locked(&id).await?;
-        if let Some(rec) = self.records.get(&id)? {
-            self.remove_files(&rec).await;
+        let last = self.records.get(&id)?;
+        if let Some(rec) = &last {
+            self.remove_files(rec).await;
         }
         self.records.delete(&id)?;
+        if let Some(rec) = last.filter(|r| r.visible()) {
+            self.events.pod(Type::Deleted, &rec);
+        }
         drop(guard);
         self.forget_lock(&id);
         tracing::info!(pod_id = %id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// UpdatePodSandboxResources: records the pod's resources and overhead
+    /// (one left out keeps its value) and applies their sum to the pod
+    /// cgroup when crius created it; a cgroup kubelet made is kubelet's to
+    /// resize (it calls this after doing so). All or nothing.
+    pub async fn update_resources(
+        self: &Arc<Self>,
+        id: &str,
+        resources: Option<spec::Resources>,
+        overhead: Option<spec::Resources>,
+    ) -> Result<(), Error> {
+        if let Some(r) = &resources {
+            r.validate("resources")?;
+        }
+        if let Some(o) = &overhead {
+            o.validate("overhead")?;
+        }
+        let id = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        let mut rec = self
+            .records
+            .get(&id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        if resources.is_some() {
+            rec.spec.resources = resources;
+        }
+        if overhead.is_some() {
+            rec.spec.overhead = overhead;
+        }
+        let res = super::create::pod_resources(&rec.spec);
+        self.cgroups
+            .check(&res)
+            .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+        if let Some(cg) = rec
+            .cgroup
+            .clone()
+            .filter(|c| rec.cgroup_created && self.cgroups.exists(c))
+        {
+            let cgroups = self.cgroups.clone();
+            blocking(move || cgroups.update(&cg, &res))
+                .await
+                .map_err(crate::record::step(
+                    "update pod sandbox resources",
+                    "apply to the pod cgroup",
+                ))?;
+        }
+        self.records.put(&rec)?;
+        tracing::info!(pod_id = %id, "pod sandbox resources updated");
         Ok(())
     }
 
@@ -160,8 +223,12 @@ impl Pods {
         self.kill_processes(&rec).await;
         rec.state = State::NotReady;
         rec.reason = format!("the pod's monitor (pid {}) was lost", monitor.pid);
-        if let Err(e) = self.records.put(&rec) {
-            tracing::error!(pod_id = %id, error = %crate::error::chain(&e), "record lost monitor");
+        match self.records.put(&rec) {
+            Ok(()) if rec.visible() => self.events.pod(Type::Stopped, &rec),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(pod_id = %id, error = %crate::error::chain(&e), "record lost monitor")
+            }
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Pods {
     engine: Arc<dyn engine::Engine>,
     settings: Settings,
     boot_id: String,
+    /// Where its state changes are announced.
+    events: Arc<crate::events::Events>,
     /// The container service, which stops and removes a pod's containers.
     containers: std::sync::OnceLock<Arc<dyn ContainerHooks>>,
 }
@@ -162,6 +164,7 @@ impl Pods {
         network: Arc<Network>,
         cgroups: Arc<Cgroups>,
         engine: Arc<dyn engine::Engine>,
+        events: Arc<crate::events::Events>,
         settings: Settings,
     ) -> Result<Pods, Error> {
         let boot_id = crate::sys::process::boot_id().map_err(Error::BootId)?;
@@ -172,6 +175,7 @@ impl Pods {
             engine,
             settings,
             boot_id,
+            events,
             containers: std::sync::OnceLock::new(),
         })
     }

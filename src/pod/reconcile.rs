@@ -82,6 +82,7 @@ pub async fn start(pods: &Arc<Pods>) -> Result<(), Error> {
             };
             rec.monitor = None;
             pods.records.put(&rec)?;
+            pods.events.pod(crate::events::Type::Stopped, &rec);
         }
     }
 

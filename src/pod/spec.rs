@@ -71,6 +71,24 @@ pub struct Resources {
     pub unified: BTreeMap<String, String>,
 }
 
+impl Resources {
+    /// Refuses what no cgroup can take: negative values (but a CPU quota
+    /// of -1, unlimited). `field` names the request field in the error.
+    pub fn validate(&self, field: &str) -> Result<(), Error> {
+        for (name, v, min) in [
+            ("cpu_period", self.cpu_period, 0),
+            ("cpu_quota", self.cpu_quota, -1),
+            ("cpu_shares", self.cpu_shares, 0),
+            ("memory_limit_in_bytes", self.memory_limit_in_bytes, 0),
+        ] {
+            if v < min {
+                return Err(Error::Invalid(format!("{field}.{name} {v} is below {min}")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Identity of a pod for kubelet: a second RunPodSandbox with the same key
 /// is a retry or a duplicate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -159,6 +159,7 @@ pub(super) fn env(unclaimed_ttl: Duration) -> Env {
             Arc::new(network),
             Arc::new(cg),
             fake.clone(),
+            Arc::new(crate::events::Events::new(store.clone(), 64)),
             settings,
         )
         .unwrap(),

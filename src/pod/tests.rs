@@ -238,3 +238,160 @@ async fn reconcile_rolls_back_intents_and_unclaimed_pods() {
     assert!(e.fake.monitor(&kept).is_some());
     assert!(e.tmp.path().exists());
 }
+
+/// The next event of `sub`, within 5 s.
+async fn next_event(sub: &mut crate::events::Subscriber) -> (String, crate::events::Type) {
+    let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("an event within 5s")
+        .unwrap();
+    (e.id.clone(), e.kind)
+}
+
+#[tokio::test]
+async fn pod_events_use_the_pod_id_and_follow_the_recorded_states() {
+    use crate::events::Type;
+    let e = env(Duration::from_secs(600));
+    let mut sub = e.pods.events.subscribe();
+    let id = e
+        .pods
+        .run(e.spec("ev", false), String::new())
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await, (id.clone(), Type::Created));
+    assert_eq!(next_event(&mut sub).await, (id.clone(), Type::Started));
+    e.pods.stop(&id).await.unwrap();
+    assert_eq!(next_event(&mut sub).await, (id.clone(), Type::Stopped));
+    e.pods.stop(&id).await.unwrap();
+    e.pods.remove(&id).await.unwrap();
+    // A second stop records nothing: the next event is the removal, which
+    // carries the pod's last status.
+    let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((ev.id.as_str(), ev.kind), (id.as_str(), Type::Deleted));
+    assert_eq!(ev.pod.as_ref().unwrap().state, State::NotReady);
+
+    // A lost monitor is recorded NOTREADY: STOPPED.
+    let lost = e
+        .pods
+        .run(e.spec("lost", false), String::new())
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await, (lost.clone(), Type::Created));
+    assert_eq!(next_event(&mut sub).await, (lost.clone(), Type::Started));
+    e.fake.kill_monitor(&lost);
+    assert_eq!(next_event(&mut sub).await, (lost.clone(), Type::Stopped));
+}
+
+#[tokio::test]
+async fn a_pod_nobody_claimed_says_nothing_until_its_retry_claims_it() {
+    use crate::events::Type;
+    let e = env(Duration::from_secs(600));
+    let mut sub = e.pods.events.subscribe();
+    give_up_on(&e, "late").await;
+    let id = finished_unclaimed(&e).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), sub.next())
+            .await
+            .is_err(),
+        "invisible: no event"
+    );
+    e.pods
+        .run(e.spec("late", false), String::new())
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await, (id.clone(), Type::Created));
+    assert_eq!(next_event(&mut sub).await, (id, Type::Started));
+}
+
+#[tokio::test]
+async fn update_resources_records_and_applies_to_a_pod_cgroup_crius_made() {
+    let e = env(Duration::from_secs(600));
+    let id = e
+        .pods
+        .run(e.spec("res", false), String::new())
+        .await
+        .unwrap();
+    let res = spec::Resources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    let overhead = spec::Resources {
+        memory_limit_in_bytes: 16 << 20,
+        ..Default::default()
+    };
+    e.pods
+        .update_resources(&id[..12], Some(res.clone()), Some(overhead.clone()))
+        .await
+        .unwrap();
+    let limit = e.cgroup_dir(&id).join("memory.limit_in_bytes");
+    assert_eq!(
+        std::fs::read_to_string(&limit).unwrap().trim(),
+        (80u64 << 20).to_string(),
+        "resources plus overhead"
+    );
+    let rec = e.pods.status(&id).unwrap();
+    assert_eq!(rec.spec.resources.as_ref(), Some(&res), "recorded");
+    assert_eq!(rec.spec.overhead.as_ref(), Some(&overhead));
+
+    // Bad values: InvalidArgument naming the field, nothing changed.
+    let bad = spec::Resources {
+        memory_limit_in_bytes: -5,
+        ..Default::default()
+    };
+    let err = e
+        .pods
+        .update_resources(&id, Some(bad), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::InvalidArgument);
+    assert!(
+        err.to_string().contains("resources.memory_limit_in_bytes"),
+        "{err}"
+    );
+    let too_few_shares = spec::Resources {
+        cpu_shares: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        kind(
+            e.pods
+                .update_resources(&id, Some(too_few_shares), None)
+                .await
+        ),
+        Kind::InvalidArgument
+    );
+    assert_eq!(e.pods.status(&id).unwrap().spec.resources, Some(res));
+    assert_eq!(
+        std::fs::read_to_string(&limit).unwrap().trim(),
+        (80u64 << 20).to_string()
+    );
+    assert_eq!(
+        kind(e.pods.update_resources("nonexistent", None, None).await),
+        Kind::NotFound
+    );
+
+    // A pod cgroup crius did not create is recorded, never written.
+    let mut rec = e.store.get(record::PODS, &id).unwrap().unwrap();
+    rec.cgroup_created = false;
+    e.store.put(record::PODS, &id, &rec).unwrap();
+    let smaller = spec::Resources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    };
+    e.pods
+        .update_resources(&id, Some(smaller.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(e.pods.status(&id).unwrap().spec.resources, Some(smaller));
+    assert_eq!(
+        std::fs::read_to_string(&limit).unwrap().trim(),
+        (80u64 << 20).to_string(),
+        "kubelet's cgroup left alone"
+    );
+}

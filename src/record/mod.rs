@@ -93,6 +93,9 @@ pub trait Kind: Send + Sync + Sized + 'static {
     /// Undoes whatever the record holds on the host, from any state, and
     /// deletes the record. Idempotent; logs what it cannot undo.
     async fn rollback(&self, rec: &Self::Record);
+    /// A caller has just claimed `rec`: it is visible from now on (the
+    /// kind announces it: [`crate::events`]).
+    fn on_claimed(&self, _rec: &Self::Record) {}
 }
 
 /// A finished creation: the id or the (shared) error.
@@ -174,17 +177,18 @@ impl<R: Record, E: RecordError> Records<R, E> {
     }
 
     /// Hands a finished record to its caller: from now on List/Status
-    /// show it.
-    pub fn claim(&self, id: &str) -> Result<String, E> {
+    /// show it. The record, when this call is the one that claimed it.
+    pub fn claim(&self, id: &str) -> Result<Option<R>, E> {
         self.store.write(|txn| {
             let Some(mut rec) = txn.get(R::TABLE, id)? else {
                 return Err(E::not_found(id));
             };
-            if !rec.claimed() {
-                rec.set_claimed();
-                txn.put(R::TABLE, id, &rec)?;
+            if rec.claimed() {
+                return Ok(None);
             }
-            Ok(id.to_string())
+            rec.set_claimed();
+            txn.put(R::TABLE, id, &rec)?;
+            Ok(Some(rec))
         })
     }
 
@@ -228,7 +232,7 @@ pub async fn create<K: Kind>(
                 if let Some(existing) = records.find_by_key(&key)? {
                     if !existing.claimed() && existing.is_finished() {
                         tracing::info!(kind = K::Record::KIND, id = %existing.id(), "a retry claims what its first call created");
-                        return records.claim(existing.id());
+                        return claim(kind, existing.id());
                     }
                     return Err(kind.already_exists(key, existing.id()));
                 }
@@ -256,9 +260,18 @@ pub async fn create<K: Kind>(
         .clone()
         .expect("checked by wait_for");
     match outcome {
-        Ok(id) => records.claim(&id),
+        Ok(id) => claim(kind, &id),
         Err(e) => Err(K::Error::shared(e)),
     }
+}
+
+/// Claims record `id` for its caller and tells the kind when this call
+/// made it visible.
+fn claim<K: Kind>(kind: &Arc<K>, id: &str) -> Result<String, K::Error> {
+    if let Some(rec) = kind.records().claim(id)? {
+        kind.on_claimed(&rec);
+    }
+    Ok(id.to_string())
 }
 
 /// Runs the steps under the record's lock; a failure rolls back all of

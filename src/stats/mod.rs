@@ -13,6 +13,10 @@
 //! An RPC asks for the records it answers about: a record the cache has in
 //! the same state is answered from the cache; one it has not seen yet (a
 //! container created since the last round) is sampled at once and added.
+//! The cumulative CPU counter of a running container or ready pod is read
+//! again when its sample is older than [`CPU_FRESH`] (one file), so two
+//! answers a second apart show CPU moving (crictl computes its CPU% so);
+//! the rate (`nano_cores`) and everything else stay the sampler's.
 //! A container that is not running (created, exited) has zero CPU and
 //! memory, never an error.
 
@@ -26,17 +30,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::cgroups::{Cgroups, Stats, stats};
+use crate::cgroups::{CgroupPath, Cgroups, Stats, stats};
 use crate::container::record::{CONTAINERS, ContainerRecord, State};
 use crate::pod::record::{PODS, PodRecord, State as PodState};
 use crate::record::Record;
 use crate::store::Store;
+
+/// How old a sample's CPU counter may be before a stats RPC reads it
+/// again: `crictl stats` and `statsp` take two answers a second apart and
+/// need the counter and its timestamp to move between them, whatever the
+/// sampler's interval. One file per running container or ready pod.
+pub const CPU_FRESH: Duration = Duration::from_millis(500);
 
 /// What the sampler knows about one container.
 #[derive(Debug, Clone)]
 pub struct ContainerSample {
     /// Nanoseconds since the Unix epoch.
     pub timestamp: i64,
+    /// When `cgroup.cpu`'s usage was read: the sample's time, or later
+    /// when an RPC read the counter again ([`CPU_FRESH`]).
+    pub cpu_timestamp: i64,
     /// The container's state when sampled (a new state samples again).
     pub state: State,
     pub cgroup: Stats,
@@ -53,6 +66,7 @@ pub struct ContainerSample {
 #[derive(Debug, Clone)]
 pub struct PodSample {
     pub timestamp: i64,
+    pub cpu_timestamp: i64,
     pub state: PodState,
     pub cgroup: Stats,
     pub nano_cores: Option<u64>,
@@ -210,7 +224,33 @@ impl Sampler {
                 .insert(rec.id.clone(), s.clone());
             out[i] = Some(s);
         }
-        out.into_iter().flatten().collect()
+        let mut out: Vec<ContainerSample> = out.into_iter().flatten().collect();
+        for (rec, s) in recs.iter().zip(&mut out) {
+            if rec.state == State::Running {
+                self.fresh_cpu(
+                    rec.cgroup.as_ref(),
+                    s.at,
+                    &mut s.cgroup,
+                    &mut s.cpu_timestamp,
+                );
+            }
+        }
+        out
+    }
+
+    /// Reads the CPU counter again when the sample is older than
+    /// [`CPU_FRESH`] (the rate stays the sampler's).
+    fn fresh_cpu(&self, cg: Option<&CgroupPath>, at: Instant, stats: &mut Stats, ts: &mut i64) {
+        let (Some(cg), Some(cpu)) = (cg, stats.cpu.as_mut()) else {
+            return;
+        };
+        if at.elapsed() < CPU_FRESH {
+            return;
+        }
+        if let Ok(Some(ns)) = self.cgroups.cpu_usage(cg) {
+            cpu.usage_ns = ns;
+            *ts = crate::pod::now_ns();
+        }
     }
 
     /// Samples of `pods` (with their effective state), as for containers.
@@ -247,7 +287,18 @@ impl Sampler {
                 }
             }
         }
-        out.into_iter().flatten().collect()
+        let mut out: Vec<PodSample> = out.into_iter().flatten().collect();
+        for (rec, s) in pods.iter().zip(&mut out) {
+            if rec.state == PodState::Ready {
+                self.fresh_cpu(
+                    rec.cgroup.as_ref(),
+                    s.at,
+                    &mut s.cgroup,
+                    &mut s.cpu_timestamp,
+                );
+            }
+        }
+        out
     }
 
     fn sample_container(
@@ -259,6 +310,7 @@ impl Sampler {
         let at = Instant::now();
         let mut s = ContainerSample {
             timestamp,
+            cpu_timestamp: timestamp,
             state: rec.state,
             cgroup: zero_stats(),
             nano_cores: None,
@@ -331,8 +383,10 @@ impl Sampler {
         pods.iter()
             .map(|rec| {
                 let at = Instant::now();
+                let timestamp = crate::pod::now_ns();
                 let mut s = PodSample {
-                    timestamp: crate::pod::now_ns(),
+                    timestamp,
+                    cpu_timestamp: timestamp,
                     state: rec.state,
                     cgroup: zero_stats(),
                     nano_cores: None,

@@ -127,15 +127,29 @@ pub(crate) fn mount_setattr(
 /// writable. ENOSYS on older kernels: see [`recursive_readonly_supported`].
 pub fn set_readonly_recursive(path: &Path) -> Result<()> {
     let c = path_cstr(path)?;
+    readonly_recursive_at(libc::AT_FDCWD, &c, 0, &path.display().to_string())
+}
+
+/// [`set_readonly_recursive`] of the mount whose root `fd` (an O_PATH fd
+/// opened after the mount) names; `what` names it in the error.
+pub fn set_readonly_recursive_fd(fd: &impl std::os::fd::AsRawFd, what: &str) -> Result<()> {
+    readonly_recursive_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, what)
+}
+
+fn readonly_recursive_at(
+    dirfd: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    what: &str,
+) -> Result<()> {
     mount_setattr(
-        libc::AT_FDCWD,
-        &c,
-        libc::AT_RECURSIVE,
+        dirfd,
+        path,
+        flags | libc::AT_RECURSIVE,
         libc::MOUNT_ATTR_RDONLY,
     )
     .map_err(sys(format!(
-        "make {} and its submounts read-only (mount_setattr)",
-        path.display()
+        "make {what} and its submounts read-only (mount_setattr)"
     )))
 }
 

@@ -64,10 +64,7 @@ pub fn open(ptmx: &Path) -> Result<Pty> {
     }
     // SAFETY: `peer` is a fresh fd the kernel just gave us.
     let slave = unsafe { OwnedFd::from_raw_fd(peer) };
-    Ok(Pty {
-        master,
-        slave,
-    })
+    Ok(Pty { master, slave })
 }
 
 /// Sets the window size of the terminal whose master (or slave) is `fd`.

@@ -118,6 +118,7 @@ fn propagation_follows_the_mounts() {
         host_path: "/h".into(),
         readonly: false,
         propagation: p,
+        ..Default::default()
     };
     assert_eq!(rootfs_propagation(&[]), "rprivate");
     assert_eq!(rootfs_propagation(&[m(Propagation::Private)]), "rprivate");
@@ -166,12 +167,14 @@ fn spec_has_namespaces_mounts_and_resources() {
             host_path: "/srv/data".into(),
             readonly: true,
             propagation: Propagation::HostToContainer,
+            ..Default::default()
         },
         BindMount {
             container_path: "/etc/resolv.conf".into(),
             host_path: "/custom/resolv".into(),
             readonly: false,
             propagation: Propagation::Private,
+            ..Default::default()
         },
     ];
     c.resources = Resources {

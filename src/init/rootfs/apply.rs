@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use crate::init::rootfs::{Node, Step, TargetKind};
+use crate::init::rootfs::{Lower, Node, Step, TargetKind};
 
 /// A failed step: which one, and why.
 #[derive(Debug)]
@@ -332,6 +332,26 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 mount_one(root, root_fd, source, target, fstype, options, *kind)
                     .map_err(fail(name))?
             }
+            Step::ImageVolume {
+                target,
+                lower,
+                sub_path,
+                image,
+                staging,
+            } => {
+                let name = format!("mount {}", inside(root, target));
+                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
+                    step: name.clone(),
+                    message: "the rootfs is not mounted".into(),
+                })?;
+                let volume = Volume {
+                    lower,
+                    sub_path,
+                    image,
+                    staging,
+                };
+                mount_volume(root, root_fd, target, &volume).map_err(fail(name))?
+            }
             Step::Devices { dev } => {
                 let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
                     step: "create devices".into(),
@@ -430,6 +450,13 @@ fn mount_one(
             Some(&options.data),
         )?;
     }
+    if options.recursive_readonly {
+        // The bind brought the source's submounts (rbind): all of them
+        // read-only in one call, on the mount now at the target.
+        let fd = create_beneath(root_fd, rel, kind)?;
+        crate::sys::mount::set_readonly_recursive_fd(&fd, &inside(root, target))
+            .map_err(|e| crate::error::chain(&e))?;
+    }
     if !options.propagation.is_empty() {
         let fd = create_beneath(root_fd, rel, kind)?;
         for p in &options.propagation {
@@ -438,6 +465,119 @@ fn mount_one(
     }
     let _ = fd.as_fd();
     Ok(())
+}
+
+/// An image volume's source side, as its plan step gives it.
+struct Volume<'a> {
+    lower: &'a Lower,
+    sub_path: &'a Path,
+    image: &'a str,
+    staging: &'a Path,
+}
+
+/// Mounts an image volume at `target` (beneath the rootfs): the image at
+/// its staging dir (a read-only overlay of its layers, or its one layer
+/// bound and remounted read-only), the sub path opened beneath the image's
+/// root (RESOLVE_IN_ROOT: `..` and symlinks stay inside the image; no
+/// crossing into another mount), bound at the target and remounted
+/// read-only, then the staging mount detached (the bind keeps the image's
+/// mount alive; both end with the container's mount namespace).
+fn mount_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Result<(), String> {
+    let ro = MsFlags::MS_RDONLY;
+    match v.lower {
+        Lower::Overlay(data) => mount(
+            Some(Path::new("overlay")),
+            v.staging,
+            Some("overlay"),
+            ro,
+            Some(data),
+        )?,
+        Lower::Bind(layer) => {
+            mount(Some(layer), v.staging, None, MsFlags::MS_BIND, None)?;
+            // As for any bind remount: the host mount's nosuid/nodev/noexec
+            // stay.
+            let fd = rustix::fs::open(
+                v.staging,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| format!("open {}: {e}", v.staging.display()))?;
+            let locked =
+                crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
+            mount(
+                None,
+                v.staging,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro | locked,
+                None,
+            )?;
+        }
+    }
+    let bound = bind_volume(root, root_fd, target, v);
+    let detached = nix::mount::umount2(v.staging, MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detach {}: {e}", v.staging.display()));
+    bound.and(detached)
+}
+
+fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Result<(), String> {
+    let image_root = rustix::fs::open(
+        v.staging,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open the image {} at {}: {e}", v.image, v.staging.display()))?;
+    let source = rustix::fs::openat2(
+        &image_root,
+        if v.sub_path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            v.sub_path
+        },
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::NOENT => format!(
+            "image_sub_path {:?} does not exist in the image {}",
+            v.sub_path, v.image
+        ),
+        e => format!(
+            "image_sub_path {:?} in the image {}: {e}",
+            v.sub_path, v.image
+        ),
+    })?;
+    let st = rustix::fs::fstat(&source).map_err(|e| format!("stat image_sub_path: {e}"))?;
+    let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::Directory => TargetKind::Dir,
+        rustix::fs::FileType::RegularFile => TargetKind::File,
+        other => {
+            return Err(format!(
+                "image_sub_path {:?} in the image {} is a {other:?}, not a directory or a regular file",
+                v.sub_path, v.image
+            ));
+        }
+    };
+    let rel = target.strip_prefix(root).unwrap_or(target);
+    let dest = inside(root, target);
+    let fd = create_beneath(root_fd, rel, kind)?;
+    let bind = crate::init::rootfs::parse_options(&["bind".into()]);
+    check_kernel_fs_target(&fd, &dest, "bind", &bind)?;
+    mount(
+        Some(&fd_path(&source)),
+        &fd_path(&fd),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    let fd = create_beneath(root_fd, rel, kind)?;
+    mount(
+        None,
+        &fd_path(&fd),
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
 }
 
 /// The /proc files a bind mount may cover (runc's checkProcMount list:

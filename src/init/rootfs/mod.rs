@@ -9,7 +9,11 @@
 //! 3. overlayfs over the layer dirs with the container's upper/work dirs
 //! 4. the rootfs bind-mounted onto itself (pivot_root needs a mount point)
 //! 5. the Spec's mounts, targets created beneath the rootfs, each followed by
-//!    its read-only remount and propagation change where asked
+//!    its read-only remount (recursive for `rro`) and propagation change
+//!    where asked; then the image volumes (each image's layers as a
+//!    read-only overlay, or its one layer bound read-only, at a staging dir
+//!    of the container; its sub path opened beneath it and bound at the
+//!    target; the staging mount detached)
 //! 6. device nodes and the /dev symlinks, then the CRI devices' nodes
 //! 7. pivot_root(".", "."), old root detached; masked and read-only paths;
 //!    the root remounted read-only when the Spec asks.
@@ -37,6 +41,14 @@ pub enum Error {
     NoLayers,
     #[error("device {0:?}: major or minor number out of range")]
     DeviceNumber(PathBuf),
+    #[error(
+        "image volume {target}: the overlay options for {layers} layers exceed one page ({len} bytes)"
+    )]
+    VolumeTooLong {
+        target: PathBuf,
+        layers: usize,
+        len: usize,
+    },
 }
 
 impl Classify for Error {
@@ -54,6 +66,9 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     /// Filesystem-specific data, comma-joined.
     pub data: String,
+    /// `rro`: the mount and all its submounts read-only (mount_setattr
+    /// AT_RECURSIVE, after the mount).
+    pub recursive_readonly: bool,
 }
 
 impl Default for MountOptions {
@@ -62,6 +77,7 @@ impl Default for MountOptions {
             flags: MsFlags::empty(),
             propagation: Vec::new(),
             data: String::new(),
+            recursive_readonly: false,
         }
     }
 }
@@ -108,6 +124,10 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "rro" => {
+                out.recursive_readonly = true;
+                continue;
+            }
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
                 out.propagation
@@ -183,6 +203,56 @@ impl Overlay {
     }
 }
 
+/// An image mounted read-only at a container path: its layers (the same
+/// directories every container of that image uses as its rootfs' lower
+/// dirs), optionally only `sub_path` inside it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageVolume {
+    /// The container path.
+    pub target: PathBuf,
+    /// Layer dirs, lowest (base) first.
+    pub layers: Vec<PathBuf>,
+    /// Relative, checked free of `..` by the daemon; empty: the whole image.
+    /// Resolved beneath the image's root by the init (openat2
+    /// RESOLVE_IN_ROOT): a symlink in the image never leads out of it.
+    pub sub_path: PathBuf,
+    /// The image, for messages.
+    pub image: String,
+    /// An empty directory of the container (on the host, outside the
+    /// rootfs) where the image is mounted, in the container's mount
+    /// namespace only, before its sub path is bound at the target.
+    pub staging: PathBuf,
+}
+
+impl ImageVolume {
+    /// The overlayfs data of a read-only overlay (lower dirs only, top-most
+    /// first); `None` for a one-layer image, which is bound read-only
+    /// instead (overlayfs wants two lower dirs when there is no upper).
+    pub fn data(&self) -> Result<Option<String>, Error> {
+        match self.layers.len() {
+            0 => Err(Error::NoLayers),
+            1 => Ok(None),
+            n => {
+                let lower: Vec<String> = self
+                    .layers
+                    .iter()
+                    .rev()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let data = format!("lowerdir={}", lower.join(":"));
+                if data.len() >= PAGE {
+                    return Err(Error::VolumeTooLong {
+                        target: self.target.clone(),
+                        layers: n,
+                        len: data.len(),
+                    });
+                }
+                Ok(Some(data))
+            }
+        }
+    }
+}
+
 /// What a mount target must be created as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
@@ -212,6 +282,16 @@ pub enum Step {
         options: MountOptions,
         kind: TargetKind,
     },
+    /// An image volume: `layers` (overlay data, or the one layer dir to
+    /// bind) mounted read-only at `staging`, `sub_path` opened beneath it
+    /// and bound read-only at the (host) `target` beneath the rootfs.
+    ImageVolume {
+        target: PathBuf,
+        lower: Lower,
+        sub_path: PathBuf,
+        image: String,
+        staging: PathBuf,
+    },
     /// /dev nodes bind-mounted from the host's (works without mknod rights
     /// in user namespaces) and the standard /dev symlinks.
     Devices { dev: PathBuf },
@@ -227,6 +307,15 @@ pub enum Step {
     ReadOnly(Vec<PathBuf>),
     /// Remount the container's / read-only.
     ReadOnlyRoot,
+}
+
+/// The read-only lower side of an image volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lower {
+    /// overlayfs mount data (`lowerdir=...`).
+    Overlay(String),
+    /// The image's only layer dir.
+    Bind(PathBuf),
 }
 
 /// A device node to make: type, numbers, permission bits and owner as the
@@ -264,11 +353,13 @@ pub fn beneath(rootfs: &Path, dest: &Path) -> Result<PathBuf, Error> {
     Ok(out)
 }
 
-/// The plan for `spec` over `overlay`. `source_is_dir` tells whether a bind
-/// source is a directory (the executor stats it; tests fake it).
+/// The plan for `spec` over `overlay`, with the image `volumes`.
+/// `source_is_dir` tells whether a bind source is a directory (the
+/// executor stats it; tests fake it).
 pub fn plan(
     spec: &Spec,
     overlay: &Overlay,
+    volumes: &[ImageVolume],
     source_is_dir: &dyn Fn(&Path) -> bool,
 ) -> Result<Vec<Step>, Error> {
     let root = spec
@@ -314,6 +405,20 @@ pub fn plan(
             fstype,
             options,
             kind,
+        });
+    }
+
+    for v in volumes {
+        let lower = match v.data()? {
+            Some(data) => Lower::Overlay(data),
+            None => Lower::Bind(v.layers[0].clone()),
+        };
+        steps.push(Step::ImageVolume {
+            target: beneath(&root, &v.target)?,
+            lower,
+            sub_path: v.sub_path.clone(),
+            image: v.image.clone(),
+            staging: v.staging.clone(),
         });
     }
 
@@ -398,6 +503,38 @@ mod tests {
     }
 
     #[test]
+    fn rro_is_an_option_not_data() {
+        let o = parse_options(&strings(&["rbind", "rprivate", "ro", "rro"]));
+        assert!(o.recursive_readonly && o.needs_remount());
+        assert_eq!(o.data, "");
+        assert!(!parse_options(&strings(&["rbind", "ro"])).recursive_readonly);
+    }
+
+    #[test]
+    fn a_one_layer_volume_is_a_bind_and_many_layers_must_fit_a_page() {
+        let v = ImageVolume {
+            target: "/v".into(),
+            layers: vec!["/l/1".into()],
+            sub_path: PathBuf::new(),
+            image: "i".into(),
+            staging: "/c/v".into(),
+        };
+        assert_eq!(v.data().unwrap(), None);
+        let many = ImageVolume {
+            layers: (0..1000)
+                .map(|i| PathBuf::from(format!("/var/lib/crius/layers/{i}")))
+                .collect(),
+            ..v.clone()
+        };
+        assert!(matches!(many.data(), Err(Error::VolumeTooLong { .. })));
+        let none = ImageVolume {
+            layers: vec![],
+            ..v
+        };
+        assert!(matches!(none.data(), Err(Error::NoLayers)));
+    }
+
+    #[test]
     fn beneath_never_climbs_out() {
         let r = Path::new("/r");
         assert_eq!(
@@ -459,6 +596,7 @@ mod tests {
                 host_path: "/srv/data".into(),
                 readonly: true,
                 propagation: Propagation::Bidirectional,
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -488,7 +626,14 @@ mod tests {
         };
         let rules = crate::cgroups::DeviceRules::container(false, &[node.rule()]);
         spec::add_devices(&mut spec, &[node], &rules).unwrap();
-        let steps = plan(&spec, &overlay, &is_dir).unwrap();
+        let volumes = [ImageVolume {
+            target: "/vol".into(),
+            layers: vec!["/l/1".into(), "/l/2".into()],
+            sub_path: "etc".into(),
+            image: "sha256:v".into(),
+            staging: "/c/v".into(),
+        }];
+        let steps = plan(&spec, &overlay, &volumes, &is_dir).unwrap();
         let nodes = steps
             .iter()
             .position(|s| matches!(s, Step::Nodes(_)))
@@ -542,6 +687,22 @@ mod tests {
             .position(|s| matches!(s, Step::PivotRoot(_)))
             .unwrap();
         assert!(mount_at("/run/c/rootfs/data") < devices && devices < pivot);
+        let volume = steps
+            .iter()
+            .position(|s| matches!(s, Step::ImageVolume { .. }))
+            .unwrap();
+        assert_eq!(
+            steps[volume],
+            Step::ImageVolume {
+                target: "/run/c/rootfs/vol".into(),
+                lower: Lower::Overlay("lowerdir=/l/2:/l/1".into()),
+                sub_path: "etc".into(),
+                image: "sha256:v".into(),
+                staging: "/c/v".into(),
+            },
+            "the volume shares the image's layer dirs, top-most first"
+        );
+        assert!(mount_at("/run/c/rootfs/data") < volume && volume < devices);
         assert!(devices < nodes && nodes < pivot);
         assert!(matches!(steps[pivot + 1], Step::Mask(_)));
         assert!(matches!(steps[pivot + 2], Step::ReadOnly(_)));

@@ -41,7 +41,9 @@ use crate::error::{Classify, Kind};
 use crate::init::user::GroupsPolicy;
 use crate::monitor::PodDir;
 pub use crate::monitor::protocol::AttachEnd;
-use crate::monitor::protocol::{ATTACH_VERSION, Exit, Reply, Request, SECURITY_VERSION};
+use crate::monitor::protocol::{
+    ATTACH_VERSION, Exit, MOUNTS_VERSION, Reply, Request, SECURITY_VERSION,
+};
 pub use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
 use crate::sys::process::ProcRef;
 
@@ -171,6 +173,15 @@ impl PodMonitor {
                 message: format!(
                     "the pod's monitor speaks protocol {version}, which cannot apply a seccomp \
                      filter or a Strict groups policy; recreate the pod"
+                ),
+            });
+        }
+        if version < MOUNTS_VERSION && launch.needs_mounts_version() {
+            return Err(Error::Failed {
+                step: "monitor version".into(),
+                message: format!(
+                    "the pod's monitor speaks protocol {version}, which cannot mount image \
+                     volumes or recursive read-only binds; recreate the pod"
                 ),
             });
         }
@@ -322,13 +333,19 @@ mod tests {
 
     /// A monitor of protocol `version` that answers the hello of each
     /// connection and then `created` to any request.
-    fn old_monitor(pod: &PodDir, version: u32) -> std::thread::JoinHandle<usize> {
+    /// A monitor of protocol `version` that answers `connections`
+    /// connections, counting the requests after `hello`.
+    fn old_monitor(
+        pod: &PodDir,
+        version: u32,
+        connections: usize,
+    ) -> std::thread::JoinHandle<usize> {
         std::fs::create_dir_all(&pod.dir).unwrap();
         let listener = std::os::unix::net::UnixListener::bind(pod.socket()).unwrap();
         listener.set_nonblocking(false).unwrap();
         std::thread::spawn(move || {
             let mut requests = 0;
-            for _ in 0..2 {
+            for _ in 0..connections {
                 let Ok((stream, _)) = listener.accept() else {
                     break;
                 };
@@ -365,6 +382,7 @@ mod tests {
                 upper: "/u".into(),
                 work: "/w".into(),
             },
+            volumes: Vec::new(),
             cgroup_procs: Vec::new(),
             log_path: None,
             log_dir: None,
@@ -378,7 +396,7 @@ mod tests {
     async fn an_old_monitor_never_gets_a_launch_it_would_not_confine() {
         let state = tempfile::tempdir().unwrap();
         let pod = PodDir::new(state.path(), "p");
-        let server = old_monitor(&pod, 2);
+        let server = old_monitor(&pod, 2, 2);
         let mut l = launch();
         l.seccomp = Some(crate::seccomp::Filter {
             program: vec![0; 8],
@@ -400,5 +418,43 @@ mod tests {
             1,
             "only the unconfined launch was sent"
         );
+    }
+
+    #[tokio::test]
+    async fn a_version_3_monitor_never_gets_image_volumes_or_rro() {
+        let state = tempfile::tempdir().unwrap();
+        let pod = PodDir::new(state.path(), "p");
+        let server = old_monitor(&pod, 3, 3);
+        let mut volume = launch();
+        volume.volumes = vec![crate::init::rootfs::ImageVolume {
+            target: "/v".into(),
+            layers: vec!["/l/1".into()],
+            sub_path: Default::default(),
+            image: "sha256:i".into(),
+            staging: "/c/v".into(),
+        }];
+        let mut rro = launch();
+        rro.spec.set_mounts(Some(vec![
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/m")
+                .typ("bind")
+                .source("/h")
+                .options(vec!["rbind".into(), "ro".into(), "rro".into()])
+                .build()
+                .unwrap(),
+        ]));
+        for l in [volume, rro] {
+            let err = PodMonitor::new(pod.clone())
+                .create_container(&l)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), Kind::FailedPrecondition, "{err}");
+            assert!(err.to_string().contains("protocol 3"), "{err}");
+        }
+        PodMonitor::new(pod)
+            .create_container(&launch())
+            .await
+            .unwrap();
+        assert_eq!(server.join().unwrap(), 1, "only the plain launch was sent");
     }
 }

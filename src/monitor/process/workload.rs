@@ -296,6 +296,7 @@ impl Container {
                     groups: launch.groups,
                     seccomp: launch.seccomp.as_ref(),
                     overlay: &launch.overlay,
+                    volumes: &launch.volumes,
                     cgroup_procs: &launch.cgroup_procs,
                 };
                 crate::init::container::run(one, &init, p.child, child.into())
