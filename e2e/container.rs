@@ -19,6 +19,7 @@ use crate::require_registry_tools;
 /// A daemon with busybox pulled; the registry stays up while it lives.
 pub struct Setup {
     pub d: TestDaemon,
+    /// The registry the test images came from (tests push more to it).
     pub reg: Registry,
     pub busybox: String,
     pub image_id: String,

@@ -131,6 +131,12 @@ impl Registry {
     /// Pushes a one-layer image whose layer is the tar `layer` (gzipped
     /// here) as `name:latest`; returns the manifest digest.
     pub fn push_layer_image(&self, name: &str, layer: &[u8]) -> String {
+        self.push_image(name, layer, serde_json::json!({"Cmd": ["sh"]}))
+    }
+
+    /// Like [`Registry::push_layer_image`], with `run_config` as the
+    /// image config's `config` (Cmd, User, ...).
+    pub fn push_image(&self, name: &str, layer: &[u8], run_config: serde_json::Value) -> String {
         let dir = tempfile::tempdir().unwrap();
         let blobs = dir.path().join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -146,7 +152,7 @@ impl Registry {
         let layer_digest = put(&gz);
         let config = serde_json::json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": ["sh"]},
+            "config": run_config,
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         })
         .to_string();

@@ -95,6 +95,12 @@ pub struct RegistryConfig {
     pub sandbox_image: String,
     /// A pull that makes no progress for this many seconds is cancelled.
     pub pull_progress_timeout_secs: u64,
+    /// The largest manifest, index or image config a pull accepts, in bytes.
+    pub max_manifest_bytes: u64,
+    /// The most tar entries one layer may hold.
+    pub max_layer_entries: u64,
+    /// The most bytes of file content one layer may unpack to.
+    pub max_layer_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +233,9 @@ impl Default for RegistryConfig {
             config_path: "/etc/crius/certs.d".into(),
             sandbox_image: "registry.k8s.io/pause:3.10".into(),
             pull_progress_timeout_secs: 300,
+            max_manifest_bytes: 4 << 20,
+            max_layer_entries: 1_000_000,
+            max_layer_bytes: 64 << 30,
         }
     }
 }
@@ -376,6 +385,21 @@ impl Config {
                 "cgroup.default_parent must be an absolute cgroup path, got {:?}",
                 self.cgroup.default_parent
             )));
+        }
+        for (name, v) in [
+            (
+                "registry.max_manifest_bytes",
+                self.registry.max_manifest_bytes,
+            ),
+            (
+                "registry.max_layer_entries",
+                self.registry.max_layer_entries,
+            ),
+            ("registry.max_layer_bytes", self.registry.max_layer_bytes),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("{name} must be positive")));
+            }
         }
         if self.stats.interval_ms < 100 {
             return Err(Error::Invalid(format!(

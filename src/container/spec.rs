@@ -719,6 +719,16 @@ pub fn build(
     let args = process_args(config, image)?;
     let env = process_env(config, image);
     let user = process_user(&config.security, image);
+    // The init reads it with the same parser; a bad one fails here, with
+    // the field named, rather than in the blocked init.
+    crate::init::user::parse(&user).map_err(|e| Error::Invalid {
+        field: if image.user == user {
+            "image config User"
+        } else {
+            "run_as_username"
+        },
+        reason: e.to_string(),
+    })?;
     let cwd = [&config.working_dir, &image.working_dir]
         .into_iter()
         .find(|d| !d.is_empty())

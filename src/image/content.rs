@@ -56,6 +56,11 @@ impl Ingest {
         })
     }
 
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;

@@ -82,6 +82,18 @@ fn lookup_by_id_prefix_tag_and_digest() {
     assert_eq!(images.list(None).unwrap().len(), 1);
     assert!(images.is_pinned(&record()), "the sandbox image is pinned");
     assert_eq!(record().user(), (None, "nobody".to_string()));
+    let with_user = |user: &str| {
+        let mut r = record();
+        r.config.user = user.into();
+        r.user()
+    };
+    assert_eq!(with_user(""), (None, String::new()));
+    assert_eq!(with_user("1000:1000"), (Some(1000), String::new()));
+    assert_eq!(with_user("www:staff"), (None, "www".to_string()));
+    // Not valid uids: reported as names, so kubelet never takes them for
+    // non-root (4294967296 would run as uid 0 once truncated).
+    assert_eq!(with_user("4294967296"), (None, "4294967296".to_string()));
+    assert_eq!(with_user("-1:0"), (None, "-1".to_string()));
     let dirs = images.layer_dirs(&record()).unwrap();
     assert_eq!(dirs, [images.dirs().layer(7)]);
 }

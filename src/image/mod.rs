@@ -28,6 +28,7 @@
 
 mod content;
 mod gc;
+mod manifest;
 mod pull;
 pub mod reference;
 mod registry;
@@ -70,6 +71,12 @@ pub enum Error {
     },
     #[error("invalid image content: {0}")]
     BadContent(String),
+    #[error("{what} is larger than the {limit}-byte limit ({key})")]
+    TooLarge {
+        what: String,
+        limit: u64,
+        key: &'static str,
+    },
     #[error("unpack layer {digest}: {message}")]
     Unpack { digest: String, message: String },
     #[error("{op} {path}")]
@@ -97,9 +104,10 @@ impl Classify for Error {
             Error::InUse(_) => Kind::FailedPrecondition,
             Error::Registry { kind, .. } => *kind,
             Error::Stalled { .. } => Kind::DeadlineExceeded,
-            Error::DigestMismatch { .. } | Error::BadContent(_) | Error::Unpack { .. } => {
-                Kind::FailedPrecondition
-            }
+            Error::DigestMismatch { .. }
+            | Error::BadContent(_)
+            | Error::TooLarge { .. }
+            | Error::Unpack { .. } => Kind::FailedPrecondition,
             Error::HostsConfig { .. } => Kind::FailedPrecondition,
             Error::Io { .. } | Error::Store(_) => Kind::Internal,
             Error::Shared(e) => e.kind(),
@@ -160,12 +168,26 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
-    /// The config's User split as CRI wants it: a numeric uid, or a name.
+    /// The config's User split as CRI wants it: a numeric uid, or a name,
+    /// read by the parser the container init uses (so the uid kubelet's
+    /// runAsNonRoot check sees is the uid the process gets). A USER that
+    /// is not valid (`-1`, `4294967296`) is reported as a name: kubelet
+    /// then refuses runAsNonRoot ("non-numeric user"), and CreateContainer
+    /// refuses the user with InvalidArgument.
     pub fn user(&self) -> (Option<i64>, String) {
-        let user = self.config.user.split(':').next().unwrap_or_default();
-        match user.parse::<i64>() {
-            Ok(uid) => (Some(uid), String::new()),
-            Err(_) => (None, user.to_string()),
+        use crate::init::user::{Who, parse};
+        if self.config.user.is_empty() {
+            return (None, String::new());
+        }
+        match parse(&self.config.user) {
+            Ok(spec) => match spec.user {
+                Who::Id(uid) => (Some(i64::from(uid)), String::new()),
+                Who::Name(name) => (None, name.to_string()),
+            },
+            Err(_) => {
+                let user = self.config.user.split(':').next().unwrap_or_default();
+                (None, user.to_string())
+            }
         }
     }
 }

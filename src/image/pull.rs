@@ -94,7 +94,7 @@ const ACCEPT: &[&str] = &[
 #[derive(Deserialize)]
 struct Descriptor {
     digest: String,
-    #[serde(default)]
+    /// Required: the exact length of the blob, where a download stops.
     size: u64,
     #[serde(default)]
     platform: Option<Platform>,
@@ -157,7 +157,7 @@ struct Fetch {
     name: String,
 }
 
-fn registry_err(reference: &str, e: oci_client::errors::OciDistributionError) -> Error {
+pub(super) fn registry_err(reference: &str, e: oci_client::errors::OciDistributionError) -> Error {
     use oci_client::errors::OciDistributionError as E;
     let kind = match &e {
         E::ImageManifestNotFoundError(_) => Kind::NotFound,
@@ -232,6 +232,8 @@ async fn pull_from(
     let name = reference.to_string();
     let timeout = inner.config.pull_progress_timeout();
     let client = ep.client()?;
+    let http = ep.http_client()?;
+    let limit = inner.config.max_manifest_bytes;
     let mut oref = match (&reference.tag, &reference.digest) {
         (_, Some(d)) => oci_client::Reference::with_digest(
             reference.registry.clone(),
@@ -249,15 +251,21 @@ async fn pull_from(
         oref.set_mirror_registry(ep.host.clone());
     }
     let rauth = auth.to_registry_auth()?;
+    let source = super::manifest::Source {
+        endpoint: ep,
+        http: &http,
+        oci: &client,
+        auth: &rauth,
+        name: &name,
+    };
 
     // 1. The manifest (or index) the reference names.
-    let (bytes, _) = within(
+    let bytes = within(
         timeout,
         &name,
-        client.pull_manifest_raw(&oref, &rauth, ACCEPT),
+        source.fetch(&oref, ACCEPT, limit, "manifest"),
     )
-    .await?
-    .map_err(|e| registry_err(&name, e))?;
+    .await??;
     let top_digest = digest_of(&bytes);
     if let Some(d) = &reference.digest
         && *d != top_digest
@@ -284,6 +292,16 @@ async fn pull_from(
             .ok_or_else(|| Error::BadContent(format!("{name} has no image for linux/{arch}")))?;
         let digest = chosen.digest.clone();
         super::reference::check_digest(&digest).map_err(Error::BadContent)?;
+        if chosen.size > limit {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "platform manifest {digest} of {name} ({} bytes)",
+                    chosen.size
+                ),
+                limit,
+                key: "registry.max_manifest_bytes",
+            });
+        }
         let child = oci_client::Reference::with_digest(
             reference.registry.clone(),
             reference.repository.clone(),
@@ -293,13 +311,12 @@ async fn pull_from(
         if child.resolve_registry() != ep.host {
             child.set_mirror_registry(ep.host.clone());
         }
-        let (bytes, _) = within(
+        let bytes = within(
             timeout,
             &name,
-            client.pull_manifest_raw(&child, &rauth, ACCEPT),
+            source.fetch(&child, ACCEPT, limit, "platform manifest"),
         )
-        .await?
-        .map_err(|e| registry_err(&name, e))?;
+        .await??;
         let actual = digest_of(&bytes);
         if actual != digest {
             return Err(Error::DigestMismatch {
@@ -317,6 +334,13 @@ async fn pull_from(
         .ok_or_else(|| Error::BadContent(format!("manifest of {name} has no config")))?;
     let id = config_desc.digest.clone();
     super::reference::check_digest(&id).map_err(Error::BadContent)?;
+    if config_desc.size > limit {
+        return Err(Error::TooLarge {
+            what: format!("image config {id} of {name} ({} bytes)", config_desc.size),
+            limit,
+            key: "registry.max_manifest_bytes",
+        });
+    }
     for l in &manifest.layers {
         super::reference::check_digest(&l.digest).map_err(Error::BadContent)?;
     }
@@ -502,6 +526,13 @@ async fn fetch_blob(
         let chunk = within(fetch.timeout, name, stream.next()).await?;
         match chunk {
             None => break,
+            // Cut at the descriptor's size: a registry that sends more is
+            // not trusted with the disk (the partial file goes with ingest).
+            Some(Ok(bytes)) if ingest.size() + bytes.len() as u64 > size => {
+                return Err(Error::BadContent(format!(
+                    "{what} {digest} of {name}: the registry sent more than the {size} bytes its descriptor declares"
+                )));
+            }
             Some(Ok(bytes)) => ingest.write(&bytes).await?,
             Some(Err(e)) => {
                 return Err(Error::Registry {
@@ -512,9 +543,13 @@ async fn fetch_blob(
             }
         }
     }
-    let size = (size > 0).then_some(size);
     ingest
-        .commit(&format!("{what} {digest} of {name}"), digest, size, &dest)
+        .commit(
+            &format!("{what} {digest} of {name}"),
+            digest,
+            Some(size),
+            &dest,
+        )
         .await
 }
 
@@ -596,8 +631,12 @@ async fn make_layer(
     let blob = inner.dirs.blob(&l.digest);
     let target = inner.dirs.layer(dir);
     let (inner2, l2) = (inner.clone(), l.clone());
+    let limits = super::unpack::Limits {
+        entries: inner.config.max_layer_entries,
+        bytes: inner.config.max_layer_bytes,
+    };
     tokio::task::spawn_blocking(move || {
-        let result = super::unpack::unpack(&blob, &target, &lowers, &l2.diff_id);
+        let result = super::unpack::unpack(&blob, &target, &lowers, &l2.diff_id, limits);
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&target);
             return Err(Error::Unpack {

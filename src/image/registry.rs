@@ -75,18 +75,15 @@ impl Endpoint {
     /// A client for this endpoint. One per pull: oci-client keeps the
     /// credentials it was first given per registry.
     pub fn client(&self) -> Result<oci_client::Client, Error> {
-        static PROVIDER: Once = Once::new();
-        PROVIDER.call_once(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        });
-        let mut extra_root_certificates = Vec::new();
-        for ca in &self.ca {
-            let data = std::fs::read(ca).map_err(super::io_err("read CA certificate", ca))?;
-            extra_root_certificates.push(Certificate {
+        install_crypto_provider();
+        let extra_root_certificates = self
+            .ca_pems()?
+            .into_iter()
+            .map(|data| Certificate {
                 encoding: CertificateEncoding::Pem,
                 data,
-            });
-        }
+            })
+            .collect();
         let config = ClientConfig {
             protocol: if self.http {
                 ClientProtocol::Http
@@ -107,6 +104,48 @@ impl Endpoint {
             message: format!("create client: {e}"),
             kind: crate::error::Kind::Internal,
         })
+    }
+}
+
+fn install_crypto_provider() {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl Endpoint {
+    fn ca_pems(&self) -> Result<Vec<Vec<u8>>, Error> {
+        self.ca
+            .iter()
+            .map(|ca| std::fs::read(ca).map_err(super::io_err("read CA certificate", ca)))
+            .collect()
+    }
+
+    /// A plain HTTP client with this endpoint's TLS settings, for the
+    /// requests whose response size crius bounds itself (manifests:
+    /// oci-client reads a manifest body whole, however long).
+    pub fn http_client(&self) -> Result<reqwest::Client, Error> {
+        install_crypto_provider();
+        let internal = |message: String| Error::Registry {
+            reference: self.url(),
+            message,
+            kind: crate::error::Kind::Internal,
+        };
+        let mut certs = Vec::new();
+        for pem in self.ca_pems()? {
+            certs.push(
+                reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| internal(format!("parse CA certificate: {e}")))?,
+            );
+        }
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.skip_verify)
+            .tls_certs_merge(certs)
+            .connect_timeout(Duration::from_secs(30))
+            .user_agent(concat!("crius/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| internal(format!("create client: {}", crate::error::chain(&e))))
     }
 }
 

@@ -92,10 +92,26 @@ fn decompressed(blob: &Path) -> R<Box<dyn Read + Send>> {
     })
 }
 
+/// Bounds on what one layer may unpack to (`registry.max_layer_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The longest entry name accepted, in bytes (PATH_MAX).
+const MAX_PATH: usize = 4096;
+
 /// Unpacks the layer `blob` into the new directory `target`; `lowers` are
 /// the layers below, highest first. Checks the tar's digest against
 /// `diff_id`.
-pub fn unpack(blob: &Path, target: &Path, lowers: &[PathBuf], diff_id: &str) -> R<()> {
+pub fn unpack(
+    blob: &Path,
+    target: &Path,
+    lowers: &[PathBuf],
+    diff_id: &str,
+    limits: Limits,
+) -> R<()> {
     std::fs::create_dir(target).map_err(stdioe("create", target))?;
     let root = rustix::fs::open(
         target,
@@ -125,9 +141,21 @@ pub fn unpack(blob: &Path, target: &Path, lowers: &[PathBuf], diff_id: &str) -> 
             root: &root,
             lowers: &lowers,
             dir_times: Vec::new(),
+            limits,
+            bytes: 0,
         };
-        for entry in archive.entries().map_err(stdioe("read tar", blob))? {
+        for (n, entry) in archive
+            .entries()
+            .map_err(stdioe("read tar", blob))?
+            .enumerate()
+        {
             let mut entry = entry.map_err(stdioe("read tar", blob))?;
+            if n as u64 >= limits.entries {
+                return Err(UnpackError::Bad(format!(
+                    "the layer has more than {} entries (registry.max_layer_entries)",
+                    limits.entries
+                )));
+            }
             if let Some(t) = u.entry(&mut entry)? {
                 u.dir_times.push(t);
             }
@@ -192,6 +220,9 @@ struct Unpacker<'a> {
     lowers: &'a [OwnedFd],
     /// Directory times to set once every entry is in place.
     dir_times: Vec<(PathBuf, Timestamps)>,
+    limits: Limits,
+    /// File content written so far.
+    bytes: u64,
 }
 
 struct Meta {
@@ -219,6 +250,12 @@ impl Unpacker<'_> {
             .path()
             .map_err(|e| UnpackError::Bad(format!("bad entry name: {e}")))?
             .into_owned();
+        if raw.as_os_str().len() > MAX_PATH {
+            return Err(UnpackError::Bad(format!(
+                "entry name of {} bytes is longer than {MAX_PATH}",
+                raw.as_os_str().len()
+            )));
+        }
         let path = clean(&raw)?;
         let header = entry.header().clone();
         let kind = header.entry_type();
@@ -308,7 +345,18 @@ impl Unpacker<'_> {
                 )
                 .map_err(ioe("create", &path))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(stdioe("write", &path))?;
+                // Stop a decompression bomb at the limit, whatever the
+                // header says (sparse entries expand).
+                let room = self.limits.bytes.saturating_sub(self.bytes);
+                let written = io::copy(&mut entry.take(room.saturating_add(1)), &mut file)
+                    .map_err(stdioe("write", &path))?;
+                self.bytes += written;
+                if self.bytes > self.limits.bytes {
+                    return Err(UnpackError::Bad(format!(
+                        "the layer unpacks to more than {} bytes (registry.max_layer_bytes)",
+                        self.limits.bytes
+                    )));
+                }
                 set_meta_fd(&file, &meta, &path)?;
                 set_xattrs(&file, &xattrs, &path)?;
                 rustix::fs::futimens(&file, &meta.ts).map_err(ioe("set times", &path))?;

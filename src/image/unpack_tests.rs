@@ -8,6 +8,11 @@ use tar::EntryType;
 
 use super::*;
 
+const LIMITS: Limits = Limits {
+    entries: 1000,
+    bytes: 1 << 20,
+};
+
 fn root() -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
@@ -84,7 +89,7 @@ fn unpacks_files_links_whiteouts_and_opaque_dirs() {
         .add(EntryType::Regular, "opq/.wh..wh..opq", "", 0o644, b"")
         .write(tmp.path(), "l1", true);
     let out = tmp.path().join("out");
-    unpack(&blob, &out, &[], &diff).unwrap();
+    unpack(&blob, &out, &[], &diff, LIMITS).unwrap();
     let hosts = std::fs::metadata(out.join("etc/hosts")).unwrap();
     assert_eq!(
         std::fs::read_to_string(out.join("etc/hosts")).unwrap(),
@@ -135,13 +140,13 @@ fn implicit_parents_and_hardlinks_come_from_lower_layers() {
         .file("bin/tool", "lower content")
         .write(tmp.path(), "l1", false);
     let lower = tmp.path().join("lower");
-    unpack(&b1, &lower, &[], &d1).unwrap();
+    unpack(&b1, &lower, &[], &d1, LIMITS).unwrap();
     let (b2, d2) = Layer::new()
         .file("tmp/x", "x")
         .hardlink("bin/tool2", "bin/tool")
         .write(tmp.path(), "l2", false);
     let upper = tmp.path().join("upper");
-    unpack(&b2, &upper, std::slice::from_ref(&lower), &d2).unwrap();
+    unpack(&b2, &upper, std::slice::from_ref(&lower), &d2, LIMITS).unwrap();
     let t = std::fs::metadata(upper.join("tmp")).unwrap();
     assert_eq!(
         t.mode() & 0o7777,
@@ -190,7 +195,7 @@ fn hostile_layers_never_write_outside() {
         let (blob, diff) = layer.write(tmp.path(), &format!("bad{i}"), false);
         let target = tmp.path().join(format!("t{i}"));
         assert!(
-            unpack(&blob, &target, &[], &diff).is_err(),
+            unpack(&blob, &target, &[], &diff, LIMITS).is_err(),
             "case {i} must fail"
         );
     }
@@ -203,7 +208,7 @@ fn hostile_layers_never_write_outside() {
         .file(&format!("dots/{o}/via-dots"), "y")
         .write(tmp.path(), "sneaky", false);
     let target = tmp.path().join("sneaky-out");
-    unpack(&blob, &target, &[], &diff).unwrap();
+    unpack(&blob, &target, &[], &diff, LIMITS).unwrap();
     let names: Vec<_> = std::fs::read_dir(&outside)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -229,6 +234,56 @@ fn diff_id_mismatch_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let (blob, _) = Layer::new().file("a", "a").write(tmp.path(), "l", true);
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let err = unpack(&blob, &tmp.path().join("o"), &[], &wrong).unwrap_err();
+    let err = unpack(&blob, &tmp.path().join("o"), &[], &wrong, LIMITS).unwrap_err();
     assert!(matches!(err, UnpackError::DiffId { .. }), "{err}");
+}
+
+#[test]
+fn entry_count_content_size_and_name_length_are_bounded() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        entries: 3,
+        bytes: 10,
+    };
+    // At the limits: three entries, ten bytes.
+    let (blob, diff) = Layer::new()
+        .file("a", "12345")
+        .file("b", "1234")
+        .file("c", "1")
+        .write(tmp.path(), "ok", true);
+    unpack(&blob, &tmp.path().join("ok-out"), &[], &diff, limits).unwrap();
+
+    let (blob, diff) = Layer::new()
+        .file("a", "1")
+        .file("b", "1")
+        .file("c", "1")
+        .file("d", "1")
+        .write(tmp.path(), "many", true);
+    let err = unpack(&blob, &tmp.path().join("many-out"), &[], &diff, limits).unwrap_err();
+    assert!(err.to_string().contains("more than 3 entries"), "{err}");
+
+    let (blob, diff) =
+        Layer::new()
+            .file("a", "123456")
+            .file("b", "12345")
+            .write(tmp.path(), "big", true);
+    let err = unpack(&blob, &tmp.path().join("big-out"), &[], &diff, limits).unwrap_err();
+    assert!(err.to_string().contains("more than 10 bytes"), "{err}");
+
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    let long = format!("{}/f", "d/".repeat(2100));
+    b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let diff = crate::image::content::digest_of(&tar);
+    let blob = tmp.path().join("long");
+    std::fs::write(&blob, tar).unwrap();
+    let err = unpack(&blob, &tmp.path().join("long-out"), &[], &diff, LIMITS).unwrap_err();
+    assert!(err.to_string().contains("longer than 4096"), "{err}");
 }
