@@ -485,7 +485,7 @@ async fn container_pid_modes_share_pod_namespaces() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // StopContainer returns once the cgroup's processes are gone.
     assert!(
         cgroup_procs(&cgroup).is_empty(),
         "processes left in a stopped POD-mode container"

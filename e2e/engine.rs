@@ -14,6 +14,7 @@ use crius::container::spec::{
 use crius::init::rootfs::Overlay;
 use crius::monitor::client::container::{ContainerLaunch, Error, ExecLaunch, PodMonitor};
 use crius::monitor::client::{self, Started};
+use crius::monitor::sync::Step;
 use crius::monitor::{PodDir, Spec};
 use crius::sys::ns::Kind;
 
@@ -329,7 +330,7 @@ async fn engine_failed_create_names_the_step_and_leaves_nothing() {
     let err = p.monitor.create_container(&missing).await.unwrap_err();
     match &err {
         Error::Failed { step, message } => {
-            assert_eq!(step, "exec");
+            assert_eq!(*step, Step::Exec);
             assert!(message.contains("no such file"), "{message}");
         }
         other => panic!("{other:?}"),
@@ -338,7 +339,7 @@ async fn engine_failed_create_names_the_step_and_leaves_nothing() {
     bad_user.user = "nosuchuser".into();
     let err = p.monitor.create_container(&bad_user).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Failed { step, .. } if step == "user"),
+        matches!(&err, Error::Failed { step, .. } if *step == Step::User),
         "{err}"
     );
     assert_eq!(

@@ -427,7 +427,7 @@ impl Containers {
             .await
             .map_err(|e| {
                 let step = match &e {
-                    super::engine::Error::Step { step, .. } => step.clone(),
+                    super::engine::Error::Step { step, .. } => step.to_string(),
                     _ => "create container init".into(),
                 };
                 step_err(&step)(e)

@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use crate::error::{Classify, Kind};
 use crate::monitor::PodDir;
 pub use crate::monitor::protocol::Exit;
+pub use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// What an engine needs to create a container's init (blocked before
@@ -39,7 +40,7 @@ pub enum Error {
     /// "exec: no such file").
     #[error("{step}: {message}")]
     Step {
-        step: String,
+        step: Step,
         message: String,
         kind: Kind,
     },

@@ -11,6 +11,7 @@ use super::test_engine::*;
 use super::*;
 use crate::cgroups::Resources;
 use crate::error::{Classify, Kind};
+use crate::monitor::sync::Step;
 use crate::pod::record::State as PodState;
 
 fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> crate::error::Kind {
@@ -113,7 +114,7 @@ async fn bad_input_leaves_nothing() {
         .put(crate::pod::record::PODS, &pod.id, &e.pod)
         .unwrap();
     // A failing engine step: named, and everything undone.
-    *e.fake.fail_create.lock().unwrap() = Some("mount /data".into());
+    *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/data".into()));
     let err = e.svc.create(e.req("web", 0)).await.unwrap_err();
     assert!(
         crate::error::chain(&err).contains("mount /data"),
@@ -630,7 +631,7 @@ async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() 
     let e = env();
     let mut sub = e.svc.events.subscribe();
     // A creation that fails at a step is never visible: no event.
-    *e.fake.fail_create.lock().unwrap() = Some("boom".into());
+    *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/boom".into()));
     assert!(e.svc.create(e.req("bad", 0)).await.is_err());
     *e.fake.fail_create.lock().unwrap() = None;
     // A start the engine refuses: created, then stopped (never started).

@@ -15,6 +15,7 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 
 use super::setup::{self, Stdio, Sync};
+use crate::monitor::sync::{Message, Step};
 use crate::sys::ns::{self, Kind};
 use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
@@ -50,22 +51,22 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
-        sync.fail("join cgroup", &e);
+        sync.fail(Step::JoinCgroup, &e);
     }
     let list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
         .map(|&kind| (kind.proc_path(exec.init_pid), kind))
         .collect();
     if let Err(e) = ns::join(&list) {
-        sync.fail("join namespaces", &crate::error::chain(&e));
+        sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
     }
     match fork_into(one, CloneFlags::CLONE_PARENT) {
         Ok(Forked::Child) => stage2(exec, tty, sync),
         Ok(Forked::Parent(pid)) => {
-            sync.send(&format!("pid {pid}"));
+            sync.send(&Message::Pid(pid.as_raw()));
             exit_immediately(0)
         }
-        Err(e) => sync.fail("fork", &crate::error::chain(&e)),
+        Err(e) => sync.fail(Step::Fork, &crate::error::chain(&e)),
     }
 }
 
@@ -74,10 +75,10 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
     // The terminal comes from the container's devpts: the mount namespace
     // joined above is the container's.
     if tty && let Err(e) = setup::terminal(&mut sync) {
-        sync.fail("terminal", &e);
+        sync.fail(Step::Terminal, &e);
     }
     if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {
-        sync.fail("cwd", &e);
+        sync.fail(Step::Cwd, &e);
     }
     let prepared = match setup::finalize(
         exec.process,
@@ -91,6 +92,9 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
         Err((step, e)) => sync.fail(step, &e),
     };
     let err = setup::exec(&prepared);
-    sync.send(&format!("error exec\t{err}"));
+    sync.send(&Message::Failed {
+        step: Step::Exec,
+        message: err,
+    });
     exit_immediately(127)
 }

@@ -19,6 +19,7 @@ use oci_spec::runtime::Process;
 
 use crate::init::user::GroupsPolicy;
 use crate::monitor::protocol::SeccompFilter as Filter;
+use crate::monitor::sync::{Message, Step};
 use crate::sys::caps;
 use crate::sys::process::{SingleThreaded, close_fds_from, default_signals, exit_immediately};
 
@@ -36,19 +37,19 @@ pub struct Stdio {
 /// The fd number the sync socket has in a forked setup process.
 pub const SYNC_FD: RawFd = 3;
 
-/// The sync socket with the monitor: one line per message, `pid N`,
-/// `ready`, `error <step>\t<message>`; the monitor writes `start`.
+/// The sync socket with the monitor: one [`Message`] per line; the
+/// monitor writes `start`.
 pub struct Sync(std::fs::File);
 
 impl Sync {
-    pub fn send(&mut self, line: &str) {
-        let _ = self.0.write_all(format!("{line}\n").as_bytes());
+    pub fn send(&mut self, message: &Message) {
+        let _ = self.0.write_all(message.encode().as_bytes());
     }
 
-    /// Sends `line` with `fd` attached (SCM_RIGHTS).
-    fn send_fd(&mut self, line: &str, fd: &OwnedFd) -> Result<(), String> {
+    /// Sends `message` with `fd` attached (SCM_RIGHTS).
+    fn send_fd(&mut self, message: &Message, fd: &OwnedFd) -> Result<(), String> {
         use std::os::fd::{AsFd, AsRawFd};
-        let data = format!("{line}\n");
+        let data = message.encode();
         let n = crate::sys::fds::send_with_fds(self.0.as_fd(), data.as_bytes(), &[fd.as_raw_fd()])
             .map_err(|e| format!("hand the terminal to the monitor: {e}"))?;
         self.0
@@ -57,9 +58,11 @@ impl Sync {
     }
 
     /// Reports a failed step and ends the process.
-    pub fn fail(&mut self, step: &str, message: &str) -> ! {
-        let message = message.replace(['\n', '\t'], " ");
-        self.send(&format!("error {step}\t{message}"));
+    pub fn fail(&mut self, step: Step, message: &str) -> ! {
+        self.send(&Message::Failed {
+            step,
+            message: message.to_string(),
+        });
         exit_immediately(1)
     }
 
@@ -270,57 +273,58 @@ pub fn finalize(
     user: &str,
     groups: GroupsPolicy,
     seccomp: Option<&Filter>,
-) -> Result<Exec, (&'static str, String)> {
-    rlimits(process).map_err(|e| ("rlimits", e))?;
-    oom_score_adj(process).map_err(|e| ("oom_score_adj", e))?;
+) -> Result<Exec, (Step, String)> {
+    rlimits(process).map_err(|e| (Step::Rlimits, e))?;
+    oom_score_adj(process).map_err(|e| (Step::OomScoreAdj, e))?;
     let supplemental = process.user().additional_gids().clone().unwrap_or_default();
     let id = crate::init::user::resolve(Path::new("/"), user, &supplemental, groups)
-        .map_err(|e| ("user", e.to_string()))?;
+        .map_err(|e| (Step::User, e.to_string()))?;
     if let Some(profile) = process.apparmor_profile() {
-        apparmor_on_exec(profile).map_err(|e| ("apparmor", e))?;
+        apparmor_on_exec(profile).map_err(|e| (Step::AppArmor, e))?;
     }
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
     if no_new_privs {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
+        nix::sys::prctl::set_no_new_privs().map_err(|e| (Step::NoNewPrivs, e.to_string()))?;
     }
     if let Some(f) = seccomp.filter(|_| !no_new_privs) {
         crate::sys::seccomp::load(&f.program, f.flags)
-            .map_err(|e| ("seccomp", crate::error::chain(&e)))?;
+            .map_err(|e| (Step::Seccomp, crate::error::chain(&e)))?;
     }
     let sets = caps::Sets::from_spec(process.capabilities().as_ref());
-    caps::apply_bounding(sets.bounding).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
-    caps::keep_caps(true).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+    caps::apply_bounding(sets.bounding)
+        .map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+    caps::keep_caps(true).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
     let groups: Vec<nix::unistd::Gid> = id
         .additional_gids
         .iter()
         .map(|&g| nix::unistd::Gid::from_raw(g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| ("user", format!("setgroups: {e}")))?;
+    nix::unistd::setgroups(&groups).map_err(|e| (Step::User, format!("setgroups: {e}")))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid))
-        .map_err(|e| ("user", format!("setgid {}: {e}", id.gid)))?;
+        .map_err(|e| (Step::User, format!("setgid {}: {e}", id.gid)))?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid))
-        .map_err(|e| ("user", format!("setuid {}: {e}", id.uid)))?;
-    caps::keep_caps(false).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
-    caps::apply(&sets).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+        .map_err(|e| (Step::User, format!("setuid {}: {e}", id.uid)))?;
+    caps::keep_caps(false).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+    caps::apply(&sets).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
 
     let mut env: Vec<Vec<u8>> = env.to_vec();
     if !env.iter().any(|e| e.starts_with(b"HOME=")) {
         env.push(format!("HOME={}", id.home).into_bytes());
     }
-    let first = args.first().ok_or(("exec", "no command".to_string()))?;
-    let path = look_path(first, &env).map_err(|e| ("exec", e))?;
+    let first = args.first().ok_or((Step::Exec, "no command".to_string()))?;
+    let path = look_path(first, &env).map_err(|e| (Step::Exec, e))?;
     Ok(Exec {
-        path: cstring(path.as_os_str().as_bytes(), "the command").map_err(|e| ("exec", e))?,
+        path: cstring(path.as_os_str().as_bytes(), "the command").map_err(|e| (Step::Exec, e))?,
         args: args
             .iter()
             .map(|a| cstring(a.as_bytes(), "an argument"))
             .collect::<Result<_, _>>()
-            .map_err(|e| ("exec", e))?,
+            .map_err(|e| (Step::Exec, e))?,
         env: env
             .iter()
             .map(|e| cstring(e, "the environment"))
             .collect::<Result<_, _>>()
-            .map_err(|e| ("exec", e))?,
+            .map_err(|e| (Step::Exec, e))?,
         late_seccomp: seccomp.filter(|_| no_new_privs).cloned(),
     })
 }
@@ -332,7 +336,7 @@ pub fn finalize(
 pub fn terminal(sync: &mut Sync) -> Result<(), String> {
     let pty =
         crate::sys::pty::open(Path::new("/dev/pts/ptmx")).map_err(|e| crate::error::chain(&e))?;
-    sync.send_fd("pty", &pty.master)?;
+    sync.send_fd(&Message::Pty, &pty.master)?;
     drop(pty.master);
     nix::unistd::dup2_stdin(&pty.slave)
         .and_then(|()| nix::unistd::dup2_stdout(&pty.slave))

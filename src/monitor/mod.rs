@@ -2,7 +2,8 @@
 //! program of its own (no tokio; src/bin/crius-monitor.rs) that owns a
 //! pod's processes. [`protocol`] is what the daemon and the monitor say to
 //! each other, [`client`] the daemon's side (tokio), [`process`] the
-//! monitor's.
+//! monitor's; [`sync`] what a forked setup process tells the monitor and
+//! the steps a failure names.
 //!
 //! It starts a new session (setsid), ignores SIGINT and SIGHUP and is a
 //! child subreaper, so it outlives `crius serve` (restarts, Ctrl-C, a kill
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod process;
 pub mod protocol;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 

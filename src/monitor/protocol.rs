@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use crate::init::rootfs::{ImageVolume, Overlay};
+use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// The version this build speaks (2: containers and execs; 3: a container
@@ -143,9 +144,9 @@ pub enum Reply {
         message: String,
     },
     /// A container or exec request failed; `step` names what broke
-    /// ("mount /data", "exec", "user", "unknown container", ...).
+    /// (on the wire its name: "mount /data", "exec", "unknown container").
     Failed {
-        step: String,
+        step: Step,
         message: String,
     },
     Created {
@@ -283,8 +284,8 @@ pub enum SetupReply {
         init: Option<ProcRef>,
     },
     Failed {
-        /// The setup step that failed, e.g. "apply sysctls".
-        step: String,
+        /// The setup step that failed (on the wire its name, e.g. "apply sysctls").
+        step: Step,
         message: String,
     },
 }

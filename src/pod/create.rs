@@ -171,7 +171,7 @@ impl Pods {
         let mspec = self.monitor_spec(rec);
         let started = self.engine.start(&rec.dir, &mspec).await.map_err(|e| {
             let name = match &e {
-                super::engine::Error::Step { step, .. } => step.clone(),
+                super::engine::Error::Step { step, .. } => step.to_string(),
                 _ => "start pod monitor".into(),
             };
             step(&name)(e)

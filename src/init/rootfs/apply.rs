@@ -13,11 +13,12 @@ use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::init::rootfs::{Lower, Node, Step, TargetKind};
+use crate::monitor::sync::Step as SetupStep;
 
 /// A failed step: which one, and why.
 #[derive(Debug)]
 pub struct StepError {
-    pub step: String,
+    pub step: SetupStep,
     pub message: String,
 }
 
@@ -27,8 +28,7 @@ impl std::fmt::Display for StepError {
     }
 }
 
-fn fail(step: impl Into<String>) -> impl FnOnce(String) -> StepError {
-    let step = step.into();
+fn fail(step: SetupStep) -> impl FnOnce(String) -> StepError {
     move |message| StepError { step, message }
 }
 
@@ -116,7 +116,7 @@ pub fn check_propagation_sources(steps: &[Step]) -> Result<(), StepError> {
                 "shared or slave"
             };
             return Err(StepError {
-                step: format!("mount {}", source.display()),
+                step: SetupStep::Mount(source.display().to_string()),
                 message: format!(
                     "path {} is mounted on {} but it is not a {need} mount",
                     source.display(),
@@ -280,16 +280,16 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
     for s in steps {
         match s {
             Step::RootPropagation(flags) => mount(None, Path::new("/"), None, *flags, None)
-                .map_err(fail("rootfs propagation"))?,
+                .map_err(fail(SetupStep::RootPropagation))?,
             Step::PrivateParent(path) => {
                 let (point, _, _) = mount_of(path).unwrap_or((PathBuf::from("/"), false, false));
                 mount(None, &point, None, MsFlags::MS_PRIVATE, None)
-                    .map_err(fail("make the rootfs parent private"))?
+                    .map_err(fail(SetupStep::PrivateParent))?
             }
             Step::Overlay { target, data } => {
                 std::fs::create_dir_all(target)
                     .map_err(|e| format!("create {}: {e}", target.display()))
-                    .map_err(fail("mount the overlay rootfs"))?;
+                    .map_err(fail(SetupStep::Overlay))?;
                 mount(
                     Some(Path::new("overlay")),
                     target,
@@ -297,7 +297,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     MsFlags::empty(),
                     Some(data),
                 )
-                .map_err(fail("mount the overlay rootfs"))?
+                .map_err(fail(SetupStep::Overlay))?
             }
             Step::BindSelf(path) => {
                 mount(
@@ -307,14 +307,14 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None,
                 )
-                .map_err(fail("bind the rootfs onto itself"))?;
+                .map_err(fail(SetupStep::BindRoot))?;
                 let fd = rustix::fs::open(
                     path,
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| format!("open {}: {e}", path.display()))
-                .map_err(fail("bind the rootfs onto itself"))?;
+                .map_err(fail(SetupStep::BindRoot))?;
                 root_fd = Some(fd);
             }
             Step::Mount {
@@ -324,7 +324,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 options,
                 kind,
             } => {
-                let name = format!("mount {}", inside(root, target));
+                let name = SetupStep::Mount(inside(root, target));
                 let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
                     step: name.clone(),
                     message: "the rootfs is not mounted".into(),
@@ -339,7 +339,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 image,
                 staging,
             } => {
-                let name = format!("mount {}", inside(root, target));
+                let name = SetupStep::Mount(inside(root, target));
                 let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
                     step: name.clone(),
                     message: "the rootfs is not mounted".into(),
@@ -354,37 +354,37 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
             }
             Step::Devices { dev } => {
                 let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: "create devices".into(),
+                    step: SetupStep::Devices,
                     message: "the rootfs is not mounted".into(),
                 })?;
                 let rel = dev.strip_prefix(root).unwrap_or(dev);
                 let dev_fd = open_in_root(root_fd, rel, OFlags::DIRECTORY)
                     .map_err(|e| format!("open /dev: {e}"))
-                    .map_err(fail("create devices"))?;
-                devices(&dev_fd).map_err(fail("create devices"))?
+                    .map_err(fail(SetupStep::Devices))?;
+                devices(&dev_fd).map_err(fail(SetupStep::Devices))?
             }
             Step::Nodes(nodes) => {
                 let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: "create CRI devices".into(),
+                    step: SetupStep::CriDevices,
                     message: "the rootfs is not mounted".into(),
                 })?;
                 for n in nodes {
-                    let name = format!("create device {}", inside(root, &n.target));
+                    let name = SetupStep::Device(inside(root, &n.target));
                     make_node(root, root_fd, n).map_err(fail(name))?
                 }
             }
             Step::PivotRoot(path) => {
                 root_fd = None;
-                pivot(path).map_err(fail("pivot_root"))?
+                pivot(path).map_err(fail(SetupStep::PivotRoot))?
             }
             Step::Mask(paths) => {
                 for p in paths {
-                    mask(p).map_err(fail(format!("mask {}", p.display())))?
+                    mask(p).map_err(fail(SetupStep::Mask(p.display().to_string())))?
                 }
             }
             Step::ReadOnly(paths) => {
                 for p in paths {
-                    readonly(p).map_err(fail(format!("make {} read-only", p.display())))?
+                    readonly(p).map_err(fail(SetupStep::ReadOnlyPath(p.display().to_string())))?
                 }
             }
             Step::ReadOnlyRoot => mount(
@@ -394,7 +394,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None,
             )
-            .map_err(fail("make the rootfs read-only"))?,
+            .map_err(fail(SetupStep::ReadOnlyRoot))?,
         }
     }
     Ok(())

@@ -45,6 +45,7 @@ use crate::monitor::protocol::{
     ATTACH_VERSION, Exit, MOUNTS_VERSION, Reply, Request, SECURITY_VERSION,
 };
 pub use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
+use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// A client attached to a container's own stdio: pipes from and to the
@@ -79,7 +80,7 @@ pub enum Error {
     Monitor(#[from] client::Error),
     /// The monitor refused or failed the request at `step`.
     #[error("{step}: {message}")]
-    Failed { step: String, message: String },
+    Failed { step: Step, message: String },
     #[error("monitor of {dir}: unexpected reply {reply}")]
     Unexpected { dir: PathBuf, reply: String },
 }
@@ -88,23 +89,7 @@ impl Classify for Error {
     fn kind(&self) -> Kind {
         match self {
             Error::Monitor(e) => e.kind(),
-            Error::Failed { step, .. } => match step.as_str() {
-                "unknown container" | "unknown exec" => Kind::NotFound,
-                "already exists" => Kind::AlreadyExists,
-                "not running" | "not created" | "monitor version" | "resize" => {
-                    Kind::FailedPrecondition
-                }
-                "attach limit" => Kind::ResourceExhausted,
-                s if s == "exec"
-                    || s == "user"
-                    || s == "cwd"
-                    || s == "rootfs plan"
-                    || s.starts_with("mount ") =>
-                {
-                    Kind::InvalidArgument
-                }
-                _ => Kind::Internal,
-            },
+            Error::Failed { step, .. } => step.kind(),
             Error::Unexpected { .. } => Kind::Internal,
         }
     }
@@ -115,7 +100,7 @@ fn failed(reply: Reply) -> Result<Reply, Error> {
     match reply {
         Reply::Failed { step, message } => Err(Error::Failed { step, message }),
         Reply::Error { message } => Err(Error::Failed {
-            step: "monitor".into(),
+            step: Step::Monitor,
             message,
         }),
         other => Ok(other),
@@ -169,7 +154,7 @@ impl PodMonitor {
         let version = conn.version;
         if needs && version < SECURITY_VERSION {
             return Err(Error::Failed {
-                step: "monitor version".into(),
+                step: Step::MonitorVersion,
                 message: format!(
                     "the pod's monitor speaks protocol {version}, which cannot apply a seccomp \
                      filter or a Strict groups policy; recreate the pod"
@@ -178,7 +163,7 @@ impl PodMonitor {
         }
         if version < MOUNTS_VERSION && launch.needs_mounts_version() {
             return Err(Error::Failed {
-                step: "monitor version".into(),
+                step: Step::MonitorVersion,
                 message: format!(
                     "the pod's monitor speaks protocol {version}, which cannot mount image \
                      volumes or recursive read-only binds; recreate the pod"
@@ -273,7 +258,7 @@ impl PodMonitor {
         let mut conn = Connection::open(&self.pod).await?;
         if conn.version < ATTACH_VERSION {
             return Err(Error::Failed {
-                step: "monitor version".into(),
+                step: Step::MonitorVersion,
                 message: format!(
                     "the pod's monitor speaks protocol {}, which cannot attach; recreate the pod",
                     conn.version

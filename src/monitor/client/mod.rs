@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::protocol::{self as proto, Reply, Request, SetupReply};
+use super::sync::Step;
 use super::{PodDir, Spec};
 use crate::error::{Classify, Kind};
 use crate::sys::exe::Sealed;
@@ -33,7 +34,7 @@ pub enum Error {
     },
     /// The monitor could not set the pod up; `step` names what failed.
     #[error("{step}: {message}")]
-    Setup { step: String, message: String },
+    Setup { step: Step, message: String },
     #[error("monitor of {dir} did not answer within {limit:?}")]
     Timeout { dir: PathBuf, limit: Duration },
     #[error("monitor of {dir}: {message}")]
@@ -43,9 +44,7 @@ pub enum Error {
 impl Classify for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::Setup { step, .. } if step == "apply sysctls" || step == "set hostname" => {
-                Kind::InvalidArgument
-            }
+            Error::Setup { step, .. } => step.kind(),
             Error::Timeout { .. } => Kind::DeadlineExceeded,
             _ => Kind::Internal,
         }

@@ -19,6 +19,7 @@ use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use crate::monitor::process::log::Stream;
 use crate::monitor::protocol::{self as proto, AttachEnd, Exit, Reply, Request, SetupReply};
+use crate::monitor::sync::{Step, Subject};
 use crate::monitor::{INIT, PodDir, Spec};
 use crate::sys::process::{self, ProcRef, SingleThreaded};
 
@@ -93,7 +94,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         Ok(l) => l,
         Err(e) => {
             report(&SetupReply::Failed {
-                step: "start pod monitor".into(),
+                step: Step::StartMonitor,
                 message: format!("listen on {}: {e}", socket.display()),
             });
             return Err(format!("listen on {}: {e}", socket.display()));
@@ -103,7 +104,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         Ok(s) => s,
         Err(e) => {
             report(&SetupReply::Failed {
-                step: e.step.to_string(),
+                step: e.step.clone(),
                 message: e.message.clone(),
             });
             let _ = std::fs::remove_file(&socket);
@@ -212,10 +213,14 @@ fn failed(f: Failure) -> Reply {
     }
 }
 
-fn unknown(what: &str, id: &str) -> Reply {
+fn unknown(what: Subject, id: &str) -> Reply {
+    let name = match what {
+        Subject::Container => "container",
+        Subject::Exec => "exec",
+    };
     Reply::Failed {
-        step: format!("unknown {what}"),
-        message: format!("no {what} {id:?} in this pod"),
+        step: Step::Unknown(what),
+        message: format!("no {name} {id:?} in this pod"),
     }
 }
 
@@ -441,7 +446,7 @@ impl Monitor {
             Request::CreateContainer { launch } => {
                 if self.containers.contains_key(&launch.id) {
                     return Some(Reply::Failed {
-                        step: "already exists".into(),
+                        step: Step::AlreadyExists,
                         message: format!("container {:?} exists in this pod", launch.id),
                     });
                 }
@@ -461,7 +466,7 @@ impl Monitor {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::SignalContainer { id, signal } => match self.containers.get(&id) {
                 Some(c) if !matches!(c.state, State::Exited(_)) => {
@@ -470,21 +475,21 @@ impl Monitor {
                         Ok(sig) => match nix::sys::signal::kill(Pid::from_raw(c.init.pid), sig) {
                             Ok(()) => Reply::Ok,
                             Err(e) => Reply::Failed {
-                                step: "signal".into(),
+                                step: Step::Signal,
                                 message: format!("signal {sig} to pid {}: {e}", c.init.pid),
                             },
                         },
                         Err(_) => Reply::Failed {
-                            step: "signal".into(),
+                            step: Step::Signal,
                             message: format!("invalid signal {signal}"),
                         },
                     }
                 }
                 Some(_) => Reply::Failed {
-                    step: "not running".into(),
+                    step: Step::NotRunning,
                     message: format!("container {id:?} has exited"),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::WaitContainer { id } => match self.containers.get_mut(&id) {
                 Some(c) => match c.state {
@@ -494,14 +499,14 @@ impl Monitor {
                         return None;
                     }
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::ReopenContainerLog { id } => match self.containers.get_mut(&id) {
                 Some(c) => match c.reopen_log() {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::RemoveContainer { id } => {
                 self.remove_container(&id);
@@ -510,12 +515,12 @@ impl Monitor {
             Request::Exec { launch } => {
                 if self.execs.contains_key(&launch.exec_id) {
                     return Some(Reply::Failed {
-                        step: "already exists".into(),
+                        step: Step::AlreadyExists,
                         message: format!("exec {:?} exists in this pod", launch.exec_id),
                     });
                 }
                 let Some(c) = self.containers.get(&launch.container_id) else {
-                    return Some(unknown("container", &launch.container_id));
+                    return Some(unknown(Subject::Container, &launch.container_id));
                 };
                 match c.exec(self.one, &launch) {
                     Ok((e, fds)) => {
@@ -541,7 +546,7 @@ impl Monitor {
                         return None;
                     }
                 },
-                None => unknown("exec", &id),
+                None => unknown(Subject::Exec, &id),
             },
             Request::AttachContainer { id, stdin } => match self.containers.get_mut(&id) {
                 Some(c) => match c.attach(stdin) {
@@ -558,14 +563,14 @@ impl Monitor {
                     }
                     Err(f) => failed(f),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::ResizeContainer { id, width, height } => match self.containers.get(&id) {
                 Some(c) => match c.resize(width, height) {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::SignalExec { id, signal } => match self.execs.get(&id) {
                 Some(e) if e.exit.is_none() => match Signal::try_from(signal) {
@@ -573,17 +578,17 @@ impl Monitor {
                     Ok(sig) => match nix::sys::signal::killpg(Pid::from_raw(e.process.pid), sig) {
                         Ok(()) | Err(nix::Error::ESRCH) => Reply::Ok,
                         Err(err) => Reply::Failed {
-                            step: "signal".into(),
+                            step: Step::Signal,
                             message: format!("signal {sig} to group {}: {err}", e.process.pid),
                         },
                     },
                     Err(_) => Reply::Failed {
-                        step: "signal".into(),
+                        step: Step::Signal,
                         message: format!("invalid signal {signal}"),
                     },
                 },
                 Some(_) => Reply::Ok,
-                None => unknown("exec", &id),
+                None => unknown(Subject::Exec, &id),
             },
         })
     }

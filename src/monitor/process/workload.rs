@@ -21,6 +21,7 @@ use crate::init::setup::Stdio;
 use crate::monitor::process::log::{Formatter, LogFile, Stream};
 use crate::monitor::protocol::Exit;
 use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
+use crate::monitor::sync::{Message, Step};
 use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.
@@ -33,13 +34,13 @@ const START_LIMIT: Duration = Duration::from_secs(10);
 /// A failed request: the step and why.
 #[derive(Debug)]
 pub struct Failure {
-    pub step: String,
+    pub step: Step,
     pub message: String,
 }
 
-fn failure(step: &str, message: impl Into<String>) -> Failure {
+fn failure(step: Step, message: impl Into<String>) -> Failure {
     Failure {
-        step: step.into(),
+        step,
         message: message.into(),
     }
 }
@@ -187,13 +188,6 @@ impl SyncReader {
     }
 }
 
-/// `error <step>\t<message>` → the failure it reports.
-fn reported(line: &str) -> Option<Failure> {
-    let rest = line.strip_prefix("error ")?;
-    let (step, message) = rest.split_once('\t').unwrap_or((rest, ""));
-    Some(failure(step, message))
-}
-
 fn kill_and_reap(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
@@ -223,43 +217,40 @@ fn follow(
     // come first, and then the pid line is still to be read.
     let mut ready = false;
     let result = (|| loop {
-        match sync.line(deadline) {
-            Ok(Some(line)) => {
-                if let Some(pid) = line.strip_prefix("pid ") {
-                    stage2 = pid.trim().parse().ok();
-                    let _ = nix::sys::wait::waitpid(stage1, None);
-                    if ready {
-                        return stage2.ok_or_else(|| failure("create", "bad pid reported"));
-                    }
-                    continue;
-                }
-                if line == "pty" && pty.is_none() {
-                    match sync.fds.pop() {
-                        Some(fd) => {
-                            pty = Some(fd);
-                            continue;
-                        }
-                        None => return Err(failure("terminal", "no terminal came with `pty`")),
-                    }
-                }
-                if let Some(f) = reported(&line) {
-                    return Err(f);
-                }
-                if line == "ready" && expect_ready {
-                    match stage2 {
-                        Some(pid) => return Ok(pid),
-                        None => {
-                            ready = true;
-                            continue;
-                        }
-                    }
-                }
-                return Err(failure("create", format!("unexpected message {line:?}")));
-            }
+        let line = match sync.line(deadline) {
+            Ok(Some(line)) => line,
             // EOF: stage 2 exec'ed (exec processes) or everything ended.
-            Ok(None) if !expect_ready && stage2.is_some() => return Ok(stage2.unwrap()),
-            Ok(None) => return Err(failure("create", "the process ended during setup")),
-            Err(e) => return Err(failure("create", e)),
+            Ok(None) => match stage2 {
+                Some(pid) if !expect_ready => return Ok(pid),
+                _ => return Err(failure(Step::Create, "the process ended during setup")),
+            },
+            Err(e) => return Err(failure(Step::Create, e)),
+        };
+        match Message::decode(&line) {
+            Some(Message::Pid(pid)) => {
+                stage2 = Some(pid);
+                let _ = nix::sys::wait::waitpid(stage1, None);
+                if ready {
+                    return Ok(pid);
+                }
+            }
+            Some(Message::Pty) if pty.is_none() => match sync.fds.pop() {
+                Some(fd) => pty = Some(fd),
+                None => {
+                    return Err(failure(Step::Terminal, "no terminal came with `pty`"));
+                }
+            },
+            Some(Message::Failed { step, message }) => return Err(Failure { step, message }),
+            Some(Message::Ready) if expect_ready => match stage2 {
+                Some(pid) => return Ok(pid),
+                None => ready = true,
+            },
+            _ => {
+                return Err(failure(
+                    Step::Create,
+                    format!("unexpected message {line:?}"),
+                ));
+            }
         }
     })();
     // Fds that came with no line asking for them are dropped.
@@ -281,11 +272,12 @@ impl Container {
     /// before execve. The caller registers `init.pid` as a child.
     pub fn create(one: SingleThreaded, launch: ContainerLaunch) -> Result<Container, Failure> {
         let log = match launch.log_file() {
-            Some(p) => Some(LogFile::open(&p).map_err(|e| failure("open log", e.to_string()))?),
+            Some(p) => Some(LogFile::open(&p).map_err(|e| failure(Step::OpenLog, e.to_string()))?),
             None => None,
         };
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
-        let (parent, child) = UnixStream::pair().map_err(|e| failure("create", e.to_string()))?;
+        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
+        let (parent, child) =
+            UnixStream::pair().map_err(|e| failure(Step::Create, e.to_string()))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
@@ -302,7 +294,7 @@ impl Container {
                 crate::init::container::run(one, &init, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
-            Err(e) => return Err(failure("create", crate::error::chain(&e))),
+            Err(e) => return Err(failure(Step::Create, crate::error::chain(&e))),
         };
         drop(child);
         drop(p.child);
@@ -311,7 +303,7 @@ impl Container {
         let pid = followed.pid;
         let Some(init) = ProcRef::of(pid) else {
             kill_and_reap(pid);
-            return Err(failure("create", "the init vanished"));
+            return Err(failure(Step::Create, "the init vanished"));
         };
         // With a tty, the master is both the output and (if asked) stdin.
         let (out, stdin) = match followed.pty {
@@ -321,7 +313,7 @@ impl Container {
                         Ok(fd) => Some(fd),
                         Err(e) => {
                             kill_and_reap(pid);
-                            return Err(failure("terminal", format!("dup: {e}")));
+                            return Err(failure(Step::Terminal, format!("dup: {e}")));
                         }
                     },
                     false => None,
@@ -332,7 +324,7 @@ impl Container {
         };
         if launch.tty && out.is_none() {
             kill_and_reap(pid);
-            return Err(failure("terminal", "the init sent no terminal"));
+            return Err(failure(Step::Terminal, "the init sent no terminal"));
         }
         for fd in out.iter().chain(&p.err) {
             set_nonblocking(fd);
@@ -357,24 +349,31 @@ impl Container {
     /// then exits 127 and is reaped as usual).
     pub fn start(&mut self) -> Result<(), Failure> {
         if self.state != State::Created {
-            return Err(failure("not created", "the container was already started"));
+            return Err(failure(
+                Step::NotCreated,
+                "the container was already started",
+            ));
         }
         let Some(mut sync) = self.sync.take() else {
-            return Err(failure("not created", "the container was already started"));
+            return Err(failure(
+                Step::NotCreated,
+                "the container was already started",
+            ));
         };
         use std::io::Write;
         if sync.sock.write_all(b"start\n").is_err() {
-            return Err(failure("not running", "the container's init has exited"));
+            return Err(failure(Step::NotRunning, "the container's init has exited"));
         }
         match sync.line(Instant::now() + START_LIMIT) {
             Ok(None) => {
                 self.state = State::Running;
                 Ok(())
             }
-            Ok(Some(line)) => {
-                Err(reported(&line).unwrap_or_else(|| failure("exec", line.to_string())))
-            }
-            Err(e) => Err(failure("exec", e)),
+            Ok(Some(line)) => Err(match Message::decode(&line) {
+                Some(Message::Failed { step, message }) => Failure { step, message },
+                _ => failure(Step::Exec, line),
+            }),
+            Err(e) => Err(failure(Step::Exec, e)),
         }
     }
 
@@ -450,18 +449,18 @@ impl Container {
     /// a stdin and the client asked) its input.
     pub fn attach(&mut self, stdin: bool) -> Result<DaemonEnds, Failure> {
         if self.state != State::Running {
-            return Err(failure("not running", "the container is not running"));
+            return Err(failure(Step::NotRunning, "the container is not running"));
         }
         if self.attached.len() >= MAX_ATTACHED {
             return Err(failure(
-                "attach limit",
+                Step::AttachLimit,
                 format!("{MAX_ATTACHED} clients are attached to this container already"),
             ));
         }
         self.next_attach += 1;
         let stdin = stdin && self.stdin.is_open();
         let (a, ends) = Attachment::new(self.next_attach, self.launch.tty, stdin)
-            .map_err(|e| failure("attach", e))?;
+            .map_err(|e| failure(Step::Attach, e))?;
         self.attached.push(a);
         Ok(ends)
     }
@@ -507,8 +506,8 @@ impl Container {
     pub fn resize(&self, width: u16, height: u16) -> Result<(), Failure> {
         match (&self.out, self.launch.tty) {
             (Some(master), true) => crate::sys::pty::resize(master, width, height)
-                .map_err(|e| failure("resize", crate::error::chain(&e))),
-            _ => Err(failure("resize", "the container has no terminal")),
+                .map_err(|e| failure(Step::Resize, crate::error::chain(&e))),
+            _ => Err(failure(Step::Resize, "the container has no terminal")),
         }
     }
 
@@ -539,13 +538,13 @@ impl Container {
 
     pub fn reopen_log(&mut self) -> Result<(), Failure> {
         if matches!(self.state, State::Exited(_)) {
-            return Err(failure("not running", "the container is not running"));
+            return Err(failure(Step::NotRunning, "the container is not running"));
         }
         match &mut self.log {
             Some(log) => log
                 .reopen()
-                .map_err(|e| failure("reopen log", e.to_string())),
-            None => Err(failure("reopen log", "the container has no log file")),
+                .map_err(|e| failure(Step::ReopenLog, e.to_string())),
+            None => Err(failure(Step::ReopenLog, "the container has no log file")),
         }
     }
 
@@ -557,16 +556,16 @@ impl Container {
         launch: &ExecLaunch,
     ) -> Result<(ExecProc, Vec<OwnedFd>), Failure> {
         if self.state != State::Running {
-            return Err(failure("not running", "the container is not running"));
+            return Err(failure(Step::NotRunning, "the container is not running"));
         }
         let process = self
             .launch
             .spec
             .process()
             .as_ref()
-            .ok_or_else(|| failure("exec", "the container has no process"))?;
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure("stdio", e))?;
-        let (parent, child) = UnixStream::pair().map_err(|e| failure("exec", e.to_string()))?;
+            .ok_or_else(|| failure(Step::Exec, "the container has no process"))?;
+        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
+        let (parent, child) = UnixStream::pair().map_err(|e| failure(Step::Exec, e.to_string()))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
@@ -587,7 +586,7 @@ impl Container {
                 crate::init::exec::run(one, &exec, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
-            Err(e) => return Err(failure("exec", crate::error::chain(&e))),
+            Err(e) => return Err(failure(Step::Exec, crate::error::chain(&e))),
         };
         drop(child);
         drop(p.child);
@@ -602,7 +601,7 @@ impl Container {
         fds.extend(p.err);
         if fds.is_empty() {
             kill_and_reap(pid);
-            return Err(failure("terminal", "the exec process sent no terminal"));
+            return Err(failure(Step::Terminal, "the exec process sent no terminal"));
         }
         Ok((
             ExecProc {
@@ -620,20 +619,5 @@ impl Container {
         let out = self.out.as_ref().map(|f| (Stream::Stdout, f.as_fd()));
         let err = self.err.as_ref().map(|f| (Stream::Stderr, f.as_fd()));
         out.into_iter().chain(err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_parse() {
-        let f = reported("error mount /data\tno such file").unwrap();
-        assert_eq!(
-            (f.step.as_str(), f.message.as_str()),
-            ("mount /data", "no such file")
-        );
-        assert!(reported("ready").is_none());
     }
 }
