@@ -647,3 +647,55 @@ async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() 
         [(id.clone(), Type::Created), (id.clone(), Type::Stopped)]
     );
 }
+
+#[tokio::test]
+async fn an_image_volume_uses_the_images_own_layer_dirs_and_keeps_it_in_use() {
+    let e = env();
+    let volume = |image: &str| spec::BindMount {
+        container_path: "/vol".into(),
+        readonly: true,
+        image: Some(spec::ImageVolume {
+            image: image.into(),
+            sub_path: "etc".into(),
+        }),
+        ..Default::default()
+    };
+    // Not present: NotFound naming the mount, nothing left.
+    let mut r = e.req("web", 0);
+    r.config.mounts = vec![volume("nothere")];
+    let err = e.svc.create(r).await.unwrap_err();
+    assert_eq!(crate::error::Classify::kind(&err), Kind::NotFound);
+    assert!(err.to_string().contains("mount /vol"), "{err}");
+    assert!(e.store.list(record::CONTAINERS).unwrap().is_empty());
+
+    let mut r = e.req("web", 0);
+    r.config.mounts = vec![volume(IMAGE_ID)];
+    let id = e.svc.create(r).await.unwrap();
+    let launch = e.fake.launches.lock().unwrap()[0].clone();
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!(launch.volumes.len(), 1);
+    let v = &launch.volumes[0];
+    assert_eq!(v.layers, launch.overlay.layers, "the rootfs' layer dirs");
+    assert_eq!(v.sub_path, PathBuf::from("etc"));
+    assert_eq!(v.staging, s.dir.join("v0"));
+    assert!(
+        v.staging.is_dir(),
+        "the staging dir is made with the others"
+    );
+    let image = s.mounts[0].image.clone().unwrap();
+    assert_eq!(
+        (image.id.as_str(), image.sub_path.as_str()),
+        (IMAGE_ID, "etc")
+    );
+
+    // A container that uses an image only as a volume keeps it in use.
+    let mut other = s.clone();
+    other.id = "other".into();
+    other.image_id = "sha256:22".into();
+    e.store.put(record::CONTAINERS, &other.id, &other).unwrap();
+    e.store.delete(record::CONTAINERS, &id).unwrap();
+    assert!(Containers::uses_image(&e.store, IMAGE_ID));
+    other.mounts.clear();
+    e.store.put(record::CONTAINERS, &other.id, &other).unwrap();
+    assert!(!Containers::uses_image(&e.store, IMAGE_ID));
+}

@@ -32,6 +32,7 @@ const SCRATCH: &str = "/proc";
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never
 /// missed: its signal stays pending for `sigwait`.
+#[allow(unsafe_code)]
 pub fn run() -> ! {
     // SAFETY: the pod init is a program of its own (crius-pod-init) whose
     // main calls this first; it never starts a thread.

@@ -272,6 +272,14 @@ fn inside(root: &Path, target: &Path) -> String {
     }
 }
 
+/// The rootfs' fd, which the steps after the self bind work beneath.
+fn mounted<'a>(root_fd: &'a Option<OwnedFd>, step: &SetupStep) -> Result<&'a OwnedFd, StepError> {
+    root_fd.as_ref().ok_or_else(|| StepError {
+        step: step.clone(),
+        message: "the rootfs is not mounted".into(),
+    })
+}
+
 /// Runs `steps` in order. Must run in the container's own mount
 /// namespace: nothing here is undone, the namespace's end undoes it all.
 pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
@@ -325,10 +333,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 kind,
             } => {
                 let name = SetupStep::Mount(inside(root, target));
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: name.clone(),
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let root_fd = mounted(&root_fd, &name)?;
                 mount_one(root, root_fd, source, target, fstype, options, *kind)
                     .map_err(fail(name))?
             }
@@ -340,10 +345,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 staging,
             } => {
                 let name = SetupStep::Mount(inside(root, target));
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: name.clone(),
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let root_fd = mounted(&root_fd, &name)?;
                 let volume = Volume {
                     lower,
                     sub_path,
@@ -353,10 +355,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 mount_volume(root, root_fd, target, &volume).map_err(fail(name))?
             }
             Step::Devices { dev } => {
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: SetupStep::Devices,
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let root_fd = mounted(&root_fd, &SetupStep::Devices)?;
                 let rel = dev.strip_prefix(root).unwrap_or(dev);
                 let dev_fd = open_in_root(root_fd, rel, OFlags::DIRECTORY)
                     .map_err(|e| format!("open /dev: {e}"))
@@ -364,10 +363,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 devices(&dev_fd).map_err(fail(SetupStep::Devices))?
             }
             Step::Nodes(nodes) => {
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: SetupStep::CriDevices,
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let root_fd = mounted(&root_fd, &SetupStep::CriDevices)?;
                 for n in nodes {
                     let name = SetupStep::Device(inside(root, &n.target));
                     make_node(root, root_fd, n).map_err(fail(name))?
@@ -571,11 +567,12 @@ fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Res
         None,
     )?;
     let fd = create_beneath(root_fd, rel, kind)?;
+    let locked = crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
     mount(
         None,
         &fd_path(&fd),
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
         None,
     )
 }

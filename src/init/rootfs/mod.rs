@@ -181,15 +181,9 @@ impl Overlay {
         if self.layers.is_empty() {
             return Err(Error::NoLayers);
         }
-        let lower: Vec<String> = self
-            .layers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
         let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
+            "{},upperdir={},workdir={}",
+            lowerdir(&self.layers),
             self.upper.display(),
             self.work.display()
         );
@@ -233,13 +227,7 @@ impl ImageVolume {
             0 => Err(Error::NoLayers),
             1 => Ok(None),
             n => {
-                let lower: Vec<String> = self
-                    .layers
-                    .iter()
-                    .rev()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                let data = format!("lowerdir={}", lower.join(":"));
+                let data = lowerdir(&self.layers);
                 if data.len() >= PAGE {
                     return Err(Error::VolumeTooLong {
                         target: self.target.clone(),
@@ -251,6 +239,17 @@ impl ImageVolume {
             }
         }
     }
+}
+
+/// The `lowerdir=` option of `layers` (lowest first): overlayfs lists
+/// them top-most first.
+fn lowerdir(layers: &[PathBuf]) -> String {
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!("lowerdir={}", lower.join(":"))
 }
 
 /// What a mount target must be created as.
@@ -511,30 +510,6 @@ mod tests {
     }
 
     #[test]
-    fn a_one_layer_volume_is_a_bind_and_many_layers_must_fit_a_page() {
-        let v = ImageVolume {
-            target: "/v".into(),
-            layers: vec!["/l/1".into()],
-            sub_path: PathBuf::new(),
-            image: "i".into(),
-            staging: "/c/v".into(),
-        };
-        assert_eq!(v.data().unwrap(), None);
-        let many = ImageVolume {
-            layers: (0..1000)
-                .map(|i| PathBuf::from(format!("/var/lib/crius/layers/{i}")))
-                .collect(),
-            ..v.clone()
-        };
-        assert!(matches!(many.data(), Err(Error::VolumeTooLong { .. })));
-        let none = ImageVolume {
-            layers: vec![],
-            ..v
-        };
-        assert!(matches!(none.data(), Err(Error::NoLayers)));
-    }
-
-    #[test]
     fn beneath_never_climbs_out() {
         let r = Path::new("/r");
         assert_eq!(
@@ -552,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn overlay_lists_the_top_layer_first_and_fits_a_page() {
+    fn overlays_list_the_top_layer_first_and_fit_a_page() {
         let o = Overlay {
             layers: vec!["/l/1".into(), "/l/2".into()],
             upper: "/c/u".into(),
@@ -572,6 +547,30 @@ mod tests {
         let none = Overlay {
             layers: vec![],
             ..o
+        };
+        assert!(matches!(none.data(), Err(Error::NoLayers)));
+        // An image volume: lower dirs only; one layer is bound instead.
+        let v = ImageVolume {
+            target: "/v".into(),
+            layers: vec!["/l/1".into(), "/l/2".into()],
+            sub_path: PathBuf::new(),
+            image: "i".into(),
+            staging: "/c/v".into(),
+        };
+        assert_eq!(v.data().unwrap().unwrap(), "lowerdir=/l/2:/l/1");
+        let one = ImageVolume {
+            layers: vec!["/l/1".into()],
+            ..v.clone()
+        };
+        assert_eq!(one.data().unwrap(), None);
+        let many = ImageVolume {
+            layers: many.layers,
+            ..v.clone()
+        };
+        assert!(matches!(many.data(), Err(Error::VolumeTooLong { .. })));
+        let none = ImageVolume {
+            layers: vec![],
+            ..v
         };
         assert!(matches!(none.data(), Err(Error::NoLayers)));
     }
