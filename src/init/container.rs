@@ -104,9 +104,6 @@ pub fn run(one: SingleThreaded, init: &Init, stdio: Stdio, sync: OwnedFd) -> ! {
 
 fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
     let _ = nix::unistd::setsid();
-    if tty && let Err(e) = setup::controlling_tty() {
-        sync.fail(Step::Terminal, &e);
-    }
     // Device nodes get exactly the modes asked for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let root = init
@@ -140,6 +137,10 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         && let Err(e) = setup::join_user_namespace(fd)
     {
         sync.fail(Step::JoinUserNamespace, &e);
+    }
+    // After pivot_root: the terminal comes from the container's own devpts.
+    if tty && let Err(e) = setup::terminal(&mut sync) {
+        sync.fail(Step::Terminal, &e);
     }
     let Some(process) = init.spec.process() else {
         sync.fail(Step::Exec, "the spec has no process")

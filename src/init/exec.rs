@@ -83,7 +83,9 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
 
 fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
     let _ = nix::unistd::setsid();
-    if tty && let Err(e) = setup::controlling_tty() {
+    // The terminal comes from the container's devpts: the mount namespace
+    // joined above is the container's.
+    if tty && let Err(e) = setup::terminal(&mut sync) {
         sync.fail(Step::Terminal, &e);
     }
     if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {

@@ -15,6 +15,7 @@ pub mod malloc;
 pub mod mount;
 pub mod ns;
 pub mod process;
+pub mod pty;
 pub mod seccomp;
 pub mod sysctl;
 
