@@ -31,7 +31,9 @@ pub struct Stdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    /// stdin is a terminal: it becomes the controlling one.
+    /// The process gets a terminal: the final process opens it from the
+    /// container's devpts ([`terminal`]) and puts it on 0, 1, 2 in place
+    /// of the three above (placeholders then).
     pub tty: bool,
 }
 
@@ -45,6 +47,17 @@ pub struct Sync(std::fs::File);
 impl Sync {
     pub fn send(&mut self, message: &Message) {
         let _ = self.0.write_all(message.encode().as_bytes());
+    }
+
+    /// Sends `message` with `fd` attached (SCM_RIGHTS).
+    fn send_fd(&mut self, message: &Message, fd: &OwnedFd) -> Result<(), String> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let data = message.encode();
+        let n = crate::sys::fds::send_with_fds(self.0.as_fd(), data.as_bytes(), &[fd.as_raw_fd()])
+            .map_err(|e| format!("hand the terminal to the monitor: {e}"))?;
+        self.0
+            .write_all(&data.as_bytes()[n..])
+            .map_err(|e| format!("hand the terminal to the monitor: {e}"))
     }
 
     /// Reports a failed step and ends the process.
@@ -93,6 +106,16 @@ pub fn hand_off_fds(one: SingleThreaded, stdio: Stdio, sync: OwnedFd) -> Sync {
 /// ptrace it or open its /proc files (runc's escape protections).
 pub fn non_dumpable() {
     let _ = nix::sys::prctl::set_dumpable(false);
+}
+
+/// Joins the user namespace `fd` and takes its ids 0 (ours, the host's
+/// root ids, are not mapped there); the capabilities setns(2) grants in
+/// the namespace are then narrowed by [`finalize`] as anywhere else.
+pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), String> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("setns user: {e}"))?;
+    crate::sys::process::become_root_in_user_namespace()
+        .map_err(|e| format!("take ids 0 in the user namespace: {e}"))
 }
 
 /// Writes our pid into each cgroup.procs file (before joining namespaces:
@@ -301,8 +324,25 @@ pub fn finalize(
     })
 }
 
+/// The process's terminal, from the devpts instance of the mount namespace
+/// it is in (the container's, never the host's): the master goes to the
+/// monitor over the sync socket (line `pty`), the slave becomes stdin,
+/// stdout, stderr and the controlling terminal of the (new) session.
+pub fn terminal(sync: &mut Sync) -> Result<(), String> {
+    let pty =
+        crate::sys::pty::open(Path::new("/dev/pts/ptmx")).map_err(|e| crate::error::chain(&e))?;
+    sync.send_fd(&Message::Pty, &pty.master)?;
+    drop(pty.master);
+    nix::unistd::dup2_stdin(&pty.slave)
+        .and_then(|()| nix::unistd::dup2_stdout(&pty.slave))
+        .and_then(|()| nix::unistd::dup2_stderr(&pty.slave))
+        .map_err(|e| format!("terminal onto stdio: {e}"))?;
+    drop(pty.slave);
+    controlling_tty()
+}
+
 /// Makes stdin the controlling terminal of the (new) session.
-pub fn controlling_tty() -> Result<(), String> {
+fn controlling_tty() -> Result<(), String> {
     set_controlling_tty(std::io::stdin().as_fd()).map_err(|e| crate::error::chain(&e))
 }
 
