@@ -77,6 +77,23 @@ impl Engine for Monitors {
             stderr: h.stderr,
         })
     }
+    async fn attach(
+        &self,
+        pod: &PodDir,
+        id: &str,
+        stdin: bool,
+    ) -> engine::Result<engine::AttachHandle> {
+        monitor(pod)
+            .attach_container(id, stdin)
+            .await
+            .map_err(convert)
+    }
+    async fn resize(&self, pod: &PodDir, id: &str, width: u16, height: u16) -> engine::Result<()> {
+        monitor(pod)
+            .resize_container(id, width, height)
+            .await
+            .map_err(convert)
+    }
     async fn wait_exec(&self, pod: &PodDir, exec_id: &str) -> engine::Result<Exit> {
         monitor(pod).wait_exec(exec_id).await.map_err(convert)
     }

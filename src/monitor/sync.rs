@@ -33,6 +33,7 @@ pub enum Step {
     PinNamespaces,
     StartPodInit,
     MountShm,
+    MapUserIds,
     SetHostname,
     ApplySysctls,
     // A container's init or an exec process, before its rootfs.
@@ -45,9 +46,11 @@ pub enum Step {
     Fork,
     Terminal,
     RootfsPlan,
+    JoinUserNamespace,
     // The rootfs, in the container's mount namespace.
     RootPropagation,
     PrivateParent,
+    IdmapLayers,
     Overlay,
     BindRoot,
     /// A mount of the spec, by its path inside the container.
@@ -73,6 +76,10 @@ pub enum Step {
     Capabilities,
     Exec,
     Signal,
+    // Attached clients of a container's stdio.
+    Attach,
+    AttachLimit,
+    Resize,
     // The monitor's refusals and the daemon's own checks.
     AlreadyExists,
     NotCreated,
@@ -93,6 +100,7 @@ const FIXED: &[(Step, &str)] = &[
     (Step::PinNamespaces, "pin namespaces"),
     (Step::StartPodInit, "start pod init"),
     (Step::MountShm, "mount /dev/shm"),
+    (Step::MapUserIds, "map user namespace ids"),
     (Step::SetHostname, "set hostname"),
     (Step::ApplySysctls, "apply sysctls"),
     (Step::OpenLog, "open log"),
@@ -104,8 +112,10 @@ const FIXED: &[(Step, &str)] = &[
     (Step::Fork, "fork"),
     (Step::Terminal, "terminal"),
     (Step::RootfsPlan, "rootfs plan"),
+    (Step::JoinUserNamespace, "join user namespace"),
     (Step::RootPropagation, "rootfs propagation"),
     (Step::PrivateParent, "make the rootfs parent private"),
+    (Step::IdmapLayers, "idmap the image layers"),
     (Step::Overlay, "mount the overlay rootfs"),
     (Step::BindRoot, "bind the rootfs onto itself"),
     (Step::Devices, "create devices"),
@@ -122,6 +132,9 @@ const FIXED: &[(Step, &str)] = &[
     (Step::Capabilities, "capabilities"),
     (Step::Exec, "exec"),
     (Step::Signal, "signal"),
+    (Step::Attach, "attach"),
+    (Step::AttachLimit, "attach limit"),
+    (Step::Resize, "resize"),
     (Step::AlreadyExists, "already exists"),
     (Step::NotCreated, "not created"),
     (Step::NotRunning, "not running"),
@@ -146,7 +159,10 @@ impl Step {
             | Step::Exec => Kind::InvalidArgument,
             Step::Unknown(_) => Kind::NotFound,
             Step::AlreadyExists => Kind::AlreadyExists,
-            Step::NotCreated | Step::NotRunning | Step::MonitorVersion => Kind::FailedPrecondition,
+            Step::NotCreated | Step::NotRunning | Step::MonitorVersion | Step::Resize => {
+                Kind::FailedPrecondition
+            }
+            Step::AttachLimit => Kind::ResourceExhausted,
             _ => Kind::Internal,
         }
     }
@@ -212,6 +228,8 @@ pub enum Message {
     Pid(i32),
     /// Setup is done; the process waits for `start`.
     Ready,
+    /// The process's terminal master rides with this line (SCM_RIGHTS).
+    Pty,
     /// A step failed; the process ends.
     Failed { step: Step, message: String },
 }
@@ -223,6 +241,7 @@ impl Message {
         match self {
             Message::Pid(pid) => format!("pid {pid}\n"),
             Message::Ready => "ready\n".into(),
+            Message::Pty => "pty\n".into(),
             Message::Failed { step, message } => {
                 let step = step.to_string().replace(['\n', '\t'], " ");
                 let message = message.replace(['\n', '\t'], " ");
@@ -237,6 +256,9 @@ impl Message {
         let line = line.strip_suffix('\n').unwrap_or(line);
         if line == "ready" {
             return Some(Message::Ready);
+        }
+        if line == "pty" {
+            return Some(Message::Pty);
         }
         if let Some(pid) = line.strip_prefix("pid ") {
             return pid.trim().parse().ok().map(Message::Pid);
@@ -308,6 +330,7 @@ mod tests {
         for m in [
             Message::Pid(42),
             Message::Ready,
+            Message::Pty,
             Message::Failed {
                 step: Step::Mount("/a".into()),
                 message: "no\nsuch\tfile".into(),

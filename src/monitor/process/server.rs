@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use crate::monitor::process::log::Stream;
-use crate::monitor::protocol::{self as proto, Exit, Reply, Request, SetupReply};
+use crate::monitor::protocol::{self as proto, AttachEnd, Exit, Reply, Request, SetupReply};
 use crate::monitor::sync::{Step, Subject};
 use crate::monitor::{INIT, PodDir, Spec};
 use crate::sys::process::{self, ProcRef, SingleThreaded};
@@ -179,6 +179,12 @@ enum Slot {
     Listener,
     Conn(u64),
     Output(String, Stream),
+    /// An attached client's end pipe (POLLERR: the daemon detached).
+    Detach(String, u64),
+    /// An attached client's stdin.
+    Input(String, u64),
+    /// A container's stdin can take what is buffered for it.
+    Stdin(String),
 }
 
 struct Monitor {
@@ -225,9 +231,6 @@ impl Monitor {
         while !self.shutting_down {
             let mut slots = vec![Slot::Signals, Slot::Listener];
             slots.extend(self.conns.iter().map(|c| Slot::Conn(c.id)));
-            for (id, c) in &self.containers {
-                slots.extend(c.outputs().map(|(s, _)| Slot::Output(id.clone(), s)));
-            }
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
@@ -237,11 +240,28 @@ impl Monitor {
                     .iter()
                     .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
             );
-            for c in self.containers.values() {
-                fds.extend(
-                    c.outputs()
-                        .map(|(_, fd)| PollFd::new(fd, PollFlags::POLLIN)),
-                );
+            for (id, c) in &self.containers {
+                for (s, fd) in c.outputs() {
+                    slots.push(Slot::Output(id.clone(), s));
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+                for a in &c.attached {
+                    // No events asked: a pipe's write end reports POLLERR
+                    // once its reader is gone.
+                    slots.push(Slot::Detach(id.clone(), a.id));
+                    fds.push(PollFd::new(a.end_fd(), PollFlags::empty()));
+                    // Input waits while the container's buffer is full.
+                    if let Some(input) = &a.input
+                        && c.stdin.wants_input()
+                    {
+                        slots.push(Slot::Input(id.clone(), a.id));
+                        fds.push(PollFd::new(input.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                if let Some(fd) = c.stdin.pending() {
+                    slots.push(Slot::Stdin(id.clone()));
+                    fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                }
             }
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -264,6 +284,26 @@ impl Monitor {
                     && let Some(c) = self.containers.get_mut(id)
                 {
                     c.copy(*stream, ROUND);
+                }
+            }
+            for slot in &ready {
+                match slot {
+                    Slot::Input(id, a) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            c.read_input(*a);
+                        }
+                    }
+                    Slot::Stdin(id) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            c.stdin.flush();
+                        }
+                    }
+                    Slot::Detach(id, a) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            c.detach(*a);
+                        }
+                    }
+                    _ => {}
                 }
             }
             // Reaping next: an exit file is written before anything else.
@@ -508,6 +548,30 @@ impl Monitor {
                 },
                 None => unknown(Subject::Exec, &id),
             },
+            Request::AttachContainer { id, stdin } => match self.containers.get_mut(&id) {
+                Some(c) => match c.attach(stdin) {
+                    Ok(ends) => {
+                        let stdin = ends.stdin.is_some();
+                        let fds = ends.into_fds();
+                        let n = fds.len();
+                        self.fds_out = fds;
+                        Reply::Attached {
+                            fds: n,
+                            stdin,
+                            tty: c.launch.tty,
+                        }
+                    }
+                    Err(f) => failed(f),
+                },
+                None => unknown(Subject::Container, &id),
+            },
+            Request::ResizeContainer { id, width, height } => match self.containers.get(&id) {
+                Some(c) => match c.resize(width, height) {
+                    Ok(()) => Reply::Ok,
+                    Err(f) => failed(f),
+                },
+                None => unknown(Subject::Container, &id),
+            },
             Request::SignalExec { id, signal } => match self.execs.get(&id) {
                 Some(e) if e.exit.is_none() => match Signal::try_from(signal) {
                     // Its own process group (setsid): children go too.
@@ -551,7 +615,9 @@ impl Monitor {
         for e in execs {
             self.execs.remove(&e);
         }
-        self.containers.remove(id);
+        if let Some(mut c) = self.containers.remove(id) {
+            c.end_attachments(AttachEnd::Exited);
+        }
         let _ = std::fs::remove_file(self.pod.exit_file(id));
     }
 
@@ -614,8 +680,11 @@ impl Monitor {
                 let Some(c) = self.containers.get_mut(&id) else {
                     return;
                 };
-                // Its last output first, so a waiter sees complete logs.
+                // Its last output first, so a waiter sees complete logs;
+                // attached clients get it too, then their end.
                 c.drain();
+                c.end_attachments(AttachEnd::Exited);
+                c.stdin.close();
                 write(&id);
                 c.state = State::Exited(exit);
                 for w in c.waiters.drain(..) {
