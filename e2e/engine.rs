@@ -82,6 +82,7 @@ impl TestPod {
             hostname: Some(format!("pod-{tag}")),
             sysctls: vec![],
             shm_size: Some(64 << 20),
+            user: None,
         };
         let started = client::start(Path::new(MONITOR_BIN), &pod, &spec, Duration::from_secs(10))
             .await
@@ -127,6 +128,7 @@ impl TestPod {
             resolv_conf: None,
             cgroup_path: "/crius-enginetest".into(),
             cgroup_v2: false,
+            user_ns: None,
         };
         let built =
             spec::build(config, &ImageConfig::default(), &ctx, &dir.join("rootfs")).unwrap();

@@ -23,4 +23,5 @@ mod state_lost;
 mod stats;
 mod streaming;
 mod streaming_attach;
+mod userns;
 mod vm;

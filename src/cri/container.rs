@@ -248,6 +248,14 @@ fn security(
         selinux: s.selinux_options.as_ref().is_some_and(|o| {
             !(o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty())
         }),
+        userns: match s
+            .namespace_options
+            .as_ref()
+            .and_then(|n| n.userns_options.as_ref())
+        {
+            Some(u) => Some(super::pod::user_namespace(Some(u))?),
+            None => None,
+        },
     })
 }
 

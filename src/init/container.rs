@@ -11,7 +11,10 @@
 //! exits.
 //!
 //! Stage 2 (the container's init): its own session, the rootfs plan
-//! ([`super::rootfs`]), the working directory, the process settings
+//! ([`super::rootfs`]), the pod's user namespace if it has one (joined
+//! last: the mounts, idmapped ones included, are made from the host's, so
+//! the container's mount namespace, and a PID or cgroup namespace of its
+//! own, belong to the host's user namespace), the working directory, the process settings
 //! ([`super::setup::finalize`]), `ready`, then it blocks until `start` and
 //! execs the entrypoint. Any failure is reported as a failed [`Step`]
 //! and ends the process, whose mount namespace takes every mount with it.
@@ -40,8 +43,9 @@ pub struct Init<'a> {
     pub cgroup_procs: &'a [PathBuf],
 }
 
-/// The kind of an OCI namespace entry (user and time namespaces are not
-/// used by crius).
+/// The kind of an OCI namespace entry joined or created in stage 1 (the
+/// user namespace is joined by stage 2, after its mounts; crius does not
+/// use time namespaces).
 fn kind(t: LinuxNamespaceType) -> Option<Kind> {
     Some(match t {
         LinuxNamespaceType::Network => Kind::Net,
@@ -113,8 +117,26 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         Ok(s) => s,
         Err(e) => sync.fail(Step::RootfsPlan, &e.to_string()),
     };
-    if let Err(e) = super::rootfs::apply::execute(&root, &steps) {
+    // The pod's user namespace, opened now (its pin is a host path) and
+    // joined once the mounts are done: making idmapped mounts needs the
+    // host's user namespace.
+    let userns = match rootfs::in_user_namespace(init.spec) {
+        Some(pin) => match std::fs::File::open(&pin) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => sync.fail(
+                Step::JoinUserNamespace,
+                &format!("open {}: {e}", pin.display()),
+            ),
+        },
+        None => None,
+    };
+    if let Err(e) = super::rootfs::apply::execute(&root, &steps, userns.as_ref()) {
         sync.fail(e.step, &e.message);
+    }
+    if let Some(fd) = &userns
+        && let Err(e) = setup::join_user_namespace(fd)
+    {
+        sync.fail(Step::JoinUserNamespace, &e);
     }
     // After pivot_root: the terminal comes from the container's own devpts.
     if tty && let Err(e) = setup::terminal(&mut sync) {

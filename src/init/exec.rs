@@ -1,7 +1,7 @@
 //! A process executed in a running container (ExecSync, Exec), forked by
 //! the monitor: stage 1 joins the container's cgroup (a cgroup is not a
 //! namespace) and its namespaces through its init's /proc/PID/ns files,
-//! mount namespace last; the PID namespace needs a new process, so it
+//! mount namespace last but for the pod's user namespace (if it has one); the PID namespace needs a new process, so it
 //! clones stage 2 with CLONE_PARENT (the monitor reaps it), reports its
 //! pid and exits. Stage 2 starts its own session and process group (a
 //! timeout kills the whole group), enters the container's working
@@ -53,12 +53,23 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
         sync.fail(Step::JoinCgroup, &e);
     }
-    let list: Vec<(PathBuf, Kind)> = JOINED
+    let mut list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
         .map(|&kind| (kind.proc_path(exec.init_pid), kind))
         .collect();
+    // The pod's user namespace last (the others belong to the host's or
+    // are joined with the host's privileges), when it is not ours.
+    let user = Kind::User.proc_path(exec.init_pid);
+    let own = ns::inode(std::path::Path::new("/proc/self/ns/user")).ok();
+    let in_userns = ns::inode(&user).ok() != own;
+    if in_userns {
+        list.push((user, Kind::User));
+    }
     if let Err(e) = ns::join(&list) {
         sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
+    }
+    if in_userns && let Err(e) = crate::sys::process::become_root_in_user_namespace() {
+        sync.fail(Step::JoinUserNamespace, &e.to_string());
     }
     match fork_into(one, CloneFlags::CLONE_PARENT) {
         Ok(Forked::Child) => stage2(exec, tty, sync),

@@ -108,6 +108,16 @@ pub fn non_dumpable() {
     let _ = nix::sys::prctl::set_dumpable(false);
 }
 
+/// Joins the user namespace `fd` and takes its ids 0 (ours, the host's
+/// root ids, are not mapped there); the capabilities setns(2) grants in
+/// the namespace are then narrowed by [`finalize`] as anywhere else.
+pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), String> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("setns user: {e}"))?;
+    crate::sys::process::become_root_in_user_namespace()
+        .map_err(|e| format!("take ids 0 in the user namespace: {e}"))
+}
+
 /// Writes our pid into each cgroup.procs file (before joining namespaces:
 /// the files are host paths).
 pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), String> {

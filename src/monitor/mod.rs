@@ -34,8 +34,14 @@ pub struct Spec {
     pub pod_id: String,
     /// `<state>/ns`: the shared mount holding every pod's pins.
     pub ns_root: PathBuf,
-    /// Namespaces to create and pin (net, ipc, uts); the others are the host's.
+    /// Namespaces to create and pin (user, net, ipc, uts); the others are
+    /// the host's. With a user namespace every other one is created inside
+    /// it.
     pub namespaces: Vec<Kind>,
+    /// The mappings of the pod's user namespace (when `namespaces` holds
+    /// one), written by the monitor before the namespace child goes on.
+    #[serde(default)]
+    pub user: Option<crate::sys::ns::UserMaps>,
     /// Fork a pod init as PID 1 of a new PID namespace (PID mode POD).
     pub pid_namespace: bool,
     /// Set in the new UTS namespace.

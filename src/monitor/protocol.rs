@@ -290,6 +290,32 @@ pub enum SetupReply {
     },
 }
 
+/// What `crius-monitor --probe-userns <dir>` found (one JSON line on its
+/// stdout): each probe needs the one before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernsProbe {
+    /// A user namespace can be created and mapped.
+    pub user_namespaces: bool,
+    /// A mount of the probed dir's filesystem can be idmapped.
+    pub idmapped_mounts: bool,
+    /// overlayfs stacks an idmapped lower layer (Linux >= 5.19).
+    pub overlay_idmapped: bool,
+    /// Why the first probe that failed did.
+    pub message: String,
+}
+
+impl UsernsProbe {
+    /// Pods with their own user namespace can run.
+    pub fn supported(&self) -> bool {
+        self.user_namespaces && self.idmapped_mounts && self.overlay_idmapped
+    }
+
+    pub fn failed(mut self, message: String) -> UsernsProbe {
+        self.message = message;
+        self
+    }
+}
+
 /// Whether a daemon of this build can drive a monitor speaking `version`.
 pub fn supported(version: u32) -> bool {
     (MIN_VERSION..=VERSION).contains(&version)

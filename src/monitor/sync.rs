@@ -33,6 +33,7 @@ pub enum Step {
     PinNamespaces,
     StartPodInit,
     MountShm,
+    MapUserIds,
     SetHostname,
     ApplySysctls,
     // A container's init or an exec process, before its rootfs.
@@ -45,9 +46,11 @@ pub enum Step {
     Fork,
     Terminal,
     RootfsPlan,
+    JoinUserNamespace,
     // The rootfs, in the container's mount namespace.
     RootPropagation,
     PrivateParent,
+    IdmapLayers,
     Overlay,
     BindRoot,
     /// A mount of the spec, by its path inside the container.
@@ -97,6 +100,7 @@ const FIXED: &[(Step, &str)] = &[
     (Step::PinNamespaces, "pin namespaces"),
     (Step::StartPodInit, "start pod init"),
     (Step::MountShm, "mount /dev/shm"),
+    (Step::MapUserIds, "map user namespace ids"),
     (Step::SetHostname, "set hostname"),
     (Step::ApplySysctls, "apply sysctls"),
     (Step::OpenLog, "open log"),
@@ -108,8 +112,10 @@ const FIXED: &[(Step, &str)] = &[
     (Step::Fork, "fork"),
     (Step::Terminal, "terminal"),
     (Step::RootfsPlan, "rootfs plan"),
+    (Step::JoinUserNamespace, "join user namespace"),
     (Step::RootPropagation, "rootfs propagation"),
     (Step::PrivateParent, "make the rootfs parent private"),
+    (Step::IdmapLayers, "idmap the image layers"),
     (Step::Overlay, "mount the overlay rootfs"),
     (Step::BindRoot, "bind the rootfs onto itself"),
     (Step::Devices, "create devices"),

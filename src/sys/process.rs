@@ -278,6 +278,17 @@ pub fn close_fds_from(_: SingleThreaded, first: u32) {
     }
 }
 
+/// Takes ids 0 of the (mapped) user namespace the process is in: a process
+/// that entered one holding the host's root ids has ids the namespace does
+/// not map, and an execve with them keeps no capability there.
+pub fn become_root_in_user_namespace() -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresgid(g, g, g)?;
+    nix::unistd::setresuid(u, u, u)
+}
+
 /// Makes this process the reaper of its orphaned descendants.
 pub fn set_child_subreaper() -> Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))

@@ -282,7 +282,9 @@ fn mounted<'a>(root_fd: &'a Option<OwnedFd>, step: &SetupStep) -> Result<&'a Own
 
 /// Runs `steps` in order. Must run in the container's own mount
 /// namespace: nothing here is undone, the namespace's end undoes it all.
-pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
+/// `userns`: the container's user namespace, which idmapped mounts map
+/// through (the caller is still in the host's, which making them needs).
+pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<(), StepError> {
     check_propagation_sources(steps)?;
     let mut root_fd: Option<OwnedFd> = None;
     for s in steps {
@@ -293,6 +295,13 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 let (point, _, _) = mount_of(path).unwrap_or((PathBuf::from("/"), false, false));
                 mount(None, &point, None, MsFlags::MS_PRIVATE, None)
                     .map_err(fail(SetupStep::PrivateParent))?
+            }
+            Step::IdmapLayers { layers, at } => {
+                let userns = userns.ok_or_else(|| StepError {
+                    step: SetupStep::IdmapLayers,
+                    message: "no user namespace to map through".into(),
+                })?;
+                idmap_layers(layers, at, userns).map_err(fail(SetupStep::IdmapLayers))?
             }
             Step::Overlay { target, data } => {
                 std::fs::create_dir_all(target)
@@ -334,8 +343,13 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
             } => {
                 let name = SetupStep::Mount(inside(root, target));
                 let root_fd = mounted(&root_fd, &name)?;
-                mount_one(root, root_fd, source, target, fstype, options, *kind)
-                    .map_err(fail(name))?
+                let m = Target {
+                    root,
+                    root_fd,
+                    target,
+                    kind: *kind,
+                };
+                mount_one(&m, source, fstype, options, userns).map_err(fail(name))?
             }
             Step::ImageVolume {
                 target,
@@ -396,15 +410,41 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Idmapped copies of the image layers, each attached at `<at>/<index>`
+/// (a directory beside the rootfs, under the mount made private before:
+/// nothing propagates to the host). Layer dirs are never chowned.
+fn idmap_layers(layers: &[PathBuf], at: &Path, userns: &OwnedFd) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = at.join(i.to_string());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let tree = crate::sys::idmap::idmapped_clone(layer, userns, false)
+            .map_err(|e| crate::error::chain(&e))?;
+        crate::sys::idmap::move_mount_to(&tree, &dir).map_err(|e| crate::error::chain(&e))?;
+    }
+    Ok(())
+}
+
+/// A mount target beneath the rootfs.
+struct Target<'a> {
+    root: &'a Path,
+    root_fd: &'a OwnedFd,
+    target: &'a Path,
+    kind: TargetKind,
+}
+
 fn mount_one(
-    root: &Path,
-    root_fd: &OwnedFd,
+    t: &Target,
     source: &Path,
-    target: &Path,
     fstype: &str,
     options: &crate::init::rootfs::MountOptions,
-    kind: TargetKind,
+    userns: Option<&OwnedFd>,
 ) -> Result<(), String> {
+    let (root, root_fd, target, kind) = (t.root, t.root_fd, t.target, t.kind);
     if options.is_bind() && !source.exists() {
         // What containerd and CRI-O do for a missing host path: 0755 with
         // its missing parents (exactly: the rootfs setup runs with umask 0).
@@ -420,7 +460,19 @@ fn mount_one(
     check_kernel_fs_target(&fd, &inside(root, target), fstype, options)?;
     let at = fd_path(&fd);
     if options.is_bind() {
-        mount(Some(source), &at, None, options.flags, None)?;
+        match (options.idmap, userns) {
+            (Some(recursive), Some(userns)) => {
+                // A detached idmapped copy, attached at the target.
+                let tree = crate::sys::idmap::idmapped_clone(source, userns, recursive)
+                    .map_err(|e| crate::error::chain(&e))?;
+                crate::sys::idmap::move_mount_to(&tree, &at)
+                    .map_err(|e| crate::error::chain(&e))?;
+            }
+            (Some(_), None) => {
+                return Err("an idmapped mount needs the container's user namespace".into());
+            }
+            (None, _) => mount(Some(source), &at, None, options.flags, None)?,
+        }
         if options.needs_remount() {
             // Remount the mount now at the target (reopened: the fd still
             // names the covered directory), keeping the nosuid/nodev/noexec

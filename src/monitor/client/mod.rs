@@ -76,6 +76,34 @@ fn sealed(exe: &Path) -> Result<std::sync::Arc<Sealed>, Error> {
     Ok(s)
 }
 
+/// Runs `crius-monitor --probe-userns <dir>` (see
+/// [`crate::monitor::process::probe`]) and reads what it found; blocking,
+/// meant to run once at startup. A monitor that cannot run or answers
+/// nonsense counts as "not supported", with the reason.
+pub fn probe_userns(exe: &Path, dir: &Path) -> super::protocol::UsernsProbe {
+    let run = || -> Result<super::protocol::UsernsProbe, String> {
+        let sealed = sealed(exe).map_err(|e| crate::error::chain(&e))?;
+        let mut cmd = std::process::Command::new(sealed.exec_path());
+        std::os::unix::process::CommandExt::arg0(&mut cmd, super::MONITOR_BIN);
+        let out = cmd
+            .arg("--probe-userns")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .output()
+            .map_err(|e| format!("run {} --probe-userns: {e}", exe.display()))?;
+        serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| {
+            format!(
+                "{} --probe-userns answered {:?}: {e}",
+                exe.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    run().unwrap_or_else(|m| super::protocol::UsernsProbe::default().failed(m))
+}
+
 /// Starts the monitor of `pod` (`crius-monitor <pod dir>`) and waits for its
 /// setup reply. On failure the monitor has exited (or is killed) and reaped.
 pub async fn start(

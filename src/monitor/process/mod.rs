@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod log;
+pub mod probe;
 mod sandbox;
 mod server;
 mod workload;

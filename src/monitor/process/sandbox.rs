@@ -85,6 +85,12 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
         };
         drop(child_end);
         let child = ChildGuard(pid);
+        // 1b. The user namespace's mappings, from here (the host's user
+        //     namespace): the child waits for them before anything else.
+        if let Some(maps) = &spec.user {
+            ns::write_maps(pid.as_raw(), maps).map_err(step(Step::MapUserIds))?;
+            parent_end.write_all(b"m").map_err(step(Step::MapUserIds))?;
+        }
         // 2. The child reports how its in-namespace work went.
         let mut report = String::new();
         let _ = (&parent_end).take(4096).read_to_string(&mut report);
@@ -134,6 +140,12 @@ impl Drop for ChildGuard {
 /// The forked child, inside the new namespaces: hostname, sysctls, report,
 /// then wait to be pinned and either exit or become the pod init.
 fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>) -> ! {
+    if spec.user.is_some() {
+        let mut mapped = [0u8; 1];
+        if sock.read_exact(&mut mapped).is_err() {
+            exit_immediately(1);
+        }
+    }
     let result = (|| -> Result<(), Message> {
         let failed = |step, message| Message::Failed { step, message };
         if let Some(name) = &spec.hostname
@@ -162,6 +174,9 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>)
     }
     let mut go = [0u8; 3];
     if sock.read_exact(&mut go).is_err() {
+        exit_immediately(1);
+    }
+    if spec.user.is_some() && crate::sys::process::become_root_in_user_namespace().is_err() {
         exit_immediately(1);
     }
     if let Some(exe) = pod_init {
@@ -195,7 +210,7 @@ fn pod_init_exe() -> Result<Sealed, String> {
 /// Removes the pins and the /dev/shm mount of the pod, if present.
 pub fn undo(dir: &PodDir) {
     let m = Host;
-    for kind in [Kind::Net, Kind::Ipc, Kind::Uts] {
+    for kind in [Kind::Net, Kind::Ipc, Kind::Uts, Kind::User] {
         let _ = ns::unpin(&m, &dir.ns(kind));
     }
     let _ = std::fs::remove_dir(&dir.ns_dir);
