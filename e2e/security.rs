@@ -287,7 +287,7 @@ async fn list(rt: &mut Client) -> Vec<String> {
 }
 
 /// Pulls `image` into the daemon.
-async fn pull(s: &Setup, image: &str) {
+pub async fn pull(s: &Setup, image: &str) {
     s.d.images()
         .await
         .pull_image(PullImageRequest {
