@@ -43,12 +43,28 @@ pub async fn setup_with(extra_toml: &str, env: &[(&str, &str)]) -> Setup {
     )
     .await;
     let busybox = reg.image("busybox");
-    let image_id = d
-        .images()
+    let image_id = pull_into(&d, &busybox).await;
+    Setup {
+        d,
+        reg,
+        busybox,
+        image_id,
+    }
+}
+
+impl Setup {
+    /// Pulls `image` into the daemon; its image id.
+    pub async fn pull(&self, image: &str) -> String {
+        pull_into(&self.d, image).await
+    }
+}
+
+async fn pull_into(d: &TestDaemon, image: &str) -> String {
+    d.images()
         .await
         .pull_image(PullImageRequest {
             image: Some(ImageSpec {
-                image: busybox.clone(),
+                image: image.into(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -56,13 +72,7 @@ pub async fn setup_with(extra_toml: &str, env: &[(&str, &str)]) -> Setup {
         .await
         .unwrap()
         .into_inner()
-        .image_ref;
-    Setup {
-        d,
-        reg,
-        busybox,
-        image_id,
-    }
+        .image_ref
 }
 
 pub fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
@@ -485,7 +495,7 @@ async fn container_pid_modes_share_pod_namespaces() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // StopContainer returns once the cgroup's processes are gone.
     assert!(
         cgroup_procs(&cgroup).is_empty(),
         "processes left in a stopped POD-mode container"

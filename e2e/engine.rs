@@ -14,6 +14,7 @@ use crius::container::spec::{
 use crius::init::rootfs::Overlay;
 use crius::monitor::client::container::{ContainerLaunch, Error, ExecLaunch, PodMonitor};
 use crius::monitor::client::{self, Started};
+use crius::monitor::sync::Step;
 use crius::monitor::{PodDir, Spec};
 use crius::sys::ns::Kind;
 
@@ -81,6 +82,7 @@ impl TestPod {
             hostname: Some(format!("pod-{tag}")),
             sysctls: vec![],
             shm_size: Some(64 << 20),
+            user: None,
         };
         let started = client::start(Path::new(MONITOR_BIN), &pod, &spec, Duration::from_secs(10))
             .await
@@ -126,6 +128,7 @@ impl TestPod {
             resolv_conf: None,
             cgroup_path: "/crius-enginetest".into(),
             cgroup_v2: false,
+            user_ns: None,
         };
         let built =
             spec::build(config, &ImageConfig::default(), &ctx, &dir.join("rootfs")).unwrap();
@@ -329,7 +332,7 @@ async fn engine_failed_create_names_the_step_and_leaves_nothing() {
     let err = p.monitor.create_container(&missing).await.unwrap_err();
     match &err {
         Error::Failed { step, message } => {
-            assert_eq!(step, "exec");
+            assert_eq!(*step, Step::Exec);
             assert!(message.contains("no such file"), "{message}");
         }
         other => panic!("{other:?}"),
@@ -338,7 +341,7 @@ async fn engine_failed_create_names_the_step_and_leaves_nothing() {
     bad_user.user = "nosuchuser".into();
     let err = p.monitor.create_container(&bad_user).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Failed { step, .. } if step == "user"),
+        matches!(&err, Error::Failed { step, .. } if *step == Step::User),
         "{err}"
     );
     assert_eq!(

@@ -317,9 +317,16 @@ async fn a_restart_sends_no_event_for_an_unchanged_state() {
     .await
     .unwrap();
     start(&mut rt, &id).await;
-    drop(rt);
+    // An open subscription does not hold the shutdown: it ends.
+    let mut open = subscribe(&mut rt).await;
     tokio::task::block_in_place(|| s.d.signal_and_wait(15, Duration::from_secs(10)))
-        .expect("crius stops on SIGTERM");
+        .expect("crius stops on SIGTERM within 10s");
+    match tokio::time::timeout(Duration::from_secs(5), open.next()).await {
+        Ok(Some(Err(status))) => assert_eq!(status.code(), Code::Unavailable, "{status}"),
+        Ok(None) => {}
+        other => panic!("the subscription did not end: {other:?}"),
+    }
+    drop(rt);
     s.d.spawn();
     s.d.wait_ready().await;
     let mut rt = s.d.runtime().await;

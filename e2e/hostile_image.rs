@@ -100,7 +100,7 @@ async fn hostile_image_user_beyond_u32_is_never_taken_for_non_root() {
             serde_json::json!({"Cmd": ["/bin/busybox", "sleep", "3600"], "User": user}),
         );
         let image = s.reg.image(name);
-        crate::security::pull(&s, &image).await;
+        s.pull(&image).await;
         let st = images
             .image_status(ImageStatusRequest {
                 image: Some(ImageSpec {
@@ -150,7 +150,7 @@ async fn hostile_image_device_nodes_cannot_be_opened() {
         serde_json::json!({"Cmd": ["/bin/busybox", "sleep", "3600"]}),
     );
     let image = s.reg.image("devnodes");
-    crate::security::pull(&s, &image).await;
+    s.pull(&image).await;
     let mut rt = s.d.runtime().await;
     let logs = s.d.dir.path().join("logs");
     let pod = pod::run(&mut rt, pod_config("dev", NamespaceMode::Pod, &logs))

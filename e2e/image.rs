@@ -734,3 +734,163 @@ async fn pull_through_a_bearer_token_challenge() {
         "secrets are never logged"
     );
 }
+
+/// A daemon whose registry hosts configuration is `certs`.
+async fn daemon_with_hosts(certs: &Path) -> TestDaemon {
+    TestDaemon::start(&format!(
+        "[registry]\nconfig_path = \"{}\"\n",
+        certs.display()
+    ))
+    .await
+}
+
+fn write_hosts(certs: &Path, addr: &str, settings: &str) {
+    let dir = certs.join(addr);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!("[host.\"https://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{settings}"),
+    )
+    .unwrap();
+}
+
+/// A registry serving HTTPS with a certificate from a CA of the test's own:
+/// pulled through `ca` in hosts.toml, then through `skip_verify`; without
+/// either the pull fails naming the host and the certificate problem.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_from_a_tls_registry_through_ca_and_skip_verify() {
+    require_registry_tools!();
+    let tls = crate::registry::Tls::new();
+    let reg = Registry::start_tls(&tls);
+    let tar = Tar::default()
+        .add(tar::EntryType::Regular, "hello", "", b"tls\n")
+        .bytes();
+    reg.push_layer_image("tls", &tar);
+    let image = reg.image("tls:latest");
+    let certs = tempfile::tempdir().unwrap();
+    let d = daemon_with_hosts(certs.path()).await;
+    let mut c = d.images().await;
+
+    // Untrusted: no hosts.toml, so the default HTTPS then HTTP attempts.
+    let err = pull(&mut c, &image).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::Unknown),
+        "{err:?}"
+    );
+    assert!(err.message().contains(&reg.addr), "{err:?}");
+    assert!(
+        err.message().to_lowercase().contains("certificate")
+            && err.message().contains("UnknownIssuer"),
+        "{err:?}"
+    );
+    assert!(list(&mut c).await.is_empty());
+
+    // Through `ca`, given relative to the hosts.toml directory.
+    write_hosts(certs.path(), &reg.addr, "  ca = \"ca.pem\"\n");
+    std::fs::copy(
+        tls.path("ca.pem"),
+        certs.path().join(&reg.addr).join("ca.pem"),
+    )
+    .unwrap();
+    let id = pull(&mut c, &image).await.unwrap();
+    assert_eq!(status(&mut c, &image).await.image.unwrap().id, id);
+    remove(&mut c, &id).await;
+
+    // A `ca` that is not the one that signed the certificate.
+    let other = crate::registry::Tls::new();
+    write_hosts(
+        certs.path(),
+        &reg.addr,
+        &format!("  ca = \"{}\"\n", other.path("ca.pem").display()),
+    );
+    let err = pull(&mut c, &image).await.unwrap_err();
+    assert!(
+        err.message().contains(&format!("https://{}: ", reg.addr))
+            && err.message().contains("invalid peer certificate"),
+        "{err:?}"
+    );
+
+    // Through `skip_verify`.
+    write_hosts(certs.path(), &reg.addr, "  skip_verify = true\n");
+    assert_eq!(pull(&mut c, &image).await.unwrap(), id);
+
+    // Self-signed certificates named in `ca`: without CA:TRUE pulled from;
+    // with it (`openssl req -x509`'s default) refused by rustls, and the
+    // error says what to do.
+    for (cert, ok) in [("self", true), ("selfca", false)] {
+        let own = Registry::start_tls_with(&tls, cert);
+        own.push_layer_image("tls", &tar);
+        let ca = format!(
+            "  ca = \"{}\"\n",
+            tls.path(&format!("{cert}.pem")).display()
+        );
+        write_hosts(certs.path(), &own.addr, &ca);
+        let result = pull(&mut c, &own.image("tls:latest")).await;
+        if ok {
+            assert_eq!(result.unwrap(), id, "{cert}");
+            continue;
+        }
+        let err = result.unwrap_err();
+        assert!(
+            err.message().contains("CaUsedAsEndEntity")
+                && err.message().contains("or set skip_verify"),
+            "{err:?}"
+        );
+        write_hosts(certs.path(), &own.addr, "  skip_verify = true\n");
+        assert_eq!(pull(&mut c, &own.image("tls:latest")).await.unwrap(), id);
+    }
+}
+
+/// A loopback port that accepts connections and never answers a TLS
+/// handshake (here: a front that keeps TLS connections open and silent,
+/// and passes plain HTTP on to a registry): the pull falls back to plain
+/// HTTP after a short bound, not after the progress timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_tls_handshake_on_loopback_falls_back_to_http_quickly() {
+    require_registry_tools!();
+    let reg = Registry::start(None);
+    let tar = Tar::default()
+        .add(tar::EntryType::Regular, "hello", "", b"silent\n")
+        .bytes();
+    reg.push_layer_image("silent", &tar);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap().to_string();
+    let upstream = reg.addr.clone();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held2 = held.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut first = [0u8; 1];
+            if conn.peek(&mut first).await.is_err() {
+                continue;
+            }
+            if first[0] == 0x16 {
+                // A TLS ClientHello: keep the connection, say nothing.
+                held2.lock().unwrap().push(conn);
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                }
+            });
+        }
+    });
+    let d = daemon("").await;
+    let mut c = d.images().await;
+    let started = std::time::Instant::now();
+    let result = pull(&mut c, &format!("{front}/silent:latest")).await;
+    let took = started.elapsed();
+    task.abort();
+    result.unwrap();
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the TLS attempt reached the front"
+    );
+    eprintln!("pull through a silent TLS port took {took:?}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}

@@ -22,4 +22,6 @@ mod security;
 mod state_lost;
 mod stats;
 mod streaming;
+mod streaming_attach;
+mod userns;
 mod vm;

@@ -61,22 +61,6 @@ fn bind(host: &Path, path: &str, readonly: bool, rro: bool) -> Mount {
     }
 }
 
-async fn pull(s: &Setup, image: &str) -> String {
-    s.d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref
-}
-
 fn container_dirs(s: &Setup) -> usize {
     std::fs::read_dir(s.d.root.join("containers"))
         .map(|r| r.count())
@@ -99,7 +83,7 @@ async fn image_volumes_whole_and_sub_path_read_only_executable_and_in_use() {
     let s = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
     let layered = s.reg.image("layered");
-    let layered_id = pull(&s, &layered).await;
+    let layered_id = s.pull(&layered).await;
     // An image whose symlinks point out of it, and a marker at its root.
     s.reg.push_layer_image(
         "links",
@@ -110,7 +94,7 @@ async fn image_volumes_whole_and_sub_path_read_only_executable_and_in_use() {
             .bytes(),
     );
     let links = s.reg.image("links");
-    pull(&s, &links).await;
+    s.pull(&links).await;
     let layers_dir = s.d.root.join("image/layers");
     let logs = s.d.dir.path().join("logs");
     let pod = pod::run(&mut rt, pod_config("vols", NamespaceMode::Container, &logs))

@@ -16,7 +16,7 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The tools the image tests drive; `None` (and a message) when one is
 /// missing, so the test can skip.
 pub fn tools_missing() -> Option<String> {
-    for tool in ["docker-registry", "skopeo", "umoci", "htpasswd"] {
+    for tool in ["docker-registry", "skopeo", "umoci", "htpasswd", "openssl"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -73,12 +73,32 @@ impl Registry {
     /// Starts an empty registry; with `creds` ("user:pass") it requires
     /// them (htpasswd, bcrypt).
     pub fn start(creds: Option<&str>) -> Registry {
+        Registry::start_with(creds, None)
+    }
+
+    /// Starts an empty registry serving HTTPS with `tls`'s server
+    /// certificate (signed by its CA).
+    pub fn start_tls(tls: &Tls) -> Registry {
+        Registry::start_tls_with(tls, "server")
+    }
+
+    /// Starts an empty registry serving HTTPS with `tls`'s certificate
+    /// `name` (`server`, `self` or `selfca`).
+    pub fn start_tls_with(tls: &Tls, name: &str) -> Registry {
+        Registry::start_with(None, Some((tls, name)))
+    }
+
+    fn start_with(creds: Option<&str>, tls: Option<(&Tls, &str)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("crius-registry-")
             .tempdir()
             .unwrap();
         let mut cmd = Command::new(format!("{REPO}/hack/registry.sh"));
         cmd.arg("start").arg(dir.path());
+        if let Some((tls, name)) = tls {
+            cmd.env("REGISTRY_TLS_CERT", tls.path(&format!("{name}.pem")))
+                .env("REGISTRY_TLS_KEY", tls.path(&format!("{name}.key")));
+        }
         if let Some(creds) = creds {
             let (user, pass) = creds.split_once(':').unwrap();
             let htpasswd = dir.path().join("htpasswd");
@@ -218,6 +238,112 @@ impl Drop for Registry {
             .arg("stop")
             .arg(self.dir.path())
             .status();
+    }
+}
+
+/// A throw-away CA and a server certificate it signed for IP 127.0.0.1
+/// (ECDSA P-256, valid two days), made with the openssl CLI in a temporary
+/// directory: `ca.pem`, `server.pem`, `server.key`; and two self-signed
+/// certificates for 127.0.0.1: `self.pem`/`.key` (CA:FALSE) and
+/// `selfca.pem`/`.key` (CA:TRUE).
+pub struct Tls {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tls {
+    pub fn new() -> Tls {
+        let dir = tempfile::Builder::new()
+            .prefix("crius-tls-")
+            .tempdir()
+            .unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca = [
+            &["req", "-x509", "-days", "2", "-subj", "/CN=crius-test-ca"][..],
+            &key,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat();
+        openssl(&ca);
+        let csr = [
+            &["req", "-subj", "/CN=127.0.0.1"][..],
+            &key,
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat();
+        openssl(&csr);
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        // Self-signed: `self` without CA:TRUE, `selfca` with it (as
+        // `openssl req -x509` makes one by default).
+        for (name, ext) in [
+            (
+                "self",
+                &["-addext", "basicConstraints=critical,CA:FALSE"][..],
+            ),
+            ("selfca", &[]),
+        ] {
+            let (keyout, out) = (format!("{name}.key"), format!("{name}.pem"));
+            let own = [
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ][..],
+                ext,
+                &key,
+                &["-keyout", &keyout, "-out", &out],
+            ]
+            .concat();
+            openssl(&own);
+        }
+        Tls { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 }
 

@@ -26,7 +26,7 @@ struct Env {
 async fn setup(pod_name: &str) -> Env {
     let s = setup_with_env(&[]).await;
     let probe = format!("{}probe", s.busybox.trim_end_matches("busybox"));
-    pull(&s, &probe).await;
+    s.pull(&probe).await;
     let mut rt = s.d.runtime().await;
     let logs = s.d.dir.path().join("logs");
     let pod = pod::run(
@@ -286,21 +286,6 @@ async fn list(rt: &mut Client) -> Vec<String> {
     ids
 }
 
-/// Pulls `image` into the daemon.
-pub async fn pull(s: &Setup, image: &str) {
-    s.d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 /// (uid, gid, sorted groups) from a /proc/PID/status text.
 fn creds(status: &str) -> (i64, i64, Vec<i64>) {
     let field = |name: &str| -> Vec<i64> {
@@ -411,7 +396,7 @@ async fn users_groups_and_container_status_user() {
     ];
     for (name, tag, edit, want) in cases {
         let image = format!("{probe}:{tag}");
-        pull(&s, &image).await;
+        s.pull(&image).await;
         let mut c = sleeper(name, &image, edit);
         c.log_path = format!("{name}.log");
         let id = run(&mut rt, &pod, c).await;

@@ -22,7 +22,7 @@ use crate::container::{Setup, container, create, pod_config, setup_with, start};
 use crate::pod::{self, Client};
 use crate::require_registry_tools;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// `http://host:port/path` → (host:port, /path).
@@ -34,7 +34,7 @@ fn split_url(url: &str) -> (String, String) {
 
 /// Sends an upgrade request; returns the connection, the status code and
 /// the response head.
-async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, String) {
+pub(crate) async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, String) {
     let (host, path) = split_url(url);
     let mut tcp = TcpStream::connect(&host).await.unwrap();
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
@@ -61,7 +61,7 @@ async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, String
 }
 
 /// The client side of a SPDY session.
-struct Spdy {
+pub(crate) struct Spdy {
     io: Box<dyn Io>,
     deflate: Deflater,
     inflate: Inflater,
@@ -70,7 +70,7 @@ struct Spdy {
 }
 
 impl Spdy {
-    fn new(io: Box<dyn Io>) -> Spdy {
+    pub(crate) fn new(io: Box<dyn Io>) -> Spdy {
         Spdy {
             io,
             deflate: Deflater::new(),
@@ -86,7 +86,7 @@ impl Spdy {
         self.io.write_all(&wire).await.unwrap();
     }
 
-    async fn open(&mut self, headers: &[(&str, &str)]) -> u32 {
+    pub(crate) async fn open(&mut self, headers: &[(&str, &str)]) -> u32 {
         let id = self.next_id;
         self.next_id += 2;
         let h = headers
@@ -105,7 +105,7 @@ impl Spdy {
         id
     }
 
-    async fn data(&mut self, id: u32, data: &[u8], fin: bool) {
+    pub(crate) async fn data(&mut self, id: u32, data: &[u8], fin: bool) {
         self.send(Frame::Data {
             stream_id: id,
             fin,
@@ -115,7 +115,7 @@ impl Spdy {
     }
 
     /// The next frame; `None` at the end of the connection.
-    async fn next(&mut self) -> Option<Frame> {
+    pub(crate) async fn next(&mut self) -> Option<Frame> {
         loop {
             if let Some((f, used)) = frame::parse(&self.buf).unwrap() {
                 self.buf.drain(..used);
@@ -135,7 +135,7 @@ impl Spdy {
 
     /// Reads frames until every stream in `until` has ended (or the
     /// connection did); returns the data of each stream.
-    async fn collect(&mut self, until: &[u32]) -> HashMap<u32, Vec<u8>> {
+    pub(crate) async fn collect(&mut self, until: &[u32]) -> HashMap<u32, Vec<u8>> {
         let mut out: HashMap<u32, Vec<u8>> = HashMap::new();
         let mut open: Vec<u32> = until.to_vec();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -165,21 +165,21 @@ impl Spdy {
 }
 
 #[derive(Default)]
-struct Opts<'a> {
-    stdin: Option<&'a [u8]>,
-    tty: bool,
-    resize: Option<(u16, u16)>,
+pub(crate) struct Opts<'a> {
+    pub(crate) stdin: Option<&'a [u8]>,
+    pub(crate) tty: bool,
+    pub(crate) resize: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Default)]
-struct Outcome {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    error: Vec<u8>,
+pub(crate) struct Outcome {
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) error: Vec<u8>,
 }
 
 impl Outcome {
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         serde_json::from_slice(&self.error).unwrap_or_else(|e| {
             panic!(
                 "error stream {:?}: {e}",
@@ -204,7 +204,7 @@ impl Outcome {
 
 /// Runs an exec URL over SPDY with `protocol`, as client-go does: error,
 /// resize, stdin, stdout, stderr streams.
-async fn spdy_exec(url: &str, protocol: &str, opts: Opts<'_>) -> Outcome {
+pub(crate) async fn spdy_exec(url: &str, protocol: &str, opts: Opts<'_>) -> Outcome {
     let (tcp, code, head) = upgrade(
         url,
         &[
@@ -255,7 +255,10 @@ async fn spdy_exec(url: &str, protocol: &str, opts: Opts<'_>) -> Outcome {
     }
 }
 
-async fn ws_connect(url: &str, protocol: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+pub(crate) async fn ws_connect(
+    url: &str,
+    protocol: &str,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let (host, _) = split_url(url);
     let tcp = TcpStream::connect(&host).await.unwrap();
     let mut req = url
@@ -305,7 +308,13 @@ async fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Outcome {
     out
 }
 
-async fn exec_url(rt: &mut Client, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> String {
+pub(crate) async fn exec_url(
+    rt: &mut Client,
+    id: &str,
+    cmd: &[&str],
+    stdin: bool,
+    tty: bool,
+) -> String {
     rt.exec(ExecRequest {
         container_id: id.into(),
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
@@ -665,7 +674,7 @@ async fn streaming_port_forward_pod_and_host_network() {
     port_forward_session(Box::new(tcp), &[(host_port, Ok(&expect))]).await;
 }
 
-fn fd_count(pid: i32) -> usize {
+pub(crate) fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)

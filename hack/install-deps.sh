@@ -8,7 +8,7 @@ what=${1:-test}
 # building it needs (libseccomp compiles the seccomp profiles).
 runtime_pkgs=(containernetworking-plugins iptables iproute2 ca-certificates libseccomp-dev pkg-config)
 # test: what the test suites drive (a local registry, test images, the VM tier).
-test_pkgs=("${runtime_pkgs[@]}" docker-registry busybox-static skopeo umoci apache2-utils
+test_pkgs=("${runtime_pkgs[@]}" docker-registry openssl busybox-static skopeo umoci apache2-utils
   # hack/critest-images.sh compiles two tiny static programs
   gcc libc6-dev
   jq procps psmisc util-linux e2fsprogs iputils-ping

@@ -3,6 +3,9 @@
 # port, for the test images, the e2e tests and the benchmarks.
 #   hack/registry.sh start DIR [HTPASSWD]  prints host:port; state in DIR
 #   hack/registry.sh stop DIR              stops it (by the PID in DIR/pid)
+# With REGISTRY_TLS_CERT and REGISTRY_TLS_KEY (PEM files) it serves HTTPS;
+# with REGISTRY_TLS_CLIENTCA as well it requires a client certificate
+# signed by that CA.
 set -euo pipefail
 cmd=${1:?usage: $0 start|stop DIR [HTPASSWD]}
 dir=${2:?usage: $0 start|stop DIR [HTPASSWD]}
@@ -16,7 +19,15 @@ start)
     echo "version: 0.1"
     echo "log: {level: info}"
     echo "storage: {filesystem: {rootdirectory: $dir/data}, delete: {enabled: true}}"
-    echo "http: {addr: '127.0.0.1:0', secret: crius-test}"
+    tls=""
+    if [[ -n "${REGISTRY_TLS_CERT:-}" ]]; then
+      tls=", tls: {certificate: $REGISTRY_TLS_CERT, key: ${REGISTRY_TLS_KEY:?REGISTRY_TLS_KEY}"
+      if [[ -n "${REGISTRY_TLS_CLIENTCA:-}" ]]; then
+        tls+=", clientcas: [$REGISTRY_TLS_CLIENTCA]"
+      fi
+      tls+="}"
+    fi
+    echo "http: {addr: '127.0.0.1:0', secret: crius-test$tls}"
     if [[ -n "${3:-}" ]]; then
       echo "auth: {htpasswd: {realm: crius-test, path: $3}}"
     fi

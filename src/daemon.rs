@@ -36,6 +36,9 @@ pub struct Daemon {
     runtime_config: RwLock<RuntimeConfig>,
     /// The Exec/Attach/PortForward server, once started.
     streaming: OnceLock<crate::streaming::Server>,
+    /// Whether pods with their own user namespace can run here (probed
+    /// once at open on the root dir's filesystem).
+    pub userns: crate::monitor::protocol::UsernsProbe,
 }
 
 /// Why the daemon's state could not be opened.
@@ -127,6 +130,14 @@ impl Daemon {
         let cgroups = Arc::new(Cgroups::from_config(&config.cgroup)?);
         let events = Arc::new(Events::new(store.clone(), config.stats.events_buffer));
         let pod_settings = pod::Settings::from_config(&config);
+        let userns = crate::monitor::client::probe_userns(&pod_settings.exe, &config.root);
+        tracing::info!(
+            supported = userns.supported(),
+            idmapped_mounts = userns.idmapped_mounts,
+            overlay_idmapped = userns.overlay_idmapped,
+            why_not = %userns.message,
+            "user namespaces for pods"
+        );
         let pods = Arc::new(Pods::new(
             store.clone(),
             network.clone(),
@@ -163,6 +174,7 @@ impl Daemon {
             events,
             runtime_config: RwLock::new(RuntimeConfig::default()),
             streaming: OnceLock::new(),
+            userns,
         })
     }
 

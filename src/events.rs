@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::container::record::{CONTAINERS, ContainerRecord};
 use crate::pod::record::{PODS, PodRecord};
@@ -81,21 +81,29 @@ pub struct Events {
     tx: broadcast::Sender<Arc<Event>>,
     store: Arc<Store>,
     buffer: usize,
+    /// Set at shutdown: every subscription ends (a stream that never ends
+    /// would hold the server's graceful shutdown for its whole grace).
+    closed: watch::Sender<bool>,
 }
 
 /// A subscription: [`Subscriber::next`] yields events in emission order.
 pub struct Subscriber {
     rx: broadcast::Receiver<Arc<Event>>,
     buffer: usize,
+    closed: watch::Receiver<bool>,
 }
 
 impl Subscriber {
     /// The next event; an error ends the subscription.
     pub async fn next(&mut self) -> Result<Arc<Event>, Error> {
-        match self.rx.recv().await {
-            Ok(e) => Ok(e),
-            Err(broadcast::error::RecvError::Lagged(n)) => Err(Error::Lagged(n, self.buffer)),
-            Err(broadcast::error::RecvError::Closed) => Err(Error::Closed),
+        tokio::select! {
+            biased;
+            r = self.rx.recv() => match r {
+                Ok(e) => Ok(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => Err(Error::Lagged(n, self.buffer)),
+                Err(broadcast::error::RecvError::Closed) => Err(Error::Closed),
+            },
+            _ = self.closed.wait_for(|closed| *closed) => Err(Error::Closed),
         }
     }
 }
@@ -105,14 +113,25 @@ impl Events {
     pub fn new(store: Arc<Store>, buffer: usize) -> Events {
         let buffer = buffer.max(1);
         let (tx, _) = broadcast::channel(buffer);
-        Events { tx, store, buffer }
+        Events {
+            tx,
+            store,
+            buffer,
+            closed: watch::Sender::new(false),
+        }
     }
 
     pub fn subscribe(&self) -> Subscriber {
         Subscriber {
             rx: self.tx.subscribe(),
             buffer: self.buffer,
+            closed: self.closed.subscribe(),
         }
+    }
+
+    /// Ends every subscription, present and future (shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// A container's state change, just recorded.
@@ -248,6 +267,24 @@ mod tests {
         let err = slow.next().await.unwrap_err();
         assert!(matches!(err, Error::Lagged(6, 4)), "{err}");
         assert!(err.to_string().contains("subscribe again"));
+    }
+
+    #[tokio::test]
+    async fn closing_ends_every_subscription() {
+        let (_tmp, events) = hub(4);
+        let mut s = events.subscribe();
+        let waiting = tokio::spawn(async move { s.next().await });
+        tokio::task::yield_now().await;
+        events.close();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("ended at once")
+            .unwrap();
+        assert!(matches!(r, Err(Error::Closed)));
+        assert!(matches!(
+            events.subscribe().next().await,
+            Err(Error::Closed)
+        ));
     }
 
     #[tokio::test]

@@ -118,6 +118,7 @@ fn the_monitor_and_init_use_no_daemon_module() {
         &[
             "monitor/process",
             "monitor/protocol.rs",
+            "monitor/sync.rs",
             "monitor/mod.rs",
             "init",
             "bin/crius-monitor.rs",

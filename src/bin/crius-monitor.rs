@@ -8,10 +8,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    match (args.next(), args.next()) {
-        (Some(dir), None) => crius::monitor::process::main(&PathBuf::from(dir)),
+    match (args.next(), args.next(), args.next()) {
+        (Some(flag), Some(dir), None) if flag == "--probe-userns" => {
+            crius::monitor::process::probe::main(&PathBuf::from(dir))
+        }
+        (Some(dir), None, None) => crius::monitor::process::main(&PathBuf::from(dir)),
         _ => {
-            eprintln!("usage: crius-monitor <pod dir> (started by crius serve)");
+            eprintln!(
+                "usage: crius-monitor <pod dir> | --probe-userns <dir> (started by crius serve)"
+            );
             ExitCode::from(2)
         }
     }

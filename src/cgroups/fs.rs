@@ -21,6 +21,9 @@ use super::resources::Write;
 /// How long `remove` waits for a cgroup's processes to finish exiting.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long `kill_all` waits for the processes it killed to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The cgroup trees crius works on.
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -212,14 +215,17 @@ impl Tree {
         Ok(pids.into_iter().collect())
     }
 
-    /// SIGKILLs every process of `path` and below: v2 `cgroup.kill` when
-    /// the kernel has it, else (v1, or an old v2) kill each pid and read
-    /// the cgroup again until it shows no pid not yet killed. A process
-    /// with SIGKILL pending cannot fork any more (the kernel aborts a fork
-    /// racing a fatal signal), so the loop ends, with no freezer: v1's
-    /// FROZEN comes only once every killed task has left, which would mean
-    /// polling for it.
+    /// SIGKILLs every process of `path` and below and waits until they
+    /// are gone (at most [`KILL_TIMEOUT`]: a process stuck in the kernel
+    /// cannot be hurried), so that a stopped container has no process
+    /// left when its stop returns. v2 `cgroup.kill` when the kernel has
+    /// it, else (v1, or an old v2) kill each pid and read the cgroup again
+    /// until it shows no pid not yet killed. A process with SIGKILL pending
+    /// cannot fork any more (the kernel aborts a fork racing a fatal
+    /// signal), so the loop ends, with no freezer: v1's FROZEN comes only
+    /// once every killed task has left, which would mean polling for it.
     pub fn kill_all(&self, path: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + KILL_TIMEOUT;
         let mut killed_by_v2 = false;
         if let Some(u) = self.layout.unified() {
             let file = u.dir(path).join("cgroup.kill");
@@ -233,17 +239,33 @@ impl Tree {
             }
         }
         if killed_by_v2 && self.layout.mode == Mode::Unified {
+            while !self.procs(path).unwrap_or_default().into_iter().all(gone) {
+                if Instant::now() >= deadline {
+                    tracing::warn!(path, "killed processes still in the cgroup");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
             return Ok(());
         }
         let mut killed = BTreeSet::new();
         loop {
-            let new: Vec<i32> = self
-                .procs(path)?
-                .into_iter()
+            let procs = self.procs(path)?;
+            let new: Vec<i32> = procs
+                .iter()
+                .copied()
                 .filter(|p| !killed.contains(p))
                 .collect();
             if new.is_empty() {
-                return Ok(());
+                if procs.into_iter().all(gone) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(path, "killed processes still in the cgroup");
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             }
             for pid in new {
                 match kill(Pid::from_raw(pid), Signal::SIGKILL) {
@@ -526,4 +548,16 @@ pub(super) fn key_value(text: &str, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Whether `pid` has exited: no such process, or a zombie waiting for its
+/// parent (it runs no more code and holds no resource of the cgroup).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+    }
 }

@@ -751,7 +751,10 @@ fn host_stats_count_cpu_memory_and_tasks() {
     let s = loop {
         let s = g.cg.stats(&leaf).unwrap();
         let m = s.memory.clone().unwrap();
-        if m.working_set_bytes >= 8 << 20 && s.cpu.as_ref().unwrap().usage_ns > 50_000_000 {
+        // dd may still be exiting when its pages are counted: wait for
+        // the shell alone.
+        let busy = s.cpu.as_ref().unwrap().usage_ns > 50_000_000;
+        if m.working_set_bytes >= 8 << 20 && busy && s.pids == Some(1) {
             break s;
         }
         assert!(Instant::now() < deadline, "{s:?}");

@@ -287,6 +287,9 @@ fn kill_all_kills_every_process_on_v1() {
     f.cg.create_with_pid(&c, &Resources::default(), child.id() as i32)
         .unwrap();
     f.cg.kill_all(&pod).unwrap();
+    // It has exited when kill_all returns: only its parent's wait is left.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    assert!(stat.contains(") Z "), "{stat}");
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9));

@@ -106,6 +106,21 @@ impl Containers {
                 pod.id
             )));
         }
+        // A container lives in its pod's user namespace: its own
+        // userns_options (kubelet sends the pod's) may only repeat it.
+        let pod_userns = pod.spec.namespaces.user;
+        if let Some(asked) = req.config.security.userns
+            && asked != pod_userns
+        {
+            return Err(Error::Invalid(format!(
+                "security_context.namespace_options.userns_options: a container's user namespace must be its pod's ({})",
+                if pod_userns.is_some() {
+                    "mode POD with the pod's mappings"
+                } else {
+                    "mode NODE"
+                }
+            )));
+        }
         let log_path = log_path(&pod.spec.log_directory, &req.log_path)?;
         let image = self
             .images
@@ -132,6 +147,7 @@ impl Containers {
             resolv_conf: Some(pod.dir.resolv_conf()),
             cgroup_path: PathBuf::from(&leaf.path),
             cgroup_v2: self.cgroups.is_unified(),
+            user_ns: pod_userns.map(|maps| (pod.dir.ns(crate::sys::ns::Kind::User), maps)),
         };
         let rootfs = rootfs_dir(&dir);
         let devices = super::devices::resolve_all(&req.config.devices)?;
@@ -170,10 +186,16 @@ impl Containers {
             upper: upper_dir(&dir),
             work: work_dir(&dir),
         };
-        // The options must fit in one page: refuse now, not in the init.
-        overlay
-            .data()
-            .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+        // The options must fit in one page: refuse now, not in the init
+        // (in a user namespace the layers are named by their idmapped
+        // mounts).
+        let data = match &ctx.user_ns {
+            Some(_) => overlay
+                .idmapped(&rootfs::idmapped_layers_dir(&rootfs))
+                .data(),
+            None => overlay.data(),
+        };
+        data.map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
         let (volumes, mounted) = self.image_volumes(&req.config, &dir)?;
         let stop_signal = match req.stop_signal {
             Some(s) => s,
@@ -392,6 +414,21 @@ impl Containers {
             std::fs::create_dir_all(&d)
                 .map_err(|e| io_step("create container directory", &d, e))?;
         }
+        // In a user namespace the upper dir is the rootfs' / as the
+        // container sees it: its root's (only this empty dir; no layer
+        // is ever chowned).
+        let linux = launch.spec.linux().as_ref();
+        let root_of = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.and_then(|m| m.first()).map(|m| m.host_id())
+        };
+        if let (Some(uid), Some(gid)) = (
+            root_of(linux.and_then(|l| l.uid_mappings().as_ref())),
+            root_of(linux.and_then(|l| l.gid_mappings().as_ref())),
+        ) {
+            let upper = upper_dir(&rec.dir);
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                .map_err(|e| io_step("create container directory", &upper, e))?;
+        }
 
         // 3. The leaf cgroup with the container's resources.
         let leaf: CgroupPath = rec.cgroup.clone().expect("set by plan");
@@ -427,7 +464,7 @@ impl Containers {
             .await
             .map_err(|e| {
                 let step = match &e {
-                    super::engine::Error::Step { step, .. } => step.clone(),
+                    super::engine::Error::Step { step, .. } => step.to_string(),
                     _ => "create container init".into(),
                 };
                 step_err(&step)(e)

@@ -13,12 +13,16 @@ use std::os::fd::OwnedFd;
 use crate::error::{Classify, Kind};
 use crate::monitor::PodDir;
 pub use crate::monitor::protocol::Exit;
+pub use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// What an engine needs to create a container's init (blocked before
 /// execve) and to run a process in a running container: the monitor
 /// protocol's own types, so nothing is copied between layers.
 pub use crate::monitor::protocol::{ContainerLaunch as Launch, ExecLaunch};
+
+/// A client attached to a container's own stdio (the monitor's pipes).
+pub use crate::monitor::client::container::{AttachEnd, AttachHandle};
 
 /// A running exec process and its stdio, handed to the daemon.
 #[derive(Debug)]
@@ -36,7 +40,7 @@ pub enum Error {
     /// "exec: no such file").
     #[error("{step}: {message}")]
     Step {
-        step: String,
+        step: Step,
         message: String,
         kind: Kind,
     },
@@ -87,6 +91,14 @@ pub trait Engine: Send + Sync + 'static {
     async fn wait_exec(&self, pod: &PodDir, exec_id: &str) -> Result<Exit>;
     /// SIGKILLs the exec's whole process group.
     async fn kill_exec(&self, pod: &PodDir, exec_id: &str) -> Result<()>;
+    /// Attaches to a running container's stdio.
+    async fn attach(&self, _pod: &PodDir, _id: &str, _stdin: bool) -> Result<AttachHandle> {
+        Err(missing())
+    }
+    /// Sets a tty container's terminal size.
+    async fn resize(&self, _pod: &PodDir, _id: &str, _width: u16, _height: u16) -> Result<()> {
+        Err(missing())
+    }
 }
 
 /// The engine used until the monitor's container requests exist: every

@@ -202,6 +202,22 @@ impl ExecWaiter {
     }
 }
 
+/// A container a client is attached to: resizes its terminal.
+pub struct Attached {
+    engine: Arc<dyn super::engine::Engine>,
+    pod_dir: crate::monitor::PodDir,
+    id: String,
+}
+
+impl Attached {
+    pub async fn resize(&self, width: u16, height: u16) -> Result<(), Error> {
+        Ok(self
+            .engine
+            .resize(&self.pod_dir, &self.id, width, height)
+            .await?)
+    }
+}
+
 impl Containers {
     /// Starts `cmd` in a running container for a streaming session: the
     /// caller copies its stdio and must wait for it or kill it.
@@ -237,6 +253,27 @@ impl Containers {
                 kill_grace: self.settings.kill_grace,
             },
         })
+    }
+
+    /// Attaches to a running container's own stdio (CRI Attach): the
+    /// handle's pipes come from the pod's monitor, which keeps reading the
+    /// container's output for the log whatever the client does.
+    pub async fn attach_stream(
+        &self,
+        container_id: &str,
+        stdin: bool,
+    ) -> Result<(super::engine::AttachHandle, Attached), Error> {
+        let rec = self.running(container_id)?;
+        let handle = self.engine.attach(&rec.pod_dir, &rec.id, stdin).await?;
+        tracing::debug!(container_id = %rec.id, stdin, tty = handle.tty, "attached");
+        Ok((
+            handle,
+            Attached {
+                engine: self.engine.clone(),
+                pod_dir: rec.pod_dir,
+                id: rec.id,
+            },
+        ))
     }
 
     /// Checks that `container_id` names a running container.

@@ -47,7 +47,7 @@ use crate::error::{Classify, Kind};
 use crate::pod::record::{PODS, PodRecord, State as PodState};
 use crate::store::{self, Store};
 pub use create::{CreateRequest, parse_signal};
-pub use exec::{ExecOutput, ExecRequest, ExecWaiter, MAX_OUTPUT, StreamExec};
+pub use exec::{Attached, ExecOutput, ExecRequest, ExecWaiter, MAX_OUTPUT, StreamExec};
 pub use lifecycle::PodHooks;
 pub use record::{ContainerRecord, State};
 

@@ -6,6 +6,7 @@ use crate::error::Classify;
 use crate::monitor::PodDir;
 use crate::monitor::client;
 use crate::monitor::client::container::{self as mc, PodMonitor};
+use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// Drives containers through each pod's monitor.
@@ -13,11 +14,10 @@ pub struct Monitors;
 
 fn convert(e: mc::Error) -> engine::Error {
     match e {
-        mc::Error::Failed { step, message }
-            if step == "unknown container" || step == "unknown exec" =>
-        {
-            engine::Error::Unknown(message)
-        }
+        mc::Error::Failed {
+            step: Step::Unknown(_),
+            message,
+        } => engine::Error::Unknown(message),
         mc::Error::Monitor(client::Error::Io { what, .. })
             if what == "connect to monitor" || what == "open pod directory" =>
         {
@@ -32,7 +32,7 @@ fn convert(e: mc::Error) -> engine::Error {
                     kind,
                 },
                 e => engine::Error::Step {
-                    step: "monitor".into(),
+                    step: Step::Monitor,
                     message: crate::error::chain(&e),
                     kind,
                 },
@@ -77,6 +77,23 @@ impl Engine for Monitors {
             stderr: h.stderr,
         })
     }
+    async fn attach(
+        &self,
+        pod: &PodDir,
+        id: &str,
+        stdin: bool,
+    ) -> engine::Result<engine::AttachHandle> {
+        monitor(pod)
+            .attach_container(id, stdin)
+            .await
+            .map_err(convert)
+    }
+    async fn resize(&self, pod: &PodDir, id: &str, width: u16, height: u16) -> engine::Result<()> {
+        monitor(pod)
+            .resize_container(id, width, height)
+            .await
+            .map_err(convert)
+    }
     async fn wait_exec(&self, pod: &PodDir, exec_id: &str) -> engine::Result<Exit> {
         monitor(pod).wait_exec(exec_id).await.map_err(convert)
     }
@@ -91,6 +108,7 @@ impl Engine for Monitors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::monitor::sync::Subject;
 
     #[test]
     fn monitor_errors_keep_their_meaning() {
@@ -101,12 +119,12 @@ mod tests {
         }));
         assert!(matches!(gone, engine::Error::MonitorGone(_)), "{gone:?}");
         let unknown = convert(mc::Error::Failed {
-            step: "unknown container".into(),
+            step: Step::Unknown(Subject::Container),
             message: "abc".into(),
         });
         assert!(matches!(unknown, engine::Error::Unknown(_)));
         let mount = convert(mc::Error::Failed {
-            step: "mount /data".into(),
+            step: Step::Mount("/data".into()),
             message: "no such file".into(),
         });
         assert_eq!(mount.to_string(), "mount /data: no such file");

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 pub use crate::cgroups::Resources;
@@ -123,6 +123,9 @@ pub struct Security {
     pub apparmor: AppArmor,
     /// SELinux options were given (crius applies no SELinux labels).
     pub selinux: bool,
+    /// The user namespace the container's own userns_options ask for, if
+    /// it sent any (`Some(None)`: the host's); it must be its pod's.
+    pub userns: Option<Option<crate::sys::ns::UserMaps>>,
 }
 
 /// The AppArmor profile the CRI asks for.
@@ -186,6 +189,8 @@ pub struct PodContext {
     pub cgroup_path: PathBuf,
     /// cgroup v2 only: a private cgroup namespace and a read-only /sys/fs/cgroup.
     pub cgroup_v2: bool,
+    /// The pod's user namespace: its pin and mappings (`None`: the host's).
+    pub user_ns: Option<(PathBuf, crate::sys::ns::UserMaps)>,
 }
 
 /// The translation's result.
@@ -408,6 +413,20 @@ fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount
 
 /// The mounts every container gets, before its CRI mounts.
 fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>, Error> {
+    // In a user namespace the filesystems crius mounts for the container
+    // belong to its root (and devpts to its tty group), not to host ids it
+    // cannot see.
+    let (dev_data, pts_gid) = match &pod.user_ns {
+        Some((_, maps)) => (
+            Some(format!(
+                "uid={},gid={}",
+                maps.uid.to_host(0).unwrap_or(0),
+                maps.gid.to_host(0).unwrap_or(0)
+            )),
+            maps.gid.to_host(5).map(|g| format!("gid={g}")),
+        ),
+        None => (None, Some("gid=5".to_string())),
+    };
     let mut mounts = vec![
         mount(
             "/proc",
@@ -419,7 +438,10 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
             "/dev",
             "tmpfs",
             Path::new("tmpfs"),
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            &["nosuid", "strictatime", "mode=755", "size=65536k"]
+                .into_iter()
+                .chain(dev_data.as_deref())
+                .collect::<Vec<_>>(),
         )?,
         mount(
             "/dev/pts",
@@ -431,8 +453,10 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
                 "newinstance",
                 "ptmxmode=0666",
                 "mode=0620",
-                "gid=5",
-            ],
+            ]
+            .into_iter()
+            .chain(pts_gid.as_deref())
+            .collect::<Vec<_>>(),
         )?,
         mount(
             "/dev/mqueue",
@@ -483,7 +507,9 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
 
 /// The OCI mount of a CRI bind; `None` for an image volume, which the
 /// rootfs plan mounts from its own step (its path is checked all the same).
-fn cri_mount(m: &BindMount) -> Result<Option<Mount>, Error> {
+/// In a pod with its own user namespace a bind is idmapped (`ridmap`), so
+/// its files keep their host owners.
+fn cri_mount(m: &BindMount, userns: bool) -> Result<Option<Mount>, Error> {
     if !m.container_path.starts_with('/') {
         return Err(Error::Invalid {
             field: "mount container_path",
@@ -523,6 +549,9 @@ fn cri_mount(m: &BindMount) -> Result<Option<Mount>, Error> {
     if m.recursive_readonly {
         // OCI runtime-spec 1.1's recursive read-only option (runc's too).
         options.push("rro");
+    }
+    if userns {
+        options.push("ridmap");
     }
     mount(&m.container_path, "bind", &m.host_path, &options).map(Some)
 }
@@ -591,6 +620,9 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
 fn namespaces(pod: &PodContext) -> Result<Vec<LinuxNamespace>, Error> {
     use LinuxNamespaceType::*;
     let mut ns = vec![namespace(Mount, None)?];
+    if let Some((pin, _)) = &pod.user_ns {
+        ns.push(namespace(User, Some(pin))?);
+    }
     for (typ, path) in [
         (Network, &pod.net_ns),
         (Ipc, &pod.ipc_ns),
@@ -792,7 +824,7 @@ pub fn build(
     // destination replaces it.
     let mut cri: Vec<Mount> = Vec::new();
     for m in &config.mounts {
-        cri.extend(cri_mount(m)?);
+        cri.extend(cri_mount(m, pod.user_ns.is_some())?);
     }
     let mut mounts: Vec<Mount> = default_mounts(pod, config.security.readonly_rootfs)?
         .into_iter()
@@ -805,7 +837,20 @@ pub fn build(
         .collect();
     mounts.extend(cri);
 
-    let mut linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some((_, maps)) = &pod.user_ns {
+        let map = |m: &crate::sys::ns::IdMap| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.length)
+                .build()
+        };
+        linux = linux
+            .uid_mappings(vec![map(&maps.uid)?])
+            .gid_mappings(vec![map(&maps.gid)?]);
+    }
+    let mut linux = linux
         .namespaces(namespaces(pod)?)
         .resources(resources(&config.resources)?)
         .cgroups_path(pod.cgroup_path.clone())

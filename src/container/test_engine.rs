@@ -14,6 +14,7 @@ use super::create::CreateRequest;
 use super::engine::{self, Engine, ExecHandle, ExecLaunch, Exit, Launch};
 use super::*;
 use crate::monitor::PodDir;
+use crate::monitor::sync::Step;
 use crate::pod::record::{PodRecord, State as PodState};
 use crate::pod::spec::{NamespaceMode, PodSpec};
 use crate::sys::process::ProcRef;
@@ -23,7 +24,7 @@ use crate::sys::process::ProcRef;
 #[derive(Default)]
 pub(super) struct Fake {
     pub(super) calls: Mutex<Vec<String>>,
-    pub(super) fail_create: Mutex<Option<String>>,
+    pub(super) fail_create: Mutex<Option<Step>>,
     pub(super) fail_start: Mutex<bool>,
     /// Signals the container's process ignores (a PID 1 without handler).
     pub(super) ignored: Mutex<HashSet<i32>>,
@@ -96,7 +97,7 @@ impl Engine for Fake {
         self.call(format!("start {id}"));
         if *self.fail_start.lock().unwrap() {
             return Err(engine::Error::Step {
-                step: "exec".into(),
+                step: Step::Exec,
                 message: "exec: \"nope\": no such file".into(),
                 kind: crate::error::Kind::InvalidArgument,
             });

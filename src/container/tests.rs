@@ -11,6 +11,7 @@ use super::test_engine::*;
 use super::*;
 use crate::cgroups::Resources;
 use crate::error::{Classify, Kind};
+use crate::monitor::sync::Step;
 use crate::pod::record::State as PodState;
 
 fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> crate::error::Kind {
@@ -113,7 +114,7 @@ async fn bad_input_leaves_nothing() {
         .put(crate::pod::record::PODS, &pod.id, &e.pod)
         .unwrap();
     // A failing engine step: named, and everything undone.
-    *e.fake.fail_create.lock().unwrap() = Some("mount /data".into());
+    *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/data".into()));
     let err = e.svc.create(e.req("web", 0)).await.unwrap_err();
     assert!(
         crate::error::chain(&err).contains("mount /data"),
@@ -630,7 +631,7 @@ async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() 
     let e = env();
     let mut sub = e.svc.events.subscribe();
     // A creation that fails at a step is never visible: no event.
-    *e.fake.fail_create.lock().unwrap() = Some("boom".into());
+    *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/boom".into()));
     assert!(e.svc.create(e.req("bad", 0)).await.is_err());
     *e.fake.fail_create.lock().unwrap() = None;
     // A start the engine refuses: created, then stopped (never started).
@@ -645,4 +646,56 @@ async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() 
         kinds,
         [(id.clone(), Type::Created), (id.clone(), Type::Stopped)]
     );
+}
+
+#[tokio::test]
+async fn an_image_volume_uses_the_images_own_layer_dirs_and_keeps_it_in_use() {
+    let e = env();
+    let volume = |image: &str| spec::BindMount {
+        container_path: "/vol".into(),
+        readonly: true,
+        image: Some(spec::ImageVolume {
+            image: image.into(),
+            sub_path: "etc".into(),
+        }),
+        ..Default::default()
+    };
+    // Not present: NotFound naming the mount, nothing left.
+    let mut r = e.req("web", 0);
+    r.config.mounts = vec![volume("nothere")];
+    let err = e.svc.create(r).await.unwrap_err();
+    assert_eq!(crate::error::Classify::kind(&err), Kind::NotFound);
+    assert!(err.to_string().contains("mount /vol"), "{err}");
+    assert!(e.store.list(record::CONTAINERS).unwrap().is_empty());
+
+    let mut r = e.req("web", 0);
+    r.config.mounts = vec![volume(IMAGE_ID)];
+    let id = e.svc.create(r).await.unwrap();
+    let launch = e.fake.launches.lock().unwrap()[0].clone();
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!(launch.volumes.len(), 1);
+    let v = &launch.volumes[0];
+    assert_eq!(v.layers, launch.overlay.layers, "the rootfs' layer dirs");
+    assert_eq!(v.sub_path, PathBuf::from("etc"));
+    assert_eq!(v.staging, s.dir.join("v0"));
+    assert!(
+        v.staging.is_dir(),
+        "the staging dir is made with the others"
+    );
+    let image = s.mounts[0].image.clone().unwrap();
+    assert_eq!(
+        (image.id.as_str(), image.sub_path.as_str()),
+        (IMAGE_ID, "etc")
+    );
+
+    // A container that uses an image only as a volume keeps it in use.
+    let mut other = s.clone();
+    other.id = "other".into();
+    other.image_id = "sha256:22".into();
+    e.store.put(record::CONTAINERS, &other.id, &other).unwrap();
+    e.store.delete(record::CONTAINERS, &id).unwrap();
+    assert!(Containers::uses_image(&e.store, IMAGE_ID));
+    other.mounts.clear();
+    e.store.put(record::CONTAINERS, &other.id, &other).unwrap();
+    assert!(!Containers::uses_image(&e.store, IMAGE_ID));
 }

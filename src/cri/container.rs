@@ -248,6 +248,14 @@ fn security(
         selinux: s.selinux_options.as_ref().is_some_and(|o| {
             !(o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty())
         }),
+        userns: match s
+            .namespace_options
+            .as_ref()
+            .and_then(|n| n.userns_options.as_ref())
+        {
+            Some(u) => Some(super::pod::user_namespace(Some(u))?),
+            None => None,
+        },
     })
 }
 
@@ -572,6 +580,84 @@ mod tests {
         ] {
             let e = container_config(&bad, None).unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn image_volumes_and_rro_are_converted_or_refused() {
+        let image = |readonly, sub: &str| proto::Mount {
+            container_path: "/v".into(),
+            readonly,
+            image: Some(proto::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            image_sub_path: sub.into(),
+            ..Default::default()
+        };
+        let m = mount(&image(true, "etc/ssl")).unwrap();
+        assert_eq!(
+            m.image,
+            Some(ImageVolume {
+                image: "busybox".into(),
+                sub_path: "etc/ssl".into(),
+            })
+        );
+        assert!(m.readonly && !m.recursive_readonly);
+        let refused = |m: proto::Mount, needle: &str| {
+            let e = mount(&m).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(needle), "{needle}: {e:?}");
+        };
+        refused(image(false, ""), "must be readonly");
+        refused(image(true, "../etc"), "contains \"..\"");
+        refused(image(true, "a/../../b"), "contains \"..\"");
+        refused(image(true, "/etc"), "is absolute");
+        refused(image(true, "a\0b"), "contains NUL");
+        refused(
+            proto::Mount {
+                host_path: "/srv".into(),
+                ..image(true, "")
+            },
+            "has no host_path",
+        );
+        refused(
+            proto::Mount {
+                propagation: proto::MountPropagation::PropagationHostToContainer as i32,
+                ..image(true, "")
+            },
+            "propagation must be private",
+        );
+        refused(
+            proto::Mount {
+                image: None,
+                host_path: "/srv".into(),
+                ..image(true, "etc")
+            },
+            "image_sub_path is set but image is not",
+        );
+        let rro = |readonly, propagation: proto::MountPropagation| proto::Mount {
+            container_path: "/m".into(),
+            host_path: "/srv".into(),
+            readonly,
+            recursive_read_only: true,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        let m = mount(&rro(true, proto::MountPropagation::PropagationPrivate)).unwrap();
+        assert!(m.readonly && m.recursive_readonly && m.image.is_none());
+        refused(
+            rro(false, proto::MountPropagation::PropagationPrivate),
+            "recursive_read_only requires readonly",
+        );
+        for p in [
+            proto::MountPropagation::PropagationHostToContainer,
+            proto::MountPropagation::PropagationBidirectional,
+        ] {
+            refused(
+                rro(true, p),
+                "recursive_read_only requires private propagation",
+            );
         }
     }
 }

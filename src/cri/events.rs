@@ -1,6 +1,7 @@
 //! GetContainerEvents: a subscription to [`crate::events`], each event with
 //! the pod's status and its containers' statuses. A subscriber that falls
-//! too far behind gets an error (RESOURCE_EXHAUSTED) and its stream ends.
+//! too far behind gets an error (RESOURCE_EXHAUSTED) and its stream ends;
+//! at shutdown every stream ends with UNAVAILABLE.
 
 use tonic::{Response, Status};
 
@@ -23,7 +24,9 @@ impl Cri {
             match subscriber.next().await {
                 Ok(event) => Some((Ok(response(&event)), Some(subscriber))),
                 Err(err) => {
-                    tracing::warn!(error = %err, "container events subscriber dropped");
+                    if matches!(err, crate::events::Error::Lagged(..)) {
+                        tracing::warn!(error = %err, "container events subscriber dropped");
+                    }
                     Some((Err(status(err)), None))
                 }
             }

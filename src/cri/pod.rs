@@ -20,6 +20,13 @@ impl Cri {
         let config = req.config.ok_or_else(|| missing("config"))?;
         validate::pod_size(&config, &self.daemon.config.grpc)?;
         let spec = pod_spec(config, req.runtime_handler)?;
+        let userns = &self.daemon.userns;
+        if spec.namespaces.user.is_some() && !userns.supported() {
+            return Err(Status::failed_precondition(format!(
+                "userns_options: pods with their own user namespace cannot run on this node: {}",
+                userns.message
+            )));
+        }
         let pod_cidr = self.daemon.runtime_config().pod_cidr;
         let id = self.daemon.pods.run(spec, pod_cidr).await.map_err(status)?;
         super::record_field("pod_id", id.as_str());
@@ -225,9 +232,7 @@ fn pod_spec(c: PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Sta
             pid: mode(ns.pid)?,
             ipc: mode(ns.ipc)?,
             target_id: ns.target_id,
-            user_namespace: ns
-                .userns_options
-                .is_some_and(|u| u.mode == NamespaceMode::Pod as i32),
+            user: user_namespace(ns.userns_options.as_ref())?,
         },
         sysctls: sorted(linux.sysctls),
         privileged: sc.privileged,
@@ -235,6 +240,44 @@ fn pod_spec(c: PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Sta
         overhead: linux.overhead.map(resources),
         runtime_handler,
     })
+}
+
+/// CRI userns_options -> the pod's user namespace (`None`: the host's).
+pub(super) fn user_namespace(
+    u: Option<&UserNamespace>,
+) -> Result<Option<spec::UserNamespace>, Status> {
+    let Some(u) = u else { return Ok(None) };
+    let maps = |v: &[IdMapping]| -> Vec<spec::IdMap> {
+        v.iter()
+            .map(|m| spec::IdMap {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    spec::UserNamespace::from_request(mode(u.mode)?, &maps(&u.uids), &maps(&u.gids))
+        .map_err(Status::invalid_argument)
+}
+
+/// The pod's user namespace as CRI userns_options.
+fn user_namespace_back(u: Option<&spec::UserNamespace>) -> UserNamespace {
+    let map = |m: &spec::IdMap| IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    };
+    match u {
+        None => UserNamespace {
+            mode: NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+        Some(u) => UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: vec![map(&u.uid)],
+            gids: vec![map(&u.gid)],
+        },
+    }
 }
 
 fn metadata(s: &PodSpec) -> PodSandboxMetadata {
@@ -260,7 +303,7 @@ fn namespace_options(s: &PodSpec) -> NamespaceOption {
         pid: mode_back(ns.pid),
         ipc: mode_back(ns.ipc),
         target_id: ns.target_id.clone(),
-        userns_options: None,
+        userns_options: Some(user_namespace_back(ns.user.as_ref())),
     }
 }
 

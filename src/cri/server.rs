@@ -99,6 +99,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = cri.daemon.config.grpc.clone();
+    let events = cri.daemon.events.clone();
     let routes = Routes::new(
         RuntimeServiceServer::new(cri.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -151,6 +152,8 @@ pub async fn serve(
     }
     drop(listener);
     let _ = std::fs::remove_file(path);
+    // GetContainerEvents streams never end by themselves.
+    events.close();
     tracing::info!("shutting down: waiting for in-flight requests");
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await

@@ -66,7 +66,9 @@ impl Cri {
                 features: Some(RuntimeHandlerFeatures {
                     // Only where mount_setattr(2) exists (probed once).
                     recursive_read_only_mounts: crate::sys::mount::recursive_readonly_supported(),
-                    user_namespaces: false,
+                    // Only where the probes succeeded: kubelet then sends
+                    // hostUsers:false pods here.
+                    user_namespaces: self.daemon.userns.supported(),
                 }),
             }],
             features: Some(RuntimeFeatures {

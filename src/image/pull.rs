@@ -200,7 +200,9 @@ async fn within<T>(timeout: Duration, name: &str, f: impl Future<Output = T>) ->
 pub async fn pull(inner: &Arc<Inner>, reference: &Reference, auth: &Auth) -> Result<String> {
     let name = reference.to_string();
     let endpoints = registry::endpoints(&inner.config.config_path, &reference.registry)?;
-    let mut last = None;
+    // Each endpoint's failure, so that a fallback's error (plain HTTP to a
+    // TLS server) does not hide the first one's (an untrusted certificate).
+    let mut failed: Vec<(String, String, Kind)> = Vec::new();
     for ep in endpoints
         .iter()
         .filter(|e| e.pull && (e.resolve || reference.digest.is_some()))
@@ -209,18 +211,46 @@ pub async fn pull(inner: &Arc<Inner>, reference: &Reference, auth: &Auth) -> Res
             Ok(id) => return Ok(id),
             // Only a registry that fails to answer sends us to the next one;
             // bad content is an error whoever served it.
-            Err(err @ Error::Registry { .. }) => {
-                tracing::debug!(endpoint = %ep.url(), error = %crate::error::chain(&err), "endpoint failed");
-                last = Some(err);
+            Err(Error::Registry {
+                mut message, kind, ..
+            }) => {
+                if let Some(hint) = registry::tls_hint(&message) {
+                    message = format!("{message} ({hint})");
+                }
+                tracing::debug!(endpoint = %ep.url(), error = %message, "endpoint failed");
+                failed.push((ep.url(), message, kind));
             }
             Err(err) => return Err(err),
         }
     }
-    Err(last.unwrap_or_else(|| Error::Registry {
-        reference: name,
-        message: "no registry host configured for pulling it".into(),
-        kind: Kind::FailedPrecondition,
-    }))
+    Err(endpoints_failed(name, failed))
+}
+
+/// The error of a pull that no endpoint served: the last endpoint's kind,
+/// every endpoint's message.
+fn endpoints_failed(reference: String, mut failed: Vec<(String, String, Kind)>) -> Error {
+    let Some((_, _, kind)) = failed.last() else {
+        return Error::Registry {
+            reference,
+            message: "no registry host configured for pulling it".into(),
+            kind: Kind::FailedPrecondition,
+        };
+    };
+    let kind = *kind;
+    let message = if failed.len() == 1 {
+        failed.remove(0).1
+    } else {
+        failed
+            .iter()
+            .map(|(url, message, _)| format!("{url}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    Error::Registry {
+        reference,
+        message,
+        kind,
+    }
 }
 
 async fn pull_from(

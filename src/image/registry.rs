@@ -6,7 +6,18 @@
 //! (`pull`, `resolve`), `skip_verify` and `ca` (a path or a list).
 //!
 //! A registry on loopback (localhost, 127.0.0.0/8, [::1]) without a config
-//! is tried over HTTPS and then plain HTTP, as containerd does.
+//! is tried over HTTPS and then plain HTTP, as containerd does; connecting
+//! to loopback (TCP and the TLS handshake) is bounded at
+//! [`LOOPBACK_CONNECT_TIMEOUT`], so a port that never answers the handshake
+//! sends the pull on to plain HTTP within seconds.
+//!
+//! `ca` certificates are trusted in addition to the system's roots, for
+//! that host only (rustls: a certificate that is its own CA with
+//! basicConstraints CA:TRUE is refused as a server's certificate even
+//! when listed there; the error says so); `skip_verify` accepts any
+//! certificate. A `client`
+//! certificate is refused with an error (not supported: oci-client, which
+//! fetches the blobs, cannot present one).
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -16,6 +27,11 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 
 use super::Error;
 use super::reference::DOCKER_HUB;
+
+/// The bound on connecting (TCP and TLS handshake) to a loopback registry.
+pub const LOOPBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The bound on connecting to any other registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One place to fetch from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +111,7 @@ impl Endpoint {
             platform_resolver: None,
             // No read timeout here: the pull's own progress timeout
             // covers every request and every chunk, and says so.
-            connect_timeout: Some(Duration::from_secs(30)),
+            connect_timeout: Some(self.connect_timeout()),
             user_agent: concat!("crius/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
@@ -115,6 +131,14 @@ fn install_crypto_provider() {
 }
 
 impl Endpoint {
+    fn connect_timeout(&self) -> Duration {
+        if is_loopback(&self.host) {
+            LOOPBACK_CONNECT_TIMEOUT
+        } else {
+            CONNECT_TIMEOUT
+        }
+    }
+
     fn ca_pems(&self) -> Result<Vec<Vec<u8>>, Error> {
         self.ca
             .iter()
@@ -142,11 +166,21 @@ impl Endpoint {
         reqwest::Client::builder()
             .danger_accept_invalid_certs(self.skip_verify)
             .tls_certs_merge(certs)
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(self.connect_timeout())
             .user_agent(concat!("crius/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| internal(format!("create client: {}", crate::error::chain(&e))))
     }
+}
+
+/// What to do about a TLS failure that rustls names in `message`, where
+/// the fix is not obvious from its name.
+pub fn tls_hint(message: &str) -> Option<&'static str> {
+    message.contains("CaUsedAsEndEntity").then_some(
+        "the registry presents a CA certificate (basicConstraints CA:TRUE) as its own, \
+         which is refused even when listed in `ca`: serve a certificate signed by that CA, \
+         or one without CA:TRUE, or set skip_verify",
+    )
 }
 
 /// Whether `host[:port]` is a loopback address.
@@ -253,6 +287,11 @@ fn apply_settings(ep: &mut Endpoint, t: &toml::Table, path: &Path) -> Result<(),
             .as_bool()
             .ok_or_else(|| bad("`skip_verify` must be a boolean".into()))?;
     }
+    if t.contains_key("client") {
+        return Err(bad(
+            "`client` certificates are not supported (crius cannot present one)".into(),
+        ));
+    }
     if let Some(ca) = t.get("ca") {
         let list: Vec<&toml::Value> = match ca {
             toml::Value::Array(a) => a.iter().collect(),
@@ -291,6 +330,19 @@ mod tests {
         for h in ["docker.io", "10.0.0.1:5000", "[::2]:1", "localhost.example"] {
             assert!(!is_loopback(h), "{h}");
         }
+    }
+
+    #[test]
+    fn loopback_connects_are_bounded_short() {
+        let eps = default_endpoints("127.0.0.1:5000");
+        assert!(
+            eps.iter()
+                .all(|e| e.connect_timeout() == LOOPBACK_CONNECT_TIMEOUT)
+        );
+        assert_eq!(
+            default_endpoints("reg.example")[0].connect_timeout(),
+            CONNECT_TIMEOUT
+        );
     }
 
     #[test]
@@ -345,6 +397,17 @@ ca = "ca.pem"
             .map(Endpoint::url)
             .collect();
         assert_eq!(urls, ["http://m:1", "https://other.io"]);
+
+        std::fs::write(
+            fallback.join("hosts.toml"),
+            "[host.\"https://m:1\"]\nclient = [\"c.pem\", \"c.key\"]\n",
+        )
+        .unwrap();
+        let err = endpoints(dir.path(), "other.io").unwrap_err().to_string();
+        assert!(
+            err.contains("`client` certificates are not supported"),
+            "{err}"
+        );
 
         std::fs::write(fallback.join("hosts.toml"), "[host.\"http://m:1/x\"]\n").unwrap();
         let err = endpoints(dir.path(), "other.io").unwrap_err().to_string();

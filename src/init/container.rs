@@ -11,9 +11,12 @@
 //! exits.
 //!
 //! Stage 2 (the container's init): its own session, the rootfs plan
-//! ([`super::rootfs`]), the working directory, the process settings
+//! ([`super::rootfs`]), the pod's user namespace if it has one (joined
+//! last: the mounts, idmapped ones included, are made from the host's, so
+//! the container's mount namespace, and a PID or cgroup namespace of its
+//! own, belong to the host's user namespace), the working directory, the process settings
 //! ([`super::setup::finalize`]), `ready`, then it blocks until `start` and
-//! execs the entrypoint. Any failure is reported as `error <step>\t<why>`
+//! execs the entrypoint. Any failure is reported as a failed [`Step`]
 //! and ends the process, whose mount namespace takes every mount with it.
 
 use std::os::fd::OwnedFd;
@@ -24,6 +27,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::setup::{self, Stdio, Sync};
 use crate::init::rootfs::{self, Overlay};
+use crate::monitor::sync::{Message, Step};
 use crate::sys::ns::{self, Kind};
 use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
@@ -39,8 +43,9 @@ pub struct Init<'a> {
     pub cgroup_procs: &'a [PathBuf],
 }
 
-/// The kind of an OCI namespace entry (user and time namespaces are not
-/// used by crius).
+/// The kind of an OCI namespace entry joined or created in stage 1 (the
+/// user namespace is joined by stage 2, after its mounts; crius does not
+/// use time namespaces).
 fn kind(t: LinuxNamespaceType) -> Option<Kind> {
     Some(match t {
         LinuxNamespaceType::Network => Kind::Net,
@@ -81,27 +86,24 @@ pub fn run(one: SingleThreaded, init: &Init, stdio: Stdio, sync: OwnedFd) -> ! {
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     if let Err(e) = setup::join_cgroup(init.cgroup_procs) {
-        sync.fail("join cgroup", &e);
+        sync.fail(Step::JoinCgroup, &e);
     }
     let (join, new) = namespaces(init.spec);
     if let Err(e) = ns::join(&join) {
-        sync.fail("join namespaces", &crate::error::chain(&e));
+        sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
     }
     match fork_into(one, new | CloneFlags::CLONE_PARENT) {
         Ok(Forked::Child) => stage2(init, tty, sync),
         Ok(Forked::Parent(pid)) => {
-            sync.send(&format!("pid {pid}"));
+            sync.send(&Message::Pid(pid.as_raw()));
             exit_immediately(0)
         }
-        Err(e) => sync.fail("create namespaces", &crate::error::chain(&e)),
+        Err(e) => sync.fail(Step::CreateNamespaces, &crate::error::chain(&e)),
     }
 }
 
 fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
     let _ = nix::unistd::setsid();
-    if tty && let Err(e) = setup::controlling_tty() {
-        sync.fail("terminal", &e);
-    }
     // Device nodes get exactly the modes asked for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let root = init
@@ -113,16 +115,38 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
     let is_dir = |p: &Path| p.is_dir() || !p.exists();
     let steps = match rootfs::plan(init.spec, init.overlay, init.volumes, &is_dir) {
         Ok(s) => s,
-        Err(e) => sync.fail("rootfs plan", &e.to_string()),
+        Err(e) => sync.fail(Step::RootfsPlan, &e.to_string()),
     };
-    if let Err(e) = super::rootfs::apply::execute(&root, &steps) {
-        sync.fail(&e.step, &e.message);
+    // The pod's user namespace, opened now (its pin is a host path) and
+    // joined once the mounts are done: making idmapped mounts needs the
+    // host's user namespace.
+    let userns = match rootfs::in_user_namespace(init.spec) {
+        Some(pin) => match std::fs::File::open(&pin) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => sync.fail(
+                Step::JoinUserNamespace,
+                &format!("open {}: {e}", pin.display()),
+            ),
+        },
+        None => None,
+    };
+    if let Err(e) = super::rootfs::apply::execute(&root, &steps, userns.as_ref()) {
+        sync.fail(e.step, &e.message);
+    }
+    if let Some(fd) = &userns
+        && let Err(e) = setup::join_user_namespace(fd)
+    {
+        sync.fail(Step::JoinUserNamespace, &e);
+    }
+    // After pivot_root: the terminal comes from the container's own devpts.
+    if tty && let Err(e) = setup::terminal(&mut sync) {
+        sync.fail(Step::Terminal, &e);
     }
     let Some(process) = init.spec.process() else {
-        sync.fail("exec", "the spec has no process")
+        sync.fail(Step::Exec, "the spec has no process")
     };
     if let Err(e) = setup::enter_cwd(process.cwd(), true) {
-        sync.fail("cwd", &e);
+        sync.fail(Step::Cwd, &e);
     }
     let args = process.args().clone().unwrap_or_default();
     let exec = match setup::finalize(
@@ -136,9 +160,12 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         Ok(e) => e,
         Err((step, e)) => sync.fail(step, &e),
     };
-    sync.send("ready");
+    sync.send(&Message::Ready);
     sync.wait_start();
     let err = setup::exec(&exec);
-    sync.send(&format!("error exec\t{err}"));
+    sync.send(&Message::Failed {
+        step: Step::Exec,
+        message: err,
+    });
     exit_immediately(127)
 }

@@ -1,7 +1,7 @@
 //! A process executed in a running container (ExecSync, Exec), forked by
 //! the monitor: stage 1 joins the container's cgroup (a cgroup is not a
 //! namespace) and its namespaces through its init's /proc/PID/ns files,
-//! mount namespace last; the PID namespace needs a new process, so it
+//! mount namespace last but for the pod's user namespace (if it has one); the PID namespace needs a new process, so it
 //! clones stage 2 with CLONE_PARENT (the monitor reaps it), reports its
 //! pid and exits. Stage 2 starts its own session and process group (a
 //! timeout kills the whole group), enters the container's working
@@ -15,6 +15,7 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 
 use super::setup::{self, Stdio, Sync};
+use crate::monitor::sync::{Message, Step};
 use crate::sys::ns::{self, Kind};
 use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
@@ -50,32 +51,45 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
-        sync.fail("join cgroup", &e);
+        sync.fail(Step::JoinCgroup, &e);
     }
-    let list: Vec<(PathBuf, Kind)> = JOINED
+    let mut list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
         .map(|&kind| (kind.proc_path(exec.init_pid), kind))
         .collect();
+    // The pod's user namespace last (the others belong to the host's or
+    // are joined with the host's privileges), when it is not ours.
+    let user = Kind::User.proc_path(exec.init_pid);
+    let own = ns::inode(std::path::Path::new("/proc/self/ns/user")).ok();
+    let in_userns = ns::inode(&user).ok() != own;
+    if in_userns {
+        list.push((user, Kind::User));
+    }
     if let Err(e) = ns::join(&list) {
-        sync.fail("join namespaces", &crate::error::chain(&e));
+        sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
+    }
+    if in_userns && let Err(e) = crate::sys::process::become_root_in_user_namespace() {
+        sync.fail(Step::JoinUserNamespace, &e.to_string());
     }
     match fork_into(one, CloneFlags::CLONE_PARENT) {
         Ok(Forked::Child) => stage2(exec, tty, sync),
         Ok(Forked::Parent(pid)) => {
-            sync.send(&format!("pid {pid}"));
+            sync.send(&Message::Pid(pid.as_raw()));
             exit_immediately(0)
         }
-        Err(e) => sync.fail("fork", &crate::error::chain(&e)),
+        Err(e) => sync.fail(Step::Fork, &crate::error::chain(&e)),
     }
 }
 
 fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
     let _ = nix::unistd::setsid();
-    if tty && let Err(e) = setup::controlling_tty() {
-        sync.fail("terminal", &e);
+    // The terminal comes from the container's devpts: the mount namespace
+    // joined above is the container's.
+    if tty && let Err(e) = setup::terminal(&mut sync) {
+        sync.fail(Step::Terminal, &e);
     }
     if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {
-        sync.fail("cwd", &e);
+        sync.fail(Step::Cwd, &e);
     }
     let prepared = match setup::finalize(
         exec.process,
@@ -89,6 +103,9 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
         Err((step, e)) => sync.fail(step, &e),
     };
     let err = setup::exec(&prepared);
-    sync.send(&format!("error exec\t{err}"));
+    sync.send(&Message::Failed {
+        step: Step::Exec,
+        message: err,
+    });
     exit_immediately(127)
 }

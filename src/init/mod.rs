@@ -3,8 +3,9 @@
 //! process setup they share ([`setup`]), the rootfs plan and its executor
 //! ([`rootfs`]), user resolution ([`user`]) and the pod init ([`pod`]).
 //!
-//! Runs only in single-threaded processes forked from the monitor.
-#![allow(unsafe_code)]
+//! Runs only in single-threaded processes forked from the monitor. Its
+//! system calls go through [`crate::sys`]; the one `unsafe` here is the
+//! pod init's claim to be single-threaded.
 
 pub mod container;
 pub mod exec;

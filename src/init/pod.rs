@@ -32,6 +32,7 @@ const SCRATCH: &str = "/proc";
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never
 /// missed: its signal stays pending for `sigwait`.
+#[allow(unsafe_code)]
 pub fn run() -> ! {
     // SAFETY: the pod init is a program of its own (crius-pod-init) whose
     // main calls this first; it never starts a thread.
@@ -56,6 +57,29 @@ pub fn run() -> ! {
         }
         let _ = chld.wait();
     }
+}
+
+/// `want` if the id map (/proc/self/uid_map or gid_map text) maps it, else
+/// the highest id it maps (a pod's user namespace may hold fewer than
+/// 65536 ids); `want` when the text cannot be read.
+fn unprivileged_id(map: &str, want: u32) -> u32 {
+    let mut highest = None;
+    for line in map.lines() {
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let [inside, _, len] = v[..] else { continue };
+        if len == 0 {
+            continue;
+        }
+        if (inside..inside + len).contains(&u64::from(want)) {
+            return want;
+        }
+        let top = inside + len - 1;
+        highest = Some(highest.map_or(top, |h: u64| h.max(top)));
+    }
+    highest.map_or(want, |h| u32::try_from(h).unwrap_or(want))
 }
 
 /// Gives up the host's view and every privilege (see the module doc), in
@@ -103,11 +127,27 @@ pub fn isolate() -> Result<(), String> {
     // 4. Unprivileged ids: setuid away from 0 clears the permitted,
     //    effective and ambient sets.
     nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-    let (gid, uid) = (Gid::from_raw(GID), Uid::from_raw(UID));
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid {GID}: {e}"))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid {UID}: {e}"))?;
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let gid = unprivileged_id(&read("/proc/self/gid_map"), GID);
+    let uid = unprivileged_id(&read("/proc/self/uid_map"), UID);
+    let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
+    nix::unistd::setresgid(g, g, g).map_err(|e| format!("setresgid {gid}: {e}"))?;
+    nix::unistd::setresuid(u, u, u).map_err(|e| format!("setresuid {uid}: {e}"))?;
     // 5. Nothing gained by exec, nothing readable through ptrace or /proc.
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("non-dumpable: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unprivileged_id;
+
+    #[test]
+    fn the_pod_init_takes_65535_or_the_highest_mapped_id() {
+        assert_eq!(unprivileged_id("0 0 4294967295\n", 65535), 65535);
+        assert_eq!(unprivileged_id("0 100000 65536\n", 65535), 65535);
+        assert_eq!(unprivileged_id("0 100000 1000\n", 65535), 999);
+        assert_eq!(unprivileged_id("", 65535), 65535);
+    }
 }

@@ -10,43 +10,62 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Process;
 
 use crate::init::user::GroupsPolicy;
 use crate::monitor::protocol::SeccompFilter as Filter;
+use crate::monitor::sync::{Message, Step};
 use crate::sys::caps;
-use crate::sys::process::{SingleThreaded, close_fds_from, default_signals, exit_immediately};
+use crate::sys::process::{
+    SingleThreaded, default_signals, exit_immediately, install_fds, set_controlling_tty,
+};
 
 /// The standard streams a container process gets.
 pub struct Stdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    /// stdin is a terminal: it becomes the controlling one.
+    /// The process gets a terminal: the final process opens it from the
+    /// container's devpts ([`terminal`]) and puts it on 0, 1, 2 in place
+    /// of the three above (placeholders then).
     pub tty: bool,
 }
 
 /// The fd number the sync socket has in a forked setup process.
 pub const SYNC_FD: RawFd = 3;
 
-/// The sync socket with the monitor: one line per message, `pid N`,
-/// `ready`, `error <step>\t<message>`; the monitor writes `start`.
+/// The sync socket with the monitor: one [`Message`] per line; the
+/// monitor writes `start`.
 pub struct Sync(std::fs::File);
 
 impl Sync {
-    pub fn send(&mut self, line: &str) {
-        let _ = self.0.write_all(format!("{line}\n").as_bytes());
+    pub fn send(&mut self, message: &Message) {
+        let _ = self.0.write_all(message.encode().as_bytes());
+    }
+
+    /// Sends `message` with `fd` attached (SCM_RIGHTS).
+    fn send_fd(&mut self, message: &Message, fd: &OwnedFd) -> Result<(), String> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let data = message.encode();
+        let n = crate::sys::fds::send_with_fds(self.0.as_fd(), data.as_bytes(), &[fd.as_raw_fd()])
+            .map_err(|e| format!("hand the terminal to the monitor: {e}"))?;
+        self.0
+            .write_all(&data.as_bytes()[n..])
+            .map_err(|e| format!("hand the terminal to the monitor: {e}"))
     }
 
     /// Reports a failed step and ends the process.
-    pub fn fail(&mut self, step: &str, message: &str) -> ! {
-        let message = message.replace(['\n', '\t'], " ");
-        self.send(&format!("error {step}\t{message}"));
+    pub fn fail(&mut self, step: Step, message: &str) -> ! {
+        self.send(&Message::Failed {
+            step,
+            message: message.to_string(),
+        });
         exit_immediately(1)
     }
 
@@ -66,38 +85,37 @@ impl Sync {
 /// the monitor sees EOF once execve succeeded), then closes every other fd
 /// inherited from the monitor (its sockets, other containers' pipes).
 pub fn hand_off_fds(one: SingleThreaded, stdio: Stdio, sync: OwnedFd) -> Sync {
-    // Move everything above the target numbers first, so no dup2 clobbers
-    // a source.
-    let high = |fd: OwnedFd| -> RawFd {
-        let n = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16))
-            .unwrap_or_else(|_| exit_immediately(1));
-        drop(fd);
-        n
+    let fds = vec![stdio.stdin, stdio.stdout, stdio.stderr, sync];
+    let mut fds = install_fds(one, fds).unwrap_or_else(|_| exit_immediately(1));
+    let Some(sync) = fds.pop() else {
+        exit_immediately(1)
     };
-    let fds = [
-        high(stdio.stdin),
-        high(stdio.stdout),
-        high(stdio.stderr),
-        high(sync),
-    ];
-    for (target, fd) in fds.iter().enumerate() {
-        // SAFETY: dup2 onto 0..=3 of fds we own; the old ones at those
-        // numbers are inherited copies nobody else uses in this process.
-        if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
-            exit_immediately(1);
-        }
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    if nix::fcntl::fcntl(&sync, cloexec).is_err() {
+        exit_immediately(1);
     }
-    // SAFETY: F_SETFD on our own fd 3.
-    unsafe { libc::fcntl(SYNC_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-    close_fds_from(one, 4);
-    // SAFETY: fd 3 was just made ours by dup2; the File owns it from here.
-    Sync(unsafe { std::fs::File::from_raw_fd(SYNC_FD) })
+    // 0, 1 and 2 stay open for the program.
+    for fd in fds {
+        let _ = fd.into_raw_fd();
+    }
+    debug_assert_eq!(sync.as_raw_fd(), SYNC_FD);
+    Sync(std::fs::File::from(sync))
 }
 
 /// Marks the process non-dumpable: a process of the container cannot
 /// ptrace it or open its /proc files (runc's escape protections).
 pub fn non_dumpable() {
     let _ = nix::sys::prctl::set_dumpable(false);
+}
+
+/// Joins the user namespace `fd` and takes its ids 0 (ours, the host's
+/// root ids, are not mapped there); the capabilities setns(2) grants in
+/// the namespace are then narrowed by [`finalize`] as anywhere else.
+pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), String> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("setns user: {e}"))?;
+    crate::sys::process::become_root_in_user_namespace()
+        .map_err(|e| format!("take ids 0 in the user namespace: {e}"))
 }
 
 /// Writes our pid into each cgroup.procs file (before joining namespaces:
@@ -130,24 +148,24 @@ pub fn enter_cwd(cwd: &Path, create: bool) -> Result<(), String> {
     }
 }
 
-fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+fn rlimit_resource(name: &str) -> Option<Resource> {
     Some(match name {
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+        "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+        "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+        "RLIMIT_RSS" => Resource::RLIMIT_RSS,
+        "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => Resource::RLIMIT_AS,
+        "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
         _ => return None,
     })
 }
@@ -156,14 +174,7 @@ fn rlimits(process: &Process) -> Result<(), String> {
     for r in process.rlimits().as_deref().unwrap_or_default() {
         let name = r.typ().to_string();
         let res = rlimit_resource(&name).ok_or_else(|| format!("unknown rlimit {name}"))?;
-        let lim = libc::rlimit {
-            rlim_cur: r.soft(),
-            rlim_max: r.hard(),
-        };
-        // SAFETY: setrlimit reads one rlimit struct that lives across the call.
-        if unsafe { libc::setrlimit(res, &lim) } != 0 {
-            return Err(format!("setrlimit {name}: {}", nix::Error::last()));
-        }
+        setrlimit(res, r.soft(), r.hard()).map_err(|e| format!("setrlimit {name}: {e}"))?;
     }
     Ok(())
 }
@@ -257,68 +268,82 @@ pub fn finalize(
     user: &str,
     groups: GroupsPolicy,
     seccomp: Option<&Filter>,
-) -> Result<Exec, (&'static str, String)> {
-    rlimits(process).map_err(|e| ("rlimits", e))?;
-    oom_score_adj(process).map_err(|e| ("oom_score_adj", e))?;
+) -> Result<Exec, (Step, String)> {
+    rlimits(process).map_err(|e| (Step::Rlimits, e))?;
+    oom_score_adj(process).map_err(|e| (Step::OomScoreAdj, e))?;
     let supplemental = process.user().additional_gids().clone().unwrap_or_default();
     let id = crate::init::user::resolve(Path::new("/"), user, &supplemental, groups)
-        .map_err(|e| ("user", e.to_string()))?;
+        .map_err(|e| (Step::User, e.to_string()))?;
     if let Some(profile) = process.apparmor_profile() {
-        apparmor_on_exec(profile).map_err(|e| ("apparmor", e))?;
+        apparmor_on_exec(profile).map_err(|e| (Step::AppArmor, e))?;
     }
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
     if no_new_privs {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
+        nix::sys::prctl::set_no_new_privs().map_err(|e| (Step::NoNewPrivs, e.to_string()))?;
     }
     if let Some(f) = seccomp.filter(|_| !no_new_privs) {
         crate::sys::seccomp::load(&f.program, f.flags)
-            .map_err(|e| ("seccomp", crate::error::chain(&e)))?;
+            .map_err(|e| (Step::Seccomp, crate::error::chain(&e)))?;
     }
     let sets = caps::Sets::from_spec(process.capabilities().as_ref());
-    caps::apply_bounding(sets.bounding).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
-    caps::keep_caps(true).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+    caps::apply_bounding(sets.bounding)
+        .map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+    caps::keep_caps(true).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
     let groups: Vec<nix::unistd::Gid> = id
         .additional_gids
         .iter()
         .map(|&g| nix::unistd::Gid::from_raw(g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| ("user", format!("setgroups: {e}")))?;
+    nix::unistd::setgroups(&groups).map_err(|e| (Step::User, format!("setgroups: {e}")))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid))
-        .map_err(|e| ("user", format!("setgid {}: {e}", id.gid)))?;
+        .map_err(|e| (Step::User, format!("setgid {}: {e}", id.gid)))?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid))
-        .map_err(|e| ("user", format!("setuid {}: {e}", id.uid)))?;
-    caps::keep_caps(false).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
-    caps::apply(&sets).map_err(|e| ("capabilities", crate::error::chain(&e)))?;
+        .map_err(|e| (Step::User, format!("setuid {}: {e}", id.uid)))?;
+    caps::keep_caps(false).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+    caps::apply(&sets).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
 
     let mut env: Vec<Vec<u8>> = env.to_vec();
     if !env.iter().any(|e| e.starts_with(b"HOME=")) {
         env.push(format!("HOME={}", id.home).into_bytes());
     }
-    let first = args.first().ok_or(("exec", "no command".to_string()))?;
-    let path = look_path(first, &env).map_err(|e| ("exec", e))?;
+    let first = args.first().ok_or((Step::Exec, "no command".to_string()))?;
+    let path = look_path(first, &env).map_err(|e| (Step::Exec, e))?;
     Ok(Exec {
-        path: cstring(path.as_os_str().as_bytes(), "the command").map_err(|e| ("exec", e))?,
+        path: cstring(path.as_os_str().as_bytes(), "the command").map_err(|e| (Step::Exec, e))?,
         args: args
             .iter()
             .map(|a| cstring(a.as_bytes(), "an argument"))
             .collect::<Result<_, _>>()
-            .map_err(|e| ("exec", e))?,
+            .map_err(|e| (Step::Exec, e))?,
         env: env
             .iter()
             .map(|e| cstring(e, "the environment"))
             .collect::<Result<_, _>>()
-            .map_err(|e| ("exec", e))?,
+            .map_err(|e| (Step::Exec, e))?,
         late_seccomp: seccomp.filter(|_| no_new_privs).cloned(),
     })
 }
 
+/// The process's terminal, from the devpts instance of the mount namespace
+/// it is in (the container's, never the host's): the master goes to the
+/// monitor over the sync socket (line `pty`), the slave becomes stdin,
+/// stdout, stderr and the controlling terminal of the (new) session.
+pub fn terminal(sync: &mut Sync) -> Result<(), String> {
+    let pty =
+        crate::sys::pty::open(Path::new("/dev/pts/ptmx")).map_err(|e| crate::error::chain(&e))?;
+    sync.send_fd(&Message::Pty, &pty.master)?;
+    drop(pty.master);
+    nix::unistd::dup2_stdin(&pty.slave)
+        .and_then(|()| nix::unistd::dup2_stdout(&pty.slave))
+        .and_then(|()| nix::unistd::dup2_stderr(&pty.slave))
+        .map_err(|e| format!("terminal onto stdio: {e}"))?;
+    drop(pty.slave);
+    controlling_tty()
+}
+
 /// Makes stdin the controlling terminal of the (new) session.
-pub fn controlling_tty() -> Result<(), String> {
-    // SAFETY: TIOCSCTTY on fd 0 takes an int argument, no pointer.
-    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-        return Err(format!("TIOCSCTTY: {}", nix::Error::last()));
-    }
-    Ok(())
+fn controlling_tty() -> Result<(), String> {
+    set_controlling_tty(std::io::stdin().as_fd()).map_err(|e| crate::error::chain(&e))
 }
 
 /// Restores what the monitor changed and a program expects at its start

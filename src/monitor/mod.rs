@@ -2,7 +2,8 @@
 //! program of its own (no tokio; src/bin/crius-monitor.rs) that owns a
 //! pod's processes. [`protocol`] is what the daemon and the monitor say to
 //! each other, [`client`] the daemon's side (tokio), [`process`] the
-//! monitor's.
+//! monitor's; [`sync`] what a forked setup process tells the monitor and
+//! the steps a failure names.
 //!
 //! It starts a new session (setsid), ignores SIGINT and SIGHUP and is a
 //! child subreaper, so it outlives `crius serve` (restarts, Ctrl-C, a kill
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod process;
 pub mod protocol;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 
@@ -32,8 +34,14 @@ pub struct Spec {
     pub pod_id: String,
     /// `<state>/ns`: the shared mount holding every pod's pins.
     pub ns_root: PathBuf,
-    /// Namespaces to create and pin (net, ipc, uts); the others are the host's.
+    /// Namespaces to create and pin (user, net, ipc, uts); the others are
+    /// the host's. With a user namespace every other one is created inside
+    /// it.
     pub namespaces: Vec<Kind>,
+    /// The mappings of the pod's user namespace (when `namespaces` holds
+    /// one), written by the monitor before the namespace child goes on.
+    #[serde(default)]
+    pub user: Option<crate::sys::ns::UserMaps>,
     /// Fork a pod init as PID 1 of a new PID namespace (PID mode POD).
     pub pid_namespace: bool,
     /// Set in the new UTS namespace.

@@ -15,14 +15,18 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use crate::init::rootfs::{ImageVolume, Overlay};
+use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// The version this build speaks (2: containers and execs; 3: a container
 /// launch carries its seccomp filter and groups policy, which a version 2
 /// monitor would silently ignore; 4: image volumes and recursive read-only
 /// binds, which a version 3 monitor would silently skip or make plain
-/// read-only).
-pub const VERSION: u32 = 4;
+/// read-only; 5: attach and resize of a container's own stdio, terminals
+/// from the container's devpts).
+pub const VERSION: u32 = 5;
+/// The first version that serves `attach_container`.
+pub const ATTACH_VERSION: u32 = 5;
 /// The first version that applies a launch's seccomp filter and groups
 /// policy.
 pub const SECURITY_VERSION: u32 = 3;
@@ -85,6 +89,41 @@ pub enum Request<'a> {
         id: String,
         signal: i32,
     },
+    /// Attaches a client to a running container's stdio. Replies
+    /// `Attached` with pipes attached (SCM_RIGHTS): the end pipe (one
+    /// byte, [`AttachEnd`], then EOF when the attachment ends; closing it
+    /// detaches), stdout (the terminal's output with a tty), stderr (no
+    /// tty only), stdin (when asked and the container has one).
+    AttachContainer {
+        id: String,
+        stdin: bool,
+    },
+    /// Sets the terminal size of a tty container.
+    ResizeContainer {
+        id: String,
+        width: u16,
+        height: u16,
+    },
+}
+
+/// Why an attachment ended: the byte written on its end pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AttachEnd {
+    /// The container exited (or was removed).
+    Exited = 0,
+    /// The reader fell a full pipe behind and was cut off.
+    TooSlow = 1,
+}
+
+impl AttachEnd {
+    pub fn from_byte(b: u8) -> Option<AttachEnd> {
+        match b {
+            0 => Some(AttachEnd::Exited),
+            1 => Some(AttachEnd::TooSlow),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,9 +144,9 @@ pub enum Reply {
         message: String,
     },
     /// A container or exec request failed; `step` names what broke
-    /// ("mount /data", "exec", "user", "unknown container", ...).
+    /// (on the wire its name: "mount /data", "exec", "unknown container").
     Failed {
-        step: String,
+        step: Step,
         message: String,
     },
     Created {
@@ -121,6 +160,14 @@ pub enum Reply {
         /// How many fds ride with this line: stdin (if asked), stdout,
         /// stderr (if no tty), in that order.
         fds: usize,
+    },
+    Attached {
+        /// How many fds ride with this line (see `AttachContainer`).
+        fds: usize,
+        /// Whether a stdin pipe is among them.
+        stdin: bool,
+        /// Whether the container has a terminal (then no stderr pipe).
+        tty: bool,
     },
 }
 
@@ -237,10 +284,36 @@ pub enum SetupReply {
         init: Option<ProcRef>,
     },
     Failed {
-        /// The setup step that failed, e.g. "apply sysctls".
-        step: String,
+        /// The setup step that failed (on the wire its name, e.g. "apply sysctls").
+        step: Step,
         message: String,
     },
+}
+
+/// What `crius-monitor --probe-userns <dir>` found (one JSON line on its
+/// stdout): each probe needs the one before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernsProbe {
+    /// A user namespace can be created and mapped.
+    pub user_namespaces: bool,
+    /// A mount of the probed dir's filesystem can be idmapped.
+    pub idmapped_mounts: bool,
+    /// overlayfs stacks an idmapped lower layer (Linux >= 5.19).
+    pub overlay_idmapped: bool,
+    /// Why the first probe that failed did.
+    pub message: String,
+}
+
+impl UsernsProbe {
+    /// Pods with their own user namespace can run.
+    pub fn supported(&self) -> bool {
+        self.user_namespaces && self.idmapped_mounts && self.overlay_idmapped
+    }
+
+    pub fn failed(mut self, message: String) -> UsernsProbe {
+        self.message = message;
+        self
+    }
 }
 
 /// Whether a daemon of this build can drive a monitor speaking `version`.

@@ -171,7 +171,7 @@ impl Pods {
         let mspec = self.monitor_spec(rec);
         let started = self.engine.start(&rec.dir, &mspec).await.map_err(|e| {
             let name = match &e {
-                super::engine::Error::Step { step, .. } => step.clone(),
+                super::engine::Error::Step { step, .. } => step.to_string(),
                 _ => "start pod monitor".into(),
             };
             step(&name)(e)
@@ -234,7 +234,10 @@ impl Pods {
 
     fn monitor_spec(&self, rec: &PodRecord) -> monitor::Spec {
         let spec = &rec.spec;
+        // The user namespace first: the others are created inside it.
+        let user = spec.namespaces.user.map(|_| rec.dir.ns(Ns::User));
         let namespaces = [
+            (Ns::User, &user),
             (Ns::Net, &rec.netns),
             (Ns::Ipc, &rec.ipcns),
             (Ns::Uts, &rec.utsns),
@@ -247,6 +250,7 @@ impl Pods {
             pod_id: rec.id.clone(),
             ns_root: self.settings.state.join("ns"),
             namespaces,
+            user: spec.namespaces.user,
             pid_namespace: spec.pod_pid_namespace(),
             hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             sysctls: spec

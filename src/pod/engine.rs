@@ -11,6 +11,7 @@
 use crate::error::{Classify, Kind};
 use crate::monitor::PodDir;
 pub use crate::monitor::Spec;
+pub use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// A started pod: its monitor and, in PID mode POD, its init.
@@ -26,7 +27,7 @@ pub enum Error {
     /// sysctls", "pin namespaces").
     #[error("{step}: {message}")]
     Step {
-        step: String,
+        step: Step,
         message: String,
         kind: Kind,
     },

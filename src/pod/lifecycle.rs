@@ -157,7 +157,12 @@ impl Pods {
                 );
             }
         }
-        for pin in [&rec.netns, &rec.ipcns, &rec.utsns].into_iter().flatten() {
+        // The user namespace last: it owns the others.
+        let userns = rec.spec.namespaces.user.map(|_| rec.dir.ns(ns::Kind::User));
+        for pin in [&rec.netns, &rec.ipcns, &rec.utsns, &userns]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = ns::unpin(&m, pin) {
                 tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "unpin namespace");
             }

@@ -93,7 +93,7 @@ pub async fn start(pods: &Arc<Pods>) -> Result<(), Error> {
 
 /// After a reboot the pins are plain files and nothing is mounted.
 fn release_stale(dir: &PodDir) {
-    for kind in [ns::Kind::Net, ns::Kind::Ipc, ns::Kind::Uts] {
+    for kind in [ns::Kind::Net, ns::Kind::Ipc, ns::Kind::Uts, ns::Kind::User] {
         let _ = ns::unpin(&Host, &dir.ns(kind));
     }
     let _ = std::fs::remove_dir(&dir.ns_dir);

@@ -30,8 +30,81 @@ pub struct NamespaceOptions {
     pub pid: NamespaceMode,
     pub ipc: NamespaceMode,
     pub target_id: String,
-    /// A user namespace was asked for (not supported yet).
-    pub user_namespace: bool,
+    /// The pod's own user namespace (CRI userns_options mode POD);
+    /// `None`: the host's (mode NODE, or no options).
+    #[serde(default)]
+    pub user: Option<UserNamespace>,
+}
+
+pub use crate::sys::ns::{IdMap, UserMaps as UserNamespace};
+
+impl UserNamespace {
+    /// What a CRI UserNamespace asks for, checked as containerd does:
+    /// NODE is the host's user namespace and takes no mappings; POD takes
+    /// exactly one uid and one gid mapping, each mapping container id 0 to
+    /// a host range that neither holds host id 0 (container root would be
+    /// host root) nor runs past the last valid id; CONTAINER and TARGET
+    /// are refused. The error names the field.
+    pub fn from_request(
+        mode: NamespaceMode,
+        uids: &[IdMap],
+        gids: &[IdMap],
+    ) -> Result<Option<UserNamespace>, String> {
+        match mode {
+            NamespaceMode::Node => {
+                if !uids.is_empty() || !gids.is_empty() {
+                    return Err(
+                        "userns_options: mode NODE (the host's user namespace) takes no uids or gids"
+                            .into(),
+                    );
+                }
+                Ok(None)
+            }
+            NamespaceMode::Container | NamespaceMode::Target => Err(format!(
+                "userns_options: mode {} is not supported: a user namespace is the pod's (POD) or the host's (NODE)",
+                if mode == NamespaceMode::Container {
+                    "CONTAINER"
+                } else {
+                    "TARGET"
+                }
+            )),
+            NamespaceMode::Pod => Ok(Some(UserNamespace {
+                uid: one_mapping("uids", uids)?,
+                gid: one_mapping("gids", gids)?,
+            })),
+        }
+    }
+}
+
+fn one_mapping(field: &str, maps: &[IdMap]) -> Result<IdMap, String> {
+    let [m] = maps else {
+        return Err(format!(
+            "userns_options.{field}: exactly one mapping is supported, got {}",
+            maps.len()
+        ));
+    };
+    if m.container_id != 0 {
+        return Err(format!(
+            "userns_options.{field}: the mapping must start at container id 0 (got {}): container root must be mapped",
+            m.container_id
+        ));
+    }
+    if m.length == 0 {
+        return Err(format!("userns_options.{field}: the mapping has length 0"));
+    }
+    if m.host_id == 0 {
+        return Err(format!(
+            "userns_options.{field}: host id 0 is mapped: container root would be host root"
+        ));
+    }
+    // (uid_t)-1 is no id; the range must end before it.
+    if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
+        return Err(format!(
+            "userns_options.{field}: host range {}+{} runs past the last valid id",
+            m.host_id, m.length
+        ));
+    }
+    Ok(*m)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,8 +242,18 @@ impl PodSpec {
         if ns.pid == NamespaceMode::Target {
             return invalid("a pod's pid namespace mode cannot be TARGET".into());
         }
-        if ns.user_namespace {
-            return invalid("user namespaces are not supported by crius yet".into());
+        if ns.user.is_some() {
+            for (host, what) in [
+                (self.host_network(), "hostNetwork"),
+                (self.host_ipc(), "hostIPC"),
+                (ns.pid == NamespaceMode::Node, "hostPID"),
+            ] {
+                if host {
+                    return invalid(format!(
+                        "a pod with its own user namespace cannot use {what}: the host's namespace belongs to the host's user namespace"
+                    ));
+                }
+            }
         }
         for p in &self.port_mappings {
             if !(1..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
@@ -307,5 +390,58 @@ mod tests {
         let mut s = spec();
         s.name.clear();
         assert!(s.validate().is_err());
+    }
+
+    fn map(container_id: u32, host_id: u32, length: u32) -> IdMap {
+        IdMap {
+            container_id,
+            host_id,
+            length,
+        }
+    }
+
+    #[test]
+    fn user_namespace_requests() {
+        use NamespaceMode as M;
+        let one = [map(0, 65536, 65536)];
+        let ns = UserNamespace::from_request(M::Pod, &one, &one)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ns.uid, one[0]);
+        assert_eq!(UserNamespace::from_request(M::Node, &[], &[]), Ok(None));
+        let refused = |mode, uids: &[IdMap], gids: &[IdMap], says: &str| {
+            let e = UserNamespace::from_request(mode, uids, gids).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(M::Node, &one, &[], "takes no uids");
+        refused(M::Container, &[], &[], "CONTAINER");
+        refused(M::Target, &[], &[], "TARGET");
+        let two = [map(0, 1000, 100000), map(0, 2000, 100000)];
+        refused(M::Pod, &two, &two, "uids: exactly one mapping");
+        refused(
+            M::Pod,
+            &one,
+            &[],
+            "gids: exactly one mapping is supported, got 0",
+        );
+        refused(M::Pod, &[map(1, 1000, 10)], &one, "container id 0");
+        refused(M::Pod, &[map(0, 1000, 0)], &one, "length 0");
+        refused(M::Pod, &one, &[map(0, 0, 65536)], "host root");
+        refused(M::Pod, &[map(0, u32::MAX - 10, 11)], &one, "last valid id");
+        UserNamespace::from_request(M::Pod, &[map(0, u32::MAX - 10, 10)], &one).unwrap();
+
+        let mut s = spec();
+        s.namespaces.user = Some(ns);
+        s.validate().unwrap();
+        for host in ["network", "ipc", "pid"] {
+            let mut s = s.clone();
+            match host {
+                "network" => s.namespaces.network = M::Node,
+                "ipc" => s.namespaces.ipc = M::Node,
+                _ => s.namespaces.pid = M::Node,
+            }
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains("own user namespace"), "{host}: {e}");
+        }
     }
 }

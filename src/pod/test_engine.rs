@@ -12,13 +12,14 @@ use super::engine::{self, Engine, Spec, Started};
 use super::*;
 use crate::error::Kind;
 use crate::monitor::PodDir;
+use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 #[derive(Default)]
 pub(super) struct Fake {
     calls: Mutex<Vec<String>>,
     /// When set, start fails at this step with this kind.
-    pub(super) fail_start: Mutex<Option<(String, Kind)>>,
+    pub(super) fail_start: Mutex<Option<(Step, Kind)>>,
     /// When set, start waits for it (a slow monitor, a caller that gives up).
     pub(super) gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// The running monitors, by pod id.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::test_engine::env;
 use super::*;
 use crate::error::Classify;
+use crate::monitor::sync::Step;
 
 fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> Kind {
     r.expect_err("an error").kind()
@@ -78,7 +79,7 @@ async fn run_stop_remove() {
 #[tokio::test]
 async fn a_failed_monitor_step_is_named_and_leaves_nothing() {
     let e = env(Duration::from_secs(600));
-    *e.fake.fail_start.lock().unwrap() = Some(("apply sysctls".into(), Kind::InvalidArgument));
+    *e.fake.fail_start.lock().unwrap() = Some((Step::ApplySysctls, Kind::InvalidArgument));
     let err = e
         .pods
         .run(e.spec("a", false), String::new())

@@ -164,6 +164,10 @@ pub trait Control: Send + Sync {
     /// The client went away: end the process (exec: SIGKILL to its process
     /// group; attach: detach only).
     async fn abandon(&self);
+    /// Sets the size of a terminal the daemon does not hold (an attached
+    /// container's, which its monitor holds); a pty master in
+    /// [`Stdio::Pty`] is resized directly.
+    async fn resize(&self, _width: u16, _height: u16) {}
 }
 
 pub struct Process {

@@ -281,7 +281,11 @@ fn copy_in(mut source: Source, fd: Arc<FdIo>) -> JoinHandle<()> {
     })
 }
 
-fn resizer(mut source: Source, master: Arc<FdIo>) -> JoinHandle<()> {
+/// Applies every size the client sends on `source`.
+fn resizer<F>(mut source: Source, apply: F) -> JoinHandle<()>
+where
+    F: Fn(Size) -> BoxFuture<'static, ()> + Send + 'static,
+{
     tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(data) = source.read().await {
@@ -290,18 +294,26 @@ fn resizer(mut source: Source, master: Arc<FdIo>) -> JoinHandle<()> {
                 buf.clear();
             }
             for size in sizes(&mut buf) {
-                let ws = rustix::termios::Winsize {
-                    ws_row: size.height,
-                    ws_col: size.width,
-                    ws_xpixel: 0,
-                    ws_ypixel: 0,
-                };
-                if let Err(err) = rustix::termios::tcsetwinsize(master.as_fd(), ws) {
-                    tracing::debug!(%err, "resize the terminal");
-                }
+                apply(size).await;
             }
         }
     })
+}
+
+/// Resizes a pty master the daemon holds.
+fn resize_master(master: Arc<FdIo>) -> impl Fn(Size) -> BoxFuture<'static, ()> {
+    move |size| {
+        let ws = rustix::termios::Winsize {
+            ws_row: size.height,
+            ws_col: size.width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        if let Err(err) = rustix::termios::tcsetwinsize(master.as_fd(), ws) {
+            tracing::debug!(%err, "resize the terminal");
+        }
+        Box::pin(std::future::ready(()))
+    }
 }
 
 fn fdio(fd: std::os::fd::OwnedFd) -> Option<Arc<FdIo>> {
@@ -319,16 +331,27 @@ fn fdio(fd: std::os::fd::OwnedFd) -> Option<Arc<FdIo>> {
 /// (then the process is abandoned: an exec is killed and reaped).
 pub async fn run(process: Process, mut ch: Channels, version: Version, drain: Duration) -> Outcome {
     let Process { stdio, control } = process;
+    let control: Arc<dyn super::Control> = Arc::from(control);
     let mut outputs = Vec::new();
     let mut inputs = Vec::new();
+    // Input nobody takes is not read at all: dropping its source lets the
+    // session discard it instead of stalling every stream behind it.
+    let stdin_source = ch.stdin.take();
     match stdio {
         Stdio::Pipes {
             stdin,
             stdout,
             stderr,
         } => {
-            if let (Some(fd), Some(source)) = (stdin.and_then(fdio), ch.stdin.take()) {
+            if let (Some(fd), Some(source)) = (stdin.and_then(fdio), stdin_source) {
                 inputs.push(copy_in(source, fd));
+            }
+            if let Some(source) = ch.resize.take() {
+                let control = control.clone();
+                inputs.push(resizer(source, move |size| {
+                    let control = control.clone();
+                    Box::pin(async move { control.resize(size.width, size.height).await })
+                }));
             }
             for (fd, sink) in [(stdout, ch.stdout.take()), (stderr, ch.stderr.take())] {
                 match (fd.and_then(fdio), sink) {
@@ -346,11 +369,11 @@ pub async fn run(process: Process, mut ch: Channels, version: Version, drain: Du
                 if let Some(sink) = ch.stdout.take() {
                     outputs.push(copy_out(master.clone(), sink));
                 }
-                if stdin && let Some(source) = ch.stdin.take() {
+                if stdin && let Some(source) = stdin_source {
                     inputs.push(copy_in(source, master.clone()));
                 }
                 if let Some(source) = ch.resize.take() {
-                    inputs.push(resizer(source, master));
+                    inputs.push(resizer(source, resize_master(master)));
                 }
             }
         }

@@ -58,8 +58,24 @@ where
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(super::spdy::session::QUEUE);
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(8);
     let (gone_tx, gone_rx) = watch::channel(false);
+    let gone_tx = std::sync::Arc::new(gone_tx);
+    let writer_gone = gone_tx.clone();
     let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
+        loop {
+            // A ping when idle: a client that vanished is noticed by the
+            // failed write even while the reader waits on a full stdin.
+            let msg =
+                match tokio::time::timeout(super::spdy::session::KEEPALIVE, out_rx.recv()).await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(_) => {
+                        if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                            let _ = writer_gone.send(true);
+                            break;
+                        }
+                        continue;
+                    }
+                };
             // An empty message is the signal to close.
             let msg = if msg.is_empty() {
                 Message::Close(Some(CloseFrame {
@@ -70,7 +86,11 @@ where
                 Message::Binary(msg)
             };
             let close = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || close {
+            if sink.send(msg).await.is_err() {
+                let _ = writer_gone.send(true);
+                break;
+            }
+            if close {
                 break;
             }
         }

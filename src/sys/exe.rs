@@ -13,7 +13,7 @@
 //!   (memfd_create(2), F_ADD_SEALS).
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::{Result, io, sys};
@@ -65,25 +65,7 @@ impl Sealed {
 }
 
 fn readonly_mount(path: &Path) -> Result<OwnedFd> {
-    let c = super::mount::path_cstr(path)?;
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    // SAFETY: open_tree reads a NUL-terminated path alive for the call and
-    // returns a new fd (or -1), which we own at once.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        return Err(sys(format!("open_tree {}", path.display()))(
-            nix::Error::last(),
-        ));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(rc as i32) };
+    let fd = super::idmap::open_tree_clone(path, false)?;
     super::mount::mount_setattr(
         fd.as_raw_fd(),
         c"",

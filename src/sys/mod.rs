@@ -10,10 +10,12 @@ pub mod bpf;
 pub mod caps;
 pub mod exe;
 pub mod fds;
+pub mod idmap;
 pub mod malloc;
 pub mod mount;
 pub mod ns;
 pub mod process;
+pub mod pty;
 pub mod seccomp;
 pub mod sysctl;
 

@@ -103,6 +103,17 @@ pub(crate) fn mount_setattr(
         propagation: 0,
         userns_fd: 0,
     };
+    mount_setattr_with(dirfd, path, flags, &attr)
+}
+
+/// mount_setattr(2) with a whole `struct mount_attr` (an idmap's user
+/// namespace fd, say).
+pub(crate) fn mount_setattr_with(
+    dirfd: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    attr: &libc::mount_attr,
+) -> nix::Result<()> {
     // SAFETY: mount_setattr reads a NUL-terminated path and a mount_attr of
     // the size passed, both alive for the call; it writes nothing of ours.
     let rc = unsafe {
@@ -111,7 +122,7 @@ pub(crate) fn mount_setattr(
             dirfd,
             path.as_ptr(),
             flags as libc::c_uint,
-            &attr as *const libc::mount_attr,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::mount::{Mounts, detach_all};
 use super::{Result, io, sys};
 
-/// The namespace kinds crius creates or joins (a pod shares net, ipc, uts
-/// and pid; a container has its own mnt and may have its own cgroup).
+/// The namespace kinds crius creates or joins (a pod shares net, ipc, uts,
+/// pid and user; a container has its own mnt and may have its own cgroup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -28,6 +28,7 @@ pub enum Kind {
     Pid,
     Mnt,
     Cgroup,
+    User,
 }
 
 impl Kind {
@@ -40,6 +41,7 @@ impl Kind {
             Kind::Pid => "pid",
             Kind::Mnt => "mnt",
             Kind::Cgroup => "cgroup",
+            Kind::User => "user",
         }
     }
 
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Pid => CloneFlags::CLONE_NEWPID,
             Kind::Mnt => CloneFlags::CLONE_NEWNS,
             Kind::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            Kind::User => CloneFlags::CLONE_NEWUSER,
         }
     }
 
@@ -59,6 +62,46 @@ impl Kind {
     pub fn proc_path(self, pid: i32) -> PathBuf {
         PathBuf::from(format!("/proc/{pid}/ns/{}", self.name()))
     }
+}
+
+/// One id range of a user namespace (user_namespaces(7)): `length` ids
+/// from `container_id` inside are `host_id`.. on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+impl IdMap {
+    /// The host id of container id `id`, if the range maps it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.container_id)?;
+        (off < self.length).then(|| self.host_id + off)
+    }
+
+    /// The line /proc/PID/uid_map and gid_map take.
+    pub fn line(&self) -> String {
+        format!("{} {} {}\n", self.container_id, self.host_id, self.length)
+    }
+}
+
+/// The mappings of a user namespace: one uid and one gid range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMaps {
+    pub uid: IdMap,
+    pub gid: IdMap,
+}
+
+/// Writes the mappings of the (new, still unmapped) user namespace of
+/// process `pid`, gid_map first. The writer needs CAP_SETUID and
+/// CAP_SETGID in the parent user namespace; setgroups stays allowed.
+pub fn write_maps(pid: i32, maps: &UserMaps) -> Result<()> {
+    for (file, map) in [("gid_map", &maps.gid), ("uid_map", &maps.uid)] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, map.line()).map_err(io("write id map", &path))?;
+    }
+    Ok(())
 }
 
 /// The identity of a namespace file (a /proc link or a pin): its inode.
@@ -185,6 +228,20 @@ mod tests {
             ..Default::default()
         };
         unpin(&r, &dir.path().join("gone")).unwrap();
+    }
+
+    #[test]
+    fn id_maps() {
+        let m = IdMap {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        };
+        assert_eq!(m.to_host(0), Some(65536));
+        assert_eq!(m.to_host(65535), Some(131071));
+        assert_eq!(m.to_host(65536), None);
+        assert_eq!(m.line(), "0 65536 65536\n");
+        assert_eq!(Kind::User.proc_path(7), PathBuf::from("/proc/7/ns/user"));
     }
 
     #[test]

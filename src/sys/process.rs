@@ -226,6 +226,46 @@ pub fn fork_into(_: SingleThreaded, flags: CloneFlags) -> Result<Forked> {
     }
 }
 
+/// Puts `fds` at 0, 1, …, n-1 (a forked setup process's stdio and its
+/// hand-off fds; dup2 clears close-on-exec, so they survive execve), then
+/// closes every other fd, and returns them, owned. Single-threaded only
+/// (the token): another thread could hold one of those numbers.
+pub fn install_fds(one: SingleThreaded, fds: Vec<OwnedFd>) -> Result<Vec<OwnedFd>> {
+    // Everything above the targets first, so that no dup2 clobbers a source.
+    let floor = fds.len().max(16) as i32;
+    let high = fds
+        .into_iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(&fd, floor))
+        .collect::<std::result::Result<Vec<OwnedFd>, _>>()
+        .map_err(|e| sys("move fds above their targets")(nix::Error::from_raw(e.raw_os_error())))?;
+    let mut placed = Vec::with_capacity(high.len());
+    for (target, fd) in high.iter().enumerate() {
+        let target = target as i32;
+        // SAFETY: dup2 onto a number below `floor`; with one thread (the
+        // token) nothing else in this process owns that number, so the
+        // new OwnedFd is its only owner.
+        let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+        if rc < 0 {
+            return Err(sys(format!("dup2 onto fd {target}"))(nix::Error::last()));
+        }
+        // SAFETY: `target` was just created by dup2 and is owned by no one else.
+        placed.push(unsafe { OwnedFd::from_raw_fd(target) });
+    }
+    drop(high);
+    close_fds_from(one, placed.len() as u32);
+    Ok(placed)
+}
+
+/// Makes the terminal on `fd` the controlling terminal of the calling
+/// process's session (TIOCSCTTY, after setsid).
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, no pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(sys("TIOCSCTTY")(nix::Error::last()));
+    }
+    Ok(())
+}
+
 /// Closes every fd from `first` up (close_range(2)), e.g. in a forked
 /// child that must not hold its parent's sockets. Single-threaded only (the
 /// token): another thread could be using one of them.
@@ -236,6 +276,17 @@ pub fn close_fds_from(_: SingleThreaded, first: u32) {
     unsafe {
         libc::syscall(libc::SYS_close_range, first, u32::MAX, 0);
     }
+}
+
+/// Takes ids 0 of the (mapped) user namespace the process is in: a process
+/// that entered one holding the host's root ids has ids the namespace does
+/// not map, and an execve with them keeps no capability there.
+pub fn become_root_in_user_namespace() -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresgid(g, g, g)?;
+    nix::unistd::setresuid(u, u, u)
 }
 
 /// Makes this process the reaper of its orphaned descendants.

@@ -14,6 +14,7 @@ fn pod() -> PodContext {
         resolv_conf: Some("/run/crius/pods/p/resolv.conf".into()),
         cgroup_path: "/crius/pod-p/crius-c".into(),
         cgroup_v2: false,
+        user_ns: None,
     }
 }
 

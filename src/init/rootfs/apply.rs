@@ -13,11 +13,12 @@ use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::init::rootfs::{Lower, Node, Step, TargetKind};
+use crate::monitor::sync::Step as SetupStep;
 
 /// A failed step: which one, and why.
 #[derive(Debug)]
 pub struct StepError {
-    pub step: String,
+    pub step: SetupStep,
     pub message: String,
 }
 
@@ -27,8 +28,7 @@ impl std::fmt::Display for StepError {
     }
 }
 
-fn fail(step: impl Into<String>) -> impl FnOnce(String) -> StepError {
-    let step = step.into();
+fn fail(step: SetupStep) -> impl FnOnce(String) -> StepError {
     move |message| StepError { step, message }
 }
 
@@ -116,7 +116,7 @@ pub fn check_propagation_sources(steps: &[Step]) -> Result<(), StepError> {
                 "shared or slave"
             };
             return Err(StepError {
-                step: format!("mount {}", source.display()),
+                step: SetupStep::Mount(source.display().to_string()),
                 message: format!(
                     "path {} is mounted on {} but it is not a {need} mount",
                     source.display(),
@@ -272,24 +272,41 @@ fn inside(root: &Path, target: &Path) -> String {
     }
 }
 
+/// The rootfs' fd, which the steps after the self bind work beneath.
+fn mounted<'a>(root_fd: &'a Option<OwnedFd>, step: &SetupStep) -> Result<&'a OwnedFd, StepError> {
+    root_fd.as_ref().ok_or_else(|| StepError {
+        step: step.clone(),
+        message: "the rootfs is not mounted".into(),
+    })
+}
+
 /// Runs `steps` in order. Must run in the container's own mount
 /// namespace: nothing here is undone, the namespace's end undoes it all.
-pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
+/// `userns`: the container's user namespace, which idmapped mounts map
+/// through (the caller is still in the host's, which making them needs).
+pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<(), StepError> {
     check_propagation_sources(steps)?;
     let mut root_fd: Option<OwnedFd> = None;
     for s in steps {
         match s {
             Step::RootPropagation(flags) => mount(None, Path::new("/"), None, *flags, None)
-                .map_err(fail("rootfs propagation"))?,
+                .map_err(fail(SetupStep::RootPropagation))?,
             Step::PrivateParent(path) => {
                 let (point, _, _) = mount_of(path).unwrap_or((PathBuf::from("/"), false, false));
                 mount(None, &point, None, MsFlags::MS_PRIVATE, None)
-                    .map_err(fail("make the rootfs parent private"))?
+                    .map_err(fail(SetupStep::PrivateParent))?
+            }
+            Step::IdmapLayers { layers, at } => {
+                let userns = userns.ok_or_else(|| StepError {
+                    step: SetupStep::IdmapLayers,
+                    message: "no user namespace to map through".into(),
+                })?;
+                idmap_layers(layers, at, userns).map_err(fail(SetupStep::IdmapLayers))?
             }
             Step::Overlay { target, data } => {
                 std::fs::create_dir_all(target)
                     .map_err(|e| format!("create {}: {e}", target.display()))
-                    .map_err(fail("mount the overlay rootfs"))?;
+                    .map_err(fail(SetupStep::Overlay))?;
                 mount(
                     Some(Path::new("overlay")),
                     target,
@@ -297,7 +314,7 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     MsFlags::empty(),
                     Some(data),
                 )
-                .map_err(fail("mount the overlay rootfs"))?
+                .map_err(fail(SetupStep::Overlay))?
             }
             Step::BindSelf(path) => {
                 mount(
@@ -307,14 +324,14 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None,
                 )
-                .map_err(fail("bind the rootfs onto itself"))?;
+                .map_err(fail(SetupStep::BindRoot))?;
                 let fd = rustix::fs::open(
                     path,
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| format!("open {}: {e}", path.display()))
-                .map_err(fail("bind the rootfs onto itself"))?;
+                .map_err(fail(SetupStep::BindRoot))?;
                 root_fd = Some(fd);
             }
             Step::Mount {
@@ -324,13 +341,15 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 options,
                 kind,
             } => {
-                let name = format!("mount {}", inside(root, target));
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: name.clone(),
-                    message: "the rootfs is not mounted".into(),
-                })?;
-                mount_one(root, root_fd, source, target, fstype, options, *kind)
-                    .map_err(fail(name))?
+                let name = SetupStep::Mount(inside(root, target));
+                let root_fd = mounted(&root_fd, &name)?;
+                let m = Target {
+                    root,
+                    root_fd,
+                    target,
+                    kind: *kind,
+                };
+                mount_one(&m, source, fstype, options, userns).map_err(fail(name))?
             }
             Step::ImageVolume {
                 target,
@@ -339,11 +358,8 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 image,
                 staging,
             } => {
-                let name = format!("mount {}", inside(root, target));
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: name.clone(),
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let name = SetupStep::Mount(inside(root, target));
+                let root_fd = mounted(&root_fd, &name)?;
                 let volume = Volume {
                     lower,
                     sub_path,
@@ -353,38 +369,32 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 mount_volume(root, root_fd, target, &volume).map_err(fail(name))?
             }
             Step::Devices { dev } => {
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: "create devices".into(),
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let root_fd = mounted(&root_fd, &SetupStep::Devices)?;
                 let rel = dev.strip_prefix(root).unwrap_or(dev);
                 let dev_fd = open_in_root(root_fd, rel, OFlags::DIRECTORY)
                     .map_err(|e| format!("open /dev: {e}"))
-                    .map_err(fail("create devices"))?;
-                devices(&dev_fd).map_err(fail("create devices"))?
+                    .map_err(fail(SetupStep::Devices))?;
+                devices(&dev_fd).map_err(fail(SetupStep::Devices))?
             }
             Step::Nodes(nodes) => {
-                let root_fd = root_fd.as_ref().ok_or_else(|| StepError {
-                    step: "create CRI devices".into(),
-                    message: "the rootfs is not mounted".into(),
-                })?;
+                let root_fd = mounted(&root_fd, &SetupStep::CriDevices)?;
                 for n in nodes {
-                    let name = format!("create device {}", inside(root, &n.target));
+                    let name = SetupStep::Device(inside(root, &n.target));
                     make_node(root, root_fd, n).map_err(fail(name))?
                 }
             }
             Step::PivotRoot(path) => {
                 root_fd = None;
-                pivot(path).map_err(fail("pivot_root"))?
+                pivot(path).map_err(fail(SetupStep::PivotRoot))?
             }
             Step::Mask(paths) => {
                 for p in paths {
-                    mask(p).map_err(fail(format!("mask {}", p.display())))?
+                    mask(p).map_err(fail(SetupStep::Mask(p.display().to_string())))?
                 }
             }
             Step::ReadOnly(paths) => {
                 for p in paths {
-                    readonly(p).map_err(fail(format!("make {} read-only", p.display())))?
+                    readonly(p).map_err(fail(SetupStep::ReadOnlyPath(p.display().to_string())))?
                 }
             }
             Step::ReadOnlyRoot => mount(
@@ -394,21 +404,47 @@ pub fn execute(root: &Path, steps: &[Step]) -> Result<(), StepError> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None,
             )
-            .map_err(fail("make the rootfs read-only"))?,
+            .map_err(fail(SetupStep::ReadOnlyRoot))?,
         }
     }
     Ok(())
 }
 
+/// Idmapped copies of the image layers, each attached at `<at>/<index>`
+/// (a directory beside the rootfs, under the mount made private before:
+/// nothing propagates to the host). Layer dirs are never chowned.
+fn idmap_layers(layers: &[PathBuf], at: &Path, userns: &OwnedFd) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = at.join(i.to_string());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let tree = crate::sys::idmap::idmapped_clone(layer, userns, false)
+            .map_err(|e| crate::error::chain(&e))?;
+        crate::sys::idmap::move_mount_to(&tree, &dir).map_err(|e| crate::error::chain(&e))?;
+    }
+    Ok(())
+}
+
+/// A mount target beneath the rootfs.
+struct Target<'a> {
+    root: &'a Path,
+    root_fd: &'a OwnedFd,
+    target: &'a Path,
+    kind: TargetKind,
+}
+
 fn mount_one(
-    root: &Path,
-    root_fd: &OwnedFd,
+    t: &Target,
     source: &Path,
-    target: &Path,
     fstype: &str,
     options: &crate::init::rootfs::MountOptions,
-    kind: TargetKind,
+    userns: Option<&OwnedFd>,
 ) -> Result<(), String> {
+    let (root, root_fd, target, kind) = (t.root, t.root_fd, t.target, t.kind);
     if options.is_bind() && !source.exists() {
         // What containerd and CRI-O do for a missing host path: 0755 with
         // its missing parents (exactly: the rootfs setup runs with umask 0).
@@ -424,7 +460,19 @@ fn mount_one(
     check_kernel_fs_target(&fd, &inside(root, target), fstype, options)?;
     let at = fd_path(&fd);
     if options.is_bind() {
-        mount(Some(source), &at, None, options.flags, None)?;
+        match (options.idmap, userns) {
+            (Some(recursive), Some(userns)) => {
+                // A detached idmapped copy, attached at the target.
+                let tree = crate::sys::idmap::idmapped_clone(source, userns, recursive)
+                    .map_err(|e| crate::error::chain(&e))?;
+                crate::sys::idmap::move_mount_to(&tree, &at)
+                    .map_err(|e| crate::error::chain(&e))?;
+            }
+            (Some(_), None) => {
+                return Err("an idmapped mount needs the container's user namespace".into());
+            }
+            (None, _) => mount(Some(source), &at, None, options.flags, None)?,
+        }
         if options.needs_remount() {
             // Remount the mount now at the target (reopened: the fd still
             // names the covered directory), keeping the nosuid/nodev/noexec
@@ -571,11 +619,12 @@ fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Res
         None,
     )?;
     let fd = create_beneath(root_fd, rel, kind)?;
+    let locked = crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
     mount(
         None,
         &fd_path(&fd),
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
         None,
     )
 }

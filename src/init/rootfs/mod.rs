@@ -7,6 +7,7 @@
 //! 1. root propagation from the Spec (rslave / rshared / rprivate, recursive)
 //! 2. the rootfs' parent made private (pivot_root fails on a shared parent)
 //! 3. overlayfs over the layer dirs with the container's upper/work dirs
+//!    (in a user namespace over idmapped copies of the layers)
 //! 4. the rootfs bind-mounted onto itself (pivot_root needs a mount point)
 //! 5. the Spec's mounts, targets created beneath the rootfs, each followed by
 //!    its read-only remount (recursive for `rro`) and propagation change
@@ -66,6 +67,9 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     /// Filesystem-specific data, comma-joined.
     pub data: String,
+    /// An idmapped bind (OCI `idmap`, or `ridmap`: with its submounts),
+    /// through the container's user namespace: `Some(recursive)`.
+    pub idmap: Option<bool>,
     /// `rro`: the mount and all its submounts read-only (mount_setattr
     /// AT_RECURSIVE, after the mount).
     pub recursive_readonly: bool,
@@ -77,6 +81,7 @@ impl Default for MountOptions {
             flags: MsFlags::empty(),
             propagation: Vec::new(),
             data: String::new(),
+            idmap: None,
             recursive_readonly: false,
         }
     }
@@ -124,6 +129,10 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "idmap" | "ridmap" => {
+                out.idmap = Some(opt == "ridmap");
+                continue;
+            }
             "rro" => {
                 out.recursive_readonly = true;
                 continue;
@@ -181,15 +190,9 @@ impl Overlay {
         if self.layers.is_empty() {
             return Err(Error::NoLayers);
         }
-        let lower: Vec<String> = self
-            .layers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
         let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
+            "{},upperdir={},workdir={}",
+            lowerdir(&self.layers),
             self.upper.display(),
             self.work.display()
         );
@@ -200,6 +203,20 @@ impl Overlay {
             });
         }
         Ok(data)
+    }
+}
+
+impl Overlay {
+    /// The overlay of a container in a user namespace: the same layers,
+    /// each idmapped and mounted at `<at>/<index>` in the container's
+    /// mount namespace ([`Step::IdmapLayers`]).
+    pub fn idmapped(&self, at: &Path) -> Overlay {
+        Overlay {
+            layers: (0..self.layers.len())
+                .map(|i| at.join(i.to_string()))
+                .collect(),
+            ..self.clone()
+        }
     }
 }
 
@@ -233,13 +250,7 @@ impl ImageVolume {
             0 => Err(Error::NoLayers),
             1 => Ok(None),
             n => {
-                let lower: Vec<String> = self
-                    .layers
-                    .iter()
-                    .rev()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                let data = format!("lowerdir={}", lower.join(":"));
+                let data = lowerdir(&self.layers);
                 if data.len() >= PAGE {
                     return Err(Error::VolumeTooLong {
                         target: self.target.clone(),
@@ -251,6 +262,34 @@ impl ImageVolume {
             }
         }
     }
+}
+
+/// Where the idmapped layers of a container whose rootfs is `root` are
+/// mounted: beside the rootfs, under the mount that step 2 makes private.
+pub fn idmapped_layers_dir(root: &Path) -> PathBuf {
+    root.parent().unwrap_or(Path::new("/")).join("l")
+}
+
+/// Whether the Spec puts the container in a user namespace (joined by path).
+pub fn in_user_namespace(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        .and_then(|n| n.path().clone())
+}
+
+/// The `lowerdir=` option of `layers` (lowest first): overlayfs lists
+/// them top-most first.
+fn lowerdir(layers: &[PathBuf]) -> String {
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!("lowerdir={}", lower.join(":"))
 }
 
 /// What a mount target must be created as.
@@ -269,6 +308,9 @@ pub enum Step {
     RootPropagation(MsFlags),
     /// Make the mount that holds this (host) path private.
     PrivateParent(PathBuf),
+    /// Idmapped copies of the layer dirs (through the container's user
+    /// namespace), mounted at `<at>/<index>` for the overlay to stack.
+    IdmapLayers { layers: Vec<PathBuf>, at: PathBuf },
     /// Mount the overlay at the (host) rootfs path.
     Overlay { target: PathBuf, data: String },
     /// Bind-mount the rootfs onto itself.
@@ -373,16 +415,28 @@ pub fn plan(
         .unwrap_or_else(|| "rprivate".into());
     let root_flags = propagation_flags(&propagation).ok_or(Error::Propagation(propagation))?;
 
-    // 1-4: propagation, private parent, overlay, self bind.
+    // 1-4: propagation, private parent, overlay (over idmapped layers in
+    // a user namespace), self bind.
     let mut steps = vec![
         Step::RootPropagation(root_flags | MsFlags::MS_REC),
         Step::PrivateParent(root.parent().unwrap_or(Path::new("/")).to_path_buf()),
-        Step::Overlay {
-            target: root.clone(),
-            data: overlay.data()?,
-        },
-        Step::BindSelf(root.clone()),
     ];
+    let data = if in_user_namespace(spec).is_some() {
+        let at = idmapped_layers_dir(&root);
+        let data = overlay.idmapped(&at).data()?;
+        steps.push(Step::IdmapLayers {
+            layers: overlay.layers.clone(),
+            at,
+        });
+        data
+    } else {
+        overlay.data()?
+    };
+    steps.push(Step::Overlay {
+        target: root.clone(),
+        data,
+    });
+    steps.push(Step::BindSelf(root.clone()));
 
     // 5: the Spec's mounts, in order.
     let mut dev = None;
@@ -511,30 +565,6 @@ mod tests {
     }
 
     #[test]
-    fn a_one_layer_volume_is_a_bind_and_many_layers_must_fit_a_page() {
-        let v = ImageVolume {
-            target: "/v".into(),
-            layers: vec!["/l/1".into()],
-            sub_path: PathBuf::new(),
-            image: "i".into(),
-            staging: "/c/v".into(),
-        };
-        assert_eq!(v.data().unwrap(), None);
-        let many = ImageVolume {
-            layers: (0..1000)
-                .map(|i| PathBuf::from(format!("/var/lib/crius/layers/{i}")))
-                .collect(),
-            ..v.clone()
-        };
-        assert!(matches!(many.data(), Err(Error::VolumeTooLong { .. })));
-        let none = ImageVolume {
-            layers: vec![],
-            ..v
-        };
-        assert!(matches!(none.data(), Err(Error::NoLayers)));
-    }
-
-    #[test]
     fn beneath_never_climbs_out() {
         let r = Path::new("/r");
         assert_eq!(
@@ -552,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn overlay_lists_the_top_layer_first_and_fits_a_page() {
+    fn overlays_list_the_top_layer_first_and_fit_a_page() {
         let o = Overlay {
             layers: vec!["/l/1".into(), "/l/2".into()],
             upper: "/c/u".into(),
@@ -574,6 +604,30 @@ mod tests {
             ..o
         };
         assert!(matches!(none.data(), Err(Error::NoLayers)));
+        // An image volume: lower dirs only; one layer is bound instead.
+        let v = ImageVolume {
+            target: "/v".into(),
+            layers: vec!["/l/1".into(), "/l/2".into()],
+            sub_path: PathBuf::new(),
+            image: "i".into(),
+            staging: "/c/v".into(),
+        };
+        assert_eq!(v.data().unwrap().unwrap(), "lowerdir=/l/2:/l/1");
+        let one = ImageVolume {
+            layers: vec!["/l/1".into()],
+            ..v.clone()
+        };
+        assert_eq!(one.data().unwrap(), None);
+        let many = ImageVolume {
+            layers: many.layers,
+            ..v.clone()
+        };
+        assert!(matches!(many.data(), Err(Error::VolumeTooLong { .. })));
+        let none = ImageVolume {
+            layers: vec![],
+            ..v
+        };
+        assert!(matches!(none.data(), Err(Error::NoLayers)));
     }
 
     #[test]
@@ -588,6 +642,7 @@ mod tests {
             resolv_conf: None,
             cgroup_path: "/crius/c".into(),
             cgroup_v2: false,
+            user_ns: None,
         };
         let config = ContainerConfig {
             command: strings(&["/bin/sh"]),
@@ -707,5 +762,87 @@ mod tests {
         assert!(matches!(steps[pivot + 1], Step::Mask(_)));
         assert!(matches!(steps[pivot + 2], Step::ReadOnly(_)));
         assert!(!steps.contains(&Step::ReadOnlyRoot));
+    }
+
+    #[test]
+    fn a_user_namespace_stacks_the_overlay_on_idmapped_layers() {
+        let mut pod = PodContext {
+            net_ns: None,
+            ipc_ns: None,
+            uts_ns: None,
+            pid: PidNamespace::Container,
+            shm: "/s".into(),
+            hostname_file: None,
+            resolv_conf: None,
+            cgroup_path: "/c".into(),
+            cgroup_v2: false,
+            user_ns: None,
+        };
+        let map = crate::sys::ns::IdMap {
+            container_id: 0,
+            host_id: 100000,
+            length: 65536,
+        };
+        pod.user_ns = Some((
+            "/run/ns/p/user".into(),
+            crate::sys::ns::UserMaps { uid: map, gid: map },
+        ));
+        let config = ContainerConfig {
+            command: strings(&["/bin/sh"]),
+            mounts: vec![BindMount {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let built =
+            spec::build(&config, &ImageConfig::default(), &pod, Path::new("/c/1/r")).unwrap();
+        assert_eq!(
+            in_user_namespace(&built.spec),
+            Some(PathBuf::from("/run/ns/p/user"))
+        );
+        let overlay = Overlay {
+            layers: vec!["/l/1".into(), "/l/2".into()],
+            upper: "/c/1/u".into(),
+            work: "/c/1/w".into(),
+        };
+        let steps = plan(&built.spec, &overlay, &[], &|_| true).unwrap();
+        assert_eq!(
+            steps[2],
+            Step::IdmapLayers {
+                layers: overlay.layers.clone(),
+                at: "/c/1/l".into()
+            }
+        );
+        assert_eq!(
+            steps[3],
+            Step::Overlay {
+                target: "/c/1/r".into(),
+                data: "lowerdir=/c/1/l/1:/c/1/l/0,upperdir=/c/1/u,workdir=/c/1/w".into()
+            }
+        );
+        let data = steps.iter().find_map(|s| match s {
+            Step::Mount {
+                target, options, ..
+            } if target == Path::new("/c/1/r/data") => Some(options.clone()),
+            _ => None,
+        });
+        assert_eq!(data.unwrap().idmap, Some(true), "a CRI volume is idmapped");
+        let dev = built
+            .spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/dev/pts"))
+            .unwrap();
+        assert!(
+            dev.options()
+                .as_ref()
+                .unwrap()
+                .contains(&"gid=100005".to_string()),
+            "devpts' tty group is the namespace's"
+        );
     }
 }

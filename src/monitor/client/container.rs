@@ -40,9 +40,28 @@ use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
 use crate::init::user::GroupsPolicy;
 use crate::monitor::PodDir;
+pub use crate::monitor::protocol::AttachEnd;
+use crate::monitor::protocol::{
+    ATTACH_VERSION, Exit, MOUNTS_VERSION, Reply, Request, SECURITY_VERSION,
+};
 pub use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
-use crate::monitor::protocol::{Exit, MOUNTS_VERSION, Reply, Request, SECURITY_VERSION};
+use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
+
+/// A client attached to a container's own stdio: pipes from and to the
+/// monitor, owned by the daemon (closing `end` detaches).
+#[derive(Debug)]
+pub struct AttachHandle {
+    /// One byte ([`AttachEnd`]) then EOF when the attachment ends.
+    pub end: OwnedFd,
+    /// The container's stdout (its terminal's output with a tty).
+    pub stdout: OwnedFd,
+    /// `None` when the container has a tty.
+    pub stderr: Option<OwnedFd>,
+    /// `None` when not asked or the container has no stdin.
+    pub stdin: Option<OwnedFd>,
+    pub tty: bool,
+}
 
 /// A started exec: its process and its stdio, owned by the daemon.
 #[derive(Debug)]
@@ -61,7 +80,7 @@ pub enum Error {
     Monitor(#[from] client::Error),
     /// The monitor refused or failed the request at `step`.
     #[error("{step}: {message}")]
-    Failed { step: String, message: String },
+    Failed { step: Step, message: String },
     #[error("monitor of {dir}: unexpected reply {reply}")]
     Unexpected { dir: PathBuf, reply: String },
 }
@@ -70,20 +89,7 @@ impl Classify for Error {
     fn kind(&self) -> Kind {
         match self {
             Error::Monitor(e) => e.kind(),
-            Error::Failed { step, .. } => match step.as_str() {
-                "unknown container" | "unknown exec" => Kind::NotFound,
-                "already exists" => Kind::AlreadyExists,
-                "not running" | "not created" | "monitor version" => Kind::FailedPrecondition,
-                s if s == "exec"
-                    || s == "user"
-                    || s == "cwd"
-                    || s == "rootfs plan"
-                    || s.starts_with("mount ") =>
-                {
-                    Kind::InvalidArgument
-                }
-                _ => Kind::Internal,
-            },
+            Error::Failed { step, .. } => step.kind(),
             Error::Unexpected { .. } => Kind::Internal,
         }
     }
@@ -94,7 +100,7 @@ fn failed(reply: Reply) -> Result<Reply, Error> {
     match reply {
         Reply::Failed { step, message } => Err(Error::Failed { step, message }),
         Reply::Error { message } => Err(Error::Failed {
-            step: "monitor".into(),
+            step: Step::Monitor,
             message,
         }),
         other => Ok(other),
@@ -148,7 +154,7 @@ impl PodMonitor {
         let version = conn.version;
         if needs && version < SECURITY_VERSION {
             return Err(Error::Failed {
-                step: "monitor version".into(),
+                step: Step::MonitorVersion,
                 message: format!(
                     "the pod's monitor speaks protocol {version}, which cannot apply a seccomp \
                      filter or a Strict groups policy; recreate the pod"
@@ -157,7 +163,7 @@ impl PodMonitor {
         }
         if version < MOUNTS_VERSION && launch.needs_mounts_version() {
             return Err(Error::Failed {
-                step: "monitor version".into(),
+                step: Step::MonitorVersion,
                 message: format!(
                     "the pod's monitor speaks protocol {version}, which cannot mount image \
                      volumes or recursive read-only binds; recreate the pod"
@@ -244,6 +250,53 @@ impl PodMonitor {
             Reply::Exited { exit } => Ok(exit),
             other => Err(self.unexpected(other)),
         }
+    }
+
+    /// Attaches to a running container's stdio (`stdin`: also write to
+    /// its stdin, if it has one).
+    pub async fn attach_container(&self, id: &str, stdin: bool) -> Result<AttachHandle, Error> {
+        let mut conn = Connection::open(&self.pod).await?;
+        if conn.version < ATTACH_VERSION {
+            return Err(Error::Failed {
+                step: Step::MonitorVersion,
+                message: format!(
+                    "the pod's monitor speaks protocol {}, which cannot attach; recreate the pod",
+                    conn.version
+                ),
+            });
+        }
+        let req = Request::AttachContainer {
+            id: id.into(),
+            stdin,
+        };
+        let (reply, fds) = conn.call_with_fds(&req, client::CALL_TIMEOUT).await?;
+        match reply {
+            Reply::Attached { fds: n, stdin, tty }
+                if n == fds.len() && n == 2 + usize::from(!tty) + usize::from(stdin) =>
+            {
+                let mut fds = fds.into_iter();
+                let mut next = || fds.next().expect("counted");
+                Ok(AttachHandle {
+                    end: next(),
+                    stdout: next(),
+                    stderr: (!tty).then(&mut next),
+                    stdin: stdin.then(&mut next),
+                    tty,
+                })
+            }
+            Reply::Failed { step, message } => Err(Error::Failed { step, message }),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sets the terminal size of a tty container.
+    pub async fn resize_container(&self, id: &str, width: u16, height: u16) -> Result<(), Error> {
+        self.ok(Request::ResizeContainer {
+            id: id.into(),
+            width,
+            height,
+        })
+        .await
     }
 
     /// Signals the exec's process group (e.g. SIGKILL at an ExecSync timeout).

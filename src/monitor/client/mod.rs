@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::protocol::{self as proto, Reply, Request, SetupReply};
+use super::sync::Step;
 use super::{PodDir, Spec};
 use crate::error::{Classify, Kind};
 use crate::sys::exe::Sealed;
@@ -33,7 +34,7 @@ pub enum Error {
     },
     /// The monitor could not set the pod up; `step` names what failed.
     #[error("{step}: {message}")]
-    Setup { step: String, message: String },
+    Setup { step: Step, message: String },
     #[error("monitor of {dir} did not answer within {limit:?}")]
     Timeout { dir: PathBuf, limit: Duration },
     #[error("monitor of {dir}: {message}")]
@@ -43,9 +44,7 @@ pub enum Error {
 impl Classify for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::Setup { step, .. } if step == "apply sysctls" || step == "set hostname" => {
-                Kind::InvalidArgument
-            }
+            Error::Setup { step, .. } => step.kind(),
             Error::Timeout { .. } => Kind::DeadlineExceeded,
             _ => Kind::Internal,
         }
@@ -75,6 +74,34 @@ fn sealed(exe: &Path) -> Result<std::sync::Arc<Sealed>, Error> {
     })?);
     cache.push((exe.to_path_buf(), s.clone()));
     Ok(s)
+}
+
+/// Runs `crius-monitor --probe-userns <dir>` (see
+/// [`crate::monitor::process::probe`]) and reads what it found; blocking,
+/// meant to run once at startup. A monitor that cannot run or answers
+/// nonsense counts as "not supported", with the reason.
+pub fn probe_userns(exe: &Path, dir: &Path) -> super::protocol::UsernsProbe {
+    let run = || -> Result<super::protocol::UsernsProbe, String> {
+        let sealed = sealed(exe).map_err(|e| crate::error::chain(&e))?;
+        let mut cmd = std::process::Command::new(sealed.exec_path());
+        std::os::unix::process::CommandExt::arg0(&mut cmd, super::MONITOR_BIN);
+        let out = cmd
+            .arg("--probe-userns")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .output()
+            .map_err(|e| format!("run {} --probe-userns: {e}", exe.display()))?;
+        serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| {
+            format!(
+                "{} --probe-userns answered {:?}: {e}",
+                exe.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    run().unwrap_or_else(|m| super::protocol::UsernsProbe::default().failed(m))
 }
 
 /// Starts the monitor of `pod` (`crius-monitor <pod dir>`) and waits for its

@@ -3,7 +3,9 @@
 //! namespaces, [`workload`] forks container inits and exec processes,
 //! [`log`] writes their output in the CRI log format.
 
+pub mod attach;
 pub mod log;
+pub mod probe;
 mod sandbox;
 mod server;
 mod workload;

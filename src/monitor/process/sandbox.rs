@@ -10,6 +10,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::monitor::sync::{Message, Step};
 use crate::monitor::{PodDir, Spec};
 use crate::sys::exe::Sealed;
 use crate::sys::mount::{Host, Mounts, detach_all};
@@ -20,11 +21,11 @@ use crate::sys::sysctl;
 /// A failed step: its name and what went wrong.
 #[derive(Debug)]
 pub struct StepError {
-    pub step: &'static str,
+    pub step: Step,
     pub message: String,
 }
 
-fn step<E: std::error::Error>(name: &'static str) -> impl FnOnce(E) -> StepError {
+fn step<E: std::error::Error>(name: Step) -> impl FnOnce(E) -> StepError {
     move |e| StepError {
         step: name,
         message: crate::error::chain(&e),
@@ -59,22 +60,23 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
     // checked before anything is created.
     let pod_init = if pid_ns {
         Some(pod_init_exe().map_err(|message| StepError {
-            step: "find pod init",
+            step: Step::FindPodInit,
             message,
         })?)
     } else {
         None
     };
     if !flags.is_empty() || pid_ns {
-        ns::ensure_shared_dir(&m, &spec.ns_root).map_err(step("prepare namespace directory"))?;
-        std::fs::create_dir_all(&dir.ns_dir).map_err(step("prepare namespace directory"))?;
+        ns::ensure_shared_dir(&m, &spec.ns_root).map_err(step(Step::PrepareNamespaceDir))?;
+        std::fs::create_dir_all(&dir.ns_dir).map_err(step(Step::PrepareNamespaceDir))?;
         let all = if pid_ns {
             flags | CloneFlags::CLONE_NEWPID
         } else {
             flags
         };
-        let (mut parent_end, child_end) = UnixStream::pair().map_err(step("create namespaces"))?;
-        let pid = match fork_into(one, all).map_err(step("create namespaces"))? {
+        let (mut parent_end, child_end) =
+            UnixStream::pair().map_err(step(Step::CreateNamespaces))?;
+        let pid = match fork_into(one, all).map_err(step(Step::CreateNamespaces))? {
             Forked::Child => {
                 drop(parent_end);
                 namespace_child(child_end, spec, pod_init.as_ref())
@@ -83,36 +85,35 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
         };
         drop(child_end);
         let child = ChildGuard(pid);
+        // 1b. The user namespace's mappings, from here (the host's user
+        //     namespace): the child waits for them before anything else.
+        if let Some(maps) = &spec.user {
+            ns::write_maps(pid.as_raw(), maps).map_err(step(Step::MapUserIds))?;
+            parent_end.write_all(b"m").map_err(step(Step::MapUserIds))?;
+        }
         // 2. The child reports how its in-namespace work went.
         let mut report = String::new();
         let _ = (&parent_end).take(4096).read_to_string(&mut report);
-        if let Some(message) = report.strip_prefix("error ") {
-            let step_name = if message.starts_with("hostname") {
-                "set hostname"
-            } else {
-                "apply sysctls"
-            };
-            return Err(StepError {
-                step: step_name,
-                message: message.trim().to_string(),
-            });
-        }
-        if report.trim() != "ready" {
-            return Err(StepError {
-                step: "create namespaces",
-                message: format!("namespace child ended early: {report:?}"),
-            });
+        match Message::decode(&report) {
+            Some(Message::Ready) => {}
+            Some(Message::Failed { step, message }) => return Err(StepError { step, message }),
+            _ => {
+                return Err(StepError {
+                    step: Step::CreateNamespaces,
+                    message: format!("namespace child ended early: {report:?}"),
+                });
+            }
         }
         // 3. Pin them from the host mount namespace.
         for &kind in &spec.namespaces {
-            ns::pin(&m, pid.as_raw(), kind, &dir.ns(kind)).map_err(step("pin namespaces"))?;
+            ns::pin(&m, pid.as_raw(), kind, &dir.ns(kind)).map_err(step(Step::PinNamespaces))?;
         }
         // The child now becomes the pod init, or has served its purpose
         // (the guard kills and reaps it).
         if pid_ns {
             parent_end
                 .write_all(b"go\n")
-                .map_err(step("start pod init"))?;
+                .map_err(step(Step::StartPodInit))?;
             init = ProcRef::of(pid.as_raw());
             std::mem::forget(child);
         }
@@ -120,8 +121,8 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
     // 4. The pod's /dev/shm.
     if let Some(size) = spec.shm_size {
         let shm = dir.shm();
-        std::fs::create_dir_all(&shm).map_err(step("mount /dev/shm"))?;
-        m.tmpfs(&shm, size).map_err(step("mount /dev/shm"))?;
+        std::fs::create_dir_all(&shm).map_err(step(Step::MountShm))?;
+        m.tmpfs(&shm, size).map_err(step(Step::MountShm))?;
     }
     Ok(Sandbox { init })
 }
@@ -139,21 +140,31 @@ impl Drop for ChildGuard {
 /// The forked child, inside the new namespaces: hostname, sysctls, report,
 /// then wait to be pinned and either exit or become the pod init.
 fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>) -> ! {
-    let result = (|| -> Result<(), String> {
+    if spec.user.is_some() {
+        let mut mapped = [0u8; 1];
+        if sock.read_exact(&mut mapped).is_err() {
+            exit_immediately(1);
+        }
+    }
+    let result = (|| -> Result<(), Message> {
+        let failed = |step, message| Message::Failed { step, message };
         if let Some(name) = &spec.hostname
             && spec.namespaces.contains(&Kind::Uts)
         {
-            nix::unistd::sethostname(name).map_err(|e| format!("hostname {name:?}: {e}"))?;
+            nix::unistd::sethostname(name)
+                .map_err(|e| failed(Step::SetHostname, format!("hostname {name:?}: {e}")))?;
         }
         for (name, value) in &spec.sysctls {
-            sysctl::write(name, value)
-                .map_err(|e| format!("sysctl {name}={value}: {}", crate::error::chain(&e)))?;
+            sysctl::write(name, value).map_err(|e| {
+                let why = format!("sysctl {name}={value}: {}", crate::error::chain(&e));
+                failed(Step::ApplySysctls, why)
+            })?;
         }
         Ok(())
     })();
     let report = match &result {
-        Ok(()) => "ready\n".to_string(),
-        Err(e) => format!("error {e}\n"),
+        Ok(()) => Message::Ready.encode(),
+        Err(m) => m.encode(),
     };
     // Half-close so the parent's read_to_string ends.
     let _ = sock.write_all(report.as_bytes());
@@ -163,6 +174,9 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>)
     }
     let mut go = [0u8; 3];
     if sock.read_exact(&mut go).is_err() {
+        exit_immediately(1);
+    }
+    if spec.user.is_some() && crate::sys::process::become_root_in_user_namespace().is_err() {
         exit_immediately(1);
     }
     if let Some(exe) = pod_init {
@@ -196,7 +210,7 @@ fn pod_init_exe() -> Result<Sealed, String> {
 /// Removes the pins and the /dev/shm mount of the pod, if present.
 pub fn undo(dir: &PodDir) {
     let m = Host;
-    for kind in [Kind::Net, Kind::Ipc, Kind::Uts] {
+    for kind in [Kind::Net, Kind::Ipc, Kind::Uts, Kind::User] {
         let _ = ns::unpin(&m, &dir.ns(kind));
     }
     let _ = std::fs::remove_dir(&dir.ns_dir);

@@ -18,7 +18,8 @@ use nix::unistd::Pid;
 use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use crate::monitor::process::log::Stream;
-use crate::monitor::protocol::{self as proto, Exit, Reply, Request, SetupReply};
+use crate::monitor::protocol::{self as proto, AttachEnd, Exit, Reply, Request, SetupReply};
+use crate::monitor::sync::{Step, Subject};
 use crate::monitor::{INIT, PodDir, Spec};
 use crate::sys::process::{self, ProcRef, SingleThreaded};
 
@@ -93,7 +94,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         Ok(l) => l,
         Err(e) => {
             report(&SetupReply::Failed {
-                step: "start pod monitor".into(),
+                step: Step::StartMonitor,
                 message: format!("listen on {}: {e}", socket.display()),
             });
             return Err(format!("listen on {}: {e}", socket.display()));
@@ -103,7 +104,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         Ok(s) => s,
         Err(e) => {
             report(&SetupReply::Failed {
-                step: e.step.to_string(),
+                step: e.step.clone(),
                 message: e.message.clone(),
             });
             let _ = std::fs::remove_file(&socket);
@@ -178,6 +179,12 @@ enum Slot {
     Listener,
     Conn(u64),
     Output(String, Stream),
+    /// An attached client's end pipe (POLLERR: the daemon detached).
+    Detach(String, u64),
+    /// An attached client's stdin.
+    Input(String, u64),
+    /// A container's stdin can take what is buffered for it.
+    Stdin(String),
 }
 
 struct Monitor {
@@ -206,10 +213,14 @@ fn failed(f: Failure) -> Reply {
     }
 }
 
-fn unknown(what: &str, id: &str) -> Reply {
+fn unknown(what: Subject, id: &str) -> Reply {
+    let name = match what {
+        Subject::Container => "container",
+        Subject::Exec => "exec",
+    };
     Reply::Failed {
-        step: format!("unknown {what}"),
-        message: format!("no {what} {id:?} in this pod"),
+        step: Step::Unknown(what),
+        message: format!("no {name} {id:?} in this pod"),
     }
 }
 
@@ -220,9 +231,6 @@ impl Monitor {
         while !self.shutting_down {
             let mut slots = vec![Slot::Signals, Slot::Listener];
             slots.extend(self.conns.iter().map(|c| Slot::Conn(c.id)));
-            for (id, c) in &self.containers {
-                slots.extend(c.outputs().map(|(s, _)| Slot::Output(id.clone(), s)));
-            }
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
@@ -232,11 +240,28 @@ impl Monitor {
                     .iter()
                     .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
             );
-            for c in self.containers.values() {
-                fds.extend(
-                    c.outputs()
-                        .map(|(_, fd)| PollFd::new(fd, PollFlags::POLLIN)),
-                );
+            for (id, c) in &self.containers {
+                for (s, fd) in c.outputs() {
+                    slots.push(Slot::Output(id.clone(), s));
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+                for a in &c.attached {
+                    // No events asked: a pipe's write end reports POLLERR
+                    // once its reader is gone.
+                    slots.push(Slot::Detach(id.clone(), a.id));
+                    fds.push(PollFd::new(a.end_fd(), PollFlags::empty()));
+                    // Input waits while the container's buffer is full.
+                    if let Some(input) = &a.input
+                        && c.stdin.wants_input()
+                    {
+                        slots.push(Slot::Input(id.clone(), a.id));
+                        fds.push(PollFd::new(input.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                if let Some(fd) = c.stdin.pending() {
+                    slots.push(Slot::Stdin(id.clone()));
+                    fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                }
             }
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -259,6 +284,26 @@ impl Monitor {
                     && let Some(c) = self.containers.get_mut(id)
                 {
                     c.copy(*stream, ROUND);
+                }
+            }
+            for slot in &ready {
+                match slot {
+                    Slot::Input(id, a) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            c.read_input(*a);
+                        }
+                    }
+                    Slot::Stdin(id) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            c.stdin.flush();
+                        }
+                    }
+                    Slot::Detach(id, a) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            c.detach(*a);
+                        }
+                    }
+                    _ => {}
                 }
             }
             // Reaping next: an exit file is written before anything else.
@@ -401,7 +446,7 @@ impl Monitor {
             Request::CreateContainer { launch } => {
                 if self.containers.contains_key(&launch.id) {
                     return Some(Reply::Failed {
-                        step: "already exists".into(),
+                        step: Step::AlreadyExists,
                         message: format!("container {:?} exists in this pod", launch.id),
                     });
                 }
@@ -421,7 +466,7 @@ impl Monitor {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::SignalContainer { id, signal } => match self.containers.get(&id) {
                 Some(c) if !matches!(c.state, State::Exited(_)) => {
@@ -430,21 +475,21 @@ impl Monitor {
                         Ok(sig) => match nix::sys::signal::kill(Pid::from_raw(c.init.pid), sig) {
                             Ok(()) => Reply::Ok,
                             Err(e) => Reply::Failed {
-                                step: "signal".into(),
+                                step: Step::Signal,
                                 message: format!("signal {sig} to pid {}: {e}", c.init.pid),
                             },
                         },
                         Err(_) => Reply::Failed {
-                            step: "signal".into(),
+                            step: Step::Signal,
                             message: format!("invalid signal {signal}"),
                         },
                     }
                 }
                 Some(_) => Reply::Failed {
-                    step: "not running".into(),
+                    step: Step::NotRunning,
                     message: format!("container {id:?} has exited"),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::WaitContainer { id } => match self.containers.get_mut(&id) {
                 Some(c) => match c.state {
@@ -454,14 +499,14 @@ impl Monitor {
                         return None;
                     }
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::ReopenContainerLog { id } => match self.containers.get_mut(&id) {
                 Some(c) => match c.reopen_log() {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
-                None => unknown("container", &id),
+                None => unknown(Subject::Container, &id),
             },
             Request::RemoveContainer { id } => {
                 self.remove_container(&id);
@@ -470,12 +515,12 @@ impl Monitor {
             Request::Exec { launch } => {
                 if self.execs.contains_key(&launch.exec_id) {
                     return Some(Reply::Failed {
-                        step: "already exists".into(),
+                        step: Step::AlreadyExists,
                         message: format!("exec {:?} exists in this pod", launch.exec_id),
                     });
                 }
                 let Some(c) = self.containers.get(&launch.container_id) else {
-                    return Some(unknown("container", &launch.container_id));
+                    return Some(unknown(Subject::Container, &launch.container_id));
                 };
                 match c.exec(self.one, &launch) {
                     Ok((e, fds)) => {
@@ -501,7 +546,31 @@ impl Monitor {
                         return None;
                     }
                 },
-                None => unknown("exec", &id),
+                None => unknown(Subject::Exec, &id),
+            },
+            Request::AttachContainer { id, stdin } => match self.containers.get_mut(&id) {
+                Some(c) => match c.attach(stdin) {
+                    Ok(ends) => {
+                        let stdin = ends.stdin.is_some();
+                        let fds = ends.into_fds();
+                        let n = fds.len();
+                        self.fds_out = fds;
+                        Reply::Attached {
+                            fds: n,
+                            stdin,
+                            tty: c.launch.tty,
+                        }
+                    }
+                    Err(f) => failed(f),
+                },
+                None => unknown(Subject::Container, &id),
+            },
+            Request::ResizeContainer { id, width, height } => match self.containers.get(&id) {
+                Some(c) => match c.resize(width, height) {
+                    Ok(()) => Reply::Ok,
+                    Err(f) => failed(f),
+                },
+                None => unknown(Subject::Container, &id),
             },
             Request::SignalExec { id, signal } => match self.execs.get(&id) {
                 Some(e) if e.exit.is_none() => match Signal::try_from(signal) {
@@ -509,17 +578,17 @@ impl Monitor {
                     Ok(sig) => match nix::sys::signal::killpg(Pid::from_raw(e.process.pid), sig) {
                         Ok(()) | Err(nix::Error::ESRCH) => Reply::Ok,
                         Err(err) => Reply::Failed {
-                            step: "signal".into(),
+                            step: Step::Signal,
                             message: format!("signal {sig} to group {}: {err}", e.process.pid),
                         },
                     },
                     Err(_) => Reply::Failed {
-                        step: "signal".into(),
+                        step: Step::Signal,
                         message: format!("invalid signal {signal}"),
                     },
                 },
                 Some(_) => Reply::Ok,
-                None => unknown("exec", &id),
+                None => unknown(Subject::Exec, &id),
             },
         })
     }
@@ -546,7 +615,9 @@ impl Monitor {
         for e in execs {
             self.execs.remove(&e);
         }
-        self.containers.remove(id);
+        if let Some(mut c) = self.containers.remove(id) {
+            c.end_attachments(AttachEnd::Exited);
+        }
         let _ = std::fs::remove_file(self.pod.exit_file(id));
     }
 
@@ -609,8 +680,11 @@ impl Monitor {
                 let Some(c) = self.containers.get_mut(&id) else {
                     return;
                 };
-                // Its last output first, so a waiter sees complete logs.
+                // Its last output first, so a waiter sees complete logs;
+                // attached clients get it too, then their end.
                 c.drain();
+                c.end_attachments(AttachEnd::Exited);
+                c.stdin.close();
                 write(&id);
                 c.state = State::Exited(exit);
                 for w in c.waiters.drain(..) {

@@ -31,6 +31,10 @@ use super::headers::{Deflater, Headers, Inflater};
 pub const CHUNK: usize = 32 * 1024;
 /// Frames queued per direction before the producer waits.
 pub const QUEUE: usize = 64;
+/// How long the writer stays silent before it sends a PING: a peer that
+/// vanished is noticed by the failed write even while the reader waits on
+/// a stream whose consumer (a process that never reads its stdin) is stuck.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Streams one session may open; more are refused with RST_STREAM.
 const MAX_STREAMS: usize = 1024;
 /// How long a finished session keeps reading what the peer still sends
@@ -136,7 +140,8 @@ impl Session {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (in_tx, incoming) = mpsc::channel(16);
         let (gone_tx, gone) = watch::channel(false);
-        tokio::spawn(writer(write, rx));
+        let gone_tx = Arc::new(gone_tx);
+        tokio::spawn(writer(write, rx, gone_tx.clone()));
         let reader = tokio::spawn(reader(read, tx.clone(), in_tx, gone_tx));
         Session {
             incoming,
@@ -190,10 +195,24 @@ impl Drop for Session {
     }
 }
 
-async fn writer<W: AsyncWrite + Unpin>(mut io: W, mut rx: mpsc::Receiver<Out>) {
+async fn writer<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut rx: mpsc::Receiver<Out>,
+    gone: Arc<watch::Sender<bool>>,
+) {
     let mut deflate = Deflater::new();
     let mut buf = Vec::with_capacity(CHUNK + 64);
-    while let Some(first) = rx.recv().await {
+    // Server-initiated PINGs carry even ids (SPDY/3 section 2.6.5).
+    let mut ping_id: u32 = 0;
+    loop {
+        let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Ok(Some(out)) => out,
+            Ok(None) => break,
+            Err(_) => {
+                ping_id = ping_id.wrapping_add(2);
+                Out::Frame(Frame::Ping { id: ping_id })
+            }
+        };
         let mut next = Some(first);
         let mut shutdown = None;
         // Batch what is already queued into one write.
@@ -224,6 +243,7 @@ async fn writer<W: AsyncWrite + Unpin>(mut io: W, mut rx: mpsc::Receiver<Out>) {
             }
         }
         if io.write_all(&buf).await.is_err() || io.flush().await.is_err() {
+            let _ = gone.send(true);
             return;
         }
         buf.clear();
@@ -245,7 +265,7 @@ async fn reader<R: AsyncRead + Unpin>(
     mut io: R,
     tx: mpsc::Sender<Out>,
     incoming: mpsc::Sender<Stream>,
-    gone: watch::Sender<bool>,
+    gone: Arc<watch::Sender<bool>>,
 ) {
     let mut inflate = Inflater::new();
     let mut streams: HashMap<u32, Open> = HashMap::new();
@@ -336,9 +356,11 @@ async fn reader<R: AsyncRead + Unpin>(
                         open.reset.store(true, Ordering::Relaxed);
                     }
                 }
-                Frame::Ping { id } => {
+                // Odd ids are the client's pings; even ones answer ours.
+                Frame::Ping { id } if id % 2 == 1 => {
                     let _ = tx.send(Out::Frame(Frame::Ping { id })).await;
                 }
+                Frame::Ping { .. } => {}
                 Frame::Headers { block, .. } | Frame::SynReply { block, .. } => {
                     // Inflated only to keep the context in step.
                     if inflate.decompress(&block).is_err() {

@@ -1,0 +1,466 @@
+//! Attach to a container's own stdio, terminals from the container's
+//! devpts, and execs whose client vanished, end to end with the in-tree
+//! SPDY and WebSocket clients of `streaming.rs`.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crius::cri::proto::*;
+use crius::streaming::spdy::frame::Frame;
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::container::{Setup, container, create, pod_config, setup_with, start, status};
+use crate::pod::{self, Client};
+use crate::require_registry_tools;
+use crate::streaming::{Opts, Outcome, Spdy, exec_url, spdy_exec, upgrade, ws_connect};
+
+/// A running busybox container with the given stdio settings; returns
+/// (pod id, container id, its CRI log file).
+async fn running_with(
+    s: &Setup,
+    rt: &mut Client,
+    name: &str,
+    cmd: &[&str],
+    stdin: bool,
+    stdin_once: bool,
+    tty: bool,
+) -> (String, String, std::path::PathBuf) {
+    let logs = s.d.dir.path().join(format!("logs-{name}"));
+    let pod = pod::run(rt, pod_config(name, NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let mut c = container(name, &s.busybox, cmd, NamespaceMode::Container);
+    c.stdin = stdin;
+    c.stdin_once = stdin_once;
+    c.tty = tty;
+    let id = create(rt, &pod, c).await.unwrap();
+    start(rt, &id).await;
+    (pod, id, logs.join(format!("{name}.log")))
+}
+
+async fn attach_url(rt: &mut Client, id: &str, stdin: bool, tty: bool) -> String {
+    rt.attach(AttachRequest {
+        container_id: id.into(),
+        stdin,
+        tty,
+        stdout: true,
+        stderr: !tty,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .url
+}
+
+/// An attach session over SPDY v4 as client-go opens it; returns the
+/// session and the ids of (error, stdin, stdout, stderr, resize).
+async fn spdy_attach(url: &str, stdin: bool, tty: bool) -> (Spdy, [Option<u32>; 5]) {
+    let (tcp, code, head) = upgrade(
+        url,
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 101, "{head}");
+    let mut s = Spdy::new(Box::new(tcp));
+    let error = s.open(&[("streamType", "error")]).await;
+    let resize = match tty {
+        true => Some(s.open(&[("streamType", "resize")]).await),
+        false => None,
+    };
+    let input = match stdin {
+        true => Some(s.open(&[("streamType", "stdin")]).await),
+        false => None,
+    };
+    let stdout = s.open(&[("streamType", "stdout")]).await;
+    let stderr = match tty {
+        true => None,
+        false => Some(s.open(&[("streamType", "stderr")]).await),
+    };
+    (s, [Some(error), input, Some(stdout), stderr, resize])
+}
+
+/// Reads frames until stream `id` has carried `want` (or ended).
+async fn read_until(s: &mut Spdy, id: u32, want: &str, seen: &mut Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(seen).contains(want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.next()).await {
+            Ok(Some(Frame::Data {
+                stream_id, data, ..
+            })) if stream_id == id => seen.extend_from_slice(&data),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!(
+                "session ended before {want:?}: {:?}",
+                String::from_utf8_lossy(seen)
+            ),
+            Err(_) => panic!(
+                "no {want:?} within 60s: {:?}",
+                String::from_utf8_lossy(seen)
+            ),
+        }
+    }
+}
+
+async fn exit_code_of(rt: &mut Client, id: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, _) = status(rt, id).await;
+        if st.state == ContainerState::ContainerExited as i32 {
+            return st.exit_code;
+        }
+        assert!(Instant::now() < deadline, "container {id} still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_attach_readers_and_stdin_once() {
+    require_registry_tools!();
+    let s = setup_with("", &[]).await;
+    let mut rt = s.d.runtime().await;
+    let script = "while read l; do echo \"got $l\"; done; echo bye";
+    let (_pod, id, log) = running_with(
+        &s,
+        &mut rt,
+        "once",
+        &["sh", "-c", script],
+        true,
+        true,
+        false,
+    )
+    .await;
+
+    // An unknown container is NotFound at the RPC; Attach is no longer
+    // UNIMPLEMENTED.
+    let err = rt
+        .attach(AttachRequest {
+            container_id: "nosuchcontainer".into(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    // Two clients: one reads only, one writes stdin too; both see the
+    // container's answers.
+    let url = attach_url(&mut rt, &id, false, false).await;
+    let (mut reader, [r_err, _, r_out, ..]) = spdy_attach(&url, false, false).await;
+    let url = attach_url(&mut rt, &id, true, false).await;
+    let (mut writer, [w_err, w_in, w_out, w_stderr, _]) = spdy_attach(&url, true, false).await;
+    let (w_in, w_out) = (w_in.unwrap(), w_out.unwrap());
+    // The attach is served once its streams are open; input sent right
+    // away is not lost (the monitor holds the container's stdin).
+    writer.data(w_in, b"one\n", false).await;
+    let mut seen = Vec::new();
+    read_until(&mut writer, w_out, "got one\n", &mut seen).await;
+    let mut seen_r = Vec::new();
+    read_until(&mut reader, r_out.unwrap(), "got one\n", &mut seen_r).await;
+
+    // stdin_once: the first client with stdin to leave closes the
+    // container's stdin; the loop ends and the container exits.
+    writer.data(w_in, b"two\n", true).await;
+    let mut until = vec![w_err.unwrap(), w_out];
+    until.extend(w_stderr);
+    let data = writer.collect(&until).await;
+    let out = Outcome {
+        stdout: [seen, data.get(&w_out).cloned().unwrap_or_default()].concat(),
+        stderr: Vec::new(),
+        error: data.get(&w_err.unwrap()).cloned().unwrap_or_default(),
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got one\ngot two\nbye\n"
+    );
+    assert_eq!(out.status()["status"], "Success", "{}", out.status());
+    let rest = reader.collect(&[r_err.unwrap(), r_out.unwrap()]).await;
+    seen_r.extend_from_slice(
+        rest.get(&r_out.unwrap())
+            .map(|v| v.as_slice())
+            .unwrap_or(b""),
+    );
+    assert_eq!(String::from_utf8_lossy(&seen_r), "got one\ngot two\nbye\n");
+    assert_eq!(exit_code_of(&mut rt, &id).await, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(" stdout F got two"), "{text}");
+    assert!(text.contains(" stdout F bye"), "{text}");
+
+    // The same over WebSocket v5: stdin closed by the close message.
+    let (_pod, id, _) = running_with(
+        &s,
+        &mut rt,
+        "wsonce",
+        &["sh", "-c", script],
+        true,
+        true,
+        false,
+    )
+    .await;
+    let url = attach_url(&mut rt, &id, true, false).await;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    ws.send(Message::Binary(b"\x00ws\n".to_vec().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .unwrap();
+    let mut out = Outcome::default();
+    let read = async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Binary(data) = msg {
+                match data.first() {
+                    Some(1) => out.stdout.extend_from_slice(&data[1..]),
+                    Some(3) => out.error.extend_from_slice(&data[1..]),
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("websocket attach ended");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got ws\nbye\n");
+    assert_eq!(out.status()["status"], "Success");
+    assert_eq!(exit_code_of(&mut rt, &id).await, 0);
+
+    // A container without stdin: attaching with stdin gives the outputs
+    // only (what containerd and CRI-O do); what the client types is dropped.
+    let (_pod, id, _) = running_with(
+        &s,
+        &mut rt,
+        "nostdin",
+        &["sh", "-c", "sleep 2; echo tick; sleep 3600"],
+        false,
+        false,
+        false,
+    )
+    .await;
+    let url = attach_url(&mut rt, &id, true, false).await;
+    let (mut a, [_, a_in, a_out, ..]) = spdy_attach(&url, true, false).await;
+    let chunk = vec![b'z'; 32 << 10];
+    for _ in 0..128 {
+        a.data(a_in.unwrap(), &chunk, false).await;
+    }
+    let mut seen = Vec::new();
+    read_until(&mut a, a_out.unwrap(), "tick\n", &mut seen).await;
+}
+
+/// The device number of the devpts instance a path's terminal lives on.
+fn dev_of(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .dev()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_attach_tty_container_logs_resize_and_devpts() {
+    require_registry_tools!();
+    let s = setup_with("", &[]).await;
+    let mut rt = s.d.runtime().await;
+    let script = "read x; stty size; tty; echo \"x=$x\"; sleep 3600";
+    let (_pod, id, log) = running_with(
+        &s,
+        &mut rt,
+        "term",
+        &["sh", "-c", script],
+        true,
+        false,
+        true,
+    )
+    .await;
+
+    // The container's terminal is from its own devpts instance: the init's
+    // stdin is a pts on the devpts mounted in the container, not the host's.
+    let (st, info) = status(&mut rt, &id).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    let pid = info["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("verbose status has no pid: {info}"));
+    let fd0 = Path::new("/proc").join(pid.to_string()).join("fd/0");
+    let container_pts = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root/dev/pts/ptmx");
+    assert_eq!(
+        dev_of(&fd0),
+        dev_of(&container_pts),
+        "the tty is on the container's devpts"
+    );
+    assert_ne!(
+        dev_of(&fd0),
+        dev_of(Path::new("/dev/pts/ptmx")),
+        "not on the host's"
+    );
+
+    // Attach with a terminal: the size reaches the container's tty (held by
+    // the monitor), the input its stdin.
+    let url = attach_url(&mut rt, &id, true, true).await;
+    let (mut a, [_, a_in, a_out, _, a_resize]) = spdy_attach(&url, true, true).await;
+    a.data(a_resize.unwrap(), b"{\"Width\":77,\"Height\":33}\n", false)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.data(a_in.unwrap(), b"typed\n", false).await;
+    let mut seen = Vec::new();
+    read_until(&mut a, a_out.unwrap(), "x=typed", &mut seen).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("33 77"), "{text:?}");
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    drop(a);
+
+    // The CRI log holds the terminal's output, in the CRI format.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("stdout F x=typed") {
+            assert!(text.contains("stdout F 33 77"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "log: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Exec with a terminal: also from the container's devpts.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "tty; ls /dev/pts; [ \"$(stat -L -c %d /proc/self/fd/0)\" = \"$(stat -c %d /dev/pts/ptmx)\" ] && echo same-devpts"],
+        false,
+        true,
+    )
+    .await;
+    let out = spdy_exec(
+        &url,
+        "v4.channel.k8s.io",
+        Opts {
+            tty: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/1"), "{text:?}");
+    assert!(text.contains("same-devpts"), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_attach_slow_reader_does_not_stall_logs() {
+    require_registry_tools!();
+    let s = setup_with("", &[]).await;
+    let mut rt = s.d.runtime().await;
+    // 40 MB of output after a pause (so the client is attached first).
+    let script =
+        "sleep 2; head -c 40000000 /dev/zero | tr '\\0' x | fold -w 1000; echo done; sleep 3600";
+    let (_pod, id, log) = running_with(
+        &s,
+        &mut rt,
+        "flood",
+        &["sh", "-c", script],
+        false,
+        false,
+        false,
+    )
+    .await;
+    let url = attach_url(&mut rt, &id, false, false).await;
+    // A client that opens its streams and then reads nothing.
+    let (mut slow, [s_err, ..]) = spdy_attach(&url, false, false).await;
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read(&log).unwrap_or_default();
+        if text.ends_with(b"done\n") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the log stalled at {} bytes behind a client that does not read",
+            text.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "40 MB logged in {:?} with a stalled attached client",
+        started.elapsed()
+    );
+    // The slow client was cut off: its session ends with a failure status.
+    let s_err = s_err.unwrap();
+    let data = slow.collect(&[s_err]).await;
+    let out = Outcome {
+        error: data.get(&s_err).cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    assert_eq!(out.status()["status"], "Failure", "{}", out.status());
+    assert!(
+        out.status()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too far behind"),
+        "{}",
+        out.status()
+    );
+    // The container still runs and a new client attaches.
+    let (st, _) = status(&mut rt, &id).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_exec_gone_client_with_unread_stdin_is_reaped() {
+    require_registry_tools!();
+    let s = setup_with("", &[]).await;
+    let mut rt = s.d.runtime().await;
+    let (_pod, id, _) = running_with(
+        &s,
+        &mut rt,
+        "unread",
+        &["sleep", "3600"],
+        false,
+        false,
+        false,
+    )
+    .await;
+    let monitors = crate::harness::monitor_pids(&s.d.state);
+    let monitor = monitors[0];
+    let before = crate::harness::children_of(monitor).len();
+    for transport in ["spdy", "websocket"] {
+        let url = exec_url(&mut rt, &id, &["sleep", "1000"], true, false).await;
+        if transport == "spdy" {
+            let (mut c, [_, c_in, ..]) = spdy_attach(&url, true, false).await;
+            // Far more stdin than every buffer on the way holds; the
+            // process never reads it.
+            let chunk = vec![b'y'; 32 << 10];
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                for _ in 0..512 {
+                    c.data(c_in.unwrap(), &chunk, false).await;
+                }
+            })
+            .await;
+            drop(c);
+        } else {
+            let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+            let mut msg = vec![0u8];
+            msg.extend_from_slice(&[b'y'; 32 << 10]);
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                for _ in 0..512 {
+                    if ws.send(Message::Binary(msg.clone().into())).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(ws);
+        }
+        let running = crate::harness::children_of(monitor).len();
+        assert!(running > before, "{transport}: the exec runs");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while crate::harness::children_of(monitor).len() > before {
+            assert!(
+                Instant::now() < deadline,
+                "{transport}: the exec of a vanished client still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

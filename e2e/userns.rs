@@ -1,0 +1,323 @@
+//! Pods with their own user namespace (hostUsers: false): container root
+//! is an unprivileged host user, seen through /proc/PID/uid_map and
+//! status; files keep their owners through idmapped mounts (the image's
+//! root-owned files are the container root's, a volume's files keep their
+//! host owners, files the container writes into its rootfs belong to the
+//! mapped ids on the host); root of the pod's network namespace may bind
+//! port 80 and set an interface up there, but loads no module and mounts
+//! no block device; bad mappings and modes are refused.
+//!
+//! Status reports `user_namespaces` only where the daemon's probe passed:
+//! this test host (6.18, ext4) passes all three probes; the VM guest (6.1)
+//! runs it too (hack/vm/tests.list).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crius::cri::proto::*;
+use tonic::Code;
+
+use crate::container::{
+    Setup, add_capabilities, container, create, exec, pod_config, setup_with_env, start, status,
+};
+use crate::pod;
+use crate::require_registry_tools;
+
+const HOST_BASE: u32 = 200_000;
+const LENGTH: u32 = 65_536;
+
+fn mapping(container_id: u32, host_id: u32, length: u32) -> IdMapping {
+    IdMapping {
+        container_id,
+        host_id,
+        length,
+    }
+}
+
+fn with_userns(mut c: PodSandboxConfig, u: UserNamespace) -> PodSandboxConfig {
+    c.linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .namespace_options
+        .get_or_insert_default()
+        .userns_options = Some(u);
+    c
+}
+
+fn pod_userns() -> UserNamespace {
+    UserNamespace {
+        mode: NamespaceMode::Pod as i32,
+        uids: vec![mapping(0, HOST_BASE, LENGTH)],
+        gids: vec![mapping(0, HOST_BASE, LENGTH)],
+    }
+}
+
+/// An exec's exit code, stdout and stderr.
+async fn sh(rt: &mut pod::Client, id: &str, script: &str) -> (i32, String, String) {
+    let out = exec(rt, id, &["sh", "-c", script], 10).await.unwrap();
+    (
+        out.exit_code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The effective uid in /proc/PID/status (as the host sees it).
+fn host_uid(pid: i64) -> u32 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_pod_root_is_an_unprivileged_host_user() {
+    require_registry_tools!();
+    let s: Setup = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let st = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let features = st.runtime_handlers[0].features.unwrap();
+    assert!(
+        features.user_namespaces,
+        "the probes fail here: {}",
+        s.d.log()
+    );
+    let config: serde_json::Value = serde_json::from_str(&st.info["config"]).unwrap();
+    assert!(config["stateDir"].is_string(), "{config}");
+
+    let logs = s.d.dir.path().join("logs");
+    let pc = with_userns(
+        pod_config("userns", NamespaceMode::Pod, &logs),
+        pod_userns(),
+    );
+    let pod_id = pod::run(&mut rt, pc).await.unwrap();
+    // The pod init (PID mode POD) runs as uid 65535 of the namespace.
+    let ps = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&ps.info["info"]).unwrap();
+    let init_pid = info["initPid"].as_i64().unwrap();
+    assert_eq!(host_uid(init_pid), HOST_BASE + 65535);
+    let echoed = ps
+        .status
+        .unwrap()
+        .linux
+        .unwrap()
+        .namespaces
+        .unwrap()
+        .options
+        .unwrap();
+    assert_eq!(echoed.userns_options, Some(pod_userns()));
+
+    let vol = s.d.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::os::unix::fs::chown(&vol, Some(0), Some(0)).unwrap();
+    let mut c = container("c", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod);
+    c.mounts = vec![Mount {
+        container_path: "/vol".into(),
+        host_path: vol.display().to_string(),
+        ..Default::default()
+    }];
+    add_capabilities(&mut c, &["NET_ADMIN", "SYS_ADMIN", "SYS_MODULE", "MKNOD"]);
+    let id = create(&mut rt, &pod_id, c).await.unwrap();
+    start(&mut rt, &id).await;
+    let (_, cinfo) = status(&mut rt, &id).await;
+    let pid = cinfo["pid"].as_i64().unwrap();
+
+    // 1. Root inside, HOST_BASE outside.
+    let (code, out, err) = sh(&mut rt, &id, "id -u; id -g; cat /proc/self/uid_map").await;
+    assert_eq!(code, 0, "{err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["0", "0", "0", &HOST_BASE.to_string(), &LENGTH.to_string()]
+    );
+    assert_eq!(host_uid(pid), HOST_BASE);
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &HOST_BASE.to_string(), &LENGTH.to_string()]
+    );
+
+    // 2. Owners: the image's files are root's (idmapped layers, never
+    //    chowned), the volume keeps host owners both ways, the rootfs'
+    //    new files belong to the mapped ids on the host.
+    let (code, out, err) = sh(
+        &mut rt,
+        &id,
+        "stat -c '%u:%g' /bin/busybox /vol && echo x >/vol/by-root && \
+         touch /vol/by-1234 && chown 1234:1234 /vol/by-1234 && \
+         echo y >/in-rootfs && chown 7:7 /bin/busybox",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "0:0\n0:0\n");
+    let owner = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(&vol.join("by-root")), (0, 0));
+    assert_eq!(owner(&vol.join("by-1234")), (1234, 1234));
+    let upper = s.d.root.join("containers").join(&id).join("u");
+    assert_eq!(owner(&upper.join("in-rootfs")), (HOST_BASE, HOST_BASE));
+    // The copied-up binary: the mapped container ids, the layer untouched.
+    assert_eq!(
+        owner(&upper.join("bin/busybox")),
+        (HOST_BASE + 7, HOST_BASE + 7)
+    );
+    let out = std::process::Command::new("find")
+        .arg(s.d.root.join("image"))
+        .args(["-path", "*/bin/busybox"])
+        .output()
+        .unwrap();
+    let layer_files = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!layer_files.trim().is_empty(), "no busybox in a layer");
+    for f in layer_files.lines() {
+        assert_eq!(owner(Path::new(f)), (0, 0), "{f} chowned");
+    }
+
+    // 3. Root of the pod's network namespace.
+    let (code, _, err) = sh(
+        &mut rt,
+        &id,
+        "ip link set lo down && ip link set lo up && \
+         (nc -l -p 80 </dev/null >/dev/null & sleep 0.5; cat /proc/net/tcp /proc/net/tcp6 | grep -q ':0050 ')",
+    )
+    .await;
+    assert_eq!(code, 0, "network admin in its own namespace: {err}");
+
+    // 4. But not the host's root: no module, no block device mount (even
+    //    with CAP_SYS_MODULE, CAP_SYS_ADMIN and CAP_MKNOD asked for).
+    //    (A kernel built without modules, as this test host's 6.18 is,
+    //    says ENOSYS to everyone, host root included; the VM guest's 6.1
+    //    has modules and must say EPERM.)
+    let (code, _, err) = sh(&mut rt, &id, "insmod /bin/busybox").await;
+    assert_ne!(code, 0);
+    if Path::new("/proc/modules").exists() {
+        assert!(err.contains("Operation not permitted"), "insmod: {err}");
+    } else {
+        assert!(err.contains("does not support"), "insmod: {err}");
+    }
+    let (code, _, err) = sh(
+        &mut rt,
+        &id,
+        "mknod /dev/blk b 7 0; mkdir -p /mnt/x && mount -t ext4 /dev/blk /mnt/x",
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Operation not permitted") || err.contains("Permission denied"),
+        "mount: {err}"
+    );
+
+    pod::stop_remove(&mut rt, &pod_id).await;
+    pod::assert_no_trace(&s.d);
+}
+
+/// Bad user namespace requests: InvalidArgument naming the field, with no
+/// pod left; a container may only repeat its pod's user namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_bad_requests_are_refused() {
+    require_registry_tools!();
+    let s: Setup = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let two = vec![mapping(0, 1000, 100_000), mapping(0, 2000, 100_000)];
+    let cases = [
+        (
+            UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: two.clone(),
+                gids: two,
+            },
+            "exactly one mapping",
+        ),
+        (
+            UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: vec![mapping(1, 1000, 100_000)],
+                gids: vec![mapping(1, 1000, 100_000)],
+            },
+            "container id 0",
+        ),
+        (
+            UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: vec![mapping(0, 0, 100_000)],
+                gids: vec![mapping(0, 0, 100_000)],
+            },
+            "host root",
+        ),
+        (
+            UserNamespace {
+                mode: NamespaceMode::Container as i32,
+                ..Default::default()
+            },
+            "CONTAINER",
+        ),
+        (
+            UserNamespace {
+                mode: NamespaceMode::Target as i32,
+                ..Default::default()
+            },
+            "TARGET",
+        ),
+    ];
+    for (u, says) in cases {
+        let pc = with_userns(pod_config("bad", NamespaceMode::Pod, &logs), u.clone());
+        let e = pod::run(&mut rt, pc).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{u:?}: {e:?}");
+        assert!(e.message().contains("userns_options"), "{}", e.message());
+        assert!(e.message().contains(says), "{says}: {}", e.message());
+    }
+    // Host namespaces belong to the host's user namespace.
+    let pc = with_userns(
+        pod::with_namespaces(
+            pod::config("hostnet"),
+            NamespaceMode::Node,
+            NamespaceMode::Pod,
+            NamespaceMode::Pod,
+        ),
+        pod_userns(),
+    );
+    let e = pod::run(&mut rt, pc).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("hostNetwork"), "{}", e.message());
+
+    // A container asking for another user namespace than its pod's.
+    let pod_id = pod::run(&mut rt, pod_config("plain", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let mut c = container("c", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod);
+    c.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .userns_options = Some(pod_userns());
+    let e = create(&mut rt, &pod_id, c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("userns_options"), "{}", e.message());
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "only the plain pod: {pods:?}");
+    pod::stop_remove(&mut rt, &pod_id).await;
+    pod::assert_no_trace(&s.d);
+}
