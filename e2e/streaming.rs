@@ -46,7 +46,7 @@ pub(crate) async fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, 
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if tcp.read(&mut byte).await.unwrap() == 0 {
+        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
             break;
         }
         head.push(byte[0]);

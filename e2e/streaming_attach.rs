@@ -464,3 +464,161 @@ async fn streaming_exec_gone_client_with_unread_stdin_is_reaped() {
         }
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI:
+/// (cert PEM path, key PEM path).
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("stream.crt"), dir.join("stream.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=crius-e2e"])
+        // A leaf (CA:FALSE), its own trust anchor for the test client.
+        .args([
+            "-extensions",
+            "v3_req",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_exec_and_attach_over_tls() {
+    require_registry_tools!();
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no openssl CLI to make a certificate (hack/install-deps.sh)");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let s = setup_with(
+        &format!(
+            "\n[streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    )
+    .await;
+    let mut rt = s.d.runtime().await;
+    let (_pod, id, _) = running_with(
+        &s,
+        &mut rt,
+        "tls",
+        &["sh", "-c", "while read l; do echo \"got $l\"; done"],
+        true,
+        false,
+        false,
+    )
+    .await;
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "echo over-tls; exit 4"],
+        false,
+        false,
+    )
+    .await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    // A client that trusts only that certificate.
+    let tls = {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let connect = |url: String| {
+        let tls = tls.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let rest = url.strip_prefix("https://").unwrap();
+            let (host, path) = rest.split_once('/').unwrap();
+            let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut io = tls.connect(name, tcp).await.expect("TLS handshake");
+            let req = format!(
+                "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+            );
+            io.write_all(req.as_bytes()).await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(io.read(&mut byte).await.unwrap(), 1, "response head");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            Spdy::new(Box::new(io))
+        }
+    };
+
+    // Exec: output and exit code through TLS.
+    let mut c = connect(url).await;
+    let error = c.open(&[("streamType", "error")]).await;
+    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let stderr = c.open(&[("streamType", "stderr")]).await;
+    let data = c.collect(&[error, stdout, stderr]).await;
+    assert_eq!(
+        data.get(&stdout).map(Vec::as_slice),
+        Some(&b"over-tls\n"[..])
+    );
+    let out = Outcome {
+        error: data.get(&error).cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    assert_eq!(out.status()["details"]["causes"][0]["message"], "4");
+
+    // Attach: stdin in, output back, through TLS.
+    let url = attach_url(&mut rt, &id, true, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let mut a = connect(url).await;
+    a.open(&[("streamType", "error")]).await;
+    let input = a.open(&[("streamType", "stdin")]).await;
+    let stdout = a.open(&[("streamType", "stdout")]).await;
+    a.open(&[("streamType", "stderr")]).await;
+    a.data(input, b"secret\n", false).await;
+    let mut seen = Vec::new();
+    read_until(&mut a, stdout, "got secret\n", &mut seen).await;
+
+    // A client that does not speak TLS gets no session.
+    let url = exec_url(&mut rt, &id, &["true"], false, false).await;
+    let plain = url.replacen("https://", "http://", 1);
+    let (_, code, _) = upgrade(
+        &plain,
+        &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")],
+    )
+    .await;
+    assert_ne!(code, 101);
+}

@@ -92,11 +92,13 @@ rss=0 pss=0 n=0
 declare -A names=()
 for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
   [[ "$pid" == "$crius_pid" ]] && continue
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-  [[ "$(basename "${exe% (deleted)}")" == crius* ]] || continue
+  # The monitors and pod inits run from sealed handles (a detached mount
+  # shows as / in /proc/PID/exe, a memfd as memfd:...): go by their names.
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+  [[ "$comm" == crius* ]] || continue
   read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' "/proc/$pid/smaps_rollup")
   rss=$((rss + r)) pss=$((pss + p)) n=$((n + 1))
-  name=$(cat "/proc/$pid/comm")
+  name=$comm
   names[$name]=$((${names[$name]:-0} + 1))
 done
 ((n)) || { echo "no crius process appeared" >&2; exit 1; }

@@ -12,6 +12,8 @@ test_pkgs=("${runtime_pkgs[@]}" docker-registry openssl busybox-static skopeo um
   # hack/critest-images.sh compiles two tiny static programs
   gcc libc6-dev
   jq procps psmisc util-linux e2fsprogs iputils-ping
+  # e2e streaming_tls makes a self-signed certificate
+  openssl
   # the VM tier (hack/vm-e2e.sh): qemu, kmod's depmod/modprobe for the guest
   # kernel's modules, and systemd + D-Bus for the guest's systemd mode
   qemu-system-x86 kmod systemd dbus)
