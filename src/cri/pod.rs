@@ -22,6 +22,8 @@ impl Cri {
         let spec = pod_spec(config, req.runtime_handler)?;
         let userns = &self.daemon.userns;
         if spec.namespaces.user.is_some() && !userns.supported() {
+            // A request that is wrong anywhere says so first.
+            spec.validate().map_err(status)?;
             return Err(Status::failed_precondition(format!(
                 "userns_options: pods with their own user namespace cannot run on this node: {}",
                 userns.message
