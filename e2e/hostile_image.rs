@@ -100,16 +100,7 @@ async fn hostile_image_user_beyond_u32_is_never_taken_for_non_root() {
             serde_json::json!({"Cmd": ["/bin/busybox", "sleep", "3600"], "User": user}),
         );
         let image = s.reg.image(name);
-        images
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        s.pull(&image).await;
         let st = images
             .image_status(ImageStatusRequest {
                 image: Some(ImageSpec {
@@ -159,17 +150,7 @@ async fn hostile_image_device_nodes_cannot_be_opened() {
         serde_json::json!({"Cmd": ["/bin/busybox", "sleep", "3600"]}),
     );
     let image = s.reg.image("devnodes");
-    s.d.images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    s.pull(&image).await;
     let mut rt = s.d.runtime().await;
     let logs = s.d.dir.path().join("logs");
     let pod = pod::run(&mut rt, pod_config("dev", NamespaceMode::Pod, &logs))

@@ -31,7 +31,7 @@ struct Route {
 async fn canned_registry(
     routes: HashMap<String, Route>,
 ) -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let routes = Arc::new(routes);
@@ -44,24 +44,9 @@ async fn canned_registry(
             };
             let (routes, asked) = (routes.clone(), asked2.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if !buf[0].is_ascii_uppercase() {
-                        return; // TLS: hang up, as a plain HTTP server does
-                    }
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end;
-                    }
+                let Some(head) = crate::registry::read_head(&mut conn).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or_default().to_string();
                 asked.lock().unwrap().push(path.clone());
                 let (status, route) = match routes.get(&path) {

@@ -375,6 +375,28 @@ impl Tar {
     }
 }
 
+/// The head (request line and headers) of one HTTP request on `conn`;
+/// `None` at EOF or for anything but plain HTTP (a TLS hello: the caller
+/// hangs up, as a plain HTTP server does).
+pub async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !buf[0].is_ascii_uppercase() {
+            return None;
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+        }
+    }
+}
+
 /// A registry front that demands a bearer token, as Docker Hub does: `/v2/`
 /// without one answers 401 with a `Bearer realm=".../token"` challenge, the
 /// token endpoint hands out `token` for the Basic credentials `creds`, and
@@ -399,24 +421,9 @@ pub async fn bearer_front(
             };
             let (upstream, realm, basic) = (upstream.clone(), realm.clone(), basic.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if !buf[0].is_ascii_uppercase() {
-                        return; // a TLS hello: hang up, as a plain HTTP server does
-                    }
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end;
-                    }
+                let Some(head) = read_head(&mut conn).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 let mut lines = head.split("\r\n");
                 let request_line = lines.next().unwrap_or_default().to_string();
                 let auth = lines

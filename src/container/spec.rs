@@ -754,10 +754,12 @@ pub fn build(
     // The init reads it with the same parser; a bad one fails here, with
     // the field named, rather than in the blocked init.
     crate::init::user::parse(&user).map_err(|e| Error::Invalid {
-        field: if image.user == user {
-            "image config User"
-        } else {
+        field: if config.security.run_as_user.is_none()
+            && !config.security.run_as_username.is_empty()
+        {
             "run_as_username"
+        } else {
+            "image config User"
         },
         reason: e.to_string(),
     })?;

@@ -323,6 +323,30 @@ fn bad_inputs_are_invalid_arguments() {
         build(&c, &image(), &pod(), Path::new("/r")),
         Err(Error::Invalid { .. })
     ));
+    // A user that is no valid id is refused here, naming where it came from.
+    let mut img = image();
+    img.user = "4294967296".into();
+    assert!(matches!(
+        build(&ContainerConfig::default(), &img, &pod(), Path::new("/r")),
+        Err(Error::Invalid {
+            field: "image config User",
+            ..
+        })
+    ));
+    let mut c = ContainerConfig::default();
+    c.security.run_as_username = "-5".into();
+    assert!(matches!(
+        build(&c, &image(), &pod(), Path::new("/r")),
+        Err(Error::Invalid {
+            field: "run_as_username",
+            ..
+        })
+    ));
+    c.security.run_as_user = Some(7);
+    assert!(
+        build(&c, &img, &pod(), Path::new("/r")).is_ok(),
+        "run_as_user wins"
+    );
 }
 
 #[test]
