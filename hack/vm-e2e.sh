@@ -17,7 +17,7 @@
 #   --set full  every line (default)
 # Environment: CRIUS_VM_CACHE (default /var/cache/crius-vm: the extracted
 # kernel package), CRIUS_VM_ACCEL=kvm|tcg (skip the probe),
-# CRIUS_VM_TIMEOUT (seconds per mode, default 1500), CRIUS_VM_KEEP=1 (keep
+# CRIUS_VM_TIMEOUT (seconds per mode, default 2400), CRIUS_VM_KEEP=1 (keep
 # the run directory), CRIUS_VM_MEM (MiB, default 2048). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ case "$set" in ci | full) ;; *) echo "bad --set $set" >&2; exit 2 ;; esac
 [[ "$repo" != *[[:space:]]* ]] || { echo "vm-e2e: the repository path must not contain spaces" >&2; exit 2; }
 
 cache=${CRIUS_VM_CACHE:-/var/cache/crius-vm}
-timeout_s=${CRIUS_VM_TIMEOUT:-1500}
+timeout_s=${CRIUS_VM_TIMEOUT:-2400}
 mem=${CRIUS_VM_MEM:-2048}
 t0=$(date +%s)
 say() { echo "vm-e2e: $*" >&2; }
