@@ -279,7 +279,7 @@ pub(crate) async fn ws_connect(
 
 /// Runs an exec URL over WebSocket; with v5 stdin is closed by the close
 /// message after the data.
-async fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Outcome {
+pub(crate) async fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Outcome {
     let mut ws = ws_connect(url, protocol).await;
     if let Some(data) = stdin {
         let mut msg = vec![0u8];

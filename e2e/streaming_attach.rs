@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use crius::cri::proto::*;
 use crius::streaming::spdy::frame::Frame;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::container::{Setup, container, create, pod_config, setup_with, start, status};
 use crate::pod::{self, Client};
 use crate::require_registry_tools;
-use crate::streaming::{Opts, Outcome, Spdy, exec_url, spdy_exec, upgrade, ws_connect};
+use crate::streaming::{Opts, Outcome, Spdy, exec_url, spdy_exec, upgrade, ws_connect, ws_exec};
 
 /// A running busybox container with the given stdio settings; returns
 /// (pod id, container id, its CRI log file).
@@ -203,28 +203,7 @@ async fn streaming_attach_readers_and_stdin_once() {
     )
     .await;
     let url = attach_url(&mut rt, &id, true, false).await;
-    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
-    ws.send(Message::Binary(b"\x00ws\n".to_vec().into()))
-        .await
-        .unwrap();
-    ws.send(Message::Binary(vec![255u8, 0].into()))
-        .await
-        .unwrap();
-    let mut out = Outcome::default();
-    let read = async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Binary(data) = msg {
-                match data.first() {
-                    Some(1) => out.stdout.extend_from_slice(&data[1..]),
-                    Some(3) => out.error.extend_from_slice(&data[1..]),
-                    _ => {}
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read)
-        .await
-        .expect("websocket attach ended");
+    let out = ws_exec(&url, "v5.channel.k8s.io", Some(b"ws\n")).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got ws\nbye\n");
     assert_eq!(out.status()["status"], "Success");
     assert_eq!(exit_code_of(&mut rt, &id).await, 0);
