@@ -326,8 +326,10 @@ pub(super) fn pod_resources(spec: &PodSpec) -> Resources {
     };
     let extra = spec.overhead.as_ref().filter(|_| spec.resources.is_some());
     let pos = |v: i64| (v > 0).then_some(v);
+    // Saturating: a sum past i64 (hostile values) is "more than any
+    // machine has", not a panic.
     let add = |a: Option<i64>, b: Option<i64>| match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
+        (Some(a), Some(b)) => Some(a.saturating_add(b)),
         (a, _) => a,
     };
     Resources {

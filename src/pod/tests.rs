@@ -396,3 +396,21 @@ async fn update_resources_records_and_applies_to_a_pod_cgroup_crius_made() {
         "kubelet's cgroup left alone"
     );
 }
+
+#[test]
+fn pod_resources_saturate_instead_of_overflowing() {
+    use super::spec::{PodSpec, Resources};
+    let big = Resources {
+        memory_limit_in_bytes: i64::MAX,
+        cpu_quota: i64::MAX,
+        ..Default::default()
+    };
+    let spec = PodSpec {
+        resources: Some(big.clone()),
+        overhead: Some(big),
+        ..Default::default()
+    };
+    let r = super::create::pod_resources(&spec);
+    assert_eq!(r.memory_limit, Some(i64::MAX));
+    assert_eq!(r.cpu_quota, Some(i64::MAX));
+}
