@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::sys::process::has_exited;
+
 use super::Error;
 use super::devices::DeviceRules;
 use super::layout::{Layout, Mode};
@@ -239,7 +241,12 @@ impl Tree {
             }
         }
         if killed_by_v2 && self.layout.mode == Mode::Unified {
-            while !self.procs(path).unwrap_or_default().into_iter().all(gone) {
+            while !self
+                .procs(path)
+                .unwrap_or_default()
+                .into_iter()
+                .all(has_exited)
+            {
                 if Instant::now() >= deadline {
                     tracing::warn!(path, "killed processes still in the cgroup");
                     break;
@@ -257,7 +264,7 @@ impl Tree {
                 .filter(|p| !killed.contains(p))
                 .collect();
             if new.is_empty() {
-                if procs.into_iter().all(gone) {
+                if procs.into_iter().all(has_exited) {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
@@ -548,16 +555,4 @@ pub(super) fn key_value(text: &str, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
-}
-
-/// Whether `pid` has exited: no such process, or a zombie waiting for its
-/// parent (it runs no more code and holds no resource of the cgroup).
-fn gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state == 'Z' || state == 'X'),
-    }
 }

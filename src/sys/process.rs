@@ -35,7 +35,7 @@ impl ProcRef {
     /// Whether this very process still exists (a zombie counts as gone).
     pub fn alive(&self) -> bool {
         match stat_fields(self.pid) {
-            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            Some((state, start)) => start == self.start_time && runs(state),
             None => false,
         }
     }
@@ -59,6 +59,17 @@ impl ProcRef {
 /// The start time of `pid` (clock ticks since boot), `None` if it is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
     stat_fields(pid).map(|(_, start)| start)
+}
+
+/// Whether `pid` has exited: no such process, or a zombie waiting for its
+/// parent (it runs no more code).
+pub fn has_exited(pid: i32) -> bool {
+    !stat_fields(pid).is_some_and(|(state, _)| runs(state))
+}
+
+/// A /proc/PID/stat state of a process that has not exited (not Z or X).
+fn runs(state: char) -> bool {
+    state != 'Z' && state != 'X'
 }
 
 /// (state, start time) from /proc/PID/stat.
