@@ -207,14 +207,26 @@ pub fn test_network(base: &Path, tag: &str) -> (PathBuf, String, String) {
 
 /// Removes a cgroup and its children in every mounted hierarchy.
 pub fn remove_cgroup_tree(path: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    let rel = path.trim_start_matches('/');
-    for h in hierarchies.flatten() {
-        remove_dirs_deepest_first(&h.path().join(rel));
+    // Processes killed a moment ago (the monitors and pod inits of
+    // `kill_leftovers`) keep their cgroups busy until they have exited:
+    // retry, bounded, until no hierarchy holds the tree any more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !remove_cgroup_tree_once(path) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
-    remove_dirs_deepest_first(&Path::new("/sys/fs/cgroup").join(rel));
+}
+
+/// One pass over every hierarchy; true when the tree is gone from all.
+fn remove_cgroup_tree_once(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(rel)];
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        dirs.extend(hierarchies.flatten().map(|h| h.path().join(rel)));
+    }
+    for d in &dirs {
+        remove_dirs_deepest_first(d);
+    }
+    !dirs.iter().any(|d| d.exists())
 }
 
 fn remove_dirs_deepest_first(dir: &Path) {
