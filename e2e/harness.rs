@@ -34,6 +34,9 @@ pub struct TestDaemon {
     pub subnet: Option<String>,
     /// The test's own default cgroup parent, removed at the end.
     pub cgroup_parent: Option<String>,
+    /// Where its pod monitors live (beside the parent: `<parent>-monitors`,
+    /// or with systemd the scope `<slice prefix>-monitors.scope`).
+    pub monitors_cgroup: Option<String>,
     log: PathBuf,
 }
 
@@ -156,9 +159,8 @@ impl Drop for TestDaemon {
         }
         kill_leftovers(&self.state);
         unmount_under(self.dir.path());
-        if let Some(parent) = &self.cgroup_parent {
-            remove_cgroup_tree(parent);
-            remove_cgroup_tree(&format!("{parent}-monitors"));
+        for cgroup in self.cgroup_parent.iter().chain(&self.monitors_cgroup) {
+            remove_cgroup_tree(cgroup);
         }
         if let Some(bridge) = &self.bridge {
             let _ = Command::new("ip")
@@ -262,6 +264,7 @@ pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemo
         bridge: None,
         subnet: None,
         cgroup_parent: None,
+        monitors_cgroup: None,
     };
     let mut toml = extra_toml.to_string();
     let tag = &crius::ids::new_id()[..8];
@@ -286,9 +289,11 @@ pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemo
                 "\n[cgroup]\ndriver = \"systemd\"\ndefault_parent = \"{slice}\"\n"
             ));
             d.cgroup_parent = Some(format!("/{slice}"));
+            d.monitors_cgroup = Some(format!("/criuse2e{tag}-monitors.scope"));
         } else {
             let parent = format!("/crius-e2e-{tag}");
             toml.push_str(&format!("\n[cgroup]\ndefault_parent = \"{parent}\"\n"));
+            d.monitors_cgroup = Some(format!("{parent}-monitors"));
             d.cgroup_parent = Some(parent);
         }
     }
