@@ -367,23 +367,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
     std::fs::write(&file, "from the host\n").unwrap();
     // A shared mount on the host for the propagation cases.
     let shared = p.path("shared");
-    std::fs::create_dir_all(&shared).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &shared,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    nix::mount::mount(
-        None::<&str>,
-        &shared,
-        None::<&str>,
-        nix::mount::MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&shared, nix::mount::MsFlags::MS_SHARED);
     std::fs::create_dir_all(shared.join("sub")).unwrap();
 
     let mut config = sh(
@@ -407,28 +391,11 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
 
     // host-to-container: a mount made on the host after the start shows
     // up inside.
-    let mut slave = sh(
-        "for i in $(seq 100); do [ -e /data/sub/marker ] && { echo seen; exit 0; }; sleep 0.1; done; exit 1",
-    );
-    slave.mounts.push(BindMount {
-        container_path: "/data".into(),
-        host_path: shared.clone(),
-        readonly: false,
-        propagation: Propagation::HostToContainer,
-        ..Default::default()
-    });
-    let launch = p.launch("slave", &slave, PidNamespace::Node);
+    let launch = p.launch("slave", &watcher("sub", &shared), PidNamespace::Node);
     p.monitor.create_container(&launch).await.unwrap();
     p.monitor.start_container("slave").await.unwrap();
     let sub = shared.join("sub");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&sub, nix::mount::MsFlags::empty());
     std::fs::write(sub.join("marker"), "").unwrap();
     let exit = p.monitor.wait_container("slave").await.unwrap();
     assert_eq!(
@@ -480,36 +447,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
     // A host-to-container mount of a private source is refused: the
     // mount would silently never propagate.
     let private = p.path("private");
-    std::fs::create_dir_all(&private).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &private,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    nix::mount::mount(
-        None::<&str>,
-        &private,
-        None::<&str>,
-        nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
-    let watcher = |name: &str, source: &Path| {
-        let mut c = sh(&format!(
-            "for i in $(seq 100); do [ -e /data/{name}/marker ] && {{ echo seen; exit 0; }}; sleep 0.1; done; exit 1"
-        ));
-        c.mounts.push(BindMount {
-            container_path: "/data".into(),
-            host_path: source.to_path_buf(),
-            readonly: false,
-            propagation: Propagation::HostToContainer,
-            ..Default::default()
-        });
-        c
-    };
+    mount_tmpfs(&private, nix::mount::MsFlags::MS_PRIVATE);
     let err = p
         .monitor
         .create_container(&p.launch("refused", &watcher("sub", &private), PidNamespace::Node))
@@ -542,14 +480,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
     created.unwrap_or_else(|e| panic!("{} is on a shared mount: {e}", plain.display()));
     p.monitor.start_container("plain").await.unwrap();
     let late = plain.join("late");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &late,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&late, nix::mount::MsFlags::empty());
     std::fs::write(late.join("marker"), "").unwrap();
     let exit = p.monitor.wait_container("plain").await.unwrap();
     let _ = nix::mount::umount2(&late, nix::mount::MntFlags::MNT_DETACH);
@@ -559,6 +490,40 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
         "a mount on a shared host path reaches the container: {}",
         std::fs::read_to_string(launch.log_path.unwrap()).unwrap()
     );
+}
+
+/// A tmpfs mounted on `dir` (made if missing), with `propagation`
+/// (MS_SHARED, MS_PRIVATE; empty: what it inherits).
+fn mount_tmpfs(dir: &Path, propagation: nix::mount::MsFlags) {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(dir).unwrap();
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    if !propagation.is_empty() {
+        mount(None::<&str>, dir, None::<&str>, propagation, None::<&str>).unwrap();
+    }
+}
+
+/// A container that waits (10 s) for `/data/<name>/marker`, with `source`
+/// at /data mounted host-to-container (rslave).
+fn watcher(name: &str, source: &Path) -> ContainerConfig {
+    let mut c = sh(&format!(
+        "for i in $(seq 100); do [ -e /data/{name}/marker ] && {{ echo seen; exit 0; }}; sleep 0.1; done; exit 1"
+    ));
+    c.mounts.push(BindMount {
+        container_path: "/data".into(),
+        host_path: source.to_path_buf(),
+        readonly: false,
+        propagation: Propagation::HostToContainer,
+        ..Default::default()
+    });
+    c
 }
 
 /// Whether the mount holding `path` (the longest mount point above it in

@@ -55,17 +55,7 @@ impl TestDaemon {
             .open(&self.log)
             .unwrap();
         let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--listen")
-            .arg(&self.socket)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--log-level")
-            .arg("debug")
+            .args(self.serve_args())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -73,6 +63,22 @@ impl TestDaemon {
             .spawn()
             .expect("spawn crius");
         self.child = Some(child);
+    }
+
+    /// The arguments of `crius serve` for this daemon's config and dirs.
+    pub fn serve_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
+        for (flag, path) in [
+            ("--config", &self.config),
+            ("--listen", &self.socket),
+            ("--root", &self.root),
+            ("--state", &self.state),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.extend(["--log-level".into(), "debug".into()]);
+        args
     }
 
     pub async fn wait_ready(&mut self) {

@@ -191,16 +191,7 @@ async fn serve_as_unit(d: &TestDaemon, unit: &str) {
         ))
         .arg(format!("--property=StandardError=append:{}", log.display()))
         .arg(crate::harness::BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&d.config)
-        .arg("--listen")
-        .arg(&d.socket)
-        .arg("--root")
-        .arg(&d.root)
-        .arg("--state")
-        .arg(&d.state)
-        .args(["--log-level", "debug"])
+        .args(d.serve_args())
         .output()
         .unwrap();
     assert!(
