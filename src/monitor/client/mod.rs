@@ -14,6 +14,7 @@ use super::protocol::{self as proto, Reply, Request, SetupReply};
 use super::sync::Step;
 use super::{PodDir, Spec};
 use crate::error::{Classify, Kind};
+use crate::record::step::{TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV};
 use crate::sys::exe::Sealed;
 use crate::sys::process::ProcRef;
 
@@ -139,6 +140,13 @@ pub async fn start(
         .join(super::POD_INIT_BIN);
     let mut child = std::process::Command::new(sealed.exec_path());
     std::os::unix::process::CommandExt::arg0(&mut child, super::MONITOR_BIN);
+    // Test hooks reach the monitor (and the inits it forks) only from a
+    // daemon that has them itself (see crate::init::setup::test_pause).
+    for var in [TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV] {
+        if let Some(value) = std::env::var_os(var) {
+            child.env(var, value);
+        }
+    }
     let mut child = child
         .arg(&pod.dir)
         .stdin(Stdio::null())

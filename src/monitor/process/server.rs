@@ -1,6 +1,10 @@
 //! The monitor process: startup (session, signals, subreaper), the pod's
-//! setup, then one poll(2) loop over the socket, its connections and a
-//! signalfd for SIGCHLD. Single-threaded by design: no tokio, no threads.
+//! setup, then one poll(2) loop over the socket, its connections, a
+//! signalfd for SIGCHLD, the containers' output and stdin, and the sync
+//! socket of every setup in progress ([`follow`]). Single-threaded by
+//! design: no tokio, no threads; nothing in the loop waits for a child.
+
+mod follow;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::pending::Work;
 use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use crate::monitor::process::log::Stream;
@@ -127,6 +132,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         execs: HashMap::new(),
         outbox: Vec::new(),
         fds_out: Vec::new(),
+        setups: follow::Setups::default(),
         shutting_down: false,
     };
     if let Some(init) = sandbox.init {
@@ -159,6 +165,8 @@ struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
     greeted: bool,
+    /// A setup's reply is due: later requests wait (replies stay in order).
+    busy: bool,
 }
 
 /// What a child of ours is.
@@ -170,6 +178,8 @@ enum Child {
     Container(String),
     /// An exec process (exit kept in memory until waited for).
     Exec(String),
+    /// A stage of a setup in progress (by its key in [`follow::Setups`]).
+    Setup(u64),
 }
 
 /// What one poll slot watches.
@@ -185,6 +195,10 @@ enum Slot {
     Input(String, u64),
     /// A container's stdin can take what is buffered for it.
     Stdin(String),
+    /// A setup's sync socket.
+    Setup(u64),
+    /// A released init's sync socket.
+    Start(String),
 }
 
 struct Monitor {
@@ -199,10 +213,13 @@ struct Monitor {
     next_conn: u64,
     containers: HashMap<String, Container>,
     execs: HashMap<String, ExecProc>,
-    /// Deferred replies (answers to waits), by connection id.
-    outbox: Vec<(u64, Reply)>,
+    /// Deferred replies (answers to waits and setups) with their fds, by
+    /// connection id.
+    outbox: Vec<(u64, Reply, Vec<std::os::fd::OwnedFd>)>,
     /// Fds to attach to the reply being sent.
     fds_out: Vec<std::os::fd::OwnedFd>,
+    /// Setups in progress, failed ones awaiting their reap, released inits.
+    setups: follow::Setups,
     shutting_down: bool,
 }
 
@@ -263,7 +280,24 @@ impl Monitor {
                     fds.push(PollFd::new(fd, PollFlags::POLLOUT));
                 }
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            for (key, p) in &self.setups.pending {
+                slots.push(Slot::Setup(*key));
+                fds.push(PollFd::new(p.sync.fd(), PollFlags::POLLIN));
+            }
+            for (id, s) in &self.setups.starts {
+                slots.push(Slot::Start(id.clone()));
+                fds.push(PollFd::new(s.sync.fd(), PollFlags::POLLIN));
+            }
+            // Woken for the next bound of a setup, else only by events.
+            let timeout = match self.setups.next_deadline() {
+                Some(at) => {
+                    let left = at.saturating_duration_since(std::time::Instant::now());
+                    let ms = left.as_millis().saturating_add(1).min(60_000) as u16;
+                    PollTimeout::from(ms)
+                }
+                None => PollTimeout::NONE,
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => {
@@ -306,17 +340,28 @@ impl Monitor {
                     _ => {}
                 }
             }
+            // Setups before reaping: a pid a setup tells is registered
+            // before its exit is collected.
+            for slot in &ready {
+                match slot {
+                    Slot::Setup(key) => self.advance_setup(*key),
+                    Slot::Start(id) => self.advance_start(id),
+                    _ => {}
+                }
+            }
             // Reaping next: an exit file is written before anything else.
             if ready.iter().any(|s| matches!(s, Slot::Signals)) {
                 while sigfd.read_signal().ok().flatten().is_some() {}
                 self.reap();
             }
+            self.expire();
+            self.setups.tidy();
             for slot in &ready {
                 if let Slot::Conn(id) = slot
                     && let Some(i) = self.conns.iter().position(|c| c.id == *id)
                     && !self.read_conn(i)
                 {
-                    self.conns.swap_remove(i);
+                    self.drop_conn(i);
                 }
             }
             self.flush_outbox();
@@ -326,15 +371,31 @@ impl Monitor {
         }
     }
 
-    /// Sends the deferred replies whose connection is still there.
+    /// Sends the deferred replies whose connection is still there; a
+    /// connection that waited for one reads its next requests.
     fn flush_outbox(&mut self) {
-        for (id, reply) in std::mem::take(&mut self.outbox) {
-            if let Some(i) = self.conns.iter().position(|c| c.id == id)
-                && !self.send(i, &reply)
-            {
-                self.conns.swap_remove(i);
+        while !self.outbox.is_empty() {
+            for (id, reply, fds) in std::mem::take(&mut self.outbox) {
+                let Some(i) = self.conns.iter().position(|c| c.id == id) else {
+                    continue;
+                };
+                self.fds_out = fds;
+                if !self.send(i, &reply) {
+                    self.drop_conn(i);
+                    continue;
+                }
+                self.conns[i].busy = false;
+                if !self.answer_lines(i) {
+                    self.drop_conn(i);
+                }
             }
         }
+    }
+
+    /// Forgets connection `i`; setups it asked for are cancelled.
+    fn drop_conn(&mut self, i: usize) {
+        let id = self.conns.swap_remove(i).id;
+        self.conn_closed(id);
     }
 
     /// Writes one reply line (with `fds_out` attached); `false` when the
@@ -374,6 +435,7 @@ impl Monitor {
                     stream,
                     buf: Vec::new(),
                     greeted: false,
+                    busy: false,
                 });
             }
         }
@@ -395,7 +457,15 @@ impl Monitor {
                 return false;
             }
         }
-        while let Some(end) = self.conns[i].buf.iter().position(|&b| b == b'\n') {
+        self.answer_lines(i)
+    }
+
+    /// Answers the complete lines connection `i` sent, until one needs a
+    /// reply that comes later from a setup; `false` when it is closed.
+    fn answer_lines(&mut self, i: usize) -> bool {
+        while !self.conns[i].busy
+            && let Some(end) = self.conns[i].buf.iter().position(|&b| b == b'\n')
+        {
             let line: Vec<u8> = self.conns[i].buf.drain(..=end).collect();
             let reply = match serde_json::from_slice::<Request<'static>>(&line) {
                 Ok(req) => self.handle(i, req),
@@ -444,26 +514,28 @@ impl Monitor {
                 Reply::Ok
             }
             Request::CreateContainer { launch } => {
-                if self.containers.contains_key(&launch.id) {
+                if self.containers.contains_key(&launch.id) || self.setups.creating(&launch.id) {
                     return Some(Reply::Failed {
                         step: Step::AlreadyExists,
                         message: format!("container {:?} exists in this pod", launch.id),
                     });
                 }
-                match Container::create(self.one, launch.into_owned()) {
-                    Ok(c) => {
-                        let init = c.init;
-                        self.children
-                            .insert(init.pid, Child::Container(c.launch.id.clone()));
-                        self.containers.insert(c.launch.id.clone(), c);
-                        Reply::Created { init }
+                // Replied to when the init reports ready (or fails).
+                match Container::fork(self.one, launch.into_owned()) {
+                    Ok((creating, setup)) => {
+                        self.follow(i, Work::Create(Box::new(creating)), setup, true);
+                        return None;
                     }
                     Err(f) => failed(f),
                 }
             }
             Request::StartContainer { id } => match self.containers.get_mut(&id) {
-                Some(c) => match c.start() {
-                    Ok(()) => Reply::Ok,
+                // Replied to at the init's execve (or its failure).
+                Some(c) => match c.release() {
+                    Ok(sync) => {
+                        self.follow_start(i, id, sync);
+                        return None;
+                    }
                     Err(f) => failed(f),
                 },
                 None => unknown(Subject::Container, &id),
@@ -513,7 +585,8 @@ impl Monitor {
                 Reply::Ok
             }
             Request::Exec { launch } => {
-                if self.execs.contains_key(&launch.exec_id) {
+                if self.execs.contains_key(&launch.exec_id) || self.setups.execing(&launch.exec_id)
+                {
                     return Some(Reply::Failed {
                         step: Step::AlreadyExists,
                         message: format!("exec {:?} exists in this pod", launch.exec_id),
@@ -522,15 +595,12 @@ impl Monitor {
                 let Some(c) = self.containers.get(&launch.container_id) else {
                     return Some(unknown(Subject::Container, &launch.container_id));
                 };
-                match c.exec(self.one, &launch) {
-                    Ok((e, fds)) => {
-                        let process = e.process;
-                        self.children
-                            .insert(process.pid, Child::Exec(launch.exec_id.clone()));
-                        self.execs.insert(launch.exec_id.clone(), e);
-                        let n = fds.len();
-                        self.fds_out = fds;
-                        Reply::ExecStarted { process, fds: n }
+                // Replied to when the process exec'ed (or failed).
+                match c.fork_exec(self.one, &launch) {
+                    Ok((execing, setup)) => {
+                        let id = launch.exec_id.clone();
+                        self.follow(i, Work::Exec { id, execing }, setup, false);
+                        return None;
                     }
                     Err(f) => failed(f),
                 }
@@ -596,6 +666,7 @@ impl Monitor {
     /// Kills the container if it still runs, reaps it (its exit file and
     /// waiters are served), then forgets it and its exit file.
     fn remove_container(&mut self, id: &str) {
+        self.cancel_container(id);
         let Some(c) = self.containers.get(id) else {
             return;
         };
@@ -655,14 +726,17 @@ impl Monitor {
             WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
             _ => return,
         };
-        let Some(child) = self.children.remove(&pid.as_raw()) else {
-            return; // an adopted orphan: reaped, nothing to record
-        };
         let exit = Exit {
             pid: pid.as_raw(),
             exit_code,
             signal,
             finished_at: now_ns(),
+        };
+        let Some(child) = self.children.remove(&pid.as_raw()) else {
+            // An adopted orphan, or a setup's stage 2 whose pid is not
+            // known yet: kept while a setup may claim it.
+            self.setups.unknown_exit(exit);
+            return;
         };
         let write = |name: &str| {
             let path = self.pod.exit_file(name);
@@ -671,6 +745,7 @@ impl Monitor {
             }
         };
         match child {
+            Child::Setup(key) => self.setup_exited(key, exit),
             Child::Init => {
                 write(INIT);
                 self.init = None;
@@ -683,12 +758,15 @@ impl Monitor {
                 // Its last output first, so a waiter sees complete logs;
                 // attached clients get it too, then their end.
                 c.drain();
+                if c.dropped > 0 {
+                    eprintln!("container {id}: {} log records were dropped", c.dropped);
+                }
                 c.end_attachments(AttachEnd::Exited);
                 c.stdin.close();
                 write(&id);
                 c.state = State::Exited(exit);
                 for w in c.waiters.drain(..) {
-                    self.outbox.push((w, Reply::Exited { exit }));
+                    self.outbox.push((w, Reply::Exited { exit }, Vec::new()));
                 }
             }
             Child::Exec(id) => {
@@ -698,7 +776,7 @@ impl Monitor {
                 e.exit = Some(exit);
                 if !e.waiters.is_empty() {
                     for w in e.waiters.drain(..) {
-                        self.outbox.push((w, Reply::Exited { exit }));
+                        self.outbox.push((w, Reply::Exited { exit }, Vec::new()));
                     }
                     self.execs.remove(&id);
                 }
