@@ -140,14 +140,7 @@ pub async fn start(
         .join(super::POD_INIT_BIN);
     let mut child = std::process::Command::new(sealed.exec_path());
     std::os::unix::process::CommandExt::arg0(&mut child, super::MONITOR_BIN);
-    // Test hooks reach the monitor (and the inits it forks) only from a
-    // daemon that has them itself (see crate::init::setup::test_pause).
-    for var in [TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV] {
-        if let Some(value) = std::env::var_os(var) {
-            child.env(var, value);
-        }
-    }
-    let mut child = child
+    child
         .arg(&pod.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -157,7 +150,15 @@ pub async fn start(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
-        .env(super::POD_INIT_ENV, &pod_init)
+        .env(super::POD_INIT_ENV, &pod_init);
+    // Test hooks reach the monitor (and the inits it forks) only from a
+    // daemon that has them itself (see crate::init::setup::test_pause).
+    for var in [TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV] {
+        if let Some(value) = std::env::var_os(var) {
+            child.env(var, value);
+        }
+    }
+    let mut child = child
         .spawn()
         .map_err(|source| Error::Spawn {
             exe: exe.into(),

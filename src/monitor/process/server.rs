@@ -1,10 +1,12 @@
 //! The monitor process: startup (session, signals, subreaper), the pod's
 //! setup, then one poll(2) loop over the socket, its connections, a
 //! signalfd for SIGCHLD, the containers' output and stdin, and the sync
-//! socket of every setup in progress ([`follow`]). Single-threaded by
-//! design: no tokio, no threads; nothing in the loop waits for a child.
+//! socket of every setup in progress ([`follow`]) and the pod's log writer
+//! ([`logs`]). Single-threaded by design: no tokio, no threads; nothing in
+//! the loop waits for a child or a disk.
 
 mod follow;
+mod logs;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -19,6 +21,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::logwriter::LogWriter;
 use super::pending::Work;
 use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
@@ -133,6 +136,8 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         outbox: Vec::new(),
         fds_out: Vec::new(),
         setups: follow::Setups::default(),
+        logs: LogWriter::new(one),
+        next_slot: 0,
         shutting_down: false,
     };
     if let Some(init) = sandbox.init {
@@ -199,6 +204,8 @@ enum Slot {
     Setup(u64),
     /// A released init's sync socket.
     Start(String),
+    /// The log writer's socket.
+    Logs,
 }
 
 struct Monitor {
@@ -220,6 +227,10 @@ struct Monitor {
     fds_out: Vec<std::os::fd::OwnedFd>,
     /// Setups in progress, failed ones awaiting their reap, released inits.
     setups: follow::Setups,
+    /// The pod's log writer.
+    logs: LogWriter,
+    /// The last log writer slot given to a container.
+    next_slot: u64,
     shutting_down: bool,
 }
 
@@ -257,8 +268,10 @@ impl Monitor {
                     .iter()
                     .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
             );
+            // Output waits while the log writer is behind but moving.
+            let reading = self.logs.accepting();
             for (id, c) in &self.containers {
-                for (s, fd) in c.outputs() {
+                for (s, fd) in c.outputs().filter(|_| reading) {
                     slots.push(Slot::Output(id.clone(), s));
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
@@ -288,8 +301,18 @@ impl Monitor {
                 slots.push(Slot::Start(id.clone()));
                 fds.push(PollFd::new(s.sync.fd(), PollFlags::POLLIN));
             }
-            // Woken for the next bound of a setup, else only by events.
-            let timeout = match self.setups.next_deadline() {
+            if let Some(fd) = self.logs.fd() {
+                slots.push(Slot::Logs);
+                let out = match self.logs.pending() {
+                    true => PollFlags::POLLOUT,
+                    false => PollFlags::empty(),
+                };
+                fds.push(PollFd::new(fd, PollFlags::POLLIN | out));
+            }
+            // Woken for the next bound of a setup or an exit, else only by
+            // events.
+            let next = [self.setups.next_deadline(), self.logs_deadline()];
+            let timeout = match next.into_iter().flatten().min() {
                 Some(at) => {
                     let left = at.saturating_duration_since(std::time::Instant::now());
                     let ms = left.as_millis().saturating_add(1).min(60_000) as u16;
@@ -317,7 +340,7 @@ impl Monitor {
                 if let Slot::Output(id, stream) = slot
                     && let Some(c) = self.containers.get_mut(id)
                 {
-                    c.copy(*stream, ROUND);
+                    c.copy(*stream, ROUND, &mut self.logs);
                 }
             }
             for slot in &ready {
@@ -356,6 +379,9 @@ impl Monitor {
             }
             self.expire();
             self.setups.tidy();
+            // The writer last: the markers of the exits just reaped.
+            self.log_events();
+            self.expire_exits();
             for slot in &ready {
                 if let Slot::Conn(id) = slot
                     && let Some(i) = self.conns.iter().position(|c| c.id == *id)
@@ -565,7 +591,7 @@ impl Monitor {
             },
             Request::WaitContainer { id } => match self.containers.get_mut(&id) {
                 Some(c) => match c.state {
-                    State::Exited(exit) => Reply::Exited { exit },
+                    State::Exited(exit) if c.unpublished.is_none() => Reply::Exited { exit },
                     _ => {
                         c.waiters.push(conn);
                         return None;
@@ -574,7 +600,7 @@ impl Monitor {
                 None => unknown(Subject::Container, &id),
             },
             Request::ReopenContainerLog { id } => match self.containers.get_mut(&id) {
-                Some(c) => match c.reopen_log() {
+                Some(c) => match c.reopen_log(&mut self.logs) {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
@@ -686,8 +712,16 @@ impl Monitor {
         for e in execs {
             self.execs.remove(&e);
         }
+        if self
+            .containers
+            .get(id)
+            .is_some_and(|c| c.unpublished.is_some())
+        {
+            self.publish(id);
+        }
         if let Some(mut c) = self.containers.remove(id) {
             c.end_attachments(AttachEnd::Exited);
+            self.logs.close(c.slot);
         }
         let _ = std::fs::remove_file(self.pod.exit_file(id));
     }
@@ -704,6 +738,9 @@ impl Monitor {
             }
         }
         self.reap();
+        // The log writer (no entry in `children`) writes what is left and
+        // ends when we do.
+        self.finish_logs();
         self.shutting_down = true;
     }
 
@@ -738,16 +775,14 @@ impl Monitor {
             self.setups.unknown_exit(exit);
             return;
         };
-        let write = |name: &str| {
-            let path = self.pod.exit_file(name);
-            if let Err(e) = write_atomic(&path, &serde_json::to_vec(&exit).expect("serializable")) {
-                eprintln!("write exit file {}: {e}", path.display());
-            }
-        };
         match child {
             Child::Setup(key) => self.setup_exited(key, exit),
             Child::Init => {
-                write(INIT);
+                let path = self.pod.exit_file(INIT);
+                let json = serde_json::to_vec(&exit).expect("serializable");
+                if let Err(e) = write_atomic(&path, &json) {
+                    eprintln!("write exit file {}: {e}", path.display());
+                }
                 self.init = None;
                 self.init_exit = Some(exit);
             }
@@ -756,18 +791,12 @@ impl Monitor {
                     return;
                 };
                 // Its last output first, so a waiter sees complete logs;
-                // attached clients get it too, then their end.
-                c.drain();
-                if c.dropped > 0 {
-                    eprintln!("container {id}: {} log records were dropped", c.dropped);
-                }
+                // attached clients get it too, then their end. The exit
+                // file and waiters follow once the writer has written it.
+                c.drain(&mut self.logs);
                 c.end_attachments(AttachEnd::Exited);
                 c.stdin.close();
-                write(&id);
-                c.state = State::Exited(exit);
-                for w in c.waiters.drain(..) {
-                    self.outbox.push((w, Reply::Exited { exit }, Vec::new()));
-                }
+                self.exit_container(&id, exit);
             }
             Child::Exec(id) => {
                 let Some(e) = self.execs.get_mut(&id) else {

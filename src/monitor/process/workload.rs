@@ -7,8 +7,8 @@
 //!
 //! Log copying never waits for a container: the pipes are non-blocking
 //! and read from the monitor's poll loop, at most [`ROUND`] bytes per
-//! stream per round, formatted and appended at once; a failed write (a
-//! full disk) drops the records instead of stalling the monitor.
+//! stream per round, formatted and handed to the pod's log writer
+//! ([`super::logwriter`]), which never makes the monitor wait either.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::OFlag;
 
 use super::attach::{Attachment, DaemonEnds, Ended, MAX_ATTACHED, Stdin};
+use super::logwriter::LogWriter;
 use super::pending::{Followed, SyncReader};
 use crate::init::setup::Stdio;
 use crate::monitor::process::log::{Formatter, LogFile, Stream};
@@ -69,10 +70,23 @@ pub struct Container {
     next_attach: u64,
     fmt: Formatter,
     log: Option<LogFile>,
-    /// Log records dropped because their write failed (a full disk).
+    /// The container's slot at the log writer.
+    pub slot: u64,
+    /// Log records dropped (the writer stuck or gone, a write that failed).
     pub dropped: u64,
+    /// The exit, reaped but not yet told (exit file, waiters): it waits
+    /// for the writer's marker `token` (the last records written) until
+    /// `deadline`.
+    pub unpublished: Option<Unpublished>,
     /// Connections waiting for the exit.
     pub waiters: Vec<u64>,
+}
+
+/// A reaped exit held back until its container's last records are written.
+#[derive(Debug, Clone, Copy)]
+pub struct Unpublished {
+    pub token: u64,
+    pub deadline: std::time::Instant,
 }
 
 pub struct ExecProc {
@@ -101,7 +115,12 @@ pub struct Creating {
 impl Creating {
     /// The container, from what its setup reported. On error the caller
     /// kills the init (still its child: never reaped before this).
-    pub fn finish(self, followed: Followed, sync: SyncReader) -> Result<Container, Failure> {
+    pub fn finish(
+        self,
+        followed: Followed,
+        sync: SyncReader,
+        slot: u64,
+    ) -> Result<Container, Failure> {
         let pid = followed.pid;
         let init = ProcRef::of(pid).ok_or_else(|| failure(Step::Create, "the init vanished"))?;
         let launch = self.launch;
@@ -138,7 +157,9 @@ impl Creating {
             next_attach: 0,
             fmt: Formatter::default(),
             log: self.log,
+            slot,
             dropped: 0,
+            unpublished: None,
             waiters: Vec::new(),
         })
     }
@@ -322,7 +343,7 @@ impl Container {
 
     /// Copies what the container wrote on `which` (at most [`ROUND`] bytes)
     /// into its log. `false` once the stream has ended.
-    pub fn copy(&mut self, which: Stream, limit: usize) -> bool {
+    pub fn copy(&mut self, which: Stream, limit: usize, logs: &mut LogWriter) -> bool {
         let fd = match which {
             Stream::Stdout => &self.out,
             Stream::Stderr => &self.err,
@@ -362,20 +383,10 @@ impl Container {
                 Stream::Stderr => self.err = None,
             }
         }
-        if !out.is_empty()
-            && let Some(log) = &mut self.log
-        {
-            // Dropped on error and counted: logs are best effort.
-            if let Err(e) = log.write(&out) {
-                if self.dropped == 0 {
-                    eprintln!(
-                        "container {}: {}; dropping log records",
-                        self.launch.id,
-                        crate::error::chain(&e)
-                    );
-                }
-                self.dropped += out.iter().filter(|&&b| b == b'\n').count() as u64;
-            }
+        // To the log writer; what it has no room for is dropped, counted.
+        if !out.is_empty() && self.log.as_ref().is_some_and(LogFile::is_open) {
+            let dropped = logs.write(self.slot, &out);
+            self.count_dropped(dropped);
         }
         self.fan_out(which, &raw);
         open
@@ -464,13 +475,13 @@ impl Container {
     }
 
     /// Everything still buffered in the pipes, before the exit is told.
-    pub fn drain(&mut self) {
-        while self.out.is_some() && self.copy(Stream::Stdout, ROUND) {
+    pub fn drain(&mut self, logs: &mut LogWriter) {
+        while self.out.is_some() && self.copy(Stream::Stdout, ROUND, logs) {
             if !self.readable(Stream::Stdout) {
                 break;
             }
         }
-        while self.err.is_some() && self.copy(Stream::Stderr, ROUND) {
+        while self.err.is_some() && self.copy(Stream::Stderr, ROUND, logs) {
             if !self.readable(Stream::Stderr) {
                 break;
             }
@@ -488,16 +499,43 @@ impl Container {
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
-    pub fn reopen_log(&mut self) -> Result<(), Failure> {
+    /// Reopens the log file after kubelet's rotation and hands the new
+    /// file to the writer (records queued before go to the old one).
+    pub fn reopen_log(&mut self, logs: &mut LogWriter) -> Result<(), Failure> {
         if matches!(self.state, State::Exited(_)) {
             return Err(failure(Step::NotRunning, "the container is not running"));
         }
-        match &mut self.log {
-            Some(log) => log
-                .reopen()
-                .map_err(|e| failure(Step::ReopenLog, e.to_string())),
-            None => Err(failure(Step::ReopenLog, "the container has no log file")),
+        let Some(log) = &mut self.log else {
+            return Err(failure(Step::ReopenLog, "the container has no log file"));
+        };
+        let reopened = log.reopen();
+        // Closed on failure: its records are dropped and counted.
+        match log.file() {
+            Some(file) => logs.open(self.slot, file),
+            None => logs.close(self.slot),
         }
+        reopened.map_err(|e| failure(Step::ReopenLog, e.to_string()))
+    }
+
+    /// Hands the log file (if any) to the writer as this container's slot.
+    pub fn open_log(&self, logs: &mut LogWriter) {
+        if let Some(file) = self.log.as_ref().and_then(LogFile::file) {
+            logs.open(self.slot, file);
+        }
+    }
+
+    /// Whether the output goes to a log file (then the exit waits for the
+    /// writer to have written it).
+    pub fn has_log(&self) -> bool {
+        self.log.as_ref().is_some_and(LogFile::is_open)
+    }
+
+    /// Counts records dropped on their way to the log.
+    pub fn count_dropped(&mut self, n: u64) {
+        if n > 0 && self.dropped == 0 {
+            eprintln!("container {}: dropping log records", self.launch.id);
+        }
+        self.dropped += n;
     }
 
     /// Forks `launch` inside this (running) container; the monitor follows

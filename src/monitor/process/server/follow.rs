@@ -160,12 +160,14 @@ impl Monitor {
         let result = match p.work {
             Work::Create(creating) => {
                 let id = creating.launch.id.clone();
+                self.next_slot += 1;
                 let made = match p.exit {
                     Some(_) => Err(failure(Step::Create, "the init ended during setup")),
-                    None => creating.finish(done, p.sync),
+                    None => creating.finish(done, p.sync, self.next_slot),
                 };
                 made.map(|c| {
                     let init = c.init;
+                    c.open_log(&mut self.logs);
                     self.children.insert(init.pid, Child::Container(id.clone()));
                     self.containers.insert(id, c);
                     (Reply::Created { init }, Vec::new())
