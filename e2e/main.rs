@@ -23,5 +23,6 @@ mod state_lost;
 mod stats;
 mod streaming;
 mod streaming_attach;
+mod streaming_tty;
 mod userns;
 mod vm;
