@@ -10,13 +10,14 @@
 # nightly); without it, plain cargo with the flags cargo-fuzz 0.13 passes
 # for that build (libFuzzer's coverage instrumentation, debug assertions
 # and overflow checks on), for the host target only so build scripts and
-# proc macros stay uninstrumented.
+# proc macros stay uninstrumented (CRIUS_FUZZ_PLAIN=1 takes that path even
+# where cargo-fuzz is installed).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-30}
 targets=(spdy_frame)
 host=$(rustc -vV | sed -n 's/^host: //p')
-if cargo fuzz --version >/dev/null 2>&1; then
+if [ -z "${CRIUS_FUZZ_PLAIN:-}" ] && cargo fuzz --version >/dev/null 2>&1; then
   cargo fuzz build --sanitizer none "${targets[@]}"
 else
   RUSTFLAGS="-Cpasses=sancov-module \
