@@ -4,6 +4,7 @@
 mod boundary;
 mod breakout;
 mod campaign;
+mod cgroup;
 mod container;
 mod container_ops;
 mod engine;
