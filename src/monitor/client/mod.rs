@@ -158,12 +158,10 @@ pub async fn start(
             child.env(var, value);
         }
     }
-    let mut child = child
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            exe: exe.into(),
-            source,
-        })?;
+    let mut child = child.spawn().map_err(|source| Error::Spawn {
+        exe: exe.into(),
+        source,
+    })?;
     let stdout: OwnedFd = child.stdout.take().expect("piped").into();
     let reply = tokio::time::timeout(limit, read_setup(stdout)).await;
     let reply = match reply {
