@@ -11,6 +11,7 @@ mod events;
 mod harness;
 mod hostile;
 mod hostile_image;
+mod hostile_memory;
 mod image;
 mod mounts;
 mod pod;
