@@ -280,7 +280,23 @@ impl Pods {
         } else {
             rec.spec.hostname.clone()
         };
-        dns::write_hostname(&rec.dir.hostname(), &hostname)
+        dns::write_hostname(&rec.dir.hostname(), &hostname)?;
+        // In the pod's own user namespace its root owns these files, as a
+        // host pod's root does (not the overflow id), so they can be
+        // rewritten where they are mounted read-write.
+        if let Some(maps) = &rec.spec.namespaces.user {
+            let (uid, gid) = (maps.uid.to_host(0), maps.gid.to_host(0));
+            for path in [rec.dir.resolv_conf(), rec.dir.hostname()] {
+                std::os::unix::fs::lchown(&path, uid, gid).map_err(|source| {
+                    crate::network::Error::Io {
+                        op: "chown to the pod's root",
+                        path,
+                        source,
+                    }
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts a monitor in crius's monitors cgroup, outside the daemon's and
