@@ -37,8 +37,8 @@ case "$set" in ci | full) ;; *) echo "bad --set $set" >&2; exit 2 ;; esac
 [[ "$repo" != *[[:space:]]* ]] || { echo "vm-e2e: the repository path must not contain spaces" >&2; exit 2; }
 
 cache=${CRIUS_VM_CACHE:-/var/cache/crius-vm}
-# The full set adds the image pulls and the hundred pods: under TCG on a
-# loaded host they alone can take more than 40 minutes.
+# The full set adds the hundred pods and the rest of the runtime tests:
+# under TCG on a loaded host the ci set alone can take 40 minutes.
 if [ "$set" = full ]; then timeout_s=${CRIUS_VM_TIMEOUT:-5400}; else timeout_s=${CRIUS_VM_TIMEOUT:-2400}; fi
 mem=${CRIUS_VM_MEM:-2048}
 t0=$(date +%s)
