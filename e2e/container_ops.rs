@@ -1,7 +1,8 @@
 //! Containers, continued: UpdateContainerResources and ReopenContainerLog on
 //! a running container, an image given by its id with no command, NODE and
 //! TARGET PID modes, a daemon killed or a client giving up in the middle of
-//! CreateContainer, a lost monitor, and 100 containers that leave no mount,
+//! CreateContainer, a lost monitor, a hung container setup that delays
+//! nothing else in its pod, and 100 containers that leave no mount,
 //! cgroup, process or fd behind.
 
 use std::path::Path;
@@ -10,9 +11,9 @@ use std::time::{Duration, Instant};
 use crius::cri::proto::*;
 use tonic::Code;
 
+use crate::cgroup;
 use crate::container::{
-    Setup, cgroup_procs, container, create, exec, pod_config, setup_with_env, start, status,
-    wait_state,
+    Setup, container, create, exec, pod_config, setup_with_env, start, status, wait_state,
 };
 use crate::pod::{self, wait_for};
 use crate::require_registry_tools;
@@ -21,18 +22,6 @@ fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-fn cgroup_file(cgroup: &str, controller: &str, file: &str) -> String {
-    std::fs::read_to_string(
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(cgroup.trim_start_matches('/'))
-            .join(file),
-    )
-    .unwrap_or_else(|e| panic!("read {controller}{cgroup}/{file}: {e}"))
-    .trim()
-    .to_string()
 }
 
 fn container_dirs(s: &Setup) -> Vec<std::ffi::OsString> {
@@ -86,11 +75,9 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
     start(&mut rt, &id).await;
     let (_, info) = status(&mut rt, &id).await;
     let cg = info["cgroupPath"].as_str().unwrap().to_string();
-    assert_eq!(cgroup_file(&cg, "cpu", "cpu.shares"), "512");
-    assert_eq!(
-        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
-        (64u64 << 20).to_string()
-    );
+    assert_eq!(cgroup::cpu_weight(&cg), cgroup::weight_of_shares(512));
+    assert_eq!(cgroup::memory_limit(&cg), Some(64 << 20));
+    assert_eq!(cgroup::cpu_quota(&cg), None);
     rt.update_container_resources(UpdateContainerResourcesRequest {
         container_id: id.clone(),
         linux: Some(LinuxContainerResources {
@@ -104,12 +91,9 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
     })
     .await
     .unwrap();
-    assert_eq!(cgroup_file(&cg, "cpu", "cpu.shares"), "256");
-    assert_eq!(cgroup_file(&cg, "cpu", "cpu.cfs_quota_us"), "50000");
-    assert_eq!(
-        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
-        (128u64 << 20).to_string()
-    );
+    assert_eq!(cgroup::cpu_weight(&cg), cgroup::weight_of_shares(256));
+    assert_eq!(cgroup::cpu_quota(&cg), Some(50_000));
+    assert_eq!(cgroup::memory_limit(&cg), Some(128 << 20));
     let (st, _) = status(&mut rt, &id).await;
     let r = st.resources.unwrap().linux.unwrap();
     assert_eq!((r.cpu_shares, r.memory_limit_in_bytes), (256, 128 << 20));
@@ -127,10 +111,7 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
         .await
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
-    assert_eq!(
-        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
-        (128u64 << 20).to_string()
-    );
+    assert_eq!(cgroup::memory_limit(&cg), Some(128 << 20));
 
     // kubelet's rotation: rename, then ReopenContainerLog.
     let log = logs.join("web.log");
@@ -216,7 +197,7 @@ async fn container_node_and_target_pid_modes() {
     )
     .await
     .unwrap();
-    assert!(cgroup_procs(&cg).len() >= 2);
+    assert!(cgroup::procs(&cg).len() >= 2, "{cg}");
     rt.stop_container(StopContainerRequest {
         container_id: node.clone(),
         timeout: 0,
@@ -224,7 +205,7 @@ async fn container_node_and_target_pid_modes() {
     .await
     .unwrap();
     wait_for("the leftover to die", Duration::from_secs(5), || {
-        cgroup_procs(&cg).is_empty()
+        cgroup::procs(&cg).is_empty()
     })
     .await;
     pod::stop_remove(&mut rt, &pod).await;
@@ -363,6 +344,104 @@ async fn a_lost_monitor_ends_its_containers_with_255() {
     pod::assert_no_trace(&s.d);
 }
 
+/// One container's setup hangs (the test hook pauses its init right
+/// before it reports ready): its pod's monitor still answers an ExecSync
+/// into a second container at once and reports a third container's exit
+/// at once, while the hung CreateContainer is still pending; that create
+/// then finishes, and the pod leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_setup_never_delays_the_pods_other_containers() {
+    require_registry_tools!();
+    const HANG: Duration = Duration::from_secs(20);
+    let s = setup_with_env(&[
+        ("CRIUS_TEST_PAUSE_AT", "container setup"),
+        ("CRIUS_TEST_PAUSE_SECS", "20"),
+    ])
+    .await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("hang", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let sleeper = |name: &str| {
+        container(
+            name,
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        )
+    };
+    let b = create(&mut rt, &pod, sleeper("b")).await.unwrap();
+    start(&mut rt, &b).await;
+
+    // Only the container whose own environment asks for it hangs.
+    let mut hung = sleeper("a");
+    hung.envs.push(KeyValue {
+        key: "CRIUS_TEST_PAUSE_AT".into(),
+        value: "container setup".into(),
+    });
+    let began = Instant::now();
+    let pending = {
+        let (mut rt, pod) = (rt.clone(), pod.clone());
+        tokio::spawn(async move { create(&mut rt, &pod, hung).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!pending.is_finished(), "the hook did not hang the setup");
+
+    let t = Instant::now();
+    let out = exec(&mut rt, &b, &["echo", "still here"], 10)
+        .await
+        .unwrap();
+    let exec_took = t.elapsed();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, &b"still here\n"[..])
+    );
+    assert!(
+        exec_took < Duration::from_secs(5),
+        "ExecSync took {exec_took:?}"
+    );
+
+    let t = Instant::now();
+    let c = create(
+        &mut rt,
+        &pod,
+        container(
+            "c",
+            &s.busybox,
+            &["sh", "-c", "exit 3"],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &c).await;
+    let st = wait_state(
+        &mut rt,
+        &c,
+        ContainerState::ContainerExited,
+        Duration::from_secs(8),
+    )
+    .await;
+    let third_took = t.elapsed();
+    assert_eq!(st.exit_code, 3, "{st:?}");
+    assert!(
+        !pending.is_finished(),
+        "the hung create ended before the others were served: nothing was shown"
+    );
+    eprintln!("while a setup hung: ExecSync {exec_took:?}, create+start+exit {third_took:?}");
+
+    // The hook lets go: the create finishes and the container runs.
+    let a = pending.await.unwrap().unwrap();
+    assert!(began.elapsed() >= HANG, "{:?}", began.elapsed());
+    start(&mut rt, &a).await;
+    let out = exec(&mut rt, &a, &["true"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_containers_leave_no_trace() {
     require_registry_tools!();
@@ -420,15 +499,10 @@ async fn a_hundred_containers_leave_no_trace() {
         mounts,
         "mounts left"
     );
-    let leaves: Vec<_> =
-        std::fs::read_dir(Path::new("/sys/fs/cgroup/memory").join(pod_cg.trim_start_matches('/')))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name())
-            .collect();
+    assert!(cgroup::dir(&pod_cg, "memory").is_dir(), "{pod_cg}");
+    let leaves = cgroup::children(&pod_cg, "memory");
     assert!(
-        leaves.iter().all(|l| l.to_string_lossy().contains("init")),
+        leaves.iter().all(|l| l.contains("init")),
         "container cgroups left: {leaves:?}"
     );
     assert_eq!(fd_count(s.d.pid()), daemon_fds, "daemon fds leaked");

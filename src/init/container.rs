@@ -160,6 +160,7 @@ fn stage2(init: &Init, tty: bool, mut sync: Sync) -> ! {
         Ok(e) => e,
         Err((step, e)) => sync.fail(step, &e),
     };
+    setup::test_pause(init.env);
     sync.send(&Message::Ready);
     sync.wait_start();
     let err = setup::exec(&exec);

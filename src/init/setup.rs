@@ -21,6 +21,7 @@ use oci_spec::runtime::Process;
 use crate::init::user::GroupsPolicy;
 use crate::monitor::protocol::SeccompFilter as Filter;
 use crate::monitor::sync::{Message, Step};
+use crate::record::step::{TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV};
 use crate::sys::caps;
 use crate::sys::process::{
     SingleThreaded, default_signals, exit_immediately, install_fds, set_controlling_tty,
@@ -78,6 +79,29 @@ impl Sync {
             Ok(()) if &buf == b"start\n" => {}
             _ => exit_immediately(1),
         }
+    }
+}
+
+/// Test hook: the step a container's setup pauses at, right before it
+/// reports ready, when [`TEST_PAUSE_ENV`] names it in the monitor's
+/// environment (which the daemon passes on only when it has it itself:
+/// never in production) and the container's own environment holds
+/// `CRIUS_TEST_PAUSE_AT=container setup` too, so that one container of a
+/// pod hangs. For [`TEST_PAUSE_SECS_ENV`] seconds (default 3600).
+pub const TEST_PAUSE_SETUP: &str = "container setup";
+
+/// Pauses here if the test hook asks it ([`TEST_PAUSE_SETUP`]).
+pub fn test_pause(env: &[Vec<u8>]) {
+    if !std::env::var(TEST_PAUSE_ENV).is_ok_and(|s| s == TEST_PAUSE_SETUP) {
+        return;
+    }
+    let mine = format!("{TEST_PAUSE_ENV}={TEST_PAUSE_SETUP}");
+    if env.iter().any(|e| e == mine.as_bytes()) {
+        let secs = std::env::var(TEST_PAUSE_SECS_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3600);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
 
@@ -289,6 +313,7 @@ pub fn finalize(
     caps::apply_bounding(sets.bounding)
         .map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
     caps::keep_caps(true).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+    stdio_to_user(id.uid);
     let groups: Vec<nix::unistd::Gid> = id
         .additional_gids
         .iter()
@@ -339,6 +364,28 @@ pub fn terminal(sync: &mut Sync) -> Result<(), String> {
         .map_err(|e| format!("terminal onto stdio: {e}"))?;
     drop(pty.slave);
     controlling_tty()
+}
+
+/// Gives the process's stdio to its user, as runc's fixStdioPermissions
+/// does, so a non-root process can reopen them by path (`/dev/pts/N` of
+/// its terminal, `/proc/self/fd/1` of a pipe): only the owner changes (the
+/// devpts group stays), and /dev/null and what the user owns already are
+/// left alone. Runs before setuid, while the process may still chown.
+/// Best effort like runc's: EPERM and EINVAL (an owner or group not mapped
+/// in the user namespace) and EROFS leave the fd as it is.
+fn stdio_to_user(uid: u32) {
+    let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    for fd in [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && Some(st.st_rdev) == null;
+        if st.st_uid == uid || is_null {
+            continue;
+        }
+        let _ = nix::unistd::fchown(fd, Some(nix::unistd::Uid::from_raw(uid)), None);
+    }
 }
 
 /// Makes stdin the controlling terminal of the (new) session.

@@ -238,6 +238,11 @@ impl LogFile {
     pub fn is_open(&self) -> bool {
         self.file.is_some()
     }
+
+    /// The open file (for the log writer to write to).
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
 }
 
 #[cfg(test)]
