@@ -91,7 +91,6 @@ pub fn restrict_dirs(config: &Config) -> Result<(), OpenError> {
     set(&config.state, 0o711)?;
     for dir in [
         config.root.join("containers"),
-        config.root.join("containers.removing"),
         config.root.join("image"),
         config.state.join("pods"),
         config.state.join("ns"),

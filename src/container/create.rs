@@ -477,10 +477,8 @@ impl Containers {
             })?;
         rec.init = Some(init);
         rec.user = ProcessUser::of(init.pid);
-        // Lazy: a rollback from the intent (CREATING) asks the monitor to
-        // remove the init and kills what its cgroup holds.
         self.store
-            .put_lazy(CONTAINERS, &rec.id, rec)
+            .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record container init"))?;
         if cgroup_after_init {
             let cg = self.cgroups.clone();
@@ -496,10 +494,8 @@ impl Containers {
         // 6. Created, but unclaimed until the caller (or a retry) takes it.
         pause_point("record container").await;
         rec.state = State::Created;
-        // Durable with the claim's commit; unclaimed, it is rolled back
-        // after a crash.
         self.store
-            .put_lazy(CONTAINERS, &rec.id, rec)
+            .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record container"))?;
         Ok(())
     }
@@ -573,29 +569,13 @@ impl Containers {
             }
         }
         let dir = rec.dir.clone();
-        let trash = self.trash_dir().join(&rec.id);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
-            // The directory leaves the containers dir at once; its files
-            // (the upper dir can be large) are deleted in the background,
-            // as containerd's snapshot GC does. What a crash leaves in the
-            // trash is deleted at the next start.
-            if let Some(parent) = trash.parent() {
-                use std::os::unix::fs::DirBuilderExt;
-                let _ = std::fs::DirBuilder::new().mode(0o700).create(parent);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "remove container directory");
             }
-            let doomed = match std::fs::rename(&dir, &trash) {
-                Ok(()) => {
-                    std::thread::spawn(move || remove_tree(&trash));
-                    return;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(e) => {
-                    tracing::debug!(dir = %dir.display(), error = %e, "move to the trash; removing in place");
-                    dir
-                }
-            };
-            remove_tree(&doomed);
         })
         .await;
         let _ = std::fs::remove_file(rec.exit_file());
@@ -603,16 +583,6 @@ impl Containers {
             tracing::error!(container_id = %rec.id, error = %crate::error::chain(&e), "delete container record");
         }
         self.exits.lock().expect("lock poisoned").remove(&rec.id);
-    }
-}
-
-/// Removes a container directory (or its copy in the trash), logging
-/// what it cannot.
-pub(super) fn remove_tree(dir: &std::path::Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(dir = %dir.display(), error = %e, "remove container directory");
     }
 }
 

@@ -377,15 +377,6 @@ impl Containers {
     fn container_dir(&self, id: &str) -> PathBuf {
         self.settings.dir.join(id)
     }
-
-    /// Where RemoveContainer moves a container's directory to delete it
-    /// in the background: `<containers dir>.removing`, beside it (one
-    /// filesystem, so the move is a rename), 0700 like it.
-    pub(super) fn trash_dir(&self) -> PathBuf {
-        let mut name = self.settings.dir.clone().into_os_string();
-        name.push(".removing");
-        PathBuf::from(name)
-    }
 }
 
 /// Short names inside a container's directory: the overlay options must

@@ -6,8 +6,7 @@
 //! lives gets its exit watcher back; one that exited while crius was down
 //! shows the exit code its monitor wrote (`<pod dir>/exits/<id>`), or 255
 //! when its monitor died too; container directories without a record are
-//! removed — only names crius itself makes, only under its own root — and
-//! so is whatever RemoveContainer left in the trash (`containers.removing`).
+//! removed — only names crius itself makes, only under its own root.
 //!
 //! In the background: containers whose CreateContainer caller gave up and
 //! that no retry claimed within the bound are removed ([`crate::record`]'s
@@ -71,12 +70,6 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
         let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &super::rootfs_dir(&dir));
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "remove orphan container directory");
-        }
-    }
-    // What RemoveContainer moved to the trash and a crash left there.
-    if let Ok(entries) = std::fs::read_dir(containers.trash_dir()) {
-        for entry in entries.flatten() {
-            super::create::remove_tree(&entry.path());
         }
     }
     Ok(())
