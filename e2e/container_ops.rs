@@ -2,7 +2,8 @@
 //! a running container, an image given by its id with no command, NODE and
 //! TARGET PID modes, a daemon killed or a client giving up in the middle of
 //! CreateContainer, a lost monitor, a hung container setup that delays
-//! nothing else in its pod, and 100 containers that leave no mount,
+//! nothing else in its pod, a stuck log disk that stalls no monitor, and
+//! 100 containers that leave no mount,
 //! cgroup, process or fd behind.
 
 use std::path::Path;
@@ -437,6 +438,103 @@ async fn a_hung_setup_never_delays_the_pods_other_containers() {
     start(&mut rt, &a).await;
     let out = exec(&mut rt, &a, &["true"], 10).await.unwrap();
     assert_eq!(out.exit_code, 0);
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+/// A container's log on a disk that takes nothing (a FIFO whose reader
+/// never reads): the pod's monitor still answers an ExecSync into another
+/// container at once, the chatty container's exit is reported within the
+/// log writer's bounds, and the records that found no room are counted in
+/// monitor.log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_log_disk_never_stalls_the_monitor() {
+    use std::os::unix::fs::OpenOptionsExt;
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let fifo = logs.join("chatty.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let pod = pod::run(
+        &mut rt,
+        pod_config("stuck", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let b = create(
+        &mut rt,
+        &pod,
+        container(
+            "b",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &b).await;
+    let script = "yes 0123456789012345678901234567890123456789 | head -c 20000000; exit 4";
+    let chatty = create(
+        &mut rt,
+        &pod,
+        container(
+            "chatty",
+            &s.busybox,
+            &["sh", "-c", script],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    let began = Instant::now();
+    start(&mut rt, &chatty).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let out = exec(&mut rt, &b, &["echo", "still here"], 10)
+        .await
+        .unwrap();
+    let exec_took = t.elapsed();
+    assert_eq!(out.stdout, b"still here\n");
+    assert!(
+        exec_took < Duration::from_secs(5),
+        "ExecSync took {exec_took:?}"
+    );
+    let st = wait_state(
+        &mut rt,
+        &chatty,
+        ContainerState::ContainerExited,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(st.exit_code, 4, "{st:?}");
+    let exited_after = began.elapsed();
+    let monitor_log = s.d.state.join("pods").join(&pod).join("monitor.log");
+    wait_for(
+        "the dropped records counted",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&monitor_log)
+                .is_ok_and(|t| t.contains("log records were dropped"))
+        },
+    )
+    .await;
+    eprintln!(
+        "stuck log: ExecSync {exec_took:?}, 20 MB written and exited after {exited_after:?}; {}",
+        std::fs::read_to_string(&monitor_log)
+            .unwrap_or_default()
+            .trim()
+    );
+    // The reader goes: the writer's blocked write fails and it moves on.
+    drop(reader);
     pod::stop_remove(&mut rt, &pod).await;
     assert!(container_dirs(&s).is_empty());
     pod::assert_no_trace(&s.d);
