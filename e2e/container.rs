@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crius::cri::proto::*;
 use tonic::Code;
 
+use crate::cgroup;
 use crate::harness::TestDaemon;
 use crate::pod::{self, Client};
 use crate::registry::Registry;
@@ -199,17 +200,6 @@ pub async fn wait_state(
     }
 }
 
-pub fn cgroup_procs(cgroup_path: &str) -> Vec<i32> {
-    let file = Path::new("/sys/fs/cgroup/pids")
-        .join(cgroup_path.trim_start_matches('/'))
-        .join("cgroup.procs");
-    std::fs::read_to_string(&file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn container_lifecycle_logs_exec_stop_remove() {
     require_registry_tools!();
@@ -353,7 +343,14 @@ async fn container_lifecycle_logs_exec_stop_remove() {
     assert!(t.elapsed() < Duration::from_secs(10));
     // The timeout kills the exec's process group and answers DEADLINE_EXCEEDED.
     let cgroup = info["cgroupPath"].as_str().unwrap().to_string();
-    let before = cgroup_procs(&cgroup).len();
+    let pid = info["pid"].as_i64().unwrap() as i32;
+    assert_eq!(
+        cgroup::of_pid(pid, "pids").as_deref(),
+        Some(cgroup.as_str()),
+        "the container's process is in its cgroup"
+    );
+    let before = cgroup::procs(&cgroup).len();
+    assert!(before >= 1, "{cgroup} lists its process");
     let t = Instant::now();
     let err = exec(&mut rt, &id, &["sh", "-c", "sleep 100 & sleep 100"], 1)
         .await
@@ -362,7 +359,7 @@ async fn container_lifecycle_logs_exec_stop_remove() {
     assert!(t.elapsed() < Duration::from_secs(8));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        cgroup_procs(&cgroup).len() <= before,
+        cgroup::procs(&cgroup).len() <= before,
         "the timed-out exec left processes"
     );
 
@@ -489,6 +486,10 @@ async fn container_pid_modes_share_pod_namespaces() {
     )
     .await
     .unwrap();
+    assert!(
+        cgroup::procs(&cgroup).len() >= 2,
+        "the entrypoint and the leftover in {cgroup}"
+    );
     rt.stop_container(StopContainerRequest {
         container_id: b.clone(),
         timeout: 1,
@@ -497,7 +498,7 @@ async fn container_pid_modes_share_pod_namespaces() {
     .unwrap();
     // StopContainer returns once the cgroup's processes are gone.
     assert!(
-        cgroup_procs(&cgroup).is_empty(),
+        cgroup::procs(&cgroup).is_empty(),
         "processes left in a stopped POD-mode container"
     );
     // StopPodSandbox stops the containers; RemovePodSandbox removes them.
@@ -534,13 +535,7 @@ async fn container_over_its_memory_limit_is_oom_killed() {
     let id = create(&mut rt, &pod, c).await.unwrap();
     let (_, info) = status(&mut rt, &id).await;
     let cgroup = info["cgroupPath"].as_str().unwrap().to_string();
-    let limit = std::fs::read_to_string(
-        Path::new("/sys/fs/cgroup/memory")
-            .join(cgroup.trim_start_matches('/'))
-            .join("memory.limit_in_bytes"),
-    )
-    .unwrap();
-    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    assert_eq!(cgroup::memory_limit(&cgroup), Some(32 << 20), "{cgroup}");
     start(&mut rt, &id).await;
     let st = wait_state(
         &mut rt,

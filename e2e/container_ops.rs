@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use crius::cri::proto::*;
 use tonic::Code;
 
+use crate::cgroup;
 use crate::container::{
-    Setup, cgroup_procs, container, create, exec, pod_config, setup_with_env, start, status,
-    wait_state,
+    Setup, container, create, exec, pod_config, setup_with_env, start, status, wait_state,
 };
 use crate::pod::{self, wait_for};
 use crate::require_registry_tools;
@@ -21,18 +21,6 @@ fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-fn cgroup_file(cgroup: &str, controller: &str, file: &str) -> String {
-    std::fs::read_to_string(
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(cgroup.trim_start_matches('/'))
-            .join(file),
-    )
-    .unwrap_or_else(|e| panic!("read {controller}{cgroup}/{file}: {e}"))
-    .trim()
-    .to_string()
 }
 
 fn container_dirs(s: &Setup) -> Vec<std::ffi::OsString> {
@@ -86,11 +74,9 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
     start(&mut rt, &id).await;
     let (_, info) = status(&mut rt, &id).await;
     let cg = info["cgroupPath"].as_str().unwrap().to_string();
-    assert_eq!(cgroup_file(&cg, "cpu", "cpu.shares"), "512");
-    assert_eq!(
-        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
-        (64u64 << 20).to_string()
-    );
+    assert_eq!(cgroup::cpu_weight(&cg), cgroup::weight_of_shares(512));
+    assert_eq!(cgroup::memory_limit(&cg), Some(64 << 20));
+    assert_eq!(cgroup::cpu_quota(&cg), None);
     rt.update_container_resources(UpdateContainerResourcesRequest {
         container_id: id.clone(),
         linux: Some(LinuxContainerResources {
@@ -104,12 +90,9 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
     })
     .await
     .unwrap();
-    assert_eq!(cgroup_file(&cg, "cpu", "cpu.shares"), "256");
-    assert_eq!(cgroup_file(&cg, "cpu", "cpu.cfs_quota_us"), "50000");
-    assert_eq!(
-        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
-        (128u64 << 20).to_string()
-    );
+    assert_eq!(cgroup::cpu_weight(&cg), cgroup::weight_of_shares(256));
+    assert_eq!(cgroup::cpu_quota(&cg), Some(50_000));
+    assert_eq!(cgroup::memory_limit(&cg), Some(128 << 20));
     let (st, _) = status(&mut rt, &id).await;
     let r = st.resources.unwrap().linux.unwrap();
     assert_eq!((r.cpu_shares, r.memory_limit_in_bytes), (256, 128 << 20));
@@ -127,10 +110,7 @@ async fn container_update_resources_reopen_log_and_image_by_id() {
         .await
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
-    assert_eq!(
-        cgroup_file(&cg, "memory", "memory.limit_in_bytes"),
-        (128u64 << 20).to_string()
-    );
+    assert_eq!(cgroup::memory_limit(&cg), Some(128 << 20));
 
     // kubelet's rotation: rename, then ReopenContainerLog.
     let log = logs.join("web.log");
@@ -216,7 +196,7 @@ async fn container_node_and_target_pid_modes() {
     )
     .await
     .unwrap();
-    assert!(cgroup_procs(&cg).len() >= 2);
+    assert!(cgroup::procs(&cg).len() >= 2, "{cg}");
     rt.stop_container(StopContainerRequest {
         container_id: node.clone(),
         timeout: 0,
@@ -224,7 +204,7 @@ async fn container_node_and_target_pid_modes() {
     .await
     .unwrap();
     wait_for("the leftover to die", Duration::from_secs(5), || {
-        cgroup_procs(&cg).is_empty()
+        cgroup::procs(&cg).is_empty()
     })
     .await;
     pod::stop_remove(&mut rt, &pod).await;
@@ -420,15 +400,10 @@ async fn a_hundred_containers_leave_no_trace() {
         mounts,
         "mounts left"
     );
-    let leaves: Vec<_> =
-        std::fs::read_dir(Path::new("/sys/fs/cgroup/memory").join(pod_cg.trim_start_matches('/')))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name())
-            .collect();
+    assert!(cgroup::dir(&pod_cg, "memory").is_dir(), "{pod_cg}");
+    let leaves = cgroup::children(&pod_cg, "memory");
     assert!(
-        leaves.iter().all(|l| l.to_string_lossy().contains("init")),
+        leaves.iter().all(|l| l.contains("init")),
         "container cgroups left: {leaves:?}"
     );
     assert_eq!(fd_count(s.d.pid()), daemon_fds, "daemon fds leaked");

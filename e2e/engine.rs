@@ -27,6 +27,9 @@ pub struct TestPod {
     pub monitor: PodMonitor,
     pub started: Started,
     pub layer: PathBuf,
+    /// The containers' cgroup: its directory in the pids and memory
+    /// hierarchies (v1), or its one directory (v2); `cgroups[0]` lists
+    /// the processes.
     pub cgroups: Vec<PathBuf>,
 }
 
@@ -89,14 +92,10 @@ impl TestPod {
             .unwrap();
         let layer = base.path().join("layers/1");
         busybox_layer(&layer);
-        let mut cgroups = Vec::new();
-        for ctl in ["pids", "memory"] {
-            let dir = PathBuf::from(format!(
-                "/sys/fs/cgroup/{ctl}/crius-enginetest-{tag}-{}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            cgroups.push(dir);
+        let path = format!("/crius-enginetest-{tag}-{}", std::process::id());
+        let cgroups = crate::cgroup::dirs(&path, &["pids", "memory"]);
+        for dir in &cgroups {
+            std::fs::create_dir_all(dir).unwrap();
         }
         TestPod {
             monitor: PodMonitor::new(pod.clone()),
@@ -127,7 +126,7 @@ impl TestPod {
             hostname_file: None,
             resolv_conf: None,
             cgroup_path: "/crius-enginetest".into(),
-            cgroup_v2: false,
+            cgroup_v2: crate::cgroup::unified(),
             user_ns: None,
         };
         let built =
@@ -368,23 +367,7 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
     std::fs::write(&file, "from the host\n").unwrap();
     // A shared mount on the host for the propagation cases.
     let shared = p.path("shared");
-    std::fs::create_dir_all(&shared).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &shared,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    nix::mount::mount(
-        None::<&str>,
-        &shared,
-        None::<&str>,
-        nix::mount::MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&shared, nix::mount::MsFlags::MS_SHARED);
     std::fs::create_dir_all(shared.join("sub")).unwrap();
 
     let mut config = sh(
@@ -408,28 +391,11 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
 
     // host-to-container: a mount made on the host after the start shows
     // up inside.
-    let mut slave = sh(
-        "for i in $(seq 100); do [ -e /data/sub/marker ] && { echo seen; exit 0; }; sleep 0.1; done; exit 1",
-    );
-    slave.mounts.push(BindMount {
-        container_path: "/data".into(),
-        host_path: shared.clone(),
-        readonly: false,
-        propagation: Propagation::HostToContainer,
-        ..Default::default()
-    });
-    let launch = p.launch("slave", &slave, PidNamespace::Node);
+    let launch = p.launch("slave", &watcher("sub", &shared), PidNamespace::Node);
     p.monitor.create_container(&launch).await.unwrap();
     p.monitor.start_container("slave").await.unwrap();
     let sub = shared.join("sub");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&sub, nix::mount::MsFlags::empty());
     std::fs::write(sub.join("marker"), "").unwrap();
     let exit = p.monitor.wait_container("slave").await.unwrap();
     assert_eq!(
@@ -478,26 +444,115 @@ async fn engine_mounts_file_bind_readonly_root_and_propagation() {
     p.monitor.remove_container("shared").await.unwrap();
     unmount_under(&shared);
 
-    // A host-to-container mount of a private source is refused.
+    // A host-to-container mount of a private source is refused: the
+    // mount would silently never propagate.
     let private = p.path("private");
-    std::fs::create_dir_all(&private).unwrap();
-    let mut refused = sh("true");
-    refused.mounts.push(BindMount {
-        container_path: "/data".into(),
-        host_path: private,
-        readonly: false,
-        propagation: Propagation::HostToContainer,
-        ..Default::default()
-    });
+    mount_tmpfs(&private, nix::mount::MsFlags::MS_PRIVATE);
     let err = p
         .monitor
-        .create_container(&p.launch("refused", &refused, PidNamespace::Node))
+        .create_container(&p.launch("refused", &watcher("sub", &private), PidNamespace::Node))
         .await
         .unwrap_err();
     assert!(
         err.to_string().contains("not a shared or slave mount"),
         "{err}"
     );
+    nix::mount::umount2(&private, nix::mount::MntFlags::MNT_DETACH).unwrap();
+
+    // A plain directory takes the propagation of the mount it lives on:
+    // private under a plain init (refused as above); shared where systemd
+    // made / and every mount below it shared (mount(8), "shared subtree"),
+    // and there a user gets what they asked for: host mounts made later
+    // show up inside.
+    let plain = p.path("plain");
+    std::fs::create_dir_all(plain.join("late")).unwrap();
+    let receives = mount_receives_propagation(&plain);
+    let launch = p.launch("plain", &watcher("late", &plain), PidNamespace::Node);
+    let created = p.monitor.create_container(&launch).await;
+    if !receives {
+        let err = created.unwrap_err();
+        assert!(
+            err.to_string().contains("not a shared or slave mount"),
+            "{err}"
+        );
+        return;
+    }
+    created.unwrap_or_else(|e| panic!("{} is on a shared mount: {e}", plain.display()));
+    p.monitor.start_container("plain").await.unwrap();
+    let late = plain.join("late");
+    mount_tmpfs(&late, nix::mount::MsFlags::empty());
+    std::fs::write(late.join("marker"), "").unwrap();
+    let exit = p.monitor.wait_container("plain").await.unwrap();
+    let _ = nix::mount::umount2(&late, nix::mount::MntFlags::MNT_DETACH);
+    assert_eq!(
+        exit.exit_code,
+        0,
+        "a mount on a shared host path reaches the container: {}",
+        std::fs::read_to_string(launch.log_path.unwrap()).unwrap()
+    );
+}
+
+/// A tmpfs mounted on `dir` (made if missing), with `propagation`
+/// (MS_SHARED, MS_PRIVATE; empty: what it inherits).
+fn mount_tmpfs(dir: &Path, propagation: nix::mount::MsFlags) {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(dir).unwrap();
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    if !propagation.is_empty() {
+        mount(None::<&str>, dir, None::<&str>, propagation, None::<&str>).unwrap();
+    }
+}
+
+/// A container that waits (10 s) for `/data/<name>/marker`, with `source`
+/// at /data mounted host-to-container (rslave).
+fn watcher(name: &str, source: &Path) -> ContainerConfig {
+    let mut c = sh(&format!(
+        "for i in $(seq 100); do [ -e /data/{name}/marker ] && {{ echo seen; exit 0; }}; sleep 0.1; done; exit 1"
+    ));
+    c.mounts.push(BindMount {
+        container_path: "/data".into(),
+        host_path: source.to_path_buf(),
+        readonly: false,
+        propagation: Propagation::HostToContainer,
+        ..Default::default()
+    });
+    c
+}
+
+/// Whether the mount holding `path` (the longest mount point above it in
+/// /proc/self/mountinfo) is shared or a slave, i.e. receives host mounts.
+fn mount_receives_propagation(path: &Path) -> bool {
+    let path = std::fs::canonicalize(path).unwrap();
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut best: Option<(usize, bool)> = None;
+    for line in text.lines() {
+        let Some((pre, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = pre.split(' ').collect();
+        let Some(point) = fields.get(4).map(Path::new) else {
+            continue;
+        };
+        if !path.starts_with(point) {
+            continue;
+        }
+        let len = point.as_os_str().len();
+        let receives = fields[6..]
+            .iter()
+            .any(|f| f.starts_with("shared:") || f.starts_with("master:"));
+        // The last of equal mount points is the one on top.
+        if best.is_none_or(|(l, _)| len >= l) {
+            best = Some((len, receives));
+        }
+    }
+    best.is_some_and(|(_, r)| r)
 }
 
 #[tokio::test(flavor = "multi_thread")]

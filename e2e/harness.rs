@@ -34,6 +34,9 @@ pub struct TestDaemon {
     pub subnet: Option<String>,
     /// The test's own default cgroup parent, removed at the end.
     pub cgroup_parent: Option<String>,
+    /// Where its pod monitors live (beside the parent: `<parent>-monitors`,
+    /// or with systemd the scope `<slice prefix>-monitors.scope`).
+    pub monitors_cgroup: Option<String>,
     log: PathBuf,
 }
 
@@ -52,17 +55,7 @@ impl TestDaemon {
             .open(&self.log)
             .unwrap();
         let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--listen")
-            .arg(&self.socket)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--log-level")
-            .arg("debug")
+            .args(self.serve_args())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -70,6 +63,22 @@ impl TestDaemon {
             .spawn()
             .expect("spawn crius");
         self.child = Some(child);
+    }
+
+    /// The arguments of `crius serve` for this daemon's config and dirs.
+    pub fn serve_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
+        for (flag, path) in [
+            ("--config", &self.config),
+            ("--listen", &self.socket),
+            ("--root", &self.root),
+            ("--state", &self.state),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.extend(["--log-level".into(), "debug".into()]);
+        args
     }
 
     pub async fn wait_ready(&mut self) {
@@ -156,9 +165,8 @@ impl Drop for TestDaemon {
         }
         kill_leftovers(&self.state);
         unmount_under(self.dir.path());
-        if let Some(parent) = &self.cgroup_parent {
-            remove_cgroup_tree(parent);
-            remove_cgroup_tree(&format!("{parent}-monitors"));
+        for cgroup in self.cgroup_parent.iter().chain(&self.monitors_cgroup) {
+            remove_cgroup_tree(cgroup);
         }
         if let Some(bridge) = &self.bridge {
             let _ = Command::new("ip")
@@ -262,6 +270,7 @@ pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemo
         bridge: None,
         subnet: None,
         cgroup_parent: None,
+        monitors_cgroup: None,
     };
     let mut toml = extra_toml.to_string();
     let tag = &crius::ids::new_id()[..8];
@@ -286,9 +295,11 @@ pub async fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestDaemo
                 "\n[cgroup]\ndriver = \"systemd\"\ndefault_parent = \"{slice}\"\n"
             ));
             d.cgroup_parent = Some(format!("/{slice}"));
+            d.monitors_cgroup = Some(format!("/criuse2e{tag}-monitors.scope"));
         } else {
             let parent = format!("/crius-e2e-{tag}");
             toml.push_str(&format!("\n[cgroup]\ndefault_parent = \"{parent}\"\n"));
+            d.monitors_cgroup = Some(format!("{parent}-monitors"));
             d.cgroup_parent = Some(parent);
         }
     }

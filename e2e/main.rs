@@ -4,6 +4,7 @@
 mod boundary;
 mod breakout;
 mod campaign;
+mod cgroup;
 mod container;
 mod container_ops;
 mod engine;
@@ -23,5 +24,6 @@ mod state_lost;
 mod stats;
 mod streaming;
 mod streaming_attach;
+mod streaming_tty;
 mod userns;
 mod vm;

@@ -12,6 +12,7 @@ use crius::cri::proto::*;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::cgroup;
 use crate::harness::TestDaemon;
 
 pub type Client = RuntimeServiceClient<Channel>;
@@ -149,29 +150,15 @@ pub fn assert_no_trace(d: &TestDaemon) {
     assert!(procs.is_empty(), "processes left: {procs:?}");
     // Pod cgroups under the test's parent (and no process in the monitors').
     if let Some(parent) = &d.cgroup_parent {
-        let dir = Path::new("/sys/fs/cgroup/memory").join(parent.trim_start_matches('/'));
-        let children: Vec<_> = std::fs::read_dir(&dir)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let children = cgroup::children(parent, "memory");
         assert!(
             children.is_empty(),
-            "cgroups left under {}: {children:?}",
-            dir.display()
+            "cgroups left under {parent}: {children:?}"
         );
-        let monitors = Path::new("/sys/fs/cgroup/memory")
-            .join(format!("{}-monitors", parent.trim_start_matches('/')))
-            .join("cgroup.procs");
-        let procs = std::fs::read_to_string(&monitors).unwrap_or_default();
-        assert!(
-            procs.trim().is_empty(),
-            "monitors left in {}: {procs}",
-            monitors.display()
-        );
+    }
+    if let Some(monitors) = &d.monitors_cgroup {
+        let procs = cgroup::procs(monitors);
+        assert!(procs.is_empty(), "monitors left in {monitors}: {procs:?}");
     }
     // veths on the test's bridge, and host-local leases.
     if let Some(bridge) = &d.bridge {
@@ -361,20 +348,21 @@ async fn pod_lifecycle_with_its_own_namespaces() {
         init_cg.starts_with(info["cgroupPath"].as_str().unwrap()),
         "{info}"
     );
-    let procs =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{init_cg}/cgroup.procs")).unwrap();
-    assert_eq!(procs.trim(), init.to_string());
-    // The monitor is in neither the daemon's cgroup nor the pod's.
-    let mcg = std::fs::read_to_string(format!("/proc/{monitor}/cgroup")).unwrap();
-    let dcg = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
-    let mem = |t: &str| {
-        t.lines()
-            .find(|l| l.contains(":memory:"))
-            .unwrap()
-            .to_string()
-    };
-    assert_ne!(mem(&mcg), mem(&dcg));
-    assert!(mem(&mcg).ends_with("-monitors"), "{mcg}");
+    assert_eq!(cgroup::procs(&init_cg), [init]);
+    assert_eq!(
+        cgroup::of_pid(init, "memory").as_deref(),
+        Some(init_cg.as_str())
+    );
+    // The monitor is in neither the daemon's cgroup nor the pod's, but in
+    // the monitors' own (`<parent>-monitors`, or its scope with systemd).
+    let mcg = cgroup::of_pid(monitor, "memory").unwrap();
+    let dcg = cgroup::of_pid(d.pid(), "memory").unwrap();
+    assert_ne!(mcg, dcg);
+    assert_eq!(
+        Some(&mcg),
+        d.monitors_cgroup.as_ref(),
+        "the monitor's cgroup"
+    );
 
     // Listed, with filters.
     assert_eq!(list(&mut rt, None).await.len(), 1);

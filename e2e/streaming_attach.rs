@@ -40,7 +40,7 @@ async fn running_with(
     (pod, id, logs.join(format!("{name}.log")))
 }
 
-async fn attach_url(rt: &mut Client, id: &str, stdin: bool, tty: bool) -> String {
+pub(crate) async fn attach_url(rt: &mut Client, id: &str, stdin: bool, tty: bool) -> String {
     rt.attach(AttachRequest {
         container_id: id.into(),
         stdin,
@@ -56,7 +56,7 @@ async fn attach_url(rt: &mut Client, id: &str, stdin: bool, tty: bool) -> String
 
 /// An attach session over SPDY v4 as client-go opens it; returns the
 /// session and the ids of (error, stdin, stdout, stderr, resize).
-async fn spdy_attach(url: &str, stdin: bool, tty: bool) -> (Spdy, [Option<u32>; 5]) {
+pub(crate) async fn spdy_attach(url: &str, stdin: bool, tty: bool) -> (Spdy, [Option<u32>; 5]) {
     let (tcp, code, head) = upgrade(
         url,
         &[
@@ -86,7 +86,7 @@ async fn spdy_attach(url: &str, stdin: bool, tty: bool) -> (Spdy, [Option<u32>; 
 }
 
 /// Reads frames until stream `id` has carried `want` (or ended).
-async fn read_until(s: &mut Spdy, id: u32, want: &str, seen: &mut Vec<u8>) {
+pub(crate) async fn read_until(s: &mut Spdy, id: u32, want: &str, seen: &mut Vec<u8>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !String::from_utf8_lossy(seen).contains(want) {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -340,3 +340,95 @@ async fn userns_bad_requests_are_refused() {
     pod::stop_remove(&mut rt, &pod_id).await;
     pod::assert_no_trace(&s.d);
 }
+
+/// What else a hostUsers:false container sees with the mapped owners: its
+/// image volumes (idmapped layers, one bound or several overlaid), its CRI
+/// device nodes, the pod's /etc/hostname, /etc/resolv.conf and /dev/shm
+/// (all root's inside, where they were the overflow id before); and the
+/// pod's sysctls (net, IPC, mqueue), written inside its namespaces, which
+/// belong to its user namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_volumes_devices_pod_files_and_sysctls() {
+    require_registry_tools!();
+    let s: Setup = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let features = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers[0]
+        .features
+        .unwrap();
+    if !features.user_namespaces {
+        // The VM guest (6.1): userns_pod_root_is_an_unprivileged_host_user
+        // checks the refusal there.
+        assert!(std::env::var_os("CRIUS_VM_MODE").is_some(), "{}", s.d.log());
+        eprintln!("skipped: user namespaces are not supported here");
+        return;
+    }
+    let layered = s.reg.image("layered");
+    s.pull(&layered).await;
+    let logs = s.d.dir.path().join("logs");
+    let mut pc = with_userns(pod_config("uvol", NamespaceMode::Pod, &logs), pod_userns());
+    pc.linux.as_mut().unwrap().sysctls = std::collections::HashMap::from([
+        ("net.ipv4.ip_forward".into(), "1".into()),
+        ("kernel.shmmni".into(), "1234".into()),
+        ("fs.mqueue.msg_max".into(), "17".into()),
+    ]);
+    let pod_id = pod::run(&mut rt, pc).await.unwrap();
+    let volume = |path: &str, image: &str| Mount {
+        container_path: path.into(),
+        readonly: true,
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut c = container("c", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod);
+    c.mounts = vec![volume("/one", &s.busybox), volume("/two", &layered)];
+    c.devices = vec![Device {
+        container_path: "/dev/xnull".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rw".into(),
+    }];
+    let id = create(&mut rt, &pod_id, c).await.unwrap();
+    start(&mut rt, &id).await;
+
+    let (code, out, err) = sh(
+        &mut rt,
+        &id,
+        "stat -c '%u:%g %n' /one/bin/busybox /two/bin/true /dev/xnull \
+         /etc/hostname /etc/resolv.conf /dev/shm && \
+         /one/bin/true && echo x >/dev/xnull && echo y >/dev/shm/f && \
+         echo host-uvol >/etc/hostname && cat /etc/hostname && \
+         cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni /proc/sys/fs/mqueue/msg_max",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "0:0 /one/bin/busybox\n0:0 /two/bin/true\n0:0 /dev/xnull\n\
+         0:0 /etc/hostname\n0:0 /etc/resolv.conf\n0:0 /dev/shm\n\
+         host-uvol\n1\n1234\n17\n"
+    );
+    // On the host: the files are the mapped root's, the layers untouched.
+    let pods = s.d.state.join("pods").join(&pod_id);
+    for f in ["hostname", "resolv.conf"] {
+        let m = std::fs::metadata(pods.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (HOST_BASE, HOST_BASE), "{f}");
+    }
+    let m = std::fs::metadata(pods.join("shm/f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (HOST_BASE, HOST_BASE), "/dev/shm/f");
+    // The host's own sysctls are not the pod's.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmni")
+            .unwrap()
+            .trim(),
+        "1234"
+    );
+
+    pod::stop_remove(&mut rt, &pod_id).await;
+    pod::assert_no_trace(&s.d);
+}

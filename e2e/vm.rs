@@ -161,3 +161,159 @@ async fn pod_cgroup_at_kubelets_parent_with_the_guest_driver() {
         assert_ne!(unit_state(unit), "active", "the pod slice is stopped");
     }
 }
+
+/// Stops the transient service a test ran crius in, and the monitors'
+/// scope, even when the test fails midway.
+struct UnitGuard(Vec<String>);
+
+impl Drop for UnitGuard {
+    fn drop(&mut self) {
+        for unit in &self.0 {
+            let _ = std::process::Command::new("systemctl")
+                .args(["stop", unit])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `crius serve` with `d`'s config and dirs as the transient service
+/// `unit` (KillMode=control-group, systemd's default: stopping the unit
+/// kills every process in its cgroup) and waits until it answers.
+async fn serve_as_unit(d: &TestDaemon, unit: &str) {
+    let log = d.dir.path().join("crius.log");
+    let out = std::process::Command::new("systemd-run")
+        .arg(format!("--unit={unit}"))
+        .args(["--collect", "--property=KillMode=control-group"])
+        .arg(format!(
+            "--property=StandardOutput=append:{}",
+            log.display()
+        ))
+        .arg(format!("--property=StandardError=append:{}", log.display()))
+        .arg(crate::harness::BIN)
+        .args(d.serve_args())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(ch) = crate::harness::connect(&d.socket).await
+            && crius::cri::proto::runtime_service_client::RuntimeServiceClient::new(ch)
+                .version(VersionRequest::default())
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crius in {unit} did not answer ({}):\n{}",
+            unit_state(unit),
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// With the systemd driver, pod monitors live in a scope of their own,
+/// `<default slice prefix>-monitors.scope` beside the default slice,
+/// started over D-Bus with the first monitor and joined by the next: not
+/// in crius's service. Stopping crius's unit (which kills everything in
+/// its cgroup) leaves the monitors and their pods running; crius started
+/// again finds the pods READY, and the scope goes once the last pod is
+/// removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn monitors_have_their_own_scope_and_outlive_crius_unit() {
+    let Some(mode) = vm_mode() else { return };
+    if mode != "systemd" {
+        eprintln!("skipped: the monitors' scope is the systemd driver's (cgroupfs: pod::)");
+        return;
+    }
+    let tag = &crius::ids::new_id()[..10];
+    let service = format!("criusvm{tag}.service");
+    let scope = format!("criusvm{tag}-monitors.scope");
+    let mut d = TestDaemon::start(&format!(
+        "[cgroup]\ndriver = \"systemd\"\ndefault_parent = \"criusvm{tag}.slice\"\n"
+    ))
+    .await;
+    // Dropped before `d`: the unit stops before the harness cleans up.
+    let _units = UnitGuard(vec![service.clone(), scope.clone()]);
+    d.cgroup_parent = Some(format!("/criusvm{tag}.slice"));
+    d.monitors_cgroup = Some(format!("/{scope}"));
+    // The harness's own process gives way to the unit.
+    d.signal_and_wait(15, std::time::Duration::from_secs(10))
+        .expect("crius stops on SIGTERM");
+    serve_as_unit(&d, &service).await;
+
+    let mut rt = d.runtime().await;
+    let mut pods = Vec::new();
+    for name in ["first", "second"] {
+        let id = crate::pod::run(&mut rt, crate::pod::config(&format!("{name}{tag}")))
+            .await
+            .unwrap();
+        let (_, info) = crate::pod::status(&mut rt, &id).await;
+        let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+        assert_eq!(
+            crate::cgroup::of_pid(monitor, "memory").as_deref(),
+            Some(format!("/{scope}").as_str()),
+            "the {name} pod's monitor is in the monitors' scope"
+        );
+        pods.push((id, crius::sys::process::ProcRef::of(monitor).unwrap()));
+    }
+    assert_eq!(unit_state(&scope), "active", "systemd knows {scope}");
+    let main_pid = std::process::Command::new("systemctl")
+        .args(["show", "-p", "MainPID", "--value", &service])
+        .output()
+        .unwrap();
+    let main_pid: i32 = String::from_utf8_lossy(&main_pid.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        crate::cgroup::of_pid(main_pid, "memory"),
+        Some(format!("/system.slice/{service}")),
+        "crius itself runs in its unit"
+    );
+
+    drop(rt);
+    let stop = std::process::Command::new("systemctl")
+        .args(["stop", &service])
+        .status()
+        .unwrap();
+    assert!(stop.success(), "systemctl stop {service}");
+    assert!(
+        crius::sys::process::ProcRef::of(main_pid).is_none_or(|p| !p.alive()),
+        "crius stopped with its unit"
+    );
+    for (id, monitor) in &pods {
+        assert!(monitor.alive(), "the monitor of {id} outlives crius's unit");
+    }
+    assert_eq!(unit_state(&scope), "active", "{scope} after the stop");
+
+    serve_as_unit(&d, &service).await;
+    let mut rt = d.runtime().await;
+    for (id, _) in &pods {
+        let (st, _) = crate::pod::status(&mut rt, id).await;
+        assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{id}");
+    }
+    for (id, monitor) in &pods {
+        crate::pod::stop_remove(&mut rt, id).await;
+        crate::pod::wait_for(
+            "the monitor to exit",
+            std::time::Duration::from_secs(20),
+            || !monitor.alive(),
+        )
+        .await;
+    }
+    crate::pod::wait_for(
+        "systemd to drop the empty scope",
+        std::time::Duration::from_secs(20),
+        || unit_state(&scope) != "active",
+    )
+    .await;
+    crate::pod::assert_no_trace(&d);
+}

@@ -11,6 +11,8 @@ runtime_pkgs=(containernetworking-plugins iptables iproute2 ca-certificates libs
 test_pkgs=("${runtime_pkgs[@]}" docker-registry openssl busybox-static skopeo umoci apache2-utils
   # hack/critest-images.sh compiles two tiny static programs
   gcc libc6-dev
+  # hack/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++)
+  g++
   jq procps psmisc util-linux e2fsprogs iputils-ping
   # e2e streaming_tls makes a self-signed certificate
   openssl

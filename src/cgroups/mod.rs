@@ -26,7 +26,8 @@
 //! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
 //! let mut w = cg.oom_watch(&leaf)?;                  // while it runs: w.as_fd(), w.refresh()
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
-//! cg.monitor_path(&pod_id)? ; cg.children(&cg.default_parent_path()?)?  // monitors; reconcile
+//! cg.join_monitors(monitor_pid)? ; cg.monitors_path()?        // the monitors' own cgroup
+//! cg.children(&cg.default_parent_path()?)?          // reconcile
 //! ```
 //!
 //! Differences from the first sketch of this API: `pod_path`,
@@ -166,7 +167,14 @@ pub trait UnitManager: Send + Sync + std::fmt::Debug {
     fn set_resources(&self, unit: &Unit, res: &Resources) -> Result<(), Error>;
     /// Stops the unit (an unknown unit is fine) and waits for it.
     fn stop(&self, unit: &Unit) -> Result<(), Error>;
+    /// Moves `pid` into the running scope `unit` (AttachProcessesToUnit;
+    /// the scope must delegate). An unknown or inactive unit is an error.
+    fn attach(&self, unit: &Unit, pid: i32) -> Result<(), Error>;
 }
+
+/// How often [`Cgroups::join_monitors`] tries to attach to, or start, the
+/// monitors' scope before it gives up.
+const JOIN_ATTEMPTS: u32 = 4;
 
 /// The cgroup layer: one per daemon.
 #[derive(Debug)]
@@ -175,6 +183,9 @@ pub struct Cgroups {
     default_parent: String,
     tree: fs::Tree,
     units: Option<Box<dyn UnitManager>>,
+    /// One monitor joins its scope at a time: two pods starting together
+    /// would both find no scope and both try to start it.
+    monitors_lock: std::sync::Mutex<()>,
 }
 
 impl Cgroups {
@@ -216,6 +227,7 @@ impl Cgroups {
             default_parent: "/crius".into(),
             tree: fs::Tree::new(layout),
             units,
+            monitors_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -255,10 +267,36 @@ impl Cgroups {
         paths::leaf_path(pod, &format!("init_{pod_id}"))
     }
 
-    /// The leaf of a pod's monitor: below the default parent, outside both
-    /// the daemon's cgroup and the pod's (a monitor must survive both).
-    pub fn monitor_path(&self, pod_id: &str) -> Result<CgroupPath, Error> {
-        paths::leaf_path(&self.default_parent_path()?, &format!("monitor_{pod_id}"))
+    /// The cgroup every pod monitor lives in (see [`paths::monitors_path`]):
+    /// `/crius-monitors` with cgroupfs, the scope `crius-monitors.scope`
+    /// with systemd, never the daemon's cgroup or unit, so stopping or
+    /// restarting crius's service leaves the monitors (and their pods)
+    /// running, and their memory is accounted apart.
+    pub fn monitors_path(&self) -> Result<CgroupPath, Error> {
+        paths::monitors_path(self.driver, &self.default_parent)
+    }
+
+    /// Moves `pid` (a pod monitor) into [`Self::monitors_path`], made on
+    /// first use. With systemd the monitor is attached to the running
+    /// scope over D-Bus, or, when there is none (systemd drops a scope as
+    /// soon as its last process exits), the scope is started with `pid` as
+    /// its first process; a scope going away between the two is retried,
+    /// bounded. The pid is then written to every hierarchy (systemd places
+    /// it only in those it manages).
+    pub fn join_monitors(&self, pid: i32) -> Result<CgroupPath, Error> {
+        let path = self.monitors_path()?;
+        if let (Some(units), Some(unit)) = (&self.units, &path.unit) {
+            let _one_at_a_time = self
+                .monitors_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            join_scope(units.as_ref(), unit, pid)?;
+            self.tree.create_dirs(&path.path)?;
+        } else if !self.tree.exists(&path.path) {
+            self.tree.create_dirs(&path.path)?;
+        }
+        self.tree.add_process(&path.path, pid)?;
+        Ok(path)
     }
 
     /// The default parent as a cgroup (`/crius`, or its slice).
@@ -461,4 +499,25 @@ impl Cgroups {
     pub fn cpu_usage(&self, path: &CgroupPath) -> Result<Option<u64>, Error> {
         self.tree.cpu_usage(&path.path)
     }
+}
+
+/// Attaches `pid` to the scope `unit`, or starts the scope with it.
+fn join_scope(units: &dyn UnitManager, unit: &Unit, pid: i32) -> Result<(), Error> {
+    let mut last = None;
+    for attempt in 0..JOIN_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+        }
+        match units.attach(unit, pid) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(unit = %unit.name, pid, err = %e, "attach to the monitors' scope")
+            }
+        }
+        match units.start(unit, &Resources::default(), Some(pid)) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("JOIN_ATTEMPTS > 0"))
 }

@@ -135,6 +135,46 @@ pub fn default_parent_path(
     }
 }
 
+/// crius's monitors cgroup: a sibling of the default parent, outside the
+/// daemon's cgroup and every pod's (a monitor must outlive both), and never
+/// below the default parent, whose children the reconcile sweeps. With
+/// cgroupfs `<default parent>-monitors` (`/crius-monitors`); with systemd
+/// the scope `<default slice>-monitors.scope` in the default slice's
+/// parent (`crius-monitors.scope` beside `crius.slice`, in `-.slice`).
+pub fn monitors_path(driver: CgroupDriver, default_parent: &str) -> Result<CgroupPath, Error> {
+    match driver {
+        CgroupDriver::Cgroupfs => {
+            let base = cgroupfs_path(default_parent)?;
+            let path = if base == "/" {
+                "/crius-monitors".to_string()
+            } else {
+                format!("{base}-monitors")
+            };
+            Ok(CgroupPath { path, unit: None })
+        }
+        CgroupDriver::Systemd => {
+            let slice = default_slice(default_parent)?;
+            let name = match slice.strip_suffix(".slice") {
+                Some("-") | None => "crius-monitors.scope".to_string(),
+                Some(prefix) => format!("{prefix}-monitors.scope"),
+            };
+            let parent = parent_slice(&slice);
+            let base = if slice == "-.slice" || parent == "-.slice" {
+                "/".to_string()
+            } else {
+                slice_path(&parent)?.path
+            };
+            Ok(CgroupPath {
+                path: join(&base, &name),
+                unit: Some(Unit {
+                    name,
+                    slice: if slice == "-.slice" { slice } else { parent },
+                }),
+            })
+        }
+    }
+}
+
 /// The cgroup `name` found below `parent`, if crius names cgroups so: pods
 /// (`pod-<id>`, `<slice prefix>-pod<id>.slice`) and leaves (`crius-<id>`,
 /// `crius-<id>.scope`).
@@ -392,6 +432,48 @@ mod tests {
         assert_eq!(monitor, leaf_path(&root, "monitor_abc").unwrap());
         assert_eq!(child_path(&root, "other-x.slice"), None);
         assert_eq!(child_path(&root, "session-1.scope"), None);
+    }
+
+    #[test]
+    fn monitors_are_a_sibling_of_the_default_parent() {
+        let m = monitors_path(Cgroupfs, "/crius").unwrap();
+        assert_eq!((m.path.as_str(), m.unit), ("/crius-monitors", None));
+        assert_eq!(
+            monitors_path(Cgroupfs, "/a/b/").unwrap().path,
+            "/a/b-monitors"
+        );
+        assert_eq!(
+            monitors_path(Cgroupfs, "/").unwrap().path,
+            "/crius-monitors"
+        );
+        assert!(monitors_path(Cgroupfs, "/a/../b").is_err());
+
+        let m = monitors_path(Systemd, "/crius").unwrap();
+        assert_eq!(m.path, "/crius-monitors.scope");
+        let unit = m.unit.unwrap();
+        assert_eq!(
+            (unit.name.as_str(), unit.slice.as_str()),
+            ("crius-monitors.scope", "-.slice")
+        );
+        assert!(unit.is_scope());
+        let m = monitors_path(Systemd, "a-b.slice").unwrap();
+        assert_eq!(m.path, "/a.slice/a-b-monitors.scope");
+        assert_eq!(m.unit.unwrap().slice, "a.slice");
+        let m = monitors_path(Systemd, "-.slice").unwrap();
+        assert_eq!(m.path, "/crius-monitors.scope");
+        // Never below the default parent, whose children the reconcile sweeps.
+        for (driver, parent) in [
+            (Cgroupfs, "/crius"),
+            (Systemd, "/crius"),
+            (Systemd, "a-b.slice"),
+        ] {
+            let root = default_parent_path(driver, parent).unwrap();
+            let m = monitors_path(driver, parent).unwrap();
+            assert!(
+                !m.path.starts_with(&format!("{}/", root.path)),
+                "{m} in {root}"
+            );
+        }
     }
 
     #[test]

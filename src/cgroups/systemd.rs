@@ -1,6 +1,7 @@
 //! The systemd cgroup driver: pod slices and container scopes as transient
 //! units, created over D-Bus (org.freedesktop.systemd1(5):
-//! StartTransientUnit, StopUnit, SetUnitProperties; systemd.resource-control(5)
+//! StartTransientUnit, StopUnit, SetUnitProperties, AttachProcessesToUnit;
+//! systemd.resource-control(5)
 //! for the properties), the way runc's systemd driver does it.
 //!
 //! Every call is blocking (zbus's blocking API, with its own executor
@@ -51,6 +52,13 @@ trait Manager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+
+    fn attach_processes_to_unit(
+        &self,
+        unit_name: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> zbus::Result<()>;
 
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 
@@ -220,6 +228,21 @@ impl UnitManager for Systemd {
             tracing::debug!(unit = %unit.name, err = %e, "reset failed unit");
         }
         Ok(())
+    }
+
+    fn attach(&self, unit: &Unit, pid: i32) -> Result<(), Error> {
+        let pid = u32::try_from(pid).map_err(|_| Error::InvalidPath {
+            path: unit.name.clone(),
+            reason: format!("pid {pid} cannot be attached"),
+        })?;
+        let proxy = self.manager(&unit.name)?;
+        proxy
+            .attach_processes_to_unit(&unit.name, "", &[pid])
+            .map_err(|source| Error::Systemd {
+                op: "attach a process to",
+                unit: unit.name.clone(),
+                source: Box::new(source),
+            })
     }
 }
 

@@ -535,6 +535,23 @@ impl UnitManager for Shared {
         self.0.units.lock().unwrap().retain(|u| *u != unit.name);
         Ok(())
     }
+
+    fn attach(&self, unit: &Unit, pid: i32) -> Result<(), Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("attach {} pid {pid}", unit.name));
+        if self.0.units.lock().unwrap().contains(&unit.name) {
+            Ok(())
+        } else {
+            Err(Error::SystemdJob {
+                op: "attach a process to",
+                unit: unit.name.clone(),
+                result: "no such unit".into(),
+            })
+        }
+    }
 }
 
 #[test]
@@ -622,18 +639,59 @@ fn systemd_failed_create_stops_the_unit_and_leaves_nothing() {
 }
 
 #[test]
+fn monitors_join_their_cgroup_beside_the_default_parent() {
+    for kind in [Kind::V1, Kind::V2] {
+        let f = fixture(kind);
+        let m = f.cg.join_monitors(3).unwrap();
+        assert_eq!(m.path, "/crius-monitors");
+        assert_eq!(f.cg.join_monitors(4).unwrap(), m);
+        for file in f.cg.procs_files(&m) {
+            // The fake kernel's cgroup.procs keeps the last write.
+            assert_eq!(read(file), "4");
+        }
+    }
+}
+
+#[test]
+fn monitors_scope_is_started_once_then_attached_to() {
+    let fake = Arc::new(FakeSystemd::default());
+    let f = fixture_with(
+        Kind::V2,
+        CgroupDriver::Systemd,
+        Some(Box::new(Shared(fake.clone()))),
+    );
+    let m = f.cg.join_monitors(7).unwrap();
+    assert_eq!(m.path, "/crius-monitors.scope");
+    f.cg.join_monitors(8).unwrap();
+    // The scope went away with its last monitor: started again.
+    fake.units.lock().unwrap().clear();
+    f.cg.join_monitors(9).unwrap();
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        [
+            "attach crius-monitors.scope pid 7",
+            "start crius-monitors.scope in -.slice pid Some(7) props 8",
+            "attach crius-monitors.scope pid 8",
+            "attach crius-monitors.scope pid 9",
+            "start crius-monitors.scope in -.slice pid Some(9) props 8",
+        ]
+    );
+    assert_eq!(read(f.root.join("crius-monitors.scope/cgroup.procs")), "9");
+}
+
+#[test]
 fn monitors_and_reconcile_listing() {
     let f = fixture(Kind::V2);
-    let m = f.cg.monitor_path("p1").unwrap();
-    assert_eq!(m.path, "/crius/crius-monitor_p1");
-    f.cg.create_with_pid(&m, &Resources::default(), 3).unwrap();
+    let m = f.cg.join_monitors(3).unwrap();
     let pod = f.cg.pod_path("", "p1").unwrap();
     f.cg.create(&pod, &Resources::default()).unwrap();
     let c = f.cg.container_path(&pod, "c1").unwrap();
     f.cg.create_with_pid(&c, &Resources::default(), 4).unwrap();
     std::fs::create_dir(f.root.join("crius/not-ours")).unwrap();
     let root = f.cg.default_parent_path().unwrap();
-    assert_eq!(f.cg.children(&root).unwrap(), vec![m, pod.clone()]);
+    // The monitors' cgroup is a sibling of the default parent, not a child.
+    assert_eq!(m.path, "/crius-monitors");
+    assert_eq!(f.cg.children(&root).unwrap(), vec![pod.clone()]);
     assert_eq!(f.cg.children(&pod).unwrap(), vec![c]);
     let gone = f.cg.pod_path("", "gone").unwrap();
     assert!(f.cg.children(&gone).unwrap().is_empty());

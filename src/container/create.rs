@@ -196,7 +196,7 @@ impl Containers {
             None => overlay.data(),
         };
         data.map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
-        let (volumes, mounted) = self.image_volumes(&req.config, &dir)?;
+        let (volumes, mounted) = self.image_volumes(&req.config, &dir, ctx.user_ns.is_some())?;
         let stop_signal = match req.stop_signal {
             Some(s) => s,
             None if image.config.stop_signal.is_empty() => libc::SIGTERM,
@@ -292,6 +292,7 @@ impl Containers {
         &self,
         config: &ContainerConfig,
         dir: &std::path::Path,
+        userns: bool,
     ) -> Result<(Vec<rootfs::ImageVolume>, Vec<Option<MountedImage>>), Error> {
         let mut volumes = Vec::new();
         let mut mounted = Vec::with_capacity(config.mounts.len());
@@ -321,10 +322,15 @@ impl Containers {
                 image: image.id.clone(),
                 staging: volume_dir(dir, volumes.len()),
             };
-            // The overlay options must fit in one page: refuse now.
-            volume
-                .data()
-                .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
+            // The overlay options must fit in one page: refuse now (in a
+            // user namespace the layers are named by their idmapped mounts).
+            match userns {
+                true => volume
+                    .idmapped(&rootfs::idmapped_volume_layers_dir(&volume.staging))
+                    .data(),
+                false => volume.data(),
+            }
+            .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
             volumes.push(volume);
             mounted.push(Some(MountedImage {
                 image: v.image.clone(),

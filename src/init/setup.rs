@@ -326,6 +326,7 @@ pub fn finalize(
     let sets = process.capabilities.held_only();
     caps::apply_bounding(sets.bounding).map_err(|e| (Step::Capabilities, e.into()))?;
     caps::keep_caps(true).map_err(|e| (Step::Capabilities, e.into()))?;
+    stdio_to_user(id.uid);
     let groups: Vec<nix::unistd::Gid> = id
         .additional_gids
         .iter()
@@ -377,6 +378,28 @@ pub fn terminal(sync: &mut Sync) -> Result<(), Error> {
         .map_err(io("terminal onto stdio"))?;
     drop(pty.slave);
     controlling_tty()
+}
+
+/// Gives the process's stdio to its user, as runc's fixStdioPermissions
+/// does, so a non-root process can reopen them by path (`/dev/pts/N` of
+/// its terminal, `/proc/self/fd/1` of a pipe): only the owner changes (the
+/// devpts group stays), and /dev/null and what the user owns already are
+/// left alone. Runs before setuid, while the process may still chown.
+/// Best effort like runc's: EPERM and EINVAL (an owner or group not mapped
+/// in the user namespace) and EROFS leave the fd as it is.
+fn stdio_to_user(uid: u32) {
+    let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    for fd in [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && Some(st.st_rdev) == null;
+        if st.st_uid == uid || is_null {
+            continue;
+        }
+        let _ = nix::unistd::fchown(fd, Some(nix::unistd::Uid::from_raw(uid)), None);
+    }
 }
 
 /// Makes stdin the controlling terminal of the (new) session.

@@ -280,41 +280,41 @@ impl Pods {
         } else {
             rec.spec.hostname.clone()
         };
-        dns::write_hostname(&rec.dir.hostname(), &hostname)
+        dns::write_hostname(&rec.dir.hostname(), &hostname)?;
+        // In the pod's own user namespace its root owns these files, as a
+        // host pod's root does (not the overflow id), so they can be
+        // rewritten where they are mounted read-write.
+        if let Some(maps) = &rec.spec.namespaces.user {
+            let (uid, gid) = (maps.uid.to_host(0), maps.gid.to_host(0));
+            for path in [rec.dir.resolv_conf(), rec.dir.hostname()] {
+                std::os::unix::fs::lchown(&path, uid, gid).map_err(|source| {
+                    crate::network::Error::Io {
+                        op: "chown to the pod's root",
+                        path,
+                        source,
+                    }
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts a monitor in crius's monitors cgroup, outside the daemon's and
-    /// the pod's: killing either never kills pods. Best effort.
+    /// the pod's: killing either, or stopping crius's systemd unit, never
+    /// kills pods. Best effort.
     async fn move_to_monitors_cgroup(&self, monitor: ProcRef) {
-        let Some(path) = self.monitors_cgroup() else {
-            return;
-        };
         let cg = self.cgroups.clone();
-        let moved = blocking(move || {
-            cg.create(&path, &Resources::default())?;
-            cg.add_process(&path, monitor.pid)
-        })
-        .await;
+        let moved = blocking(move || cg.join_monitors(monitor.pid)).await;
         if let Err(e) = moved {
             tracing::warn!(pid = monitor.pid, error = %crate::error::chain(&e), "move monitor to its cgroup");
         }
     }
 
-    /// `<default parent>-monitors` with cgroupfs (e.g. /crius-monitors).
-    /// INTEGRATION(systemd): a `crius-monitors.scope` needs its first
-    /// process at creation; monitors stay in the daemon's unit for now,
-    /// which KillMode=process keeps alive.
+    /// `<default parent>-monitors` with cgroupfs (e.g. /crius-monitors),
+    /// the scope `crius-monitors.scope` with systemd
+    /// ([`crate::cgroups::Cgroups::monitors_path`]).
     pub(super) fn monitors_cgroup(&self) -> Option<CgroupPath> {
-        if self.cgroups.driver() != crate::config::CgroupDriver::Cgroupfs {
-            return None;
-        }
-        let parent = self.settings.default_cgroup_parent.trim_end_matches('/');
-        let path = if parent.is_empty() {
-            "/crius-monitors".to_string()
-        } else {
-            format!("{parent}-monitors")
-        };
-        Some(CgroupPath { path, unit: None })
+        self.cgroups.monitors_path().ok()
     }
 }
 

@@ -102,7 +102,6 @@ pub struct Settings {
     /// The crius-monitor binary started for each pod.
     pub exe: PathBuf,
     pub shm_size: u64,
-    pub default_cgroup_parent: String,
     /// How long a pod whose caller gave up waits for a retry to claim it.
     pub unclaimed_ttl: Duration,
     /// How long a monitor may take to set a pod up.
@@ -115,7 +114,6 @@ impl Settings {
             state: config.state.clone(),
             exe: config.monitor_path(),
             shm_size: config.pod.shm_size,
-            default_cgroup_parent: config.cgroup.default_parent.clone(),
             unclaimed_ttl: Duration::from_secs(config.pod.unclaimed_ttl_secs),
             setup_timeout: Duration::from_secs(60),
         }

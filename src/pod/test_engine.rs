@@ -150,7 +150,6 @@ pub(super) fn env(unclaimed_ttl: Duration) -> Env {
         state,
         exe: PathBuf::from("/nonexistent/crius"),
         shm_size: 1 << 20,
-        default_cgroup_parent: String::new(),
         unclaimed_ttl,
         setup_timeout: Duration::from_secs(5),
     };

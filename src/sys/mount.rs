@@ -14,8 +14,9 @@ pub trait Mounts {
     fn bind(&self, src: &Path, dst: &Path) -> Result<()>;
     /// `mount --make-shared path`: EINVAL when `path` is not a mount point.
     fn make_shared(&self, path: &Path) -> Result<()>;
-    /// A tmpfs of `size` bytes at `dst` (nosuid, nodev, noexec, mode 1777).
-    fn tmpfs(&self, dst: &Path, size: u64) -> Result<()>;
+    /// A tmpfs of `size` bytes at `dst` (nosuid, nodev, noexec, mode 1777),
+    /// its root owned by `owner` (uid, gid) when given, else by the caller.
+    fn tmpfs(&self, dst: &Path, size: u64, owner: Option<(u32, u32)>) -> Result<()>;
     /// `umount -l path`: EINVAL when nothing is mounted there.
     fn detach(&self, path: &Path) -> Result<()>;
     /// Creates an empty regular file (a bind-mount target).
@@ -43,9 +44,12 @@ impl Mounts for Host {
         .map_err(sys(format!("make mount {} shared", path.display())))
     }
 
-    fn tmpfs(&self, dst: &Path, size: u64) -> Result<()> {
+    fn tmpfs(&self, dst: &Path, size: u64, owner: Option<(u32, u32)>) -> Result<()> {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        let data = format!("mode=1777,size={size}");
+        let mut data = format!("mode=1777,size={size}");
+        if let Some((uid, gid)) = owner {
+            data.push_str(&format!(",uid={uid},gid={gid}"));
+        }
         nix::mount::mount(Some("shm"), dst, Some("tmpfs"), flags, Some(data.as_str()))
             .map_err(sys(format!("mount tmpfs on {}", dst.display())))
     }
@@ -308,8 +312,8 @@ impl Mounts for Recorder {
     fn make_shared(&self, path: &Path) -> Result<()> {
         self.call(format!("shared {}", path.display()))
     }
-    fn tmpfs(&self, dst: &Path, size: u64) -> Result<()> {
-        self.call(format!("tmpfs {} {size}", dst.display()))
+    fn tmpfs(&self, dst: &Path, size: u64, owner: Option<(u32, u32)>) -> Result<()> {
+        self.call(format!("tmpfs {} {size} {owner:?}", dst.display()))
     }
     fn detach(&self, path: &Path) -> Result<()> {
         self.call(format!("detach {}", path.display()))

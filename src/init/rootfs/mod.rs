@@ -293,6 +293,25 @@ impl ImageVolume {
             }
         }
     }
+
+    /// The volume of a container in a user namespace: the same layers,
+    /// each idmapped and mounted at `<at>/<index>` ([`Step::IdmapLayers`]).
+    pub fn idmapped(&self, at: &Path) -> ImageVolume {
+        ImageVolume {
+            layers: (0..self.layers.len())
+                .map(|i| at.join(i.to_string()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Where the idmapped layers of the image volume staged at `staging` are
+/// mounted: beside its staging dir, in the container's own dir.
+pub fn idmapped_volume_layers_dir(staging: &Path) -> PathBuf {
+    let mut name = staging.file_name().unwrap_or_default().to_os_string();
+    name.push("l");
+    staging.with_file_name(name)
 }
 
 /// Where the idmapped layers of a container whose rootfs is `root` are
@@ -493,7 +512,22 @@ pub fn plan(
         });
     }
 
+    // In a user namespace an image volume stacks on idmapped copies of its
+    // layers too (as the rootfs does), so its files show their image owners.
+    let userns = in_user_namespace(spec).is_some();
     for v in volumes {
+        let idmapped;
+        let v = if userns {
+            let at = idmapped_volume_layers_dir(&v.staging);
+            steps.push(Step::IdmapLayers {
+                layers: v.layers.clone(),
+                at: at.clone(),
+            });
+            idmapped = v.idmapped(&at);
+            &idmapped
+        } else {
+            v
+        };
         let lower = match v.data()? {
             Some(data) => Lower::Overlay(data),
             None => Lower::Bind(v.layers[0].clone()),
@@ -511,6 +545,24 @@ pub fn plan(
     if let Some(dev) = dev {
         steps.push(Step::Devices { dev });
     }
+    // A node's owner is the host node's; in a user namespace it is made
+    // with the host ids that the namespace maps to those ids, so the
+    // container sees the host's owner (root as its root, not as the
+    // overflow id). An owner outside the mapping stays the host's.
+    let to_host = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, id: u32| -> u32 {
+        if !userns {
+            return id;
+        }
+        maps.into_iter()
+            .flatten()
+            .find_map(|m| {
+                let off = id.checked_sub(m.container_id())?;
+                (off < m.size())
+                    .then(|| m.host_id().checked_add(off))
+                    .flatten()
+            })
+            .unwrap_or(id)
+    };
     let mut nodes = Vec::new();
     for d in linux
         .and_then(|l| l.devices().as_deref())
@@ -523,8 +575,14 @@ pub fn plan(
             major: number(d.major())?,
             minor: number(d.minor())?,
             mode: d.file_mode().unwrap_or(0o666) & 0o7777,
-            uid: d.uid().unwrap_or(0),
-            gid: d.gid().unwrap_or(0),
+            uid: to_host(
+                linux.and_then(|l| l.uid_mappings().as_ref()),
+                d.uid().unwrap_or(0),
+            ),
+            gid: to_host(
+                linux.and_then(|l| l.gid_mappings().as_ref()),
+                d.gid().unwrap_or(0),
+            ),
         });
     }
     if !nodes.is_empty() {
@@ -874,6 +932,72 @@ mod tests {
                 .unwrap()
                 .contains(&"gid=100005".to_string()),
             "devpts' tty group is the namespace's"
+        );
+
+        // Image volumes stack on idmapped layers of their own; CRI device
+        // nodes get the host ids their owners map to.
+        let mut spec = built.spec.clone();
+        let mut linux = spec.linux().clone().unwrap();
+        let node = |path: &str, uid: u32| {
+            oci_spec::runtime::LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(oci_spec::runtime::LinuxDeviceType::C)
+                .major(1)
+                .minor(3)
+                .uid(uid)
+                .gid(5u32)
+                .build()
+                .unwrap()
+        };
+        linux.set_devices(Some(vec![node("/dev/xnull", 0), node("/dev/far", 70000)]));
+        spec.set_linux(Some(linux));
+        let volume = |layers: &[&str], n: usize| ImageVolume {
+            target: format!("/img{n}").into(),
+            layers: layers.iter().map(PathBuf::from).collect(),
+            sub_path: PathBuf::new(),
+            image: "sha256:i".into(),
+            staging: format!("/c/1/v{n}").into(),
+        };
+        let volumes = [volume(&["/l/1", "/l/2"], 0), volume(&["/l/3"], 1)];
+        let steps = plan(&spec, &overlay, &volumes, &|_| true).unwrap();
+        let at = steps
+            .iter()
+            .position(|s| matches!(s, Step::ImageVolume { .. }))
+            .unwrap();
+        assert_eq!(
+            steps[at - 1],
+            Step::IdmapLayers {
+                layers: vec!["/l/1".into(), "/l/2".into()],
+                at: "/c/1/v0l".into()
+            }
+        );
+        assert!(
+            matches!(&steps[at], Step::ImageVolume { lower: Lower::Overlay(d), .. }
+            if d == "lowerdir=/c/1/v0l/1:/c/1/v0l/0")
+        );
+        assert_eq!(
+            steps[at + 1],
+            Step::IdmapLayers {
+                layers: vec!["/l/3".into()],
+                at: "/c/1/v1l".into()
+            }
+        );
+        assert!(
+            matches!(&steps[at + 2], Step::ImageVolume { lower: Lower::Bind(l), .. }
+            if l == Path::new("/c/1/v1l/0"))
+        );
+        let nodes = steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Nodes(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((nodes[0].uid, nodes[0].gid), (100000, 100005));
+        assert_eq!(
+            (nodes[1].uid, nodes[1].gid),
+            (70000, 100005),
+            "an owner outside the mapping stays the host's"
         );
     }
 }

@@ -229,6 +229,32 @@ impl Stdin {
         }
     }
 
+    /// stdin_once's end of input, once what is buffered is written. A pipe
+    /// is closed. A terminal cannot be (its master is the output too), so
+    /// its EOF character (VEOF as the program's termios has it, ^D by
+    /// default) is written last, as a user typing ^D: in canonical mode the
+    /// program's next read at a line's start returns 0; in raw mode (a line
+    /// editor) it reads the character. Later clients get no stdin either way.
+    /// containerd leaves a terminal's input open (it closes stdin on
+    /// detach only without a tty) and conmon closes its own copy of the
+    /// master, which the program never sees; crius follows the CRI's
+    /// stdin_once ("close stdin after the first attach") for terminals too.
+    pub fn end_input(&mut self) {
+        if self.closing {
+            return;
+        }
+        if let Some(fd) = &self.fd
+            && let Ok(t) = rustix::termios::tcgetattr(fd)
+        {
+            let eof = t.special_codes[rustix::termios::SpecialCodeIndex::VEOF];
+            // 0 is _POSIX_VDISABLE: the program turned the character off.
+            if eof != 0 {
+                self.buf.push(eof);
+            }
+        }
+        self.close();
+    }
+
     /// Closes the container's stdin once what is buffered is written.
     pub fn close(&mut self) {
         self.closing = true;
@@ -274,5 +300,28 @@ mod tests {
         assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"hello");
         assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 0, "closed");
+    }
+
+    #[test]
+    fn a_terminals_input_ends_with_its_eof_character() {
+        // The host's devpts stands in for a container's.
+        let Ok(pty) = crate::sys::pty::open(std::path::Path::new("/dev/pts/ptmx")) else {
+            eprintln!("skipped: /dev/pts/ptmx cannot be opened here");
+            return;
+        };
+        let mut stdin = Stdin::new(Some(pty.master.try_clone().unwrap()));
+        let (mut a, ends) = Attachment::new(1, true, true).unwrap();
+        let input = a.input.take().unwrap();
+        nix::unistd::write(ends.stdin.as_ref().unwrap(), b"line\n").unwrap();
+        assert!(stdin.take_from(&input));
+        stdin.end_input();
+        assert!(!stdin.is_open(), "no more input after stdin_once");
+        // Canonical mode (a new terminal's): the line, then a read of 0.
+        let mut buf = [0u8; 16];
+        assert_eq!(nix::unistd::read(&pty.slave, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"line\n");
+        assert_eq!(nix::unistd::read(&pty.slave, &mut buf).unwrap(), 0, "EOF");
+        // The terminal itself stays open: the program can still write.
+        assert_eq!(nix::unistd::write(&pty.slave, b"out").unwrap(), 3);
     }
 }

@@ -122,7 +122,12 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
     if let Some(size) = spec.shm_size {
         let shm = dir.shm();
         std::fs::create_dir_all(&shm).map_err(step(Step::MountShm))?;
-        m.tmpfs(&shm, size).map_err(step(Step::MountShm))?;
+        // In the pod's user namespace its root owns it, as a host pod's
+        // root owns its own.
+        let owner = spec
+            .user
+            .and_then(|m| Some((m.uid.to_host(0)?, m.gid.to_host(0)?)));
+        m.tmpfs(&shm, size, owner).map_err(step(Step::MountShm))?;
     }
     Ok(Sandbox { init })
 }
@@ -148,6 +153,17 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>)
     }
     let result = (|| -> Result<(), Message> {
         let failed = |step, message| Message::Failed { step, message };
+        // Root of the pod's user namespace (mapped by now) before the
+        // sysctls: IPC and mqueue sysctls of a namespace owned by it are
+        // its root's files (a write as the unmapped host root is EACCES).
+        if spec.user.is_some() {
+            crate::sys::process::become_root_in_user_namespace().map_err(|e| {
+                failed(
+                    Step::MapUserIds,
+                    format!("become root of the pod's user namespace: {e}"),
+                )
+            })?;
+        }
         if let Some(name) = &spec.hostname
             && spec.namespaces.contains(&Kind::Uts)
         {
@@ -174,9 +190,6 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>)
     }
     let mut go = [0u8; 3];
     if sock.read_exact(&mut go).is_err() {
-        exit_immediately(1);
-    }
-    if spec.user.is_some() && crate::sys::process::become_root_in_user_namespace().is_err() {
         exit_immediately(1);
     }
     if let Some(exe) = pod_init {

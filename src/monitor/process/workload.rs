@@ -481,7 +481,7 @@ impl Container {
     /// A client's stdin ended (EOF or detach).
     fn input_ended(&mut self) {
         if self.launch.stdin_once {
-            self.stdin.close();
+            self.stdin.end_input();
         }
     }
 
