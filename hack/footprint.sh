@@ -105,7 +105,9 @@ for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
   # shows as / in /proc/PID/exe, a memfd as memfd:...): go by their names.
   comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
   [[ "$comm" == crius* ]] || continue
-  read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' "/proc/$pid/smaps_rollup")
+  # A short-lived process (a probe, an exec) may be gone by now.
+  read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' \
+    "/proc/$pid/smaps_rollup" 2>/dev/null) || continue
   rss=$((rss + r)) pss=$((pss + p)) n=$((n + 1))
   name=$comm
   names[$name]=$((${names[$name]:-0} + 1))
@@ -114,7 +116,11 @@ done
 ((n)) || { echo "no crius process appeared" >&2; exit 1; }
 echo "binary:      $crius ($(du -k "$crius" | cut -f1) KiB)"
 for b in crius-monitor crius-pod-init; do
-  [[ -x "$(dirname "$crius")/$b" ]] && echo "             $b: $(du -k "$(dirname "$crius")/$b" | cut -f1) KiB"
+  f="$(dirname "$crius")/$b"
+  [[ -x "$f" ]] || continue
+  link=dynamic
+  file -L "$f" | grep -q "statically linked" && link=static
+  echo "             $b: $(du -k "$f" | cut -f1) KiB ($link)"
 done
 echo -n "processes:   $n for $pods pods ("
 for k in "${!names[@]}"; do echo -n "$k x${names[$k]} "; done

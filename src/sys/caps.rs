@@ -121,11 +121,6 @@ pub struct Sets {
 }
 
 impl Sets {
-    /// The Spec's sets, keeping only what this process holds.
-    pub fn from_spec(caps: Option<&LinuxCapabilities>) -> Sets {
-        Sets::requested(caps).held_only()
-    }
-
     /// The Spec's sets as asked for.
     pub fn requested(caps: Option<&LinuxCapabilities>) -> Sets {
         match caps {
@@ -303,10 +298,13 @@ mod tests {
             )
             .build()
             .unwrap();
-        let s = Sets::from_spec(Some(&caps));
+        let asked = Sets::requested(Some(&caps));
+        let s = asked.held_only();
         let held = held();
         for cap in 0..64 {
             assert_eq!(s.bounding & (1 << cap) != 0, held.contains(&cap));
         }
+        let known = crate::container::spec::ALL_CAPABILITIES.len();
+        assert_eq!(asked.bounding.count_ones() as usize, known);
     }
 }
