@@ -6,13 +6,18 @@
 //! and plain junk bodies — sent in batches to one daemon. After each batch:
 //! the daemon answers Version, its RSS stays under a bound, no request
 //! broke the connection (a panic would), and once every pod the batch made
-//! is stopped and removed the host shows no leftover (mounts under the
-//! test's dirs, cgroups under the test's parent, processes, veths, leases).
+//! is stopped and removed the host shows no leftover: mounts under the
+//! test's dirs, pinned namespaces, files under the daemon's root and state
+//! dirs, cgroups and their processes under the test's parent in every
+//! hierarchy, processes naming the test's dirs, veths on the test's bridge,
+//! IP leases and cached CNI results. Ids a batch got back (RunPodSandbox,
+//! CreateContainer) are used by its later requests.
 //!
 //! Bounded by `CRIUS_CAMPAIGN_SECS` (default 60); the seed is printed and
 //! can be replayed with `CRIUS_CAMPAIGN_SEED`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -320,12 +325,19 @@ fn strip_field(message: &[u8], number: u64) -> Vec<u8> {
     out
 }
 
+/// What one unary call got: its grpc-status (with the message for an
+/// INTERNAL that is a crius bug) and the response message, if any.
+struct Answer {
+    status: Option<String>,
+    message: Bytes,
+}
+
 /// One unary call over raw HTTP/2; `Err` when the connection failed.
 async fn call(
     send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
     path: &str,
     body: &[u8],
-) -> Result<Option<String>, String> {
+) -> Result<Answer, String> {
     let mut framed = vec![0u8];
     framed.extend((body.len() as u32).to_be_bytes());
     framed.extend_from_slice(body);
@@ -350,14 +362,40 @@ async fn call(
         Some(code.to_string())
     };
     if let Some(s) = status(resp.headers()) {
-        return Ok(Some(s));
+        return Ok(Answer {
+            status: Some(s),
+            message: Bytes::new(),
+        });
     }
     let collected = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(collected.trailers().and_then(status))
+    let status = collected.trailers().and_then(status);
+    let data = collected.to_bytes();
+    Ok(Answer {
+        status,
+        // One length-prefixed message (5-byte header).
+        message: data.slice(data.len().min(5)..),
+    })
+}
+
+/// The id a successful RunPodSandbox or CreateContainer answered with
+/// (field 1 of both responses), for the next requests of the batch.
+fn new_id(path: &str, answer: &Answer) -> Option<String> {
+    if answer.status.as_deref() != Some("0") {
+        return None;
+    }
+    if path.ends_with("/RunPodSandbox") {
+        let r = RunPodSandboxResponse::decode(answer.message.clone()).ok()?;
+        return Some(r.pod_sandbox_id);
+    }
+    if path.ends_with("/CreateContainer") {
+        let r = CreateContainerResponse::decode(answer.message.clone()).ok()?;
+        return Some(r.container_id);
+    }
+    None
 }
 
 async fn connect(d: &TestDaemon) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
@@ -419,11 +457,14 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
     let pid = d.pid();
     let mut rt = d.runtime().await;
     let mut send = connect(&d).await;
+    // What the daemon's dirs hold before any request: whatever a batch
+    // adds must be gone once its pods are removed.
+    let files_at_start = files_under(&d);
     let mut codes: HashMap<String, u64> = HashMap::new();
-    let (mut sent, mut batches, mut peak) = (0u64, 0u32, 0u64);
+    let (mut sent, mut batches, mut peak, mut made) = (0u64, 0u32, 0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < budget {
-        for _ in 0..40 {
+        for _ in 0..BATCH {
             if start.elapsed() > budget {
                 break;
             }
@@ -441,10 +482,17 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
                     .await
                     .unwrap_or_else(|_| panic!("{path} not answered in 20 s (seed {seed})"));
             match answer {
-                Ok(Some(code)) if code.starts_with("13 ") => {
-                    panic!("INTERNAL answer to a decodable request: {code} (seed {seed})")
+                Ok(a) if a.status.as_deref().is_some_and(|c| c.starts_with("13 ")) => panic!(
+                    "INTERNAL answer to a decodable request: {:?} (seed {seed})",
+                    a.status
+                ),
+                Ok(a) => {
+                    if let Some(id) = new_id(path, &a) {
+                        g.ids.push(id);
+                        made += 1;
+                    }
+                    *codes.entry(a.status.unwrap_or_default()).or_default() += 1;
                 }
-                Ok(code) => *codes.entry(code.unwrap_or_default()).or_default() += 1,
                 Err(e) => panic!("{path}: connection failed: {e} (seed {seed})"),
             }
             sent += 1;
@@ -452,7 +500,7 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
         }
         batches += 1;
         let sent_at = start.elapsed();
-        // The daemon answers and stays within its memory bound.
+        // 1. The daemon answers and stays within its memory bound.
         rt.version(VersionRequest::default())
             .await
             .unwrap_or_else(|e| panic!("daemon not answering after batch {batches}: {e}"));
@@ -461,33 +509,28 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
             rss < RSS_LIMIT_KIB,
             "RSS {rss} KiB after batch {batches} (seed {seed})"
         );
-        // Everything the batch made goes away without a trace.
+        // 2. Everything the batch made goes, and the host shows no trace.
         let pods = pod::list(&mut rt, None).await;
-        g.ids = pods.iter().map(|p| p.id.clone()).collect();
+        for p in &pods {
+            pod::stop_remove(&mut rt, &p.id).await;
+        }
+        assert!(pod::list(&mut rt, None).await.is_empty());
         let containers = rt
             .list_containers(ListContainersRequest::default())
             .await
             .unwrap()
             .into_inner()
             .containers;
-        g.ids.extend(containers.iter().map(|c| c.id.clone()));
-        if batches % 3 == 0 {
-            for p in &pods {
-                pod::stop_remove(&mut rt, &p.id).await;
-            }
-            assert!(pod::list(&mut rt, None).await.is_empty());
-            assert_no_trace(&d);
-        }
+        assert!(containers.is_empty(), "{containers:?} (seed {seed})");
+        assert_no_trace(&d);
+        assert_no_leftover(&d, &files_at_start, batches, seed);
+        g.ids.clear();
         eprintln!(
-            "batch {batches}: requests until {sent_at:?}, checks until {:?}, {} pods",
+            "batch {batches}: requests until {sent_at:?}, checks until {:?}, {} pods removed",
             start.elapsed(),
             pods.len()
         );
     }
-    for p in pod::list(&mut rt, None).await {
-        pod::stop_remove(&mut rt, &p.id).await;
-    }
-    assert_no_trace(&d);
     let log = d.log();
     assert!(
         !log.contains("panicked"),
@@ -496,8 +539,88 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
     let mut codes: Vec<_> = codes.into_iter().collect();
     codes.sort();
     eprintln!(
-        "campaign: {sent} requests in {batches} batches, {:?}; grpc-status counts {codes:?}; peak RSS {peak} KiB, now {} KiB",
+        "campaign: {sent} requests in {batches} batches, {:?}; {made} pods/containers made; \
+         grpc-status counts {codes:?}; peak RSS {peak} KiB, now {} KiB",
         start.elapsed(),
         rss_kib(pid)
     );
+}
+
+/// Requests per batch; the checks follow each batch.
+const BATCH: usize = 40;
+
+/// Every file and directory under the daemon's root and state dirs.
+fn files_under(d: &TestDaemon) -> BTreeSet<PathBuf> {
+    fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, out);
+            }
+            out.insert(path);
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&d.root, &mut out);
+    walk(&d.state, &mut out);
+    out
+}
+
+/// A directory named by a pod or container id (64 hex digits).
+fn is_id(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// What [`assert_no_trace`] does not look at: files under the daemon's
+/// dirs that were not there before the first batch (and directories named
+/// by an id; other directories a first use creates may stay), and the
+/// test's cgroups in every hierarchy (children, processes, the monitors'
+/// cgroup).
+fn assert_no_leftover(d: &TestDaemon, at_start: &BTreeSet<PathBuf>, batch: u32, seed: u64) {
+    let new: Vec<_> = files_under(d)
+        .into_iter()
+        .filter(|p| !at_start.contains(p))
+        .filter(|p| !p.is_dir() || is_id(p))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "files left under the daemon's dirs after batch {batch} (seed {seed}): {new:?}"
+    );
+    let Some(parent) = &d.cgroup_parent else {
+        return;
+    };
+    let rel = parent.trim_start_matches('/');
+    let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(r) = std::fs::read_dir("/sys/fs/cgroup") {
+        hierarchies.extend(r.flatten().map(|e| e.path()));
+    }
+    for h in hierarchies {
+        let dir = h.join(rel);
+        let children: Vec<_> = std::fs::read_dir(&dir)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            children.is_empty(),
+            "cgroups left under {} after batch {batch} (seed {seed}): {children:?}",
+            dir.display()
+        );
+        for cg in [dir.clone(), h.join(format!("{rel}-monitors"))] {
+            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+            assert!(
+                procs.trim().is_empty(),
+                "processes left in {} after batch {batch} (seed {seed}): {procs}",
+                cg.display()
+            );
+        }
+    }
 }

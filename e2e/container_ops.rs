@@ -1,7 +1,9 @@
 //! Containers, continued: UpdateContainerResources and ReopenContainerLog on
 //! a running container, an image given by its id with no command, NODE and
 //! TARGET PID modes, a daemon killed or a client giving up in the middle of
-//! CreateContainer, a lost monitor, and 100 containers that leave no mount,
+//! CreateContainer, a lost monitor, a hung container setup that delays
+//! nothing else in its pod, a stuck log disk that stalls no monitor, and
+//! 100 containers that leave no mount,
 //! cgroup, process or fd behind.
 
 use std::path::Path;
@@ -338,6 +340,201 @@ async fn a_lost_monitor_ends_its_containers_with_255() {
     .await;
     assert_eq!(st.exit_code, 255, "{st:?}");
     assert!(st.message.contains("monitor"), "{st:?}");
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+/// One container's setup hangs (the test hook pauses its init right
+/// before it reports ready): its pod's monitor still answers an ExecSync
+/// into a second container at once and reports a third container's exit
+/// at once, while the hung CreateContainer is still pending; that create
+/// then finishes, and the pod leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_setup_never_delays_the_pods_other_containers() {
+    require_registry_tools!();
+    const HANG: Duration = Duration::from_secs(20);
+    let s = setup_with_env(&[
+        ("CRIUS_TEST_PAUSE_AT", "container setup"),
+        ("CRIUS_TEST_PAUSE_SECS", "20"),
+    ])
+    .await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("hang", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let sleeper = |name: &str| {
+        container(
+            name,
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        )
+    };
+    let b = create(&mut rt, &pod, sleeper("b")).await.unwrap();
+    start(&mut rt, &b).await;
+
+    // Only the container whose own environment asks for it hangs.
+    let mut hung = sleeper("a");
+    hung.envs.push(KeyValue {
+        key: "CRIUS_TEST_PAUSE_AT".into(),
+        value: "container setup".into(),
+    });
+    let began = Instant::now();
+    let pending = {
+        let (mut rt, pod) = (rt.clone(), pod.clone());
+        tokio::spawn(async move { create(&mut rt, &pod, hung).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!pending.is_finished(), "the hook did not hang the setup");
+
+    let t = Instant::now();
+    let out = exec(&mut rt, &b, &["echo", "still here"], 10)
+        .await
+        .unwrap();
+    let exec_took = t.elapsed();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, &b"still here\n"[..])
+    );
+    assert!(
+        exec_took < Duration::from_secs(5),
+        "ExecSync took {exec_took:?}"
+    );
+
+    let t = Instant::now();
+    let c = create(
+        &mut rt,
+        &pod,
+        container(
+            "c",
+            &s.busybox,
+            &["sh", "-c", "exit 3"],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &c).await;
+    let st = wait_state(
+        &mut rt,
+        &c,
+        ContainerState::ContainerExited,
+        Duration::from_secs(8),
+    )
+    .await;
+    let third_took = t.elapsed();
+    assert_eq!(st.exit_code, 3, "{st:?}");
+    assert!(
+        !pending.is_finished(),
+        "the hung create ended before the others were served: nothing was shown"
+    );
+    eprintln!("while a setup hung: ExecSync {exec_took:?}, create+start+exit {third_took:?}");
+
+    // The hook lets go: the create finishes and the container runs.
+    let a = pending.await.unwrap().unwrap();
+    assert!(began.elapsed() >= HANG, "{:?}", began.elapsed());
+    start(&mut rt, &a).await;
+    let out = exec(&mut rt, &a, &["true"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+/// A container's log on a disk that takes nothing (a FIFO whose reader
+/// never reads): the pod's monitor still answers an ExecSync into another
+/// container at once, the chatty container's exit is reported within the
+/// log writer's bounds, and the records that found no room are counted in
+/// monitor.log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_log_disk_never_stalls_the_monitor() {
+    use std::os::unix::fs::OpenOptionsExt;
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let fifo = logs.join("chatty.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let pod = pod::run(
+        &mut rt,
+        pod_config("stuck", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let b = create(
+        &mut rt,
+        &pod,
+        container(
+            "b",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &b).await;
+    let script = "yes 0123456789012345678901234567890123456789 | head -c 20000000; exit 4";
+    let chatty = create(
+        &mut rt,
+        &pod,
+        container(
+            "chatty",
+            &s.busybox,
+            &["sh", "-c", script],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    let began = Instant::now();
+    start(&mut rt, &chatty).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let out = exec(&mut rt, &b, &["echo", "still here"], 10)
+        .await
+        .unwrap();
+    let exec_took = t.elapsed();
+    assert_eq!(out.stdout, b"still here\n");
+    assert!(
+        exec_took < Duration::from_secs(5),
+        "ExecSync took {exec_took:?}"
+    );
+    let st = wait_state(
+        &mut rt,
+        &chatty,
+        ContainerState::ContainerExited,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(st.exit_code, 4, "{st:?}");
+    let exited_after = began.elapsed();
+    let monitor_log = s.d.state.join("pods").join(&pod).join("monitor.log");
+    wait_for(
+        "the dropped records counted",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&monitor_log)
+                .is_ok_and(|t| t.contains("log records were dropped"))
+        },
+    )
+    .await;
+    eprintln!(
+        "stuck log: ExecSync {exec_took:?}, 20 MB written and exited after {exited_after:?}; {}",
+        std::fs::read_to_string(&monitor_log)
+            .unwrap_or_default()
+            .trim()
+    );
+    // The reader goes: the writer's blocked write fails and it moves on.
+    drop(reader);
     pod::stop_remove(&mut rt, &pod).await;
     assert!(container_dirs(&s).is_empty());
     pod::assert_no_trace(&s.d);

@@ -179,6 +179,24 @@ async fn pull_by_tag_and_digest_then_list_status_remove() {
         std::fs::metadata(dirs[0].join("tmp")).unwrap().mode() & 0o7777,
         0o1777
     );
+    // The content store keeps the manifest and the config, never a layer
+    // blob: the unpacked layer is the layer.
+    let blobs = d.root.join("image/blobs/sha256");
+    let kept: Vec<String> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert!(kept.contains(&id), "{kept:?}");
+    let manifest_digest = digest_ref.rsplit('@').next().unwrap().to_string();
+    assert!(kept.contains(&manifest_digest), "{kept:?}");
+    for blob in &kept {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blobs.join(&blob[7..])).unwrap()).unwrap();
+        for layer in json["layers"].as_array().into_iter().flatten() {
+            let digest = layer["digest"].as_str().unwrap().to_string();
+            assert!(!kept.contains(&digest), "layer blob {digest} kept");
+        }
+    }
 
     // ImageFsInfo sees the content.
     let fs = c

@@ -12,6 +12,7 @@ mod events;
 mod harness;
 mod hostile;
 mod hostile_image;
+mod hostile_memory;
 mod image;
 mod mounts;
 mod pod;

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Pull benchmark: generates a multi-layer image (default 4 layers x 60 MB of
-# incompressible data, plus busybox), pushes it to a local registry
-# (hack/registry.sh), starts a release `crius serve` with temporary
-# directories, pulls the image through the CRI socket and reports the pull
-# time and the peak memory (VmHWM) of crius. Needs root, docker-registry,
-# skopeo and umoci (hack/install-deps.sh).
-#   LAYERS=4 LAYER_MB=60 hack/bench-pull.sh
+# Pull benchmark: generates a multi-layer image (default 4 layers x 40 MB of
+# incompressible data, plus busybox: the image of hack/bench.sh), pushes it
+# to a local registry (hack/registry.sh), then RUNS times (default 3): starts
+# a release `crius serve` with fresh temporary directories (a cold store),
+# pulls the image through the CRI socket and reports the pull time, the
+# growth of crius's peak memory (VmHWM) over its RSS before the pull, and
+# the image store's size against the unpacked layers'. Needs root,
+# docker-registry, skopeo and umoci (hack/install-deps.sh).
+#   LAYERS=4 LAYER_MB=40 RUNS=3 hack/bench-pull.sh
+#   CRIUS=/path/to/other/crius hack/bench-pull.sh   # another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 layers=${LAYERS:-4}
-layer_mb=${LAYER_MB:-60}
+layer_mb=${LAYER_MB:-40}
+runs=${RUNS:-3}
 target=${CARGO_TARGET_DIR:-target}
 
 cargo build --release --quiet --bin crius --example cri-pull
-crius="$target/release/crius"
+crius=${CRIUS:-$target/release/crius}
 client="$target/release/examples/cri-pull"
 
 work=$(mktemp -d /tmp/crius-bench-XXXXXX)
@@ -51,19 +55,29 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$oci:big" "docker://$addr/bench
 rm -rf "$oci"
 size=$(du -sm "$work/registry/data" | cut -f1)
 
-mkdir -p "$work/root" "$work/state"
 printf '[registry]\nconfig_path = "%s/certs.d"\n' "$work" >"$work/crius.toml"
-"$crius" serve --config "$work/crius.toml" --listen "$work/crius.sock" \
-  --root "$work/root" --state "$work/state" --log-level warn >"$work/crius.log" 2>&1 &
-crius_pid=$!
-for _ in $(seq 100); do [[ -S "$work/crius.sock" ]] && break; sleep 0.1; done
-rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$crius_pid/status")
+echo "registry:     ${size} MB stored, $((layers + 1)) layers" >&2
+for run in $(seq "$runs"); do
+  rm -rf "$work/root" "$work/state"
+  mkdir -p "$work/root" "$work/state"
+  "$crius" serve --config "$work/crius.toml" --listen "$work/crius.sock" \
+    --root "$work/root" --state "$work/state" --log-level warn >"$work/crius.log" 2>&1 &
+  crius_pid=$!
+  for _ in $(seq 100); do [[ -S "$work/crius.sock" ]] && break; sleep 0.1; done
+  rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$crius_pid/status")
+  sync # the image generation's dirty pages are not the pull's to write
 
-read -r id secs < <("$client" "$work/crius.sock" "$addr/bench/big:latest")
-hwm=$(awk '/VmHWM/ {print $2}' "/proc/$crius_pid/status")
-stored=$(du -sm "$work/root/image" | cut -f1)
+  read -r id secs < <("$client" "$work/crius.sock" "$addr/bench/big:latest")
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$crius_pid/status")
+  stored=$(du -sk "$work/root/image" | cut -f1)
+  unpacked=$(du -sk "$work/root/image/layers" | cut -f1)
+  echo "run $run: pull ${secs} s; crius RSS $((rss_before / 1024)) MiB before," \
+    "peak $((hwm / 1024)) MiB (+$(((hwm - rss_before) / 1024)) MiB);" \
+    "store $((stored / 1024)) MiB = $(awk -v s="$stored" -v u="$unpacked" 'BEGIN {printf "%.3f", s / u}')x" \
+    "the unpacked layers ($((unpacked / 1024)) MiB)"
+  kill "$crius_pid"
+  wait "$crius_pid" 2>/dev/null || true
+  crius_pid=
+  rm -f "$work/crius.sock"
+done
 echo "image:        $addr/bench/big:latest ($id)"
-echo "registry:     ${size} MB stored, $((layers + 1)) layers"
-echo "pull time:    ${secs} s"
-echo "crius RSS:    $((rss_before / 1024)) MB before the pull, peak (VmHWM) $((hwm / 1024)) MB"
-echo "image store:  ${stored} MB (compressed blobs + unpacked layers)"

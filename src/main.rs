@@ -196,6 +196,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("start the streaming server")?;
         daemon.stats.spawn();
+        // Free pages inside the heaps back to the kernel (sys::malloc).
+        tokio::spawn(crius::sys::malloc::Trimmer::default().run());
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
         tracing::info!("crius stopped");

@@ -1,9 +1,10 @@
 //! Images: pulled from OCI registries, stored once, unpacked once per layer.
 //!
 //! On disk, under `<root>/image/`:
-//! - `blobs/sha256/<hex>`: the content store. Every blob (manifest, config,
-//!   compressed layer) is streamed into `tmp/` while its sha256 is computed,
-//!   and renamed here only when the digest matches.
+//! - `blobs/sha256/<hex>`: the content store of manifests, indexes and
+//!   configs. Every blob is streamed into `tmp/` while its sha256 is
+//!   computed, and renamed here only when the digest matches. Layer blobs
+//!   are not stored: they unpack as they download (`pull.rs`).
 //! - `layers/<n>`: one directory per layer *chain id*, unpacked in overlay
 //!   format (whiteouts are 0/0 character devices, opaque directories carry
 //!   `trusted.overlay.opaque=y`). Names are short numbers so that an overlay
@@ -13,7 +14,8 @@
 //!
 //! Metadata (images, layers) lives in [`crate::store::Store`]; an image
 //! record is written in one transaction after all of its content is in
-//! place, so a failed, cancelled or crashed pull leaves no record, and the
+//! place (each layer record after its layer is synced to disk), so a
+//! failed, cancelled or crashed pull leaves no image record, and the
 //! garbage collection that runs at start, after a failed pull and after
 //! RemoveImage deletes content no record references.
 //!
@@ -470,10 +472,9 @@ impl Inner {
         for (_, image) in self.store.list(IMAGES)? {
             keep.insert(image.id.clone());
             keep.extend(image.manifests.iter().cloned());
-            for l in image.layers {
-                keep.insert(l.digest);
-                keep.insert(l.chain_id);
-            }
+            // Layer blobs are not kept (an older crius stored them): the
+            // unpacked layer is the layer.
+            keep.extend(image.layers.into_iter().map(|l| l.chain_id));
         }
         Ok(keep)
     }

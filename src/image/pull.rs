@@ -1,13 +1,20 @@
 //! Pulling an image: resolve the reference on the first endpoint that
 //! answers (mirrors first), pick the host platform from an index, fetch the
-//! config, then download every missing layer in parallel and unpack each
-//! once, in chain order, into its own directory. The image record is
-//! written last, in one transaction.
+//! config, then download every missing layer in parallel, each unpacked
+//! into its own directory as its bytes arrive. The image record is written
+//! last, in one transaction.
 //!
 //! Manifests: OCI image manifest and index, Docker schema2 manifest and
-//! manifest list (same JSON shape). Every blob is verified against its
-//! digest while it streams to disk; every layer against the config's
-//! diff_id while it unpacks.
+//! manifest list (same JSON shape). Manifests and the config are verified
+//! against their digest and kept in the content store. A layer blob is
+//! never stored: its bytes go from the socket through the decompressor
+//! into the layer's files, its digest and length are checked on the way
+//! (and the tar's against the config's diff_id), and the layer is recorded
+//! only when both digests matched, the lower layers' part is done
+//! ([`super::unpack::Pending`]) and its filesystem is synced. After a
+//! failed or interrupted (crashed) pull, garbage collection removes every
+//! layer no image references, recorded or not; the next pull downloads
+//! those layers again from their start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -378,7 +385,6 @@ async fn pull_from(
     // 3. Hold everything this image will reference, then fetch the config.
     let mut keys: Vec<String> = manifests.iter().map(|(d, _)| d.clone()).collect();
     keys.push(id.clone());
-    keys.extend(manifest.layers.iter().map(|l| l.digest.clone()));
     let mut hold = inner.hold(&keys);
     let fetch = Arc::new(Fetch {
         client,
@@ -422,7 +428,8 @@ async fn pull_from(
         content::put_bytes(&inner.dirs, "manifest", digest, bytes).await?;
     }
 
-    // 4. Layers: downloads in parallel, unpacking in chain order.
+    // 4. Layers: each downloaded and unpacked at once, all in parallel;
+    //    each finished and recorded after the layers below it.
     let mut jobs = Vec::new();
     let mut parent: Option<(String, SharedJob)> = None;
     for (l, desc) in layers.iter().zip(&manifest.layers) {
@@ -523,7 +530,8 @@ fn host_arch() -> &'static str {
     }
 }
 
-/// Streams a blob into the content store unless it is there already.
+/// Streams a blob (the config) into the content store unless it is there
+/// already.
 async fn fetch_blob(
     inner: &Inner,
     fetch: &Fetch,
@@ -623,6 +631,9 @@ fn layer_job(
     job
 }
 
+/// Bytes of one layer download waiting for its unpacker, at most.
+const PIPE_BUDGET: usize = 1 << 20;
+
 async fn make_layer(
     inner: &Arc<Inner>,
     fetch: &Fetch,
@@ -631,21 +642,6 @@ async fn make_layer(
     parent_id: Option<String>,
     parent: Option<SharedJob>,
 ) -> Result<()> {
-    fetch_blob(inner, fetch, &l.digest, size, "layer").await?;
-    if let Some(parent) = parent {
-        parent.await.map_err(Error::Shared)?;
-    }
-    // The lower layers, highest first, for implicit parents and hardlinks.
-    let mut lowers = Vec::new();
-    let mut next = parent_id.clone();
-    while let Some(id) = next {
-        let rec = inner
-            .store
-            .get(LAYERS, &id)?
-            .ok_or_else(|| Error::BadContent(format!("parent layer {id} is missing")))?;
-        lowers.push(inner.dirs.layer(rec.dir));
-        next = rec.parent;
-    }
     // A fresh directory number, held so GC leaves the directory alone.
     let dir = {
         let mut busy = inner.busy.lock().expect("lock poisoned");
@@ -658,35 +654,148 @@ async fn make_layer(
         n
     };
     let _dir_hold = super::Hold::adopt(inner, vec![format!("dir:{dir}")]);
-    let blob = inner.dirs.blob(&l.digest);
     let target = inner.dirs.layer(dir);
-    let (inner2, l2) = (inner.clone(), l.clone());
+    let result = async {
+        let pending = stream_layer(inner, fetch, l, size, &target).await?;
+        if let Some(parent) = parent {
+            parent.await.map_err(Error::Shared)?;
+        }
+        let lowers = lower_dirs(inner, parent_id.clone())?;
+        let (inner2, l2, target2) = (inner.clone(), l.clone(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            pending
+                .finish(&target2, &lowers)
+                .map_err(|e| Error::Unpack {
+                    digest: l2.digest.clone(),
+                    message: crate::error::chain(&e),
+                })?;
+            inner2.store.put(
+                LAYERS,
+                &l2.chain_id,
+                &LayerRecord {
+                    dir,
+                    diff_id: l2.diff_id.clone(),
+                    parent: parent_id,
+                },
+            )?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::BadContent(format!("unpack task failed: {e}")))?
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(target)).await;
+    }
+    result
+}
+
+/// The directories of layer `parent` and those below it, highest first.
+fn lower_dirs(inner: &Inner, parent: Option<String>) -> Result<Vec<std::path::PathBuf>> {
+    let mut lowers = Vec::new();
+    let mut next = parent;
+    while let Some(id) = next {
+        let rec = inner
+            .store
+            .get(LAYERS, &id)?
+            .ok_or_else(|| Error::BadContent(format!("parent layer {id} is missing")))?;
+        lowers.push(inner.dirs.layer(rec.dir));
+        next = rec.parent;
+    }
+    Ok(lowers)
+}
+
+/// Downloads layer `l` and unpacks it into `target` (which it creates) as
+/// the bytes arrive, on a blocking thread fed through a bounded pipe.
+/// Fails unless the blob has the descriptor's length and digest and the
+/// tar its diff_id; a blob that does not match its digest is reported as
+/// such even when its content also failed to unpack.
+async fn stream_layer(
+    inner: &Inner,
+    fetch: &Fetch,
+    l: &LayerRef,
+    size: u64,
+    target: &std::path::Path,
+) -> Result<super::unpack::Pending> {
+    let name = &fetch.name;
+    let _permit = inner
+        .downloads
+        .acquire()
+        .await
+        .map_err(|_| Error::BadContent("download slots closed".into()))?;
+    let mut stream = within(
+        fetch.timeout,
+        name,
+        fetch
+            .client
+            .pull_blob_stream(&fetch.reference, l.digest.as_str()),
+    )
+    .await?
+    .map_err(|e| registry_err(name, e))?;
+    let (tx, mut rx) = content::pipe(PIPE_BUDGET);
     let limits = super::unpack::Limits {
         entries: inner.config.max_layer_entries,
         bytes: inner.config.max_layer_bytes,
     };
-    tokio::task::spawn_blocking(move || {
-        let result = super::unpack::unpack(&blob, &target, &lowers, &l2.diff_id, limits);
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&target);
-            return Err(Error::Unpack {
-                digest: l2.digest.clone(),
-                message: crate::error::chain(&e),
-            });
+    let (target2, diff_id) = (target.to_path_buf(), l.diff_id.clone());
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let unpacked = super::unpack::unpack(&mut rx, &target2, &diff_id, limits);
+        // To the end of the blob whatever the unpack said, for its digest.
+        (unpacked, rx.verify())
+    });
+    let downloaded = async {
+        let mut sent = 0u64;
+        loop {
+            match within(fetch.timeout, name, stream.next()).await? {
+                None => return Ok(()),
+                // Cut at the descriptor's size: a registry that sends more
+                // is not trusted with the disk.
+                Some(Ok(bytes)) if sent + bytes.len() as u64 > size => {
+                    return Err(Error::BadContent(format!(
+                        "layer {} of {name}: the registry sent more than the {size} bytes its descriptor declares",
+                        l.digest
+                    )));
+                }
+                Some(Ok(bytes)) => {
+                    sent += bytes.len() as u64;
+                    if !tx.send(bytes).await {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Error::Registry {
+                        reference: name.clone(),
+                        message: format!("download {}: {e}", l.digest),
+                        kind: Kind::Unavailable,
+                    });
+                }
+            }
         }
-        inner2.store.put(
-            LAYERS,
-            &l2.chain_id,
-            &LayerRecord {
-                dir,
-                diff_id: l2.diff_id.clone(),
-                parent: parent_id,
-            },
-        )?;
-        Ok(())
+    }
+    .await;
+    drop(tx);
+    drop(stream);
+    let (unpacked, (digest, got)) = unpacker
+        .await
+        .map_err(|e| Error::BadContent(format!("unpack task failed: {e}")))?;
+    downloaded?;
+    let what = format!("layer {} of {name}", l.digest);
+    if got != size {
+        return Err(Error::BadContent(format!(
+            "{what}: expected {size} bytes, got {got}"
+        )));
+    }
+    if digest != l.digest {
+        return Err(Error::DigestMismatch {
+            what,
+            expected: l.digest.clone(),
+            actual: digest,
+        });
+    }
+    unpacked.map_err(|e| Error::Unpack {
+        digest: l.digest.clone(),
+        message: crate::error::chain(&e),
     })
-    .await
-    .map_err(|e| Error::BadContent(format!("unpack task failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -15,11 +15,20 @@
 //! parent directory the tar omits is created with the metadata of the same
 //! directory in the lower layers (else overlayfs would show 0755 root for,
 //! say, /tmp), and a hardlink to a file of a lower layer becomes a copy.
+//!
+//! Two steps, so that the layers of an image unpack in parallel while they
+//! download: [`unpack`] needs only the layer's own bytes; what depends on
+//! the lower layers (those implicit parents and hardlinks) is left as
+//! [`Pending`] work that [`Pending::finish`] does once the lower layers are
+//! in place (`unpack_lowers.rs`), before one `syncfs` makes the layer
+//! durable.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+
+pub use lowers::Pending;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags, openat2};
 use rustix::io::Errno;
@@ -76,19 +85,31 @@ impl<T: Read> Read for HashReader<T> {
     }
 }
 
-/// Opens `blob` decompressed, by its magic number.
-fn decompressed(blob: &Path) -> R<Box<dyn Read + Send>> {
-    let mut file = File::open(blob).map_err(stdioe("open", blob))?;
-    let mut magic = [0u8; 4];
-    let n = file.read(&mut magic).map_err(stdioe("read", blob))?;
-    let file =
-        io::BufReader::with_capacity(1 << 20, File::open(blob).map_err(stdioe("open", blob))?);
-    Ok(match &magic[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        [0x28, 0xb5, 0x2f, 0xfd] => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(stdioe("zstd", blob))?)
+/// `src` decompressed, by its magic number. The decoders read `src`'s own
+/// buffers (no copy on the way in).
+fn decompressed<'a>(src: &'a mut dyn BufRead, target: &Path) -> R<Box<dyn Read + 'a>> {
+    let mut magic = Vec::with_capacity(4);
+    while magic.len() < 4 {
+        let have = src.fill_buf().map_err(stdioe("read layer for", target))?;
+        if have.is_empty() {
+            break;
         }
-        _ => Box::new(file),
+        let n = have.len().min(4 - magic.len());
+        magic.extend_from_slice(&have[..n]);
+        src.consume(n);
+    }
+    let kind = match magic[..] {
+        [0x1f, 0x8b, ..] => 1,
+        [0x28, 0xb5, 0x2f, 0xfd] => 2,
+        _ => 0,
+    };
+    let src = io::Cursor::new(magic).chain(src);
+    Ok(match kind {
+        1 => Box::new(flate2::bufread::MultiGzDecoder::new(src)),
+        2 => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(src).map_err(stdioe("zstd", target))?)
+        }
+        _ => Box::new(src),
     })
 }
 
@@ -102,54 +123,36 @@ pub struct Limits {
 /// The longest entry name accepted, in bytes (PATH_MAX).
 const MAX_PATH: usize = 4096;
 
-/// Unpacks the layer `blob` into the new directory `target`; `lowers` are
-/// the layers below, highest first. Checks the tar's digest against
-/// `diff_id`.
-pub fn unpack(
-    blob: &Path,
-    target: &Path,
-    lowers: &[PathBuf],
-    diff_id: &str,
-    limits: Limits,
-) -> R<()> {
+/// Unpacks the layer tar (compressed or not) that `src` reads into the new
+/// directory `target`, reading `src` to the end of the tar stream, and
+/// checks the tar's digest against `diff_id`. What needs the lower layers
+/// is returned as [`Pending`].
+pub fn unpack(src: &mut dyn BufRead, target: &Path, diff_id: &str, limits: Limits) -> R<Pending> {
     std::fs::create_dir(target).map_err(stdioe("create", target))?;
-    let root = rustix::fs::open(
-        target,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(ioe("open", target))?;
-    let lowers: Vec<OwnedFd> = lowers
-        .iter()
-        .map(|l| {
-            rustix::fs::open(
-                l,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(ioe("open", l))
-        })
-        .collect::<R<_>>()?;
+    let root = open_dir(target)?;
     let mut reader = HashReader {
-        inner: decompressed(blob)?,
+        inner: decompressed(src, target)?,
         hasher: Sha256::new(),
     };
     let dir_times;
+    let pending;
     {
         let mut archive = tar::Archive::new(&mut reader);
         let mut u = Unpacker {
             root: &root,
-            lowers: &lowers,
+            root_path: fd_path(&root, target)?,
+            pending: Pending::default(),
             dir_times: Vec::new(),
             limits,
             bytes: 0,
+            buf: vec![0; COPY_BUF],
         };
         for (n, entry) in archive
             .entries()
-            .map_err(stdioe("read tar", blob))?
+            .map_err(stdioe("read tar", target))?
             .enumerate()
         {
-            let mut entry = entry.map_err(stdioe("read tar", blob))?;
+            let mut entry = entry.map_err(stdioe("read tar", target))?;
             if n as u64 >= limits.entries {
                 return Err(UnpackError::Bad(format!(
                     "the layer has more than {} entries (registry.max_layer_entries)",
@@ -161,6 +164,7 @@ pub fn unpack(
             }
         }
         dir_times = u.dir_times;
+        pending = u.pending;
     }
     // Directory times last: creating entries changed them. The last entry
     // for a path wins (a later explicit entry over an implicit parent).
@@ -170,7 +174,7 @@ pub fn unpack(
         rustix::fs::utimensat(&fd, "", &ts, AtFlags::EMPTY_PATH)
             .map_err(ioe("set times", &path))?;
     }
-    io::copy(&mut reader, &mut io::sink()).map_err(stdioe("read", blob))?;
+    io::copy(&mut reader, &mut io::sink()).map_err(stdioe("read layer for", target))?;
     let actual = format!("sha256:{}", crate::ids::hex(&reader.hasher.finalize()));
     if actual != diff_id {
         return Err(UnpackError::DiffId {
@@ -178,7 +182,42 @@ pub fn unpack(
             actual,
         });
     }
-    Ok(())
+    Ok(pending)
+}
+
+/// The buffer file contents are copied through: large enough that a
+/// layer's bytes cost few read and write calls.
+const COPY_BUF: usize = 256 << 10;
+
+fn open_dir(path: &Path) -> R<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(ioe("open", path))
+}
+
+/// The path `fd` was opened at, as the kernel knows it now.
+fn fd_path(fd: &OwnedFd, path: &Path) -> R<PathBuf> {
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    std::fs::read_link(&link).map_err(stdioe("read the path of", path))
+}
+
+/// `io::copy` through `buf` (std's copies 8 KiB at a time).
+fn copy_through(buf: &mut [u8], src: &mut impl Read, dst: &mut File) -> io::Result<u64> {
+    use std::io::Write;
+    let mut total = 0;
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 /// Opens `path` (relative, already checked) beneath `root`, following
@@ -217,12 +256,17 @@ fn clean(path: &Path) -> R<PathBuf> {
 
 struct Unpacker<'a> {
     root: &'a OwnedFd,
-    lowers: &'a [OwnedFd],
+    /// The root's path as the kernel names it (for [`Self::canonical`]).
+    root_path: PathBuf,
+    /// Implicit parents and hardlinks that wait for the lower layers.
+    pending: Pending,
     /// Directory times to set once every entry is in place.
     dir_times: Vec<(PathBuf, Timestamps)>,
     limits: Limits,
     /// File content written so far.
     bytes: u64,
+    /// What file contents are copied through.
+    buf: Vec<u8>,
 }
 
 struct Meta {
@@ -300,7 +344,9 @@ impl Unpacker<'_> {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
                 return Err(UnpackError::Bad(format!("bad whiteout {raw:?}")));
             }
-            remove_existing(&parent, hidden, &path, false)?;
+            if remove_existing(&parent, hidden, &path, false)? {
+                self.forget(&parent, hidden.as_ref(), &path)?;
+            }
             rustix::fs::mknodat(
                 &parent,
                 hidden,
@@ -313,7 +359,9 @@ impl Unpacker<'_> {
         }
 
         let is_dir = kind.is_dir();
-        remove_existing(&parent, &name, &path, is_dir)?;
+        if remove_existing(&parent, &name, &path, is_dir)? {
+            self.forget(&parent, &name, &path)?;
+        }
         let xattrs = xattrs(entry)?;
         match kind {
             tar::EntryType::Directory => {
@@ -330,6 +378,11 @@ impl Unpacker<'_> {
                 .map_err(ioe("open", &path))?;
                 set_meta_fd(&fd, &meta, &path)?;
                 set_xattrs(&fd, &xattrs, &path)?;
+                // Its own metadata now, not the lower layers'.
+                if self.pending.has_dirs() {
+                    let at = self.canonical(&parent, &name, &path)?;
+                    self.pending.explicit_dir(&at);
+                }
                 return Ok(Some((path, meta.ts)));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -348,8 +401,12 @@ impl Unpacker<'_> {
                 // Stop a decompression bomb at the limit, whatever the
                 // header says (sparse entries expand).
                 let room = self.limits.bytes.saturating_sub(self.bytes);
-                let written = io::copy(&mut entry.take(room.saturating_add(1)), &mut file)
-                    .map_err(stdioe("write", &path))?;
+                let written = copy_through(
+                    &mut self.buf,
+                    &mut entry.take(room.saturating_add(1)),
+                    &mut file,
+                )
+                .map_err(stdioe("write", &path))?;
                 self.bytes += written;
                 if self.bytes > self.limits.bytes {
                     return Err(UnpackError::Bad(format!(
@@ -440,19 +497,14 @@ impl Unpacker<'_> {
             match resolve(self.root, &current) {
                 Ok(next) => fd = next,
                 Err(Errno::NOENT) => {
-                    let meta = self.lower_dir_meta(&current);
+                    // Root's and 0700 until `Pending::finish` gives it the
+                    // lower layers' metadata.
+                    let at = self.canonical(&fd, c.as_os_str(), &current)?;
                     rustix::fs::mkdirat(&fd, c.as_os_str(), Mode::from_raw_mode(0o700))
                         .map_err(ioe("create directory", &current))?;
-                    let dir = rustix::fs::openat(
-                        &fd,
-                        c.as_os_str(),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(ioe("open", &current))?;
-                    set_meta_fd(&dir, &meta, &current)?;
-                    self.dir_times.push((current.clone(), meta.ts));
                     fd = resolve(self.root, &current).map_err(ioe("open", &current))?;
+                    let st = rustix::fs::fstat(&fd).map_err(ioe("stat", &current))?;
+                    self.pending.implicit_dir(at, st.st_ino);
                 }
                 Err(e) => return Err(ioe("open", &current)(e)),
             }
@@ -467,36 +519,11 @@ impl Unpacker<'_> {
         Ok(fd)
     }
 
-    /// The metadata of directory `path` in the highest lower layer that
-    /// has it (a whiteout ends the search); 0755 root otherwise.
-    fn lower_dir_meta(&self, path: &Path) -> Meta {
-        for lower in self.lowers {
-            let Ok(st) = rustix::fs::statat(lower, path, AtFlags::SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            let ft = FileType::from_raw_mode(st.st_mode);
-            if ft == FileType::Directory {
-                return Meta {
-                    uid: st.st_uid,
-                    gid: st.st_gid,
-                    mode: st.st_mode & 0o7777,
-                    ts: timestamps(st.st_mtime, st.st_mtime_nsec as i64),
-                };
-            }
-            break;
-        }
-        Meta {
-            uid: 0,
-            gid: 0,
-            mode: 0o755,
-            ts: timestamps(0, 0),
-        }
-    }
-
-    /// A hardlink to `target`: linked within this layer, copied from the
-    /// highest lower layer that has it otherwise.
+    /// A hardlink to `target`: linked within this layer, else a
+    /// placeholder that `Pending::finish` fills with a copy of the lower
+    /// layers' file.
     fn hardlink(
-        &self,
+        &mut self,
         target: &Path,
         parent: &OwnedFd,
         name: &std::ffi::OsStr,
@@ -507,52 +534,49 @@ impl Unpacker<'_> {
         })?;
         let tparent = target.parent().unwrap_or(Path::new(""));
         if let Ok(dir) = resolve(self.root, tparent)
-            && rustix::fs::statat(&dir, tname, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            && let Ok(st) = rustix::fs::statat(&dir, tname, AtFlags::SYMLINK_NOFOLLOW)
         {
-            return rustix::fs::linkat(&dir, tname, parent, name, AtFlags::empty())
-                .map_err(ioe("hardlink", path));
-        }
-        for lower in self.lowers {
-            let Ok(dir) = resolve(lower, tparent) else {
-                continue;
-            };
-            let Ok(st) = rustix::fs::statat(&dir, tname, AtFlags::SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-                break;
+            rustix::fs::linkat(&dir, tname, parent, name, AtFlags::empty())
+                .map_err(ioe("hardlink", path))?;
+            if self.pending.is_lower_link(st.st_ino) {
+                let at = self.canonical(parent, name, path)?;
+                self.pending.linked(st.st_ino, at);
             }
-            let src = rustix::fs::openat(
-                &dir,
-                tname,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(ioe("open lower", target))?;
-            let dst = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .map_err(ioe("create", path))?;
-            let (mut src, mut dst) = (File::from(src), File::from(dst));
-            io::copy(&mut src, &mut dst).map_err(stdioe("copy lower file to", path))?;
-            let meta = Meta {
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mode: st.st_mode & 0o7777,
-                ts: timestamps(st.st_mtime, st.st_mtime_nsec as i64),
-            };
-            set_meta_fd(&dst, &meta, path)?;
-            rustix::fs::futimens(&dst, &meta.ts).map_err(ioe("set times", path))?;
             return Ok(());
         }
-        Err(UnpackError::Bad(format!(
-            "hardlink {} points to {}, which is in no layer",
-            path.display(),
-            target.display()
-        )))
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(ioe("create", path))?;
+        let st = rustix::fs::fstat(&fd).map_err(ioe("stat", path))?;
+        let at = self.canonical(parent, name, path)?;
+        self.pending.lower_link(st.st_ino, at, target);
+        Ok(())
+    }
+
+    /// Where `name` in directory `parent` is beneath the root, without
+    /// symlinks: the key of pending work, which is found again later by
+    /// walking that path without following any symlink.
+    fn canonical(&self, parent: &OwnedFd, name: &std::ffi::OsStr, path: &Path) -> R<PathBuf> {
+        let dir = fd_path(parent, path)?;
+        let rel = dir.strip_prefix(&self.root_path).map_err(|_| {
+            UnpackError::Bad(format!("{} resolved outside the layer", path.display()))
+        })?;
+        Ok(rel.join(name))
+    }
+
+    /// `name` in `parent` was removed with everything beneath it: pending
+    /// work there is void.
+    fn forget(&mut self, parent: &OwnedFd, name: &std::ffi::OsStr, path: &Path) -> R<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let at = self.canonical(parent, name, path)?;
+        self.pending.forget(&at);
+        Ok(())
     }
 }
 
@@ -571,22 +595,23 @@ fn set_meta_fd(fd: impl AsFd, meta: &Meta, path: &Path) -> R<()> {
 }
 
 /// Removes what is at `name` unless both it and the new entry are
-/// directories (a directory entry then only updates metadata).
+/// directories (a directory entry then only updates metadata); `true` if
+/// something was removed.
 fn remove_existing(
     parent: &OwnedFd,
     name: impl AsRef<std::ffi::OsStr>,
     path: &Path,
     new_is_dir: bool,
-) -> R<()> {
+) -> R<bool> {
     let name = name.as_ref();
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::NOENT) => return Ok(false),
         Err(e) => return Err(ioe("stat", path)(e)),
     };
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
         if new_is_dir {
-            return Ok(());
+            return Ok(false);
         }
         // std's remove_dir_all never follows symlinks; the /proc path of
         // the parent fd names the already-resolved directory.
@@ -595,9 +620,11 @@ fn remove_existing(
             std::os::fd::AsRawFd::as_raw_fd(parent)
         ))
         .join(name);
-        return std::fs::remove_dir_all(&full).map_err(stdioe("remove", path));
+        std::fs::remove_dir_all(&full).map_err(stdioe("remove", path))?;
+        return Ok(true);
     }
-    rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(ioe("remove", path))
+    rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(ioe("remove", path))?;
+    Ok(true)
 }
 
 /// The entry's extended attributes (PAX `SCHILY.xattr.*`); overlay's own
@@ -636,6 +663,9 @@ fn set_xattrs(fd: impl AsFd, xattrs: &[(String, Vec<u8>)], path: &Path) -> R<()>
     }
     Ok(())
 }
+
+#[path = "unpack_lowers.rs"]
+mod lowers;
 
 #[cfg(test)]
 #[path = "unpack_tests.rs"]

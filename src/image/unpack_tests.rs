@@ -13,6 +13,12 @@ const LIMITS: Limits = Limits {
     bytes: 1 << 20,
 };
 
+/// Both steps of a layer's unpack, from a file.
+fn unpack(blob: &Path, target: &Path, lowers: &[PathBuf], diff_id: &str, limits: Limits) -> R<()> {
+    let mut src = io::BufReader::new(File::open(blob).unwrap());
+    super::unpack(&mut src, target, diff_id, limits)?.finish(target, lowers)
+}
+
 fn root() -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
@@ -163,6 +169,74 @@ fn implicit_parents_and_hardlinks_come_from_lower_layers() {
         1,
         "copied"
     );
+}
+
+/// The upper layer unpacks before the lower one exists (as in a pull,
+/// where all download at once); its implicit parents and hardlinks to
+/// lower files are completed afterwards, and later entries of the layer
+/// that replaced them win.
+#[test]
+fn lower_layer_work_waits_and_later_entries_win() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (b2, d2) = Layer::new()
+        .file("tmp/x", "x")
+        .file("etc/conf/a", "a")
+        .dir("etc/", 0o750)
+        .hardlink("bin/copy", "bin/tool")
+        .hardlink("bin/alias", "bin/copy")
+        .hardlink("bin/replaced", "bin/tool")
+        .file("bin/replaced", "own")
+        .file("gone/sub/f", "f")
+        .symlink("gone", "tmp")
+        .write(tmp.path(), "l2", true);
+    let upper = tmp.path().join("upper");
+    let mut src = io::BufReader::new(File::open(&b2).unwrap());
+    let pending = super::unpack(&mut src, &upper, &d2, LIMITS).unwrap();
+    let (b1, d1) = Layer::new()
+        .dir("tmp/", 0o1777)
+        .dir("etc/conf/", 0o711)
+        .dir("gone/", 0o700)
+        .file("bin/tool", "lower content")
+        .write(tmp.path(), "l1", false);
+    let lower = tmp.path().join("lower");
+    unpack(&b1, &lower, &[], &d1, LIMITS).unwrap();
+    pending
+        .finish(&upper, std::slice::from_ref(&lower))
+        .unwrap();
+
+    let mode = |p: &str| std::fs::symlink_metadata(upper.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("tmp"), 0o1777, "implicit parent from the lower layer");
+    assert_eq!(mode("etc/conf"), 0o711);
+    assert_eq!(mode("etc"), 0o750, "the layer's own entry wins");
+    assert_eq!(std::fs::metadata(upper.join("tmp")).unwrap().uid(), 1000);
+    let copy = std::fs::metadata(upper.join("bin/copy")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(upper.join("bin/alias")).unwrap(),
+        "lower content"
+    );
+    assert_eq!((copy.nlink(), copy.mode() & 0o7777), (2, 0o640));
+    assert_eq!(
+        std::fs::read_to_string(upper.join("bin/replaced")).unwrap(),
+        "own"
+    );
+    // "gone" became a symlink to tmp: what it pointed to is untouched
+    // (tmp keeps the metadata of tmp, not of gone/sub).
+    assert!(
+        std::fs::symlink_metadata(upper.join("gone"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(!upper.join("tmp/sub").exists());
+
+    // A hardlink to a file no layer has fails the layer.
+    let (b3, d3) = Layer::new()
+        .hardlink("nowhere", "bin/none")
+        .write(tmp.path(), "l3", true);
+    let err = unpack(&b3, &tmp.path().join("l3-out"), &[lower], &d3, LIMITS).unwrap_err();
+    assert!(err.to_string().contains("which is in no layer"), "{err}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::init::user::GroupsPolicy;
 use crate::monitor::protocol::{Process, SeccompFilter as Filter};
 use crate::monitor::sync::{Message, Step};
+use crate::record::step::{TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV};
 use crate::sys::caps;
 use crate::sys::process::{
     SingleThreaded, default_signals, exit_immediately, install_fds, set_controlling_tty,
@@ -112,6 +113,29 @@ impl Sync {
             Ok(()) if &buf == b"start\n" => {}
             _ => exit_immediately(1),
         }
+    }
+}
+
+/// Test hook: the step a container's setup pauses at, right before it
+/// reports ready, when [`TEST_PAUSE_ENV`] names it in the monitor's
+/// environment (which the daemon passes on only when it has it itself:
+/// never in production) and the container's own environment holds
+/// `CRIUS_TEST_PAUSE_AT=container setup` too, so that one container of a
+/// pod hangs. For [`TEST_PAUSE_SECS_ENV`] seconds (default 3600).
+pub const TEST_PAUSE_SETUP: &str = "container setup";
+
+/// Pauses here if the test hook asks it ([`TEST_PAUSE_SETUP`]).
+pub fn test_pause(env: &[Vec<u8>]) {
+    if !std::env::var(TEST_PAUSE_ENV).is_ok_and(|s| s == TEST_PAUSE_SETUP) {
+        return;
+    }
+    let mine = format!("{TEST_PAUSE_ENV}={TEST_PAUSE_SETUP}");
+    if env.iter().any(|e| e == mine.as_bytes()) {
+        let secs = std::env::var(TEST_PAUSE_SECS_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3600);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
 

@@ -203,7 +203,10 @@ async fn kill_orphan_monitors(pods: &Arc<Pods>, state: &Path, live: &[ProcRef]) 
         let Some(m) = ProcRef::of(pid) else {
             continue;
         };
-        if live.contains(&m) {
+        // A live monitor's own children (its log writer, a setup not yet
+        // in its container's cgroup) belong to it.
+        let parent = crate::sys::process::parent_of(pid);
+        if live.contains(&m) || live.iter().any(|l| Some(l.pid) == parent) {
             continue;
         }
         let pod_id = monitor_pod_id(pid);

@@ -26,9 +26,22 @@ pub fn recv_with_fds(
     fds: &mut Vec<OwnedFd>,
 ) -> std::io::Result<usize> {
     let mut buf = [0u8; 4096];
+    let n = recv_into(sock, &mut buf, fds)?;
+    data.extend_from_slice(&buf[..n]);
+    Ok(n)
+}
+
+/// Receives one message into `buf` (a datagram or seqpacket message
+/// longer than `buf` is cut), collecting the fds that ride with it
+/// (close-on-exec). Returns the byte count (0 at EOF).
+pub fn recv_into(
+    sock: &impl AsRawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> std::io::Result<usize> {
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, got) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),
             &mut iov,
@@ -49,7 +62,6 @@ pub fn recv_with_fds(
         // is owned by exactly one OwnedFd from here on.
         fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
-    data.extend_from_slice(&buf[..n]);
     Ok(n)
 }
 

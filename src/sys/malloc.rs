@@ -1,4 +1,5 @@
-//! glibc malloc tuning for the long-running daemon (mallopt(3)).
+//! glibc malloc tuning for the long-running daemon (mallopt(3),
+//! mallinfo2(3), malloc_trim(3)).
 //!
 //! glibc gives a thread that meets contention an arena of its own, up to
 //! eight per CPU, and every arena keeps what was freed in it. The daemon's
@@ -7,12 +8,28 @@
 //! mmap and trim thresholds (up to 32 MiB) each time a large mmapped block
 //! is freed, after which freed memory is no longer returned. Fixed
 //! thresholds and few arenas keep the resident set near what is in use.
+//!
+//! That still leaves the free chunks inside a heap: glibc returns only the
+//! free space at a heap's top, so after a hostile client's 14 MiB request
+//! of small labels, or thousands of connections, was freed, the pages
+//! between live chunks stay resident. [`Trimmer`] hands them back
+//! (malloc_trim(0) releases every free page, not only the top) when the
+//! resident memory malloc does not account as in use has grown by
+//! [`TRIM_SLACK`] since its last trim; the numbers behind this choice are
+//! in README.md ("The daemon's memory").
+
+use std::time::Duration;
 
 /// Most arenas: the main one and one for the runtime's worker threads.
 const ARENAS: i32 = 2;
 /// Blocks from this size on are mmapped and unmapped at free; free memory
 /// above the heap's top beyond it is returned to the kernel.
 const THRESHOLD: i32 = 128 * 1024;
+
+/// Growth of the free space inside the heaps that makes [`Trimmer`] trim.
+pub const TRIM_SLACK: usize = 4 << 20;
+/// How often [`Trimmer::run`] looks.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Applies the settings above; call it before any thread starts.
 pub fn tune_for_daemon() {
@@ -27,5 +44,108 @@ pub fn tune_for_daemon() {
         if ok != 1 {
             tracing::debug!(param, value, "mallopt refused");
         }
+    }
+}
+
+/// Resident memory that malloc does not account as in use: the process's
+/// resident anonymous pages (/proc/self/statm: resident - shared) less
+/// what is allocated (mallinfo2: in heaps + mmapped). Allocated pages never
+/// touched are not resident, so this is a lower bound of what a trim can
+/// release.
+fn unused_resident() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut fields = statm.split_whitespace().skip(1).map(str::parse::<usize>);
+    let (resident, shared) = (fields.next()?.ok()?, fields.next()?.ok()?);
+    // SAFETY: sysconf takes no pointers.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct; it
+    // locks each arena while it counts.
+    let info = unsafe { libc::mallinfo2() };
+    Some(
+        resident
+            .saturating_sub(shared)
+            .saturating_mul(page)
+            .saturating_sub(info.uordblks + info.hblkhd),
+    )
+}
+
+/// Returns every free page inside glibc's heaps to the kernel; true when
+/// any was released.
+fn trim() -> bool {
+    // SAFETY: malloc_trim takes a size (padding kept at the top) and no
+    // pointers; glibc locks each arena while it trims.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Decides when to trim. The mark is the unused resident memory right
+/// after the last trim (or the least seen since): what a trim could not
+/// release (stacks, malloc's own bookkeeping). Growth beyond it by
+/// [`TRIM_SLACK`] is freed memory still resident: trim.
+#[derive(Debug, Default)]
+pub struct Trimmer {
+    mark: Option<usize>,
+}
+
+impl Trimmer {
+    /// Whether to trim with `unused` bytes resident and not in use now.
+    pub fn due(&mut self, unused: usize) -> bool {
+        let mark = self.mark.map_or(unused, |m| m.min(unused));
+        self.mark = Some(mark);
+        unused - mark >= TRIM_SLACK
+    }
+
+    /// After a trim: `unused` is the new mark.
+    pub fn trimmed(&mut self, unused: usize) {
+        self.mark = Some(unused);
+    }
+
+    /// Looks every [`TRIM_INTERVAL`] for the life of the runtime; trims
+    /// on a blocking thread.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(unused) = unused_resident() else {
+                continue;
+            };
+            if !self.due(unused) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(|| (trim(), unused_resident())).await {
+                Ok((released, after)) => {
+                    tracing::debug!(
+                        unused_bytes = unused,
+                        after_bytes = after,
+                        released,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "malloc_trim"
+                    );
+                    self.trimmed(after.unwrap_or(unused));
+                }
+                Err(err) => tracing::warn!(?err, "malloc_trim task failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_when_unused_resident_memory_grew_by_the_slack() {
+        let mut t = Trimmer::default();
+        assert!(!t.due(10 << 20), "the first look only sets the mark");
+        assert!(!t.due(13 << 20));
+        assert!(t.due(14 << 20));
+        // What the trim could not release is the new mark.
+        t.trimmed(9 << 20);
+        assert!(!t.due(12 << 20));
+        // In use again (below the mark), then freed: trimmed again.
+        assert!(!t.due(1 << 20));
+        assert!(!t.due(4 << 20));
+        assert!(t.due(5 << 20));
     }
 }

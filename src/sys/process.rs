@@ -35,7 +35,7 @@ impl ProcRef {
     /// Whether this very process still exists (a zombie counts as gone).
     pub fn alive(&self) -> bool {
         match stat_fields(self.pid) {
-            Some((state, start)) => start == self.start_time && runs(state),
+            Some((state, _, start)) => start == self.start_time && runs(state),
             None => false,
         }
     }
@@ -58,13 +58,18 @@ impl ProcRef {
 
 /// The start time of `pid` (clock ticks since boot), `None` if it is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
-    stat_fields(pid).map(|(_, start)| start)
+    stat_fields(pid).map(|(_, _, start)| start)
+}
+
+/// The parent of `pid`, `None` if it is gone.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid).map(|(_, parent, _)| parent)
 }
 
 /// Whether `pid` has exited: no such process, or a zombie waiting for its
 /// parent (it runs no more code).
 pub fn has_exited(pid: i32) -> bool {
-    !stat_fields(pid).is_some_and(|(state, _)| runs(state))
+    !stat_fields(pid).is_some_and(|(state, _, _)| runs(state))
 }
 
 /// A /proc/PID/stat state of a process that has not exited (not Z or X).
@@ -72,16 +77,18 @@ fn runs(state: char) -> bool {
     state != 'Z' && state != 'X'
 }
 
-/// (state, start time) from /proc/PID/stat.
-fn stat_fields(pid: i32) -> Option<(char, u64)> {
+/// (state, parent, start time) from /proc/PID/stat.
+fn stat_fields(pid: i32) -> Option<(char, i32, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may hold spaces and parentheses: fields resume after the last ')'.
     let rest = &text[text.rfind(')')? + 2..];
     let mut fields = rest.split(' ');
     let state = fields.next()?.chars().next()?;
-    // After comm, state is field 3; starttime is field 22, i.e. 19 more.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    // After comm, state is field 3, ppid field 4; starttime is field 22,
+    // i.e. 18 more.
+    let parent = fields.next()?.parse().ok()?;
+    let start = fields.nth(17)?.parse().ok()?;
+    Some((state, parent, start))
 }
 
 /// A pidfd: readable once the process has exited.
@@ -368,6 +375,20 @@ mod tests {
             ..me
         };
         assert!(!other.alive(), "a different start time is another process");
+    }
+
+    #[test]
+    fn the_parent_comes_from_stat() {
+        let me = std::process::id() as i32;
+        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert_eq!(parent_of(child.id() as i32), Some(me));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(parent_of(child.id() as i32), None, "reaped: gone");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::protocol::{self as proto, Reply, Request, SetupReply};
 use super::sync::Step;
 use super::{PodDir, Spec};
 use crate::error::{Classify, Kind};
+use crate::record::step::{TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV};
 use crate::sys::exe::Sealed;
 use crate::sys::process::ProcRef;
 
@@ -142,7 +143,7 @@ pub async fn start(
         .join(super::POD_INIT_BIN);
     let mut child = std::process::Command::new(sealed.exec_path());
     std::os::unix::process::CommandExt::arg0(&mut child, super::MONITOR_BIN);
-    let mut child = child
+    child
         .arg(&pod.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -152,12 +153,18 @@ pub async fn start(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
-        .env(super::POD_INIT_ENV, &pod_init)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            exe: exe.into(),
-            source,
-        })?;
+        .env(super::POD_INIT_ENV, &pod_init);
+    // Test hooks reach the monitor (and the inits it forks) only from a
+    // daemon that has them itself (see crate::init::setup::test_pause).
+    for var in [TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV] {
+        if let Some(value) = std::env::var_os(var) {
+            child.env(var, value);
+        }
+    }
+    let mut child = child.spawn().map_err(|source| Error::Spawn {
+        exe: exe.into(),
+        source,
+    })?;
     let stdout: OwnedFd = child.stdout.take().expect("piped").into();
     let reply = tokio::time::timeout(limit, read_setup(stdout)).await;
     let reply = match reply {

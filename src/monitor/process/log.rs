@@ -180,14 +180,19 @@ impl LogPath {
             source: source.into(),
         };
         let dir = open_dir(&self.dir).map_err(err)?;
+        // O_NONBLOCK for the open only: a FIFO planted at the path with no
+        // reader fails (ENXIO) instead of blocking the monitor; writes
+        // (the log writer's) block as on any file.
+        let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW;
         let fd = rustix::fs::openat2(
             &dir,
             &self.rel,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            flags | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::from_raw_mode(0o640),
             ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
         )
         .map_err(err)?;
+        rustix::fs::fcntl_setfl(&fd, flags).map_err(err)?;
         Ok(File::from(fd))
     }
 }
@@ -237,6 +242,11 @@ impl LogFile {
 
     pub fn is_open(&self) -> bool {
         self.file.is_some()
+    }
+
+    /// The open file (for the log writer to write to).
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 }
 
@@ -331,6 +341,26 @@ mod tests {
         assert!(!log.is_open());
         log.write(b"dropped\n").unwrap();
         assert!(!gone.exists(), "nothing was created");
+    }
+
+    /// A FIFO at the log path with nobody reading fails at once instead
+    /// of blocking the monitor's open; with a reader it opens, blocking.
+    #[test]
+    fn a_fifo_without_a_reader_never_blocks_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("c.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = LogFile::open(&beneath(dir.path(), "c.log")).unwrap_err();
+        assert_eq!(e.source.raw_os_error(), Some(libc::ENXIO), "{e}");
+        use std::os::unix::fs::OpenOptionsExt;
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let log = LogFile::open(&beneath(dir.path(), "c.log")).unwrap();
+        let flags = rustix::fs::fcntl_getfl(log.file().unwrap()).unwrap();
+        assert!(!flags.contains(OFlags::NONBLOCK), "{flags:?}");
     }
 
     fn beneath(dir: &Path, rel: &str) -> LogPath {

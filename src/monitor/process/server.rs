@@ -1,6 +1,12 @@
 //! The monitor process: startup (session, signals, subreaper), the pod's
-//! setup, then one poll(2) loop over the socket, its connections and a
-//! signalfd for SIGCHLD. Single-threaded by design: no tokio, no threads.
+//! setup, then one poll(2) loop over the socket, its connections, a
+//! signalfd for SIGCHLD, the containers' output and stdin, and the sync
+//! socket of every setup in progress ([`follow`]) and the pod's log writer
+//! ([`logs`]). Single-threaded by design: no tokio, no threads; nothing in
+//! the loop waits for a child or a disk.
+
+mod follow;
+mod logs;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,6 +21,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::logwriter::LogWriter;
+use super::pending::Work;
 use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
 use crate::monitor::process::log::Stream;
@@ -127,6 +135,9 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         execs: HashMap::new(),
         outbox: Vec::new(),
         fds_out: Vec::new(),
+        setups: follow::Setups::default(),
+        logs: LogWriter::new(one),
+        next_slot: 0,
         shutting_down: false,
     };
     if let Some(init) = sandbox.init {
@@ -159,6 +170,8 @@ struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
     greeted: bool,
+    /// A setup's reply is due: later requests wait (replies stay in order).
+    busy: bool,
 }
 
 /// What a child of ours is.
@@ -170,6 +183,8 @@ enum Child {
     Container(String),
     /// An exec process (exit kept in memory until waited for).
     Exec(String),
+    /// A stage of a setup in progress (by its key in [`follow::Setups`]).
+    Setup(u64),
 }
 
 /// What one poll slot watches.
@@ -185,6 +200,12 @@ enum Slot {
     Input(String, u64),
     /// A container's stdin can take what is buffered for it.
     Stdin(String),
+    /// A setup's sync socket.
+    Setup(u64),
+    /// A released init's sync socket.
+    Start(String),
+    /// The log writer's socket.
+    Logs,
 }
 
 struct Monitor {
@@ -199,10 +220,17 @@ struct Monitor {
     next_conn: u64,
     containers: HashMap<String, Container>,
     execs: HashMap<String, ExecProc>,
-    /// Deferred replies (answers to waits), by connection id.
-    outbox: Vec<(u64, Reply)>,
+    /// Deferred replies (answers to waits and setups) with their fds, by
+    /// connection id.
+    outbox: Vec<(u64, Reply, Vec<std::os::fd::OwnedFd>)>,
     /// Fds to attach to the reply being sent.
     fds_out: Vec<std::os::fd::OwnedFd>,
+    /// Setups in progress, failed ones awaiting their reap, released inits.
+    setups: follow::Setups,
+    /// The pod's log writer.
+    logs: LogWriter,
+    /// The last log writer slot given to a container.
+    next_slot: u64,
     shutting_down: bool,
 }
 
@@ -240,8 +268,10 @@ impl Monitor {
                     .iter()
                     .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
             );
+            // Output waits while the log writer is behind but moving.
+            let reading = self.logs.accepting();
             for (id, c) in &self.containers {
-                for (s, fd) in c.outputs() {
+                for (s, fd) in c.outputs().filter(|_| reading) {
                     slots.push(Slot::Output(id.clone(), s));
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
@@ -263,7 +293,34 @@ impl Monitor {
                     fds.push(PollFd::new(fd, PollFlags::POLLOUT));
                 }
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            for (key, p) in &self.setups.pending {
+                slots.push(Slot::Setup(*key));
+                fds.push(PollFd::new(p.sync.fd(), PollFlags::POLLIN));
+            }
+            for (id, s) in &self.setups.starts {
+                slots.push(Slot::Start(id.clone()));
+                fds.push(PollFd::new(s.sync.fd(), PollFlags::POLLIN));
+            }
+            if let Some(fd) = self.logs.fd() {
+                slots.push(Slot::Logs);
+                let out = match self.logs.pending() {
+                    true => PollFlags::POLLOUT,
+                    false => PollFlags::empty(),
+                };
+                fds.push(PollFd::new(fd, PollFlags::POLLIN | out));
+            }
+            // Woken for the next bound of a setup or an exit, else only by
+            // events.
+            let next = [self.setups.next_deadline(), self.logs_deadline()];
+            let timeout = match next.into_iter().flatten().min() {
+                Some(at) => {
+                    let left = at.saturating_duration_since(std::time::Instant::now());
+                    let ms = left.as_millis().saturating_add(1).min(60_000) as u16;
+                    PollTimeout::from(ms)
+                }
+                None => PollTimeout::NONE,
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => {
@@ -283,7 +340,7 @@ impl Monitor {
                 if let Slot::Output(id, stream) = slot
                     && let Some(c) = self.containers.get_mut(id)
                 {
-                    c.copy(*stream, ROUND);
+                    c.copy(*stream, ROUND, &mut self.logs);
                 }
             }
             for slot in &ready {
@@ -306,17 +363,31 @@ impl Monitor {
                     _ => {}
                 }
             }
+            // Setups before reaping: a pid a setup tells is registered
+            // before its exit is collected.
+            for slot in &ready {
+                match slot {
+                    Slot::Setup(key) => self.advance_setup(*key),
+                    Slot::Start(id) => self.advance_start(id),
+                    _ => {}
+                }
+            }
             // Reaping next: an exit file is written before anything else.
             if ready.iter().any(|s| matches!(s, Slot::Signals)) {
                 while sigfd.read_signal().ok().flatten().is_some() {}
                 self.reap();
             }
+            self.expire();
+            self.setups.tidy();
+            // The writer last: the markers of the exits just reaped.
+            self.log_events();
+            self.expire_exits();
             for slot in &ready {
                 if let Slot::Conn(id) = slot
                     && let Some(i) = self.conns.iter().position(|c| c.id == *id)
                     && !self.read_conn(i)
                 {
-                    self.conns.swap_remove(i);
+                    self.drop_conn(i);
                 }
             }
             self.flush_outbox();
@@ -326,15 +397,31 @@ impl Monitor {
         }
     }
 
-    /// Sends the deferred replies whose connection is still there.
+    /// Sends the deferred replies whose connection is still there; a
+    /// connection that waited for one reads its next requests.
     fn flush_outbox(&mut self) {
-        for (id, reply) in std::mem::take(&mut self.outbox) {
-            if let Some(i) = self.conns.iter().position(|c| c.id == id)
-                && !self.send(i, &reply)
-            {
-                self.conns.swap_remove(i);
+        while !self.outbox.is_empty() {
+            for (id, reply, fds) in std::mem::take(&mut self.outbox) {
+                let Some(i) = self.conns.iter().position(|c| c.id == id) else {
+                    continue;
+                };
+                self.fds_out = fds;
+                if !self.send(i, &reply) {
+                    self.drop_conn(i);
+                    continue;
+                }
+                self.conns[i].busy = false;
+                if !self.answer_lines(i) {
+                    self.drop_conn(i);
+                }
             }
         }
+    }
+
+    /// Forgets connection `i`; setups it asked for are cancelled.
+    fn drop_conn(&mut self, i: usize) {
+        let id = self.conns.swap_remove(i).id;
+        self.conn_closed(id);
     }
 
     /// Writes one reply line (with `fds_out` attached); `false` when the
@@ -374,6 +461,7 @@ impl Monitor {
                     stream,
                     buf: Vec::new(),
                     greeted: false,
+                    busy: false,
                 });
             }
         }
@@ -395,7 +483,15 @@ impl Monitor {
                 return false;
             }
         }
-        while let Some(end) = self.conns[i].buf.iter().position(|&b| b == b'\n') {
+        self.answer_lines(i)
+    }
+
+    /// Answers the complete lines connection `i` sent, until one needs a
+    /// reply that comes later from a setup; `false` when it is closed.
+    fn answer_lines(&mut self, i: usize) -> bool {
+        while !self.conns[i].busy
+            && let Some(end) = self.conns[i].buf.iter().position(|&b| b == b'\n')
+        {
             let line: Vec<u8> = self.conns[i].buf.drain(..=end).collect();
             let reply = match serde_json::from_slice::<Request<'static>>(&line) {
                 Ok(req) => self.handle(i, req),
@@ -444,26 +540,28 @@ impl Monitor {
                 Reply::Ok
             }
             Request::CreateContainer { launch } => {
-                if self.containers.contains_key(&launch.id) {
+                if self.containers.contains_key(&launch.id) || self.setups.creating(&launch.id) {
                     return Some(Reply::Failed {
                         step: Step::AlreadyExists,
                         message: format!("container {:?} exists in this pod", launch.id),
                     });
                 }
-                match Container::create(self.one, launch.into_owned()) {
-                    Ok(c) => {
-                        let init = c.init;
-                        self.children
-                            .insert(init.pid, Child::Container(c.launch.id.clone()));
-                        self.containers.insert(c.launch.id.clone(), c);
-                        Reply::Created { init }
+                // Replied to when the init reports ready (or fails).
+                match Container::fork(self.one, launch.into_owned()) {
+                    Ok((creating, setup)) => {
+                        self.follow(i, Work::Create(Box::new(creating)), setup, true);
+                        return None;
                     }
                     Err(f) => failed(f),
                 }
             }
             Request::StartContainer { id } => match self.containers.get_mut(&id) {
-                Some(c) => match c.start() {
-                    Ok(()) => Reply::Ok,
+                // Replied to at the init's execve (or its failure).
+                Some(c) => match c.release() {
+                    Ok(sync) => {
+                        self.follow_start(i, id, sync);
+                        return None;
+                    }
                     Err(f) => failed(f),
                 },
                 None => unknown(Subject::Container, &id),
@@ -493,7 +591,7 @@ impl Monitor {
             },
             Request::WaitContainer { id } => match self.containers.get_mut(&id) {
                 Some(c) => match c.state {
-                    State::Exited(exit) => Reply::Exited { exit },
+                    State::Exited(exit) if c.unpublished.is_none() => Reply::Exited { exit },
                     _ => {
                         c.waiters.push(conn);
                         return None;
@@ -502,7 +600,7 @@ impl Monitor {
                 None => unknown(Subject::Container, &id),
             },
             Request::ReopenContainerLog { id } => match self.containers.get_mut(&id) {
-                Some(c) => match c.reopen_log() {
+                Some(c) => match c.reopen_log(&mut self.logs) {
                     Ok(()) => Reply::Ok,
                     Err(f) => failed(f),
                 },
@@ -513,7 +611,8 @@ impl Monitor {
                 Reply::Ok
             }
             Request::Exec { launch } => {
-                if self.execs.contains_key(&launch.exec_id) {
+                if self.execs.contains_key(&launch.exec_id) || self.setups.execing(&launch.exec_id)
+                {
                     return Some(Reply::Failed {
                         step: Step::AlreadyExists,
                         message: format!("exec {:?} exists in this pod", launch.exec_id),
@@ -522,15 +621,12 @@ impl Monitor {
                 let Some(c) = self.containers.get(&launch.container_id) else {
                     return Some(unknown(Subject::Container, &launch.container_id));
                 };
-                match c.exec(self.one, &launch) {
-                    Ok((e, fds)) => {
-                        let process = e.process;
-                        self.children
-                            .insert(process.pid, Child::Exec(launch.exec_id.clone()));
-                        self.execs.insert(launch.exec_id.clone(), e);
-                        let n = fds.len();
-                        self.fds_out = fds;
-                        Reply::ExecStarted { process, fds: n }
+                // Replied to when the process exec'ed (or failed).
+                match c.fork_exec(self.one, &launch) {
+                    Ok((execing, setup)) => {
+                        let id = launch.exec_id.clone();
+                        self.follow(i, Work::Exec { id, execing }, setup, false);
+                        return None;
                     }
                     Err(f) => failed(f),
                 }
@@ -596,6 +692,7 @@ impl Monitor {
     /// Kills the container if it still runs, reaps it (its exit file and
     /// waiters are served), then forgets it and its exit file.
     fn remove_container(&mut self, id: &str) {
+        self.cancel_container(id);
         let Some(c) = self.containers.get(id) else {
             return;
         };
@@ -615,8 +712,16 @@ impl Monitor {
         for e in execs {
             self.execs.remove(&e);
         }
+        if self
+            .containers
+            .get(id)
+            .is_some_and(|c| c.unpublished.is_some())
+        {
+            self.publish(id);
+        }
         if let Some(mut c) = self.containers.remove(id) {
             c.end_attachments(AttachEnd::Exited);
+            self.logs.close(c.slot);
         }
         let _ = std::fs::remove_file(self.pod.exit_file(id));
     }
@@ -633,6 +738,9 @@ impl Monitor {
             }
         }
         self.reap();
+        // The log writer (no entry in `children`) writes what is left and
+        // ends when we do.
+        self.finish_logs();
         self.shutting_down = true;
     }
 
@@ -655,24 +763,26 @@ impl Monitor {
             WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
             _ => return,
         };
-        let Some(child) = self.children.remove(&pid.as_raw()) else {
-            return; // an adopted orphan: reaped, nothing to record
-        };
         let exit = Exit {
             pid: pid.as_raw(),
             exit_code,
             signal,
             finished_at: now_ns(),
         };
-        let write = |name: &str| {
-            let path = self.pod.exit_file(name);
-            if let Err(e) = write_atomic(&path, &serde_json::to_vec(&exit).expect("serializable")) {
-                eprintln!("write exit file {}: {e}", path.display());
-            }
+        let Some(child) = self.children.remove(&pid.as_raw()) else {
+            // An adopted orphan, or a setup's stage 2 whose pid is not
+            // known yet: kept while a setup may claim it.
+            self.setups.unknown_exit(exit);
+            return;
         };
         match child {
+            Child::Setup(key) => self.setup_exited(key, exit),
             Child::Init => {
-                write(INIT);
+                let path = self.pod.exit_file(INIT);
+                let json = serde_json::to_vec(&exit).expect("serializable");
+                if let Err(e) = write_atomic(&path, &json) {
+                    eprintln!("write exit file {}: {e}", path.display());
+                }
                 self.init = None;
                 self.init_exit = Some(exit);
             }
@@ -681,15 +791,12 @@ impl Monitor {
                     return;
                 };
                 // Its last output first, so a waiter sees complete logs;
-                // attached clients get it too, then their end.
-                c.drain();
+                // attached clients get it too, then their end. The exit
+                // file and waiters follow once the writer has written it.
+                c.drain(&mut self.logs);
                 c.end_attachments(AttachEnd::Exited);
                 c.stdin.close();
-                write(&id);
-                c.state = State::Exited(exit);
-                for w in c.waiters.drain(..) {
-                    self.outbox.push((w, Reply::Exited { exit }));
-                }
+                self.exit_container(&id, exit);
             }
             Child::Exec(id) => {
                 let Some(e) = self.execs.get_mut(&id) else {
@@ -698,7 +805,7 @@ impl Monitor {
                 e.exit = Some(exit);
                 if !e.waiters.is_empty() {
                     for w in e.waiters.drain(..) {
-                        self.outbox.push((w, Reply::Exited { exit }));
+                        self.outbox.push((w, Reply::Exited { exit }, Vec::new()));
                     }
                     self.execs.remove(&id);
                 }

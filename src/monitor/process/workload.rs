@@ -1,35 +1,37 @@
 //! The monitor's containers and exec processes: forking them (the setup
-//! itself is in src/init: [`crate::init::container`], [`crate::init::exec`]),
-//! following their setup over a sync socket, releasing a created init,
-//! and copying a container's stdout/stderr into its CRI log file.
+//! itself is in src/init: [`crate::init::container`], [`crate::init::exec`];
+//! the monitor follows it without waiting, [`super::pending`]), making the
+//! container or exec process from what the setup reported, releasing a
+//! created init, and copying a container's stdout/stderr into its CRI log
+//! file.
 //!
 //! Log copying never waits for a container: the pipes are non-blocking
 //! and read from the monitor's poll loop, at most [`ROUND`] bytes per
-//! stream per round, formatted and appended at once; a failed write (a
-//! full disk) drops the records instead of stalling the monitor.
+//! stream per round, formatted and handed to the pod's log writer
+//! ([`super::logwriter`]), which never makes the monitor wait either.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use super::attach::{Attachment, DaemonEnds, Ended, MAX_ATTACHED, Stdin};
+use super::logwriter::LogWriter;
+use super::pending::{Followed, SyncReader};
 use crate::init::setup::Stdio;
 use crate::monitor::process::log::{Formatter, LogFile, Stream};
 use crate::monitor::protocol::Exit;
 use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
-use crate::monitor::sync::{Message, Step};
+use crate::monitor::sync::Step;
 use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.
 pub const ROUND: usize = 256 << 10;
-/// How long a create may spend in the init's setup.
-const SETUP_LIMIT: Duration = Duration::from_secs(55);
+/// How long a create or an exec may spend in its setup.
+pub const SETUP_LIMIT: Duration = Duration::from_secs(55);
 /// How long execve may take once released.
-const START_LIMIT: Duration = Duration::from_secs(10);
+pub const START_LIMIT: Duration = Duration::from_secs(10);
 
 /// A failed request: the step and why.
 #[derive(Debug)]
@@ -38,7 +40,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn failure(step: Step, message: impl Into<String>) -> Failure {
+pub fn failure(step: Step, message: impl Into<String>) -> Failure {
     Failure {
         step,
         message: message.into(),
@@ -68,8 +70,23 @@ pub struct Container {
     next_attach: u64,
     fmt: Formatter,
     log: Option<LogFile>,
+    /// The container's slot at the log writer.
+    pub slot: u64,
+    /// Log records dropped (the writer stuck or gone, a write that failed).
+    pub dropped: u64,
+    /// The exit, reaped but not yet told (exit file, waiters): it waits
+    /// for the writer's marker `token` (the last records written) until
+    /// `deadline`.
+    pub unpublished: Option<Unpublished>,
     /// Connections waiting for the exit.
     pub waiters: Vec<u64>,
+}
+
+/// A reaped exit held back until its container's last records are written.
+#[derive(Debug, Clone, Copy)]
+pub struct Unpublished {
+    pub token: u64,
+    pub deadline: std::time::Instant,
 }
 
 pub struct ExecProc {
@@ -77,6 +94,117 @@ pub struct ExecProc {
     pub process: ProcRef,
     pub exit: Option<Exit>,
     pub waiters: Vec<u64>,
+}
+
+/// A forked setup: stage 1's pid and the monitor's end of its sync socket.
+pub struct Setup {
+    pub stage1: i32,
+    pub sync: SyncReader,
+}
+
+/// A container's init being set up: what becomes the [`Container`] once
+/// it reports ready.
+pub struct Creating {
+    pub launch: ContainerLaunch,
+    log: Option<LogFile>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+}
+
+impl Creating {
+    /// The container, from what its setup reported. On error the caller
+    /// kills the init (still its child: never reaped before this).
+    pub fn finish(
+        self,
+        followed: Followed,
+        sync: SyncReader,
+        slot: u64,
+    ) -> Result<Container, Failure> {
+        let pid = followed.pid;
+        let init = ProcRef::of(pid).ok_or_else(|| failure(Step::Create, "the init vanished"))?;
+        let launch = self.launch;
+        // With a tty, the master is both the output and (if asked) stdin.
+        let (out, stdin) = match followed.pty {
+            Some(master) => {
+                let stdin = match launch.stdin {
+                    true => Some(
+                        master
+                            .try_clone()
+                            .map_err(|e| failure(Step::Terminal, format!("dup: {e}")))?,
+                    ),
+                    false => None,
+                };
+                (Some(master), stdin)
+            }
+            None => (self.out, self.stdin),
+        };
+        if launch.tty && out.is_none() {
+            return Err(failure(Step::Terminal, "the init sent no terminal"));
+        }
+        for fd in out.iter().chain(&self.err) {
+            set_nonblocking(fd);
+        }
+        Ok(Container {
+            launch,
+            init,
+            sync: Some(sync),
+            state: State::Created,
+            out,
+            err: self.err,
+            stdin: Stdin::new(stdin),
+            attached: Vec::new(),
+            next_attach: 0,
+            fmt: Formatter::default(),
+            log: self.log,
+            slot,
+            dropped: 0,
+            unpublished: None,
+            waiters: Vec::new(),
+        })
+    }
+}
+
+/// An exec process being set up: its stdio, the daemon's once it runs.
+pub struct Execing {
+    container: String,
+    stdin: Option<OwnedFd>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+}
+
+impl Execing {
+    /// The exec process (which may already have ended: `exit`) and the
+    /// daemon's ends of its stdio. On error the caller kills the process.
+    pub fn finish(
+        self,
+        followed: Followed,
+        exit: Option<Exit>,
+    ) -> Result<(ExecProc, Vec<OwnedFd>), Failure> {
+        let pid = followed.pid;
+        // An exit already collected means the pid may be another's now.
+        let gone = ProcRef { pid, start_time: 0 };
+        let process = match exit {
+            Some(_) => gone,
+            None => ProcRef::of(pid).unwrap_or(gone),
+        };
+        let mut fds = Vec::new();
+        fds.extend(self.stdin);
+        fds.extend(followed.pty.or(self.out));
+        fds.extend(self.err);
+        if fds.is_empty() {
+            return Err(failure(Step::Terminal, "the exec process sent no terminal"));
+        }
+        Ok((
+            ExecProc {
+                container: self.container,
+                process,
+                exit,
+                waiters: Vec::new(),
+            },
+            fds,
+        ))
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
@@ -140,137 +268,15 @@ fn pipes(tty: bool, stdin: bool) -> Result<Pipes, String> {
     })
 }
 
-/// The monitor's end of a setup's sync socket: lines, and the fds that
-/// ride with them (the terminal master after a `pty` line).
-struct SyncReader {
-    sock: UnixStream,
-    buf: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-impl SyncReader {
-    fn new(sock: UnixStream) -> SyncReader {
-        SyncReader {
-            sock,
-            buf: Vec::new(),
-            fds: Vec::new(),
-        }
-    }
-
-    /// Reads one line before `deadline`; `Ok(None)` at EOF.
-    fn line(&mut self, deadline: Instant) -> Result<Option<String>, String> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return Ok(Some(
-                    String::from_utf8_lossy(&line[..line.len() - 1]).into(),
-                ));
-            }
-            if self.buf.len() > 64 << 10 || self.fds.len() > 4 {
-                return Err("oversized message".into());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("timed out".into());
-            }
-            let _ = self.sock.set_read_timeout(Some(left));
-            match crate::sys::fds::recv_with_fds(&self.sock, &mut self.buf, &mut self.fds) {
-                Ok(0) if self.buf.is_empty() => return Ok(None),
-                Ok(0) => return Err("truncated message".into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Err("timed out".into());
-                }
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-    }
-}
-
-fn kill_and_reap(pid: i32) {
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
-}
-
-/// What a setup reported: the final process and, with a tty, the
-/// terminal's master.
-struct Followed {
-    pid: i32,
-    pty: Option<OwnedFd>,
-}
-
-/// Follows a forked setup: `pid N` from stage 1 (which is then reaped),
-/// `pty` with the terminal's master (tty only), then `ready` (an init) or
-/// EOF (an exec process that exec'ed). On failure every process is killed
-/// and reaped.
-fn follow(
-    sync: &mut SyncReader,
-    stage1: Pid,
-    limit: Duration,
-    expect_ready: bool,
-) -> Result<Followed, Failure> {
-    let deadline = Instant::now() + limit;
-    let mut stage2: Option<i32> = None;
-    let mut pty: Option<OwnedFd> = None;
-    // Stage 2 runs while stage 1 is still writing its pid: its "ready" may
-    // come first, and then the pid line is still to be read.
-    let mut ready = false;
-    let result = (|| loop {
-        let line = match sync.line(deadline) {
-            Ok(Some(line)) => line,
-            // EOF: stage 2 exec'ed (exec processes) or everything ended.
-            Ok(None) => match stage2 {
-                Some(pid) if !expect_ready => return Ok(pid),
-                _ => return Err(failure(Step::Create, "the process ended during setup")),
-            },
-            Err(e) => return Err(failure(Step::Create, e)),
-        };
-        match Message::decode(&line) {
-            Some(Message::Pid(pid)) => {
-                stage2 = Some(pid);
-                let _ = nix::sys::wait::waitpid(stage1, None);
-                if ready {
-                    return Ok(pid);
-                }
-            }
-            Some(Message::Pty) if pty.is_none() => match sync.fds.pop() {
-                Some(fd) => pty = Some(fd),
-                None => {
-                    return Err(failure(Step::Terminal, "no terminal came with `pty`"));
-                }
-            },
-            Some(Message::Failed { step, message }) => return Err(Failure { step, message }),
-            Some(Message::Ready) if expect_ready => match stage2 {
-                Some(pid) => return Ok(pid),
-                None => ready = true,
-            },
-            _ => {
-                return Err(failure(
-                    Step::Create,
-                    format!("unexpected message {line:?}"),
-                ));
-            }
-        }
-    })();
-    // Fds that came with no line asking for them are dropped.
-    sync.fds.clear();
-    match result {
-        Ok(pid) => Ok(Followed { pid, pty }),
-        Err(f) => {
-            kill_and_reap(stage1.as_raw());
-            if let Some(p) = stage2 {
-                kill_and_reap(p);
-            }
-            Err(f)
-        }
-    }
-}
-
 impl Container {
-    /// Forks the container's init and follows its setup until it blocks
-    /// before execve. The caller registers `init.pid` as a child.
-    pub fn create(one: SingleThreaded, launch: ContainerLaunch) -> Result<Container, Failure> {
+    /// Forks the container's init; the monitor follows its setup on the
+    /// returned sync socket ([`super::pending`]) and, once it reports
+    /// ready, makes the container with [`Creating::finish`]. The caller
+    /// registers `stage1` as a child.
+    pub fn fork(
+        one: SingleThreaded,
+        launch: ContainerLaunch,
+    ) -> Result<(Creating, Setup), Failure> {
         let log = match launch.log_file() {
             Some(p) => Some(LogFile::open(&p).map_err(|e| failure(Step::OpenLog, e.to_string()))?),
             None => None,
@@ -288,88 +294,46 @@ impl Container {
         };
         drop(child);
         drop(p.child);
-        let mut sync = SyncReader::new(parent);
-        let followed = follow(&mut sync, stage1, SETUP_LIMIT, true)?;
-        let pid = followed.pid;
-        let Some(init) = ProcRef::of(pid) else {
-            kill_and_reap(pid);
-            return Err(failure(Step::Create, "the init vanished"));
-        };
-        // With a tty, the master is both the output and (if asked) stdin.
-        let (out, stdin) = match followed.pty {
-            Some(master) => {
-                let stdin = match launch.stdin {
-                    true => match master.try_clone() {
-                        Ok(fd) => Some(fd),
-                        Err(e) => {
-                            kill_and_reap(pid);
-                            return Err(failure(Step::Terminal, format!("dup: {e}")));
-                        }
-                    },
-                    false => None,
-                };
-                (Some(master), stdin)
-            }
-            None => (p.out, p.stdin),
-        };
-        if launch.tty && out.is_none() {
-            kill_and_reap(pid);
-            return Err(failure(Step::Terminal, "the init sent no terminal"));
-        }
-        for fd in out.iter().chain(&p.err) {
-            set_nonblocking(fd);
-        }
-        Ok(Container {
-            launch,
-            init,
-            sync: Some(sync),
-            state: State::Created,
-            out,
-            err: p.err,
-            stdin: Stdin::new(stdin),
-            attached: Vec::new(),
-            next_attach: 0,
-            fmt: Formatter::default(),
-            log,
-            waiters: Vec::new(),
-        })
+        Ok((
+            Creating {
+                launch,
+                log,
+                out: p.out,
+                err: p.err,
+                stdin: p.stdin,
+            },
+            Setup {
+                stage1: stage1.as_raw(),
+                sync: SyncReader::new(parent),
+            },
+        ))
     }
 
-    /// Releases the init to execve; an exec failure is reported (the init
-    /// then exits 127 and is reaped as usual).
-    pub fn start(&mut self) -> Result<(), Failure> {
+    /// Releases the init to execve: writes `start` and hands back the
+    /// sync socket, whose EOF (or failure line) the monitor waits for
+    /// ([`super::pending::released`]).
+    pub fn release(&mut self) -> Result<SyncReader, Failure> {
+        let already = || failure(Step::NotCreated, "the container was already started");
         if self.state != State::Created {
-            return Err(failure(
-                Step::NotCreated,
-                "the container was already started",
-            ));
+            return Err(already());
         }
-        let Some(mut sync) = self.sync.take() else {
-            return Err(failure(
-                Step::NotCreated,
-                "the container was already started",
-            ));
-        };
-        use std::io::Write;
-        if sync.sock.write_all(b"start\n").is_err() {
+        let sync = self.sync.take().ok_or_else(already)?;
+        if sync.send_start().is_err() {
             return Err(failure(Step::NotRunning, "the container's init has exited"));
         }
-        match sync.line(Instant::now() + START_LIMIT) {
-            Ok(None) => {
-                self.state = State::Running;
-                Ok(())
-            }
-            Ok(Some(line)) => Err(match Message::decode(&line) {
-                Some(Message::Failed { step, message }) => Failure { step, message },
-                _ => failure(Step::Exec, line),
-            }),
-            Err(e) => Err(failure(Step::Exec, e)),
+        Ok(sync)
+    }
+
+    /// The released init exec'ed its entrypoint (unless it already ended).
+    pub fn started(&mut self) {
+        if self.state == State::Created {
+            self.state = State::Running;
         }
     }
 
     /// Copies what the container wrote on `which` (at most [`ROUND`] bytes)
     /// into its log. `false` once the stream has ended.
-    pub fn copy(&mut self, which: Stream, limit: usize) -> bool {
+    pub fn copy(&mut self, which: Stream, limit: usize, logs: &mut LogWriter) -> bool {
         let fd = match which {
             Stream::Stdout => &self.out,
             Stream::Stderr => &self.err,
@@ -409,11 +373,10 @@ impl Container {
                 Stream::Stderr => self.err = None,
             }
         }
-        if !out.is_empty()
-            && let Some(log) = &mut self.log
-        {
-            // Dropped on error: logs are best effort.
-            let _ = log.write(&out);
+        // To the log writer; what it has no room for is dropped, counted.
+        if !out.is_empty() && self.log.as_ref().is_some_and(LogFile::is_open) {
+            let dropped = logs.write(self.slot, &out);
+            self.count_dropped(dropped);
         }
         self.fan_out(which, &raw);
         open
@@ -502,13 +465,13 @@ impl Container {
     }
 
     /// Everything still buffered in the pipes, before the exit is told.
-    pub fn drain(&mut self) {
-        while self.out.is_some() && self.copy(Stream::Stdout, ROUND) {
+    pub fn drain(&mut self, logs: &mut LogWriter) {
+        while self.out.is_some() && self.copy(Stream::Stdout, ROUND, logs) {
             if !self.readable(Stream::Stdout) {
                 break;
             }
         }
-        while self.err.is_some() && self.copy(Stream::Stderr, ROUND) {
+        while self.err.is_some() && self.copy(Stream::Stderr, ROUND, logs) {
             if !self.readable(Stream::Stderr) {
                 break;
             }
@@ -526,25 +489,53 @@ impl Container {
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
-    pub fn reopen_log(&mut self) -> Result<(), Failure> {
+    /// Reopens the log file after kubelet's rotation and hands the new
+    /// file to the writer (records queued before go to the old one).
+    pub fn reopen_log(&mut self, logs: &mut LogWriter) -> Result<(), Failure> {
         if matches!(self.state, State::Exited(_)) {
             return Err(failure(Step::NotRunning, "the container is not running"));
         }
-        match &mut self.log {
-            Some(log) => log
-                .reopen()
-                .map_err(|e| failure(Step::ReopenLog, e.to_string())),
-            None => Err(failure(Step::ReopenLog, "the container has no log file")),
+        let Some(log) = &mut self.log else {
+            return Err(failure(Step::ReopenLog, "the container has no log file"));
+        };
+        let reopened = log.reopen();
+        // Closed on failure: its records are dropped and counted.
+        match log.file() {
+            Some(file) => logs.open(self.slot, file),
+            None => logs.close(self.slot),
+        }
+        reopened.map_err(|e| failure(Step::ReopenLog, e.to_string()))
+    }
+
+    /// Hands the log file (if any) to the writer as this container's slot.
+    pub fn open_log(&self, logs: &mut LogWriter) {
+        if let Some(file) = self.log.as_ref().and_then(LogFile::file) {
+            logs.open(self.slot, file);
         }
     }
 
-    /// Starts `launch` inside this (running) container; returns the
-    /// process and the daemon's ends of its stdio.
-    pub fn exec(
+    /// Whether the output goes to a log file (then the exit waits for the
+    /// writer to have written it).
+    pub fn has_log(&self) -> bool {
+        self.log.as_ref().is_some_and(LogFile::is_open)
+    }
+
+    /// Counts records dropped on their way to the log.
+    pub fn count_dropped(&mut self, n: u64) {
+        if n > 0 && self.dropped == 0 {
+            eprintln!("container {}: dropping log records", self.launch.id);
+        }
+        self.dropped += n;
+    }
+
+    /// Forks `launch` inside this (running) container; the monitor follows
+    /// its setup and, at its EOF, makes the [`ExecProc`] with
+    /// [`Execing::finish`]. The caller registers `stage1` as a child.
+    pub fn fork_exec(
         &self,
         one: SingleThreaded,
         launch: &ExecLaunch,
-    ) -> Result<(ExecProc, Vec<OwnedFd>), Failure> {
+    ) -> Result<(Execing, Setup), Failure> {
         if self.state != State::Running {
             return Err(failure(Step::NotRunning, "the container is not running"));
         }
@@ -575,27 +566,17 @@ impl Container {
         };
         drop(child);
         drop(p.child);
-        let followed = follow(&mut SyncReader::new(parent), stage1, SETUP_LIMIT, false)?;
-        let pid = followed.pid;
-        // The process may already have ended; it is not reaped before the
-        // caller registers it (reaping happens in the poll loop).
-        let process = ProcRef::of(pid).unwrap_or(ProcRef { pid, start_time: 0 });
-        let mut fds = Vec::new();
-        fds.extend(p.stdin);
-        fds.extend(followed.pty.or(p.out));
-        fds.extend(p.err);
-        if fds.is_empty() {
-            kill_and_reap(pid);
-            return Err(failure(Step::Terminal, "the exec process sent no terminal"));
-        }
         Ok((
-            ExecProc {
+            Execing {
                 container: self.launch.id.clone(),
-                process,
-                exit: None,
-                waiters: Vec::new(),
+                stdin: p.stdin,
+                out: p.out,
+                err: p.err,
             },
-            fds,
+            Setup {
+                stage1: stage1.as_raw(),
+                sync: SyncReader::new(parent),
+            },
         ))
     }
 
