@@ -102,7 +102,7 @@ fn stage2(init: &ContainerLaunch, tty: bool, mut sync: Sync) -> ! {
         Ok(e) => e,
         Err((step, e)) => sync.failed(step, &e),
     };
-    setup::test_pause(init.env);
+    setup::test_pause(&init.env);
     sync.send(&Message::Ready);
     sync.wait_start();
     let err = setup::exec(&exec);
