@@ -10,8 +10,10 @@
 //! test's dirs, pinned namespaces, files under the daemon's root and state
 //! dirs, cgroups and their processes under the test's parent in every
 //! hierarchy, processes naming the test's dirs, veths on the test's bridge,
-//! IP leases and cached CNI results. Ids a batch got back (RunPodSandbox,
-//! CreateContainer) are used by its later requests.
+//! IP leases and cached CNI results. A batch opens with a mostly valid pod,
+//! a busybox container in it (when the registry tools are installed) and
+//! its start, random fields merged over each; the ids they got back are
+//! used by its later requests.
 //!
 //! Bounded by `CRIUS_CAMPAIGN_SECS` (default 60); the seed is printed and
 //! can be replayed with `CRIUS_CAMPAIGN_SEED`.
@@ -96,6 +98,9 @@ struct Generator {
     messages: HashMap<String, DescriptorProto>,
     /// Ids the daemon has handed out, for fields that take one.
     ids: Vec<String>,
+    /// Pods and containers the current batch made.
+    pods: Vec<String>,
+    containers: Vec<String>,
     /// Bytes of strings the current request may still get.
     budget: usize,
     /// Percent of fields left out.
@@ -121,6 +126,8 @@ impl Generator {
             rng: Rng(seed | 1),
             messages,
             ids: Vec::new(),
+            pods: Vec::new(),
+            containers: Vec::new(),
             budget: 0,
             absent: 45,
         }
@@ -150,6 +157,29 @@ impl Generator {
             config = strip_field(&config, 1);
         }
         delimited(&mut body, 1, &config);
+        body
+    }
+
+    /// A valid CreateContainerRequest (`image`, `sleep`) in the batch's
+    /// last pod with a few random fields merged over its config.
+    fn mutated_container(&mut self, image: &str) -> Vec<u8> {
+        let name = format!("c-{}", self.rng.below(1 << 20));
+        let pod = self.pods.last().cloned().unwrap_or_default();
+        let valid = crate::container::container(&name, image, &["sleep", "60"], NamespaceMode::Pod);
+        let mut body = CreateContainerRequest {
+            pod_sandbox_id: pod,
+            config: Some(valid),
+            sandbox_config: None,
+        }
+        .encode_to_vec();
+        self.budget = 1 << 20;
+        self.absent = 95;
+        let mut config = self.message(".runtime.v1.ContainerConfig", 1);
+        if self.rng.chance(70) {
+            config = strip_field(&config, 1);
+        }
+        // Field 2: config.
+        delimited(&mut body, 2, &config);
         body
     }
 
@@ -453,7 +483,18 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
     assert!(methods.len() > 30, "{methods:?}");
     let mut g = Generator::new(seed, &fds);
 
-    let d = TestDaemon::start("").await;
+    // busybox from a local registry when its tools are there, so batches
+    // create and start containers too; pods only without.
+    let (d, _registry, image) = match crate::registry::tools_missing() {
+        None => {
+            let s = crate::container::setup_with("", &[]).await;
+            (s.d, Some(s.reg), Some(s.busybox))
+        }
+        Some(why) => {
+            eprintln!("{why}: the campaign makes no containers");
+            (TestDaemon::start("").await, None, None)
+        }
+    };
     let pid = d.pid();
     let mut rt = d.runtime().await;
     let mut send = connect(&d).await;
@@ -461,21 +502,40 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
     // adds must be gone once its pods are removed.
     let files_at_start = files_under(&d);
     let mut codes: HashMap<String, u64> = HashMap::new();
-    let (mut sent, mut batches, mut peak, mut made) = (0u64, 0u32, 0u64, 0u64);
+    let (mut sent, mut batches, mut peak) = (0u64, 0u32, 0u64);
+    let (mut pods_made, mut containers_made, mut started) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < budget {
-        for _ in 0..BATCH {
+        for i in 0..BATCH {
             if start.elapsed() > budget {
                 break;
             }
+            // A batch opens with a mostly valid pod, a container in it and
+            // its start (each sometimes), then random requests.
             let (path, input) = &methods[g.rng.below(methods.len() as u64) as usize];
-            let body = if path.ends_with("/RunPodSandbox") && g.rng.chance(50) {
-                g.mutated_pod()
-            } else if g.rng.chance(5) {
-                let len = g.rng.below(200) as usize;
-                (0..len).map(|_| g.rng.next() as u8).collect()
-            } else {
-                g.request(input)
+            let (path, body) = match (i, &image) {
+                (0, _) if g.rng.chance(70) => (RUN_POD, g.mutated_pod()),
+                (1, Some(image)) if !g.pods.is_empty() && g.rng.chance(80) => {
+                    (CREATE_CONTAINER, g.mutated_container(image))
+                }
+                (2, _) if !g.containers.is_empty() && g.rng.chance(80) => {
+                    let container_id = g.containers[0].clone();
+                    (
+                        START_CONTAINER,
+                        StartContainerRequest { container_id }.encode_to_vec(),
+                    )
+                }
+                _ if path.ends_with("/RunPodSandbox") && g.rng.chance(50) => {
+                    (path.as_str(), g.mutated_pod())
+                }
+                _ if g.rng.chance(5) => {
+                    let len = g.rng.below(200) as usize;
+                    (
+                        path.as_str(),
+                        (0..len).map(|_| g.rng.next() as u8).collect(),
+                    )
+                }
+                _ => (path.as_str(), g.request(input)),
             };
             let answer =
                 tokio::time::timeout(Duration::from_secs(20), call(&mut send, path, &body))
@@ -487,9 +547,18 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
                     a.status
                 ),
                 Ok(a) => {
+                    if path == START_CONTAINER && a.status.as_deref() == Some("0") {
+                        started += 1;
+                    }
                     if let Some(id) = new_id(path, &a) {
+                        if path == CREATE_CONTAINER {
+                            g.containers.push(id.clone());
+                            containers_made += 1;
+                        } else {
+                            g.pods.push(id.clone());
+                            pods_made += 1;
+                        }
                         g.ids.push(id);
-                        made += 1;
                     }
                     *codes.entry(a.status.unwrap_or_default()).or_default() += 1;
                 }
@@ -525,6 +594,8 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
         assert_no_trace(&d);
         assert_no_leftover(&d, &files_at_start, batches, seed);
         g.ids.clear();
+        g.pods.clear();
+        g.containers.clear();
         eprintln!(
             "batch {batches}: requests until {sent_at:?}, checks until {:?}, {} pods removed",
             start.elapsed(),
@@ -539,12 +610,16 @@ async fn random_requests_from_the_proto_leave_the_daemon_and_host_sound() {
     let mut codes: Vec<_> = codes.into_iter().collect();
     codes.sort();
     eprintln!(
-        "campaign: {sent} requests in {batches} batches, {:?}; {made} pods/containers made; \
+        "campaign: {sent} requests in {batches} batches, {:?}; {pods_made} pods and {containers_made} containers made, {started} started; \
          grpc-status counts {codes:?}; peak RSS {peak} KiB, now {} KiB",
         start.elapsed(),
         rss_kib(pid)
     );
 }
+
+const RUN_POD: &str = "/runtime.v1.RuntimeService/RunPodSandbox";
+const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
+const START_CONTAINER: &str = "/runtime.v1.RuntimeService/StartContainer";
 
 /// Requests per batch; the checks follow each batch.
 const BATCH: usize = 40;

@@ -8,7 +8,7 @@
 # the image store's size against the unpacked layers'. Needs root,
 # docker-registry, skopeo and umoci (hack/install-deps.sh).
 #   LAYERS=4 LAYER_MB=40 RUNS=3 hack/bench-pull.sh
-#   CRIUS=/path/to/other/crius hack/bench-pull.sh   # another build
+#   CRIUS=/path/to/crius CLIENT=/path/to/cri-pull hack/bench-pull.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 layers=${LAYERS:-4}
@@ -16,9 +16,12 @@ layer_mb=${LAYER_MB:-40}
 runs=${RUNS:-3}
 target=${CARGO_TARGET_DIR:-target}
 
-cargo build --release --quiet --bin crius --example cri-pull
+# CRIUS and CLIENT given: no build.
+if [[ -z ${CRIUS:-} || -z ${CLIENT:-} ]]; then
+  cargo build --release --quiet --bin crius --example cri-pull
+fi
 crius=${CRIUS:-$target/release/crius}
-client="$target/release/examples/cri-pull"
+client=${CLIENT:-$target/release/examples/cri-pull}
 
 work=$(mktemp -d /tmp/crius-bench-XXXXXX)
 crius_pid=

@@ -332,9 +332,17 @@ pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<
             Step::RootPropagation(flags) => mount(None, Path::new("/"), None, *flags, None)
                 .map_err(fail(SetupStep::RootPropagation))?,
             Step::PrivateParent(path) => {
-                let (point, _, _) = mount_of(path).unwrap_or((PathBuf::from("/"), false, false));
-                mount(None, &point, None, MsFlags::MS_PRIVATE, None)
-                    .map_err(fail(SetupStep::PrivateParent))?
+                // Only a shared parent (rshared root propagation) becomes
+                // private: pivot_root refuses it, and binds into the rootfs
+                // would reach the host. A slave parent (rslave) stays one,
+                // so host-to-container binds of directories on it keep
+                // receiving host mounts (runc's rootfsParentMountPrivate).
+                let (point, shared, _) =
+                    mount_of(path).unwrap_or((PathBuf::from("/"), true, false));
+                if shared {
+                    mount(None, &point, None, MsFlags::MS_PRIVATE, None)
+                        .map_err(fail(SetupStep::PrivateParent))?
+                }
             }
             Step::IdmapLayers { layers, at } => {
                 let userns = userns.ok_or_else(|| StepError {

@@ -5,7 +5,8 @@
 //! namespace, in this order (runc's `prepareRootfs`):
 //!
 //! 1. root propagation from the Spec (rslave / rshared / rprivate, recursive)
-//! 2. the rootfs' parent made private (pivot_root fails on a shared parent)
+//! 2. the rootfs' parent made private when it is shared (pivot_root fails
+//!    on a shared parent; a slave one stays a slave, see [`apply`])
 //! 3. overlayfs over the layer dirs with the container's upper/work dirs
 //!    (in a user namespace over idmapped copies of the layers)
 //! 4. the rootfs bind-mounted onto itself (pivot_root needs a mount point)
@@ -356,7 +357,7 @@ pub enum TargetKind {
 pub enum Step {
     /// mount(NULL, "/", NULL, flags) — recursive propagation of every mount.
     RootPropagation(#[serde(with = "ms_flags")] MsFlags),
-    /// Make the mount that holds this (host) path private.
+    /// Make the mount that holds this (host) path private if it is shared.
     PrivateParent(PathBuf),
     /// Idmapped copies of the layer dirs (through the container's user
     /// namespace), mounted at `<at>/<index>` for the overlay to stack.
