@@ -603,14 +603,27 @@ async fn engine_exec_output_exit_code_and_process_group_kill() {
     let exit = p.monitor.wait_exec("x2").await.unwrap();
     assert_eq!(exit.signal, Some(9));
     drop(h);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let procs = std::fs::read_to_string(p.cgroups[0].join("cgroup.procs")).unwrap();
-    let sleeps = procs
-        .split_whitespace()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-        .count();
+    // SIGKILLed processes leave the cgroup once the kernel has run their
+    // exit, which under load can take a moment: wait for it, bounded.
+    let count_sleeps = || {
+        let procs = std::fs::read_to_string(p.cgroups[0].join("cgroup.procs")).unwrap();
+        let sleeps = procs
+            .split_whitespace()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .count();
+        (sleeps, procs)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (sleeps, procs) = loop {
+        let (sleeps, procs) = count_sleeps();
+        if sleeps <= 1 || std::time::Instant::now() > deadline {
+            break (sleeps, procs);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(sleeps, 1, "only the container's own sleep is left: {procs}");
     assert!(
         p.monitor.wait_exec("x2").await.is_err(),
