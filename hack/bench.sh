@@ -277,7 +277,7 @@ fi
 
 # 5. The CNI plugins alone, with the same configuration.
 "$client" cni --conflist "$work/cni/10-bench.conflist" --bin-dir "$cni_bin" --work "$work" \
-  --n "$N" --out "$work/cni.tsv"
+  --n "$N" --par "$PAR" --rounds "$ROUNDS" --out "$work/cni.tsv"
 
 # 6. The table.
 echo

@@ -16,6 +16,8 @@
 #   CRIUS=/path/to/old/crius hack/footprint.sh   # another build, e.g. before a change
 #   CRIUS=target/debug/crius CLIENT=target/debug/examples/cri-pods hack/footprint.sh
 #                                          # prebuilt binaries, no build
+#   DETAIL=1 hack/footprint.sh             # also the mappings of one monitor
+#                                          # and one pod init (smaps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/images.sh
@@ -96,21 +98,29 @@ after=$(ls /proc | grep -E '^[0-9]+$' | sort)
 # Every new process whose binary is a crius one, except the daemon.
 rss=0 pss=0 n=0
 declare -A names=()
+detail=()
 for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
   [[ "$pid" == "$crius_pid" ]] && continue
   # The monitors and pod inits run from sealed handles (a detached mount
   # shows as / in /proc/PID/exe, a memfd as memfd:...): go by their names.
   comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
   [[ "$comm" == crius* ]] || continue
-  read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' "/proc/$pid/smaps_rollup")
+  # A short-lived process (a probe, an exec) may be gone by now.
+  read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' \
+    "/proc/$pid/smaps_rollup" 2>/dev/null) || continue
   rss=$((rss + r)) pss=$((pss + p)) n=$((n + 1))
   name=$comm
   names[$name]=$((${names[$name]:-0} + 1))
+  [[ -n ${DETAIL:-} && ${names[$name]} == 1 ]] && detail+=("$pid:$name")
 done
 ((n)) || { echo "no crius process appeared" >&2; exit 1; }
 echo "binary:      $crius ($(du -k "$crius" | cut -f1) KiB)"
 for b in crius-monitor crius-pod-init; do
-  [[ -x "$(dirname "$crius")/$b" ]] && echo "             $b: $(du -k "$(dirname "$crius")/$b" | cut -f1) KiB"
+  f="$(dirname "$crius")/$b"
+  [[ -x "$f" ]] || continue
+  link=dynamic
+  file -L "$f" | grep -q "statically linked" && link=static
+  echo "             $b: $(du -k "$f" | cut -f1) KiB ($link)"
 done
 echo -n "processes:   $n for $pods pods ("
 for k in "${!names[@]}"; do echo -n "$k x${names[$k]} "; done
@@ -119,6 +129,17 @@ awk -v r="$rss" -v p="$pss" -v n="$pods" 'BEGIN {
   printf "total:       %.1f MiB RSS, %.2f MiB PSS\n", r / 1024, p / 1024
   printf "per pod:     %.2f MiB RSS, %.3f MiB PSS\n", r / 1024 / n, p / 1024 / n
 }'
+
+# Where one process of each kind keeps its pages: Rss, Pss and private
+# dirty KiB per mapping, the largest first.
+for d in "${detail[@]}"; do
+  echo "mappings of ${d#*:} (pid ${d%%:*}): rss pss private_dirty name"
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "" ? "[anon]" : $6) " " $2 }
+       /^Rss:/ { rss[name] += $2 } /^Pss:/ { pss[name] += $2 }
+       /^Private_Dirty:/ { pd[name] += $2 }
+       END { for (n in rss) if (rss[n]) printf "  %6d %6d %6d %s\n", rss[n], pss[n], pd[n], n }' \
+    "/proc/${d%%:*}/smaps" | sort -rn | head -25
+done
 
 # The stats RPCs, once a sampler round (every 2 s here) has seen every pod.
 sleep 3

@@ -142,6 +142,31 @@ fn the_monitor_and_init_use_no_daemon_module() {
 }
 
 #[test]
+fn the_monitor_and_the_init_it_forks_take_no_oci_spec() {
+    // The daemon turns the Spec into the compact launch
+    // (monitor::client::launch); the rootfs plan is made there too.
+    let v = violations(
+        &[
+            "monitor/process",
+            "monitor/protocol.rs",
+            "monitor/sync.rs",
+            "monitor/mod.rs",
+            "init/container.rs",
+            "init/exec.rs",
+            "init/setup.rs",
+            "init/pod.rs",
+            "init/rootfs/apply.rs",
+            "bin",
+        ],
+        |code| {
+            code.contains("oci_spec")
+                .then(|| "names an OCI Spec type".to_string())
+        },
+    );
+    assert!(v.is_empty(), "{v:#?}");
+}
+
+#[test]
 fn the_daemon_side_client_never_reaches_into_the_monitor_process() {
     let v = violations(&["monitor/client"], |code| {
         code.contains("monitor::process")

@@ -67,57 +67,105 @@ impl Cni {
 
     /// ADD then DEL of loopback + the conflist, `n` times, each pair in a
     /// fresh namespace; records "CNI plugins ADD" and "CNI plugins DEL".
-    pub fn measure(&self, n: usize, r: &mut Results) -> anyhow::Result<()> {
+    /// Then `par` pairs at once (one thread each), `rounds` times: the
+    /// plugins' own time under the benchmark's parallel load (host-local
+    /// and iptables serialise on their locks).
+    pub fn measure(
+        &self,
+        n: usize,
+        par: usize,
+        rounds: usize,
+        r: &mut Results,
+    ) -> anyhow::Result<()> {
         let list: Value = serde_json::from_slice(
             &std::fs::read(&self.conflist)
                 .with_context(|| format!("read {}", self.conflist.display()))?,
         )?;
+        for i in 0..n {
+            self.pair(&list, &format!("{i}"), "", r)?;
+        }
+        if par == 0 {
+            return Ok(());
+        }
+        let tag = format!("{par}-way parallel: ");
+        let results: Vec<anyhow::Result<Results>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..par)
+                .map(|w| {
+                    let (list, tag) = (&list, &tag);
+                    s.spawn(move || {
+                        let mut r = Results::default();
+                        for round in 0..rounds {
+                            self.pair(list, &format!("p{w}-{round}"), tag, &mut r)?;
+                        }
+                        Ok(r)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+                })
+                .collect()
+        });
+        for res in results {
+            r.merge(res?);
+        }
+        Ok(())
+    }
+
+    /// One ADD/DEL pair in a fresh namespace named by `name`.
+    fn pair(&self, list: &Value, name: &str, tag: &str, r: &mut Results) -> anyhow::Result<()> {
         let version = list["cniVersion"].clone();
-        let name = list["name"].clone();
+        let net = list["name"].clone();
         let lo = json!({"cniVersion": version, "name": "cni-loopback", "type": "loopback"});
         let plugins: Vec<Value> = list["plugins"]
             .as_array()
             .context("conflist without plugins")?
             .clone();
-        for i in 0..n {
-            let netns = self.work.join(format!("netns-{i}"));
-            std::fs::write(&netns, b"")?;
-            let st = Command::new("unshare")
-                .arg(format!("--net={}", netns.display()))
-                .arg("true")
-                .status()?;
-            anyhow::ensure!(st.success(), "unshare --net={}", netns.display());
-            let id = format!("cni-bench-{}-{i}", std::process::id());
-            let result = (|| -> anyhow::Result<()> {
-                let t = Instant::now();
-                self.call(&lo, "ADD", &id, &netns, "lo")?;
-                let mut prev = Value::Null;
-                for p in &plugins {
-                    let mut conf = p.clone();
-                    conf["cniVersion"] = version.clone();
-                    conf["name"] = name.clone();
-                    if !prev.is_null() {
-                        conf["prevResult"] = prev.clone();
-                    }
-                    prev = self.call(&conf, "ADD", &id, &netns, "eth0")?;
-                }
-                r.time("CNI plugins ADD (loopback + conflist)", t.elapsed());
-                let t = Instant::now();
-                for p in plugins.iter().rev() {
-                    let mut conf = p.clone();
-                    conf["cniVersion"] = version.clone();
-                    conf["name"] = name.clone();
+        let netns = self.work.join(format!("netns-{name}"));
+        std::fs::write(&netns, b"")?;
+        let st = Command::new("unshare")
+            .arg(format!("--net={}", netns.display()))
+            .arg("true")
+            .status()?;
+        anyhow::ensure!(st.success(), "unshare --net={}", netns.display());
+        let id = format!("cni-bench-{}-{name}", std::process::id());
+        let result = (|| -> anyhow::Result<()> {
+            let t = Instant::now();
+            self.call(&lo, "ADD", &id, &netns, "lo")?;
+            let mut prev = Value::Null;
+            for p in &plugins {
+                let mut conf = p.clone();
+                conf["cniVersion"] = version.clone();
+                conf["name"] = net.clone();
+                if !prev.is_null() {
                     conf["prevResult"] = prev.clone();
-                    self.call(&conf, "DEL", &id, &netns, "eth0")?;
                 }
-                self.call(&lo, "DEL", &id, &netns, "lo")?;
-                r.time("CNI plugins DEL (conflist + loopback)", t.elapsed());
-                Ok(())
-            })();
-            let _ = Command::new("umount").arg(&netns).status();
-            let _ = std::fs::remove_file(&netns);
-            result?;
-        }
-        Ok(())
+                prev = self.call(&conf, "ADD", &id, &netns, "eth0")?;
+            }
+            r.time(
+                &format!("{tag}CNI plugins ADD (loopback + conflist)"),
+                t.elapsed(),
+            );
+            let t = Instant::now();
+            for p in plugins.iter().rev() {
+                let mut conf = p.clone();
+                conf["cniVersion"] = version.clone();
+                conf["name"] = net.clone();
+                conf["prevResult"] = prev.clone();
+                self.call(&conf, "DEL", &id, &netns, "eth0")?;
+            }
+            self.call(&lo, "DEL", &id, &netns, "lo")?;
+            r.time(
+                &format!("{tag}CNI plugins DEL (conflist + loopback)"),
+                t.elapsed(),
+            );
+            Ok(())
+        })();
+        let _ = Command::new("umount").arg(&netns).status();
+        let _ = std::fs::remove_file(&netns);
+        result
     }
 }

@@ -45,6 +45,12 @@ enum Cmd {
         work: PathBuf,
         #[arg(long, default_value_t = 20)]
         n: usize,
+        /// Pairs run at once after the sequential ones (0: none), and
+        /// how many each runs.
+        #[arg(long, default_value_t = 0)]
+        par: usize,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -329,6 +335,8 @@ async fn main() -> anyhow::Result<()> {
             bin_dir,
             work,
             n,
+            par,
+            rounds,
             out,
         } => {
             let mut r = Results::default();
@@ -337,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
                 bin_dir,
                 work,
             };
-            let res = c.measure(n, &mut r);
+            let res = c.measure(n, par, rounds, &mut r);
             r.write(&out)?;
             res
         }

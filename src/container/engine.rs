@@ -19,7 +19,8 @@ use crate::sys::process::ProcRef;
 /// What an engine needs to create a container's init (blocked before
 /// execve) and to run a process in a running container: the monitor
 /// protocol's own types, so nothing is copied between layers.
-pub use crate::monitor::protocol::{ContainerLaunch as Launch, ExecLaunch};
+pub use crate::monitor::client::Launch;
+pub use crate::monitor::protocol::ExecLaunch;
 
 /// A client attached to a container's own stdio (the monitor's pipes).
 pub use crate::monitor::client::container::{AttachEnd, AttachHandle};

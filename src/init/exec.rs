@@ -11,8 +11,8 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use crate::monitor::protocol::Process;
 use nix::sched::CloneFlags;
-use oci_spec::runtime::Process;
 
 use super::setup::{self, Stdio, Sync};
 use crate::monitor::sync::{Message, Step};
@@ -51,7 +51,7 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
-        sync.fail(Step::JoinCgroup, &e);
+        sync.failed(Step::JoinCgroup, &e);
     }
     let mut list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
@@ -86,10 +86,10 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
     // The terminal comes from the container's devpts: the mount namespace
     // joined above is the container's.
     if tty && let Err(e) = setup::terminal(&mut sync) {
-        sync.fail(Step::Terminal, &e);
+        sync.failed(Step::Terminal, &e);
     }
-    if let Err(e) = setup::enter_cwd(exec.process.cwd(), false) {
-        sync.fail(Step::Cwd, &e);
+    if let Err(e) = setup::enter_cwd(&exec.process.cwd, false) {
+        sync.failed(Step::Cwd, &e);
     }
     let prepared = match setup::finalize(
         exec.process,
@@ -100,12 +100,12 @@ fn stage2(exec: &Exec, tty: bool, mut sync: Sync) -> ! {
         exec.seccomp,
     ) {
         Ok(e) => e,
-        Err((step, e)) => sync.fail(step, &e),
+        Err((step, e)) => sync.failed(step, &e),
     };
     let err = setup::exec(&prepared);
     sync.send(&Message::Failed {
         step: Step::Exec,
-        message: err,
+        message: crate::error::chain(&err),
     });
     exit_immediately(127)
 }

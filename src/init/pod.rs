@@ -29,6 +29,27 @@ pub const GID: u32 = 65535;
 /// only: any directory every host has; the host's view is unchanged.
 const SCRATCH: &str = "/proc";
 
+/// Why the pod init could not give up its privileges.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed; `what` names it and its object.
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        errno: nix::Error,
+    },
+    #[error(transparent)]
+    Caps(#[from] crate::sys::Error),
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
+    move |errno| Error::Sys {
+        what: what.into(),
+        errno,
+    }
+}
+
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never
 /// missed: its signal stays pending for `sigwait`.
@@ -42,7 +63,7 @@ pub fn run() -> ! {
     if let Err(e) = isolate() {
         // The monitor sees the init end and marks the sandbox NOTREADY; a
         // pod init that could not shed root must not run.
-        eprintln!("crius-init: {e}");
+        eprintln!("crius-init: {}", crate::error::chain(&e));
         exit_immediately(125);
     }
     let mut chld = SigSet::empty();
@@ -86,10 +107,10 @@ fn unprivileged_id(map: &str, want: u32) -> u32 {
 /// the order that keeps the needed privilege until its last use: mounts,
 /// then the bounding set (needs CAP_SETPCAP), then the ids (which clear
 /// the permitted and effective sets), then no_new_privs and dumpable.
-pub fn isolate() -> Result<(), String> {
+pub fn isolate() -> Result<(), Error> {
     // 1. A mount namespace of its own, detached from the host's.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("unshare the mount namespace: {e}"))?;
+        .map_err(sys("unshare the mount namespace"))?;
     nix::mount::mount(
         None::<&str>,
         "/",
@@ -97,7 +118,7 @@ pub fn isolate() -> Result<(), String> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| format!("make mounts private: {e}"))?;
+    .map_err(sys("make mounts private"))?;
     // 2. An empty tmpfs becomes the root; the old root is detached.
     let scratch = Path::new(SCRATCH);
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -108,12 +129,11 @@ pub fn isolate() -> Result<(), String> {
         flags,
         Some("size=4k,mode=0555"),
     )
-    .map_err(|e| format!("mount an empty root: {e}"))?;
-    nix::unistd::chdir(scratch).map_err(|e| format!("enter the empty root: {e}"))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    nix::mount::umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| format!("detach the host's root: {e}"))?;
-    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    .map_err(sys("mount an empty root"))?;
+    nix::unistd::chdir(scratch).map_err(sys("enter the empty root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root"))?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's root"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     nix::mount::mount(
         None::<&str>,
         "/",
@@ -121,21 +141,21 @@ pub fn isolate() -> Result<(), String> {
         flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
         None::<&str>,
     )
-    .map_err(|e| format!("make the empty root read-only: {e}"))?;
+    .map_err(sys("make the empty root read-only"))?;
     // 3. No capability can ever come back.
-    crate::sys::caps::apply_bounding(0).map_err(|e| crate::error::chain(&e))?;
+    crate::sys::caps::apply_bounding(0)?;
     // 4. Unprivileged ids: setuid away from 0 clears the permitted,
     //    effective and ambient sets.
-    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
     let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
     let gid = unprivileged_id(&read("/proc/self/gid_map"), GID);
     let uid = unprivileged_id(&read("/proc/self/uid_map"), UID);
     let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
-    nix::unistd::setresgid(g, g, g).map_err(|e| format!("setresgid {gid}: {e}"))?;
-    nix::unistd::setresuid(u, u, u).map_err(|e| format!("setresuid {uid}: {e}"))?;
+    nix::unistd::setresgid(g, g, g).map_err(sys(format!("setresgid {gid}")))?;
+    nix::unistd::setresuid(u, u, u).map_err(sys(format!("setresuid {uid}")))?;
     // 5. Nothing gained by exec, nothing readable through ptrace or /proc.
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("non-dumpable: {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(sys("no_new_privs"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(sys("non-dumpable"))?;
     Ok(())
 }
 

@@ -16,16 +16,44 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigSet, Signal};
-use oci_spec::runtime::Process;
 
 use crate::init::user::GroupsPolicy;
-use crate::monitor::protocol::SeccompFilter as Filter;
+use crate::monitor::protocol::{Process, SeccompFilter as Filter};
 use crate::monitor::sync::{Message, Step};
 use crate::record::step::{TEST_PAUSE_ENV, TEST_PAUSE_SECS_ENV};
 use crate::sys::caps;
 use crate::sys::process::{
     SingleThreaded, default_signals, exit_immediately, install_fds, set_controlling_tty,
 };
+
+/// Why a setup operation failed; the message names the operation and its
+/// path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed; `what` names it and its object.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sys(#[from] crate::sys::Error),
+    #[error(transparent)]
+    User(#[from] crate::init::user::Error),
+    /// What the process asks for cannot be done here (a NUL byte, a
+    /// command not found, a cwd outside the root...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// `what` failed with the io or nix error it is given.
+fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
+    move |e| Error::Io {
+        what: what.into(),
+        source: e.into(),
+    }
+}
 
 /// The standard streams a container process gets.
 pub struct Stdio {
@@ -51,14 +79,14 @@ impl Sync {
     }
 
     /// Sends `message` with `fd` attached (SCM_RIGHTS).
-    fn send_fd(&mut self, message: &Message, fd: &OwnedFd) -> Result<(), String> {
+    fn send_fd(&mut self, message: &Message, fd: &OwnedFd) -> Result<(), Error> {
         use std::os::fd::{AsFd, AsRawFd};
         let data = message.encode();
         let n = crate::sys::fds::send_with_fds(self.0.as_fd(), data.as_bytes(), &[fd.as_raw_fd()])
-            .map_err(|e| format!("hand the terminal to the monitor: {e}"))?;
+            .map_err(io("hand the terminal to the monitor"))?;
         self.0
             .write_all(&data.as_bytes()[n..])
-            .map_err(|e| format!("hand the terminal to the monitor: {e}"))
+            .map_err(io("hand the terminal to the monitor"))
     }
 
     /// Reports a failed step and ends the process.
@@ -68,6 +96,12 @@ impl Sync {
             message: message.to_string(),
         });
         exit_immediately(1)
+    }
+
+    /// Reports a step failed with `error` (and its sources) and ends the
+    /// process.
+    pub fn failed(&mut self, step: Step, error: &dyn std::error::Error) -> ! {
+        self.fail(step, &crate::error::chain(error))
     }
 
     /// Blocks until the monitor says `start`; ends the process when the
@@ -135,19 +169,18 @@ pub fn non_dumpable() {
 /// Joins the user namespace `fd` and takes its ids 0 (ours, the host's
 /// root ids, are not mapped there); the capabilities setns(2) grants in
 /// the namespace are then narrowed by [`finalize`] as anywhere else.
-pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), String> {
-    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| format!("setns user: {e}"))?;
+pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), Error> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWUSER).map_err(io("setns user"))?;
     crate::sys::process::become_root_in_user_namespace()
-        .map_err(|e| format!("take ids 0 in the user namespace: {e}"))
+        .map_err(io("take ids 0 in the user namespace"))
 }
 
 /// Writes our pid into each cgroup.procs file (before joining namespaces:
 /// the files are host paths).
-pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), String> {
+pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), Error> {
     let pid = std::process::id().to_string();
     for p in procs {
-        std::fs::write(p, &pid).map_err(|e| format!("write {}: {e}", p.display()))?;
+        std::fs::write(p, &pid).map_err(io(format!("write {}", p.display())))?;
     }
     Ok(())
 }
@@ -155,7 +188,7 @@ pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), String> {
 /// The working directory: created when missing (`create`), entered, and
 /// checked to be reachable from our root (a cwd outside the root reads as
 /// "(unreachable)").
-pub fn enter_cwd(cwd: &Path, create: bool) -> Result<(), String> {
+pub fn enter_cwd(cwd: &Path, create: bool) -> Result<(), Error> {
     if create {
         // 0755 whatever the umask (the rootfs setup runs with umask 0).
         use std::os::unix::fs::DirBuilderExt;
@@ -163,12 +196,15 @@ pub fn enter_cwd(cwd: &Path, create: bool) -> Result<(), String> {
             .recursive(true)
             .mode(0o755)
             .create(cwd)
-            .map_err(|e| format!("create {}: {e}", cwd.display()))?;
+            .map_err(io(format!("create {}", cwd.display())))?;
     }
-    nix::unistd::chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
+    nix::unistd::chdir(cwd).map_err(io(format!("chdir {}", cwd.display())))?;
     match nix::unistd::getcwd() {
         Ok(p) if p.is_absolute() => Ok(()),
-        _ => Err(format!("{} is outside the container's root", cwd.display())),
+        _ => Err(Error::Refused(format!(
+            "{} is outside the container's root",
+            cwd.display()
+        ))),
     }
 }
 
@@ -194,21 +230,22 @@ fn rlimit_resource(name: &str) -> Option<Resource> {
     })
 }
 
-fn rlimits(process: &Process) -> Result<(), String> {
-    for r in process.rlimits().as_deref().unwrap_or_default() {
-        let name = r.typ().to_string();
-        let res = rlimit_resource(&name).ok_or_else(|| format!("unknown rlimit {name}"))?;
-        setrlimit(res, r.soft(), r.hard()).map_err(|e| format!("setrlimit {name}: {e}"))?;
+fn rlimits(process: &Process) -> Result<(), Error> {
+    for r in &process.rlimits {
+        let name = &r.resource;
+        let res = rlimit_resource(name)
+            .ok_or_else(|| Error::Refused(format!("unknown rlimit {name}")))?;
+        setrlimit(res, r.soft, r.hard).map_err(io(format!("setrlimit {name}")))?;
     }
     Ok(())
 }
 
 /// The process's oom_score_adj; the daemon already raised a value below
 /// its own when it lacks CAP_SYS_RESOURCE, so a refusal is an error.
-fn oom_score_adj(process: &Process) -> Result<(), String> {
-    match process.oom_score_adj() {
+fn oom_score_adj(process: &Process) -> Result<(), Error> {
+    match process.oom_score_adj {
         Some(adj) => std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| format!("write {adj} to /proc/self/oom_score_adj: {e}")),
+            .map_err(io(format!("write {adj} to /proc/self/oom_score_adj"))),
         None => Ok(()),
     }
 }
@@ -222,12 +259,12 @@ pub struct Exec {
     late_seccomp: Option<Filter>,
 }
 
-fn cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
-    CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, Error> {
+    CString::new(bytes).map_err(|_| Error::Refused(format!("{what} holds a NUL byte")))
 }
 
 /// Finds `name` as execvp would, in the PATH of `env`.
-fn look_path(name: &str, env: &[Vec<u8>]) -> Result<PathBuf, String> {
+fn look_path(name: &str, env: &[Vec<u8>]) -> Result<PathBuf, Error> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -237,9 +274,9 @@ fn look_path(name: &str, env: &[Vec<u8>]) -> Result<PathBuf, String> {
         return if executable(&p) {
             Ok(p)
         } else if p.exists() {
-            Err(format!("{name}: permission denied"))
+            Err(Error::Refused(format!("{name}: permission denied")))
         } else {
-            Err(format!("{name}: no such file or directory"))
+            Err(Error::Refused(format!("{name}: no such file or directory")))
         };
     }
     let path = env
@@ -253,13 +290,15 @@ fn look_path(name: &str, env: &[Vec<u8>]) -> Result<PathBuf, String> {
             return Ok(p);
         }
     }
-    Err(format!("{name}: executable file not found in $PATH"))
+    Err(Error::Refused(format!(
+        "{name}: executable file not found in $PATH"
+    )))
 }
 
 /// Asks for the AppArmor profile `name` at the coming execve, through the
 /// process's own attr file, checked to be procfs (a container mount could
 /// cover /proc with something that swallows the write).
-fn apparmor_on_exec(name: &str) -> Result<(), String> {
+fn apparmor_on_exec(name: &str) -> Result<(), Error> {
     use std::io::Write as _;
     let path = [
         "/proc/thread-self/attr/apparmor/exec",
@@ -267,17 +306,17 @@ fn apparmor_on_exec(name: &str) -> Result<(), String> {
     ]
     .into_iter()
     .find(|p| Path::new(p).exists())
-    .ok_or("no AppArmor attr file under /proc/thread-self")?;
+    .ok_or_else(|| Error::Refused("no AppArmor attr file under /proc/thread-self".into()))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(|e| format!("open {path}: {e}"))?;
-    let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| format!("statfs {path}: {e}"))?;
+        .map_err(io(format!("open {path}")))?;
+    let fs = nix::sys::statfs::fstatfs(&f).map_err(io(format!("statfs {path}")))?;
     if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
-        return Err(format!("{path} is not on procfs"));
+        return Err(Error::Refused(format!("{path} is not on procfs")));
     }
     f.write_all(format!("exec {name}").as_bytes())
-        .map_err(|e| format!("write {path}: {e}"))
+        .map_err(io(format!("write {path}")))
 }
 
 /// The credentials and capabilities of the container's process, applied to
@@ -292,46 +331,46 @@ pub fn finalize(
     user: &str,
     groups: GroupsPolicy,
     seccomp: Option<&Filter>,
-) -> Result<Exec, (Step, String)> {
+) -> Result<Exec, (Step, Error)> {
     rlimits(process).map_err(|e| (Step::Rlimits, e))?;
     oom_score_adj(process).map_err(|e| (Step::OomScoreAdj, e))?;
-    let supplemental = process.user().additional_gids().clone().unwrap_or_default();
-    let id = crate::init::user::resolve(Path::new("/"), user, &supplemental, groups)
-        .map_err(|e| (Step::User, e.to_string()))?;
-    if let Some(profile) = process.apparmor_profile() {
+    let id = crate::init::user::resolve(Path::new("/"), user, &process.additional_gids, groups)
+        .map_err(|e| (Step::User, e.into()))?;
+    if let Some(profile) = &process.apparmor_profile {
         apparmor_on_exec(profile).map_err(|e| (Step::AppArmor, e))?;
     }
-    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    let no_new_privs = process.no_new_privileges;
     if no_new_privs {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| (Step::NoNewPrivs, e.to_string()))?;
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(|e| (Step::NoNewPrivs, io("no_new_privs")(e)))?;
     }
     if let Some(f) = seccomp.filter(|_| !no_new_privs) {
-        crate::sys::seccomp::load(&f.program, f.flags)
-            .map_err(|e| (Step::Seccomp, crate::error::chain(&e)))?;
+        crate::sys::seccomp::load(&f.program, f.flags).map_err(|e| (Step::Seccomp, e.into()))?;
     }
-    let sets = caps::Sets::from_spec(process.capabilities().as_ref());
-    caps::apply_bounding(sets.bounding)
-        .map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
-    caps::keep_caps(true).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+    let sets = process.capabilities.held_only();
+    caps::apply_bounding(sets.bounding).map_err(|e| (Step::Capabilities, e.into()))?;
+    caps::keep_caps(true).map_err(|e| (Step::Capabilities, e.into()))?;
     stdio_to_user(id.uid);
     let groups: Vec<nix::unistd::Gid> = id
         .additional_gids
         .iter()
         .map(|&g| nix::unistd::Gid::from_raw(g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| (Step::User, format!("setgroups: {e}")))?;
+    nix::unistd::setgroups(&groups).map_err(|e| (Step::User, io("setgroups")(e)))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid))
-        .map_err(|e| (Step::User, format!("setgid {}: {e}", id.gid)))?;
+        .map_err(|e| (Step::User, io(format!("setgid {}", id.gid))(e)))?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid))
-        .map_err(|e| (Step::User, format!("setuid {}: {e}", id.uid)))?;
-    caps::keep_caps(false).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
-    caps::apply(&sets).map_err(|e| (Step::Capabilities, crate::error::chain(&e)))?;
+        .map_err(|e| (Step::User, io(format!("setuid {}", id.uid))(e)))?;
+    caps::keep_caps(false).map_err(|e| (Step::Capabilities, e.into()))?;
+    caps::apply(&sets).map_err(|e| (Step::Capabilities, e.into()))?;
 
     let mut env: Vec<Vec<u8>> = env.to_vec();
     if !env.iter().any(|e| e.starts_with(b"HOME=")) {
         env.push(format!("HOME={}", id.home).into_bytes());
     }
-    let first = args.first().ok_or((Step::Exec, "no command".to_string()))?;
+    let first = args
+        .first()
+        .ok_or_else(|| (Step::Exec, Error::Refused("no command".into())))?;
     let path = look_path(first, &env).map_err(|e| (Step::Exec, e))?;
     Ok(Exec {
         path: cstring(path.as_os_str().as_bytes(), "the command").map_err(|e| (Step::Exec, e))?,
@@ -353,15 +392,14 @@ pub fn finalize(
 /// it is in (the container's, never the host's): the master goes to the
 /// monitor over the sync socket (line `pty`), the slave becomes stdin,
 /// stdout, stderr and the controlling terminal of the (new) session.
-pub fn terminal(sync: &mut Sync) -> Result<(), String> {
-    let pty =
-        crate::sys::pty::open(Path::new("/dev/pts/ptmx")).map_err(|e| crate::error::chain(&e))?;
+pub fn terminal(sync: &mut Sync) -> Result<(), Error> {
+    let pty = crate::sys::pty::open(Path::new("/dev/pts/ptmx"))?;
     sync.send_fd(&Message::Pty, &pty.master)?;
     drop(pty.master);
     nix::unistd::dup2_stdin(&pty.slave)
         .and_then(|()| nix::unistd::dup2_stdout(&pty.slave))
         .and_then(|()| nix::unistd::dup2_stderr(&pty.slave))
-        .map_err(|e| format!("terminal onto stdio: {e}"))?;
+        .map_err(io("terminal onto stdio"))?;
     drop(pty.slave);
     controlling_tty()
 }
@@ -389,22 +427,22 @@ fn stdio_to_user(uid: u32) {
 }
 
 /// Makes stdin the controlling terminal of the (new) session.
-fn controlling_tty() -> Result<(), String> {
-    set_controlling_tty(std::io::stdin().as_fd()).map_err(|e| crate::error::chain(&e))
+fn controlling_tty() -> Result<(), Error> {
+    Ok(set_controlling_tty(std::io::stdin().as_fd())?)
 }
 
 /// Restores what the monitor changed and a program expects at its start
 /// (the signal mask, ignored signals, the umask), then execve. Returns
 /// only on failure.
-pub fn exec(e: &Exec) -> String {
+pub fn exec(e: &Exec) -> Error {
     let _ = SigSet::all().thread_unblock();
     default_signals(&[Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE]);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     if let Some(f) = &e.late_seccomp
         && let Err(err) = crate::sys::seccomp::load(&f.program, f.flags)
     {
-        return crate::error::chain(&err);
+        return err.into();
     }
     let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
-    format!("{}: {err}", e.path.to_string_lossy())
+    io(e.path.to_string_lossy())(err)
 }

@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::PathBuf;
 
-use crate::init::rootfs::{ImageVolume, Overlay};
+use crate::init::rootfs;
+pub use crate::monitor::process::log::LogPath;
 use crate::monitor::sync::Step;
+use crate::sys::caps::Sets;
+use crate::sys::ns::Kind;
 use crate::sys::process::ProcRef;
 
 /// The version this build speaks (2: containers and execs; 3: a container
@@ -23,8 +26,14 @@ use crate::sys::process::ProcRef;
 /// monitor would silently ignore; 4: image volumes and recursive read-only
 /// binds, which a version 3 monitor would silently skip or make plain
 /// read-only; 5: attach and resize of a container's own stdio, terminals
-/// from the container's devpts).
-pub const VERSION: u32 = 5;
+/// from the container's devpts; 6: a container launch is the compact
+/// [`ContainerLaunch`] (rootfs plan, namespaces, process settings) the
+/// daemon builds from the OCI Spec, no longer the Spec itself, so the
+/// monitor links no OCI types. A daemon sends monitors of 5 and older the
+/// Spec-carrying launch they know, `monitor::client::Launch`).
+pub const VERSION: u32 = 6;
+/// The first version whose `create_container` takes the compact launch.
+pub const COMPACT_LAUNCH_VERSION: u32 = 6;
 /// The first version that serves `attach_container`.
 pub const ATTACH_VERSION: u32 = 5;
 /// The first version that applies a launch's seccomp filter and groups
@@ -172,35 +181,41 @@ pub enum Reply {
 }
 
 /// Everything the monitor needs to create a container's init, blocked
-/// before execve.
+/// before execve (protocol 6 and later): what the init does, decided by the
+/// daemon from the container's OCI Spec (`monitor::client::Launch`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerLaunch {
     pub id: String,
-    /// From `container::spec::build`; `root.path` is the rootfs mount point.
-    pub spec: oci_spec::runtime::Spec,
+    /// The rootfs mount point (host path).
+    pub root: PathBuf,
+    /// Namespaces stage 1 joins by path, in order (the pod's user
+    /// namespace is not among them: see `userns`).
+    pub join: Vec<(PathBuf, Kind)>,
+    /// Namespaces stage 1 creates besides the container's own mount
+    /// namespace (always created).
+    pub create: Vec<Kind>,
+    /// The pod's user namespace pin, joined by stage 2 once its mounts are
+    /// made.
+    pub userns: Option<PathBuf>,
+    /// The rootfs plan (`init::rootfs::plan`), executed by stage 2.
+    pub rootfs: Vec<rootfs::Step>,
+    /// The process settings, shared by the container's exec processes.
+    pub process: Process,
     /// The process environment, exact bytes, `KEY=value` each.
     pub env: Vec<Vec<u8>>,
     /// Resolved inside the rootfs by the init ([`crate::init::user`]).
     pub user: String,
     /// Where `user`'s supplemental groups come from.
-    #[serde(default)]
     pub groups: crate::init::user::GroupsPolicy,
     /// The compiled seccomp filter, loaded by the init and every exec
     /// process; `None`: unconfined.
-    #[serde(default)]
     pub seccomp: Option<SeccompFilter>,
-    pub overlay: Overlay,
-    /// Images mounted as volumes (absent from older daemons: none).
-    #[serde(default)]
-    pub volumes: Vec<ImageVolume>,
     /// cgroup.procs files of the container's leaf, one per hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
     /// The CRI log file; `None`: output is read and dropped.
     pub log_path: Option<PathBuf>,
     /// The pod's log directory: `log_path` is opened beneath it, never
-    /// following a symlink out (absent from older daemons: the file's own
-    /// directory).
-    #[serde(default)]
+    /// following a symlink out.
     pub log_dir: Option<PathBuf>,
     pub tty: bool,
     pub stdin: bool,
@@ -208,27 +223,55 @@ pub struct ContainerLaunch {
 }
 
 impl ContainerLaunch {
-    /// Whether a monitor older than [`MOUNTS_VERSION`] would get this
-    /// launch wrong: it has image volumes or a recursive read-only bind.
-    pub fn needs_mounts_version(&self) -> bool {
-        let rro = self
-            .spec
-            .mounts()
-            .iter()
-            .flatten()
-            .any(|m| m.options().iter().flatten().any(|o| o.as_str() == "rro"));
-        rro || !self.volumes.is_empty()
-    }
-
     /// The log file as a path beneath its directory.
-    pub fn log_file(&self) -> Option<crate::monitor::process::log::LogPath> {
-        let full = self.log_path.as_ref()?;
-        let (dir, rel) = match &self.log_dir {
-            Some(dir) => (dir.clone(), full.strip_prefix(dir).ok()?.to_path_buf()),
-            None => (full.parent()?.to_path_buf(), full.file_name()?.into()),
-        };
-        Some(crate::monitor::process::log::LogPath { dir, rel })
+    pub fn log_file(&self) -> Option<LogPath> {
+        log_file(self.log_path.as_deref(), self.log_dir.as_deref())
     }
+}
+
+/// The CRI log file `log_path` as a path beneath `log_dir` (absent: the
+/// file's own directory); `None` without a log file or when it is not
+/// beneath `log_dir`.
+pub fn log_file(
+    log_path: Option<&std::path::Path>,
+    log_dir: Option<&std::path::Path>,
+) -> Option<LogPath> {
+    let full = log_path?;
+    let (dir, rel) = match log_dir {
+        Some(dir) => (
+            dir.to_path_buf(),
+            full.strip_prefix(dir).ok()?.to_path_buf(),
+        ),
+        None => (full.parent()?.to_path_buf(), full.file_name()?.into()),
+    };
+    Some(LogPath { dir, rel })
+}
+
+/// The settings of a container's process (OCI `process`), applied by its
+/// init and by every exec process in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub args: Vec<String>,
+    /// The working directory inside the container.
+    pub cwd: PathBuf,
+    pub rlimits: Vec<Rlimit>,
+    pub oom_score_adj: Option<i32>,
+    pub apparmor_profile: Option<String>,
+    pub no_new_privileges: bool,
+    /// The capability sets asked for (kernel numbers as bits); the process
+    /// keeps those it holds.
+    pub capabilities: Sets,
+    /// Supplemental groups asked for besides the user's.
+    pub additional_gids: Vec<u32>,
+}
+
+/// One resource limit (setrlimit(2)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// The OCI name: `RLIMIT_NOFILE`...
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// A process to run in a running container, with the container's user,
@@ -338,6 +381,77 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"reply":"error","message":"x"}"#
         );
+    }
+
+    /// Lines of protocol 5 (the monitor of crius before protocol 6, main
+    /// at ecfda08), written from that version's types: what a monitor
+    /// started by that crius answers, and what it reads. A daemon of this
+    /// build reattaches to such monitors after an upgrade, so it must read
+    /// every reply and send every request other than `create_container`
+    /// (see `client::container`'s tests for that one) byte for byte as
+    /// they were.
+    const V5_REPLIES: [&str; 10] = [
+        r#"{"reply":"hello","version":5,"monitor":{"pid":41,"start_time":7}}"#,
+        r#"{"reply":"status","init":{"pid":42,"start_time":8},"init_exit":null}"#,
+        r#"{"reply":"status","init":null,"init_exit":{"pid":42,"exit_code":137,"signal":9,"finished_at":1700000000000000000}}"#,
+        r#"{"reply":"ok"}"#,
+        r#"{"reply":"error","message":"hello first"}"#,
+        r#"{"reply":"failed","step":"mount /data","message":"mount /h on /r/data: EPERM"}"#,
+        r#"{"reply":"created","init":{"pid":43,"start_time":9}}"#,
+        r#"{"reply":"exited","exit":{"pid":43,"exit_code":0,"signal":null,"finished_at":5}}"#,
+        r#"{"reply":"exec_started","process":{"pid":44,"start_time":10},"fds":2}"#,
+        r#"{"reply":"attached","fds":3,"stdin":false,"tty":false}"#,
+    ];
+
+    const V5_REQUESTS: [&str; 12] = [
+        r#"{"op":"hello","version":5}"#,
+        r#"{"op":"status"}"#,
+        r#"{"op":"shutdown"}"#,
+        r#"{"op":"start_container","id":"c"}"#,
+        r#"{"op":"signal_container","id":"c","signal":15}"#,
+        r#"{"op":"wait_container","id":"c"}"#,
+        r#"{"op":"reopen_container_log","id":"c"}"#,
+        r#"{"op":"remove_container","id":"c"}"#,
+        r#"{"op":"exec","launch":{"exec_id":"e","container_id":"c","args":["ls"],"tty":false,"stdin":true,"cgroup_procs":["/sys/fs/cgroup/x/cgroup.procs"]}}"#,
+        r#"{"op":"wait_exec","id":"e"}"#,
+        r#"{"op":"signal_exec","id":"e","signal":9}"#,
+        r#"{"op":"attach_container","id":"c","stdin":true}"#,
+    ];
+
+    #[test]
+    fn protocol_5_replies_and_requests_are_unchanged() {
+        for line in V5_REPLIES {
+            let reply: Reply = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&reply).unwrap(), line);
+        }
+        let failed: Reply = serde_json::from_str(V5_REPLIES[5]).unwrap();
+        assert!(
+            matches!(&failed, Reply::Failed { step: Step::Mount(p), .. } if p == "/data"),
+            "{failed:?}"
+        );
+        // Every request but hello's version and create_container reads
+        // and writes as protocol 5 had it (hello says 6 now, which a
+        // protocol 5 monitor accepts: it checks only the minimum).
+        for line in V5_REQUESTS {
+            let req: Request = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&req).unwrap(), line);
+        }
+        // The files a protocol 5 monitor writes: its pid, exits.
+        let me: ProcRef = serde_json::from_str(r#"{"pid":41,"start_time":7}"#).unwrap();
+        assert_eq!(me.pid, 41);
+        let exit: Exit =
+            serde_json::from_str(r#"{"pid":42,"exit_code":1,"signal":null,"finished_at":3}"#)
+                .unwrap();
+        assert_eq!((exit.exit_code, exit.signal), (1, None));
+    }
+
+    #[test]
+    fn a_protocol_5_create_container_is_refused_by_name() {
+        // What a daemon of protocol 5 sends (a launch with a Spec): this
+        // monitor cannot run it and says so instead of guessing.
+        let line = r#"{"op":"create_container","launch":{"id":"c","spec":{"ociVersion":"1.0.2"},"env":[],"user":"0","overlay":{"layers":[],"upper":"/u","work":"/w"},"cgroup_procs":[],"log_path":null,"tty":false,"stdin":false,"stdin_once":false}}"#;
+        let err = serde_json::from_str::<Request>(line).unwrap_err();
+        assert!(err.to_string().contains("missing field"), "{err}");
     }
 
     #[test]

@@ -161,10 +161,14 @@ impl Pods {
         let cg = self.cgroups.clone();
         let path = rec.cgroup.clone().expect("set by intent");
         let res = pod_resources(&rec.spec);
-        rec.cgroup_created = blocking(move || cg.create(&path, &res))
+        let created = blocking(move || cg.create(&path, &res))
             .await
             .map_err(step("create pod cgroup"))?;
-        self.records.put(rec).map_err(step("create pod cgroup"))?;
+        // The intent assumed the cgroup is crius's when it did not exist.
+        if created != rec.cgroup_created {
+            rec.cgroup_created = created;
+            self.records.put(rec).map_err(step("create pod cgroup"))?;
+        }
 
         // 4. The monitor: namespaces, sysctls, pod init, /dev/shm.
         pause_point("start pod monitor").await;
@@ -179,7 +183,11 @@ impl Pods {
         rec.monitor = Some(started.monitor);
         rec.init = started.init;
         self.watch(&rec.id, started.monitor);
-        self.records.put(rec).map_err(step("record pod monitor"))?;
+        // Lazy: a rollback from the intent finds the monitor by its pid
+        // file and the pod init through the monitor and the pod cgroup.
+        self.records
+            .put_lazy(rec)
+            .map_err(step("record pod monitor"))?;
         self.move_to_monitors_cgroup(started.monitor).await;
 
         // 5. The pod init's own leaf cgroup under the pod cgroup.
@@ -216,7 +224,10 @@ impl Pods {
                     .collect(),
                 result: status.result,
             });
-            self.records.put(rec).map_err(step("set up pod network"))?;
+            // Lazy: the CNI cache holds the result for a rollback's DEL.
+            self.records
+                .put_lazy(rec)
+                .map_err(step("set up pod network"))?;
         }
 
         // 7. The files containers will mount.
@@ -228,7 +239,9 @@ impl Pods {
         pause_point("record pod").await;
         rec.state = State::Ready;
         rec.finished_at = now_ns();
-        self.records.put(rec).map_err(step("record pod"))?;
+        // Durable with the claim's commit; unclaimed, it is rolled back
+        // after a crash.
+        self.records.put_lazy(rec).map_err(step("record pod"))?;
         Ok(())
     }
 

@@ -40,19 +40,25 @@ impl Pods {
         let Some(mut rec) = self.records.get(id)? else {
             return Ok(());
         };
-        if rec.state == State::Ready {
+        let was_ready = rec.state == State::Ready;
+        if was_ready {
             // NOTREADY first: the watcher then knows the monitor's end is
-            // expected.
+            // expected. Lazy: the durable write below follows; after a
+            // crash in between, the start finds the monitor gone.
             rec.state = State::NotReady;
             rec.reason = "stopped".into();
-            self.records.put(&rec)?;
+            self.records.put_lazy(&rec)?;
             if rec.visible() {
                 self.events.pod(Type::Stopped, &rec);
             }
         }
         self.teardown(&rec, true).await?;
-        rec.monitor = None;
-        self.records.put(&rec)?;
+        // A stopped pod's record already says so (RemovePodSandbox after
+        // StopPodSandbox): no write.
+        if was_ready || rec.monitor.is_some() {
+            rec.monitor = None;
+            self.records.put(&rec)?;
+        }
         tracing::info!(pod_id = %id, "pod sandbox stopped");
         Ok(())
     }

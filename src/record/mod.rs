@@ -14,6 +14,13 @@
 //! caller can still be waiting, so intents and unclaimed records are both
 //! rolled back.
 //!
+//! Durability: the intent and the claim are durable writes (an fsync
+//! each); the steps between them record their progress with lazy writes
+//! ([`Records::put_lazy`]), which the claim's commit makes durable. After
+//! a crash before the claim, the record is an intent or unclaimed, so
+//! [`reconcile`] rolls it back from whatever was durable: the intent
+//! alone names everything a rollback must undo.
+//!
 //! Crash points for the e2e tests ([`pause_point`]) and the error of a
 //! named creation step ([`StepFailed`]) live here too.
 
@@ -143,6 +150,13 @@ impl<R: Record, E: RecordError> Records<R, E> {
 
     pub fn put(&self, rec: &R) -> store::Result<()> {
         self.store.put(R::TABLE, rec.id(), rec)
+    }
+
+    /// Writes a creation's progress between its durable intent and its
+    /// durable claim without an fsync of its own ([`Store::write_lazy`]):
+    /// a crash in between rolls the creation back from the intent anyway.
+    pub fn put_lazy(&self, rec: &R) -> store::Result<()> {
+        self.store.put_lazy(R::TABLE, rec.id(), rec)
     }
 
     pub fn delete(&self, id: &str) -> store::Result<bool> {

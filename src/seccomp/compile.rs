@@ -69,6 +69,38 @@ pub fn cap_key(name: &str) -> String {
 
 const MAX_ERRNO: u32 = 4095;
 
+/// Why a field of a profile is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("seccomp notify agents are not supported")]
+    Listener,
+    #[error("no syscall names")]
+    NoNames,
+    #[error("errno {0} is not between 1 and {MAX_ERRNO}")]
+    Errno(u32),
+    #[error("SCMP_ACT_NOTIFY needs a seccomp agent, which crius does not support")]
+    Notify,
+    #[error("unknown action {0:?}")]
+    Action(String),
+    #[error("{field} is only allowed with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not {action}")]
+    ErrnoWithout { field: &'static str, action: String },
+    #[error("unsupported flag {0:?}")]
+    Flag(String),
+    #[error("unknown architecture {0:?}")]
+    Arch(String),
+    #[error("give either architectures or archMap, not both")]
+    ArchitecturesAndArchMap,
+    #[error("index {0} is not a syscall argument (0-5)")]
+    ArgIndex(u32),
+    #[error("unknown operator {0:?}")]
+    Operator(String),
+    #[error("{which}.minKernel {version:?} is not a kernel version")]
+    MinKernel {
+        which: &'static str,
+        version: String,
+    },
+}
+
 /// Compiles `profile` for a container holding `caps` (names as
 /// [`cap_key`] makes them) on `host`. `origin` names the profile in errors.
 pub fn compile(
@@ -77,7 +109,7 @@ pub fn compile(
     caps: &HashSet<String>,
     host: &Host,
 ) -> Result<Filter, Error> {
-    let invalid = |field: String, reason: String| Error::Invalid {
+    let invalid = |field: String, reason: Reason| Error::Invalid {
         origin: origin.to_string(),
         field,
         reason,
@@ -91,10 +123,7 @@ pub fn compile(
         }
     };
     if profile.listener_path.is_some() || profile.listener_metadata.is_some() {
-        return Err(invalid(
-            "listenerPath".into(),
-            "seccomp notify agents are not supported".into(),
-        ));
+        return Err(invalid("listenerPath".into(), Reason::Listener));
     }
     let default = action(
         &profile.default_action,
@@ -112,7 +141,7 @@ pub fn compile(
     for (i, rule) in profile.syscalls.iter().enumerate() {
         let field = format!("syscalls[{i}]");
         if rule.all_names().next().is_none() {
-            return Err(invalid(field, "no syscall names".into()));
+            return Err(invalid(field, Reason::NoNames));
         }
         let act = action(&rule.action, rule.errno_ret, "action")
             .map_err(|reason| invalid(format!("{field}.action"), reason))?;
@@ -152,12 +181,12 @@ pub fn compile(
 }
 
 /// An action name (with its errno for ERRNO and TRACE) as libseccomp's.
-fn action(name: &str, errno_ret: Option<u32>, field: &str) -> Result<ScmpAction, String> {
-    let errno = || -> Result<u16, String> {
+fn action(name: &str, errno_ret: Option<u32>, field: &str) -> Result<ScmpAction, Reason> {
+    let errno = || -> Result<u16, Reason> {
         match errno_ret {
             None => Ok(libc::EPERM as u16),
             Some(e) if (1..=MAX_ERRNO).contains(&e) => Ok(e as u16),
-            Some(e) => Err(format!("errno {e} is not between 1 and {MAX_ERRNO}")),
+            Some(e) => Err(Reason::Errno(e)),
         }
     };
     let act = match name {
@@ -169,11 +198,9 @@ fn action(name: &str, errno_ret: Option<u32>, field: &str) -> Result<ScmpAction,
         "SCMP_ACT_ALLOW" => ScmpAction::Allow,
         "SCMP_ACT_LOG" => ScmpAction::Log,
         "SCMP_ACT_NOTIFY" => {
-            return Err(
-                "SCMP_ACT_NOTIFY needs a seccomp agent, which crius does not support".into(),
-            );
+            return Err(Reason::Notify);
         }
-        other => return Err(format!("unknown action {other:?}")),
+        other => return Err(Reason::Action(other.to_string())),
     };
     if errno_ret.is_some() && !matches!(act, ScmpAction::Errno(_) | ScmpAction::Trace(_)) {
         let errno_field = if field == "defaultAction" {
@@ -181,22 +208,23 @@ fn action(name: &str, errno_ret: Option<u32>, field: &str) -> Result<ScmpAction,
         } else {
             "errnoRet"
         };
-        return Err(format!(
-            "{errno_field} is only allowed with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not {name}"
-        ));
+        return Err(Reason::ErrnoWithout {
+            field: errno_field,
+            action: name.to_string(),
+        });
     }
     Ok(act)
 }
 
 /// seccomp(2)'s SECCOMP_FILTER_FLAG_* bits for the load.
-fn flags(names: &[String]) -> Result<u32, String> {
+fn flags(names: &[String]) -> Result<u32, Reason> {
     let mut bits = 0;
     for name in names {
         bits |= match name.as_str() {
             "SECCOMP_FILTER_FLAG_TSYNC" => 1,
             "SECCOMP_FILTER_FLAG_LOG" => 2,
             "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => 4,
-            other => return Err(format!("unsupported flag {other:?}")),
+            other => return Err(Reason::Flag(other.to_string())),
         };
     }
     Ok(bits)
@@ -204,17 +232,14 @@ fn flags(names: &[String]) -> Result<u32, String> {
 
 /// The architectures to add besides the native one: `architectures`, or
 /// the `archMap` entry of the native architecture.
-fn architectures(profile: &Profile) -> Result<Vec<(String, ScmpArch)>, (String, String)> {
+fn architectures(profile: &Profile) -> Result<Vec<(String, ScmpArch)>, (String, Reason)> {
     let parse = |field: String, name: &str| {
         ScmpArch::from_str(name)
             .map(|a| (field.clone(), a))
-            .map_err(|_| (field, format!("unknown architecture {name:?}")))
+            .map_err(|_| (field, Reason::Arch(name.to_string())))
     };
     if !profile.architectures.is_empty() && !profile.arch_map.is_empty() {
-        return Err((
-            "archMap".into(),
-            "give either architectures or archMap, not both".into(),
-        ));
+        return Err(("archMap".into(), Reason::ArchitecturesAndArchMap));
     }
     let mut out = Vec::new();
     for (i, name) in profile.architectures.iter().enumerate() {
@@ -233,15 +258,12 @@ fn architectures(profile: &Profile) -> Result<Vec<(String, ScmpArch)>, (String, 
     Ok(out)
 }
 
-fn comparisons(args: &[Arg]) -> Result<Vec<ScmpArgCompare>, (usize, String)> {
+fn comparisons(args: &[Arg]) -> Result<Vec<ScmpArgCompare>, (usize, Reason)> {
     args.iter()
         .enumerate()
         .map(|(j, a)| {
             if a.index > 5 {
-                return Err((
-                    j,
-                    format!("index {} is not a syscall argument (0-5)", a.index),
-                ));
+                return Err((j, Reason::ArgIndex(a.index)));
             }
             let op = match a.op.as_str() {
                 "SCMP_CMP_NE" => ScmpCompareOp::NotEqual,
@@ -258,7 +280,7 @@ fn comparisons(args: &[Arg]) -> Result<Vec<ScmpArgCompare>, (usize, String)> {
                         a.value_two,
                     ));
                 }
-                other => return Err((j, format!("unknown operator {other:?}"))),
+                other => return Err((j, Reason::Operator(other.to_string()))),
             };
             Ok(ScmpArgCompare::new(a.index, op, a.value))
         })
@@ -266,14 +288,17 @@ fn comparisons(args: &[Arg]) -> Result<Vec<ScmpArgCompare>, (usize, String)> {
 }
 
 /// Docker's includes (all must hold) and excludes (any one excludes).
-fn applies(rule: &Rule, caps: &HashSet<String>, host: &Host) -> Result<bool, String> {
-    let kernel_at_least = |c: &Condition, which: &str| -> Result<Option<bool>, String> {
+fn applies(rule: &Rule, caps: &HashSet<String>, host: &Host) -> Result<bool, Reason> {
+    let kernel_at_least = |c: &Condition, which: &'static str| -> Result<Option<bool>, Reason> {
         c.min_kernel
             .as_deref()
             .map(|v| {
                 parse_kernel(v)
                     .map(|min| host.kernel >= min)
-                    .ok_or_else(|| format!("{which}.minKernel {v:?} is not a kernel version"))
+                    .ok_or_else(|| Reason::MinKernel {
+                        which,
+                        version: v.to_string(),
+                    })
             })
             .transpose()
     };

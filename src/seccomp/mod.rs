@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
 
-pub use compile::{Host, cap_key, compile};
+pub use compile::{Host, Reason, cap_key, compile};
 pub use profile::Profile;
 
 use crate::error::{Classify, Kind};
@@ -60,7 +60,7 @@ pub enum Error {
     Invalid {
         origin: String,
         field: String,
-        reason: String,
+        reason: Reason,
     },
     #[error("seccomp profile {origin}: {what}")]
     Compile {

@@ -13,6 +13,16 @@
 //! fsync; each [`Store::write`] still returns only once its changes are
 //! durable, and a write whose closure fails changes nothing (its changes
 //! are buffered in [`Txn`] and applied only when it succeeds).
+//!
+//! Lazy writes ([`Store::write_lazy`], [`Store::put_lazy`]): committed and
+//! visible to every reader when they return, but without an fsync of
+//! their own; they become durable with the next durable commit (redb's
+//! `Durability::None`: a non-durable commit exists only in this process
+//! until then, so a crash, of the process or of the machine, rolls the
+//! database back to the last durable commit). For the steps between a
+//! durable write-ahead intent and the durable claim of a creation: a crash
+//! between the two rolls the creation back from its intent, whatever the
+//! lazy steps recorded. A batch with any durable writer commits durably.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -123,6 +133,8 @@ struct Batch {
     done: u64,
     /// A writer is committing a batch (without holding the lock).
     committing: bool,
+    /// Some writer of batch `next` needs it durable (an fsync).
+    durable: bool,
     /// The last failed commit: its batch and error.
     failed: Option<(u64, Arc<redb::Error>)>,
 }
@@ -292,12 +304,37 @@ impl Store {
     where
         E: From<Error>,
     {
+        self.write_with(true, f)
+    }
+
+    /// Like [`Store::write`], but the commit needs no fsync of its own:
+    /// see "Lazy writes" in the module doc for when that is safe.
+    pub fn write_lazy<R, E>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<Error>,
+    {
+        self.write_with(false, f)
+    }
+
+    /// Writes one record lazily ([`Store::write_lazy`]).
+    pub fn put_lazy<T: Serialize>(&self, table: Table<T>, key: &str, value: &T) -> Result<()> {
+        self.write_lazy(|txn| txn.put(table, key, value))
+    }
+
+    fn write_with<R, E>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<Error>,
+    {
         // Waiting for the lock or an fsync must not stall a runtime worker.
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.write_now(f))
+                tokio::task::block_in_place(|| self.write_now(durable, f))
             }
-            _ => self.write_now(f),
+            _ => self.write_now(durable, f),
         }
     }
 
@@ -309,7 +346,11 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write_now<R, E>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+    fn write_now<R, E>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E>
     where
         E: From<Error>,
     {
@@ -338,6 +379,7 @@ impl Store {
             g.dirty = false;
             let e = Arc::new(e);
             g.failed = Some((mine, e.clone()));
+            g.durable = false;
             g.next += 1;
             g.done = mine + 1;
             self.committed.notify_all();
@@ -345,6 +387,7 @@ impl Store {
         } else {
             g.dirty = true;
         }
+        g.durable |= durable;
         while g.done <= mine {
             if g.committing {
                 g = self
@@ -353,14 +396,22 @@ impl Store {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             }
-            let Some(txn) = g.txn.take() else {
+            let Some(mut txn) = g.txn.take() else {
                 unreachable!("batch {mine} has an open transaction")
             };
             let batch = g.next;
             g.next += 1;
             g.dirty = false;
             g.committing = true;
+            let durability = if std::mem::take(&mut g.durable) {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            };
             drop(g);
+            // Refused only where non-durable commits are unsupported: that
+            // transaction then commits durably, its default.
+            let _ = txn.set_durability(durability);
             let result = txn.commit();
             g = self.lock();
             g.committing = false;
@@ -612,6 +663,32 @@ mod tests {
         assert_eq!(s.get(RECS, "new").unwrap(), Some(Rec { n: 3 }));
     }
 
+    /// A lazy write is visible at once and durable with the next durable
+    /// commit (lazy writes of other records included).
+    #[test]
+    fn lazy_writes_are_visible_and_durable_with_the_next_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_lazy(RECS, "lazy", &Rec { n: 1 }).unwrap();
+            assert_eq!(s.get(RECS, "lazy").unwrap(), Some(Rec { n: 1 }));
+            s.put_lazy(RECS, "lazy", &Rec { n: 2 }).unwrap();
+            let r: Result<(), Error> = s.write_lazy(|t| {
+                t.put(RECS, "failed", &Rec { n: 3 })?;
+                Err(Error::Commit {
+                    source: Arc::new(redb::Error::Corrupted("test".into())),
+                })
+            });
+            assert!(r.is_err());
+            s.put(OTHER, "durable", &Rec { n: 4 }).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.get(RECS, "lazy").unwrap(), Some(Rec { n: 2 }));
+        assert_eq!(s.get(RECS, "failed").unwrap(), None);
+        assert_eq!(s.get(OTHER, "durable").unwrap(), Some(Rec { n: 4 }));
+    }
+
     /// Concurrent writers share commits; each one's changes are visible
     /// when its write returns, and a failing one among them changes nothing.
     #[test]
@@ -634,6 +711,9 @@ mod tests {
                             });
                             assert!(r.is_err());
                             assert_eq!(s.get(RECS, &key).unwrap(), None);
+                        } else if j % 2 == 0 {
+                            s.put_lazy(RECS, &key, &Rec { n: j }).unwrap();
+                            assert_eq!(s.get(RECS, &key).unwrap(), Some(Rec { n: j }));
                         } else {
                             s.put(RECS, &key, &Rec { n: j }).unwrap();
                             assert_eq!(s.get(RECS, &key).unwrap(), Some(Rec { n: j }));
@@ -645,6 +725,8 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        // Lazy writes are durable with the next durable commit.
+        s.put(OTHER, "last", &Rec { n: 0 }).unwrap();
         drop(s);
         let s = Store::open(&path).unwrap();
         assert_eq!(

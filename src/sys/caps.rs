@@ -101,17 +101,17 @@ pub fn held() -> HashSet<u32> {
     (0..=last_cap()).filter(|&c| in_bounding(c)).collect()
 }
 
-/// One set from the Spec as kernel numbers, restricted to `held`.
-fn set(caps: &Option<HashSet<Capability>>, held: &HashSet<u32>) -> u64 {
+/// One set from the Spec as kernel numbers.
+fn set(caps: &Option<HashSet<Capability>>) -> u64 {
     caps.iter()
         .flatten()
         .filter_map(|&c| number(c))
-        .filter(|n| held.contains(n))
+        .filter(|&n| n < 64)
         .fold(0u64, |acc, n| acc | (1u64 << n))
 }
 
 /// The sets a process will get, as bit masks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sets {
     pub bounding: u64,
     pub effective: u64,
@@ -121,18 +121,32 @@ pub struct Sets {
 }
 
 impl Sets {
-    /// The Spec's sets, keeping only what this process holds.
-    pub fn from_spec(caps: Option<&LinuxCapabilities>) -> Sets {
-        let held = held();
+    /// The Spec's sets as asked for.
+    pub fn requested(caps: Option<&LinuxCapabilities>) -> Sets {
         match caps {
             None => Sets::default(),
             Some(c) => Sets {
-                bounding: set(c.bounding(), &held),
-                effective: set(c.effective(), &held),
-                permitted: set(c.permitted(), &held),
-                inheritable: set(c.inheritable(), &held),
-                ambient: set(c.ambient(), &held),
+                bounding: set(c.bounding()),
+                effective: set(c.effective()),
+                permitted: set(c.permitted()),
+                inheritable: set(c.inheritable()),
+                ambient: set(c.ambient()),
             },
+        }
+    }
+
+    /// These sets without the capabilities this process does not hold.
+    pub fn held_only(self) -> Sets {
+        let held = held()
+            .into_iter()
+            .filter(|&n| n < 64)
+            .fold(0u64, |acc, n| acc | (1u64 << n));
+        Sets {
+            bounding: self.bounding & held,
+            effective: self.effective & held,
+            permitted: self.permitted & held,
+            inheritable: self.inheritable & held,
+            ambient: self.ambient & held,
         }
     }
 }
@@ -284,10 +298,13 @@ mod tests {
             )
             .build()
             .unwrap();
-        let s = Sets::from_spec(Some(&caps));
+        let asked = Sets::requested(Some(&caps));
+        let s = asked.held_only();
         let held = held();
         for cap in 0..64 {
             assert_eq!(s.bounding & (1 << cap) != 0, held.contains(&cap));
         }
+        let known = crate::container::spec::ALL_CAPABILITIES.len();
+        assert_eq!(asked.bounding.count_ones() as usize, known);
     }
 }

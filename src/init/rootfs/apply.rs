@@ -15,21 +15,59 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use crate::init::rootfs::{Lower, Node, Step, TargetKind};
 use crate::monitor::sync::Step as SetupStep;
 
-/// A failed step: which one, and why.
-#[derive(Debug)]
-pub struct StepError {
-    pub step: SetupStep,
-    pub message: String,
+/// Why a rootfs operation failed; the message names the operation and its
+/// path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mount {from} on {} ({fstype:?}, {flags:?})", target.display())]
+    Mount {
+        from: String,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        #[source]
+        errno: nix::Error,
+    },
+    /// A system call on a path failed; `what` names both.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sys(#[from] crate::sys::Error),
+    /// The plan asks for something refused or impossible here.
+    #[error("{0}")]
+    Refused(String),
 }
 
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.step, self.message)
+/// `what` failed with the io, nix or rustix error it is given.
+fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
+    move |e| Error::Io {
+        what: what.into(),
+        source: e.into(),
     }
 }
 
-fn fail(step: SetupStep) -> impl FnOnce(String) -> StepError {
-    move |message| StepError { step, message }
+/// A failed step: which one, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct StepError {
+    pub step: SetupStep,
+    #[source]
+    pub error: Error,
+}
+
+impl StepError {
+    /// The reason, with its sources (what the monitor is told).
+    pub fn message(&self) -> String {
+        crate::error::chain(&self.error)
+    }
+}
+
+fn fail(step: SetupStep) -> impl FnOnce(Error) -> StepError {
+    move |error| StepError { step, error }
 }
 
 fn mount(
@@ -38,14 +76,14 @@ fn mount(
     fstype: Option<&str>,
     flags: MsFlags,
     data: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let data = data.filter(|d| !d.is_empty());
-    nix::mount::mount(source, target, fstype, flags, data).map_err(|e| {
-        format!(
-            "mount {} on {} ({fstype:?}, {flags:?}): {e}",
-            source.map(|s| s.display().to_string()).unwrap_or_default(),
-            target.display()
-        )
+    nix::mount::mount(source, target, fstype, flags, data).map_err(|errno| Error::Mount {
+        from: source.map(|s| s.display().to_string()).unwrap_or_default(),
+        target: target.to_path_buf(),
+        fstype: fstype.map(str::to_string),
+        flags,
+        errno,
     })
 }
 
@@ -117,11 +155,11 @@ pub fn check_propagation_sources(steps: &[Step]) -> Result<(), StepError> {
             };
             return Err(StepError {
                 step: SetupStep::Mount(source.display().to_string()),
-                message: format!(
+                error: Error::Refused(format!(
                     "path {} is mounted on {} but it is not a {need} mount",
                     source.display(),
                     point.display()
-                ),
+                )),
             });
         }
     }
@@ -146,7 +184,7 @@ fn open_in_root(root: &OwnedFd, rel: &Path, flags: OFlags) -> rustix::io::Result
 /// Creates `rel` beneath `root` (directories for every missing component,
 /// the last one as `kind`), resolving every component inside the root,
 /// and returns an O_PATH fd of it.
-pub fn create_beneath(root: &OwnedFd, rel: &Path, kind: TargetKind) -> Result<OwnedFd, String> {
+pub fn create_beneath(root: &OwnedFd, rel: &Path, kind: TargetKind) -> Result<OwnedFd, Error> {
     let parts: Vec<&std::ffi::OsStr> = rel
         .components()
         .filter_map(|c| match c {
@@ -157,12 +195,12 @@ pub fn create_beneath(root: &OwnedFd, rel: &Path, kind: TargetKind) -> Result<Ow
     let mut prefix = PathBuf::new();
     for (i, part) in parts.iter().enumerate() {
         let parent = open_in_root(root, &prefix, OFlags::DIRECTORY)
-            .map_err(|e| format!("open {} in the rootfs: {e}", prefix.display()))?;
+            .map_err(io(format!("open {} in the rootfs", prefix.display())))?;
         prefix.push(part);
         match open_in_root(root, &prefix, OFlags::empty()) {
             Ok(_) => continue,
             Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(format!("open {} in the rootfs: {e}", prefix.display())),
+            Err(e) => return Err(io(format!("open {} in the rootfs", prefix.display()))(e)),
         }
         let last = i + 1 == parts.len();
         let created = if last && kind == TargetKind::File {
@@ -178,11 +216,11 @@ pub fn create_beneath(root: &OwnedFd, rel: &Path, kind: TargetKind) -> Result<Ow
         };
         match created {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(format!("create {} in the rootfs: {e}", prefix.display())),
+            Err(e) => return Err(io(format!("create {} in the rootfs", prefix.display()))(e)),
         }
     }
     open_in_root(root, &prefix, OFlags::empty())
-        .map_err(|e| format!("open {} in the rootfs: {e}", prefix.display()))
+        .map_err(io(format!("open {} in the rootfs", prefix.display())))
 }
 
 fn fd_path(fd: &impl AsRawFd) -> PathBuf {
@@ -207,7 +245,7 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
-fn devices(dev: &OwnedFd) -> Result<(), String> {
+fn devices(dev: &OwnedFd) -> Result<(), Error> {
     for (name, major, minor) in DEVICES {
         match rustix::fs::mknodat(
             dev,
@@ -217,13 +255,13 @@ fn devices(dev: &OwnedFd) -> Result<(), String> {
             rustix::fs::makedev(major, minor),
         ) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(format!("mknod /dev/{name}: {e}")),
+            Err(e) => return Err(io(format!("mknod /dev/{name}"))(e)),
         }
     }
     for (name, target) in DEV_LINKS {
         match rustix::fs::symlinkat(target, dev, name) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(format!("symlink /dev/{name}: {e}")),
+            Err(e) => return Err(io(format!("symlink /dev/{name}"))(e)),
         }
     }
     Ok(())
@@ -232,10 +270,13 @@ fn devices(dev: &OwnedFd) -> Result<(), String> {
 /// Makes a CRI device's node: its parent directories are created beneath
 /// the root (symlinks resolved inside it), then mknod, owner and mode
 /// (set after mknod: the umask must not narrow them).
-fn make_node(root: &Path, root_fd: &OwnedFd, n: &Node) -> Result<(), String> {
+fn make_node(root: &Path, root_fd: &OwnedFd, n: &Node) -> Result<(), Error> {
     let rel = n.target.strip_prefix(root).unwrap_or(&n.target);
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err("not a file path".into());
+        return Err(Error::Refused(format!(
+            "{} is not a file path",
+            n.target.display()
+        )));
     };
     let dir = create_beneath(root_fd, parent, TargetKind::Dir)?;
     let kind = if n.block {
@@ -251,7 +292,7 @@ fn make_node(root: &Path, root_fd: &OwnedFd, n: &Node) -> Result<(), String> {
         mode,
         rustix::fs::makedev(n.major, n.minor),
     )
-    .map_err(|e| format!("mknod: {e}"))?;
+    .map_err(io("mknod"))?;
     rustix::fs::chownat(
         &dir,
         name,
@@ -259,9 +300,8 @@ fn make_node(root: &Path, root_fd: &OwnedFd, n: &Node) -> Result<(), String> {
         Some(rustix::fs::Gid::from_raw(n.gid)),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
-    .map_err(|e| format!("chown: {e}"))?;
-    rustix::fs::chmodat(&dir, name, mode, rustix::fs::AtFlags::empty())
-        .map_err(|e| format!("chmod: {e}"))
+    .map_err(io("chown"))?;
+    rustix::fs::chmodat(&dir, name, mode, rustix::fs::AtFlags::empty()).map_err(io("chmod"))
 }
 
 /// The container path of a host path beneath `root`, for messages.
@@ -276,7 +316,7 @@ fn inside(root: &Path, target: &Path) -> String {
 fn mounted<'a>(root_fd: &'a Option<OwnedFd>, step: &SetupStep) -> Result<&'a OwnedFd, StepError> {
     root_fd.as_ref().ok_or_else(|| StepError {
         step: step.clone(),
-        message: "the rootfs is not mounted".into(),
+        error: Error::Refused("the rootfs is not mounted".into()),
     })
 }
 
@@ -307,13 +347,13 @@ pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<
             Step::IdmapLayers { layers, at } => {
                 let userns = userns.ok_or_else(|| StepError {
                     step: SetupStep::IdmapLayers,
-                    message: "no user namespace to map through".into(),
+                    error: Error::Refused("no user namespace to map through".into()),
                 })?;
                 idmap_layers(layers, at, userns).map_err(fail(SetupStep::IdmapLayers))?
             }
             Step::Overlay { target, data } => {
                 std::fs::create_dir_all(target)
-                    .map_err(|e| format!("create {}: {e}", target.display()))
+                    .map_err(io(format!("create {}", target.display())))
                     .map_err(fail(SetupStep::Overlay))?;
                 mount(
                     Some(Path::new("overlay")),
@@ -338,7 +378,7 @@ pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
-                .map_err(|e| format!("open {}: {e}", path.display()))
+                .map_err(io(format!("open {}", path.display())))
                 .map_err(fail(SetupStep::BindRoot))?;
                 root_fd = Some(fd);
             }
@@ -380,7 +420,7 @@ pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<
                 let root_fd = mounted(&root_fd, &SetupStep::Devices)?;
                 let rel = dev.strip_prefix(root).unwrap_or(dev);
                 let dev_fd = open_in_root(root_fd, rel, OFlags::DIRECTORY)
-                    .map_err(|e| format!("open /dev: {e}"))
+                    .map_err(io("open /dev"))
                     .map_err(fail(SetupStep::Devices))?;
                 devices(&dev_fd).map_err(fail(SetupStep::Devices))?
             }
@@ -421,7 +461,7 @@ pub fn execute(root: &Path, steps: &[Step], userns: Option<&OwnedFd>) -> Result<
 /// Idmapped copies of the image layers, each attached at `<at>/<index>`
 /// (a directory beside the rootfs, under the mount made private before:
 /// nothing propagates to the host). Layer dirs are never chowned.
-fn idmap_layers(layers: &[PathBuf], at: &Path, userns: &OwnedFd) -> Result<(), String> {
+fn idmap_layers(layers: &[PathBuf], at: &Path, userns: &OwnedFd) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
     for (i, layer) in layers.iter().enumerate() {
         let dir = at.join(i.to_string());
@@ -429,10 +469,9 @@ fn idmap_layers(layers: &[PathBuf], at: &Path, userns: &OwnedFd) -> Result<(), S
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let tree = crate::sys::idmap::idmapped_clone(layer, userns, false)
-            .map_err(|e| crate::error::chain(&e))?;
-        crate::sys::idmap::move_mount_to(&tree, &dir).map_err(|e| crate::error::chain(&e))?;
+            .map_err(io(format!("create {}", dir.display())))?;
+        let tree = crate::sys::idmap::idmapped_clone(layer, userns, false)?;
+        crate::sys::idmap::move_mount_to(&tree, &dir)?;
     }
     Ok(())
 }
@@ -451,7 +490,7 @@ fn mount_one(
     fstype: &str,
     options: &crate::init::rootfs::MountOptions,
     userns: Option<&OwnedFd>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let (root, root_fd, target, kind) = (t.root, t.root_fd, t.target, t.kind);
     if options.is_bind() && !source.exists() {
         // What containerd and CRI-O do for a missing host path: 0755 with
@@ -461,7 +500,7 @@ fn mount_one(
             .recursive(true)
             .mode(0o755)
             .create(source)
-            .map_err(|e| format!("create host path {}: {e}", source.display()))?;
+            .map_err(io(format!("create host path {}", source.display())))?;
     }
     let rel = target.strip_prefix(root).unwrap_or(target);
     let fd = create_beneath(root_fd, rel, kind)?;
@@ -471,13 +510,13 @@ fn mount_one(
         match (options.idmap, userns) {
             (Some(recursive), Some(userns)) => {
                 // A detached idmapped copy, attached at the target.
-                let tree = crate::sys::idmap::idmapped_clone(source, userns, recursive)
-                    .map_err(|e| crate::error::chain(&e))?;
-                crate::sys::idmap::move_mount_to(&tree, &at)
-                    .map_err(|e| crate::error::chain(&e))?;
+                let tree = crate::sys::idmap::idmapped_clone(source, userns, recursive)?;
+                crate::sys::idmap::move_mount_to(&tree, &at)?;
             }
             (Some(_), None) => {
-                return Err("an idmapped mount needs the container's user namespace".into());
+                return Err(Error::Refused(
+                    "an idmapped mount needs the container's user namespace".into(),
+                ));
             }
             (None, _) => mount(Some(source), &at, None, options.flags, None)?,
         }
@@ -487,8 +526,7 @@ fn mount_one(
             // the source's mount has: a remount without them would clear
             // them (runc does the same).
             let fd = create_beneath(root_fd, rel, kind)?;
-            let locked =
-                crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
+            let locked = crate::sys::mount::locked_flags_of(&fd)?;
             mount(
                 None,
                 &fd_path(&fd),
@@ -510,8 +548,7 @@ fn mount_one(
         // The bind brought the source's submounts (rbind): all of them
         // read-only in one call, on the mount now at the target.
         let fd = create_beneath(root_fd, rel, kind)?;
-        crate::sys::mount::set_readonly_recursive_fd(&fd, &inside(root, target))
-            .map_err(|e| crate::error::chain(&e))?;
+        crate::sys::mount::set_readonly_recursive_fd(&fd, &inside(root, target))?;
     }
     if !options.propagation.is_empty() {
         let fd = create_beneath(root_fd, rel, kind)?;
@@ -538,7 +575,7 @@ struct Volume<'a> {
 /// crossing into another mount), bound at the target and remounted
 /// read-only, then the staging mount detached (the bind keeps the image's
 /// mount alive; both end with the container's mount namespace).
-fn mount_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Result<(), String> {
+fn mount_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Result<(), Error> {
     let ro = MsFlags::MS_RDONLY;
     match v.lower {
         Lower::Overlay(data) => mount(
@@ -557,9 +594,8 @@ fn mount_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Re
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| format!("open {}: {e}", v.staging.display()))?;
-            let locked =
-                crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
+            .map_err(io(format!("open {}", v.staging.display())))?;
+            let locked = crate::sys::mount::locked_flags_of(&fd)?;
             mount(
                 None,
                 v.staging,
@@ -571,17 +607,21 @@ fn mount_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Re
     }
     let bound = bind_volume(root, root_fd, target, v);
     let detached = nix::mount::umount2(v.staging, MntFlags::MNT_DETACH)
-        .map_err(|e| format!("detach {}: {e}", v.staging.display()));
+        .map_err(io(format!("detach {}", v.staging.display())));
     bound.and(detached)
 }
 
-fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Result<(), String> {
+fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Result<(), Error> {
     let image_root = rustix::fs::open(
         v.staging,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("open the image {} at {}: {e}", v.image, v.staging.display()))?;
+    .map_err(io(format!(
+        "open the image {} at {}",
+        v.image,
+        v.staging.display()
+    )))?;
     let source = rustix::fs::openat2(
         &image_root,
         if v.sub_path.as_os_str().is_empty() {
@@ -594,24 +634,24 @@ fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Res
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
     )
     .map_err(|e| match e {
-        rustix::io::Errno::NOENT => format!(
+        rustix::io::Errno::NOENT => Error::Refused(format!(
             "image_sub_path {:?} does not exist in the image {}",
             v.sub_path, v.image
-        ),
-        e => format!(
-            "image_sub_path {:?} in the image {}: {e}",
+        )),
+        e => io(format!(
+            "image_sub_path {:?} in the image {}",
             v.sub_path, v.image
-        ),
+        ))(e),
     })?;
-    let st = rustix::fs::fstat(&source).map_err(|e| format!("stat image_sub_path: {e}"))?;
+    let st = rustix::fs::fstat(&source).map_err(io("stat image_sub_path"))?;
     let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
         rustix::fs::FileType::Directory => TargetKind::Dir,
         rustix::fs::FileType::RegularFile => TargetKind::File,
         other => {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "image_sub_path {:?} in the image {} is a {other:?}, not a directory or a regular file",
                 v.sub_path, v.image
-            ));
+            )));
         }
     };
     let rel = target.strip_prefix(root).unwrap_or(target);
@@ -627,7 +667,7 @@ fn bind_volume(root: &Path, root_fd: &OwnedFd, target: &Path, v: &Volume) -> Res
         None,
     )?;
     let fd = create_beneath(root_fd, rel, kind)?;
-    let locked = crate::sys::mount::locked_flags_of(&fd).map_err(|e| crate::error::chain(&e))?;
+    let locked = crate::sys::mount::locked_flags_of(&fd)?;
     mount(
         None,
         &fd_path(&fd),
@@ -663,9 +703,9 @@ fn check_kernel_fs_target(
     dest: &str,
     fstype: &str,
     options: &crate::init::rootfs::MountOptions,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     use crate::sys::mount::{KernelFs, kernel_fs_of};
-    let on = kernel_fs_of(fd).map_err(|e| crate::error::chain(&e))?;
+    let on = kernel_fs_of(fd)?;
     let allowed = match on {
         None => true,
         Some(KernelFs::Sys) => dest == "/sys/fs/cgroup" && matches!(fstype, "cgroup" | "cgroup2"),
@@ -678,9 +718,9 @@ fn check_kernel_fs_target(
         Some(KernelFs::Proc) => "procfs",
         _ => "sysfs",
     };
-    Err(format!(
+    Err(Error::Refused(format!(
         "mount target {dest} resolves onto {fs}: refused (a mount there would change a kernel setting)"
-    ))
+    )))
 }
 
 /// pivot_root(".", ".") in the new root; the old root, now stacked on top
@@ -688,16 +728,16 @@ fn check_kernel_fs_target(
 /// the new root beneath it), made a slave recursively so its detach never
 /// propagates to the host, and detached. The new root's own mounts keep
 /// their propagation (a bidirectional mount stays a peer of the host's).
-fn pivot(root: &Path) -> Result<(), String> {
+fn pivot(root: &Path) -> Result<(), Error> {
     let old = rustix::fs::open(
         "/",
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("open the old root: {e}"))?;
-    nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    nix::unistd::fchdir(&old).map_err(|e| format!("enter the old root: {e}"))?;
+    .map_err(io("open the old root"))?;
+    nix::unistd::chdir(root).map_err(io(format!("chdir {}", root.display())))?;
+    nix::unistd::pivot_root(".", ".").map_err(io("pivot_root"))?;
+    nix::unistd::fchdir(&old).map_err(io("enter the old root"))?;
     mount(
         None,
         Path::new("."),
@@ -705,16 +745,15 @@ fn pivot(root: &Path) -> Result<(), String> {
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None,
     )?;
-    nix::mount::umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| format!("detach the old root: {e}"))?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(io("detach the old root"))?;
     drop(old);
-    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+    nix::unistd::chdir("/").map_err(io("chdir /"))
 }
 
-fn mask(path: &Path) -> Result<(), String> {
+fn mask(path: &Path) -> Result<(), Error> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("stat {}: {e}", path.display())),
+        Err(e) => Err(io(format!("stat {}", path.display()))(e)),
         Ok(m) if m.is_dir() => mount(
             Some(Path::new("tmpfs")),
             path,
@@ -725,7 +764,7 @@ fn mask(path: &Path) -> Result<(), String> {
         Ok(_) => {
             // Through a checked fd: the path /dev/null could name anything
             // the container planted in its /dev.
-            let null = crate::sys::mount::open_dev_null().map_err(|e| crate::error::chain(&e))?;
+            let null = crate::sys::mount::open_dev_null()?;
             mount(Some(&fd_path(&null)), path, None, MsFlags::MS_BIND, None)
         }
     }
@@ -733,7 +772,7 @@ fn mask(path: &Path) -> Result<(), String> {
 
 /// A read-only path with everything mounted below it read-only too (a
 /// submount of /proc/sys must not stay writable).
-fn readonly(path: &Path) -> Result<(), String> {
+fn readonly(path: &Path) -> Result<(), Error> {
     if !path.exists() {
         return Ok(());
     }
@@ -750,16 +789,16 @@ fn readonly(path: &Path) -> Result<(), String> {
 /// Makes the mount at `path` and all its submounts read-only: one
 /// mount_setattr(AT_RECURSIVE) where the kernel has it (>= 5.12), else a
 /// read-only remount of each mount point below `path`, deepest first.
-pub fn readonly_recursive(path: &Path) -> Result<(), String> {
+pub fn readonly_recursive(path: &Path) -> Result<(), Error> {
     use crate::sys::mount;
     if mount::recursive_readonly_supported() {
-        return mount::set_readonly_recursive(path).map_err(|e| crate::error::chain(&e));
+        return Ok(mount::set_readonly_recursive(path)?);
     }
     readonly_each(path)
 }
 
 /// The fallback of [`readonly_recursive`] for kernels before 5.12.
-fn readonly_each(path: &Path) -> Result<(), String> {
+fn readonly_each(path: &Path) -> Result<(), Error> {
     let mut points = crate::sys::mount::mounts_under(path);
     if !points.iter().any(|p| p == path) {
         points.push(path.to_path_buf());

@@ -60,11 +60,13 @@ impl Classify for Error {
 }
 
 /// Parsed OCI mount options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountOptions {
     /// Flags for the mount(2) call itself.
+    #[serde(with = "ms_flags")]
     pub flags: MsFlags,
     /// Propagation changes applied after the mount (each its own call).
+    #[serde(with = "ms_flags_list")]
     pub propagation: Vec<MsFlags>,
     /// Filesystem-specific data, comma-joined.
     pub data: String,
@@ -74,6 +76,35 @@ pub struct MountOptions {
     /// `rro`: the mount and all its submounts read-only (mount_setattr
     /// AT_RECURSIVE, after the mount).
     pub recursive_readonly: bool,
+}
+
+/// mount(2) flags in a launch (the plan travels from the daemon to the
+/// monitor, `monitor::protocol::ContainerLaunch`): their bits.
+mod ms_flags {
+    use nix::mount::MsFlags;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(flags: &MsFlags, s: S) -> Result<S::Ok, S::Error> {
+        flags.bits().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MsFlags, D::Error> {
+        Ok(MsFlags::from_bits_retain(libc::c_ulong::deserialize(d)?))
+    }
+}
+
+mod ms_flags_list {
+    use nix::mount::MsFlags;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[MsFlags], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|f| f.bits()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MsFlags>, D::Error> {
+        let bits = Vec::<libc::c_ulong>::deserialize(d)?;
+        Ok(bits.into_iter().map(MsFlags::from_bits_retain).collect())
+    }
 }
 
 impl Default for MountOptions {
@@ -313,7 +344,7 @@ fn lowerdir(layers: &[PathBuf]) -> String {
 }
 
 /// What a mount target must be created as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TargetKind {
     Dir,
     /// A bind mount of a non-directory source needs a file to mount on.
@@ -322,10 +353,10 @@ pub enum TargetKind {
 
 /// One step of the plan; paths are absolute on the host (before pivot_root)
 /// or in the container (after it), as each step says.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// mount(NULL, "/", NULL, flags) — recursive propagation of every mount.
-    RootPropagation(MsFlags),
+    RootPropagation(#[serde(with = "ms_flags")] MsFlags),
     /// Make the mount that holds this (host) path private if it is shared.
     PrivateParent(PathBuf),
     /// Idmapped copies of the layer dirs (through the container's user
@@ -372,7 +403,7 @@ pub enum Step {
 }
 
 /// The read-only lower side of an image volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Lower {
     /// overlayfs mount data (`lowerdir=...`).
     Overlay(String),
@@ -382,7 +413,7 @@ pub enum Lower {
 
 /// A device node to make: type, numbers, permission bits and owner as the
 /// host's node has them (checked by the daemon, `container::devices`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub target: PathBuf,
     pub block: bool,

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! let pod = PodMonitor::new(PodDir::new(state, pod_id));
-//! pod.create_container(&ContainerLaunch { .. }) -> ProcRef   // init blocked before execve,
+//! pod.create_container(&Launch { .. }) -> ProcRef            // init blocked before execve,
 //!                                                            // every mount done
 //! pod.start_container(id)                                    // execve; Failed{step:"exec"} if it fails
 //! pod.signal_container(id, signal)                           // to its init
@@ -36,13 +36,14 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::launch::Launch;
 use super::{self as client, Connection};
 use crate::error::{Classify, Kind};
 use crate::init::user::GroupsPolicy;
 use crate::monitor::PodDir;
 pub use crate::monitor::protocol::AttachEnd;
 use crate::monitor::protocol::{
-    ATTACH_VERSION, Exit, MOUNTS_VERSION, Reply, Request, SECURITY_VERSION,
+    ATTACH_VERSION, COMPACT_LAUNCH_VERSION, Exit, MOUNTS_VERSION, Reply, Request, SECURITY_VERSION,
 };
 pub use crate::monitor::protocol::{ContainerLaunch, ExecLaunch};
 use crate::monitor::sync::Step;
@@ -107,6 +108,14 @@ fn failed(reply: Reply) -> Result<Reply, Error> {
     }
 }
 
+/// `create_container` as monitors of protocol 5 and earlier read it: the
+/// launch carries the OCI Spec.
+#[derive(serde::Serialize)]
+#[serde(tag = "op", rename = "create_container")]
+struct LegacyCreate<'a> {
+    launch: &'a Launch,
+}
+
 /// How long a create may take (mounts of a big image, a slow disk).
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -147,8 +156,10 @@ impl PodMonitor {
     /// Creates the container's init, blocked before execve with its rootfs
     /// mounted.
     /// A monitor older than [`SECURITY_VERSION`] would ignore the filter
-    /// and the Strict groups policy: such a launch is refused.
-    pub async fn create_container(&self, launch: &ContainerLaunch) -> Result<ProcRef, Error> {
+    /// and the Strict groups policy: such a launch is refused. Monitors
+    /// of [`COMPACT_LAUNCH_VERSION`] and later get the compact launch,
+    /// older ones the Spec-carrying one they know.
+    pub async fn create_container(&self, launch: &Launch) -> Result<ProcRef, Error> {
         let needs = launch.seccomp.is_some() || launch.groups != GroupsPolicy::Merge;
         let mut conn = Connection::open(&self.pod).await?;
         let version = conn.version;
@@ -170,10 +181,20 @@ impl PodMonitor {
                 ),
             });
         }
-        let req = Request::CreateContainer {
-            launch: Cow::Borrowed(launch),
+        let reply = if version >= COMPACT_LAUNCH_VERSION {
+            let compact = launch.compact().map_err(|r| Error::Failed {
+                step: r.step,
+                message: r.message,
+            })?;
+            let req = Request::CreateContainer {
+                launch: Cow::Owned(compact),
+            };
+            conn.call_within(&req, Some(CREATE_TIMEOUT)).await?
+        } else {
+            let req = LegacyCreate { launch };
+            conn.call_within(&req, Some(CREATE_TIMEOUT)).await?
         };
-        match failed(conn.call_within(&req, Some(CREATE_TIMEOUT)).await?)? {
+        match failed(reply)? {
             Reply::Created { init } => Ok(init),
             other => Err(self.unexpected(other)),
         }
@@ -316,20 +337,19 @@ mod tests {
     use super::*;
     use crate::init::rootfs::Overlay;
 
-    /// A monitor of protocol `version` that answers the hello of each
-    /// connection and then `created` to any request.
     /// A monitor of protocol `version` that answers `connections`
-    /// connections, counting the requests after `hello`.
+    /// connections: the hello of each, then `created` to any request;
+    /// returns the request lines after `hello`.
     fn old_monitor(
         pod: &PodDir,
         version: u32,
         connections: usize,
-    ) -> std::thread::JoinHandle<usize> {
+    ) -> std::thread::JoinHandle<Vec<String>> {
         std::fs::create_dir_all(&pod.dir).unwrap();
         let listener = std::os::unix::net::UnixListener::bind(pod.socket()).unwrap();
         listener.set_nonblocking(false).unwrap();
         std::thread::spawn(move || {
-            let mut requests = 0;
+            let mut requests = Vec::new();
             for _ in 0..connections {
                 let Ok((stream, _)) = listener.accept() else {
                     break;
@@ -342,7 +362,7 @@ mod tests {
                             r#"{{"reply":"hello","version":{version},"monitor":{{"pid":1,"start_time":0}}}}"#
                         )
                     } else {
-                        requests += 1;
+                        requests.push(line.clone());
                         r#"{"reply":"created","init":{"pid":1,"start_time":0}}"#.to_string()
                     };
                     if writeln!(w, "{reply}").is_err() {
@@ -354,8 +374,8 @@ mod tests {
         })
     }
 
-    fn launch() -> ContainerLaunch {
-        ContainerLaunch {
+    fn launch() -> Launch {
+        Launch {
             id: "c".into(),
             spec: oci_spec::runtime::Spec::default(),
             env: Vec::new(),
@@ -399,7 +419,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            server.join().unwrap(),
+            server.join().unwrap().len(),
             1,
             "only the unconfined launch was sent"
         );
@@ -440,6 +460,139 @@ mod tests {
             .create_container(&launch())
             .await
             .unwrap();
-        assert_eq!(server.join().unwrap(), 1, "only the plain launch was sent");
+        assert_eq!(
+            server.join().unwrap().len(),
+            1,
+            "only the plain launch was sent"
+        );
+    }
+
+    /// A launch with a process, a namespace to join and one to create.
+    fn full_launch() -> Launch {
+        use oci_spec::runtime::{
+            LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, ProcessBuilder, RootBuilder,
+        };
+        let mut l = launch();
+        l.overlay.layers = vec!["/l/1".into()];
+        l.spec = oci_spec::runtime::SpecBuilder::default()
+            .root(RootBuilder::default().path("/c/rootfs").build().unwrap())
+            .process(
+                ProcessBuilder::default()
+                    .args(vec!["sleep".to_string(), "1".to_string()])
+                    .cwd("/work")
+                    .build()
+                    .unwrap(),
+            )
+            .linux(
+                LinuxBuilder::default()
+                    .namespaces(vec![
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Network)
+                            .path("/ns/net")
+                            .build()
+                            .unwrap(),
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Pid)
+                            .build()
+                            .unwrap(),
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Mount)
+                            .build()
+                            .unwrap(),
+                    ])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        l
+    }
+
+    /// The upgrade: a monitor started by the previous crius (protocol 5)
+    /// still running under a daemon of this build gets the Spec-carrying
+    /// launch it reads (field for field protocol 5's `ContainerLaunch`);
+    /// a monitor of this build gets the compact one, without the Spec.
+    #[tokio::test]
+    async fn each_monitor_gets_the_launch_of_its_protocol() {
+        let l = full_launch();
+        for version in [5, 6] {
+            let state = tempfile::tempdir().unwrap();
+            let pod = PodDir::new(state.path(), "p");
+            let server = old_monitor(&pod, version, 1);
+            PodMonitor::new(pod).create_container(&l).await.unwrap();
+            let lines = server.join().unwrap();
+            assert_eq!(lines.len(), 1);
+            let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+            assert_eq!(v["op"], "create_container");
+            let sent = &v["launch"];
+            if version == 5 {
+                let mut keys: Vec<&str> = sent
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                keys.sort_unstable();
+                // Protocol 5's ContainerLaunch, field for field.
+                let mut v5 = [
+                    "id",
+                    "spec",
+                    "env",
+                    "user",
+                    "groups",
+                    "seccomp",
+                    "overlay",
+                    "volumes",
+                    "cgroup_procs",
+                    "log_path",
+                    "log_dir",
+                    "tty",
+                    "stdin",
+                    "stdin_once",
+                ];
+                v5.sort_unstable();
+                assert_eq!(keys, v5);
+                let back: Launch = serde_json::from_value(sent.clone()).unwrap();
+                assert_eq!(back, l);
+            } else {
+                assert!(sent.get("spec").is_none(), "{sent}");
+                let c: ContainerLaunch = serde_json::from_value(sent.clone()).unwrap();
+                assert_eq!(c, l.compact().unwrap());
+                assert_eq!(c.root, std::path::Path::new("/c/rootfs"));
+                assert_eq!(c.join, [("/ns/net".into(), crate::sys::ns::Kind::Net)]);
+                assert_eq!(c.create, [crate::sys::ns::Kind::Pid]);
+                assert_eq!(c.process.args, ["sleep", "1"]);
+                assert_eq!(c.process.cwd, std::path::Path::new("/work"));
+                assert!(
+                    c.rootfs
+                        .iter()
+                        .any(|s| matches!(s, crate::init::rootfs::Step::PivotRoot(_))),
+                    "{:?}",
+                    c.rootfs
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_launch_the_daemon_cannot_plan_never_reaches_the_monitor() {
+        let state = tempfile::tempdir().unwrap();
+        let pod = PodDir::new(state.path(), "p");
+        let server = old_monitor(&pod, 6, 1);
+        let mut l = full_launch();
+        l.overlay.layers.clear();
+        let err = PodMonitor::new(pod).create_container(&l).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Failed {
+                    step: Step::RootfsPlan,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), Step::RootfsPlan.kind());
+        assert!(server.join().unwrap().is_empty());
     }
 }

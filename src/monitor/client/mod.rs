@@ -2,6 +2,9 @@
 //! binary, never a fork of the multi-threaded daemon) and talking to it.
 
 pub mod container;
+pub mod launch;
+
+pub use launch::Launch;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -288,7 +291,7 @@ impl Connection {
     /// (`None`: as long as it takes, e.g. a wait for an exit).
     pub async fn call_within(
         &mut self,
-        req: &Request<'_>,
+        req: &(impl serde::Serialize + Sync),
         limit: Option<Duration>,
     ) -> Result<Reply, Error> {
         let mut line = serde_json::to_vec(req).expect("serializable");

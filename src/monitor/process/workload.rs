@@ -287,17 +287,7 @@ impl Container {
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
-                let init = crate::init::container::Init {
-                    spec: &launch.spec,
-                    env: &launch.env,
-                    user: &launch.user,
-                    groups: launch.groups,
-                    seccomp: launch.seccomp.as_ref(),
-                    overlay: &launch.overlay,
-                    volumes: &launch.volumes,
-                    cgroup_procs: &launch.cgroup_procs,
-                };
-                crate::init::container::run(one, &init, p.child, child.into())
+                crate::init::container::run(one, &launch, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure(Step::Create, crate::error::chain(&e))),
@@ -549,12 +539,7 @@ impl Container {
         if self.state != State::Running {
             return Err(failure(Step::NotRunning, "the container is not running"));
         }
-        let process = self
-            .launch
-            .spec
-            .process()
-            .as_ref()
-            .ok_or_else(|| failure(Step::Exec, "the container has no process"))?;
+        let process = &self.launch.process;
         let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
         let (parent, child) = UnixStream::pair().map_err(|e| failure(Step::Exec, e.to_string()))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
