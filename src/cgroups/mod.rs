@@ -149,6 +149,16 @@ impl Classify for Error {
                 Kind::InvalidArgument
             }
             Error::Exists(_) => Kind::AlreadyExists,
+            // The kernel refused a value from the request (a cpuset naming
+            // CPUs this host does not have, a number out of its range).
+            Error::Write { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EINVAL | libc::ERANGE | libc::EOVERFLOW)
+                ) =>
+            {
+                Kind::InvalidArgument
+            }
             Error::Systemd { .. } | Error::SystemdJob { .. } => Kind::Unavailable,
             _ => Kind::Internal,
         }

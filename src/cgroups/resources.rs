@@ -228,6 +228,25 @@ pub fn plan(layout: &Layout, r: &Resources) -> Result<Vec<Write>, Error> {
     Ok(plan.writes)
 }
 
+/// The largest CPU or memory node number a cpuset list may name: the
+/// kernel's own limit (NR_CPUS at most 8192 on x86_64, fewer nodes).
+const CPU_LIST_MAX: u32 = 8191;
+
+/// A cpuset list as the kernel reads it: ranges `a` or `a-b` (a <= b),
+/// separated by commas, numbers up to [`CPU_LIST_MAX`].
+fn is_cpu_list(l: &str) -> bool {
+    let number = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 5
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && n.parse::<u32>().is_ok_and(|n| n <= CPU_LIST_MAX)
+    };
+    l.split(',').all(|range| match range.split_once('-') {
+        None => number(range),
+        Some((a, b)) => number(a) && number(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok(),
+    })
+}
+
 fn validate(r: &Resources) -> Result<(), Error> {
     let bad = |what: String| Err(Error::InvalidResources(what));
     if let Some(s) = r.cpu_shares
@@ -250,11 +269,11 @@ fn validate(r: &Resources) -> Result<(), Error> {
     }
     for (name, list) in [("cpus", &r.cpuset_cpus), ("mems", &r.cpuset_mems)] {
         if let Some(l) = list
-            && !l
-                .chars()
-                .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+            && !is_cpu_list(l)
         {
-            return bad(format!("cpuset {name} {l:?} is not a list like 0-2,7"));
+            return bad(format!(
+                "cpuset {name} {l:?} is not a list like 0-2,7 of numbers up to {CPU_LIST_MAX}"
+            ));
         }
     }
     for (name, v) in [
@@ -531,6 +550,28 @@ mod tests {
                 "cpus",
             ),
             (
+                // The hostile campaign's value: the kernel said EOVERFLOW.
+                Resources {
+                    cpuset_cpus: Some("16008264327340398184".into()),
+                    ..Default::default()
+                },
+                "cpus",
+            ),
+            (
+                Resources {
+                    cpuset_mems: Some("3-1".into()),
+                    ..Default::default()
+                },
+                "mems",
+            ),
+            (
+                Resources {
+                    cpuset_cpus: Some("0,,1".into()),
+                    ..Default::default()
+                },
+                "cpus",
+            ),
+            (
                 Resources {
                     memory_limit: Some(-5),
                     ..Default::default()
@@ -582,6 +623,32 @@ mod tests {
         };
         let e = plan(&l, &r).unwrap_err().to_string();
         assert!(e.contains("pids"), "{e}");
+    }
+
+    #[test]
+    fn cpu_lists_are_parsed_as_the_kernel_reads_them() {
+        for ok in ["0", "0-1", "0-2,7", "3,1", "8191", "0-8191"] {
+            assert!(super::is_cpu_list(ok), "{ok}");
+        }
+        for bad in [
+            "", "-", "1-", "-1", "2-1", "0,", ",0", "8192", "99999999", "0 1", "0x1",
+        ] {
+            assert!(!super::is_cpu_list(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_value_the_kernel_refuses_is_an_invalid_argument() {
+        use crate::error::{Classify, Kind};
+        let refused = |errno| crate::cgroups::Error::Write {
+            path: "/sys/fs/cgroup/cpuset/x/cpuset.cpus".into(),
+            value: "9".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::EINVAL, libc::ERANGE, libc::EOVERFLOW] {
+            assert!(matches!(refused(errno).kind(), Kind::InvalidArgument));
+        }
+        assert!(matches!(refused(libc::EIO).kind(), Kind::Internal));
     }
 
     #[test]
