@@ -616,14 +616,11 @@ async fn engine_exec_output_exit_code_and_process_group_kill() {
             .count();
         (sleeps, procs)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let (sleeps, procs) = loop {
-        let (sleeps, procs) = count_sleeps();
-        if sleeps <= 1 || std::time::Instant::now() > deadline {
-            break (sleeps, procs);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    crate::pod::wait_for("the killed sleeps to leave", Duration::from_secs(5), || {
+        count_sleeps().0 <= 1
+    })
+    .await;
+    let (sleeps, procs) = count_sleeps();
     assert_eq!(sleeps, 1, "only the container's own sleep is left: {procs}");
     assert!(
         p.monitor.wait_exec("x2").await.is_err(),
