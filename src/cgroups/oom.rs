@@ -190,7 +190,13 @@ impl OomLedger {
                 let unexplained = total.saturating_sub(pod.base.saturating_add(pod.explained));
                 pod.explained += unexplained;
                 kills += unexplained;
-                tracing::info!(container_id = id, kills = unexplained, "OOM kills found in the pod's count: the container's cgroup was gone unread");
+                if unexplained > 0 {
+                    tracing::info!(
+                        container_id = id,
+                        kills = unexplained,
+                        "OOM kills found in the pod's count: the container's cgroup was gone unread"
+                    );
+                }
             }
         }
         if let Some(p) = &m.pod
