@@ -109,24 +109,14 @@ impl Monitor {
             .endings
             .removals
             .iter()
-            .filter(|(id, e)| {
-                let exited = self
-                    .containers
-                    .get(*id)
-                    .is_none_or(|c| matches!(c.state, State::Exited(_)));
-                exited || e.deadline <= now
-            })
+            .filter(|(id, e)| self.gone(id) || e.deadline <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for id in done {
             let Some(e) = self.endings.removals.remove(&id) else {
                 continue;
             };
-            let exited = self
-                .containers
-                .get(&id)
-                .is_none_or(|c| matches!(c.state, State::Exited(_)));
-            let reply = if exited {
+            let reply = if self.gone(&id) {
                 self.forget_container(&id);
                 Reply::Ok
             } else {
@@ -163,6 +153,13 @@ impl Monitor {
         for conn in s.conns {
             self.outbox.push((conn, Reply::Ok, Vec::new()));
         }
+    }
+
+    /// Whether container `id` has been reaped (or is unknown).
+    fn gone(&self, id: &str) -> bool {
+        self.containers
+            .get(id)
+            .is_none_or(|c| matches!(c.state, State::Exited(_)))
     }
 
     /// Forgets an exited container: its exit told if it was still held
