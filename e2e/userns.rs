@@ -432,3 +432,195 @@ async fn userns_volumes_devices_pod_files_and_sysctls() {
     pod::stop_remove(&mut rt, &pod_id).await;
     pod::assert_no_trace(&s.d);
 }
+
+/// CRI-O's pod annotation for a writable, delegated cgroup.
+const CGROUP_RW: &str = "io.kubernetes.cri-o.cgroup2-mount-hierarchy-rw";
+
+/// The innermost pid of host process `pid` (its pid in the pod's PID
+/// namespace), from the NSpid line of /proc/PID/status.
+fn pod_pid(pid: i64) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    line.split_whitespace().last().unwrap().to_string()
+}
+
+/// A hostUsers:false pod with CRI-O's cgroup annotation. Everywhere: the
+/// annotation without a user namespace, or with a value other than
+/// true/false, is InvalidArgument naming it. On a cgroup v1 host (this
+/// one) the pod is FAILED_PRECONDITION. On cgroup v2 (the VM guests) the
+/// container's /sys/fs/cgroup is writable and its cgroup its root's:
+/// container root makes a child cgroup, moves the container's processes
+/// into it, enables pids there and sets a child's limit; it cannot raise
+/// its own limits, mount the whole hierarchy, move its sibling's process,
+/// or nest deeper than crius's bound; on the host the cgroup dir and its
+/// delegated files are the mapped root's, the limits stay root's, and the
+/// pod's removal takes the sub-tree with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_delegated_cgroup() {
+    require_registry_tools!();
+    let s: Setup = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let annotated = |pc: PodSandboxConfig, value: &str| {
+        let mut pc = pc;
+        pc.annotations.insert(CGROUP_RW.into(), value.into());
+        pc
+    };
+    let e = pod::run(
+        &mut rt,
+        annotated(pod_config("cgplain", NamespaceMode::Pod, &logs), "true"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(CGROUP_RW), "{}", e.message());
+    assert!(e.message().contains("user namespace"), "{}", e.message());
+    let e = pod::run(
+        &mut rt,
+        annotated(
+            with_userns(pod_config("cgbad", NamespaceMode::Pod, &logs), pod_userns()),
+            "yes",
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(CGROUP_RW), "{}", e.message());
+
+    let pc = annotated(
+        with_userns(pod_config("cgrw", NamespaceMode::Pod, &logs), pod_userns()),
+        "true",
+    );
+    let features = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers[0]
+        .features
+        .unwrap();
+    if !features.user_namespaces {
+        assert!(std::env::var_os("CRIUS_VM_MODE").is_some(), "{}", s.d.log());
+        let e = pod::run(&mut rt, pc).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        eprintln!("user namespaces are not supported here: {}", e.message());
+        pod::assert_no_trace(&s.d);
+        return;
+    }
+    if !crate::cgroup::unified() {
+        let e = pod::run(&mut rt, pc).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains(CGROUP_RW), "{}", e.message());
+        assert!(e.message().contains("cgroup v2"), "{}", e.message());
+        pod::assert_no_trace(&s.d);
+        return;
+    }
+
+    let pod_id = pod::run(&mut rt, pc).await.unwrap();
+    let mut a = container("a", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod);
+    add_capabilities(&mut a, &["SYS_ADMIN"]);
+    let a = create(&mut rt, &pod_id, a).await.unwrap();
+    start(&mut rt, &a).await;
+    let b = create(
+        &mut rt,
+        &pod_id,
+        container("b", &s.busybox, &["sleep", "2000"], NamespaceMode::Pod),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &b).await;
+    let a_pid = status(&mut rt, &a).await.1["pid"].as_i64().unwrap();
+    let b_pid = status(&mut rt, &b).await.1["pid"].as_i64().unwrap();
+    let a_leaf = crate::cgroup::of_pid(a_pid as i32, "pids").unwrap();
+    let b_leaf = crate::cgroup::of_pid(b_pid as i32, "pids").unwrap();
+    assert_ne!(a_leaf, b_leaf);
+    let leaf_dir = crate::cgroup::dir(&a_leaf, "pids");
+    let owner = |p: &Path| std::fs::metadata(p).unwrap().uid();
+
+    // 1. The host side: the dir and the delegated files are the mapped
+    //    root's, the limits root's.
+    assert_eq!(owner(&leaf_dir), HOST_BASE);
+    for f in ["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
+        assert_eq!(owner(&leaf_dir.join(f)), HOST_BASE, "{f}");
+    }
+    for f in ["pids.max", "memory.max", "cgroup.max.depth"] {
+        assert_eq!(owner(&leaf_dir.join(f)), 0, "{f}");
+    }
+
+    // 2. Container root's view: its own cgroup is the root, writable; it
+    //    makes a child and moves every process of its cgroup there.
+    let (code, out, err) = sh(
+        &mut rt,
+        &a,
+        "cat /proc/self/cgroup && grep -c ' /sys/fs/cgroup cgroup2 rw,' /proc/self/mounts && \
+         mkdir /sys/fs/cgroup/child && \
+         { for p in $(cat /sys/fs/cgroup/cgroup.procs); do \
+             echo $p >/sys/fs/cgroup/child/cgroup.procs 2>/dev/null; done; true; } && \
+         cat /proc/self/cgroup && wc -l </sys/fs/cgroup/cgroup.procs",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0::/", "1", "0::/child", "0"]
+    );
+    let child = format!("{a_leaf}/child");
+    assert!(
+        crate::cgroup::procs(&child).contains(&(a_pid as i32)),
+        "{child}"
+    );
+    assert_eq!(owner(&leaf_dir.join("child")), HOST_BASE);
+
+    // 3. What it cannot do: raise its own limits, mount the hierarchy
+    //    whole, move its sibling's process, nest deeper than the bound.
+    let before: Vec<String> = ["pids.max", "memory.max", "cgroup.max.depth"]
+        .iter()
+        .map(|f| std::fs::read_to_string(leaf_dir.join(f)).unwrap())
+        .collect();
+    let script = format!(
+        "for f in pids.max memory.max cgroup.max.depth cgroup.max.descendants; do \
+           echo 1 >/sys/fs/cgroup/$f 2>/dev/null && echo wrote $f; done; \
+         mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg 2>/dev/null && echo mounted; \
+         echo {} >/sys/fs/cgroup/child/cgroup.procs 2>/dev/null && echo moved; \
+         d=/sys/fs/cgroup/child; i=1; while mkdir $d/d$i 2>/dev/null; do d=$d/d$i; i=$((i+1)); done; \
+         echo depth $i",
+        pod_pid(b_pid)
+    );
+    let (code, out, err) = sh(&mut rt, &a, &script).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // The child is level 1: d1..d9 fill levels 2..10, d10 is refused.
+    assert_eq!(out.trim(), "depth 10", "{err}");
+    let after: Vec<String> = ["pids.max", "memory.max", "cgroup.max.depth"]
+        .iter()
+        .map(|f| std::fs::read_to_string(leaf_dir.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        crate::cgroup::of_pid(b_pid as i32, "pids").as_deref(),
+        Some(b_leaf.as_str())
+    );
+
+    // 4. It distributes what it has: pids enabled below its root (its
+    //    shell leaves the root first: no process in an inner cgroup), a
+    //    limit on its child.
+    let (code, out, err) = sh(
+        &mut rt,
+        &a,
+        "echo $$ >/sys/fs/cgroup/child/cgroup.procs && \
+         echo +pids >/sys/fs/cgroup/cgroup.subtree_control && \
+         echo 20 >/sys/fs/cgroup/child/pids.max && cat /sys/fs/cgroup/child/pids.max",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "20");
+    assert_eq!(
+        std::fs::read_to_string(leaf_dir.join("child/pids.max"))
+            .unwrap()
+            .trim(),
+        "20"
+    );
+
+    pod::stop_remove(&mut rt, &pod_id).await;
+    assert!(!leaf_dir.exists(), "{} left", leaf_dir.display());
+    pod::assert_no_trace(&s.d);
+}

@@ -29,6 +29,7 @@ while read -r line; do
   modes=${words[0]} sets=${words[1]} bin=${words[2]}
   [ "$modes" = both ] || [[ ",$modes," == *",$mode,"* ]] || continue
   [ "$CRIUS_VM_SET" = full ] || [[ ",$sets," == *",ci,"* ]] || continue
+  [ -z "${CRIUS_VM_LINES:-}" ] || [[ "$line" == *"$CRIUS_VM_LINES"* ]] || continue
   envs=() args=()
   rest=("${words[@]:3}")
   for ((i = 0; i < ${#rest[@]}; i++)); do

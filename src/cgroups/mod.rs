@@ -23,6 +23,7 @@
 //! cg.create_with_pid(&leaf, &resources, init_pid)?;   // leaves: both drivers (a systemd scope
 //!                                                     //  needs its first process)
 //! cg.update(&leaf, &resources)?;                      // all or nothing
+//! cg.delegate(&leaf, host_uid)?;                      // v2: the leaf to a userns container
 //! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
 //! let mut w = cg.oom_watch(&leaf)?;                  // while it runs: w.as_fd(), w.refresh()
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
@@ -65,6 +66,7 @@
 //! (a v1 migration pays an RCU grace period per hierarchy), 9 ms for
 //! kill_all + wait + remove.
 
+pub mod delegate;
 pub mod devices;
 #[cfg(test)]
 mod fake_kernel;
@@ -127,6 +129,10 @@ pub enum Error {
     Exists(String),
     #[error("the systemd scope {0} needs its first process: use create_with_pid")]
     NeedsProcess(String),
+    #[error(
+        "cgroup {0}: delegating a cgroup to a container needs cgroup v2 alone (this host has v1 hierarchies)"
+    )]
+    DelegationNeedsV2(String),
     #[error("systemd: {op} {unit}")]
     Systemd {
         op: &'static str,
@@ -149,6 +155,7 @@ impl Classify for Error {
                 Kind::InvalidArgument
             }
             Error::Exists(_) => Kind::AlreadyExists,
+            Error::DelegationNeedsV2(_) => Kind::FailedPrecondition,
             // The kernel refused a value from the request (a cpuset naming
             // CPUs this host does not have, a number out of its range).
             Error::Write { source, .. }
@@ -452,6 +459,18 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// Delegates the existing leaf `path` (cgroup v2 only) to host uid
+    /// `uid`: see [`delegate`]. The container's cgroup namespace and a
+    /// writable cgroup2 mount are the container's side of it.
+    pub fn delegate(&self, path: &CgroupPath, uid: u32) -> Result<(), Error> {
+        if !self.is_unified() {
+            return Err(Error::DelegationNeedsV2(path.path.clone()));
+        }
+        let names = delegate::delegatable_files(Path::new(delegate::DELEGATE_LIST))?;
+        let dir = self.tree.layout.reference().dir(&path.path);
+        delegate::delegate_dir(&dir, &names, uid)
     }
 
     /// Moves `pid` into `path` in every hierarchy.
