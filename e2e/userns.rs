@@ -8,12 +8,15 @@
 //! no block device; bad mappings and modes are refused.
 //!
 //! Status reports `user_namespaces` only where the daemon's probe passed:
-//! this test host (6.18, the tests' dirs on ext4) passes all three probes.
-//! The VM guest (Debian 12's 6.1, hack/vm/tests.list) makes and maps a user
-//! namespace, but its tests' dirs are on tmpfs, which 6.1 cannot idmap
-//! (tmpfs idmapped mounts came with 6.3): there Status says false and a
-//! hostUsers:false pod is FAILED_PRECONDITION naming that probe; the
-//! refusals are the same.
+//! this test host (6.18, the tests' dirs on ext4) passes all three probes,
+//! and so do the VM guests (Debian 12's 6.1, hack/vm/tests.list), whose
+//! userns line puts the tests' dirs on an ext4 disk (TMPDIR=/var/tmp).
+//! Where the dirs are on tmpfs, which 6.1 cannot idmap (tmpfs idmapped
+//! mounts came with 6.3), Status says false and a hostUsers:false pod is
+//! FAILED_PRECONDITION naming that probe; the refusals are the same.
+//!
+//! A delegated cgroup (CRI-O's annotation) needs cgroup v2: tested for real
+//! in the VM guests; this v1 host checks its refusal.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -89,8 +92,9 @@ async fn userns_pod_root_is_an_unprivileged_host_user() {
     assert!(config["stateDir"].is_string(), "{config}");
     let logs = s.d.dir.path().join("logs");
     if !features.user_namespaces {
-        // Only the VM guest may lack it: its 6.1 kernel cannot idmap tmpfs,
-        // where its /tmp is. Then such a pod is refused, saying why.
+        // Only a VM guest may lack it: its 6.1 kernel cannot idmap tmpfs,
+        // where its /tmp is (tests.list gives the userns line an ext4
+        // TMPDIR). Then such a pod is refused, saying why.
         assert!(
             std::env::var_os("CRIUS_VM_MODE").is_some(),
             "the user namespace probes fail on this host: {}",
@@ -619,6 +623,11 @@ async fn userns_delegated_cgroup() {
             .trim(),
         "20"
     );
+    // Its root may hold no process now: an exec joins the cgroup of the
+    // container's init (moved to the child above), as with runc.
+    let (code, out, err) = sh(&mut rt, &a, "cat /proc/self/cgroup").await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "0::/child");
 
     pod::stop_remove(&mut rt, &pod_id).await;
     assert!(!leaf_dir.exists(), "{} left", leaf_dir.display());

@@ -113,6 +113,34 @@ pub fn delegate_dir(dir: &Path, names: &[String], uid: u32) -> Result<(), Error>
     Ok(())
 }
 
+/// The cgroup an exec process joins in the cgroup `leaf` (a "/"-rooted
+/// path), given the leaf's directory and the text of the container init's
+/// /proc/PID/cgroup: the leaf itself, unless the container (its cgroup
+/// delegated) enabled controllers in the leaf's `cgroup.subtree_control`,
+/// after which the leaf may hold no process (EBUSY); then the cgroup its
+/// init is in, as runc does, when that is strictly below the leaf. The
+/// container names those cgroups, so the init's line must be the only
+/// one, a v2 line (`0::PATH`), and PATH beneath the leaf.
+pub fn exec_cgroup(leaf: &str, leaf_dir: &Path, init_cgroup: &str) -> String {
+    let inner = std::fs::read_to_string(leaf_dir.join("cgroup.subtree_control"))
+        .is_ok_and(|t| !t.trim().is_empty());
+    if !inner {
+        return leaf.to_string();
+    }
+    let mut lines = init_cgroup.lines();
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        return leaf.to_string();
+    };
+    let below = line.strip_prefix("0::").filter(|p| {
+        p.strip_prefix(leaf)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| {
+                !rest.is_empty() && rest.split('/').all(|c| !matches!(c, "" | "." | ".."))
+            })
+    });
+    below.unwrap_or(leaf).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
@@ -138,6 +166,34 @@ mod tests {
                 matches!(delegatable_files(&list), Err(Error::Parse { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn an_exec_joins_the_inits_cgroup_only_below_an_inner_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = "/crius/pod-1/crius-c";
+        let control = dir.path().join("cgroup.subtree_control");
+        std::fs::write(&control, "\n").unwrap();
+        assert_eq!(
+            exec_cgroup(leaf, dir.path(), "0::/crius/pod-1/crius-c/child\n"),
+            leaf
+        );
+        std::fs::write(&control, "pids\n").unwrap();
+        assert_eq!(
+            exec_cgroup(leaf, dir.path(), "0::/crius/pod-1/crius-c/child/x\n"),
+            "/crius/pod-1/crius-c/child/x"
+        );
+        for hostile in [
+            "0::/crius/pod-1/crius-c\n",
+            "0::/crius/pod-1/crius-cx/child\n",
+            "0::/crius/pod-1/crius-c/\n",
+            "0::/crius/pod-1/crius-c/../../crius-monitors\n",
+            "0::/crius/pod-1/crius-c/x\n0::/crius-monitors\n",
+            "1:memory:/crius/pod-1/crius-c/x\n",
+            "",
+        ] {
+            assert_eq!(exec_cgroup(leaf, dir.path(), hostile), leaf, "{hostile:?}");
         }
     }
 

@@ -473,6 +473,19 @@ impl Cgroups {
         delegate::delegate_dir(&dir, &names, uid)
     }
 
+    /// The cgroup.procs files an exec process in the leaf `path` joins:
+    /// [`Self::procs_files`], but on cgroup v2 below a leaf the container
+    /// turned into an inner node, its init's cgroup ([`delegate::exec_cgroup`]).
+    pub fn exec_procs_files(&self, path: &CgroupPath, init_pid: Option<i32>) -> Vec<PathBuf> {
+        let (Some(pid), true) = (init_pid, self.is_unified()) else {
+            return self.procs_files(path);
+        };
+        let init = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let dir = self.tree.layout.reference().dir(&path.path);
+        let joined = delegate::exec_cgroup(&path.path, &dir, &init);
+        self.tree.procs_files(&joined)
+    }
+
     /// Moves `pid` into `path` in every hierarchy.
     pub fn add_process(&self, path: &CgroupPath, pid: i32) -> Result<(), Error> {
         self.tree.add_process(&path.path, pid)
