@@ -60,6 +60,15 @@ fn pod_userns() -> UserNamespace {
     }
 }
 
+/// Whether the tests' temp dir (where the daemons' roots are) is on tmpfs,
+/// which Linux before 6.3 cannot idmap: the one reason Status may say no
+/// to user namespaces on the machines these tests run on (a VM guest
+/// whose TMPDIR is its tmpfs /tmp).
+fn temp_dir_on_tmpfs() -> bool {
+    nix::sys::statfs::statfs(&std::env::temp_dir())
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
 /// An exec's exit code, stdout and stderr.
 async fn sh(rt: &mut pod::Client, id: &str, script: &str) -> (i32, String, String) {
     let out = exec(rt, id, &["sh", "-c", script], 10).await.unwrap();
@@ -96,7 +105,7 @@ async fn userns_pod_root_is_an_unprivileged_host_user() {
         // where its /tmp is (tests.list gives the userns line an ext4
         // TMPDIR). Then such a pod is refused, saying why.
         assert!(
-            std::env::var_os("CRIUS_VM_MODE").is_some(),
+            temp_dir_on_tmpfs(),
             "the user namespace probes fail on this host: {}",
             s.d.log()
         );
@@ -367,7 +376,7 @@ async fn userns_volumes_devices_pod_files_and_sysctls() {
     if !features.user_namespaces {
         // The VM guest (6.1): userns_pod_root_is_an_unprivileged_host_user
         // checks the refusal there.
-        assert!(std::env::var_os("CRIUS_VM_MODE").is_some(), "{}", s.d.log());
+        assert!(temp_dir_on_tmpfs(), "{}", s.d.log());
         eprintln!("skipped: user namespaces are not supported here");
         return;
     }
@@ -504,7 +513,7 @@ async fn userns_delegated_cgroup() {
         .features
         .unwrap();
     if !features.user_namespaces {
-        assert!(std::env::var_os("CRIUS_VM_MODE").is_some(), "{}", s.d.log());
+        assert!(temp_dir_on_tmpfs(), "{}", s.d.log());
         let e = pod::run(&mut rt, pc).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         eprintln!("user namespaces are not supported here: {}", e.message());
@@ -631,5 +640,82 @@ async fn userns_delegated_cgroup() {
 
     pod::stop_remove(&mut rt, &pod_id).await;
     assert!(!leaf_dir.exists(), "{} left", leaf_dir.display());
+    pod::assert_no_trace(&s.d);
+}
+
+/// A non-root user of a hostUsers:false pod reopens its stdio by path
+/// (/dev/stdout, /proc/self/fd/2), as runc's fixStdioPermissions allows:
+/// the container's output (into its log) and an exec's. The monitor's
+/// pipes belong to host root, which the pod's namespace does not map, so
+/// they are given to the namespace's root first, then to the user.
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_non_root_user_reopens_its_stdio() {
+    require_registry_tools!();
+    let s: Setup = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let features = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers[0]
+        .features
+        .unwrap();
+    if !features.user_namespaces {
+        assert!(temp_dir_on_tmpfs(), "{}", s.d.log());
+        eprintln!("skipped: user namespaces are not supported here");
+        return;
+    }
+    let logs = s.d.dir.path().join("logs");
+    let pc = with_userns(
+        pod_config("ustdio", NamespaceMode::Pod, &logs),
+        pod_userns(),
+    );
+    let pod_id = pod::run(&mut rt, pc).await.unwrap();
+    let mut c = container(
+        "c",
+        &s.busybox,
+        &[
+            "sh",
+            "-c",
+            "echo out-by-path >/dev/stdout; echo err-by-path >/proc/self/fd/2; sleep 1000",
+        ],
+        NamespaceMode::Pod,
+    );
+    c.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .run_as_user = Some(Int64Value { value: 1000 });
+    let id = create(&mut rt, &pod_id, c).await.unwrap();
+    start(&mut rt, &id).await;
+    let log = logs.join("c.log");
+    let wrote = || {
+        std::fs::read_to_string(&log).is_ok_and(|t| {
+            t.contains(" stdout F out-by-path") && t.contains(" stderr F err-by-path")
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !wrote() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        wrote(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (code, out, err) = sh(
+        &mut rt,
+        &id,
+        "id -u && echo exec-by-path >/dev/stdout && echo exec-err >/proc/self/fd/2",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "1000\nexec-by-path\n");
+    assert_eq!(err, "exec-err\n");
+
+    pod::stop_remove(&mut rt, &pod_id).await;
     pod::assert_no_trace(&s.d);
 }
