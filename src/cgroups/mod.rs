@@ -166,6 +166,14 @@ impl Classify for Error {
             {
                 Kind::InvalidArgument
             }
+            // A memory limit (the pod's, from the request, or the host's)
+            // leaves no room for the kernel's own accounting of a new
+            // cgroup or a value: mkdir and writes fail with ENOMEM.
+            Error::Io { source, .. } | Error::Write { source, .. }
+                if source.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                Kind::ResourceExhausted
+            }
             Error::Systemd { .. } | Error::SystemdJob { .. } => Kind::Unavailable,
             _ => Kind::Internal,
         }
