@@ -17,12 +17,13 @@ use nix::sched::CloneFlags;
 use super::setup::{self, Stdio, Sync};
 use crate::monitor::sync::{Message, Step};
 use crate::sys::ns::{self, Kind};
-use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
+use crate::sys::process::{Forked, ProcRef, SingleThreaded, exit_immediately, fork_into};
 
 /// What the exec process needs besides its stdio.
 pub struct Exec<'a> {
-    /// The container's init, whose namespaces are joined.
-    pub init_pid: i32,
+    /// The container's init, whose namespaces are joined: the process, not
+    /// only its pid (the monitor may reap it while this process starts).
+    pub init: ProcRef,
     /// The container's process settings (user, capabilities, cwd, rlimits).
     pub process: &'a Process,
     pub args: &'a [String],
@@ -32,6 +33,9 @@ pub struct Exec<'a> {
     /// The container's seccomp filter.
     pub seccomp: Option<&'a crate::monitor::protocol::SeccompFilter>,
     pub cgroup_procs: &'a [PathBuf],
+    /// The host uid and gid of the pod's user namespace's root, if the
+    /// container is in one: its stdio is given to them before joining.
+    pub userns_root: Option<(u32, u32)>,
 }
 
 /// The namespaces joined, in order: the mount namespace last, since it
@@ -55,17 +59,30 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     }
     let mut list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
-        .map(|&kind| (kind.proc_path(exec.init_pid), kind))
+        .map(|&kind| (kind.proc_path(exec.init.pid), kind))
         .collect();
     // The pod's user namespace last (the others belong to the host's or
     // are joined with the host's privileges), when it is not ours.
-    let user = Kind::User.proc_path(exec.init_pid);
+    let user = Kind::User.proc_path(exec.init.pid);
     let own = ns::inode(std::path::Path::new("/proc/self/ns/user")).ok();
     let in_userns = ns::inode(&user).ok() != own;
     if in_userns {
         list.push((user, Kind::User));
+        // The stdio pipes to the namespace's root, which maps no host
+        // root: that root gives them to the container's user.
+        if let Some((uid, gid)) = exec.userns_root {
+            setup::stdio_to(uid, Some(gid));
+        }
     }
-    if let Err(e) = ns::join(&list) {
+    // The files opened are the container's only if its init is still the
+    // same live process after they were opened: once the monitor reaped
+    // it, its pid may name another process, whose namespaces are never
+    // joined. A container that exited meanwhile is not running.
+    let opened = ns::open(&list);
+    if !exec.init.alive() {
+        sync.fail(Step::NotRunning, "the container's process has exited");
+    }
+    if let Err(e) = opened.and_then(ns::enter) {
         sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
     }
     if in_userns && let Err(e) = crate::sys::process::become_root_in_user_namespace() {
