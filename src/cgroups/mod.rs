@@ -23,8 +23,10 @@
 //! cg.create_with_pid(&leaf, &resources, init_pid)?;   // leaves: both drivers (a systemd scope
 //!                                                     //  needs its first process)
 //! cg.update(&leaf, &resources)?;                      // all or nothing
+//! cg.delegate(&leaf, host_uid)?;                      // v2: the leaf to a userns container
 //! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
-//! let mut w = cg.oom_watch(&leaf)?;                  // while it runs: w.as_fd(), w.refresh()
+//! let wake = cg.oom_follow(&id, &leaf)?;            // before it starts; wake readable: cg.oom_refresh(&id)
+//! let kills = cg.oom_finish(&id, &leaf, sigkilled); // at its exit, even if systemd removed the scope
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
 //! cg.join_monitors(monitor_pid)? ; cg.monitors_path()?        // the monitors' own cgroup
 //! cg.children(&cg.default_parent_path()?)?          // reconcile
@@ -65,6 +67,7 @@
 //! (a v1 migration pays an RCU grace period per hierarchy), 9 ms for
 //! kill_all + wait + remove.
 
+pub mod delegate;
 pub mod devices;
 #[cfg(test)]
 mod fake_kernel;
@@ -86,7 +89,7 @@ use crate::config::{CgroupConfig, CgroupDriver};
 use crate::error::{Classify, Kind};
 pub use devices::{Access, DevKind, DeviceRules, Rule};
 pub use layout::{Layout, Mode};
-pub use oom::OomWatch;
+pub use oom::{OomLedger, OomWake};
 pub use paths::{CgroupPath, Unit};
 pub use resources::Resources;
 pub use stats::Stats;
@@ -127,6 +130,10 @@ pub enum Error {
     Exists(String),
     #[error("the systemd scope {0} needs its first process: use create_with_pid")]
     NeedsProcess(String),
+    #[error(
+        "cgroup {0}: delegating a cgroup to a container needs cgroup v2 alone (this host has v1 hierarchies)"
+    )]
+    DelegationNeedsV2(String),
     #[error("systemd: {op} {unit}")]
     Systemd {
         op: &'static str,
@@ -149,6 +156,7 @@ impl Classify for Error {
                 Kind::InvalidArgument
             }
             Error::Exists(_) => Kind::AlreadyExists,
+            Error::DelegationNeedsV2(_) => Kind::FailedPrecondition,
             // The kernel refused a value from the request (a cpuset naming
             // CPUs this host does not have, a number out of its range).
             Error::Write { source, .. }
@@ -158,6 +166,14 @@ impl Classify for Error {
                 ) =>
             {
                 Kind::InvalidArgument
+            }
+            // A memory limit (the pod's, from the request, or the host's)
+            // leaves no room for the kernel's own accounting of a new
+            // cgroup or a value: mkdir and writes fail with ENOMEM.
+            Error::Io { source, .. } | Error::Write { source, .. }
+                if source.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                Kind::ResourceExhausted
             }
             Error::Systemd { .. } | Error::SystemdJob { .. } => Kind::Unavailable,
             _ => Kind::Internal,
@@ -196,6 +212,8 @@ pub struct Cgroups {
     /// One monitor joins its scope at a time: two pods starting together
     /// would both find no scope and both try to start it.
     monitors_lock: std::sync::Mutex<()>,
+    /// The OOM-kill counters of the running containers (see [`oom`]).
+    oom: OomLedger,
 }
 
 impl Cgroups {
@@ -238,6 +256,7 @@ impl Cgroups {
             tree: fs::Tree::new(layout),
             units,
             monitors_lock: std::sync::Mutex::new(()),
+            oom: OomLedger::default(),
         }
     }
 
@@ -454,6 +473,31 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Delegates the existing leaf `path` (cgroup v2 only) to host uid
+    /// `uid`: see [`delegate`]. The container's cgroup namespace and a
+    /// writable cgroup2 mount are the container's side of it.
+    pub fn delegate(&self, path: &CgroupPath, uid: u32) -> Result<(), Error> {
+        if !self.is_unified() {
+            return Err(Error::DelegationNeedsV2(path.path.clone()));
+        }
+        let names = delegate::delegatable_files(Path::new(delegate::DELEGATE_LIST))?;
+        let dir = self.tree.layout.reference().dir(&path.path);
+        delegate::delegate_dir(&dir, &names, uid)
+    }
+
+    /// The cgroup.procs files an exec process in the leaf `path` joins:
+    /// [`Self::procs_files`], but on cgroup v2 below a leaf the container
+    /// turned into an inner node, its init's cgroup ([`delegate::exec_cgroup`]).
+    pub fn exec_procs_files(&self, path: &CgroupPath, init_pid: Option<i32>) -> Vec<PathBuf> {
+        let (Some(pid), true) = (init_pid, self.is_unified()) else {
+            return self.procs_files(path);
+        };
+        let init = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let dir = self.tree.layout.reference().dir(&path.path);
+        let joined = delegate::exec_cgroup(&path.path, &dir, &init);
+        self.tree.procs_files(&joined)
+    }
+
     /// Moves `pid` into `path` in every hierarchy.
     pub fn add_process(&self, path: &CgroupPath, pid: i32) -> Result<(), Error> {
         self.tree.add_process(&path.path, pid)
@@ -484,11 +528,27 @@ impl Cgroups {
         self.tree.oom_kills(&path.path)
     }
 
-    /// Starts watching the OOM-kill counter of `path` (see [`oom`]): with
-    /// systemd, the counter must be read before the scope empties.
-    pub fn oom_watch(&self, path: &CgroupPath) -> Result<OomWatch, Error> {
+    /// Starts following the OOM-kill counter of container `id`'s leaf
+    /// `path` (see [`oom`]): with systemd, the counter must be read before
+    /// the scope empties. On v2, poll the wake and call `oom_refresh`.
+    pub fn oom_follow(&self, id: &str, path: &CgroupPath) -> Result<OomWake, Error> {
         let (file, unified) = self.tree.oom_file(&path.path)?;
-        OomWatch::new(file, unified)
+        self.oom.follow(id, file, unified)
+    }
+
+    /// Reads container `id`'s counter again (its wake was readable).
+    pub fn oom_refresh(&self, id: &str) -> u64 {
+        self.oom.refresh(id)
+    }
+
+    /// The OOM kills of container `id`, which has exited (`sigkilled`: by
+    /// SIGKILL), and the end of following it; never an error: 0 when
+    /// nothing can be read.
+    pub fn oom_finish(&self, id: &str, path: &CgroupPath, sigkilled: bool) -> u64 {
+        match self.tree.oom_file(&path.path) {
+            Ok((file, _)) => self.oom.finish(id, &file, sigkilled),
+            Err(_) => 0,
+        }
     }
 
     /// Removes `path` and everything below it; idempotent. Processes

@@ -43,6 +43,9 @@ pub const SECURITY_VERSION: u32 = 3;
 pub const MOUNTS_VERSION: u32 = 4;
 /// The oldest monitor version this daemon still drives.
 pub const MIN_VERSION: u32 = 1;
+/// The longest request line a monitor reads (every version: a container's
+/// launch with its env); the daemon refuses to send a longer one.
+pub const MAX_REQUEST: usize = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -197,6 +200,11 @@ pub struct ContainerLaunch {
     /// The pod's user namespace pin, joined by stage 2 once its mounts are
     /// made.
     pub userns: Option<PathBuf>,
+    /// The host uid and gid the pod's user namespace maps its root to: the
+    /// init and exec processes give their stdio pipes to them before
+    /// joining it (absent from an older daemon: left host root's).
+    #[serde(default)]
+    pub userns_root: Option<(u32, u32)>,
     /// The rootfs plan (`init::rootfs::plan`), executed by stage 2.
     pub rootfs: Vec<rootfs::Step>,
     /// The process settings, shared by the container's exec processes.
