@@ -568,13 +568,13 @@ impl Containers {
                 tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "remove container cgroup");
             }
         }
-        let dir = rec.dir.clone();
+        // Into the trash (one rename; deleted in the background), so the
+        // record is deleted only once its directory is out of the way.
+        let (dir, trash) = (rec.dir.clone(), self.trash.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
-            if let Err(e) = std::fs::remove_dir_all(&dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %dir.display(), error = %e, "remove container directory");
+            if let Err(e) = trash.put(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %crate::error::chain(&e), "remove container directory");
             }
         })
         .await;
