@@ -477,8 +477,10 @@ impl Containers {
             })?;
         rec.init = Some(init);
         rec.user = ProcessUser::of(init.pid);
-        self.store
-            .put(CONTAINERS, &rec.id, rec)
+        // Lazy: a rollback from the intent reaches the init through the
+        // monitor (by container id) and the container cgroup.
+        self.records
+            .put_lazy(rec)
             .map_err(step_err("record container init"))?;
         if cgroup_after_init {
             let cg = self.cgroups.clone();
@@ -494,8 +496,10 @@ impl Containers {
         // 6. Created, but unclaimed until the caller (or a retry) takes it.
         pause_point("record container").await;
         rec.state = State::Created;
-        self.store
-            .put(CONTAINERS, &rec.id, rec)
+        // Durable with the claim's commit; unclaimed, it is rolled back
+        // after a crash.
+        self.records
+            .put_lazy(rec)
             .map_err(step_err("record container"))?;
         Ok(())
     }
