@@ -323,3 +323,57 @@ async fn bad_container_fields_are_refused_and_leave_nothing() {
     pod::stop_remove(&mut rt, &pod_id).await;
     assert_no_trace(&d);
 }
+
+/// Commands an exec cannot run, sent to a running container: each answer
+/// is InvalidArgument (or the exec's own failure), short, and the pod's
+/// monitor keeps serving. Found by the campaign in CI: a 9 MiB ExecSync
+/// broke the connection to the monitor (INTERNAL "Broken pipe"), and a
+/// command the exec could not find, quoted whole in the failure, overflowed
+/// the setup's sync line (INTERNAL "oversized message").
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_no_exec_can_run_are_refused_and_the_monitor_lives() {
+    use crate::container::{container, create, exec, pod_config, setup_with_env, start};
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod_id = pod::run(&mut rt, pod_config("argv", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let c = container(
+        "sleeper",
+        &s.busybox,
+        &["sleep", "1000"],
+        NamespaceMode::Pod,
+    );
+    let id = create(&mut rt, &pod_id, c).await.unwrap();
+    start(&mut rt, &id).await;
+    let long_arg = "a".repeat(200_000);
+    let many = vec!["b".repeat(100_000); 90];
+    let unknown = format!("/{}", "c".repeat(100_000));
+    let cases: [(Vec<&str>, Code, &str); 4] = [
+        (vec!["echo", &long_arg], Code::InvalidArgument, "cmd[1]"),
+        (
+            many.iter().map(String::as_str).collect(),
+            Code::InvalidArgument,
+            "max_config_bytes",
+        ),
+        (vec!["echo", "a\0b"], Code::InvalidArgument, "NUL"),
+        (vec![&unknown], Code::InvalidArgument, "bytes cut"),
+    ];
+    for (cmd, code, says) in cases {
+        let e = exec(&mut rt, &id, &cmd, 10).await.unwrap_err();
+        assert_eq!(e.code(), code, "{says}: {}", e.message());
+        assert!(e.message().contains(says), "{says}: {}", e.message());
+        assert!(e.message().len() < 2100, "{}", e.message().len());
+        let ok = exec(&mut rt, &id, &["echo", "alive"], 10).await.unwrap();
+        assert_eq!(ok.stdout, b"alive\n", "after {says}");
+    }
+    // The same bounds hold for a container's command and args.
+    let mut c = container("toolong", &s.busybox, &["echo"], NamespaceMode::Pod);
+    c.args = vec![long_arg.clone()];
+    let e = create(&mut rt, &pod_id, c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().starts_with("args[0]"), "{}", e.message());
+    pod::stop_remove(&mut rt, &pod_id).await;
+    assert_no_trace(&s.d);
+}

@@ -19,7 +19,8 @@
 # kernel package), CRIUS_VM_ACCEL=kvm|tcg (skip the probe),
 # CRIUS_VM_TIMEOUT (seconds per mode, default 2400 for ci, 5400 for full),
 # CRIUS_VM_KEEP=1 (keep the run directory), CRIUS_VM_MEM (MiB, default
-# 2048). Needs root.
+# 2048), CRIUS_VM_LIST (a file in tests.list's format to run instead of
+# hack/vm/tests.list: one line, to try a test in a guest). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -41,6 +42,8 @@ cache=${CRIUS_VM_CACHE:-/var/cache/crius-vm}
 # under TCG on a loaded host the ci set alone can take 40 minutes.
 if [ "$set" = full ]; then timeout_s=${CRIUS_VM_TIMEOUT:-5400}; else timeout_s=${CRIUS_VM_TIMEOUT:-2400}; fi
 mem=${CRIUS_VM_MEM:-2048}
+list=${CRIUS_VM_LIST:-hack/vm/tests.list}
+[ -f "$list" ] || { echo "vm-e2e: no test list $list" >&2; exit 2; }
 t0=$(date +%s)
 say() { echo "vm-e2e: $*" >&2; }
 
@@ -145,6 +148,7 @@ say "kernel $kver, accelerator $accel, $(nproc) host cores"
 boot() {
   local mode=$1 share=$run/$1 cmdline start rc
   mkdir -p "$share"
+  cp "$list" "$share/tests.list"
   {
     echo "CRIUS_VM_MODE=$mode"
     echo "CRIUS_VM_SET=$set"

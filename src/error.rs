@@ -37,3 +37,28 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// `text` cut to at most `max` bytes (at a character boundary), with how
+/// much was cut: error messages and logs may quote what a client sent,
+/// which can be megabytes.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &text[..end], text.len() - end).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cut_keeps_short_text_and_whole_characters() {
+        assert_eq!(super::cut("abc", 3), "abc");
+        assert_eq!(super::cut("abcd", 3), "abc... (1 bytes cut)");
+        // "é" is two bytes: a cut inside it moves before it.
+        assert_eq!(super::cut("aé", 2), "a... (2 bytes cut)");
+    }
+}

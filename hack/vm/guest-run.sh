@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs inside the VM tier's guest (both modes, hack/vm/init): the lines of
-# hack/vm/tests.list for this mode and set, against the test executables the
+# hack/vm/tests.list (the host copies it, or CRIUS_VM_LIST, into the run
+# share) for this mode and set, against the test executables the
 # host built. Output goes to the run share's guest.log and to the console;
 # the tally goes to the share's `status` file, which the host reads.
 set -u
@@ -63,7 +64,7 @@ while read -r line; do
     echo "crius-vm: FAIL: no test matched: $line"
     bad_lines=$((bad_lines + 1))
   fi
-done <"$CRIUS_VM_REPO/hack/vm/tests.list"
+done <"$share/tests.list"
 rm -f "$out"
 
 echo "$passed $failed $bad_lines" >"$share/status"

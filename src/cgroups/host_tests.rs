@@ -350,12 +350,12 @@ fn host_oom_kill_is_counted() {
     let pid = g.spawn("x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}");
     g.cg.create_with_pid(&leaf, &res, pid).unwrap();
     assert_eq!(g.cg.oom_kills(&leaf).unwrap(), 0);
-    let mut watch = g.cg.oom_watch(&leaf).unwrap();
+    let wake = g.cg.oom_follow("c", &leaf).unwrap();
     g.go(pid);
     assert_eq!(g.wait_signal(pid), Some(9));
     let kills = g.cg.oom_kills(&leaf).unwrap();
     assert!(kills >= 1, "oom_kill {kills}");
-    if let Some(fd) = watch.as_fd() {
+    if let Some(fd) = wake.as_fd() {
         // v2: the kill woke the watcher.
         let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
         assert_eq!(
@@ -363,10 +363,12 @@ fn host_oom_kill_is_counted() {
             1
         );
     }
-    assert_eq!(watch.refresh(), kills);
+    assert_eq!(g.cg.oom_refresh("c"), kills);
     assert!(g.cg.oom_kills(&pod).unwrap() >= 1 || !g.unified("memory"));
     g.cg.kill_all(&leaf).unwrap();
     g.cg.remove(&leaf).unwrap();
+    // Counted when it was still there.
+    assert_eq!(g.cg.oom_finish("c", &leaf, true), kills);
 }
 
 #[test]
@@ -404,6 +406,59 @@ fn host_v2_unified_map_and_cgroup_kill() {
     g.go(pid);
     g.cg.kill_all(&leaf).unwrap();
     assert_eq!(g.wait_signal(pid), Some(9));
+    g.cg.remove(&pod).unwrap();
+}
+
+/// With systemd the scope of an OOM-killed process is gone by the time
+/// anyone reaps it: the kill is found in the pod slice's count, and a
+/// scope emptied by a plain SIGKILL claims none.
+#[test]
+fn host_systemd_oom_kill_outlives_its_scope() {
+    if !env_set("CRIUS_TEST_SYSTEMD") || !env_set("CRIUS_TEST_CGROUP_V2") {
+        eprintln!(
+            "skipped: needs systemd as PID 1 on cgroup v2; the VM tier's systemd guest \
+             sets CRIUS_TEST_SYSTEMD=1 and CRIUS_TEST_CGROUP_V2=1"
+        );
+        return;
+    }
+    if !is_root() {
+        return;
+    }
+    let tag = &crate::ids::new_id()[..12];
+    let mut g = Guard::new(CgroupDriver::Systemd, format!("criustest{tag}.slice"));
+    let pod = g.cg.pod_path("", "oom").unwrap();
+    assert!(g.cg.create(&pod, &Resources::default()).unwrap());
+    let limit = Resources {
+        memory_limit: Some(16 << 20),
+        memory_swap_limit: Some(16 << 20),
+        ..Default::default()
+    };
+    let hog = g.cg.container_path(&pod, "hog").unwrap();
+    let pid = g.spawn("x=$(head -c 67108864 /dev/zero | tr '\\0' a)");
+    g.cg.create_with_pid(&hog, &limit, pid).unwrap();
+    let _wake = g.cg.oom_follow("hog", &hog).unwrap();
+    let plain = g.cg.container_path(&pod, "plain").unwrap();
+    let sleeper = g.spawn("sleep 100");
+    g.cg.create_with_pid(&plain, &limit, sleeper).unwrap();
+    let _wake2 = g.cg.oom_follow("plain", &plain).unwrap();
+    // Neither is refreshed: as if the watcher lost the race every time.
+    g.go(pid);
+    assert_eq!(g.wait_signal(pid), Some(9));
+    let gone = |g: &Guard, leaf: &CgroupPath| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.cg.exists(leaf) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !g.cg.exists(leaf)
+    };
+    assert!(gone(&g, &hog), "systemd kept the empty scope {hog}");
+    assert!(g.cg.oom_finish("hog", &hog, true) >= 1);
+    // Its kill is claimed once: not again by a plain SIGKILL.
+    g.go(sleeper);
+    g.cg.kill_all(&plain).unwrap();
+    assert_eq!(g.wait_signal(sleeper), Some(9));
+    assert!(gone(&g, &plain), "systemd kept the empty scope {plain}");
+    assert_eq!(g.cg.oom_finish("plain", &plain, true), 0);
     g.cg.remove(&pod).unwrap();
 }
 

@@ -24,7 +24,8 @@
 //!                                                     //  needs its first process)
 //! cg.update(&leaf, &resources)?;                      // all or nothing
 //! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
-//! let mut w = cg.oom_watch(&leaf)?;                  // while it runs: w.as_fd(), w.refresh()
+//! let wake = cg.oom_follow(&id, &leaf)?;            // before it starts; wake readable: cg.oom_refresh(&id)
+//! let kills = cg.oom_finish(&id, &leaf, sigkilled); // at its exit, even if systemd removed the scope
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
 //! cg.join_monitors(monitor_pid)? ; cg.monitors_path()?        // the monitors' own cgroup
 //! cg.children(&cg.default_parent_path()?)?          // reconcile
@@ -86,7 +87,7 @@ use crate::config::{CgroupConfig, CgroupDriver};
 use crate::error::{Classify, Kind};
 pub use devices::{Access, DevKind, DeviceRules, Rule};
 pub use layout::{Layout, Mode};
-pub use oom::OomWatch;
+pub use oom::{OomLedger, OomWake};
 pub use paths::{CgroupPath, Unit};
 pub use resources::Resources;
 pub use stats::Stats;
@@ -159,6 +160,14 @@ impl Classify for Error {
             {
                 Kind::InvalidArgument
             }
+            // A memory limit (the pod's, from the request, or the host's)
+            // leaves no room for the kernel's own accounting of a new
+            // cgroup or a value: mkdir and writes fail with ENOMEM.
+            Error::Io { source, .. } | Error::Write { source, .. }
+                if source.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                Kind::ResourceExhausted
+            }
             Error::Systemd { .. } | Error::SystemdJob { .. } => Kind::Unavailable,
             _ => Kind::Internal,
         }
@@ -196,6 +205,8 @@ pub struct Cgroups {
     /// One monitor joins its scope at a time: two pods starting together
     /// would both find no scope and both try to start it.
     monitors_lock: std::sync::Mutex<()>,
+    /// The OOM-kill counters of the running containers (see [`oom`]).
+    oom: OomLedger,
 }
 
 impl Cgroups {
@@ -238,6 +249,7 @@ impl Cgroups {
             tree: fs::Tree::new(layout),
             units,
             monitors_lock: std::sync::Mutex::new(()),
+            oom: OomLedger::default(),
         }
     }
 
@@ -484,11 +496,27 @@ impl Cgroups {
         self.tree.oom_kills(&path.path)
     }
 
-    /// Starts watching the OOM-kill counter of `path` (see [`oom`]): with
-    /// systemd, the counter must be read before the scope empties.
-    pub fn oom_watch(&self, path: &CgroupPath) -> Result<OomWatch, Error> {
+    /// Starts following the OOM-kill counter of container `id`'s leaf
+    /// `path` (see [`oom`]): with systemd, the counter must be read before
+    /// the scope empties. On v2, poll the wake and call `oom_refresh`.
+    pub fn oom_follow(&self, id: &str, path: &CgroupPath) -> Result<OomWake, Error> {
         let (file, unified) = self.tree.oom_file(&path.path)?;
-        OomWatch::new(file, unified)
+        self.oom.follow(id, file, unified)
+    }
+
+    /// Reads container `id`'s counter again (its wake was readable).
+    pub fn oom_refresh(&self, id: &str) -> u64 {
+        self.oom.refresh(id)
+    }
+
+    /// The OOM kills of container `id`, which has exited (`sigkilled`: by
+    /// SIGKILL), and the end of following it; never an error: 0 when
+    /// nothing can be read.
+    pub fn oom_finish(&self, id: &str, path: &CgroupPath, sigkilled: bool) -> u64 {
+        match self.tree.oom_file(&path.path) {
+            Ok((file, _)) => self.oom.finish(id, &file, sigkilled),
+            Err(_) => 0,
+        }
     }
 
     /// Removes `path` and everything below it; idempotent. Processes

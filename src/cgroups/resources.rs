@@ -649,6 +649,18 @@ mod tests {
             assert!(matches!(refused(errno).kind(), Kind::InvalidArgument));
         }
         assert!(matches!(refused(libc::EIO).kind(), Kind::Internal));
+        // The hostile campaign's pod with a 4 KiB memory limit: the kernel
+        // cannot charge a child cgroup to it (mkdir says ENOMEM).
+        assert!(matches!(
+            refused(libc::ENOMEM).kind(),
+            Kind::ResourceExhausted
+        ));
+        let mkdir = crate::cgroups::Error::Io {
+            op: "create cgroup",
+            path: "/sys/fs/cgroup/memory/pod/crius-init_x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        };
+        assert!(matches!(mkdir.kind(), Kind::ResourceExhausted));
     }
 
     #[test]

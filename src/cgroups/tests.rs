@@ -698,21 +698,24 @@ fn monitors_and_reconcile_listing() {
 }
 
 #[test]
-fn oom_watch_reads_the_layouts_counter() {
+fn oom_follow_reads_the_layouts_counter() {
     for kind in [Kind::V1, Kind::V2] {
         let f = fixture(kind);
         let pod = f.cg.pod_path("", "w").unwrap();
         f.cg.create(&pod, &Resources::default()).unwrap();
-        let mut w = f.cg.oom_watch(&pod).unwrap();
-        assert_eq!(w.as_fd().is_some(), kind == Kind::V2);
+        let leaf = f.cg.container_path(&pod, "c").unwrap();
+        f.cg.create(&leaf, &Resources::default()).unwrap();
+        let wake = f.cg.oom_follow("c", &leaf).unwrap();
+        assert_eq!(wake.as_fd().is_some(), kind == Kind::V2);
         let file = match kind {
-            Kind::V2 => f.root.join("crius/pod-w/memory.events"),
-            _ => f.root.join("memory/crius/pod-w/memory.oom_control"),
+            Kind::V2 => f.root.join("crius/pod-w/crius-c/memory.events"),
+            _ => f.root.join("memory/crius/pod-w/crius-c/memory.oom_control"),
         };
         std::fs::write(file, "oom_kill 5\n").unwrap();
-        assert_eq!(w.refresh(), 5);
+        assert_eq!(f.cg.oom_refresh("c"), 5);
+        f.cg.remove(&leaf).unwrap();
+        assert_eq!(f.cg.oom_finish("c", &leaf, true), 5);
         f.cg.remove(&pod).unwrap();
-        assert_eq!(w.refresh(), 5);
     }
 }
 

@@ -1,22 +1,27 @@
 //! Starting, stopping and removing containers, and watching their exits.
 //!
 //! Every running container has one exit watcher: a task waiting on the
-//! engine (the monitor answers the moment it reaps the init), which then
-//! reads the cgroup's OOM counter, kills what the entrypoint left behind
-//! when it was not PID 1 of its namespace, and records the exit.
+//! engine (the monitor answers the moment it reaps the init) while it
+//! follows the cgroup's OOM counter (on v2 it wakes on every change of
+//! `memory.events`: with systemd the scope's cgroup is gone by the time
+//! the init is reaped; see [`crate::cgroups::oom`]), which then takes the
+//! OOM verdict, kills what the entrypoint left behind when it was not PID 1
+//! of its namespace, and records the exit.
 //! StopContainer waits for that record, never polls. The watcher takes no
 //! container lock (StopContainer holds it while waiting); it updates the
 //! record in one transaction and only while the container is RUNNING.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use super::engine::Exit;
 use super::record::{CONTAINERS, ContainerRecord, State, exit_reason};
 use super::{Containers, Error, blocking, state_name};
-use crate::cgroups::Resources;
+use crate::cgroups::{OomWake, Resources};
 use crate::events::Type;
 use crate::pod::now_ns;
 use crate::record::Record;
@@ -39,7 +44,10 @@ impl Containers {
                 state_name(rec.effective().state)
             )));
         }
+        // Followed before the entrypoint runs: it may be OOM-killed at once.
+        let oom = self.follow_oom(&rec).await;
         if let Err(e) = self.engine.start(&rec.pod_dir, &id).await {
+            self.finish_oom(&rec, None).await;
             // ContainerCannotRun: the init stays behind no more.
             let message = crate::error::chain(&e);
             tracing::warn!(container_id = %id, error = %message, "container cannot run");
@@ -56,15 +64,24 @@ impl Containers {
         }
         rec.state = State::Running;
         rec.started_at = now_ns();
-        self.store.put(CONTAINERS, &id, &rec)?;
+        if let Err(e) = self.store.put(CONTAINERS, &id, &rec) {
+            self.finish_oom(&rec, None).await;
+            return Err(e.into());
+        }
         self.events.container(Type::Started, &rec);
-        self.watch_exit(&rec);
+        self.watch_exit_with(&rec, oom);
         tracing::info!(container_id = %id, "container started");
         Ok(())
     }
 
     /// Starts the exit watcher of a running container (once).
     pub(super) fn watch_exit(self: &Arc<Self>, rec: &ContainerRecord) {
+        self.watch_exit_with(rec, None);
+    }
+
+    /// `watch_exit` with the OOM wake `start` got before the entrypoint
+    /// ran (`None`: the watcher starts following the counter itself).
+    fn watch_exit_with(self: &Arc<Self>, rec: &ContainerRecord, oom: Option<OomWake>) {
         let (tx, rx) = watch::channel(false);
         {
             let mut exits = self.exits.lock().expect("lock poisoned");
@@ -76,10 +93,82 @@ impl Containers {
         let this = self.clone();
         let rec = rec.clone();
         tokio::spawn(async move {
-            let exit = this.wait_exit(&rec).await;
+            let oom = match oom {
+                Some(w) => Some(w),
+                None => this.follow_oom(&rec).await,
+            };
+            let exit = this.wait_exit_following(&rec, oom).await;
             this.record_exit(&rec, exit).await;
             let _ = tx.send(true);
         });
+    }
+
+    /// Starts following the OOM counter of `rec`'s cgroup; `None` without
+    /// a cgroup, or when it cannot be read (then its exit reads it once).
+    async fn follow_oom(&self, rec: &ContainerRecord) -> Option<OomWake> {
+        let leaf = rec.cgroup.clone()?;
+        let (cg, id) = (self.cgroups.clone(), rec.id.clone());
+        match blocking(move || cg.oom_follow(&id, &leaf)).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "follow the OOM counter");
+                None
+            }
+        }
+    }
+
+    /// The OOM kills of `rec`, which exited (`exit`), and the end of
+    /// following its counter.
+    async fn finish_oom(&self, rec: &ContainerRecord, exit: Option<&Exit>) -> u64 {
+        let Some(leaf) = rec.cgroup.clone() else {
+            return 0;
+        };
+        // The OOM killer kills with SIGKILL: only such an exit may claim
+        // a kill its vanished cgroup could not show.
+        let sigkilled = exit.is_some_and(|e| e.signal == Some(libc::SIGKILL) || e.exit_code == 137);
+        let (cg, id) = (self.cgroups.clone(), rec.id.clone());
+        blocking(move || Ok::<_, Error>(cg.oom_finish(&id, &leaf, sigkilled)))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// `wait_exit`, refreshing the OOM counter whenever it changes (v2).
+    async fn wait_exit_following(
+        &self,
+        rec: &ContainerRecord,
+        oom: Option<OomWake>,
+    ) -> Option<Exit> {
+        let mut wake = oom.and_then(|w| {
+            let fd = w.as_fd()?.as_raw_fd();
+            // `AsyncFd::new` is deprecated for types that merely borrow a
+            // raw fd; `WakeFd` owns the inotify fd for the AsyncFd's whole
+            // life (as streaming::fdio's OwnedFd does).
+            #[allow(deprecated)]
+            AsyncFd::new(WakeFd { wake: w, fd }).ok()
+        });
+        let exit = self.wait_exit(rec);
+        tokio::pin!(exit);
+        loop {
+            let Some(w) = &wake else {
+                return exit.await;
+            };
+            tokio::select! {
+                e = &mut exit => return e,
+                ready = w.readable() => match ready {
+                    Ok(mut guard) => {
+                        guard.get_inner().wake.drain();
+                        guard.clear_ready();
+                        // Read at once, on this worker (a small cgroup
+                        // file): systemd may remove the cgroup any moment.
+                        self.cgroups.oom_refresh(&rec.id);
+                    }
+                    Err(e) => {
+                        tracing::debug!(container_id = %rec.id, error = %e, "OOM wake; read at exit only");
+                        wake = None;
+                    }
+                },
+            }
+        }
     }
 
     /// The init's exit, from the engine; from the exit file, or "lost"
@@ -115,18 +204,10 @@ impl Containers {
         }
     }
 
-    /// Records an exit: OOM counter read before anything removes the
+    /// Records an exit: the OOM verdict taken before anything removes the
     /// cgroup, leftovers killed, then EXITED in one transaction.
     async fn record_exit(&self, rec: &ContainerRecord, exit: Option<Exit>) {
-        let oom = match rec.cgroup.clone() {
-            Some(leaf) if exit.is_some() => {
-                let cg = self.cgroups.clone();
-                blocking(move || cg.oom_kills(&leaf))
-                    .await
-                    .is_ok_and(|n| n > 0)
-            }
-            _ => false,
-        };
+        let oom = self.finish_oom(rec, exit.as_ref()).await > 0 && exit.is_some();
         self.kill_leftovers(rec, false).await;
         let updated = self.store.write(|txn| {
             let Some(mut r) = txn.get(CONTAINERS, &rec.id)? else {
@@ -388,5 +469,17 @@ impl crate::pod::ContainerHooks for PodHooks {
         this.remove_pod(pod_id)
             .await
             .map_err(|e| crate::error::chain(&e))
+    }
+}
+
+/// An OOM wake as tokio polls it.
+struct WakeFd {
+    wake: OomWake,
+    fd: RawFd,
+}
+
+impl AsRawFd for WakeFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
     }
 }

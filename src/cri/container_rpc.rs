@@ -208,6 +208,7 @@ impl Cri {
         if req.cmd.is_empty() {
             return Err(missing("cmd"));
         }
+        super::validate::exec_cmd(&req.cmd, &self.daemon.config.grpc)?;
         if req.timeout < 0 {
             return Err(Status::invalid_argument(format!(
                 "timeout {} is negative",

@@ -45,16 +45,5 @@ const MAX_FIELD_LOGGED: usize = 100;
 /// current RPC span.
 fn record_field(name: &'static str, value: &str) {
     let span = tracing::Span::current();
-    if value.len() <= MAX_FIELD_LOGGED {
-        span.record(name, value);
-        return;
-    }
-    let mut cut = MAX_FIELD_LOGGED;
-    while !value.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    span.record(
-        name,
-        format!("{}... ({} bytes)", &value[..cut], value.len()).as_str(),
-    );
+    span.record(name, &*crate::error::cut(value, MAX_FIELD_LOGGED));
 }

@@ -35,13 +35,14 @@ impl Cri {
     }
 
     pub(super) async fn exec_rpc(&self, req: ExecRequest) -> Reply<ExecResponse> {
-        tracing::Span::current().record("container_id", req.container_id.as_str());
+        super::record_field("container_id", req.container_id.as_str());
         if req.container_id.is_empty() {
             return Err(missing("container_id"));
         }
         if req.cmd.is_empty() {
             return Err(missing("cmd"));
         }
+        super::validate::exec_cmd(&req.cmd, &self.daemon.config.grpc)?;
         check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
         let url = self
             .stream_url(Request::Exec {
@@ -57,7 +58,7 @@ impl Cri {
     }
 
     pub(super) async fn attach_rpc(&self, req: AttachRequest) -> Reply<AttachResponse> {
-        tracing::Span::current().record("container_id", req.container_id.as_str());
+        super::record_field("container_id", req.container_id.as_str());
         if req.container_id.is_empty() {
             return Err(missing("container_id"));
         }
@@ -78,7 +79,7 @@ impl Cri {
         &self,
         req: PortForwardRequest,
     ) -> Reply<PortForwardResponse> {
-        tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
+        super::record_field("pod_id", req.pod_sandbox_id.as_str());
         if req.pod_sandbox_id.is_empty() {
             return Err(missing("pod_sandbox_id"));
         }

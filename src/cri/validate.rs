@@ -115,6 +115,17 @@ pub fn container_size(c: &proto::ContainerConfig, limits: &GrpcConfig) -> Result
     let argv = strings_bytes(&c.command) + strings_bytes(&c.args);
     let mounts: usize = c.mounts.iter().map(|m| m.encoded_len()).sum::<usize>()
         + c.devices.iter().map(|d| d.encoded_len()).sum::<usize>();
+    execable("command", &c.command)?;
+    execable("args", &c.args)?;
+    for (i, e) in c.envs.iter().enumerate() {
+        let len = e.key.len() + 1 + e.value.len();
+        if len > MAX_ARG_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "envs[{i}] {}: {len} bytes as KEY=value, more than the kernel passes in one ({MAX_ARG_BYTES})",
+                shown(&e.key)
+            )));
+        }
+    }
     within(
         "the container config",
         c.encoded_len(),
@@ -123,6 +134,45 @@ pub fn container_size(c: &proto::ContainerConfig, limits: &GrpcConfig) -> Result
             c.envs.len(),
             labels + annotations
         ),
+        limits.max_config_bytes,
+        "max_config_bytes",
+    )
+}
+
+/// The longest single argument or environment entry execve(2) passes
+/// (the kernel's MAX_ARG_STRLEN, 32 pages, less the terminating NUL): a
+/// longer one fails the exec with E2BIG.
+pub const MAX_ARG_BYTES: usize = 32 * 4096 - 1;
+
+/// An argument vector the kernel can exec: no argument with a NUL byte (it
+/// would end the argument) or longer than [`MAX_ARG_BYTES`].
+fn execable(field: &str, args: &[String]) -> Result<(), Status> {
+    for (i, a) in args.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(Status::invalid_argument(format!(
+                "{field}[{i}] {}: contains NUL",
+                shown(a)
+            )));
+        }
+        if a.len() > MAX_ARG_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "{field}[{i}] {}: {} bytes, more than the kernel passes in one argument ({MAX_ARG_BYTES})",
+                shown(a),
+                a.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The command of an ExecSync or Exec: what [`execable`] allows, and in all
+/// at most the container config's bound (a command is part of a config).
+pub fn exec_cmd(cmd: &[String], limits: &GrpcConfig) -> Result<(), Status> {
+    execable("cmd", cmd)?;
+    within(
+        "cmd",
+        strings_bytes(cmd),
+        &format!("{} arguments", cmd.len()),
         limits.max_config_bytes,
         "max_config_bytes",
     )
@@ -184,6 +234,42 @@ mod tests {
             e.message()
         );
         c.envs.truncate(10);
+        container_size(&c, &limits).unwrap();
+    }
+
+    #[test]
+    fn commands_the_kernel_cannot_exec_are_refused() {
+        let limits = GrpcConfig {
+            max_config_bytes: 1 << 20,
+            ..GrpcConfig::default()
+        };
+        let ok = vec!["sh".to_string(), "x".repeat(MAX_ARG_BYTES)];
+        exec_cmd(&ok, &limits).unwrap();
+        let cases = [
+            (vec!["sh".into(), "x".repeat(MAX_ARG_BYTES + 1)], "cmd[1]"),
+            (vec!["a\0b".into()], "contains NUL"),
+            (vec!["y".repeat(100_000); 11], "max_config_bytes"),
+        ];
+        for (cmd, says) in cases {
+            let e = exec_cmd(&cmd, &limits).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.message().contains(says), "{}", e.message());
+            assert!(e.message().len() < 400, "{}", e.message());
+        }
+        let mut c = proto::ContainerConfig {
+            args: vec!["z".repeat(MAX_ARG_BYTES + 1)],
+            ..Default::default()
+        };
+        let e = container_size(&c, &limits).unwrap_err();
+        assert!(e.message().starts_with("args[0]"), "{}", e.message());
+        c.args.clear();
+        c.envs.push(proto::KeyValue {
+            key: "K".into(),
+            value: vec![b'v'; MAX_ARG_BYTES - 1],
+        });
+        let e = container_size(&c, &limits).unwrap_err();
+        assert!(e.message().starts_with("envs[0]"), "{}", e.message());
+        c.envs[0].value.pop();
         container_size(&c, &limits).unwrap();
     }
 }

@@ -532,6 +532,15 @@ fn host_arch() -> &'static str {
 
 /// Streams a blob (the config) into the content store unless it is there
 /// already.
+/// One of the daemon's download slots, held while a blob downloads.
+async fn download_slot(inner: &Inner) -> Result<tokio::sync::SemaphorePermit<'_>> {
+    inner
+        .downloads
+        .acquire()
+        .await
+        .map_err(|_| Error::BadContent("download slots closed".into()))
+}
+
 async fn fetch_blob(
     inner: &Inner,
     fetch: &Fetch,
@@ -544,11 +553,7 @@ async fn fetch_blob(
         return Ok(());
     }
     let name = &fetch.name;
-    let _permit = inner
-        .downloads
-        .acquire()
-        .await
-        .map_err(|_| Error::BadContent("download slots closed".into()))?;
+    let _permit = download_slot(inner).await?;
     if dest.exists() {
         return Ok(());
     }
@@ -718,11 +723,7 @@ async fn stream_layer(
     target: &std::path::Path,
 ) -> Result<super::unpack::Pending> {
     let name = &fetch.name;
-    let _permit = inner
-        .downloads
-        .acquire()
-        .await
-        .map_err(|_| Error::BadContent("download slots closed".into()))?;
+    let _permit = download_slot(inner).await?;
     let mut stream = within(
         fetch.timeout,
         name,

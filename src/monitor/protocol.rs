@@ -43,6 +43,9 @@ pub const SECURITY_VERSION: u32 = 3;
 pub const MOUNTS_VERSION: u32 = 4;
 /// The oldest monitor version this daemon still drives.
 pub const MIN_VERSION: u32 = 1;
+/// The longest request line a monitor reads (every version: a container's
+/// launch with its env); the daemon refuses to send a longer one.
+pub const MAX_REQUEST: usize = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -234,17 +234,27 @@ pub enum Message {
     Failed { step: Step, message: String },
 }
 
+/// The most of a failed step's name a line carries (a mount step names
+/// its destination, which a client chose).
+const MAX_STEP: usize = 1024;
+/// The most of a failure's message a line carries: it may quote a command
+/// or a path a client chose, and the monitor refuses a line longer than it
+/// buffers (64 KiB).
+const MAX_MESSAGE: usize = 8 << 10;
+
 impl Message {
     /// The line, newline included. Line breaks and tabs in a message are
-    /// spaces, so that the line stays one.
+    /// spaces, so that the line stays one; the step and the message are cut
+    /// to [`MAX_STEP`] and [`MAX_MESSAGE`] bytes.
     pub fn encode(&self) -> String {
         match self {
             Message::Pid(pid) => format!("pid {pid}\n"),
             Message::Ready => "ready\n".into(),
             Message::Pty => "pty\n".into(),
             Message::Failed { step, message } => {
-                let step = step.to_string().replace(['\n', '\t'], " ");
-                let message = message.replace(['\n', '\t'], " ");
+                let step =
+                    crate::error::cut(&step.to_string(), MAX_STEP).replace(['\n', '\t'], " ");
+                let message = crate::error::cut(message, MAX_MESSAGE).replace(['\n', '\t'], " ");
                 format!("error {step}\t{message}\n")
             }
         }
@@ -347,6 +357,17 @@ mod tests {
                 _ => assert_eq!(m, back),
             }
         }
+        let huge = Message::Failed {
+            step: Step::Mount(format!("/{}", "d".repeat(1 << 20))),
+            message: format!("exec {}: not found", "a".repeat(1 << 20)),
+        };
+        let line = huge.encode();
+        assert!(line.len() < 10 << 10, "{} bytes", line.len());
+        assert!(line.contains("bytes cut"), "{line}");
+        assert!(matches!(
+            Message::decode(&line),
+            Some(Message::Failed { .. })
+        ));
         assert_eq!(Message::decode("pid x"), None);
         assert_eq!(Message::decode("hello"), None);
         assert_eq!(

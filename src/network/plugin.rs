@@ -167,19 +167,8 @@ fn failure_message(status: &std::process::ExitStatus, stdout: &[u8], stderr: &[u
     if detail.is_empty() {
         format!("plugin {status}")
     } else {
-        format!("plugin {status}: {}", truncate(detail, 2048))
+        format!("plugin {status}: {}", crate::error::cut(detail, 2048))
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The CNI versions a plugin supports (its VERSION answer).

@@ -43,6 +43,14 @@ pub enum Error {
     Timeout { dir: PathBuf, limit: Duration },
     #[error("monitor of {dir}: {message}")]
     Protocol { dir: PathBuf, message: String },
+    /// A request longer than a monitor reads: only a client's oversized
+    /// input makes one.
+    #[error("the request to the monitor of {dir} is {bytes} bytes, more than the {limit} it reads")]
+    TooLarge {
+        dir: PathBuf,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 impl Classify for Error {
@@ -50,6 +58,7 @@ impl Classify for Error {
         match self {
             Error::Setup { step, .. } => step.kind(),
             Error::Timeout { .. } => Kind::DeadlineExceeded,
+            Error::TooLarge { .. } => Kind::InvalidArgument,
             _ => Kind::Internal,
         }
     }
@@ -282,6 +291,21 @@ impl Connection {
         }
     }
 
+    /// `req` as the line the monitor reads, refused when longer than it
+    /// reads ([`proto::MAX_REQUEST`]).
+    fn request_line(&self, req: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
+        let mut line = serde_json::to_vec(req).expect("serializable");
+        line.push(b'\n');
+        if line.len() > proto::MAX_REQUEST {
+            return Err(Error::TooLarge {
+                dir: self.dir.clone(),
+                bytes: line.len(),
+                limit: proto::MAX_REQUEST,
+            });
+        }
+        Ok(line)
+    }
+
     /// Sends one request and reads its reply.
     pub async fn call(&mut self, req: &Request<'_>) -> Result<Reply, Error> {
         self.call_within(req, Some(CALL_TIMEOUT)).await
@@ -294,8 +318,7 @@ impl Connection {
         req: &(impl serde::Serialize + Sync),
         limit: Option<Duration>,
     ) -> Result<Reply, Error> {
-        let mut line = serde_json::to_vec(req).expect("serializable");
-        line.push(b'\n');
+        let line = self.request_line(req)?;
         let exchange = async {
             self.writer.write_all(&line).await?;
             let mut reply = String::new();
@@ -333,8 +356,7 @@ impl Connection {
         if !self.reader.buffer().is_empty() {
             return Err(self.protocol("unexpected bytes before a reply with fds".into()));
         }
-        let mut line = serde_json::to_vec(req).expect("serializable");
-        line.push(b'\n');
+        let line = self.request_line(req)?;
         let exchange = async {
             self.writer.write_all(&line).await?;
             let stream: &tokio::net::UnixStream = self.reader.get_ref().as_ref();

@@ -31,9 +31,6 @@ use crate::monitor::sync::{Step, Subject};
 use crate::monitor::{INIT, PodDir, Spec};
 use crate::sys::process::{self, ProcRef, SingleThreaded};
 
-/// Longest request line a monitor accepts (a container's Spec and env).
-const MAX_LINE: usize = 8 << 20;
-
 /// `crius monitor <pod dir>`: never returns while the pod lives.
 #[allow(unsafe_code)]
 pub fn main(dir: &Path) -> ExitCode {
@@ -479,7 +476,7 @@ impl Monitor {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
-            if self.conns[i].buf.len() > MAX_LINE {
+            if self.conns[i].buf.len() > proto::MAX_REQUEST {
                 return false;
             }
         }
