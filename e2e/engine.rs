@@ -127,6 +127,7 @@ impl TestPod {
             resolv_conf: None,
             cgroup_path: "/crius-enginetest".into(),
             cgroup_v2: crate::cgroup::unified(),
+            cgroup_writable: false,
             user_ns: None,
         };
         let built =

@@ -110,13 +110,14 @@ done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null)
 ((${#bins[@]})) || { say "cargo test --no-run listed no executable"; exit 1; }
 
 # 3. The initramfs: busybox, the modules that reach the 9p root (virtio_pci
-#    first, dependencies before their users) and hack/vm/init.
+#    first, dependencies before their users) and the ext4 disk, and
+#    hack/vm/init.
 initrd() {
   local dir=$run/initramfs m
   mkdir -p "$dir"/{bin,modules,proc,sys,dev}
   cp "$(command -v busybox)" "$dir/bin/busybox"
   cp hack/vm/init "$dir/init"
-  modprobe -d "$kdir" -S "$kver" --show-depends -a virtio_pci 9pnet_virtio 9p overlay |
+  modprobe -d "$kdir" -S "$kver" --show-depends -a virtio_pci 9pnet_virtio 9p overlay virtio_blk ext4 |
     awk '$1 == "insmod" && !seen[$2]++ { print $2 }' >"$run/modules"
   while read -r m; do
     cp "$m" "$dir/modules/"
@@ -149,6 +150,11 @@ boot() {
   local mode=$1 share=$run/$1 cmdline start rc
   mkdir -p "$share"
   cp "$list" "$share/tests.list"
+  # An empty ext4 disk (sparse: only what the guest writes takes space),
+  # mounted at the guest's /var/tmp: 6.1 cannot idmap tmpfs, so tests
+  # that need idmapped mounts (user namespaces) put their roots there.
+  truncate -s 8G "$run/$mode-ext4.img"
+  mkfs.ext4 -q -F -E root_owner=0:0 "$run/$mode-ext4.img"
   {
     echo "CRIUS_VM_MODE=$mode"
     echo "CRIUS_VM_SET=$set"
@@ -182,6 +188,7 @@ boot() {
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev local,id=share,path="$share",security_model=passthrough \
     -device virtio-9p-pci,fsdev=share,mount_tag=share \
+    -drive file="$run/$mode-ext4.img",if=virtio,format=raw,cache=unsafe \
     </dev/null >"$share/console.log" 2>&1 || rc=$?
   local took=$(($(date +%s) - start))
   if [ ! -f "$share/status" ]; then

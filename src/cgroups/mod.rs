@@ -23,6 +23,7 @@
 //! cg.create_with_pid(&leaf, &resources, init_pid)?;   // leaves: both drivers (a systemd scope
 //!                                                     //  needs its first process)
 //! cg.update(&leaf, &resources)?;                      // all or nothing
+//! cg.delegate(&leaf, host_uid)?;                      // v2: the leaf to a userns container
 //! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
 //! let wake = cg.oom_follow(&id, &leaf)?;            // before it starts; wake readable: cg.oom_refresh(&id)
 //! let kills = cg.oom_finish(&id, &leaf, sigkilled); // at its exit, even if systemd removed the scope
@@ -66,6 +67,7 @@
 //! (a v1 migration pays an RCU grace period per hierarchy), 9 ms for
 //! kill_all + wait + remove.
 
+pub mod delegate;
 pub mod devices;
 #[cfg(test)]
 mod fake_kernel;
@@ -128,6 +130,10 @@ pub enum Error {
     Exists(String),
     #[error("the systemd scope {0} needs its first process: use create_with_pid")]
     NeedsProcess(String),
+    #[error(
+        "cgroup {0}: delegating a cgroup to a container needs cgroup v2 alone (this host has v1 hierarchies)"
+    )]
+    DelegationNeedsV2(String),
     #[error("systemd: {op} {unit}")]
     Systemd {
         op: &'static str,
@@ -150,6 +156,7 @@ impl Classify for Error {
                 Kind::InvalidArgument
             }
             Error::Exists(_) => Kind::AlreadyExists,
+            Error::DelegationNeedsV2(_) => Kind::FailedPrecondition,
             // The kernel refused a value from the request (a cpuset naming
             // CPUs this host does not have, a number out of its range).
             Error::Write { source, .. }
@@ -464,6 +471,31 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// Delegates the existing leaf `path` (cgroup v2 only) to host uid
+    /// `uid`: see [`delegate`]. The container's cgroup namespace and a
+    /// writable cgroup2 mount are the container's side of it.
+    pub fn delegate(&self, path: &CgroupPath, uid: u32) -> Result<(), Error> {
+        if !self.is_unified() {
+            return Err(Error::DelegationNeedsV2(path.path.clone()));
+        }
+        let names = delegate::delegatable_files(Path::new(delegate::DELEGATE_LIST))?;
+        let dir = self.tree.layout.reference().dir(&path.path);
+        delegate::delegate_dir(&dir, &names, uid)
+    }
+
+    /// The cgroup.procs files an exec process in the leaf `path` joins:
+    /// [`Self::procs_files`], but on cgroup v2 below a leaf the container
+    /// turned into an inner node, its init's cgroup ([`delegate::exec_cgroup`]).
+    pub fn exec_procs_files(&self, path: &CgroupPath, init_pid: Option<i32>) -> Vec<PathBuf> {
+        let (Some(pid), true) = (init_pid, self.is_unified()) else {
+            return self.procs_files(path);
+        };
+        let init = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let dir = self.tree.layout.reference().dir(&path.path);
+        let joined = delegate::exec_cgroup(&path.path, &dir, &init);
+        self.tree.procs_files(&joined)
     }
 
     /// Moves `pid` into `path` in every hierarchy.

@@ -15,7 +15,9 @@
 //!    mount point, a staging dir per image volume)
 //! 3. create container cgroup   4. create log directory
 //! 5. create container init (the engine: mounts, namespaces, blocked
-//!    before execve)   6. record container
+//!    before execve)   5b. delegate container cgroup (a pod that asks for
+//!    it: [`crate::pod::spec::CGROUP_WRITABLE_ANNOTATIONS`])
+//! 6. record container
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +74,9 @@ pub struct Plan {
     launch: Launch,
     /// A systemd scope needs its first process: made after the init.
     cgroup_after_init: bool,
+    /// The container's cgroup is delegated to its user once the init
+    /// has taken that user.
+    delegate_cgroup: bool,
 }
 
 impl Containers {
@@ -137,6 +142,7 @@ impl Containers {
             .container_path(&pod_cgroup, &id)
             .map_err(|e| Error::Invalid(crate::error::chain(&e)))?;
         let (pid_mode, pid) = self.pid_namespace(pod, &req)?;
+        let cgroup_writable = self.cgroup_delegation(pod)?;
         let ctx = PodContext {
             net_ns: pod.netns.clone(),
             ipc_ns: pod.ipcns.clone(),
@@ -147,6 +153,7 @@ impl Containers {
             resolv_conf: Some(pod.dir.resolv_conf()),
             cgroup_path: PathBuf::from(&leaf.path),
             cgroup_v2: self.cgroups.is_unified(),
+            cgroup_writable,
             user_ns: pod_userns.map(|maps| (pod.dir.ns(crate::sys::ns::Kind::User), maps)),
         };
         let rootfs = rootfs_dir(&dir);
@@ -280,6 +287,7 @@ impl Containers {
             rec,
             Plan {
                 cgroup_after_init: leaf.unit.as_ref().is_some_and(|u| u.is_scope()),
+                delegate_cgroup: cgroup_writable,
                 launch,
             },
         ))
@@ -341,6 +349,30 @@ impl Containers {
         Ok((volumes, mounted))
     }
 
+    /// Whether the pod asks for its containers' cgroups delegated to them
+    /// (checked at RunPodSandbox too; a pod recorded before that check
+    /// existed is refused here): only with the pod's own user namespace
+    /// (InvalidArgument) and cgroup v2 alone (FailedPrecondition).
+    fn cgroup_delegation(&self, pod: &PodRecord) -> Result<bool, Error> {
+        let writable = pod
+            .spec
+            .cgroup_writable()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if writable && pod.spec.namespaces.user.is_none() {
+            return Err(Error::Invalid(format!(
+                "pod sandbox {}: a writable, delegated cgroup needs the pod's own user namespace",
+                pod.id
+            )));
+        }
+        if writable && !self.cgroups.is_unified() {
+            return Err(Error::WrongState(format!(
+                "pod sandbox {}: a writable, delegated cgroup needs cgroup v2 alone, and this node has cgroup v1 hierarchies",
+                pod.id
+            )));
+        }
+        Ok(writable)
+    }
+
     fn pid_namespace(
         &self,
         pod: &PodRecord,
@@ -391,6 +423,7 @@ impl Containers {
         rec: &mut ContainerRecord,
         mut launch: Launch,
         cgroup_after_init: bool,
+        delegate_cgroup: bool,
     ) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
         pause_point("record container intent").await;
@@ -484,11 +517,26 @@ impl Containers {
             .map_err(step_err("record container init"))?;
         if cgroup_after_init {
             let cg = self.cgroups.clone();
-            let res = rec.resources.clone();
-            blocking(move || cg.create_with_pid(&leaf, &res, init.pid))
+            let (l, res) = (leaf.clone(), rec.resources.clone());
+            blocking(move || cg.create_with_pid(&l, &res, init.pid))
                 .await
                 .map_err(|e| match e {
                     Error::Cgroups(e) => step_err("create container cgroup")(e),
+                    e => e,
+                })?;
+        }
+
+        // 5b. The cgroup delegated to the container's user (its host uid,
+        //     now that the blocked init has taken it), as runc does.
+        if delegate_cgroup {
+            let uid = rec.user.as_ref().map(|u| u.uid).ok_or_else(|| {
+                Error::Internal(format!("the init of container {} has no user", rec.id))
+            })?;
+            let cg = self.cgroups.clone();
+            blocking(move || cg.delegate(&leaf, uid))
+                .await
+                .map_err(|e| match e {
+                    Error::Cgroups(e) => step_err("delegate container cgroup")(e),
                     e => e,
                 })?;
         }
@@ -529,7 +577,13 @@ impl Kind for Containers {
         rec: &mut ContainerRecord,
         plan: Plan,
     ) -> Result<(), Error> {
-        self.steps(rec, plan.launch, plan.cgroup_after_init).await?;
+        self.steps(
+            rec,
+            plan.launch,
+            plan.cgroup_after_init,
+            plan.delegate_cgroup,
+        )
+        .await?;
         tracing::info!(container_id = %rec.id, name = %rec.name, pod_id = %rec.pod_id, "container created");
         Ok(())
     }

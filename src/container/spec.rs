@@ -189,6 +189,10 @@ pub struct PodContext {
     pub cgroup_path: PathBuf,
     /// cgroup v2 only: a private cgroup namespace and a read-only /sys/fs/cgroup.
     pub cgroup_v2: bool,
+    /// With `cgroup_v2` and `user_ns`: /sys/fs/cgroup read-write, the
+    /// container's cgroup delegated to its user (the pod's annotation,
+    /// [`crate::pod::spec::CGROUP_WRITABLE_ANNOTATIONS`]).
+    pub cgroup_writable: bool,
     /// The pod's user namespace: its pin and mappings (`None`: the host's).
     pub user_ns: Option<(PathBuf, crate::sys::ns::UserMaps)>,
 }
@@ -472,11 +476,20 @@ fn default_mounts(pod: &PodContext, readonly_rootfs: bool) -> Result<Vec<Mount>,
         )?,
     ];
     if pod.cgroup_v2 {
+        // Writable only for a delegated cgroup: the namespace's root is
+        // the container's own cgroup, whose limits stay root's on the host.
+        let writable = pod.cgroup_writable && pod.user_ns.is_some();
         mounts.push(mount(
             "/sys/fs/cgroup",
             "cgroup2",
             Path::new("cgroup"),
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "relatime",
+                if writable { "rw" } else { "ro" },
+            ],
         )?);
     }
     mounts.push(mount(

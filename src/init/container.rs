@@ -78,6 +78,10 @@ fn stage2(init: &ContainerLaunch, tty: bool, mut sync: Sync) -> ! {
         let message = e.message();
         sync.fail(e.step, &message);
     }
+    // The stdio pipes to the namespace's root, which maps no host root.
+    if let (Some(_), Some((uid, gid))) = (&userns, init.userns_root) {
+        setup::stdio_to(uid, Some(gid));
+    }
     if let Some(fd) = &userns
         && let Err(e) = setup::join_user_namespace(fd)
     {

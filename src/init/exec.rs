@@ -32,6 +32,9 @@ pub struct Exec<'a> {
     /// The container's seccomp filter.
     pub seccomp: Option<&'a crate::monitor::protocol::SeccompFilter>,
     pub cgroup_procs: &'a [PathBuf],
+    /// The host uid and gid of the pod's user namespace's root, if the
+    /// container is in one: its stdio is given to them before joining.
+    pub userns_root: Option<(u32, u32)>,
 }
 
 /// The namespaces joined, in order: the mount namespace last, since it
@@ -64,6 +67,11 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     let in_userns = ns::inode(&user).ok() != own;
     if in_userns {
         list.push((user, Kind::User));
+        // The stdio pipes to the namespace's root, which maps no host
+        // root: that root gives them to the container's user.
+        if let Some((uid, gid)) = exec.userns_root {
+            setup::stdio_to(uid, Some(gid));
+        }
     }
     if let Err(e) = ns::join(&list) {
         sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));

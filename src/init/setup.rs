@@ -350,7 +350,7 @@ pub fn finalize(
     let sets = process.capabilities.held_only();
     caps::apply_bounding(sets.bounding).map_err(|e| (Step::Capabilities, e.into()))?;
     caps::keep_caps(true).map_err(|e| (Step::Capabilities, e.into()))?;
-    stdio_to_user(id.uid);
+    stdio_to(id.uid, None);
     let groups: Vec<nix::unistd::Gid> = id
         .additional_gids
         .iter()
@@ -411,7 +411,13 @@ pub fn terminal(sync: &mut Sync) -> Result<(), Error> {
 /// left alone. Runs before setuid, while the process may still chown.
 /// Best effort like runc's: EPERM and EINVAL (an owner or group not mapped
 /// in the user namespace) and EROFS leave the fd as it is.
-fn stdio_to_user(uid: u32) {
+///
+/// With `gid` (before a pod's user namespace is joined, from the host):
+/// the owner and group both, to the host ids of the namespace's root (as
+/// runc's createStdioPipes does), so that root may later give them to the
+/// container's user: the monitor's pipes belong to host root, which the
+/// namespace does not map.
+pub fn stdio_to(uid: u32, gid: Option<u32>) {
     let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     for fd in [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
@@ -419,10 +425,14 @@ fn stdio_to_user(uid: u32) {
             continue;
         };
         let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && Some(st.st_rdev) == null;
-        if st.st_uid == uid || is_null {
+        if (st.st_uid == uid && gid.is_none_or(|g| st.st_gid == g)) || is_null {
             continue;
         }
-        let _ = nix::unistd::fchown(fd, Some(nix::unistd::Uid::from_raw(uid)), None);
+        let _ = nix::unistd::fchown(
+            fd,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            gid.map(nix::unistd::Gid::from_raw),
+        );
     }
 }
 

@@ -200,6 +200,11 @@ pub struct ContainerLaunch {
     /// The pod's user namespace pin, joined by stage 2 once its mounts are
     /// made.
     pub userns: Option<PathBuf>,
+    /// The host uid and gid the pod's user namespace maps its root to: the
+    /// init and exec processes give their stdio pipes to them before
+    /// joining it (absent from an older daemon: left host root's).
+    #[serde(default)]
+    pub userns_root: Option<(u32, u32)>,
     /// The rootfs plan (`init::rootfs::plan`), executed by stage 2.
     pub rootfs: Vec<rootfs::Step>,
     /// The process settings, shared by the container's exec processes.

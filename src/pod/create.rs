@@ -50,6 +50,12 @@ impl Pods {
     /// `pod_cidr`: kubelet's, from UpdateRuntimeConfig ("" if none).
     pub async fn run(self: &Arc<Self>, spec: PodSpec, pod_cidr: String) -> Result<String, Error> {
         spec.validate()?;
+        if spec.cgroup_writable()? && !self.cgroups.is_unified() {
+            return Err(Error::Unsupported(format!(
+                "annotation {}: a writable, delegated cgroup needs cgroup v2 alone, and this node has cgroup v1 hierarchies",
+                super::spec::CGROUP_WRITABLE_ANNOTATIONS[0]
+            )));
+        }
         let key = spec.key();
         record::create(self, key, || {
             let id = crate::ids::new_id();

@@ -50,6 +50,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// What the pod asks for cannot be done on this node.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("runtime handler {0:?} is not known to crius (only the default handler \"\" exists)")]
     UnknownHandler(String),
     /// A step of RunPodSandbox failed; everything before it was undone.
@@ -74,6 +77,7 @@ impl Classify for Error {
             Error::NotFound(_) => Kind::NotFound,
             Error::AlreadyExists { .. } => Kind::AlreadyExists,
             Error::Invalid(_) | Error::UnknownHandler(_) => Kind::InvalidArgument,
+            Error::Unsupported(_) => Kind::FailedPrecondition,
             Error::Step(e) => e.kind,
             Error::BootId(_) | Error::Abandoned(_) => Kind::Internal,
             Error::Store(e) => e.kind(),

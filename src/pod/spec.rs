@@ -193,7 +193,34 @@ pub struct PodSpec {
     pub runtime_handler: String,
 }
 
+/// The pod annotations that ask for the containers' cgroup v2 to be
+/// writable and delegated to them (CRI-O's, in its old and new spelling;
+/// no CRI field asks for it).
+pub const CGROUP_WRITABLE_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri-o.cgroup2-mount-hierarchy-rw",
+    "cgroup2-mount-hierarchy-rw.crio.io",
+];
+
 impl PodSpec {
+    /// Whether the pod asks for its containers' cgroups to be delegated to
+    /// them ([`CGROUP_WRITABLE_ANNOTATIONS`] set to "true"; "false" or no
+    /// annotation: not). Any other value is refused, naming the annotation.
+    pub fn cgroup_writable(&self) -> Result<bool, Error> {
+        let mut writable = false;
+        for name in CGROUP_WRITABLE_ANNOTATIONS {
+            match self.annotations.get(name).map(String::as_str) {
+                None | Some("false") => {}
+                Some("true") => writable = true,
+                Some(other) => {
+                    return Err(Error::Invalid(format!(
+                        "annotation {name}: {other:?} is neither \"true\" nor \"false\""
+                    )));
+                }
+            }
+        }
+        Ok(writable)
+    }
+
     pub fn key(&self) -> Key {
         Key {
             name: self.name.clone(),
@@ -254,6 +281,12 @@ impl PodSpec {
                     ));
                 }
             }
+        }
+        if self.cgroup_writable()? && ns.user.is_none() {
+            return invalid(format!(
+                "annotation {}: a writable, delegated cgroup needs the pod's own user namespace (userns_options mode POD, hostUsers: false): container root would be host root",
+                CGROUP_WRITABLE_ANNOTATIONS[0]
+            ));
         }
         for p in &self.port_mappings {
             if !(1..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
@@ -349,6 +382,37 @@ mod tests {
         assert_eq!(sysctl_namespace("kernel.hostname"), None);
         assert_eq!(sysctl_namespace("vm.swappiness"), None);
         assert_eq!(sysctl_namespace("kernel.semx"), None);
+    }
+
+    /// The delegation annotation: "true" asks, "false" or none does not,
+    /// anything else is refused naming it; it needs the pod's own user
+    /// namespace.
+    #[test]
+    fn the_cgroup_writable_annotation() {
+        let mut s = spec();
+        assert!(!s.cgroup_writable().unwrap());
+        for name in CGROUP_WRITABLE_ANNOTATIONS {
+            let mut s = spec();
+            s.annotations.insert(name.into(), "false".into());
+            assert!(!s.cgroup_writable().unwrap());
+            s.annotations.insert(name.into(), "yes".into());
+            let e = s.cgroup_writable().unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("yes"), "{e}");
+            s.annotations.insert(name.into(), "true".into());
+            assert!(s.cgroup_writable().unwrap());
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains("user namespace"), "{e}");
+        }
+        let map = IdMap {
+            container_id: 0,
+            host_id: 100_000,
+            length: 65_536,
+        };
+        s.namespaces.user = Some(UserNamespace { uid: map, gid: map });
+        s.annotations
+            .insert(CGROUP_WRITABLE_ANNOTATIONS[1].into(), "true".into());
+        s.validate().unwrap();
+        assert!(s.cgroup_writable().unwrap());
     }
 
     #[test]

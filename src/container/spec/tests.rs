@@ -14,6 +14,7 @@ fn pod() -> PodContext {
         resolv_conf: Some("/run/crius/pods/p/resolv.conf".into()),
         cgroup_path: "/crius/pod-p/crius-c".into(),
         cgroup_v2: false,
+        cgroup_writable: false,
         user_ns: None,
     }
 }
@@ -332,6 +333,43 @@ fn pid_modes_and_cgroup_v2() {
         !ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network),
         "host network"
     );
+}
+
+/// /sys/fs/cgroup is read-only unless the pod has its own user namespace
+/// and asks for a delegated cgroup; the flag alone never makes it writable.
+#[test]
+fn the_cgroup_mount_is_writable_only_when_delegated_in_a_user_namespace() {
+    let cgroup_options = |p: &PodContext| {
+        let spec = build(&ContainerConfig::default(), &image(), p, Path::new("/r"))
+            .unwrap()
+            .spec;
+        spec.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .and_then(|m| m.options().clone())
+            .unwrap()
+    };
+    let mut p = pod();
+    p.cgroup_v2 = true;
+    assert!(cgroup_options(&p).contains(&"ro".to_string()));
+    p.cgroup_writable = true;
+    assert!(cgroup_options(&p).contains(&"ro".to_string()), "no userns");
+    let map = crate::sys::ns::IdMap {
+        container_id: 0,
+        host_id: 100_000,
+        length: 65_536,
+    };
+    p.user_ns = Some((
+        "/run/ns/p/user".into(),
+        crate::sys::ns::UserMaps { uid: map, gid: map },
+    ));
+    let options = cgroup_options(&p);
+    assert!(options.contains(&"rw".to_string()), "{options:?}");
+    assert!(!options.contains(&"ro".to_string()), "{options:?}");
+    p.cgroup_writable = false;
+    assert!(cgroup_options(&p).contains(&"ro".to_string()));
 }
 
 #[test]

@@ -732,6 +732,7 @@ mod tests {
             resolv_conf: None,
             cgroup_path: "/crius/c".into(),
             cgroup_v2: false,
+            cgroup_writable: false,
             user_ns: None,
         };
         let config = ContainerConfig {
@@ -866,6 +867,7 @@ mod tests {
             resolv_conf: None,
             cgroup_path: "/c".into(),
             cgroup_v2: false,
+            cgroup_writable: false,
             user_ns: None,
         };
         let map = crate::sys::ns::IdMap {

@@ -105,6 +105,7 @@ impl Launch {
             join,
             create,
             userns: rootfs::in_user_namespace(&self.spec),
+            userns_root: userns_root(&self.spec),
             rootfs: steps,
             process: process_of(process),
             env: self.env.clone(),
@@ -119,6 +120,18 @@ impl Launch {
             stdin_once: self.stdin_once,
         })
     }
+}
+
+/// The host ids the Spec's uid and gid mappings give container id 0.
+fn userns_root(spec: &oci_spec::runtime::Spec) -> Option<(u32, u32)> {
+    let linux = spec.linux().as_ref()?;
+    let root = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .find(|m| m.container_id() == 0 && m.size() > 0)
+            .map(|m| m.host_id())
+    };
+    Some((root(linux.uid_mappings())?, root(linux.gid_mappings())?))
 }
 
 /// The OCI process settings the init and exec processes apply.

@@ -558,6 +558,7 @@ impl Container {
                     } else {
                         &launch.cgroup_procs
                     },
+                    userns_root: self.launch.userns_root,
                 };
                 crate::init::exec::run(one, &exec, p.child, child.into())
             }
