@@ -694,3 +694,91 @@ fn monitor_binary_links_no_daemon_crate() {
         assert_eq!(n, 0, "{MONITOR_BIN} links {n} symbols of {krate}");
     }
 }
+
+/// A v1 freezer cgroup of the test's own: thawed and removed on drop, so a
+/// failing test leaves nothing frozen.
+struct Frozen(PathBuf);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+        for _ in 0..100 {
+            let empty = std::fs::read_to_string(self.0.join("cgroup.procs"))
+                .is_ok_and(|s| s.trim().is_empty());
+            if empty {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// RemoveContainer of a container that cannot die yet (frozen in a v1
+/// freezer cgroup, where SIGKILL waits for the thaw) never holds the
+/// monitor's loop: an exec into another container answers meanwhile, the
+/// remove fails at the monitor's bound and the container stays, and once
+/// it can die a second remove succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_remove_of_a_container_that_cannot_die_never_blocks_the_monitor() {
+    let freezer = Path::new("/sys/fs/cgroup/freezer");
+    if !freezer.join("cgroup.procs").exists() {
+        eprintln!(
+            "skipped: needs the cgroup v1 freezer (a frozen v2 process dies of SIGKILL at once)"
+        );
+        return;
+    }
+    let p = TestPod::start("frozen", true).await;
+    let mut inits = Vec::new();
+    for id in ["stuck", "other"] {
+        let launch = p.launch(id, &sh("sleep 1000"), PidNamespace::Container);
+        inits.push(p.monitor.create_container(&launch).await.unwrap());
+        p.monitor.start_container(id).await.unwrap();
+    }
+    let frozen = Frozen(freezer.join(format!("crius-enginetest-frozen-{}", std::process::id())));
+    std::fs::create_dir_all(&frozen.0).unwrap();
+    std::fs::write(frozen.0.join("cgroup.procs"), inits[0].pid.to_string()).unwrap();
+    std::fs::write(frozen.0.join("freezer.state"), "FROZEN").unwrap();
+    crate::pod::wait_for("the freezer to freeze", Duration::from_secs(5), || {
+        std::fs::read_to_string(frozen.0.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+    })
+    .await;
+    let monitor = p.monitor.clone();
+    let remove = tokio::spawn(async move { monitor.remove_container("stuck").await });
+    // The remove is pending in the monitor (SIGKILL sent, no reap).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!remove.is_finished(), "a frozen container cannot have died");
+    let exec = ExecLaunch {
+        exec_id: "x".into(),
+        container_id: "other".into(),
+        args: vec!["true".into()],
+        tty: false,
+        stdin: false,
+        cgroup_procs: Vec::new(),
+    };
+    let t = std::time::Instant::now();
+    let h = tokio::time::timeout(Duration::from_secs(3), p.monitor.exec(&exec))
+        .await
+        .expect("the exec answers while the remove waits")
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(3), p.monitor.wait_exec("x"))
+        .await
+        .expect("the exec's exit is told while the remove waits")
+        .unwrap();
+    assert_eq!(exit.exit_code, 0);
+    drop(h);
+    let exec_took = t.elapsed();
+    let err = remove
+        .await
+        .unwrap()
+        .expect_err("the remove cannot succeed while frozen");
+    assert!(
+        crius::error::chain(&err).contains("did not exit"),
+        "{}",
+        crius::error::chain(&err)
+    );
+    eprintln!("exec answered in {exec_took:?} while the remove waited");
+    drop(frozen); // thawed: the SIGKILL takes effect
+    p.monitor.remove_container("stuck").await.unwrap();
+    p.monitor.remove_container("other").await.unwrap();
+}

@@ -17,12 +17,13 @@ use nix::sched::CloneFlags;
 use super::setup::{self, Stdio, Sync};
 use crate::monitor::sync::{Message, Step};
 use crate::sys::ns::{self, Kind};
-use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
+use crate::sys::process::{Forked, ProcRef, SingleThreaded, exit_immediately, fork_into};
 
 /// What the exec process needs besides its stdio.
 pub struct Exec<'a> {
-    /// The container's init, whose namespaces are joined.
-    pub init_pid: i32,
+    /// The container's init, whose namespaces are joined: the process, not
+    /// only its pid (the monitor may reap it while this process starts).
+    pub init: ProcRef,
     /// The container's process settings (user, capabilities, cwd, rlimits).
     pub process: &'a Process,
     pub args: &'a [String],
@@ -58,11 +59,11 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     }
     let mut list: Vec<(PathBuf, Kind)> = JOINED
         .iter()
-        .map(|&kind| (kind.proc_path(exec.init_pid), kind))
+        .map(|&kind| (kind.proc_path(exec.init.pid), kind))
         .collect();
     // The pod's user namespace last (the others belong to the host's or
     // are joined with the host's privileges), when it is not ours.
-    let user = Kind::User.proc_path(exec.init_pid);
+    let user = Kind::User.proc_path(exec.init.pid);
     let own = ns::inode(std::path::Path::new("/proc/self/ns/user")).ok();
     let in_userns = ns::inode(&user).ok() != own;
     if in_userns {
@@ -73,7 +74,15 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
             setup::stdio_to(uid, Some(gid));
         }
     }
-    if let Err(e) = ns::join(&list) {
+    // The files opened are the container's only if its init is still the
+    // same live process after they were opened: once the monitor reaped
+    // it, its pid may name another process, whose namespaces are never
+    // joined. A container that exited meanwhile is not running.
+    let opened = ns::open(&list);
+    if !exec.init.alive() {
+        sync.fail(Step::NotRunning, "the container's process has exited");
+    }
+    if let Err(e) = opened.and_then(ns::enter) {
         sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
     }
     if in_userns && let Err(e) = crate::sys::process::become_root_in_user_namespace() {

@@ -151,12 +151,26 @@ pub fn unpin(m: &dyn Mounts, path: &Path) -> Result<()> {
 /// namespace would hide the later paths. Only for single-threaded helpers
 /// or dedicated threads.
 pub fn join(list: &[(PathBuf, Kind)]) -> Result<()> {
+    enter(open(list)?)
+}
+
+/// Namespace files opened by [`open`], to be entered by [`enter`].
+pub struct Opened<'a>(Vec<(std::fs::File, Kind, &'a Path)>);
+
+/// Opens each namespace file of `list`, entering none yet (a caller may
+/// check whose files they are in between).
+pub fn open(list: &[(PathBuf, Kind)]) -> Result<Opened<'_>> {
     let mut files = Vec::with_capacity(list.len());
     for (path, kind) in list {
         let file = std::fs::File::open(path).map_err(io("open namespace", path))?;
-        files.push((file, *kind, path));
+        files.push((file, *kind, path.as_path()));
     }
-    for (file, kind, path) in files {
+    Ok(Opened(files))
+}
+
+/// Moves the calling thread into each namespace opened, in order.
+pub fn enter(opened: Opened<'_>) -> Result<()> {
+    for (file, kind, path) in opened.0 {
         nix::sched::setns(&file, kind.clone_flag()).map_err(sys(format!(
             "setns {} {}",
             kind.name(),

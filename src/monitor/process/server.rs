@@ -5,6 +5,7 @@
 //! ([`logs`]). Single-threaded by design: no tokio, no threads; nothing in
 //! the loop waits for a child or a disk.
 
+mod ending;
 mod follow;
 mod logs;
 
@@ -135,6 +136,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         setups: follow::Setups::default(),
         logs: LogWriter::new(one),
         next_slot: 0,
+        endings: Default::default(),
         shutting_down: false,
     };
     if let Some(init) = sandbox.init {
@@ -228,6 +230,8 @@ struct Monitor {
     logs: LogWriter,
     /// The last log writer slot given to a container.
     next_slot: u64,
+    /// Removals and a shutdown whose kills await their reap.
+    endings: ending::Endings,
     shutting_down: bool,
 }
 
@@ -308,7 +312,11 @@ impl Monitor {
             }
             // Woken for the next bound of a setup or an exit, else only by
             // events.
-            let next = [self.setups.next_deadline(), self.logs_deadline()];
+            let next = [
+                self.setups.next_deadline(),
+                self.logs_deadline(),
+                self.endings.next_deadline(),
+            ];
             let timeout = match next.into_iter().flatten().min() {
                 Some(at) => {
                     let left = at.saturating_duration_since(std::time::Instant::now());
@@ -387,6 +395,8 @@ impl Monitor {
                     self.drop_conn(i);
                 }
             }
+            // Kills answered once reaped (a shutdown's ends the loop).
+            self.settle_kills();
             self.flush_outbox();
             if ready.iter().any(|s| matches!(s, Slot::Listener)) {
                 self.accept(listener);
@@ -532,9 +542,15 @@ impl Monitor {
                 init: self.init,
                 init_exit: self.init_exit,
             },
-            Request::Shutdown => {
-                self.shutdown();
-                Reply::Ok
+            // Answered once every child is reaped (or at the bound).
+            Request::Shutdown => return self.shutdown(i),
+            Request::CreateContainer { .. } | Request::Exec { .. }
+                if self.endings.shutting_down() =>
+            {
+                Reply::Failed {
+                    step: Step::Create,
+                    message: "the pod is shutting down".into(),
+                }
             }
             Request::CreateContainer { launch } => {
                 if self.containers.contains_key(&launch.id) || self.setups.creating(&launch.id) {
@@ -603,10 +619,8 @@ impl Monitor {
                 },
                 None => unknown(Subject::Container, &id),
             },
-            Request::RemoveContainer { id } => {
-                self.remove_container(&id);
-                Reply::Ok
-            }
+            // A running one: answered once reaped (or at the bound).
+            Request::RemoveContainer { id } => return self.remove_container(i, &id),
             Request::Exec { launch } => {
                 if self.execs.contains_key(&launch.exec_id) || self.setups.execing(&launch.exec_id)
                 {
@@ -684,61 +698,6 @@ impl Monitor {
                 None => unknown(Subject::Exec, &id),
             },
         })
-    }
-
-    /// Kills the container if it still runs, reaps it (its exit file and
-    /// waiters are served), then forgets it and its exit file.
-    fn remove_container(&mut self, id: &str) {
-        self.cancel_container(id);
-        let Some(c) = self.containers.get(id) else {
-            return;
-        };
-        if !matches!(c.state, State::Exited(_)) {
-            let pid = c.init.pid;
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            if let Ok(status) = waitpid(Pid::from_raw(pid), None) {
-                self.record(status);
-            }
-        }
-        let execs: Vec<String> = self
-            .execs
-            .iter()
-            .filter(|(_, e)| e.container == id && e.exit.is_some() && e.waiters.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for e in execs {
-            self.execs.remove(&e);
-        }
-        if self
-            .containers
-            .get(id)
-            .is_some_and(|c| c.unpublished.is_some())
-        {
-            self.publish(id);
-        }
-        if let Some(mut c) = self.containers.remove(id) {
-            c.end_attachments(AttachEnd::Exited);
-            self.logs.close(c.slot);
-        }
-        let _ = std::fs::remove_file(self.pod.exit_file(id));
-    }
-
-    /// Kills every child, reaps each (writing its exit file) and ends the loop.
-    fn shutdown(&mut self) {
-        let pids: Vec<i32> = self.children.keys().copied().collect();
-        for pid in &pids {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
-        for pid in pids {
-            if let Ok(status) = waitpid(Pid::from_raw(pid), None) {
-                self.record(status);
-            }
-        }
-        self.reap();
-        // The log writer (no entry in `children`) writes what is left and
-        // ends when we do.
-        self.finish_logs();
-        self.shutting_down = true;
     }
 
     /// Reaps every child that has ended (ours and adopted orphans).

@@ -546,7 +546,7 @@ impl Container {
             Ok(Forked::Child) => {
                 drop(parent);
                 let exec = crate::init::exec::Exec {
-                    init_pid: self.init.pid,
+                    init: self.init,
                     process,
                     args: &launch.args,
                     env: &self.launch.env,
