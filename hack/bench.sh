@@ -53,7 +53,7 @@ cni_bin=/usr/lib/cni
 
 # CRIUS and CLIENT name prebuilt binaries; else this tree's release build.
 if [[ -z ${CRIUS:-} || -z ${CLIENT:-} ]]; then
-  cargo build --release --quiet --bin crius --example crius-bench
+  cargo build --release --quiet --bins --example crius-bench
 fi
 crius=${CRIUS:-$(pwd)/$target/release/crius}
 client=${CLIENT:-$(pwd)/$target/release/examples/crius-bench}
