@@ -241,7 +241,11 @@ async fn userns_pod_root_is_an_unprivileged_host_user() {
         &mut rt,
         &id,
         "ip link set lo down && ip link set lo up && \
-         (nc -l -p 80 </dev/null >/dev/null & sleep 0.5; cat /proc/net/tcp /proc/net/tcp6 | grep -q ':0050 ')",
+         (nc -l -p 80 </dev/null >/dev/null & i=0; \
+          while [ $i -lt 200 ]; do \
+            cat /proc/net/tcp /proc/net/tcp6 | grep -q ':0050 ' && exit 0; \
+            sleep 0.05; i=$((i+1)); \
+          done; exit 1)",
     )
     .await;
     assert_eq!(code, 0, "network admin in its own namespace: {err}");
