@@ -665,6 +665,34 @@ async fn engine_monitor_memory_with_ten_containers() {
     }
 }
 
+/// The per-pod programs are linked statically (hack/rustc-wrapper.sh): no
+/// program interpreter, no shared library; and the monitor starts (a
+/// static-pie link that names any shared library crashes in `_init`,
+/// before main, which is how the first try at this failed).
+#[test]
+fn per_pod_binaries_are_static() {
+    for bin in [MONITOR_BIN, env!("CARGO_BIN_EXE_crius-pod-init")] {
+        let out = std::process::Command::new("readelf")
+            .args(["--program-headers", "--dynamic", "--wide", bin])
+            .output()
+            .expect("readelf (binutils) runs");
+        assert!(out.status.success(), "readelf {bin}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("LOAD"), "readelf lists {bin}'s segments");
+        assert!(
+            !text.contains("INTERP"),
+            "{bin} names a program interpreter"
+        );
+        assert!(!text.contains("(NEEDED)"), "{bin} needs a shared library");
+    }
+    // Without arguments the monitor prints its usage and exits with 2.
+    let out = std::process::Command::new(MONITOR_BIN)
+        .output()
+        .expect("the monitor runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: crius-monitor"));
+}
+
 /// The monitor binary carries none of the daemon's crates: no async
 /// runtime, gRPC, HTTP, CLI or TOML code (its symbols, as `nm` lists them).
 #[test]

@@ -133,8 +133,48 @@ fn nsenter(args: &[String], cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits (bounded) until the daemon's trash dirs (`<root>/trash`,
+/// `<state>/trash`: removed containers' and pods' directories being
+/// deleted in the background) are empty and its deleting thread has ended
+/// (it holds a few fds while it runs); fails when they do not drain.
+pub fn wait_trash_drained(d: &TestDaemon) {
+    let trashes = [d.root.join("trash"), d.state.join("trash")];
+    let empty = |dir: &PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|mut r| r.next().is_none())
+            .unwrap_or(true)
+    };
+    let deleting = || {
+        let Some(child) = d.child.as_ref() else {
+            return false;
+        };
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .map(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "crius-trash")
+                })
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !trashes.iter().all(empty) || deleting() {
+        let left: Vec<_> = trashes
+            .iter()
+            .flat_map(|t| std::fs::read_dir(t).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "the trash did not drain: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Everything a pod could leave behind under the daemon's dirs.
 pub fn assert_no_trace(d: &TestDaemon) {
+    wait_trash_drained(d);
     let mounts = crius::sys::mount::mounts_under(d.dir.path());
     // The shared <state>/ns mount itself may stay (like /run/netns).
     let ns_root = d.state.join("ns");

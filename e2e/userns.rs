@@ -69,6 +69,25 @@ fn temp_dir_on_tmpfs() -> bool {
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
+/// Whether Status reports `user_namespaces` for the default handler;
+/// where it does not, the tests' temp dir must be on tmpfs.
+async fn userns_supported(rt: &mut pod::Client, s: &Setup) -> bool {
+    let features = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers[0]
+        .features
+        .unwrap();
+    assert!(
+        features.user_namespaces || temp_dir_on_tmpfs(),
+        "no user namespaces with the daemon's root off tmpfs: {}",
+        s.d.log()
+    );
+    features.user_namespaces
+}
+
 /// An exec's exit code, stdout and stderr.
 async fn sh(rt: &mut pod::Client, id: &str, script: &str) -> (i32, String, String) {
     let out = exec(rt, id, &["sh", "-c", script], 10).await.unwrap();
@@ -222,7 +241,11 @@ async fn userns_pod_root_is_an_unprivileged_host_user() {
         &mut rt,
         &id,
         "ip link set lo down && ip link set lo up && \
-         (nc -l -p 80 </dev/null >/dev/null & sleep 0.5; cat /proc/net/tcp /proc/net/tcp6 | grep -q ':0050 ')",
+         (nc -l -p 80 </dev/null >/dev/null & i=0; \
+          while [ $i -lt 200 ]; do \
+            cat /proc/net/tcp /proc/net/tcp6 | grep -q ':0050 ' && exit 0; \
+            sleep 0.05; i=$((i+1)); \
+          done; exit 1)",
     )
     .await;
     assert_eq!(code, 0, "network admin in its own namespace: {err}");
@@ -365,18 +388,8 @@ async fn userns_volumes_devices_pod_files_and_sysctls() {
     require_registry_tools!();
     let s: Setup = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
-    let features = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers[0]
-        .features
-        .unwrap();
-    if !features.user_namespaces {
-        // The VM guest (6.1): userns_pod_root_is_an_unprivileged_host_user
-        // checks the refusal there.
-        assert!(temp_dir_on_tmpfs(), "{}", s.d.log());
+    if !userns_supported(&mut rt, &s).await {
+        // userns_pod_root_is_an_unprivileged_host_user checks the refusal.
         eprintln!("skipped: user namespaces are not supported here");
         return;
     }
@@ -504,16 +517,7 @@ async fn userns_delegated_cgroup() {
         with_userns(pod_config("cgrw", NamespaceMode::Pod, &logs), pod_userns()),
         "true",
     );
-    let features = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers[0]
-        .features
-        .unwrap();
-    if !features.user_namespaces {
-        assert!(temp_dir_on_tmpfs(), "{}", s.d.log());
+    if !userns_supported(&mut rt, &s).await {
         let e = pod::run(&mut rt, pc).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         eprintln!("user namespaces are not supported here: {}", e.message());
@@ -653,16 +657,7 @@ async fn userns_non_root_user_reopens_its_stdio() {
     require_registry_tools!();
     let s: Setup = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
-    let features = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers[0]
-        .features
-        .unwrap();
-    if !features.user_namespaces {
-        assert!(temp_dir_on_tmpfs(), "{}", s.d.log());
+    if !userns_supported(&mut rt, &s).await {
         eprintln!("skipped: user namespaces are not supported here");
         return;
     }
@@ -697,15 +692,12 @@ async fn userns_non_root_user_reopens_its_stdio() {
             t.contains(" stdout F out-by-path") && t.contains(" stderr F err-by-path")
         })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !wrote() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        wrote(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    pod::wait_for(
+        "the user's output reopened by path, in the log",
+        std::time::Duration::from_secs(20),
+        wrote,
+    )
+    .await;
     let (code, out, err) = sh(
         &mut rt,
         &id,

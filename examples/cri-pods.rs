@@ -1,7 +1,10 @@
 //! A minimal CRI client for the footprint measurement (hack/footprint.sh)
 //! where crictl is not installed:
-//!   `cri-pods SOCKET up N IMAGE`  pulls IMAGE, then runs N pods in the host
-//!                                 network, each with one `sleep` container
+//!   `cri-pods SOCKET up N IMAGE [LOGDIR]`  pulls IMAGE, then runs N pods
+//!                                 in the host network, each with one
+//!                                 `sleep` container; with LOGDIR each pod
+//!                                 logs under LOGDIR/<i> and its container
+//!                                 prints one line to its CRI log first
 //!   `cri-pods SOCKET stats ROUNDS` calls ListPodSandboxStats and
 //!                                 ListContainerStats ROUNDS times each and
 //!                                 prints their latency (first call, p50,
@@ -32,8 +35,7 @@ async fn connect(socket: String) -> anyhow::Result<Channel> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        "usage: cri-pods SOCKET up N IMAGE | cri-pods SOCKET stats ROUNDS | cri-pods SOCKET down";
+    let usage = "usage: cri-pods SOCKET up N IMAGE [LOGDIR] | cri-pods SOCKET stats ROUNDS | cri-pods SOCKET down";
     let (socket, cmd) = match &args[..] {
         [_, socket, cmd, ..] => (socket.clone(), cmd.as_str()),
         _ => anyhow::bail!(usage),
@@ -41,8 +43,9 @@ async fn main() -> anyhow::Result<()> {
     let channel = connect(socket).await?;
     let mut rt = RuntimeServiceClient::new(channel.clone());
     match (cmd, &args[3..]) {
-        ("up", [n, image]) => {
+        ("up", [n, image, logs @ ..]) if logs.len() <= 1 => {
             let n: usize = n.parse().context("N")?;
+            let logs = logs.first();
             let image = ImageSpec {
                 image: image.clone(),
                 ..Default::default()
@@ -74,7 +77,15 @@ async fn main() -> anyhow::Result<()> {
                         }),
                         ..Default::default()
                     }),
+                    log_directory: logs.map(|d| format!("{d}/{i}")).unwrap_or_default(),
                     ..Default::default()
+                };
+                let (command, log_path) = match logs {
+                    Some(_) => (
+                        vec!["sh".into(), "-c".into(), "echo up; exec sleep 3600".into()],
+                        "sleep.log".to_string(),
+                    ),
+                    None => (vec!["sleep".into(), "3600".into()], String::new()),
                 };
                 let pod = rt
                     .run_pod_sandbox(RunPodSandboxRequest {
@@ -94,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
                                 attempt: 0,
                             }),
                             image: Some(image.clone()),
-                            command: vec!["sleep".into(), "3600".into()],
+                            command,
+                            log_path,
                             ..Default::default()
                         }),
                         sandbox_config: Some(config),

@@ -27,6 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/images.sh
 source hack/lib/images.sh
+# shellcheck source=lib/containerd.sh
+source hack/lib/containerd.sh
 N=${N:-20}             # iterations of each sequential lifecycle
 PAR=${PAR:-10}         # parallel clients
 ROUNDS=${ROUNDS:-2}    # lifecycles per parallel client
@@ -53,7 +55,7 @@ cni_bin=/usr/lib/cni
 
 # CRIUS and CLIENT name prebuilt binaries; else this tree's release build.
 if [[ -z ${CRIUS:-} || -z ${CLIENT:-} ]]; then
-  cargo build --release --quiet --bin crius --example crius-bench
+  cargo build --release --quiet --bins --example crius-bench
 fi
 crius=${CRIUS:-$(pwd)/$target/release/crius}
 client=${CLIENT:-$(pwd)/$target/release/examples/crius-bench}
@@ -238,36 +240,7 @@ fi
 if [[ " $RUNTIMES " == *" containerd "* ]]; then
   d="$work/containerd"
   mkdir -p "$d"
-  cat >"$d/config.toml" <<EOF
-version = 2
-root = "$d/root"
-state = "$d/state"
-[grpc]
-  address = "$d/containerd.sock"
-[debug]
-  level = "warn"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$d/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$addr/bench/pause:3.9"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  # Lowering oom_score_adj below containerd's own needs CAP_SYS_RESOURCE,
-  # which a test machine's sandbox may not give (runc then fails).
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "$cni_bin"
-    conf_dir = "$work/cni"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "$work/certs.d"
-EOF
+  containerd_config "$d" "$addr/bench/pause:3.9" "$work/cni" "$work/certs.d" "$cni_bin" >"$d/config.toml"
   start_daemon containerd "$d/log" containerd --config "$d/config.toml"
   wait_socket "$d/containerd.sock" "$daemon_pid" "$d/log"
   bench containerd "$d/containerd.sock" --pause-image "$addr/bench/pause:3.9"

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::sys::process::has_exited;
+use crate::sys::process::{PidFd, has_exited};
 
 use super::Error;
 use super::devices::DeviceRules;
@@ -226,6 +226,13 @@ impl Tree {
     /// cannot fork any more (the kernel aborts a fork racing a fatal
     /// signal), so the loop ends, with no freezer: v1's FROZEN comes only
     /// once every killed task has left, which would mean polling for it.
+    ///
+    /// The waits are events: each killed process through a pidfd (readable
+    /// once it has exited, when the kernel has also taken it out of its
+    /// cgroups), and the v1 signal goes through that pidfd too, so a pid
+    /// reused meanwhile is never hit. Only a process whose pidfd cannot be
+    /// opened (out of fds) is killed by pid and waited for by reading
+    /// /proc every few milliseconds, as before pidfds.
     pub fn kill_all(&self, path: &str) -> Result<(), Error> {
         let deadline = Instant::now() + KILL_TIMEOUT;
         let mut killed_by_v2 = false;
@@ -241,46 +248,47 @@ impl Tree {
             }
         }
         if killed_by_v2 && self.layout.mode == Mode::Unified {
-            while !self
-                .procs(path)
-                .unwrap_or_default()
-                .into_iter()
-                .all(has_exited)
-            {
-                if Instant::now() >= deadline {
-                    tracing::warn!(path, "killed processes still in the cgroup");
-                    break;
+            // cgroup.kill reaches every process, forks included: wait for
+            // those the cgroup lists (it may list a process forked after
+            // the kill: read it again).
+            loop {
+                let procs = self.procs(path).unwrap_or_default();
+                let mut waiting = Waiting::default();
+                for pid in procs {
+                    waiting.add(pid, false);
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                if waiting.is_empty() {
+                    return Ok(());
+                }
+                if !waiting.wait(deadline) {
+                    tracing::warn!(path, "killed processes still in the cgroup");
+                    return Ok(());
+                }
             }
-            return Ok(());
         }
-        let mut killed = BTreeSet::new();
+        let mut killed = Waiting::default();
         loop {
             let procs = self.procs(path)?;
-            let new: Vec<i32> = procs
-                .iter()
-                .copied()
-                .filter(|p| !killed.contains(p))
-                .collect();
-            if new.is_empty() {
-                if procs.into_iter().all(has_exited) {
-                    return Ok(());
+            let mut signalled = false;
+            for pid in procs {
+                if killed.has_live(pid) {
+                    continue;
                 }
-                if Instant::now() >= deadline {
-                    tracing::warn!(path, "killed processes still in the cgroup");
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
+                signalled |= killed.add(pid, true);
             }
-            for pid in new {
-                match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                    Err(e) => tracing::warn!(pid, err = %e, "kill cgroup process"),
-                }
-                killed.insert(pid);
+            if signalled && Instant::now() < deadline {
+                continue; // read again: a fork may have raced the kill
             }
+            if !killed.wait(deadline) {
+                tracing::warn!(path, "killed processes still in the cgroup");
+                return Ok(());
+            }
+            if killed.is_empty() {
+                return Ok(());
+            }
+            // Every killed process has exited: the cgroup is read once
+            // more for any forked before its parent died.
+            killed.clear();
         }
     }
 
@@ -351,12 +359,25 @@ impl Tree {
         Ok(())
     }
 
+    /// Removes one cgroup directory; EBUSY means processes are still in
+    /// it (exiting): waits for their pidfds, then tries again.
     fn rmdir_waiting(&self, dir: &Path, deadline: Instant) -> Result<(), Error> {
         loop {
             match self.rmdir(dir) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
+                    let mut waiting = Waiting::default();
+                    for pid in subtree_procs(dir).unwrap_or_default() {
+                        waiting.add(pid, false);
+                    }
+                    if waiting.is_empty() {
+                        // Listed no more, not yet out of the cgroup: the
+                        // task is between its exit and the kernel's
+                        // accounting, a matter of microseconds.
+                        std::thread::sleep(Duration::from_millis(1));
+                    } else {
+                        waiting.wait(deadline);
+                    }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     return Err(Error::Busy {
@@ -521,6 +542,92 @@ fn subtree_procs(dir: &Path) -> Result<BTreeSet<i32>, Error> {
         pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
     }
     Ok(pids)
+}
+
+/// Processes being waited for: pidfds, readable once each has exited
+/// (poll(2) on all of them); pids whose pidfd could not be opened are
+/// checked in /proc every few milliseconds.
+#[derive(Default)]
+struct Waiting {
+    fds: std::collections::HashMap<i32, PidFd>,
+    by_pid: BTreeSet<i32>,
+}
+
+impl Waiting {
+    /// Watches `pid` (and SIGKILLs it first when `kill_it`); `false` when
+    /// it has already exited (gone, or a zombie).
+    fn add(&mut self, pid: i32, kill_it: bool) -> bool {
+        match PidFd::open(pid) {
+            Ok(fd) if fd.ended() => false,
+            Ok(fd) => {
+                if kill_it && let Err(e) = fd.signal(Signal::SIGKILL) {
+                    tracing::debug!(pid, error = %crate::error::chain(&e), "kill cgroup process");
+                }
+                self.fds.insert(pid, fd);
+                true
+            }
+            // Gone (ESRCH), or not a process any more.
+            Err(_) if has_exited(pid) => false,
+            Err(e) => {
+                tracing::debug!(pid, error = %crate::error::chain(&e), "no pidfd: killing and waiting by pid");
+                if kill_it {
+                    match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                        Err(e) => tracing::warn!(pid, err = %e, "kill cgroup process"),
+                    }
+                }
+                self.by_pid.insert(pid);
+                true
+            }
+        }
+    }
+
+    /// Whether `pid` is watched and has not exited.
+    fn has_live(&self, pid: i32) -> bool {
+        self.fds.get(&pid).is_some_and(|fd| !fd.ended())
+            || self.by_pid.contains(&pid) && !has_exited(pid)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fds.is_empty() && self.by_pid.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.fds.clear();
+        self.by_pid.clear();
+    }
+
+    /// Waits until every watched process has exited; `false` at `deadline`.
+    fn wait(&self, deadline: Instant) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut live: Vec<&PidFd> = self.fds.values().collect();
+        loop {
+            live.retain(|fd| !fd.ended());
+            let by_pid = self.by_pid.iter().any(|&p| !has_exited(p));
+            if live.is_empty() && !by_pid {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let mut left = deadline - now;
+            if by_pid {
+                left = left.min(Duration::from_millis(5));
+            }
+            if live.is_empty() {
+                std::thread::sleep(left);
+                continue;
+            }
+            let mut fds: Vec<PollFd> = live
+                .iter()
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+        }
+    }
 }
 
 pub(super) fn read_trimmed(file: &Path) -> Result<String, Error> {

@@ -167,6 +167,18 @@ impl Classify for Error {
             {
                 Kind::InvalidArgument
             }
+            // A memory limit below what the cgroup uses and the kernel
+            // could not reclaim (v1 memory.limit_in_bytes, v2 memory.max
+            // refuse with EBUSY): the request cannot apply now.
+            Error::Write { path, source, .. }
+                if source.raw_os_error() == Some(libc::EBUSY)
+                    && path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("memory.")) =>
+            {
+                Kind::FailedPrecondition
+            }
             // A memory limit (the pod's, from the request, or the host's)
             // leaves no room for the kernel's own accounting of a new
             // cgroup or a value: mkdir and writes fail with ENOMEM.

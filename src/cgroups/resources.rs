@@ -661,6 +661,22 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::ENOMEM),
         };
         assert!(matches!(mkdir.kind(), Kind::ResourceExhausted));
+        // The campaign's UpdatePodSandboxResources with a 24-byte memory
+        // limit: the pod uses more and the kernel cannot reclaim it.
+        let below_usage = crate::cgroups::Error::Write {
+            path: "/sys/fs/cgroup/memory/pod/memory.limit_in_bytes".into(),
+            value: "24".into(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        };
+        assert!(matches!(below_usage.kind(), Kind::FailedPrecondition));
+        // EBUSY elsewhere (cgroup.procs, subtree_control) is crius's own
+        // mistake.
+        let procs = crate::cgroups::Error::Write {
+            path: "/sys/fs/cgroup/pod/cgroup.procs".into(),
+            value: "1".into(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        };
+        assert!(matches!(procs.kind(), Kind::Internal));
     }
 
     #[test]

@@ -510,8 +510,10 @@ impl Containers {
             })?;
         rec.init = Some(init);
         rec.user = ProcessUser::of(init.pid);
-        self.store
-            .put(CONTAINERS, &rec.id, rec)
+        // Lazy: a rollback from the intent reaches the init through the
+        // monitor (by container id) and the container cgroup.
+        self.records
+            .put_lazy(rec)
             .map_err(step_err("record container init"))?;
         if cgroup_after_init {
             let cg = self.cgroups.clone();
@@ -542,8 +544,10 @@ impl Containers {
         // 6. Created, but unclaimed until the caller (or a retry) takes it.
         pause_point("record container").await;
         rec.state = State::Created;
-        self.store
-            .put(CONTAINERS, &rec.id, rec)
+        // Durable with the claim's commit; unclaimed, it is rolled back
+        // after a crash.
+        self.records
+            .put_lazy(rec)
             .map_err(step_err("record container"))?;
         Ok(())
     }
@@ -622,13 +626,13 @@ impl Containers {
                 tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "remove container cgroup");
             }
         }
-        let dir = rec.dir.clone();
+        // Into the trash (one rename; deleted in the background), so the
+        // record is deleted only once its directory is out of the way.
+        let (dir, trash) = (rec.dir.clone(), self.trash.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
-            if let Err(e) = std::fs::remove_dir_all(&dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %dir.display(), error = %e, "remove container directory");
+            if let Err(e) = trash.put(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %crate::error::chain(&e), "remove container directory");
             }
         })
         .await;

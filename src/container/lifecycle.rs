@@ -172,7 +172,9 @@ impl Containers {
     }
 
     /// The init's exit, from the engine; from the exit file, or "lost"
-    /// (`None`), when the monitor is gone.
+    /// (`None`), when the monitor is gone. When the engine's wait fails
+    /// while the monitor and the init live, it is asked again once the
+    /// init has exited (its pidfd): the monitor has the status then.
     async fn wait_exit(&self, rec: &ContainerRecord) -> Option<Exit> {
         loop {
             match self.engine.wait(&rec.pod_dir, &rec.id).await {
@@ -181,11 +183,13 @@ impl Containers {
                     if let Some(exit) = crate::monitor::read_exit(&rec.exit_file()) {
                         return Some(exit);
                     }
-                    let init_alive = rec.init.is_some_and(|i| i.alive());
-                    if !init_alive || matches!(e, super::engine::Error::MonitorGone(_)) {
+                    let init = rec.init.and_then(|i| i.open()).filter(|fd| !fd.ended());
+                    let Some(init) =
+                        init.filter(|_| !matches!(e, super::engine::Error::MonitorGone(_)))
+                    else {
                         tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "container's exit is lost");
                         return None;
-                    }
+                    };
                     if !self
                         .store
                         .get(CONTAINERS, &rec.id)
@@ -193,8 +197,8 @@ impl Containers {
                     {
                         return None; // removed meanwhile
                     }
-                    tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "wait for container; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "wait for container; asking again when its init exits");
+                    init.exited().await;
                 }
             }
         }

@@ -151,6 +151,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `<root>/trash`: beside `dir`, on its filesystem (a rename moves a
+    /// removed container's directory there: [`crate::record::trash`]).
+    pub fn trash_dir(&self) -> PathBuf {
+        self.dir.with_file_name("trash")
+    }
+
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             dir: config.root.join("containers"),
@@ -225,6 +231,8 @@ pub struct Containers {
     settings: Settings,
     /// Recorded exits of running containers, for StopContainer to wait on.
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Where removed containers' directories go to be deleted.
+    trash: Arc<crate::record::trash::Trash>,
 }
 
 /// ListContainers' filter.
@@ -247,6 +255,7 @@ impl Containers {
     ) -> Containers {
         Containers {
             records: crate::record::Records::new(store.clone(), settings.unclaimed_ttl),
+            trash: crate::record::trash::Trash::new(settings.trash_dir()),
             store,
             images,
             cgroups,

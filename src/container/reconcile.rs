@@ -6,7 +6,9 @@
 //! lives gets its exit watcher back; one that exited while crius was down
 //! shows the exit code its monitor wrote (`<pod dir>/exits/<id>`), or 255
 //! when its monitor died too; container directories without a record are
-//! removed — only names crius itself makes, only under its own root.
+//! removed — only names crius itself makes, only under its own root — and
+//! so is whatever the trash still holds (removals deleting in the
+//! background when crius stopped: [`crate::record::trash`]).
 //!
 //! In the background: containers whose CreateContainer caller gave up and
 //! that no retry claimed within the bound are removed ([`crate::record`]'s
@@ -43,6 +45,8 @@ pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
             State::Exited => {}
         }
     }
+    // What removals left in the trash when crius stopped.
+    containers.trash.reap();
     sweep_orphans(containers).await?;
     crate::record::start_reaper(containers);
     Ok(())
@@ -68,8 +72,8 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
         tracing::warn!(container_id = %name, "removing the directory of a container without a record");
         let dir = entry.path();
         let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &super::rootfs_dir(&dir));
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "remove orphan container directory");
+        if let Err(e) = containers.trash.put(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %crate::error::chain(&e), "remove orphan container directory");
         }
     }
     Ok(())

@@ -19,6 +19,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Uid};
 
 use crate::sys::process::{SingleThreaded, close_fds_from, exit_immediately, set_name};
+use crate::sys::sys;
 
 /// The unprivileged ids the pod init runs as (the "nobody" of 16-bit ids,
 /// as CRI-O's pinns and the pause image use).
@@ -28,27 +29,6 @@ pub const GID: u32 = 65535;
 /// Where the empty root is built, inside the init's own mount namespace
 /// only: any directory every host has; the host's view is unchanged.
 const SCRATCH: &str = "/proc";
-
-/// Why the pod init could not give up its privileges.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A system call failed; `what` names it and its object.
-    #[error("{what}")]
-    Sys {
-        what: String,
-        #[source]
-        errno: nix::Error,
-    },
-    #[error(transparent)]
-    Caps(#[from] crate::sys::Error),
-}
-
-fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
-    move |errno| Error::Sys {
-        what: what.into(),
-        errno,
-    }
-}
 
 /// Runs the init loop forever. SIGCHLD is blocked (inherited from the
 /// monitor), so a child that exits between the reap and the wait is never
@@ -107,7 +87,7 @@ fn unprivileged_id(map: &str, want: u32) -> u32 {
 /// the order that keeps the needed privilege until its last use: mounts,
 /// then the bounding set (needs CAP_SETPCAP), then the ids (which clear
 /// the permitted and effective sets), then no_new_privs and dumpable.
-pub fn isolate() -> Result<(), Error> {
+pub fn isolate() -> Result<(), crate::sys::Error> {
     // 1. A mount namespace of its own, detached from the host's.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(sys("unshare the mount namespace"))?;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::init::error::{Error, io};
 use crate::init::user::GroupsPolicy;
 use crate::monitor::protocol::{Process, SeccompFilter as Filter};
 use crate::monitor::sync::{Message, Step};
@@ -25,35 +26,6 @@ use crate::sys::caps;
 use crate::sys::process::{
     SingleThreaded, default_signals, exit_immediately, install_fds, set_controlling_tty,
 };
-
-/// Why a setup operation failed; the message names the operation and its
-/// path.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A system call failed; `what` names it and its object.
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Sys(#[from] crate::sys::Error),
-    #[error(transparent)]
-    User(#[from] crate::init::user::Error),
-    /// What the process asks for cannot be done here (a NUL byte, a
-    /// command not found, a cwd outside the root...).
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// `what` failed with the io or nix error it is given.
-fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
-    move |e| Error::Io {
-        what: what.into(),
-        source: e.into(),
-    }
-}
 
 /// The standard streams a container process gets.
 pub struct Stdio {

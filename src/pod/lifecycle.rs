@@ -201,10 +201,9 @@ impl Pods {
             tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "remove pod cgroup");
         }
         let _ = detach_all(&Host, &rec.dir.shm());
-        if let Err(e) = std::fs::remove_dir_all(&rec.dir.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(pod_id = %rec.id, error = %e, "remove pod directory");
+        // Into the trash (one rename; deleted in the background).
+        if let Err(e) = self.trash.put(&rec.dir.dir) {
+            tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "remove pod directory");
         }
         let _ = std::fs::remove_dir(&rec.dir.ns_dir);
     }

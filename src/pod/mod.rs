@@ -113,6 +113,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `<state>/trash`: where a removed pod's directory goes to be deleted
+    /// ([`crate::record::trash`]), on the state dir's filesystem.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.state.join("trash")
+    }
+
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             state: config.state.clone(),
@@ -137,6 +143,8 @@ pub struct Pods {
     events: Arc<crate::events::Events>,
     /// The container service, which stops and removes a pod's containers.
     containers: std::sync::OnceLock<Arc<dyn ContainerHooks>>,
+    /// Where removed pods' directories go to be deleted.
+    trash: Arc<crate::record::trash::Trash>,
 }
 
 /// What stopping and removing a pod asks of the container service.
@@ -170,6 +178,7 @@ impl Pods {
         settings: Settings,
     ) -> Result<Pods, Error> {
         let boot_id = crate::sys::process::boot_id().map_err(Error::BootId)?;
+        let settings_trash = settings.trash_dir();
         Ok(Pods {
             records: crate::record::Records::new(store, settings.unclaimed_ttl),
             network,
@@ -179,6 +188,7 @@ impl Pods {
             boot_id,
             events,
             containers: std::sync::OnceLock::new(),
+            trash: crate::record::trash::Trash::new(settings_trash),
         })
     }
 

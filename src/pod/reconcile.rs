@@ -9,7 +9,8 @@
 //! necessarily tmpfs) means every monitor is gone. Then what pods without
 //! a record left is found from the kernel and the disk and removed
 //! ([`sweep_orphans`]) — only under crius's own prefixes, never anything
-//! outside them.
+//! outside them. What the trash holds (removed pods' directories being
+//! deleted in the background when crius stopped) is deleted too.
 //!
 //! In the background: pods whose RunPodSandbox caller gave up and that no
 //! retry claimed within the bound are removed ([`crate::record`]'s reaper).
@@ -42,6 +43,8 @@ pub async fn start(pods: &Arc<Pods>) -> Result<(), Error> {
         tracing::warn!("the machine rebooted since the last start: every pod monitor is gone");
     }
 
+    // What removals left in the trash when crius stopped.
+    pods.trash.reap();
     // Intents and pods nobody claimed: no caller can still be waiting.
     let kept = crate::record::reconcile(pods).await?;
     for mut rec in kept {

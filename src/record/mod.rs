@@ -21,10 +21,14 @@
 //! [`reconcile`] rolls it back from whatever was durable: the intent
 //! alone names everything a rollback must undo.
 //!
+//! Removal: a removed record's directory goes into a [`trash::Trash`] (one
+//! rename) before the record is deleted, and is deleted in the background.
+//!
 //! Crash points for the e2e tests ([`pause_point`]) and the error of a
 //! named creation step ([`StepFailed`]) live here too.
 
 pub mod step;
+pub mod trash;
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -14,6 +14,7 @@ pub mod idmap;
 pub mod malloc;
 pub mod mount;
 pub mod ns;
+pub mod pages;
 pub mod process;
 pub mod pty;
 pub mod seccomp;

@@ -12,63 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
+use crate::init::error::{Error, StepError, fail, io};
 use crate::init::rootfs::{Lower, Node, Step, TargetKind};
 use crate::monitor::sync::Step as SetupStep;
-
-/// Why a rootfs operation failed; the message names the operation and its
-/// path.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("mount {from} on {} ({fstype:?}, {flags:?})", target.display())]
-    Mount {
-        from: String,
-        target: PathBuf,
-        fstype: Option<String>,
-        flags: MsFlags,
-        #[source]
-        errno: nix::Error,
-    },
-    /// A system call on a path failed; `what` names both.
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Sys(#[from] crate::sys::Error),
-    /// The plan asks for something refused or impossible here.
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// `what` failed with the io, nix or rustix error it is given.
-fn io<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Error {
-    move |e| Error::Io {
-        what: what.into(),
-        source: e.into(),
-    }
-}
-
-/// A failed step: which one, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{step}")]
-pub struct StepError {
-    pub step: SetupStep,
-    #[source]
-    pub error: Error,
-}
-
-impl StepError {
-    /// The reason, with its sources (what the monitor is told).
-    pub fn message(&self) -> String {
-        crate::error::chain(&self.error)
-    }
-}
-
-fn fail(step: SetupStep) -> impl FnOnce(Error) -> StepError {
-    move |error| StepError { step, error }
-}
 
 fn mount(
     source: Option<&Path>,

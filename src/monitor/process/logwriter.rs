@@ -127,7 +127,10 @@ impl LogWriter {
         self.spawns += 1;
         match spawn(one) {
             Ok((sock, pid)) => self.attach(sock, pid),
-            Err(e) => eprintln!("{e}; log records are dropped"),
+            Err(e) => eprintln!(
+                "start the log writer: {}; log records are dropped",
+                crate::error::chain(&e)
+            ),
         }
     }
 
@@ -152,17 +155,17 @@ impl LogWriter {
 
 /// Forks the writer. Its only fds: /dev/null on 0 and 1, the monitor's
 /// stderr (monitor.log) on 2, its socket on 3.
-fn spawn(one: SingleThreaded) -> Result<(OwnedFd, i32), String> {
+fn spawn(one: SingleThreaded) -> crate::sys::Result<(OwnedFd, i32)> {
     let (mine, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| format!("log writer socket: {e}"))?;
-    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-    let pid = match fork_into(one, nix::sched::CloneFlags::empty()) {
-        Ok(Forked::Child) => {
+    .map_err(crate::sys::sys("log writer socketpair"))?;
+    let null = File::open("/dev/null").map_err(crate::sys::io("open", "/dev/null"))?;
+    let pid = match fork_into(one, nix::sched::CloneFlags::empty())? {
+        Forked::Child => {
             drop(mine);
             let fds = (|| {
                 let out = null.try_clone()?;
@@ -178,8 +181,7 @@ fn spawn(one: SingleThreaded) -> Result<(OwnedFd, i32), String> {
             serve(&sock);
             exit_immediately(0)
         }
-        Ok(Forked::Parent(pid)) => pid.as_raw(),
-        Err(e) => return Err(format!("fork the log writer: {}", crate::error::chain(&e))),
+        Forked::Parent(pid) => pid.as_raw(),
     };
     drop(theirs);
     Ok((mine, pid))
@@ -402,17 +404,21 @@ pub fn serve(sock: &OwnedFd) {
     let mut files: Vec<(u64, File)> = Vec::new();
     // Drop counts not yet told (the monitor's socket was full).
     let mut untold: Vec<(u64, u64)> = Vec::new();
-    let mut data = Vec::with_capacity(MAX_MESSAGE);
+    // Mapped, not allocated: a page costs memory only once a message
+    // reached it, so the writer keeps what its largest message needed, not
+    // MAX_MESSAGE (a zeroed heap buffer made every writer hold 96 KiB).
+    let Ok(mut buf) = crate::sys::pages::ZeroPages::new(MAX_MESSAGE) else {
+        return;
+    };
     let mut fds = Vec::new();
     loop {
-        data.clear();
         fds.clear();
-        match recv_message(sock, &mut data, &mut fds) {
+        let data = match crate::sys::fds::recv_into(sock, &mut buf, &mut fds) {
             Ok(0) => return,
-            Ok(_) => {}
+            Ok(n) => &buf[..n],
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
-        }
+        };
         let (Some(&kind), Some(slot)) = (data.first(), number(data.get(1..).unwrap_or(&[]))) else {
             continue;
         };
@@ -454,18 +460,6 @@ pub fn serve(sock: &OwnedFd) {
             nix::sys::socket::send(sock.as_raw_fd(), &m, MsgFlags::MSG_DONTWAIT).is_err()
         });
     }
-}
-
-/// One message (and the fds riding with it); 0 at EOF.
-fn recv_message(
-    sock: &OwnedFd,
-    data: &mut Vec<u8>,
-    fds: &mut Vec<OwnedFd>,
-) -> std::io::Result<usize> {
-    data.resize(MAX_MESSAGE, 0);
-    let n = crate::sys::fds::recv_into(sock, data, fds)?;
-    data.truncate(n);
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::init::error::{Error, StepError, fail, io};
 use crate::monitor::sync::{Message, Step};
 use crate::monitor::{PodDir, Spec};
 use crate::sys::exe::Sealed;
@@ -17,20 +18,6 @@ use crate::sys::mount::{Host, Mounts, detach_all};
 use crate::sys::ns::{self, Kind};
 use crate::sys::process::{Forked, ProcRef, SingleThreaded, exit_immediately, fork_into};
 use crate::sys::sysctl;
-
-/// A failed step: its name and what went wrong.
-#[derive(Debug)]
-pub struct StepError {
-    pub step: Step,
-    pub message: String,
-}
-
-fn step<E: std::error::Error>(name: Step) -> impl FnOnce(E) -> StepError {
-    move |e| StepError {
-        step: name,
-        message: crate::error::chain(&e),
-    }
-}
 
 /// What setup leaves running: the namespace child when it stays as the pod init.
 pub struct Sandbox {
@@ -59,24 +46,24 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
     // The pod init is a program of its own beside the monitor's binary,
     // checked before anything is created.
     let pod_init = if pid_ns {
-        Some(pod_init_exe().map_err(|message| StepError {
-            step: Step::FindPodInit,
-            message,
-        })?)
+        Some(pod_init_exe().map_err(fail(Step::FindPodInit))?)
     } else {
         None
     };
     if !flags.is_empty() || pid_ns {
-        ns::ensure_shared_dir(&m, &spec.ns_root).map_err(step(Step::PrepareNamespaceDir))?;
-        std::fs::create_dir_all(&dir.ns_dir).map_err(step(Step::PrepareNamespaceDir))?;
+        ns::ensure_shared_dir(&m, &spec.ns_root).map_err(fail(Step::PrepareNamespaceDir))?;
+        std::fs::create_dir_all(&dir.ns_dir)
+            .map_err(io(format!("create {}", dir.ns_dir.display())))
+            .map_err(fail(Step::PrepareNamespaceDir))?;
         let all = if pid_ns {
             flags | CloneFlags::CLONE_NEWPID
         } else {
             flags
         };
-        let (mut parent_end, child_end) =
-            UnixStream::pair().map_err(step(Step::CreateNamespaces))?;
-        let pid = match fork_into(one, all).map_err(step(Step::CreateNamespaces))? {
+        let (mut parent_end, child_end) = UnixStream::pair()
+            .map_err(io("socketpair"))
+            .map_err(fail(Step::CreateNamespaces))?;
+        let pid = match fork_into(one, all).map_err(fail(Step::CreateNamespaces))? {
             Forked::Child => {
                 drop(parent_end);
                 namespace_child(child_end, spec, pod_init.as_ref())
@@ -88,32 +75,36 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
         // 1b. The user namespace's mappings, from here (the host's user
         //     namespace): the child waits for them before anything else.
         if let Some(maps) = &spec.user {
-            ns::write_maps(pid.as_raw(), maps).map_err(step(Step::MapUserIds))?;
-            parent_end.write_all(b"m").map_err(step(Step::MapUserIds))?;
+            ns::write_maps(pid.as_raw(), maps).map_err(fail(Step::MapUserIds))?;
+            parent_end
+                .write_all(b"m")
+                .map_err(io("tell the namespace child its ids are mapped"))
+                .map_err(fail(Step::MapUserIds))?;
         }
         // 2. The child reports how its in-namespace work went.
         let mut report = String::new();
         let _ = (&parent_end).take(4096).read_to_string(&mut report);
         match Message::decode(&report) {
             Some(Message::Ready) => {}
-            Some(Message::Failed { step, message }) => return Err(StepError { step, message }),
+            Some(Message::Failed { step, message }) => {
+                return Err(fail(step)(Error::Reported(message)));
+            }
             _ => {
-                return Err(StepError {
-                    step: Step::CreateNamespaces,
-                    message: format!("namespace child ended early: {report:?}"),
-                });
+                let early = format!("namespace child ended early: {report:?}");
+                return Err(fail(Step::CreateNamespaces)(Error::Reported(early)));
             }
         }
         // 3. Pin them from the host mount namespace.
         for &kind in &spec.namespaces {
-            ns::pin(&m, pid.as_raw(), kind, &dir.ns(kind)).map_err(step(Step::PinNamespaces))?;
+            ns::pin(&m, pid.as_raw(), kind, &dir.ns(kind)).map_err(fail(Step::PinNamespaces))?;
         }
         // The child now becomes the pod init, or has served its purpose
         // (the guard kills and reaps it).
         if pid_ns {
             parent_end
                 .write_all(b"go\n")
-                .map_err(step(Step::StartPodInit))?;
+                .map_err(io("tell the namespace child to become the pod init"))
+                .map_err(fail(Step::StartPodInit))?;
             init = ProcRef::of(pid.as_raw());
             std::mem::forget(child);
         }
@@ -121,13 +112,15 @@ fn setup_steps(one: SingleThreaded, dir: &PodDir, spec: &Spec) -> Result<Sandbox
     // 4. The pod's /dev/shm.
     if let Some(size) = spec.shm_size {
         let shm = dir.shm();
-        std::fs::create_dir_all(&shm).map_err(step(Step::MountShm))?;
+        std::fs::create_dir_all(&shm)
+            .map_err(io(format!("create {}", shm.display())))
+            .map_err(fail(Step::MountShm))?;
         // In the pod's user namespace its root owns it, as a host pod's
         // root owns its own.
         let owner = spec
             .user
             .and_then(|m| Some((m.uid.to_host(0)?, m.gid.to_host(0)?)));
-        m.tmpfs(&shm, size, owner).map_err(step(Step::MountShm))?;
+        m.tmpfs(&shm, size, owner).map_err(fail(Step::MountShm))?;
     }
     Ok(Sandbox { init })
 }
@@ -204,20 +197,20 @@ fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>)
 /// daemon names in [`crate::monitor::POD_INIT_ENV`], else the one beside
 /// this monitor's binary (a monitor the daemon ran from a sealed handle has
 /// no host path of its own to look beside).
-fn pod_init_exe() -> Result<Sealed, String> {
+fn pod_init_exe() -> Result<Sealed, Error> {
     let path = match std::env::var_os(crate::monitor::POD_INIT_ENV) {
         Some(p) => std::path::PathBuf::from(p),
         None => {
-            let exe = std::env::current_exe().map_err(|e| format!("read /proc/self/exe: {e}"))?;
+            let exe = std::env::current_exe().map_err(io("read /proc/self/exe"))?;
             exe.parent()
                 .unwrap_or(std::path::Path::new("/"))
                 .join(crate::monitor::POD_INIT_BIN)
         }
     };
     if !path.is_file() {
-        return Err(format!("{} is not a file", path.display()));
+        return Err(Error::Refused(format!("{} is not a file", path.display())));
     }
-    Sealed::open(&path).map_err(|e| crate::error::chain(&e))
+    Ok(Sealed::open(&path)?)
 }
 
 /// Removes the pins and the /dev/shm mount of the pod, if present.

@@ -26,6 +26,7 @@ use super::logwriter::LogWriter;
 use super::pending::Work;
 use super::sandbox;
 use super::workload::{Container, ExecProc, Failure, ROUND, State};
+use crate::init::error::StepError;
 use crate::monitor::process::log::Stream;
 use crate::monitor::protocol::{self as proto, AttachEnd, Exit, Reply, Request, SetupReply};
 use crate::monitor::sync::{Step, Subject};
@@ -49,40 +50,58 @@ pub fn main(dir: &Path) -> ExitCode {
     let pod = PodDir::new(state, pod_id);
     match run(one, &pod) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("crius monitor {pod_id}: {msg}");
+        Err(e) => {
+            eprintln!("crius monitor {pod_id}: {}", crate::error::chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
+/// Why the monitor could not serve its pod.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Sys(#[from] crate::sys::Error),
+    #[error("parse the pod spec {}", path.display())]
+    Spec {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The pod's setup failed (the daemon was told).
+    #[error("{}: {}", .0.step, .0.message())]
+    Setup(StepError),
+}
+
+fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), Error> {
+    use crate::sys::{io, sys};
     // 1. Detach from the daemon: own session, immune to the terminal's
     //    SIGINT/SIGHUP, the reaper of every orphan below us.
     let _ = nix::unistd::setsid();
-    process::ignore_signals(&[Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE])
-        .map_err(|e| e.to_string())?;
-    process::set_child_subreaper().map_err(|e| e.to_string())?;
+    process::ignore_signals(&[Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE])?;
+    process::set_child_subreaper()?;
     process::set_name("crius-monitor");
     let me = ProcRef::current();
     write_atomic(
         &pod.pid_file(),
         &serde_json::to_vec(&me).expect("serializable"),
     )
-    .map_err(|e| format!("write {}: {e}", pod.pid_file().display()))?;
+    .map_err(io("write", pod.pid_file()))?;
 
     // 2. SIGCHLD through a signalfd, blocked before any child exists.
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
-    chld.thread_block()
-        .map_err(|e| format!("block SIGCHLD: {e}"))?;
+    chld.thread_block().map_err(sys("block SIGCHLD"))?;
     let sigfd = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("signalfd: {e}"))?;
-    std::fs::create_dir_all(pod.exits()).map_err(|e| format!("create exits dir: {e}"))?;
+        .map_err(sys("signalfd"))?;
+    std::fs::create_dir_all(pod.exits()).map_err(io("create", pod.exits()))?;
 
     // 3. The pod.
-    let text = std::fs::read(pod.spec()).map_err(|e| format!("read spec: {e}"))?;
-    let spec: Spec = serde_json::from_slice(&text).map_err(|e| format!("parse spec: {e}"))?;
+    let text = std::fs::read(pod.spec()).map_err(io("read", pod.spec()))?;
+    let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::Spec {
+        path: pod.spec(),
+        source,
+    })?;
     let socket = pod.socket();
     let _ = std::fs::remove_file(&socket);
     let bound = crate::monitor::socket_path(pod).and_then(|(dir, short)| {
@@ -103,7 +122,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
                 step: Step::StartMonitor,
                 message: format!("listen on {}: {e}", socket.display()),
             });
-            return Err(format!("listen on {}: {e}", socket.display()));
+            return Err(io("listen on", socket)(e).into());
         }
     };
     let sandbox = match sandbox::setup(one, pod, &spec) {
@@ -111,15 +130,15 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), String> {
         Err(e) => {
             report(&SetupReply::Failed {
                 step: e.step.clone(),
-                message: e.message.clone(),
+                message: e.message(),
             });
             let _ = std::fs::remove_file(&socket);
-            return Err(format!("{}: {}", e.step, e.message));
+            return Err(Error::Setup(e));
         }
     };
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("socket: {e}"))?;
+        .map_err(io("make non-blocking", &socket))?;
     let mut m = Monitor {
         one,
         pod: pod.clone(),
