@@ -339,14 +339,7 @@ async fn recursive_read_only_bind_covers_submounts_a_plain_one_does_not() {
     require_registry_tools!();
     let mut s = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
-    let features = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers[0]
-        .features
-        .unwrap();
+    let features = pod::handler_features(&mut rt).await;
     assert!(
         features.recursive_read_only_mounts,
         "mount_setattr exists on this kernel ({})",

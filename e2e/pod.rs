@@ -97,6 +97,17 @@ pub async fn list(rt: &mut Client, filter: Option<PodSandboxFilter>) -> Vec<PodS
         .items
 }
 
+/// The default runtime handler's features, from Status.
+pub async fn handler_features(rt: &mut Client) -> RuntimeHandlerFeatures {
+    rt.status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers[0]
+        .features
+        .unwrap()
+}
+
 pub async fn stop_remove(rt: &mut Client, id: &str) {
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: id.into(),

@@ -72,14 +72,7 @@ fn temp_dir_on_tmpfs() -> bool {
 /// Whether Status reports `user_namespaces` for the default handler;
 /// where it does not, the tests' temp dir must be on tmpfs.
 async fn userns_supported(rt: &mut pod::Client, s: &Setup) -> bool {
-    let features = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers[0]
-        .features
-        .unwrap();
+    let features = pod::handler_features(rt).await;
     assert!(
         features.user_namespaces || temp_dir_on_tmpfs(),
         "no user namespaces with the daemon's root off tmpfs: {}",
