@@ -307,16 +307,18 @@ fn ignore_missing(r: rustix::io::Result<()>) -> rustix::io::Result<()> {
     }
 }
 
-/// Opens a directory without following a symlink or crossing a mount
-/// point; `beneath`: `name` must be an entry of `at`.
+/// Opens a directory. `beneath`: `name` is an entry of `at`, inside the
+/// trash, opened without following a symlink or crossing a mount point.
+/// Else `name` is the trash itself, the daemon's own path, which may lie
+/// on another mount than `/` (a tmpfs /tmp, a root on its own disk).
 fn open_dir<P: rustix::path::Arg>(
     at: BorrowedFd<'_>,
     name: P,
     beneath: bool,
 ) -> rustix::io::Result<OwnedFd> {
-    let mut resolve = ResolveFlags::NO_XDEV | ResolveFlags::NO_MAGICLINKS;
+    let mut resolve = ResolveFlags::NO_MAGICLINKS;
     if beneath {
-        resolve |= ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        resolve |= ResolveFlags::NO_XDEV | ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
     }
     rustix::fs::openat2(
         at,

@@ -182,3 +182,39 @@ fn a_mount_point_in_the_tree_is_left_with_its_contents() {
     );
     assert_eq!(trash.lock().stuck.len(), 1);
 }
+
+/// Needs root (mount(2)): a trash on another mount than `/` (the VM
+/// guests' /tmp is a tmpfs) is drained; before, opening it refused to
+/// cross into that mount (EXDEV) and nothing was ever deleted.
+#[test]
+fn a_trash_on_its_own_mount_is_drained() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let fs = root.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &fs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _guard = Unmount(fs.clone());
+    let trash = Trash::new(fs.join("trash"));
+    let c = fs.join("c/a");
+    container_dir(&c);
+    trash.put(&c).unwrap();
+    wait_idle(&trash);
+    assert!(entries(&trash.dir).is_empty(), "{:?}", entries(&trash.dir));
+    assert!(trash.lock().stuck.is_empty());
+}
