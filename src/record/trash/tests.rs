@@ -135,6 +135,30 @@ fn names_already_in_the_trash_are_never_replaced() {
     assert!(entries(&dir).is_empty());
 }
 
+/// Unmounts whatever is mounted below a test's dir, wherever the trash
+/// moved it, also when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in crate::sys::mount::mounts_under(&self.0).iter().rev() {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Mounts a fresh tmpfs at `at` (needs root).
+fn mount_tmpfs(at: &Path) {
+    nix::mount::mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+}
+
 /// Needs root (mount(2)): a mount point inside a trashed tree is neither
 /// crossed nor removed; what is mounted there survives.
 #[test]
@@ -143,30 +167,13 @@ fn a_mount_point_in_the_tree_is_left_with_its_contents() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    /// Unmounts whatever is mounted below the test's dir, wherever the
-    /// trash moved it, also when the test fails.
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            for m in crate::sys::mount::mounts_under(&self.0).iter().rev() {
-                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
     let root = tempfile::tempdir().unwrap();
     let _guard = Unmount(root.path().to_path_buf());
     let tree = root.path().join("tree");
     let mnt = tree.join("u/mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     std::fs::write(tree.join("u/file"), "x").unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &mnt,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&mnt);
     std::fs::write(mnt.join("precious"), "keep").unwrap();
     let trash = Trash::new(root.path().join("trash"));
     trash.put(&tree).unwrap();
@@ -192,24 +199,11 @@ fn a_trash_on_its_own_mount_is_drained() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
     let root = tempfile::tempdir().unwrap();
+    let _guard = Unmount(root.path().to_path_buf());
     let fs = root.path().join("fs");
     std::fs::create_dir(&fs).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &fs,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _guard = Unmount(fs.clone());
+    mount_tmpfs(&fs);
     let trash = Trash::new(fs.join("trash"));
     let c = fs.join("c/a");
     container_dir(&c);
