@@ -744,6 +744,11 @@ impl Monitor {
             signal,
             finished_at: now_ns(),
         };
+        // A log writer: one that ended idle was let go, one that died is
+        // replaced when its socket's hangup is read.
+        if self.logs.reaped(pid.as_raw()) {
+            return;
+        }
         let Some(child) = self.children.remove(&pid.as_raw()) else {
             // An adopted orphan, or a setup's stage 2 whose pid is not
             // known yet: kept while a setup may claim it.

@@ -207,14 +207,23 @@ impl Execing {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+/// Why a process's stdio could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("make a pipe for the stdio")]
+    Pipe(#[source] nix::Error),
+    #[error("open /dev/null")]
+    DevNull(#[source] std::io::Error),
 }
 
-fn dev_null() -> Result<OwnedFd, String> {
+fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(StdioError::Pipe)
+}
+
+fn dev_null() -> Result<OwnedFd, StdioError> {
     std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
-        .map_err(|e| format!("open /dev/null: {e}"))
+        .map_err(StdioError::DevNull)
 }
 
 fn set_nonblocking(fd: &OwnedFd) {
@@ -233,7 +242,7 @@ struct Pipes {
     err: Option<OwnedFd>,
 }
 
-fn pipes(tty: bool, stdin: bool) -> Result<Pipes, String> {
+fn pipes(tty: bool, stdin: bool) -> Result<Pipes, StdioError> {
     if tty {
         return Ok(Pipes {
             child: Stdio {
@@ -278,12 +287,15 @@ impl Container {
         launch: ContainerLaunch,
     ) -> Result<(Creating, Setup), Failure> {
         let log = match launch.log_file() {
-            Some(p) => Some(LogFile::open(&p).map_err(|e| failure(Step::OpenLog, e.to_string()))?),
+            Some(p) => Some(
+                LogFile::open(&p).map_err(|e| failure(Step::OpenLog, crate::error::chain(&e)))?,
+            ),
             None => None,
         };
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
-        let (parent, child) =
-            UnixStream::pair().map_err(|e| failure(Step::Create, e.to_string()))?;
+        let p = pipes(launch.tty, launch.stdin)
+            .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
+        let (parent, child) = UnixStream::pair()
+            .map_err(|e| failure(Step::Create, format!("sync socketpair: {e}")))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
@@ -413,7 +425,7 @@ impl Container {
         self.next_attach += 1;
         let stdin = stdin && self.stdin.is_open();
         let (a, ends) = Attachment::new(self.next_attach, self.launch.tty, stdin)
-            .map_err(|e| failure(Step::Attach, e))?;
+            .map_err(|e| failure(Step::Attach, crate::error::chain(&e)))?;
         self.attached.push(a);
         Ok(ends)
     }
@@ -504,7 +516,7 @@ impl Container {
             Some(file) => logs.open(self.slot, file),
             None => logs.close(self.slot),
         }
-        reopened.map_err(|e| failure(Step::ReopenLog, e.to_string()))
+        reopened.map_err(|e| failure(Step::ReopenLog, crate::error::chain(&e)))
     }
 
     /// Hands the log file (if any) to the writer as this container's slot.
@@ -540,8 +552,10 @@ impl Container {
             return Err(failure(Step::NotRunning, "the container is not running"));
         }
         let process = &self.launch.process;
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
-        let (parent, child) = UnixStream::pair().map_err(|e| failure(Step::Exec, e.to_string()))?;
+        let p = pipes(launch.tty, launch.stdin)
+            .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
+        let (parent, child) =
+            UnixStream::pair().map_err(|e| failure(Step::Exec, format!("sync socketpair: {e}")))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
