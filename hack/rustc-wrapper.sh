@@ -12,15 +12,21 @@
 # (before exec) stops that process at once instead of unwinding through
 # state it shares with its parent; nothing in these programs catches one.
 per_pod=
+pod_init=
 prev=
 bin=
 for a in "$@"; do
   case "$a" in
-    crius_monitor | crius_pod_init) [ "$prev" = --crate-name ] && per_pod=1 ;;
+    crius_monitor) [ "$prev" = --crate-name ] && per_pod=1 ;;
+    crius_pod_init) [ "$prev" = --crate-name ] && per_pod=1 pod_init=1 ;;
     bin) [ "$prev" = --crate-type ] && bin=1 ;;
   esac
   prev=$a
 done
+if [ -n "$pod_init" ] && [ -n "$bin" ]; then
+  exec "$@" -C target-feature=+crt-static -C panic=abort \
+    -C link-arg=-nostartfiles -C link-arg=-nostdlib
+fi
 if [ -n "$per_pod" ] && [ -n "$bin" ]; then
   exec "$@" -C target-feature=+crt-static -C panic=abort
 fi
