@@ -23,6 +23,10 @@
 #   BASELINE=/path/to/old/crius RUNTIMES="crius crius-base containerd" hack/bench.sh
 #                                      # also an older crius binary, for
 #                                      # before/after in the same run
+#   STRACE=1 KEEP=1 hack/bench.sh      # each crius daemon under strace -f -tt
+#                                      # -T (its monitors and inits too), to
+#                                      # WORK/<name>/strace (slow: for where
+#                                      # the time goes, not for the table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/images.sh
@@ -220,7 +224,9 @@ config_path = "$work/certs.d"
 conf_dir = "$work/cni"
 bin_dirs = ["$cni_bin"]
 EOF
-  start_daemon "$name" "$d/log" "$bin" serve --config "$d/crius.toml" --listen "$d/crius.sock" \
+  local trace=()
+  [[ -z ${STRACE:-} ]] || trace=(strace -f -tt -T -s 120 -o "$d/strace")
+  start_daemon "$name" "$d/log" "${trace[@]}" "$bin" serve --config "$d/crius.toml" --listen "$d/crius.sock" \
     --root "$d/root" --state "$d/state" --log-level warn
   wait_socket "$d/crius.sock" "$daemon_pid" "$d/log"
   bench "$name" "$d/crius.sock"
