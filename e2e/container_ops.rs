@@ -2,9 +2,9 @@
 //! a running container, an image given by its id with no command, NODE and
 //! TARGET PID modes, a daemon killed or a client giving up in the middle of
 //! CreateContainer, a lost monitor, a hung container setup that delays
-//! nothing else in its pod, a stuck log disk that stalls no monitor, and
-//! 100 containers that leave no mount,
-//! cgroup, process or fd behind.
+//! nothing else in its pod, a stuck log disk that stalls no monitor, a
+//! log writer that runs only while there is output, and 100 containers
+//! that leave no mount, cgroup, process or fd behind.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -535,6 +535,109 @@ async fn a_stuck_log_disk_never_stalls_the_monitor() {
     );
     // The reader goes: the writer's blocked write fails and it moves on.
     drop(reader);
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+/// The monitor's log writers (its children named crius-logwriter).
+fn log_writers(monitor: i32) -> Vec<i32> {
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    pids.filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid ...
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let ppid = stat[close + 1..].split_whitespace().nth(1);
+            &stat[open + 1..close] == "crius-logwriter" && ppid == Some(&monitor.to_string())
+        })
+        .collect()
+}
+
+/// A CRI log's records without their timestamps, in order.
+fn log_contents(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_string())
+        .collect()
+}
+
+/// The log writer runs only while there is output to write: a pod whose
+/// container has gone quiet has none after the writer's idle time (5 s);
+/// a log rotated meanwhile (ReopenContainerLog) starts none; the next
+/// output starts one, and every line lands, in order, in the file it
+/// belongs to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_pod_has_no_log_writer_and_its_later_output_lands_in_order() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt,
+        pod_config("quiet", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let (_, info) = pod::status(&mut rt, &pod).await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let script = "echo one; echo two; while [ ! -e /go ]; do sleep 0.1; done; \
+                  echo three; echo four; sleep 1000";
+    let id = create(
+        &mut rt,
+        &pod,
+        container(
+            "quiet",
+            &s.busybox,
+            &["sh", "-c", script],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        log_writers(monitor).is_empty(),
+        "a writer before any output"
+    );
+    start(&mut rt, &id).await;
+    let log = logs.join("quiet.log");
+    wait_for("the first lines", Duration::from_secs(10), || {
+        log_contents(&log).len() == 2
+    })
+    .await;
+    let quiet = Instant::now();
+    wait_for("the log writer to end", Duration::from_secs(30), || {
+        log_writers(monitor).is_empty()
+    })
+    .await;
+    eprintln!("no log writer {:?} after the last output", quiet.elapsed());
+
+    // kubelet's rotation while no writer runs.
+    let rotated = logs.join("quiet.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    rt.reopen_container_log(ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(log_writers(monitor).is_empty(), "a reopen starts no writer");
+
+    // Output again: a writer, and the lines in the new file.
+    let out = exec(&mut rt, &id, &["touch", "/go"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    wait_for("the later lines", Duration::from_secs(10), || {
+        log_contents(&log).len() == 2
+    })
+    .await;
+    assert_eq!(log_writers(monitor).len(), 1, "a writer for the new output");
+    assert_eq!(log_contents(&rotated), ["stdout F one", "stdout F two"]);
+    assert_eq!(log_contents(&log), ["stdout F three", "stdout F four"]);
+
     pod::stop_remove(&mut rt, &pod).await;
     assert!(container_dirs(&s).is_empty());
     pod::assert_no_trace(&s.d);

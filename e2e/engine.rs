@@ -693,6 +693,83 @@ fn per_pod_binaries_are_static() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: crius-monitor"));
 }
 
+/// The pod init (no std, no libc, its own `_start` and relocation) run
+/// by hand: without privileges it refuses to run (exit 125, the failed
+/// step on stderr); in a user namespace that maps 1000 ids (0 to host 0,
+/// 1-999 to host 100001-100999) it takes the highest one, 999, because
+/// 65535 is not mapped there, and still isolates itself.
+#[test]
+fn pod_init_refuses_without_privilege_and_takes_the_highest_mapped_id() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let bin = env!("CARGO_BIN_EXE_crius-pod-init");
+    let out = std::process::Command::new(bin)
+        .uid(1000)
+        .gid(1000)
+        .output()
+        .expect("the pod init runs");
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "crius-init: unshare the mount namespace: EPERM (errno 1)\n"
+    );
+
+    // A shell in a new user namespace waits for its maps, then execs the
+    // pod init as root of that namespace.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args(["-c", "read go && exec \"$0\"", bin])
+        .stdin(std::process::Stdio::piped());
+    #[allow(unsafe_code)]
+    // SAFETY: unshare(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("sh in a user namespace");
+    let pid = child.id();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let mut child = Kill(child);
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 1\n1 100001 999\n").unwrap();
+    }
+    stdin.write_all(b"go\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if status.contains("NoNewPrivs:\t1") {
+            break status;
+        }
+        if let Ok(Some(end)) = child.0.try_wait() {
+            panic!("the pod init ended: {end:?}");
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..].trim().to_string()
+    };
+    assert_eq!(field("Name:"), "crius-init");
+    assert_eq!(field("Uid:"), "100999\t100999\t100999\t100999");
+    assert_eq!(field("Gid:"), "100999\t100999\t100999\t100999");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapBnd:"), "0000000000000000");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert_eq!(mountinfo.lines().count(), 1, "{mountinfo}");
+    assert!(mountinfo.contains(" / / ro,"), "{mountinfo}");
+}
+
 /// The monitor binary carries none of the daemon's crates: no async
 /// runtime, gRPC, HTTP, CLI or TOML code (its symbols, as `nm` lists them).
 #[test]

@@ -19,7 +19,11 @@
 #   DETAIL=1 hack/footprint.sh             # also the mappings of one process
 #                                          # of each kind (smaps)
 #   LOGS=1 hack/footprint.sh               # each container prints a line to
-#                                          # a CRI log (a log writer per pod)
+#                                          # a CRI log (a log writer per pod
+#                                          # while it writes)
+#   LOGS=1 SETTLE=8 hack/footprint.sh      # measured 8 s after the pods
+#                                          # started (default 1): the log
+#                                          # writers of quiet pods have ended
 #   RUNTIME=containerd hack/footprint.sh   # the same pods on Debian's
 #                                          # containerd and runc: sums its
 #                                          # shims and pause processes
@@ -138,7 +142,7 @@ for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
 logs=()
 [[ -n ${LOGS:-} ]] && logs=("$work/logs")
 "$client" "$sock" up "$pods" "$addr/footprint/busybox:latest" "${logs[@]}" >/dev/null
-sleep 1
+sleep "${SETTLE:-1}"
 after=$(ls /proc | grep -E '^[0-9]+$' | sort)
 shims=$(for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) != containerd-shim* ]] || echo "$pid"

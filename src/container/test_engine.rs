@@ -36,6 +36,11 @@ pub(super) struct Fake {
     pub(super) create_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// When set, wait answers that the monitor is gone.
     pub(super) monitor_gone: Mutex<bool>,
+    /// How many more waits fail with an error other than a lost monitor
+    /// (a broken connection while the monitor lives).
+    pub(super) failing_waits: Mutex<u32>,
+    /// The init create reports instead of [`gone_pid`] (a real process).
+    pub(super) init: Mutex<Option<ProcRef>>,
 }
 
 pub(super) fn gone_pid() -> ProcRef {
@@ -91,7 +96,7 @@ impl Engine for Fake {
             .lock()
             .unwrap()
             .insert(l.id.clone(), watch::channel(None).0);
-        Ok(gone_pid())
+        Ok(self.init.lock().unwrap().unwrap_or_else(gone_pid))
     }
     async fn start(&self, _: &PodDir, id: &str) -> engine::Result<()> {
         self.call(format!("start {id}"));
@@ -114,6 +119,14 @@ impl Engine for Fake {
     async fn wait(&self, _: &PodDir, id: &str) -> engine::Result<Exit> {
         if *self.monitor_gone.lock().unwrap() {
             return Err(engine::Error::MonitorGone("connect: refused".into()));
+        }
+        self.call(format!("wait {id}"));
+        {
+            let mut failing = self.failing_waits.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(engine::Error::Other("read: connection reset".into()));
+            }
         }
         let rx = self.exits.lock().unwrap().get(id).map(|tx| tx.subscribe());
         let Some(mut rx) = rx else {

@@ -352,6 +352,53 @@ async fn a_lost_monitor_ends_running_containers_with_255() {
     e.svc.remove(&id).await.unwrap();
 }
 
+/// A wait that fails while the monitor and the init live is asked again
+/// once the init has exited (its pidfd), not every few hundred ms and not
+/// given up: the exit recorded is the engine's, not the 255 of a lost one.
+#[tokio::test]
+async fn a_failed_wait_is_asked_again_when_the_init_exits() {
+    let e = env();
+    let mut init = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = init.id() as i32;
+    *e.fake.init.lock().unwrap() = Some(crate::sys::process::ProcRef::of(pid).unwrap());
+    *e.fake.failing_waits.lock().unwrap() = 1;
+    let id = e.running("web").await;
+    let waits = || {
+        e.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("wait "))
+            .count()
+    };
+    // The first wait failed; no second one while the init lives.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while waits() < 1 {
+        assert!(Instant::now() < deadline, "no wait");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waits(), 1, "asked again before the init exited");
+    assert_eq!(e.svc.status(&id).unwrap().state, State::Running);
+    // The init exits; the monitor has its status.
+    e.fake.exit(&id, 7);
+    init.kill().unwrap();
+    init.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = e.svc.status(&id).unwrap();
+        if r.state == State::Exited {
+            assert_eq!(r.exit_code, 7, "{}", r.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "exit not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(waits(), 2);
+}
+
 #[tokio::test]
 async fn update_resources_and_reopen_log_need_a_live_container() {
     let e = env();

@@ -367,6 +367,9 @@ impl UsernsProbe {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod v5;
+
 /// Whether a daemon of this build can drive a monitor speaking `version`.
 pub fn supported(version: u32) -> bool {
     (MIN_VERSION..=VERSION).contains(&version)
@@ -392,12 +395,9 @@ mod tests {
     }
 
     /// Lines of protocol 5 (the monitor of crius before protocol 6, main
-    /// at ecfda08), written from that version's types: what a monitor
-    /// started by that crius answers, and what it reads. A daemon of this
-    /// build reattaches to such monitors after an upgrade, so it must read
-    /// every reply and send every request other than `create_container`
-    /// (see `client::container`'s tests for that one) byte for byte as
-    /// they were.
+    /// at ecfda08), recorded from that version's types: they pin
+    /// [`v5`], the types the tests play an old monitor with, to what such
+    /// a monitor reads and writes.
     const V5_REPLIES: [&str; 10] = [
         r#"{"reply":"hello","version":5,"monitor":{"pid":41,"start_time":7}}"#,
         r#"{"reply":"status","init":{"pid":42,"start_time":8},"init_exit":null}"#,
@@ -411,7 +411,7 @@ mod tests {
         r#"{"reply":"attached","fds":3,"stdin":false,"tty":false}"#,
     ];
 
-    const V5_REQUESTS: [&str; 12] = [
+    const V5_REQUESTS: [&str; 13] = [
         r#"{"op":"hello","version":5}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"shutdown"}"#,
@@ -424,25 +424,108 @@ mod tests {
         r#"{"op":"wait_exec","id":"e"}"#,
         r#"{"op":"signal_exec","id":"e","signal":9}"#,
         r#"{"op":"attach_container","id":"c","stdin":true}"#,
+        r#"{"op":"resize_container","id":"c","width":80,"height":24}"#,
     ];
 
     #[test]
-    fn protocol_5_replies_and_requests_are_unchanged() {
+    fn the_protocol_5_types_speak_the_recorded_lines() {
         for line in V5_REPLIES {
-            let reply: Reply = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert_eq!(serde_json::to_string(&reply).unwrap(), line);
+            let r: v5::Reply = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
         }
-        let failed: Reply = serde_json::from_str(V5_REPLIES[5]).unwrap();
-        assert!(
-            matches!(&failed, Reply::Failed { step: Step::Mount(p), .. } if p == "/data"),
-            "{failed:?}"
-        );
-        // Every request but hello's version and create_container reads
-        // and writes as protocol 5 had it (hello says 6 now, which a
-        // protocol 5 monitor accepts: it checks only the minimum).
         for line in V5_REQUESTS {
-            let req: Request = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert_eq!(serde_json::to_string(&req).unwrap(), line);
+            let r: v5::Request =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        }
+    }
+
+    fn proc(pid: i32) -> ProcRef {
+        ProcRef {
+            pid,
+            start_time: pid as u64 * 10,
+        }
+    }
+
+    /// Every reply a protocol 5 monitor writes (encoded with its own
+    /// types) reads in this build as what it meant, and encodes back to
+    /// the same bytes.
+    #[test]
+    fn protocol_5_replies_read_the_same_here() {
+        let exit = Exit {
+            pid: 42,
+            exit_code: 137,
+            signal: Some(9),
+            finished_at: 1_700_000_000_000_000_000,
+        };
+        let old = [
+            v5::Reply::Hello {
+                version: v5::VERSION,
+                monitor: proc(41),
+            },
+            v5::Reply::Status {
+                init: Some(proc(42)),
+                init_exit: None,
+            },
+            v5::Reply::Status {
+                init: None,
+                init_exit: Some(exit),
+            },
+            v5::Reply::Ok,
+            v5::Reply::Error {
+                message: "hello first".into(),
+            },
+            v5::Reply::Failed {
+                step: Step::Mount("/data".into()),
+                message: "mount /h on /r/data: EPERM".into(),
+            },
+            v5::Reply::Created { init: proc(43) },
+            v5::Reply::Exited { exit },
+            v5::Reply::ExecStarted {
+                process: proc(44),
+                fds: 2,
+            },
+            v5::Reply::Attached {
+                fds: 3,
+                stdin: false,
+                tty: false,
+            },
+        ];
+        for reply in old {
+            let line = serde_json::to_string(&reply).unwrap();
+            let now: Reply = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&now).unwrap(), line);
+            let same = match (&reply, &now) {
+                (
+                    v5::Reply::Hello { version, monitor },
+                    Reply::Hello {
+                        version: v,
+                        monitor: m,
+                    },
+                ) => version == v && monitor == m,
+                (
+                    v5::Reply::Failed { step, message },
+                    Reply::Failed {
+                        step: s,
+                        message: m,
+                    },
+                ) => step == s && message == m,
+                (v5::Reply::Exited { exit }, Reply::Exited { exit: e }) => exit == e,
+                (
+                    v5::Reply::Status { init, init_exit },
+                    Reply::Status {
+                        init: i,
+                        init_exit: e,
+                    },
+                ) => init == i && init_exit == e,
+                (v5::Reply::Ok, Reply::Ok)
+                | (v5::Reply::Error { .. }, Reply::Error { .. })
+                | (v5::Reply::Created { .. }, Reply::Created { .. })
+                | (v5::Reply::ExecStarted { .. }, Reply::ExecStarted { .. })
+                | (v5::Reply::Attached { .. }, Reply::Attached { .. }) => true,
+                _ => false,
+            };
+            assert!(same, "{reply:?} read as {now:?}");
         }
         // The files a protocol 5 monitor writes: its pid, exits.
         let me: ProcRef = serde_json::from_str(r#"{"pid":41,"start_time":7}"#).unwrap();
@@ -453,12 +536,91 @@ mod tests {
         assert_eq!((exit.exit_code, exit.signal), (1, None));
     }
 
+    /// Every request this build sends a monitor of protocol 5 but
+    /// `create_container` (see `client::container`'s tests for that one)
+    /// reads there as it was meant: the same bytes from its types.
+    #[test]
+    fn requests_of_this_build_read_in_protocol_5() {
+        let exec = ExecLaunch {
+            exec_id: "e".into(),
+            container_id: "c".into(),
+            args: vec!["ls".into()],
+            tty: false,
+            stdin: true,
+            cgroup_procs: vec!["/sys/fs/cgroup/x/cgroup.procs".into()],
+        };
+        let id = || "c".to_string();
+        let now = [
+            Request::Hello { version: VERSION },
+            Request::Status,
+            Request::Shutdown,
+            Request::StartContainer { id: id() },
+            Request::SignalContainer {
+                id: id(),
+                signal: 15,
+            },
+            Request::WaitContainer { id: id() },
+            Request::ReopenContainerLog { id: id() },
+            Request::RemoveContainer { id: id() },
+            Request::Exec {
+                launch: Cow::Borrowed(&exec),
+            },
+            Request::WaitExec { id: "e".into() },
+            Request::SignalExec {
+                id: "e".into(),
+                signal: 9,
+            },
+            Request::AttachContainer {
+                id: id(),
+                stdin: true,
+            },
+            Request::ResizeContainer {
+                id: id(),
+                width: 80,
+                height: 24,
+            },
+        ];
+        for req in now {
+            let line = serde_json::to_string(&req).unwrap();
+            let old: v5::Request =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&old).unwrap(), line);
+            // A hello of this build (6) passes protocol 5's check, which
+            // refuses only versions below its minimum.
+            if let v5::Request::Hello { version } = old {
+                assert!(version >= v5::MIN_VERSION);
+            }
+        }
+    }
+
     #[test]
     fn a_protocol_5_create_container_is_refused_by_name() {
         // What a daemon of protocol 5 sends (a launch with a Spec): this
         // monitor cannot run it and says so instead of guessing.
-        let line = r#"{"op":"create_container","launch":{"id":"c","spec":{"ociVersion":"1.0.2"},"env":[],"user":"0","overlay":{"layers":[],"upper":"/u","work":"/w"},"cgroup_procs":[],"log_path":null,"tty":false,"stdin":false,"stdin_once":false}}"#;
-        let err = serde_json::from_str::<Request>(line).unwrap_err();
+        let old = v5::Request::CreateContainer {
+            launch: v5::ContainerLaunch {
+                id: "c".into(),
+                spec: Default::default(),
+                env: Vec::new(),
+                user: "0".into(),
+                groups: Default::default(),
+                seccomp: None,
+                overlay: crate::init::rootfs::Overlay {
+                    layers: Vec::new(),
+                    upper: "/u".into(),
+                    work: "/w".into(),
+                },
+                volumes: Vec::new(),
+                cgroup_procs: Vec::new(),
+                log_path: None,
+                log_dir: None,
+                tty: false,
+                stdin: false,
+                stdin_once: false,
+            },
+        };
+        let line = serde_json::to_string(&old).unwrap();
+        let err = serde_json::from_str::<Request>(&line).unwrap_err();
         assert!(err.to_string().contains("missing field"), "{err}");
     }
 

@@ -140,8 +140,13 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result
                 let _ = detach_all(&Host, &mount);
             }
             release_stale(&dir);
-            let _ = std::fs::remove_dir_all(&dir.dir);
-            let _ = std::fs::remove_dir_all(&dir.ns_dir);
+            // Through the trash: its walk crosses no mount a failed
+            // detach left behind.
+            for path in [&dir.dir, &dir.ns_dir] {
+                if let Err(e) = pods.trash.put(path) {
+                    tracing::warn!(pod_id = %name, error = %crate::error::chain(&e), "remove the leftovers of a pod without a record");
+                }
+            }
         }
     }
     // CNI attachments (cached ADD results) whose pod has no record: DEL

@@ -124,10 +124,7 @@ impl Trash {
                 Err(Errno::EXIST) => continue,
                 Err(Errno::XDEV) => {
                     tracing::debug!(path = %path.display(), trash = %self.dir.display(), "the trash is on another filesystem: deleting in place");
-                    return match std::fs::remove_dir_all(path) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(moved(e)),
-                        _ => Ok(()),
-                    };
+                    return self.delete_in_place(path).map_err(|e| moved(e.into()));
                 }
                 Err(e) => return Err(moved(e.into())),
             }
@@ -216,27 +213,70 @@ impl Trash {
                 return;
             }
         };
+        let mut stuck = self.lock().stuck.clone();
+        let emptied = self.empty(trash.as_fd(), &self.dir, &mut stuck, &|name| {
+            self.lock().stuck.insert(name.to_owned());
+        });
+        if let Err(e) = emptied {
+            tracing::warn!(trash = %self.dir.display(), error = %e, "list the trash");
+        }
+    }
+
+    /// Deletes the tree at `path` here and now, by the same walk as the
+    /// trash's (no mount point crossed, no symlink followed, three fds at
+    /// any depth), with `path` itself as the place its subdirectories are
+    /// moved up to: for a tree that cannot be renamed into the trash
+    /// (another filesystem). `path` itself being a mount point is refused
+    /// (EXDEV); an entry that cannot be deleted leaves the tree in place
+    /// and fails with ENOTEMPTY.
+    fn delete_in_place(&self, path: &Path) -> rustix::io::Result<()> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().ok_or(Errno::INVAL)?;
+        let parent = open_dir(rustix::fs::CWD, parent, false)?;
+        let top = match open_dir(parent.as_fd(), name, true) {
+            Err(Errno::NOENT) => return Ok(()),
+            r => r?,
+        };
+        let mut stuck = HashSet::new();
+        self.empty(top.as_fd(), path, &mut stuck, &|_| {})?;
+        drop(top);
+        if !stuck.is_empty() {
+            return Err(Errno::NOTEMPTY);
+        }
+        ignore_missing(rustix::fs::unlinkat(
+            parent.as_fd(),
+            name,
+            AtFlags::REMOVEDIR,
+        ))
+    }
+
+    /// Deletes every entry of the directory `top` (at `path`, named in the
+    /// logs) that can be deleted, moving subdirectories up into `top`
+    /// itself. `stuck` holds the names given up on; each new one is logged
+    /// once, added to it and passed to `gave_up`.
+    fn empty(
+        &self,
+        top: BorrowedFd<'_>,
+        path: &Path,
+        stuck: &mut HashSet<OsString>,
+        gave_up: &dyn Fn(&std::ffi::OsStr),
+    ) -> rustix::io::Result<()> {
         loop {
-            let stuck = self.lock().stuck.clone();
-            let names = match batch(trash.as_fd(), |n| {
+            let names = batch(top, |n| {
                 !stuck.contains(std::ffi::OsStr::from_bytes(n.to_bytes()))
-            }) {
-                Ok(names) => names,
-                Err(e) => {
-                    tracing::warn!(trash = %self.dir.display(), error = %e, "list the trash");
-                    return;
-                }
-            };
+            })?;
             if names.is_empty() {
-                return;
+                return Ok(());
             }
             for name in names {
-                if let Err(e) = self.delete_top(trash.as_fd(), &name) {
-                    let path = self.dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-                    tracing::warn!(path = %path.display(), error = %e, "cannot delete from the trash (a mount point, an immutable file?); the next start tries again");
-                    self.lock()
-                        .stuck
-                        .insert(std::ffi::OsStr::from_bytes(name.to_bytes()).to_owned());
+                if let Err(e) = self.delete_top(top, &name) {
+                    let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+                    tracing::warn!(path = %path.join(name).display(), error = %e, "cannot delete (a mount point, an immutable file?): left where it is (in the trash: tried again at the next start)");
+                    stuck.insert(name.to_owned());
+                    gave_up(name);
                 }
             }
         }

@@ -17,6 +17,8 @@ pub mod ns;
 pub mod pages;
 pub mod process;
 pub mod pty;
+#[cfg(target_arch = "x86_64")]
+pub mod raw;
 pub mod seccomp;
 pub mod sysctl;
 

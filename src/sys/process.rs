@@ -192,9 +192,8 @@ impl AsRawFd for PidFd {
 
 /// Proof that the process has a single thread: [`fork_into`] and
 /// [`close_fds_from`] demand it, so the multi-threaded daemon cannot call
-/// them. Created (unsafely) only by the entry points of the single-threaded
-/// programs, the monitor's and the pod init's `main`; a forked child
-/// inherits its parent's. Not `Send`: it cannot reach another thread.
+/// them. Created (unsafely) only by the entry point of a single-threaded
+/// program, the monitor's `main`; a forked child inherits its parent's. Not `Send`: it cannot reach another thread.
 #[derive(Debug, Clone, Copy)]
 pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
 

@@ -338,16 +338,60 @@ mod tests {
     use crate::init::rootfs::Overlay;
 
     /// A monitor of protocol `version` that answers `connections`
-    /// connections: the hello of each, then `created` to any request;
-    /// returns the request lines after `hello`.
+    /// connections: it reads each line with the request types of its
+    /// protocol (5 and older: [`protocol::v5`], else this build's) and
+    /// answers with that protocol's replies: `hello`, then `created` to
+    /// any request, and what a monitor says to a line it cannot read.
+    /// Returns the request lines after `hello`.
     fn old_monitor(
         pod: &PodDir,
         version: u32,
         connections: usize,
     ) -> std::thread::JoinHandle<Vec<String>> {
+        use crate::monitor::protocol::v5;
         std::fs::create_dir_all(&pod.dir).unwrap();
         let listener = std::os::unix::net::UnixListener::bind(pod.socket()).unwrap();
         listener.set_nonblocking(false).unwrap();
+        let me = ProcRef {
+            pid: 1,
+            start_time: 0,
+        };
+        // The reply line, and whether the request was a hello.
+        let answer = move |line: &str| -> (String, bool) {
+            let (reply, hello) = if version <= v5::VERSION {
+                let (reply, hello) = match serde_json::from_str::<v5::Request>(line) {
+                    Ok(v5::Request::Hello { .. }) => (
+                        v5::Reply::Hello {
+                            version,
+                            monitor: me,
+                        },
+                        true,
+                    ),
+                    Ok(_) => (v5::Reply::Created { init: me }, false),
+                    Err(e) => (v5::unsupported(&e), false),
+                };
+                (serde_json::to_string(&reply), hello)
+            } else {
+                let (reply, hello) = match serde_json::from_str::<Request>(line) {
+                    Ok(Request::Hello { .. }) => (
+                        Reply::Hello {
+                            version,
+                            monitor: me,
+                        },
+                        true,
+                    ),
+                    Ok(_) => (Reply::Created { init: me }, false),
+                    Err(e) => (
+                        Reply::Error {
+                            message: format!("unsupported request: {e}"),
+                        },
+                        false,
+                    ),
+                };
+                (serde_json::to_string(&reply), hello)
+            };
+            (reply.expect("serializable"), hello)
+        };
         std::thread::spawn(move || {
             let mut requests = Vec::new();
             for _ in 0..connections {
@@ -357,14 +401,10 @@ mod tests {
                 let mut w = stream.try_clone().unwrap();
                 let mut lines = BufReader::new(stream).lines();
                 while let Some(Ok(line)) = lines.next() {
-                    let reply = if line.contains("\"hello\"") {
-                        format!(
-                            r#"{{"reply":"hello","version":{version},"monitor":{{"pid":1,"start_time":0}}}}"#
-                        )
-                    } else {
-                        requests.push(line.clone());
-                        r#"{"reply":"created","init":{"pid":1,"start_time":0}}"#.to_string()
-                    };
+                    let (reply, hello) = answer(&line);
+                    if !hello {
+                        requests.push(line);
+                    }
                     if writeln!(w, "{reply}").is_err() {
                         break;
                     }
@@ -554,6 +594,18 @@ mod tests {
                 assert_eq!(keys, v5);
                 let back: Launch = serde_json::from_value(sent.clone()).unwrap();
                 assert_eq!(back, l);
+                // Read by protocol 5's own types, it is the same launch.
+                let old: crate::monitor::protocol::v5::Request =
+                    serde_json::from_str(&lines[0]).unwrap();
+                let crate::monitor::protocol::v5::Request::CreateContainer { launch } = old else {
+                    panic!("{old:?}");
+                };
+                assert_eq!(launch.spec, l.spec);
+                assert_eq!(launch.overlay, l.overlay);
+                assert_eq!(
+                    (&launch.id, &launch.user, &launch.env),
+                    (&l.id, &l.user, &l.env)
+                );
             } else {
                 assert!(sent.get("spec").is_none(), "{sent}");
                 let c: ContainerLaunch = serde_json::from_value(sent.clone()).unwrap();

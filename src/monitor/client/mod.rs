@@ -43,6 +43,20 @@ pub enum Error {
     Timeout { dir: PathBuf, limit: Duration },
     #[error("monitor of {dir}: {message}")]
     Protocol { dir: PathBuf, message: String },
+    /// What the monitor printed for its pod's setup could not be read.
+    #[error("setup reply of the monitor of {dir}")]
+    SetupReply {
+        dir: PathBuf,
+        #[source]
+        source: SetupReplyError,
+    },
+    #[error("{exe} --probe-userns answered {answer:?}")]
+    Answer {
+        exe: PathBuf,
+        answer: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A request longer than a monitor reads: only a client's oversized
     /// input makes one.
     #[error("the request to the monitor of {dir} is {bytes} bytes, more than the {limit} it reads")]
@@ -94,8 +108,8 @@ fn sealed(exe: &Path) -> Result<std::sync::Arc<Sealed>, Error> {
 /// meant to run once at startup. A monitor that cannot run or answers
 /// nonsense counts as "not supported", with the reason.
 pub fn probe_userns(exe: &Path, dir: &Path) -> super::protocol::UsernsProbe {
-    let run = || -> Result<super::protocol::UsernsProbe, String> {
-        let sealed = sealed(exe).map_err(|e| crate::error::chain(&e))?;
+    let run = || -> Result<super::protocol::UsernsProbe, Error> {
+        let sealed = sealed(exe)?;
         let mut cmd = std::process::Command::new(sealed.exec_path());
         std::os::unix::process::CommandExt::arg0(&mut cmd, super::MONITOR_BIN);
         let out = cmd
@@ -105,16 +119,18 @@ pub fn probe_userns(exe: &Path, dir: &Path) -> super::protocol::UsernsProbe {
             .stderr(Stdio::null())
             .env_clear()
             .output()
-            .map_err(|e| format!("run {} --probe-userns: {e}", exe.display()))?;
-        serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| {
-            format!(
-                "{} --probe-userns answered {:?}: {e}",
-                exe.display(),
-                String::from_utf8_lossy(&out.stdout)
-            )
+            .map_err(|source| Error::Spawn {
+                exe: exe.into(),
+                source,
+            })?;
+        serde_json::from_slice(out.stdout.trim_ascii()).map_err(|source| Error::Answer {
+            exe: exe.into(),
+            answer: String::from_utf8_lossy(&out.stdout).into_owned(),
+            source,
         })
     };
-    run().unwrap_or_else(|m| super::protocol::UsernsProbe::default().failed(m))
+    run()
+        .unwrap_or_else(|e| super::protocol::UsernsProbe::default().failed(crate::error::chain(&e)))
 }
 
 /// Starts the monitor of `pod` (`crius-monitor <pod dir>`) and waits for its
@@ -178,11 +194,11 @@ pub async fn start(
     let reply = tokio::time::timeout(limit, read_setup(stdout)).await;
     let reply = match reply {
         Ok(Ok(reply)) => reply,
-        Ok(Err(message)) => {
+        Ok(Err(source)) => {
             reap(child).await;
-            return Err(Error::Protocol {
+            return Err(Error::SetupReply {
                 dir: pod.dir.clone(),
-                message,
+                source,
             });
         }
         Err(_) => {
@@ -209,18 +225,33 @@ async fn reap(mut child: std::process::Child) {
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
 
-async fn read_setup(stdout: OwnedFd) -> Result<SetupReply, String> {
-    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)
-        .map_err(|e| format!("monitor stdout: {e}"))?;
+/// Why a monitor's setup reply could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupReplyError {
+    #[error("read the monitor's stdout")]
+    Read(#[source] std::io::Error),
+    #[error("the monitor exited before it set the pod up (see monitor.log)")]
+    Exited,
+    #[error("bad setup reply {line:?}")]
+    Parse {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+async fn read_setup(stdout: OwnedFd) -> Result<SetupReply, SetupReplyError> {
+    let pipe =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).map_err(SetupReplyError::Read)?;
     let mut line = String::new();
     BufReader::new(pipe)
         .read_line(&mut line)
         .await
-        .map_err(|e| format!("read setup reply: {e}"))?;
+        .map_err(SetupReplyError::Read)?;
     if line.is_empty() {
-        return Err("exited before it set the pod up (see monitor.log)".into());
+        return Err(SetupReplyError::Exited);
     }
-    serde_json::from_str(&line).map_err(|e| format!("bad setup reply {line:?}: {e}"))
+    serde_json::from_str(&line).map_err(|source| SetupReplyError::Parse { line, source })
 }
 
 /// One connection to a monitor: the handshake done, requests in order.

@@ -56,8 +56,13 @@ impl DaemonEnds {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+/// Why an attachment could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("make a pipe for an attached client")]
+pub struct Error(#[source] nix::Error);
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(Error)
 }
 
 fn nonblocking(fd: &OwnedFd) {
@@ -66,7 +71,7 @@ fn nonblocking(fd: &OwnedFd) {
 
 /// An output pipe: (monitor's write end, non-blocking and enlarged; the
 /// daemon's read end).
-fn output() -> Result<(OwnedFd, OwnedFd), String> {
+fn output() -> Result<(OwnedFd, OwnedFd), Error> {
     let (r, w) = pipe()?;
     // Best effort: the default (64 KiB) still works, it only drops sooner.
     let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
@@ -76,7 +81,7 @@ fn output() -> Result<(OwnedFd, OwnedFd), String> {
 
 impl Attachment {
     /// New pipes for a client: stderr unless `tty`, stdin if `stdin`.
-    pub fn new(id: u64, tty: bool, stdin: bool) -> Result<(Attachment, DaemonEnds), String> {
+    pub fn new(id: u64, tty: bool, stdin: bool) -> Result<(Attachment, DaemonEnds), Error> {
         let (end_r, end_w) = pipe()?;
         nonblocking(&end_w);
         let (out_w, out_r) = output()?;

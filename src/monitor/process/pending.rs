@@ -20,6 +20,19 @@ use super::workload::{Creating, Execing, Failure, failure};
 use crate::monitor::protocol::Exit;
 use crate::monitor::sync::{Message, Step};
 
+/// Why a sync socket could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("read the sync socket")]
+    Read(#[source] std::io::Error),
+    #[error(
+        "the setup sent {bytes} bytes without a newline or {fds} fds (at most {MAX_BUFFERED}, {MAX_FDS})"
+    )]
+    Oversized { bytes: usize, fds: usize },
+    #[error("write start to the sync socket")]
+    Start(#[source] std::io::Error),
+}
+
 /// Most bytes a setup may send without ending a line.
 const MAX_BUFFERED: usize = 64 << 10;
 /// Most fds a setup may send (it sends one: a terminal's master).
@@ -56,17 +69,20 @@ impl SyncReader {
     }
 
     /// Reads everything the socket holds now, never waiting.
-    pub fn fill(&mut self) -> Result<(), String> {
+    pub fn fill(&mut self) -> Result<(), SyncError> {
         while !self.eof {
             match crate::sys::fds::recv_with_fds(&self.sock, &mut self.buf, &mut self.fds) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("read the sync socket: {e}")),
+                Err(e) => return Err(SyncError::Read(e)),
             }
             if self.buf.len() > MAX_BUFFERED || self.fds.len() > MAX_FDS {
-                return Err("oversized message".into());
+                return Err(SyncError::Oversized {
+                    bytes: self.buf.len(),
+                    fds: self.fds.len(),
+                });
             }
         }
         Ok(())
@@ -81,11 +97,9 @@ impl SyncReader {
 
     /// Writes `start` to a created init (a few bytes into an empty socket
     /// buffer: never waits).
-    pub fn send_start(&self) -> Result<(), String> {
+    pub fn send_start(&self) -> Result<(), SyncError> {
         use std::io::Write;
-        (&self.sock)
-            .write_all(b"start\n")
-            .map_err(|e| format!("write start: {e}"))
+        (&self.sock).write_all(b"start\n").map_err(SyncError::Start)
     }
 
     /// Drops fds that came with no line asking for them.

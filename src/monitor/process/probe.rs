@@ -42,27 +42,61 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
+/// Why a probe failed (its message is what Status reports).
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("socketpair")]
+    SocketPair(#[source] std::io::Error),
+    #[error("create a user namespace")]
+    UserNamespace(#[source] crate::sys::Error),
+    #[error("map a user namespace")]
+    Map(#[source] crate::sys::Error),
+    #[error("open {}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("idmap a mount")]
+    Idmap(#[source] crate::sys::Error),
+    #[error("unshare the mount namespace")]
+    Unshare(#[source] nix::Error),
+    #[error("make mounts private")]
+    Private(#[source] nix::Error),
+    #[error("create {}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("overlayfs over an idmapped layer (Linux >= 5.19)")]
+    Overlay(#[source] nix::Error),
+    #[error("stat through the overlay")]
+    Stat(#[source] std::io::Error),
+    #[error("overlayfs shows a root-owned file of an idmapped layer as uid {uid}, not {want}")]
+    Owner { uid: u32, want: u32 },
+}
+
 fn run(one: SingleThreaded, dir: &Path) -> UsernsProbe {
     let mut p = UsernsProbe::default();
+    match probe(one, dir, &mut p) {
+        Ok(()) => p,
+        Err(e) => p.failed(crate::error::chain(&e)),
+    }
+}
+
+/// The probes in order, each setting its finding in `p`.
+fn probe(one: SingleThreaded, dir: &Path, p: &mut UsernsProbe) -> Result<(), Error> {
     // 1. A mapped user namespace, held by a child until we are done.
-    let (mut parent_end, mut child_end) = match UnixStream::pair() {
-        Ok(pair) => pair,
-        Err(e) => return p.failed(format!("socketpair: {e}")),
-    };
-    let pid = match fork_into(one, CloneFlags::CLONE_NEWUSER) {
-        Ok(Forked::Child) => {
+    let (mut parent_end, mut child_end) = UnixStream::pair().map_err(Error::SocketPair)?;
+    let pid = match fork_into(one, CloneFlags::CLONE_NEWUSER).map_err(Error::UserNamespace)? {
+        Forked::Child => {
             drop(parent_end);
             let mut b = [0u8; 1];
             let _ = child_end.read(&mut b);
             exit_immediately(0)
         }
-        Ok(Forked::Parent(pid)) => pid,
-        Err(e) => {
-            return p.failed(format!(
-                "create a user namespace: {}",
-                crate::error::chain(&e)
-            ));
-        }
+        Forked::Parent(pid) => pid,
     };
     drop(child_end);
     let maps = UserMaps {
@@ -70,35 +104,28 @@ fn run(one: SingleThreaded, dir: &Path) -> UsernsProbe {
         gid: PROBE_MAP,
     };
     let result = crate::sys::ns::write_maps(pid.as_raw(), &maps)
-        .map_err(|e| format!("map a user namespace: {}", crate::error::chain(&e)))
+        .map_err(Error::Map)
         .and_then(|()| {
             let path = crate::sys::ns::Kind::User.proc_path(pid.as_raw());
             std::fs::File::open(&path)
                 .map(OwnedFd::from)
-                .map_err(|e| format!("open {}: {e}", path.display()))
+                .map_err(|source| Error::Open { path, source })
         });
-    let outcome = match result {
-        Ok(userns) => {
-            p.user_namespaces = true;
-            idmap_probes(&mut p, dir, &userns)
-        }
-        Err(e) => Err(e),
-    };
+    let outcome = result.and_then(|userns| {
+        p.user_namespaces = true;
+        idmap_probes(p, dir, &userns)
+    });
     let _ = parent_end.write_all(b"x");
     drop(parent_end);
     let _ = nix::sys::wait::waitpid(pid, None);
-    match outcome {
-        Ok(()) => p,
-        Err(e) => p.failed(e),
-    }
+    outcome
 }
 
 /// Probes 2 and 3.
-fn idmap_probes(p: &mut UsernsProbe, dir: &Path, userns: &OwnedFd) -> Result<(), String> {
-    crate::sys::idmap::idmapped_clone(dir, userns, false).map_err(|e| crate::error::chain(&e))?;
+fn idmap_probes(p: &mut UsernsProbe, dir: &Path, userns: &OwnedFd) -> Result<(), Error> {
+    crate::sys::idmap::idmapped_clone(dir, userns, false).map_err(Error::Idmap)?;
     p.idmapped_mounts = true;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("unshare the mount namespace: {e}"))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(Error::Unshare)?;
     nix::mount::mount(
         None::<&str>,
         "/",
@@ -106,9 +133,12 @@ fn idmap_probes(p: &mut UsernsProbe, dir: &Path, userns: &OwnedFd) -> Result<(),
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| format!("make mounts private: {e}"))?;
+    .map_err(Error::Private)?;
     let scratch = dir.join(format!(".userns-probe-{}", std::process::id()));
-    std::fs::create_dir(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
+    std::fs::create_dir(&scratch).map_err(|source| Error::Create {
+        path: scratch.clone(),
+        source,
+    })?;
     let result = overlay_probe(&scratch, userns);
     let _ = nix::mount::umount2(&scratch.join("m"), MntFlags::MNT_DETACH);
     let _ = nix::mount::umount2(&scratch.join("i"), MntFlags::MNT_DETACH);
@@ -118,15 +148,16 @@ fn idmap_probes(p: &mut UsernsProbe, dir: &Path, userns: &OwnedFd) -> Result<(),
     Ok(())
 }
 
-fn overlay_probe(s: &Path, userns: &OwnedFd) -> Result<(), String> {
+fn overlay_probe(s: &Path, userns: &OwnedFd) -> Result<(), Error> {
+    let create = |path: std::path::PathBuf| move |source| Error::Create { path, source };
     for d in ["lower", "i", "u", "w", "m"] {
-        std::fs::create_dir(s.join(d)).map_err(|e| format!("create {d}: {e}"))?;
+        std::fs::create_dir(s.join(d)).map_err(create(s.join(d)))?;
     }
     // Owned by host root (the daemon's files are): seen as the mapping's base.
-    std::fs::write(s.join("lower/f"), b"").map_err(|e| format!("create a file: {e}"))?;
-    let tree = crate::sys::idmap::idmapped_clone(&s.join("lower"), userns, false)
-        .map_err(|e| crate::error::chain(&e))?;
-    crate::sys::idmap::move_mount_to(&tree, &s.join("i")).map_err(|e| crate::error::chain(&e))?;
+    std::fs::write(s.join("lower/f"), b"").map_err(create(s.join("lower/f")))?;
+    let tree =
+        crate::sys::idmap::idmapped_clone(&s.join("lower"), userns, false).map_err(Error::Idmap)?;
+    crate::sys::idmap::move_mount_to(&tree, &s.join("i")).map_err(Error::Idmap)?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         s.join("i").display(),
@@ -140,15 +171,13 @@ fn overlay_probe(s: &Path, userns: &OwnedFd) -> Result<(), String> {
         MsFlags::empty(),
         Some(data.as_str()),
     )
-    .map_err(|e| format!("overlayfs over an idmapped layer (Linux >= 5.19): {e}"))?;
-    let uid = std::fs::metadata(s.join("m/f"))
-        .map_err(|e| format!("stat through the overlay: {e}"))?
-        .uid();
+    .map_err(Error::Overlay)?;
+    let uid = std::fs::metadata(s.join("m/f")).map_err(Error::Stat)?.uid();
     if uid != PROBE_MAP.host_id {
-        return Err(format!(
-            "overlayfs shows a root-owned file of an idmapped layer as uid {uid}, not {}",
-            PROBE_MAP.host_id
-        ));
+        return Err(Error::Owner {
+            uid,
+            want: PROBE_MAP.host_id,
+        });
     }
     Ok(())
 }

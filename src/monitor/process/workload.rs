@@ -28,6 +28,9 @@ use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.
 pub const ROUND: usize = 256 << 10;
+/// Most bytes one read of a container's output takes: the size of the
+/// monitor's read buffer ([`Container::copy`]).
+pub const READ: usize = 64 << 10;
 /// How long a create or an exec may spend in its setup.
 pub const SETUP_LIMIT: Duration = Duration::from_secs(55);
 /// How long execve may take once released.
@@ -207,14 +210,23 @@ impl Execing {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+/// Why a process's stdio could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("make a pipe for the stdio")]
+    Pipe(#[source] nix::Error),
+    #[error("open /dev/null")]
+    DevNull(#[source] std::io::Error),
 }
 
-fn dev_null() -> Result<OwnedFd, String> {
+fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(StdioError::Pipe)
+}
+
+fn dev_null() -> Result<OwnedFd, StdioError> {
     std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
-        .map_err(|e| format!("open /dev/null: {e}"))
+        .map_err(StdioError::DevNull)
 }
 
 fn set_nonblocking(fd: &OwnedFd) {
@@ -233,7 +245,7 @@ struct Pipes {
     err: Option<OwnedFd>,
 }
 
-fn pipes(tty: bool, stdin: bool) -> Result<Pipes, String> {
+fn pipes(tty: bool, stdin: bool) -> Result<Pipes, StdioError> {
     if tty {
         return Ok(Pipes {
             child: Stdio {
@@ -278,12 +290,15 @@ impl Container {
         launch: ContainerLaunch,
     ) -> Result<(Creating, Setup), Failure> {
         let log = match launch.log_file() {
-            Some(p) => Some(LogFile::open(&p).map_err(|e| failure(Step::OpenLog, e.to_string()))?),
+            Some(p) => Some(
+                LogFile::open(&p).map_err(|e| failure(Step::OpenLog, crate::error::chain(&e)))?,
+            ),
             None => None,
         };
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
-        let (parent, child) =
-            UnixStream::pair().map_err(|e| failure(Step::Create, e.to_string()))?;
+        let p = pipes(launch.tty, launch.stdin)
+            .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
+        let (parent, child) = UnixStream::pair()
+            .map_err(|e| failure(Step::Create, format!("sync socketpair: {e}")))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);
@@ -332,20 +347,22 @@ impl Container {
     }
 
     /// Copies what the container wrote on `which` (at most [`ROUND`] bytes)
-    /// into its log. `false` once the stream has ended.
-    pub fn copy(&mut self, which: Stream, limit: usize, logs: &mut LogWriter) -> bool {
+    /// into its log, reading through `buf` (the monitor's one read
+    /// buffer, mapped pages: resident only as far as reads reached, where
+    /// a heap buffer made per call stayed in the heap whole). `false` once
+    /// the stream has ended.
+    pub fn copy(&mut self, which: Stream, logs: &mut LogWriter, buf: &mut [u8]) -> bool {
         let fd = match which {
             Stream::Stdout => &self.out,
             Stream::Stderr => &self.err,
         };
         let Some(fd) = fd else { return false };
-        let mut buf = vec![0u8; 64 << 10];
         let mut out = Vec::new();
         let mut raw = Vec::new();
         let mut total = 0;
         let mut open = true;
-        while total < limit {
-            match nix::unistd::read(fd.as_fd(), &mut buf) {
+        while total < ROUND {
+            match nix::unistd::read(fd.as_fd(), &mut *buf) {
                 Ok(0) => {
                     open = false;
                     break;
@@ -413,7 +430,7 @@ impl Container {
         self.next_attach += 1;
         let stdin = stdin && self.stdin.is_open();
         let (a, ends) = Attachment::new(self.next_attach, self.launch.tty, stdin)
-            .map_err(|e| failure(Step::Attach, e))?;
+            .map_err(|e| failure(Step::Attach, crate::error::chain(&e)))?;
         self.attached.push(a);
         Ok(ends)
     }
@@ -465,13 +482,13 @@ impl Container {
     }
 
     /// Everything still buffered in the pipes, before the exit is told.
-    pub fn drain(&mut self, logs: &mut LogWriter) {
-        while self.out.is_some() && self.copy(Stream::Stdout, ROUND, logs) {
+    pub fn drain(&mut self, logs: &mut LogWriter, buf: &mut [u8]) {
+        while self.out.is_some() && self.copy(Stream::Stdout, logs, buf) {
             if !self.readable(Stream::Stdout) {
                 break;
             }
         }
-        while self.err.is_some() && self.copy(Stream::Stderr, ROUND, logs) {
+        while self.err.is_some() && self.copy(Stream::Stderr, logs, buf) {
             if !self.readable(Stream::Stderr) {
                 break;
             }
@@ -504,7 +521,7 @@ impl Container {
             Some(file) => logs.open(self.slot, file),
             None => logs.close(self.slot),
         }
-        reopened.map_err(|e| failure(Step::ReopenLog, e.to_string()))
+        reopened.map_err(|e| failure(Step::ReopenLog, crate::error::chain(&e)))
     }
 
     /// Hands the log file (if any) to the writer as this container's slot.
@@ -540,8 +557,10 @@ impl Container {
             return Err(failure(Step::NotRunning, "the container is not running"));
         }
         let process = &self.launch.process;
-        let p = pipes(launch.tty, launch.stdin).map_err(|e| failure(Step::Stdio, e))?;
-        let (parent, child) = UnixStream::pair().map_err(|e| failure(Step::Exec, e.to_string()))?;
+        let p = pipes(launch.tty, launch.stdin)
+            .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
+        let (parent, child) =
+            UnixStream::pair().map_err(|e| failure(Step::Exec, format!("sync socketpair: {e}")))?;
         let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
             Ok(Forked::Child) => {
                 drop(parent);

@@ -212,3 +212,56 @@ fn a_trash_on_its_own_mount_is_drained() {
     assert!(entries(&trash.dir).is_empty(), "{:?}", entries(&trash.dir));
     assert!(trash.lock().stuck.is_empty());
 }
+
+/// Needs root (mount(2)): a tree on another filesystem than the trash
+/// (EXDEV) is deleted in place by the trash's own walk, at once; a mount
+/// point inside it is neither crossed nor emptied. Before, the fallback was
+/// `std::fs::remove_dir_all`, which descends into mounts: the mounted
+/// `precious` file was deleted.
+#[test]
+fn a_tree_on_another_filesystem_is_deleted_in_place_without_crossing_mounts() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let _guard = Unmount(root.path().to_path_buf());
+    let fs = root.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    mount_tmpfs(&fs);
+    let trash = Trash::new(fs.join("trash"));
+
+    // A plain tree, deep enough that subdirectories move up: gone at once.
+    let plain = root.path().join("plain");
+    container_dir(&plain);
+    std::fs::create_dir_all(plain.join("u/a/b/c/d")).unwrap();
+    std::fs::write(plain.join("u/a/b/c/d/f"), "x").unwrap();
+    trash.put(&plain).unwrap();
+    assert!(!plain.exists());
+    assert!(trash.idle(), "nothing went through the trash");
+
+    // A tree holding a mount point: refused, the mounted file whole.
+    let tree = root.path().join("tree");
+    let mnt = tree.join("u/mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(tree.join("u/file"), "x").unwrap();
+    mount_tmpfs(&mnt);
+    std::fs::write(mnt.join("precious"), "keep").unwrap();
+    let err = trash.put(&tree).unwrap_err();
+    assert!(matches!(err, Error::Move { .. }), "{err:?}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("precious")).unwrap(),
+        "keep"
+    );
+
+    // The tree itself a mount point: refused before anything is deleted.
+    let mounted = root.path().join("mounted");
+    std::fs::create_dir(&mounted).unwrap();
+    mount_tmpfs(&mounted);
+    std::fs::write(mounted.join("precious"), "keep").unwrap();
+    assert!(trash.put(&mounted).is_err());
+    assert_eq!(
+        std::fs::read_to_string(mounted.join("precious")).unwrap(),
+        "keep"
+    );
+}

@@ -130,7 +130,7 @@ impl Monitor {
         };
         let progress = match p.sync.fill() {
             Ok(()) => p.follow.advance(&mut p.sync),
-            Err(message) => Progress::Failed(failure(Step::Create, message)),
+            Err(e) => Progress::Failed(failure(Step::Create, crate::error::chain(&e))),
         };
         if let Some(pid) = p.follow.stage2()
             && !p.stage2_known
@@ -253,7 +253,7 @@ impl Monitor {
         };
         let outcome = match s.sync.fill() {
             Ok(()) => released(&mut s.sync),
-            Err(message) => Some(Err(failure(Step::Exec, message))),
+            Err(e) => Some(Err(failure(Step::Exec, crate::error::chain(&e)))),
         };
         let Some(outcome) = outcome else { return };
         let Some(s) = self.setups.starts.remove(id) else {

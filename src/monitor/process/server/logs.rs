@@ -1,7 +1,9 @@
 //! The monitor's side of the pod's log writer
 //! ([`crate::monitor::process::logwriter`]): what it reports, a
 //! container's exit told (exit file, waiters) only once its last records
-//! are written or [`PUBLISH_LIMIT`] passed, and a new writer when one dies.
+//! are written or [`PUBLISH_LIMIT`] passed, and a new writer when one dies
+//! (writers that end idle are let go in
+//! [`crate::monitor::process::logwriter::LogWriter::events`]).
 
 use std::time::{Duration, Instant};
 
@@ -21,13 +23,15 @@ impl Monitor {
             return;
         };
         c.state = State::Exited(exit);
-        if c.has_log() && self.logs.fd().is_some() && !self.logs.is_gone() {
-            c.unpublished = Some(Unpublished {
-                token: self.logs.sync(c.slot),
-                deadline: Instant::now() + PUBLISH_LIMIT,
-            });
-        } else {
-            self.publish(id);
+        // No writer running: nothing of it is left to write.
+        match c.has_log().then(|| self.logs.sync(c.slot)).flatten() {
+            Some(token) => {
+                c.unpublished = Some(Unpublished {
+                    token,
+                    deadline: Instant::now() + PUBLISH_LIMIT,
+                })
+            }
+            None => self.publish(id),
         }
     }
 
@@ -94,8 +98,8 @@ impl Monitor {
     }
 
     /// The writer died: what it had not taken is counted as dropped, the
-    /// exits waiting for it are told, and a new writer (up to a bound) gets
-    /// every open log file.
+    /// exits waiting for it are told, and the next records start a new
+    /// writer (up to a bound), which gets every open log file.
     fn replace_log_writer(&mut self) {
         for (slot, count) in self.logs.take_queued() {
             if let Some(c) = self.by_slot(slot) {
@@ -107,9 +111,6 @@ impl Monitor {
         }
         eprintln!("log writer {} ended", self.logs.pid);
         self.logs.reset();
-        for c in self.containers.values() {
-            c.open_log(&mut self.logs);
-        }
     }
 
     /// Tells the exits whose bound passed.
