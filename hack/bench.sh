@@ -23,6 +23,10 @@
 #   BASELINE=/path/to/old/crius RUNTIMES="crius crius-base containerd" hack/bench.sh
 #                                      # also an older crius binary, for
 #                                      # before/after in the same run
+#   STRACE=1 KEEP=1 hack/bench.sh      # each crius daemon under strace -f -tt
+#                                      # -T (its monitors and inits too), to
+#                                      # WORK/<name>/strace (slow: for where
+#                                      # the time goes, not for the table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/images.sh
@@ -41,6 +45,11 @@ RUNTIMES=${RUNTIMES:-crius containerd}
 target=${CARGO_TARGET_DIR:-target}
 
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
+# One run at a time on a machine: runs share the cgroup names, the bridge
+# and its subnet, and each one's cleanup kills every process in the
+# crius-bench cgroups (a second run killed the first one's daemon).
+exec 9>/run/lock/crius-bench.lock
+flock -n 9 || { echo "waiting for another hack/bench.sh run to finish..." >&2; flock 9; }
 images_require_tools gcc docker-registry
 for tool in unshare ip iptables; do
   command -v "$tool" >/dev/null || { echo "$tool not installed (hack/install-deps.sh bench)" >&2; exit 1; }
@@ -207,9 +216,15 @@ bench() {
     --footprint-pods "$PODS" --churn "$CHURN" "$@"
 }
 
+# settle: dirty pages written back before a runtime starts, so that none
+# pays for what the image build or the previous runtime wrote (every fsync
+# of a runtime's database waits for the journal commit that holds them).
+settle() { sync; }
+
 # run_crius NAME BINARY: crius with its own root/state/socket/cgroup parent.
 run_crius() {
   local name=$1 bin=$2 d="$work/$1"
+  settle
   mkdir -p "$d/root" "$d/state"
   cat >"$d/crius.toml" <<EOF
 [cgroup]
@@ -220,7 +235,9 @@ config_path = "$work/certs.d"
 conf_dir = "$work/cni"
 bin_dirs = ["$cni_bin"]
 EOF
-  start_daemon "$name" "$d/log" "$bin" serve --config "$d/crius.toml" --listen "$d/crius.sock" \
+  local trace=()
+  [[ -z ${STRACE:-} ]] || trace=(strace -f -tt -T -s 120 -o "$d/strace")
+  start_daemon "$name" "$d/log" "${trace[@]}" "$bin" serve --config "$d/crius.toml" --listen "$d/crius.sock" \
     --root "$d/root" --state "$d/state" --log-level warn
   wait_socket "$d/crius.sock" "$daemon_pid" "$d/log"
   bench "$name" "$d/crius.sock"
@@ -241,6 +258,7 @@ if [[ " $RUNTIMES " == *" containerd "* ]]; then
   d="$work/containerd"
   mkdir -p "$d"
   containerd_config "$d" "$addr/bench/pause:3.9" "$work/cni" "$work/certs.d" "$cni_bin" >"$d/config.toml"
+  settle
   start_daemon containerd "$d/log" containerd --config "$d/config.toml"
   wait_socket "$d/containerd.sock" "$daemon_pid" "$d/log"
   bench containerd "$d/containerd.sock" --pause-image "$addr/bench/pause:3.9"

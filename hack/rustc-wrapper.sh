@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # Cargo's rustc wrapper for crius (.cargo/config.toml): called as
 # `rustc-wrapper.sh RUSTC ARGS...` (RUSTC may be clippy-driver followed by
-# rustc). It adds `-C target-feature=+crt-static -C panic=abort` to the
-# final compile of the per-pod binaries, crius-monitor and crius-pod-init,
-# and passes every other compile through unchanged.
+# rustc). It adds flags to the final compile of the per-pod binaries and
+# passes every other compile through unchanged:
+# - crius-monitor: `-C target-feature=+crt-static -C panic=abort`; in a
+#   profile with LTO (release) also `-C opt-level=z -C lto=fat
+#   -C codegen-units=1`: LTO runs in this compile, so the monitor's code
+#   (std, the library, its crates) is optimised for size and
+#   deduplicated across crates there, while the daemon keeps the
+#   profile's opt-level 3 and thin LTO. Measured with hack/footprint.sh:
+#   2364 -> 2060 KiB, 0.18 MiB less RSS and 0.02 MiB less PSS per pod
+#   (README, "Memory per pod").
+# - crius-pod-init: crt-static, panic=abort and `-nostartfiles -nostdlib`:
+#   a `#![no_std]` program with its own `_start` (src/sys/raw.rs); at the
+#   profile's opt-level 3 it has no relocation at all (z makes it larger
+#   and pulls in core's formatting).
 #
 # crt-static on the binary's own compile is enough: rustc decides the
 # static link (static-pie) and picks the static C runtime of std's
@@ -15,8 +26,10 @@ per_pod=
 pod_init=
 prev=
 bin=
+lto=
 for a in "$@"; do
   case "$a" in
+    lto=thin | lto=fat | lto=true) [ "$prev" = -C ] && lto=1 ;;
     crius_monitor) [ "$prev" = --crate-name ] && per_pod=1 ;;
     crius_pod_init) [ "$prev" = --crate-name ] && per_pod=1 pod_init=1 ;;
     bin) [ "$prev" = --crate-type ] && bin=1 ;;
@@ -26,6 +39,10 @@ done
 if [ -n "$pod_init" ] && [ -n "$bin" ]; then
   exec "$@" -C target-feature=+crt-static -C panic=abort \
     -C link-arg=-nostartfiles -C link-arg=-nostdlib
+fi
+if [ -n "$per_pod" ] && [ -n "$bin" ] && [ -n "$lto" ]; then
+  exec "$@" -C target-feature=+crt-static -C panic=abort \
+    -C opt-level=z -C lto=fat -C codegen-units=1
 fi
 if [ -n "$per_pod" ] && [ -n "$bin" ]; then
   exec "$@" -C target-feature=+crt-static -C panic=abort

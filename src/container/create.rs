@@ -431,60 +431,28 @@ impl Containers {
             .put(CONTAINERS, &rec.id, rec)
             .map_err(step_err("record intent"))?;
 
-        // 2. The container's directory (0700: its upper dir holds what the
-        //    container wrote): upper, work, rootfs mount point.
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&rec.dir)
-                .map_err(|e| io_step("create container directory", &rec.dir, e))?;
-        }
-        let staging = launch.volumes.iter().map(|v| v.staging.clone());
-        for d in [
-            upper_dir(&rec.dir),
-            work_dir(&rec.dir),
-            rootfs_dir(&rec.dir),
-        ]
-        .into_iter()
-        .chain(staging)
-        {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| io_step("create container directory", &d, e))?;
-        }
-        // In a user namespace the upper dir is the rootfs' / as the
-        // container sees it: its root's (only this empty dir; no layer
-        // is ever chowned).
-        let linux = launch.spec.linux().as_ref();
-        let root_of = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
-            m.and_then(|m| m.first()).map(|m| m.host_id())
-        };
-        if let (Some(uid), Some(gid)) = (
-            root_of(linux.and_then(|l| l.uid_mappings().as_ref())),
-            root_of(linux.and_then(|l| l.gid_mappings().as_ref())),
-        ) {
-            let upper = upper_dir(&rec.dir);
-            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
-                .map_err(|e| io_step("create container directory", &upper, e))?;
-        }
-
-        // 3. The leaf cgroup with the container's resources.
+        // 2 and 3 are independent: the cgroup is made on a blocking thread
+        //    (started here) while this one makes the directories.
         let leaf: CgroupPath = rec.cgroup.clone().expect("set by plan");
-        if !cgroup_after_init {
+        let cgroup = (!cgroup_after_init).then(|| {
             let cg = self.cgroups.clone();
             let (l, res) = (leaf.clone(), rec.resources.clone());
-            blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 if cg.exists(&l) {
                     return Err(crate::cgroups::Error::Exists(l.path.clone()));
                 }
                 cg.create(&l, &res)
             })
-            .await
-            .map_err(|e| match e {
-                Error::Cgroups(e) => step_err("create container cgroup")(e),
-                e => e,
-            })?;
+        });
+        let dirs = self.create_dirs(rec, &launch);
+        if let Some(created) = cgroup {
+            created
+                .await
+                .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+                .map_err(step_err("create container cgroup"))?;
+        }
+        dirs?;
+        if !cgroup_after_init {
             launch.cgroup_procs = self.cgroups.procs_files(&leaf);
         }
 
@@ -549,6 +517,47 @@ impl Containers {
         self.records
             .put_lazy(rec)
             .map_err(step_err("record container"))?;
+        Ok(())
+    }
+    /// Step 2: the container's directory (0700: its upper dir holds what
+    /// the container wrote): upper, work, rootfs mount point, a staging
+    /// dir per image volume.
+    fn create_dirs(&self, rec: &ContainerRecord, launch: &Launch) -> Result<(), Error> {
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&rec.dir)
+                .map_err(|e| io_step("create container directory", &rec.dir, e))?;
+        }
+        let staging = launch.volumes.iter().map(|v| v.staging.clone());
+        for d in [
+            upper_dir(&rec.dir),
+            work_dir(&rec.dir),
+            rootfs_dir(&rec.dir),
+        ]
+        .into_iter()
+        .chain(staging)
+        {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| io_step("create container directory", &d, e))?;
+        }
+        // In a user namespace the upper dir is the rootfs' / as the
+        // container sees it: its root's (only this empty dir; no layer
+        // is ever chowned).
+        let linux = launch.spec.linux().as_ref();
+        let root_of = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.and_then(|m| m.first()).map(|m| m.host_id())
+        };
+        if let (Some(uid), Some(gid)) = (
+            root_of(linux.and_then(|l| l.uid_mappings().as_ref())),
+            root_of(linux.and_then(|l| l.gid_mappings().as_ref())),
+        ) {
+            let upper = upper_dir(&rec.dir);
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                .map_err(|e| io_step("create container directory", &upper, e))?;
+        }
         Ok(())
     }
 }

@@ -418,25 +418,19 @@ mod tests {
 
     #[test]
     fn a_failure_names_the_step_the_id_and_the_errno() {
-        let mut line = Line::new();
-        Failed {
-            step: "setresuid",
-            id: Some(65535),
-            errno: Errno(1),
-        }
-        .describe(&mut line);
+        let described = |step, id, errno| {
+            let mut line = Line::new();
+            Failed { step, id, errno }.describe(&mut line);
+            line.bytes().to_vec()
+        };
         assert_eq!(
-            line.bytes(),
+            described("setresuid", Some(65535), Errno(1)),
             b"crius-init: setresuid 65535: EPERM (errno 1)\n"
         );
-        let mut line = Line::new();
-        Failed {
-            step: "pivot_root",
-            id: None,
-            errno: Errno(95),
-        }
-        .describe(&mut line);
-        assert_eq!(line.bytes(), b"crius-init: pivot_root: (errno 95)\n");
+        assert_eq!(
+            described("pivot_root", None, Errno(95)),
+            b"crius-init: pivot_root: (errno 95)\n"
+        );
         let mut line = Line::new();
         line.number(0);
         line.push(&[b'x'; 200]);

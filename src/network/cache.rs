@@ -6,6 +6,13 @@
 //! each time atomically (temp file + rename), so DEL can always run with the
 //! exact configuration ADD used: after a daemon restart, after the conf dir
 //! changed, and after a crash in the middle of ADD (then without a result).
+//!
+//! Only the first write is made durable (fsync before the rename): after a
+//! crash of crius alone the page cache keeps the second one; after a crash
+//! of the machine the pod's namespaces, veths and NAT rules are gone, and
+//! the DEL that releases what is left (the IPAM lease, kept on disk by the
+//! plugin) needs the configuration and CNI_ARGS only, which the first write
+//! holds. The durable pod record keeps the result from its claim on.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,8 +80,9 @@ impl Cache {
         Ok(Some(entry))
     }
 
-    /// Writes an entry atomically: readers see the old or the new one.
-    pub fn write(&self, entry: &Entry) -> Result<(), Error> {
+    /// Writes an entry atomically: readers see the old or the new one;
+    /// with `durable`, it is on disk (fsync) before it replaces the old.
+    pub fn write(&self, entry: &Entry, durable: bool) -> Result<(), Error> {
         let io = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { op, path, source }
@@ -85,7 +93,7 @@ impl Cache {
         let bytes = serde_json::to_vec_pretty(entry).expect("cache entry serializes");
         let mut file = std::fs::File::create(&tmp).map_err(io("create CNI cache", &tmp))?;
         file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
             .map_err(io("write CNI cache", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("rename CNI cache into place", &path))
     }
@@ -152,9 +160,9 @@ mod tests {
             config: json!({"name": "n"}),
             result: None,
         };
-        cache.write(&entry).unwrap();
+        cache.write(&entry, true).unwrap();
         entry.result = Some(json!({"ips": []}));
-        cache.write(&entry).unwrap();
+        cache.write(&entry, false).unwrap();
         assert_eq!(cache.read("p1").unwrap(), Some(entry));
         assert_eq!(cache.pod_ids().unwrap(), vec!["p1"]);
         cache.remove("p1").unwrap();

@@ -320,7 +320,7 @@ impl Network {
             result: None,
         };
         // 2. Write-ahead: DEL must be possible whatever happens next.
-        self.cache.write(&entry)?;
+        self.cache.write(&entry, true)?;
         // 3. lo up, then the network's plugins in order.
         let added = match self.loopback(&list, &entry).await {
             Ok(()) => self.add_list(&list, &entry).await,
@@ -330,7 +330,8 @@ impl Network {
             Ok(result) => match NetworkStatus::from_result(result.clone()) {
                 Ok(status) => {
                     entry.result = Some(status.result.clone());
-                    if let Err(e) = self.cache.write(&entry) {
+                    // Not durable: see the cache's module doc.
+                    if let Err(e) = self.cache.write(&entry, false) {
                         return Err(self.rollback(&list, &entry, e, Some(&result)).await);
                     }
                     tracing::info!(pod_id = %req.pod_id, network = %list.name, ip = ?status.ip, "pod network added");

@@ -194,47 +194,15 @@ impl Pods {
         self.records
             .put_lazy(rec)
             .map_err(step("record pod monitor"))?;
-        self.move_to_monitors_cgroup(started.monitor).await;
-
-        // 5. The pod init's own leaf cgroup under the pod cgroup.
-        if let (Some(leaf), Some(init)) = (rec.init_cgroup.clone(), rec.init) {
-            let cg = self.cgroups.clone();
-            blocking(move || cg.create_with_pid(&leaf, &Resources::default(), init.pid))
-                .await
-                .map_err(step("create pod init cgroup"))?;
-        }
-
-        // 6. CNI ADD, unless the pod uses the host network.
-        pause_point("set up pod network").await;
-        if let Some(netns) = &rec.netns {
-            let req = PodNetwork {
-                pod_id: rec.id.clone(),
-                name: rec.spec.name.clone(),
-                namespace: rec.spec.namespace.clone(),
-                uid: rec.spec.uid.clone(),
-                netns: netns.clone(),
-                port_mappings: port_mappings(&rec.spec),
-                pod_cidr: pod_cidr.to_string(),
-            };
-            let status = self
-                .network
-                .setup(&req)
-                .await
-                .map_err(step("set up pod network"))?;
-            rec.network = Some(NetworkInfo {
-                ip: status.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                additional_ips: status
-                    .additional_ips
-                    .iter()
-                    .map(|ip| ip.to_string())
-                    .collect(),
-                result: status.result,
-            });
-            // Lazy: the CNI cache holds the result for a rollback's DEL.
-            self.records
-                .put_lazy(rec)
-                .map_err(step("set up pod network"))?;
-        }
+        // 5 and 6 run while the monitor moves to its cgroup (best effort):
+        // a cgroup v1 move waits for an RCU grace period (milliseconds,
+        // tens under load), which the network setup hides. Both end here,
+        // also on failure, so a rollback never races the move.
+        let (attached, ()) = tokio::join!(
+            self.attach(rec, pod_cidr),
+            self.move_to_monitors_cgroup(started.monitor)
+        );
+        attached?;
 
         // 7. The files containers will mount.
         pause_point("write resolv.conf and hostname").await;
@@ -248,6 +216,51 @@ impl Pods {
         // Durable with the claim's commit; unclaimed, it is rolled back
         // after a crash.
         self.records.put_lazy(rec).map_err(step("record pod"))?;
+        Ok(())
+    }
+
+    /// Steps 5 and 6: the pod init's cgroup and CNI ADD.
+    async fn attach(&self, rec: &mut PodRecord, pod_cidr: &str) -> Result<(), Error> {
+        // 5. The pod init's own leaf cgroup under the pod cgroup.
+        if let (Some(leaf), Some(init)) = (rec.init_cgroup.clone(), rec.init) {
+            let cg = self.cgroups.clone();
+            blocking(move || cg.create_with_pid(&leaf, &Resources::default(), init.pid))
+                .await
+                .map_err(step("create pod init cgroup"))?;
+        }
+
+        // 6. CNI ADD, unless the pod uses the host network.
+        pause_point("set up pod network").await;
+        let Some(netns) = &rec.netns else {
+            return Ok(());
+        };
+        let req = PodNetwork {
+            pod_id: rec.id.clone(),
+            name: rec.spec.name.clone(),
+            namespace: rec.spec.namespace.clone(),
+            uid: rec.spec.uid.clone(),
+            netns: netns.clone(),
+            port_mappings: port_mappings(&rec.spec),
+            pod_cidr: pod_cidr.to_string(),
+        };
+        let status = self
+            .network
+            .setup(&req)
+            .await
+            .map_err(step("set up pod network"))?;
+        rec.network = Some(NetworkInfo {
+            ip: status.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            additional_ips: status
+                .additional_ips
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect(),
+            result: status.result,
+        });
+        // Lazy: the CNI cache holds the result for a rollback's DEL.
+        self.records
+            .put_lazy(rec)
+            .map_err(step("set up pod network"))?;
         Ok(())
     }
 

@@ -34,10 +34,15 @@ pub struct Host {
 impl Host {
     /// This machine.
     pub fn current() -> Host {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        // The running kernel does not change: read its release once.
+        static KERNEL: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+        let kernel = *KERNEL.get_or_init(|| {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            parse_kernel(release.trim()).unwrap_or((0, 0))
+        });
         Host {
             arch: go_arch(),
-            kernel: parse_kernel(release.trim()).unwrap_or((0, 0)),
+            kernel,
         }
     }
 }

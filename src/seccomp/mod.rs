@@ -13,14 +13,22 @@
 //! travels to the container's init, which loads it with seccomp(2) in
 //! runc's order (`crate::sys::seccomp`). Privileged containers run
 //! unconfined whatever they ask for.
+//!
+//! Compiled filters are kept ([`FilterCache`]) by what decides them: the
+//! profile (RuntimeDefault, or the SHA-256 of a Localhost file's bytes,
+//! read again at every CreateContainer, so an edited file is compiled
+//! anew), the container's capabilities and the host. Most containers of a
+//! node share one profile, and compiling RuntimeDefault with libseccomp
+//! costs more than the rest of the spec.
 
 mod compile;
 mod default;
 mod profile;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 pub use compile::{Host, Reason, cap_key, compile};
 pub use profile::Profile;
@@ -92,7 +100,24 @@ impl Classify for Error {
 
 /// The filter for a container holding the capabilities `caps` (any
 /// spelling: `SYS_ADMIN`, `CAP_SYS_ADMIN`); `None` runs it unconfined.
+/// A profile compiled before for the same capabilities comes from the
+/// process-wide [`FilterCache`].
 pub fn prepare<'a>(
+    request: &Request,
+    privileged: bool,
+    caps: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<Filter>, Error> {
+    static CACHE: OnceLock<FilterCache> = OnceLock::new();
+    prepare_with(
+        CACHE.get_or_init(FilterCache::default),
+        request,
+        privileged,
+        caps,
+    )
+}
+
+fn prepare_with<'a>(
+    cache: &FilterCache,
     request: &Request,
     privileged: bool,
     caps: impl IntoIterator<Item = &'a str>,
@@ -100,23 +125,101 @@ pub fn prepare<'a>(
     if privileged {
         return Ok(None);
     }
-    let caps: HashSet<String> = caps.into_iter().map(cap_key).collect();
+    let caps: BTreeSet<String> = caps.into_iter().map(cap_key).collect();
     let host = Host::current();
-    match request {
-        Request::Unconfined => Ok(None),
-        Request::RuntimeDefault => {
-            compile(&default::profile(), "RuntimeDefault", &caps, &host).map(Some)
-        }
+    let (source, text) = match request {
+        Request::Unconfined => return Ok(None),
+        Request::RuntimeDefault => (Source::RuntimeDefault, None),
         Request::Localhost { path, field } => {
-            let profile = read(path, field)?;
-            compile(&profile, &path.display().to_string(), &caps, &host).map(Some)
+            let text = read(path, field)?;
+            let digest: [u8; 32] =
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&text))
+                    .into();
+            (Source::Localhost(digest), Some(text))
         }
+    };
+    let key = CacheKey {
+        source,
+        caps,
+        arch: host.arch,
+        kernel: host.kernel,
+    };
+    if let Some(filter) = cache.get(&key) {
+        return Ok(Some(filter));
+    }
+    let set: HashSet<String> = key.caps.iter().cloned().collect();
+    let filter = match (request, text) {
+        (Request::Localhost { path, field }, Some(text)) => {
+            let profile: Profile = serde_json::from_slice(&text).map_err(|e| Error::File {
+                path: path.clone(),
+                field,
+                reason: format!("not a seccomp profile: {e}"),
+            })?;
+            compile(&profile, &path.display().to_string(), &set, &host)?
+        }
+        _ => compile(&default::profile(), "RuntimeDefault", &set, &host)?,
+    };
+    cache.put(key, filter.clone());
+    Ok(Some(filter))
+}
+
+/// Where a compiled profile came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    RuntimeDefault,
+    /// The SHA-256 of the Localhost file's bytes.
+    Localhost([u8; 32]),
+}
+
+/// Everything a compiled filter depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    source: Source,
+    /// [`cap_key`] names.
+    caps: BTreeSet<String>,
+    arch: &'static str,
+    kernel: (u32, u32),
+}
+
+/// Compiled filters by [`CacheKey`]; at most [`FilterCache::LIMIT`]
+/// entries (a node with more distinct profiles starts over), so a
+/// stream of distinct Localhost files cannot grow the daemon.
+#[derive(Default)]
+struct FilterCache {
+    map: Mutex<HashMap<CacheKey, Filter>>,
+}
+
+impl FilterCache {
+    const LIMIT: usize = 64;
+
+    fn get(&self, key: &CacheKey) -> Option<Filter> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: CacheKey, filter: Filter) {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= Self::LIMIT {
+            map.clear();
+        }
+        map.insert(key, filter);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
     }
 }
 
-/// Reads and parses a Localhost profile; every failure names the file and
-/// the CRI field.
-fn read(path: &std::path::Path, field: &'static str) -> Result<Profile, Error> {
+/// Reads a Localhost profile's bytes (at most [`MAX_PROFILE_BYTES`]);
+/// every failure names the file and the CRI field.
+fn read(path: &std::path::Path, field: &'static str) -> Result<Vec<u8>, Error> {
     let fail = |reason: String| Error::File {
         path: path.to_path_buf(),
         field,
@@ -133,7 +236,7 @@ fn read(path: &std::path::Path, field: &'static str) -> Result<Profile, Error> {
     if text.len() as u64 > MAX_PROFILE_BYTES {
         return Err(fail(format!("larger than {MAX_PROFILE_BYTES} bytes")));
     }
-    serde_json::from_slice(&text).map_err(|e| fail(format!("not a seccomp profile: {e}")))
+    Ok(text)
 }
 
 #[cfg(test)]

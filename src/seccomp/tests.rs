@@ -190,6 +190,72 @@ fn runtime_default_depends_on_capabilities() {
     assert_eq!(plain.flags, 0);
 }
 
+/// A filter is compiled once per profile and capability set: the cache
+/// answers the same bytes for the same inputs, and any change of the
+/// capabilities or of a Localhost file's content compiles anew.
+#[test]
+fn compiled_filters_are_kept_per_profile_and_capabilities() {
+    let cache = FilterCache::default();
+    let rd = |caps: &[&str]| {
+        prepare_with(
+            &cache,
+            &Request::RuntimeDefault,
+            false,
+            caps.iter().copied(),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let first = rd(&["CHOWN", "CAP_KILL"]);
+    assert_eq!(cache.len(), 1);
+    assert_eq!(
+        rd(&["CAP_KILL", "CAP_CHOWN"]),
+        first,
+        "any spelling, any order"
+    );
+    assert_eq!(
+        cache.len(),
+        1,
+        "the second call was answered from the cache"
+    );
+    let admin = rd(&["CAP_SYS_ADMIN"]);
+    assert_ne!(admin.program, first.program);
+    assert_eq!(cache.len(), 2);
+    // A Localhost file edited between two creates is compiled anew.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    let req = Request::Localhost {
+        path: path.clone(),
+        field: "seccomp.localhost_ref",
+    };
+    let allow = |names: &str| {
+        format!(
+            r#"{{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{{"names": [{names}], "action": "SCMP_ACT_ALLOW"}}]}}"#
+        )
+    };
+    std::fs::write(&path, allow(r#""read""#)).unwrap();
+    let one = prepare_with(&cache, &req, false, []).unwrap().unwrap();
+    assert_eq!(prepare_with(&cache, &req, false, []).unwrap().unwrap(), one);
+    assert_eq!(cache.len(), 3);
+    std::fs::write(&path, allow(r#""read", "write""#)).unwrap();
+    let two = prepare_with(&cache, &req, false, []).unwrap().unwrap();
+    assert_ne!(two.program, one.program, "the edited file was compiled");
+    assert_eq!(cache.len(), 4);
+    // A broken file still fails, every time, and is never kept.
+    std::fs::write(&path, "{").unwrap();
+    for _ in 0..2 {
+        let e = prepare_with(&cache, &req, false, []).unwrap_err();
+        assert!(e.to_string().contains("not a seccomp profile"), "{e}");
+    }
+    assert_eq!(cache.len(), 4);
+    // The bound: a full cache starts over.
+    for i in 0..FilterCache::LIMIT {
+        std::fs::write(&path, allow(&format!(r#""read", "no_such_syscall_{i}""#))).unwrap();
+        prepare_with(&cache, &req, false, []).unwrap();
+    }
+    assert!(cache.len() <= FilterCache::LIMIT);
+}
+
 #[test]
 fn the_default_profile_covers_only_this_architecture_family() {
     let p = default::profile();

@@ -816,66 +816,40 @@ mod tests {
         }
     }
 
+    /// A dynamic section naming `table` as the DT_RELA of a program at `base`.
+    fn dynamic_of(table: &[Rela], base: usize) -> [Dyn; 4] {
+        let entry = |tag, val| Dyn { tag, val };
+        [
+            entry(DT_RELA, (table.as_ptr() as usize).wrapping_sub(base) as u64),
+            entry(DT_RELASZ, core::mem::size_of_val(table) as u64),
+            entry(DT_RELAENT, 24),
+            entry(DT_NULL, 0),
+        ]
+    }
+
     #[test]
     fn relocate_applies_relative_entries_and_refuses_others() {
         // A "program" at `base`: two pointer slots to relocate.
         let mut slots = [0usize; 2];
         let base = slots.as_mut_ptr() as usize;
-        let rela = [
-            Rela {
-                offset: 0,
-                info: R_X86_64_RELATIVE,
-                addend: 0x40,
-            },
-            Rela {
-                offset: 8,
-                info: R_X86_64_RELATIVE,
-                addend: 0x1000,
-            },
+        let rela = |offset, info, addend| Rela {
+            offset,
+            info,
+            addend,
+        };
+        let table = [
+            rela(0, R_X86_64_RELATIVE, 0x40),
+            rela(8, R_X86_64_RELATIVE, 0x1000),
         ];
-        let dynamic = [
-            Dyn {
-                tag: DT_RELA,
-                val: (rela.as_ptr() as usize).wrapping_sub(base) as u64,
-            },
-            Dyn {
-                tag: DT_RELASZ,
-                val: core::mem::size_of_val(&rela) as u64,
-            },
-            Dyn {
-                tag: DT_RELAENT,
-                val: 24,
-            },
-            Dyn {
-                tag: DT_NULL,
-                val: 0,
-            },
-        ];
+        let dynamic = dynamic_of(&table, base);
         // SAFETY (test): the table and both targets are live locals.
         let n = unsafe { relocate(base, dynamic.as_ptr()) };
         assert_eq!(n, Ok(2));
         assert_eq!(slots, [base + 0x40, base + 0x1000]);
 
         // A symbol relocation (R_X86_64_64 = 1) needs a loader: refused.
-        let bad = [Rela {
-            offset: 0,
-            info: (1 << 32) | 1,
-            addend: 0,
-        }];
-        let dynamic = [
-            Dyn {
-                tag: DT_RELA,
-                val: (bad.as_ptr() as usize).wrapping_sub(base) as u64,
-            },
-            Dyn {
-                tag: DT_RELASZ,
-                val: 24,
-            },
-            Dyn {
-                tag: DT_NULL,
-                val: 0,
-            },
-        ];
+        let bad = [rela(0, (1 << 32) | 1, 0)];
+        let dynamic = dynamic_of(&bad, base);
         // SAFETY (test): as above.
         let r = unsafe { relocate(base, dynamic.as_ptr()) };
         assert_eq!(r, Err(Unsupported(1)));

@@ -331,13 +331,17 @@ impl LogWriter {
             Ok(fd) => self.files.push((slot, fd)),
             Err(e) => eprintln!("log writer: dup the log fd of slot {slot}: {e}"),
         }
-        self.push_open(slot);
+        if self.running() {
+            self.push_open(slot);
+        }
     }
 
     /// Closes `slot`: its records are dropped and counted from now on.
     pub fn close(&mut self, slot: u64) {
         self.files.retain(|(s, _)| *s != slot);
-        self.push_open(slot);
+        if self.running() {
+            self.push_open(slot);
+        }
     }
 
     /// Queues `data` (whole records) for `slot`, starting a writer if none

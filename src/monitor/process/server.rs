@@ -25,12 +25,13 @@ use nix::unistd::Pid;
 use super::logwriter::LogWriter;
 use super::pending::Work;
 use super::sandbox;
-use super::workload::{Container, ExecProc, Failure, ROUND, State};
+use super::workload::{Container, ExecProc, Failure, READ, State};
 use crate::init::error::StepError;
 use crate::monitor::process::log::Stream;
 use crate::monitor::protocol::{self as proto, AttachEnd, Exit, Reply, Request, SetupReply};
 use crate::monitor::sync::{Step, Subject};
 use crate::monitor::{INIT, PodDir, Spec};
+use crate::sys::pages::ZeroPages;
 use crate::sys::process::{self, ProcRef, SingleThreaded};
 
 /// `crius monitor <pod dir>`: never returns while the pod lives.
@@ -95,6 +96,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), Error> {
     let sigfd = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(sys("signalfd"))?;
     std::fs::create_dir_all(pod.exits()).map_err(io("create", pod.exits()))?;
+    let read_buf = ZeroPages::new(READ)?;
 
     // 3. The pod.
     let text = std::fs::read(pod.spec()).map_err(io("read", pod.spec()))?;
@@ -154,6 +156,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), Error> {
         fds_out: Vec::new(),
         setups: follow::Setups::default(),
         logs: LogWriter::new(one),
+        read_buf,
         next_slot: 0,
         endings: Default::default(),
         shutting_down: false,
@@ -247,6 +250,8 @@ struct Monitor {
     setups: follow::Setups,
     /// The pod's log writer.
     logs: LogWriter,
+    /// What the containers' output is read through ([`Container::copy`]).
+    read_buf: ZeroPages,
     /// The last log writer slot given to a container.
     next_slot: u64,
     /// Removals and a shutdown whose kills await their reap.
@@ -364,7 +369,7 @@ impl Monitor {
                 if let Slot::Output(id, stream) = slot
                     && let Some(c) = self.containers.get_mut(id)
                 {
-                    c.copy(*stream, ROUND, &mut self.logs);
+                    c.copy(*stream, &mut self.logs, &mut self.read_buf);
                 }
             }
             for slot in &ready {
@@ -773,7 +778,7 @@ impl Monitor {
                 // Its last output first, so a waiter sees complete logs;
                 // attached clients get it too, then their end. The exit
                 // file and waiters follow once the writer has written it.
-                c.drain(&mut self.logs);
+                c.drain(&mut self.logs, &mut self.read_buf);
                 c.end_attachments(AttachEnd::Exited);
                 c.stdin.close();
                 self.exit_container(&id, exit);

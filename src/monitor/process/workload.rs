@@ -28,6 +28,9 @@ use crate::sys::process::{Forked, ProcRef, SingleThreaded, fork_into};
 
 /// Most bytes read from one stream in one poll round.
 pub const ROUND: usize = 256 << 10;
+/// Most bytes one read of a container's output takes: the size of the
+/// monitor's read buffer ([`Container::copy`]).
+pub const READ: usize = 64 << 10;
 /// How long a create or an exec may spend in its setup.
 pub const SETUP_LIMIT: Duration = Duration::from_secs(55);
 /// How long execve may take once released.
@@ -344,20 +347,22 @@ impl Container {
     }
 
     /// Copies what the container wrote on `which` (at most [`ROUND`] bytes)
-    /// into its log. `false` once the stream has ended.
-    pub fn copy(&mut self, which: Stream, limit: usize, logs: &mut LogWriter) -> bool {
+    /// into its log, reading through `buf` (the monitor's one read
+    /// buffer, mapped pages: resident only as far as reads reached, where
+    /// a heap buffer made per call stayed in the heap whole). `false` once
+    /// the stream has ended.
+    pub fn copy(&mut self, which: Stream, logs: &mut LogWriter, buf: &mut [u8]) -> bool {
         let fd = match which {
             Stream::Stdout => &self.out,
             Stream::Stderr => &self.err,
         };
         let Some(fd) = fd else { return false };
-        let mut buf = vec![0u8; 64 << 10];
         let mut out = Vec::new();
         let mut raw = Vec::new();
         let mut total = 0;
         let mut open = true;
-        while total < limit {
-            match nix::unistd::read(fd.as_fd(), &mut buf) {
+        while total < ROUND {
+            match nix::unistd::read(fd.as_fd(), &mut *buf) {
                 Ok(0) => {
                     open = false;
                     break;
@@ -477,13 +482,13 @@ impl Container {
     }
 
     /// Everything still buffered in the pipes, before the exit is told.
-    pub fn drain(&mut self, logs: &mut LogWriter) {
-        while self.out.is_some() && self.copy(Stream::Stdout, ROUND, logs) {
+    pub fn drain(&mut self, logs: &mut LogWriter, buf: &mut [u8]) {
+        while self.out.is_some() && self.copy(Stream::Stdout, logs, buf) {
             if !self.readable(Stream::Stdout) {
                 break;
             }
         }
-        while self.err.is_some() && self.copy(Stream::Stderr, ROUND, logs) {
+        while self.err.is_some() && self.copy(Stream::Stderr, logs, buf) {
             if !self.readable(Stream::Stderr) {
                 break;
             }
