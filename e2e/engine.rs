@@ -697,10 +697,11 @@ fn per_pod_binaries_are_static() {
 /// by hand: without privileges it refuses to run (exit 125, the failed
 /// step on stderr); in a user namespace that maps 1000 ids (0 to host 0,
 /// 1-999 to host 100001-100999) it takes the highest one, 999, because
-/// 65535 is not mapped there, and still isolates itself.
+/// 65535 is not mapped there, and still isolates itself (no capability
+/// in any set, fds beyond stdio closed, non-dumpable, alive); with a map
+/// of id 0 alone it refuses (exit 125) instead of running as root.
 #[test]
 fn pod_init_refuses_without_privilege_and_takes_the_highest_mapped_id() {
-    use std::io::Write;
     use std::os::unix::process::CommandExt;
     let bin = env!("CARGO_BIN_EXE_crius-pod-init");
     let out = std::process::Command::new(bin)
@@ -714,16 +715,55 @@ fn pod_init_refuses_without_privilege_and_takes_the_highest_mapped_id() {
         "crius-init: unshare the mount namespace: EPERM (errno 1)\n"
     );
 
+    // A map of 1000 ids without 65535: the highest one, isolated.
+    let status = match pod_init_in_userns(bin, "0 0 1\n1 100001 999\n") {
+        Ok(status) => status,
+        Err(ended) => panic!("the pod init ended: {ended}"),
+    };
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..].trim().to_string()
+    };
+    assert_eq!(field("Name:"), "crius-init");
+    assert_eq!(field("Uid:"), "100999\t100999\t100999\t100999");
+    assert_eq!(field("Gid:"), "100999\t100999\t100999\t100999");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("CapBnd:"), "0000000000000000");
+    assert_eq!(field("CapAmb:"), "0000000000000000");
+
+    // A map that holds only id 0: no unprivileged id, so it refuses
+    // rather than run as root with its capabilities.
+    match pod_init_in_userns(bin, "0 0 1\n") {
+        Ok(status) => panic!("the pod init runs with a map of id 0 only:\n{status}"),
+        Err(ended) => assert!(
+            ended.contains("exit status: 125")
+                && ended.contains("crius-init: no unprivileged gid in the map 0: EPERM (errno 1)"),
+            "{ended}"
+        ),
+    }
+}
+
+/// Runs the pod init as root of a new user namespace with `map` as its
+/// uid and gid maps, and an extra fd (5) open. `Ok`: /proc/PID/status once
+/// it has isolated itself (NoNewPrivs), after checking its mounts, its fds
+/// and that it stays non-dumpable and alive; `Err`: how it ended, with
+/// its stderr.
+fn pod_init_in_userns(bin: &str, map: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
     // A shell in a new user namespace waits for its maps, then execs the
     // pod init as root of that namespace.
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.args(["-c", "read go && exec \"$0\"", bin])
-        .stdin(std::process::Stdio::piped());
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     #[allow(unsafe_code)]
-    // SAFETY: unshare(2) is async-signal-safe and touches no memory.
+    // SAFETY: unshare(2) and dup2(2) are async-signal-safe and touch no
+    // memory.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 || libc::dup2(0, 5) != 5 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -739,35 +779,58 @@ fn pod_init_refuses_without_privilege_and_takes_the_highest_mapped_id() {
         }
     }
     let mut stdin = child.stdin.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
     let mut child = Kill(child);
-    for map in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 1\n1 100001 999\n").unwrap();
+    for file in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{file}"), map).unwrap();
     }
     stdin.write_all(b"go\n").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if let Ok(Some(end)) = child.0.try_wait() {
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err);
+            return Err(format!("{end}: {err}"));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if status.contains("NoNewPrivs:\t1") {
             break status;
-        }
-        if let Ok(Some(end)) = child.0.try_wait() {
-            panic!("the pod init ended: {end:?}");
         }
         assert!(std::time::Instant::now() < deadline, "{status}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let field = |name: &str| {
-        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
-        line[name.len()..].trim().to_string()
-    };
-    assert_eq!(field("Name:"), "crius-init");
-    assert_eq!(field("Uid:"), "100999\t100999\t100999\t100999");
-    assert_eq!(field("Gid:"), "100999\t100999\t100999\t100999");
-    assert_eq!(field("CapEff:"), "0000000000000000");
-    assert_eq!(field("CapBnd:"), "0000000000000000");
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     assert_eq!(mountinfo.lines().count(), 1, "{mountinfo}");
     assert!(mountinfo.contains(" / / ro,"), "{mountinfo}");
+    // Non-dumpable (set right after no_new_privs): its /proc files belong
+    // to its namespace's root (host 0), not to its own uid.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let owner = std::fs::metadata(format!("/proc/{pid}/status"))
+            .unwrap()
+            .uid();
+        if owner == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still dumpable: /proc/{pid} owned by {owner}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Only its stdio is left: the inherited fd 5 is closed.
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        matches!(child.0.try_wait(), Ok(None)),
+        "the pod init ended after isolating itself"
+    );
+    Ok(status)
 }
 
 /// The monitor binary carries none of the daemon's crates: no async

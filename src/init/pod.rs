@@ -86,6 +86,20 @@ pub fn isolate() -> Result<(), Failed> {
     // 0. Which ids the pod's user namespace (if any) maps.
     let gid = mapped_id(c"/proc/self/gid_map", GID);
     let uid = mapped_id(c"/proc/self/uid_map", UID);
+    // A map that holds only id 0 leaves no unprivileged id: setresuid(0)
+    // would keep every capability. Refuse rather than run as root.
+    for (step, id) in [
+        ("no unprivileged gid in the map", gid),
+        ("no unprivileged uid in the map", uid),
+    ] {
+        if id == 0 {
+            return Err(Failed {
+                step,
+                id: Some(0),
+                errno: Errno(1),
+            });
+        }
+    }
     // 1. A mount namespace of its own, detached from the host's.
     raw::unshare(raw::CLONE_NEWNS).map_err(fail("unshare the mount namespace"))?;
     raw::mount(None, c"/", None, raw::MS_REC | raw::MS_PRIVATE, None)
@@ -138,6 +152,11 @@ pub fn isolate() -> Result<(), Failed> {
         id: Some(uid),
         errno,
     })?;
+    // 4b. Whatever the ids did, no capability is left: every set empty,
+    //     the ambient set cleared.
+    raw::clear_capabilities().map_err(fail("clear the capability sets"))?;
+    raw::prctl(raw::PR_CAP_AMBIENT, raw::PR_CAP_AMBIENT_CLEAR_ALL)
+        .map_err(fail("clear the ambient capabilities"))?;
     // 5. Nothing gained by exec, nothing readable through ptrace or /proc.
     raw::prctl(raw::PR_SET_NO_NEW_PRIVS, 1).map_err(fail("no_new_privs"))?;
     raw::prctl(raw::PR_SET_DUMPABLE, 0).map_err(fail("non-dumpable"))?;
@@ -336,6 +355,8 @@ mod tests {
         assert_eq!(id("0 1 0\n7 1 1\n", 65535), 7);
         assert_eq!(id("0 1\n0 1 2 3\n99999999999999999999 1 1\n", 65535), 65535);
         assert_eq!(id("x 1 2 3\n", 65535), 3);
+        // Only id 0 mapped: 0, which isolate refuses.
+        assert_eq!(id("0 1 1\n", 65535), 0);
         // A top beyond u32: the wanted id.
         assert_eq!(id("4294967295 1 2\n", 65535), 65535);
     }

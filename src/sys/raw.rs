@@ -30,6 +30,7 @@ pub mod nr {
     pub const SETGROUPS: usize = 116;
     pub const SETRESUID: usize = 117;
     pub const SETRESGID: usize = 119;
+    pub const CAPSET: usize = 126;
     pub const RT_SIGTIMEDWAIT: usize = 128;
     pub const PIVOT_ROOT: usize = 155;
     pub const PRCTL: usize = 157;
@@ -58,6 +59,8 @@ pub const PR_SET_NAME: usize = 15;
 pub const PR_CAPBSET_READ: usize = 23;
 pub const PR_CAPBSET_DROP: usize = 24;
 pub const PR_SET_NO_NEW_PRIVS: usize = 38;
+pub const PR_CAP_AMBIENT: usize = 47;
+pub const PR_CAP_AMBIENT_CLEAR_ALL: usize = 4;
 pub const WNOHANG: usize = 1;
 pub const SIG_BLOCK: usize = 0;
 pub const SIGCHLD: u32 = 17;
@@ -266,6 +269,26 @@ pub fn setresuid(uid: u32) -> Result<()> {
     call(nr::SETRESUID, [u, u, u, 0, 0]).map(drop)
 }
 
+/// capset(2) with every set empty (effective, permitted, inheritable;
+/// version 3 of the header: 64 capabilities) for the calling thread.
+pub fn clear_capabilities() -> Result<()> {
+    /// _LINUX_CAPABILITY_VERSION_3.
+    const VERSION_3: u32 = 0x2008_0522;
+    let header: [u32; 2] = [VERSION_3, 0];
+    // Two __user_cap_data_struct (effective, permitted, inheritable: u32
+    // each), all zero.
+    let data = [0u32; 6];
+    // SAFETY: the kernel reads the 8-byte header and the two 12-byte data
+    // structs version 3 names, both living across the call.
+    let rc = unsafe {
+        syscall6(
+            nr::CAPSET,
+            [header.as_ptr() as usize, data.as_ptr() as usize, 0, 0, 0, 0],
+        )
+    };
+    check(rc).map(drop)
+}
+
 /// The set holding the one signal `sig`.
 pub fn sigset(sig: u32) -> u64 {
     1 << (sig - 1)
@@ -323,6 +346,10 @@ const DT_NULL: i64 = 0;
 const DT_RELA: i64 = 7;
 const DT_RELASZ: i64 = 8;
 const DT_RELAENT: i64 = 9;
+const DT_PLTRELSZ: i64 = 2;
+const DT_TEXTREL: i64 = 22;
+const DT_JMPREL: i64 = 23;
+const DT_NEEDED: i64 = 1;
 const DT_REL: i64 = 17;
 const DT_RELR: i64 = 36;
 const R_X86_64_RELATIVE: u64 = 8;
@@ -355,7 +382,12 @@ pub unsafe fn relocate(
                 DT_RELA => rela = (*d).val,
                 DT_RELASZ => size = (*d).val,
                 DT_RELAENT => ent = (*d).val,
-                DT_REL | DT_RELR => return Err(Unsupported((*d).tag as u64)),
+                // Tables or needs only a dynamic loader handles; an empty
+                // PLT table is harmless.
+                DT_PLTRELSZ if (*d).val == 0 => {}
+                DT_REL | DT_RELR | DT_JMPREL | DT_PLTRELSZ | DT_TEXTREL | DT_NEEDED => {
+                    return Err(Unsupported((*d).tag as u64));
+                }
                 _ => {}
             }
             d = d.add(1);
@@ -414,24 +446,46 @@ unsafe fn protect_relro(base: usize) -> Result<()> {
     Ok(())
 }
 
-/// Relocates the program (see [`relocate`]) and protects its RELRO
-/// segment, as the first thing after `_start` (see [`entry!`]). Ends the
-/// process with 127 if it cannot (it could not even print).
+/// Exit code of a program that could not relocate itself (distinct from
+/// 127, a failed exec).
+pub const RELOCATION_FAILED: i32 = 124;
+
+/// A pointer the linker can only fill in through a relocation: after
+/// [`relocate_self`] it must point at [`ANCHOR`], so a relocation that did
+/// not happen (a table the code skipped, a linker change) is caught at
+/// start instead of on some later path; it also gives a release build one
+/// relocation to run.
+static ANCHOR: u8 = 0;
+static ANCHOR_POINTER: &u8 = &ANCHOR;
+
+/// Relocates the program (see [`relocate`]), checks the result on
+/// [`ANCHOR_POINTER`] and protects its RELRO segment, as the first thing
+/// after `_start` (see [`entry!`]). Ends the process with
+/// [`RELOCATION_FAILED`] and a fixed message if it cannot (the literal
+/// is addressed relative to the instruction pointer: no relocation needed).
 ///
 /// # Safety
 /// Called once, before any other code of the program ran, with the
 /// addresses of the program's own ELF header (`__ehdr_start`) and dynamic
 /// section (`_DYNAMIC`).
 pub unsafe fn relocate_self(base: usize, dynamic: *const Dyn) {
+    let fail = |what: &[u8]| -> ! {
+        let _ = write(2, b"crius-init: cannot relocate itself: ");
+        let _ = write(2, what);
+        exit(RELOCATION_FAILED)
+    };
     // SAFETY: the caller's contract; the dynamic section is the linker's,
     // and the relocation targets lie in the program's writable segment,
     // which no code has read yet.
     if unsafe { relocate(base, dynamic) }.is_err() {
-        exit(127);
+        fail(b"an unsupported relocation\n");
+    }
+    if !core::ptr::eq(*core::hint::black_box(&ANCHOR_POINTER), &ANCHOR) {
+        fail(b"a pointer was left unrelocated\n");
     }
     // SAFETY: base is the program's own, mapped, ELF header.
     if unsafe { protect_relro(base) }.is_err() {
-        exit(127);
+        fail(b"mprotect of RELRO\n");
     }
 }
 
@@ -621,6 +675,7 @@ mod tests {
             (nr::SETGROUPS, libc::SYS_setgroups),
             (nr::SETRESUID, libc::SYS_setresuid),
             (nr::SETRESGID, libc::SYS_setresgid),
+            (nr::CAPSET, libc::SYS_capset),
             (nr::RT_SIGTIMEDWAIT, libc::SYS_rt_sigtimedwait),
             (nr::PIVOT_ROOT, libc::SYS_pivot_root),
             (nr::PRCTL, libc::SYS_prctl),
@@ -654,6 +709,11 @@ mod tests {
             (PR_CAPBSET_READ as i64, libc::PR_CAPBSET_READ as i64),
             (PR_CAPBSET_DROP as i64, libc::PR_CAPBSET_DROP as i64),
             (PR_SET_NO_NEW_PRIVS as i64, libc::PR_SET_NO_NEW_PRIVS as i64),
+            (PR_CAP_AMBIENT as i64, libc::PR_CAP_AMBIENT as i64),
+            (
+                PR_CAP_AMBIENT_CLEAR_ALL as i64,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as i64,
+            ),
             (WNOHANG as i64, libc::WNOHANG as i64),
             (SIG_BLOCK as i64, libc::SIG_BLOCK as i64),
             (SIGCHLD as i64, libc::SIGCHLD as i64),
@@ -807,6 +867,26 @@ mod tests {
         // SAFETY (test): a terminated dynamic section of locals.
         let r = unsafe { relocate(base, relr.as_ptr()) };
         assert_eq!(r, Err(Unsupported(DT_RELR as u64)));
+        // PLT relocations, TEXTREL and NEEDED are a loader's too; an empty
+        // PLT table is nothing to do.
+        for (tag, val, refused) in [
+            (DT_JMPREL, 0, true),
+            (DT_PLTRELSZ, 24, true),
+            (DT_PLTRELSZ, 0, false),
+            (DT_TEXTREL, 0, true),
+            (DT_NEEDED, 1, true),
+        ] {
+            let d = [
+                Dyn { tag, val },
+                Dyn {
+                    tag: DT_NULL,
+                    val: 0,
+                },
+            ];
+            // SAFETY (test): a terminated dynamic section of locals.
+            let r = unsafe { relocate(base, d.as_ptr()) };
+            assert_eq!(r.is_err(), refused, "tag {tag}: {r:?}");
+        }
         let none = [Dyn {
             tag: DT_NULL,
             val: 0,
