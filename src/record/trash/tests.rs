@@ -190,21 +190,44 @@ fn a_mount_point_in_the_tree_is_left_with_its_contents() {
     assert_eq!(trash.lock().stuck.len(), 1);
 }
 
+/// Needs root (mount(2)): a trash on a tmpfs of its own at `<root>/fs`,
+/// whatever is mounted below `root` unmounted when it drops (fields drop
+/// in order: the guard before the temp dir).
+struct TrashOnTmpfs {
+    trash: Arc<Trash>,
+    _guard: Unmount,
+    root: tempfile::TempDir,
+}
+
+impl TrashOnTmpfs {
+    /// `None` when not root.
+    fn new() -> Option<TrashOnTmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            return None;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let guard = Unmount(root.path().to_path_buf());
+        let fs = root.path().join("fs");
+        std::fs::create_dir(&fs).unwrap();
+        mount_tmpfs(&fs);
+        Some(TrashOnTmpfs {
+            trash: Trash::new(fs.join("trash")),
+            _guard: guard,
+            root,
+        })
+    }
+}
+
 /// Needs root (mount(2)): a trash on another mount than `/` (the VM
 /// guests' /tmp is a tmpfs) is drained; before, opening it refused to
 /// cross into that mount (EXDEV) and nothing was ever deleted.
 #[test]
 fn a_trash_on_its_own_mount_is_drained() {
-    if !rustix::process::geteuid().is_root() {
+    let Some(t) = TrashOnTmpfs::new() else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let _guard = Unmount(root.path().to_path_buf());
-    let fs = root.path().join("fs");
-    std::fs::create_dir(&fs).unwrap();
-    mount_tmpfs(&fs);
-    let trash = Trash::new(fs.join("trash"));
+    };
+    let (fs, trash) = (t.root.path().join("fs"), t.trash.clone());
     let c = fs.join("c/a");
     container_dir(&c);
     trash.put(&c).unwrap();
@@ -220,19 +243,14 @@ fn a_trash_on_its_own_mount_is_drained() {
 /// `precious` file was deleted.
 #[test]
 fn a_tree_on_another_filesystem_is_deleted_in_place_without_crossing_mounts() {
-    if !rustix::process::geteuid().is_root() {
+    let Some(t) = TrashOnTmpfs::new() else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let _guard = Unmount(root.path().to_path_buf());
-    let fs = root.path().join("fs");
-    std::fs::create_dir(&fs).unwrap();
-    mount_tmpfs(&fs);
-    let trash = Trash::new(fs.join("trash"));
+    };
+    let (root, trash) = (t.root.path(), t.trash.clone());
 
     // A plain tree, deep enough that subdirectories move up: gone at once.
-    let plain = root.path().join("plain");
+    let plain = root.join("plain");
     container_dir(&plain);
     std::fs::create_dir_all(plain.join("u/a/b/c/d")).unwrap();
     std::fs::write(plain.join("u/a/b/c/d/f"), "x").unwrap();
@@ -241,7 +259,7 @@ fn a_tree_on_another_filesystem_is_deleted_in_place_without_crossing_mounts() {
     assert!(trash.idle(), "nothing went through the trash");
 
     // A tree holding a mount point: refused, the mounted file whole.
-    let tree = root.path().join("tree");
+    let tree = root.join("tree");
     let mnt = tree.join("u/mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     std::fs::write(tree.join("u/file"), "x").unwrap();
@@ -255,7 +273,7 @@ fn a_tree_on_another_filesystem_is_deleted_in_place_without_crossing_mounts() {
     );
 
     // The tree itself a mount point: refused before anything is deleted.
-    let mounted = root.path().join("mounted");
+    let mounted = root.join("mounted");
     std::fs::create_dir(&mounted).unwrap();
     mount_tmpfs(&mounted);
     std::fs::write(mounted.join("precious"), "keep").unwrap();
