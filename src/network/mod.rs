@@ -396,20 +396,21 @@ impl Network {
     }
 
     /// DEL for a pod whose cached ADD result is lost (the state dir was
-    /// wiped): the current network config, no previous result, no netns.
+    /// wiped): the current network config, no previous result, and the
+    /// pod's `netns` pin when it is still mounted (empty: none).
     /// Plugins release what they hold by container id (host-local's lease);
     /// DEL of an attachment that never existed succeeds (CNI requires DEL
     /// to be idempotent). With a cache entry this is [`Network::teardown`].
-    pub async fn teardown_uncached(&self, pod_id: &str) -> Result<()> {
+    pub async fn teardown_uncached(&self, pod_id: &str, netns: &Path) -> Result<()> {
         validate_id(pod_id)?;
         if self.cache.read(pod_id)?.is_some() {
-            return self.teardown(pod_id, Path::new("")).await;
+            return self.teardown(pod_id, netns).await;
         }
         let list = self.load("")?;
         let entry = Entry {
             format: cache::FORMAT,
             pod_id: pod_id.to_string(),
-            netns: PathBuf::new(),
+            netns: netns.to_path_buf(),
             if_name: IF_NAME.into(),
             cni_args: String::new(),
             port_mappings: Vec::new(),

@@ -586,7 +586,10 @@ async fn gc_deletes_attachments_of_unknown_pods_and_sends_gc_to_1_1_plugins() {
 #[tokio::test]
 async fn del_without_a_cached_result_uses_the_current_config_and_the_pod_id() {
     let f = Fixture::new(PLUGINS, Some(two_plugin_list()), false);
-    f.net.teardown_uncached("lost").await.unwrap();
+    f.net
+        .teardown_uncached("lost", Path::new(""))
+        .await
+        .unwrap();
     let calls = f.calls();
     for plugin in ["addr", "pm", "plain"] {
         let del = format!("{plugin} DEL eth0");
@@ -599,7 +602,10 @@ async fn del_without_a_cached_result_uses_the_current_config_and_the_pod_id() {
     );
     assert!(f.net.cached_pods().unwrap().is_empty());
     assert!(
-        f.net.teardown_uncached("../x").await.is_err(),
+        f.net
+            .teardown_uncached("../x", Path::new(""))
+            .await
+            .is_err(),
         "ids are checked"
     );
 }

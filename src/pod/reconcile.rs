@@ -120,38 +120,34 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result
         let live: Vec<ProcRef> = records.iter().filter_map(|r| r.monitor).collect();
         orphans.extend(kill_orphan_monitors(pods, state, &live).await);
     }
+    // Pod directories and namespace pins no record owns.
+    let mut dirs = std::collections::BTreeSet::new();
     for sub in ["pods", "ns"] {
         let Ok(entries) = std::fs::read_dir(state.join(sub)) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if known.contains(&name) || !is_pod_id(&name) {
-                continue;
-            }
-            tracing::warn!(pod_id = %name, "removing the leftovers of a pod without a record");
-            orphans.insert(name.clone());
-            let dir = PodDir::new(state, &name);
-            pods.engine.stop(&dir, None).await;
-            for mount in mounts_under(&dir.dir)
-                .into_iter()
-                .chain(mounts_under(&dir.ns_dir))
-            {
-                let _ = detach_all(&Host, &mount);
-            }
-            release_stale(&dir);
-            // Through the trash: its walk crosses no mount a failed
-            // detach left behind.
-            for path in [&dir.dir, &dir.ns_dir] {
-                if let Err(e) = pods.trash.put(path) {
-                    tracing::warn!(pod_id = %name, error = %crate::error::chain(&e), "remove the leftovers of a pod without a record");
-                }
+            if !known.contains(&name) && is_pod_id(&name) {
+                dirs.insert(name);
             }
         }
     }
+    for name in &dirs {
+        tracing::warn!(pod_id = %name, "removing the leftovers of a pod without a record");
+        orphans.insert(name.clone());
+        let dir = PodDir::new(state, name);
+        pods.engine.stop(&dir, None).await;
+        if rebooted {
+            // The pins are plain files: a DEL must not be given them.
+            release_stale(&dir);
+        }
+    }
     // CNI attachments (cached ADD results) whose pod has no record: DEL
-    // releases their addresses (the netns is gone; DEL still runs), then
-    // GC where the plugins support it.
+    // releases their addresses, then GC where the plugins support it. The
+    // netns pins are still mounted, so the plugins delete the interfaces
+    // themselves instead of leaving them to the kernel's asynchronous
+    // netns teardown.
     let live: Vec<String> = known.iter().cloned().collect();
     match pods.network.gc(&live).await {
         Ok(0) => {}
@@ -164,8 +160,33 @@ async fn sweep_orphans(pods: &Arc<Pods>, state: &Path, rebooted: bool) -> Result
     orphans.extend(cgroups.iter().map(|(id, _)| id.clone()));
     if !rebooted {
         for id in orphans.iter().filter(|id| !cached.contains(id)) {
-            if let Err(e) = pods.network.teardown_uncached(id).await {
+            // The pin, while it is still mounted: the plugins then delete
+            // the interfaces too, not only the addresses.
+            let pin = PodDir::new(state, id).ns(ns::Kind::Net);
+            let netns = if dirs.contains(id) && pin.exists() {
+                pin
+            } else {
+                std::path::PathBuf::new()
+            };
+            if let Err(e) = pods.network.teardown_uncached(id, &netns).await {
                 tracing::warn!(pod_id = %id, error = %crate::error::chain(&e), "CNI DEL without a cached result");
+            }
+        }
+    }
+    for name in &dirs {
+        let dir = PodDir::new(state, name);
+        for mount in mounts_under(&dir.dir)
+            .into_iter()
+            .chain(mounts_under(&dir.ns_dir))
+        {
+            let _ = detach_all(&Host, &mount);
+        }
+        release_stale(&dir);
+        // Through the trash: its walk crosses no mount a failed detach
+        // left behind.
+        for path in [&dir.dir, &dir.ns_dir] {
+            if let Err(e) = pods.trash.put(path) {
+                tracing::warn!(pod_id = %name, error = %crate::error::chain(&e), "remove the leftovers of a pod without a record");
             }
         }
     }
