@@ -17,7 +17,9 @@
 # removed on exit, also on failure. Needs root and hack/install-deps.sh bench.
 #   hack/bench.sh                      # both runtimes, defaults below
 #   RUNTIMES=crius CHURN=100 hack/bench.sh
-#   KEEP=1 hack/bench.sh               # keep the work dir (logs, results)
+#   KEEP=1 hack/bench.sh               # keep the work dir (logs, results,
+#                                      # each crius daemon's /proc status
+#                                      # and smaps after the churn)
 #   OUT=DIR hack/bench.sh              # copy the result files (.tsv) to DIR
 #   CRIUS=BIN CLIENT=BIN hack/bench.sh # prebuilt crius and crius-bench, no build
 #   BASELINE=/path/to/old/crius RUNTIMES="crius crius-base containerd" hack/bench.sh
@@ -241,6 +243,10 @@ EOF
     --root "$d/root" --state "$d/state" --log-level warn
   wait_socket "$d/crius.sock" "$daemon_pid" "$d/log"
   bench "$name" "$d/crius.sock"
+  # Where the last RSS reading lies (mappings, anonymous or file), for
+  # KEEP=1: the daemon's status and smaps right after the churn.
+  cp "/proc/$daemon_pid/status" "$d/status.after-churn"
+  cp "/proc/$daemon_pid/smaps" "$d/smaps.after-churn"
   stop_pid "$daemon_pid"
   kill_bench_cgroups
 }

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crius::config::{Config, DEFAULT_TOML};
 use crius::cri::{Cri, server};
@@ -157,19 +160,30 @@ fn store(command: StoreCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A level and `target=level` directives ("info,crius::image=debug"):
+/// `Targets` parses them without EnvFilter's regex engine, which was code
+/// resident in every daemon (Cargo.toml, the release profile).
+fn log_filter(filter: &str) -> anyhow::Result<Targets> {
+    filter
+        .parse()
+        .with_context(|| format!("invalid log level {filter:?}"))
+}
+
 fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => env,
         _ => level.to_string(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .with_context(|| format!("invalid log level {filter:?}"))?;
+    let filter = log_filter(&filter)?;
     // Colours only on a terminal: logs redirected to a file or the journal
     // stay plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
         .init();
     Ok(())
 }
@@ -217,4 +231,24 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         };
         tracing::info!(signal = name, "shutdown requested");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn log_filters_take_a_level_and_per_target_levels() {
+        let f = log_filter("info,crius::image=debug").unwrap();
+        assert!(f.would_enable("crius::image::pull", &Level::DEBUG));
+        assert!(!f.would_enable("crius::cri", &Level::DEBUG));
+        assert!(f.would_enable("crius::cri", &Level::INFO));
+        let f = log_filter("WARN").unwrap();
+        assert!(!f.would_enable("crius::cri", &Level::INFO));
+        assert!(f.would_enable("h2", &Level::WARN));
+        let e = log_filter("info,crius=loud").unwrap_err();
+        assert!(format!("{e:#}").contains("invalid log level"), "{e:#}");
+    }
 }
