@@ -3,7 +3,8 @@
 //! TARGET PID modes, a daemon killed or a client giving up in the middle of
 //! CreateContainer, a lost monitor, a hung container setup that delays
 //! nothing else in its pod, a stuck log disk that stalls no monitor, a
-//! log writer that runs only while there is output, and 100 containers
+//! log writer that runs only while there is output, a killed log writer
+//! replaced, a pod init that reaps the pod's orphans, and 100 containers
 //! that leave no mount, cgroup, process or fd behind.
 
 use std::path::Path;
@@ -640,6 +641,181 @@ async fn a_quiet_pod_has_no_log_writer_and_its_later_output_lands_in_order() {
 
     pod::stop_remove(&mut rt, &pod).await;
     assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+/// The CRI log's records as numbers (a container that prints a counter).
+fn log_numbers(path: &Path) -> Vec<u64> {
+    log_contents(path)
+        .iter()
+        .filter_map(|r| r.strip_prefix("stdout F ")?.parse().ok())
+        .collect()
+}
+
+/// A log writer killed (SIGKILL) while its container logs is replaced by
+/// the monitor at the next records: the output goes on landing in the CRI
+/// log, in order, no record twice; what the dead writer had taken and not
+/// written is lost (counted as dropped), so one gap may follow the kill.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_log_writer_is_replaced_and_later_output_lands_in_order() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt,
+        pod_config("killwriter", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let (_, info) = pod::status(&mut rt, &pod).await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let script = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.02; done";
+    let id = create(
+        &mut rt,
+        &pod,
+        container(
+            "counter",
+            &s.busybox,
+            &["sh", "-c", script],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &id).await;
+    let log = logs.join("counter.log");
+    wait_for("the first records", Duration::from_secs(10), || {
+        log_numbers(&log).len() >= 10
+    })
+    .await;
+    let writers = log_writers(monitor);
+    assert_eq!(writers.len(), 1, "one writer while the container logs");
+    let killed = writers[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let at_kill = *log_numbers(&log).last().unwrap();
+    wait_for("a new log writer", Duration::from_secs(10), || {
+        let w = log_writers(monitor);
+        w.len() == 1 && w[0] != killed
+    })
+    .await;
+    // Written by the new writer: well beyond what the old one could have
+    // had in hand.
+    wait_for("records after the kill", Duration::from_secs(20), || {
+        log_numbers(&log)
+            .last()
+            .is_some_and(|&n| n >= at_kill + 100)
+    })
+    .await;
+    let numbers = log_numbers(&log);
+    assert_eq!(
+        numbers.len(),
+        log_contents(&log).len(),
+        "every record is a whole line of the counter"
+    );
+    assert_eq!(numbers[0], 0);
+    let gaps: Vec<(u64, u64)> = numbers
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        gaps.iter().all(|&(a, b)| b > a),
+        "records out of order or twice: {gaps:?}"
+    );
+    assert!(gaps.len() <= 1, "more than the kill's gap: {gaps:?}");
+    assert!(
+        gaps.iter().all(|&(a, _)| a >= at_kill.saturating_sub(10)),
+        "a gap before the kill: {gaps:?} (kill at {at_kill})"
+    );
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty());
+    pod::assert_no_trace(&s.d);
+}
+
+/// The state letter of /proc/PID/stat (after the command's parenthesis).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// The children of `pid` (/proc/PID/task/*/children).
+fn children(pid: i32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter();
+    tasks
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// In PID mode POD the pod init is PID 1 of the pod's PID namespace, so
+/// the kernel gives it every orphan of the pod's containers (the monitor,
+/// a subreaper too, is in the parent namespace): it reaps them. A
+/// container double-forks short-lived children and one long-lived one;
+/// the long-lived one shows up as the init's child (the orphans went
+/// there), and none of the others stays a zombie.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pod_init_reaps_orphans_of_the_pods_containers() {
+    require_registry_tools!();
+    let s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("orphans", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let (_, info) = pod::status(&mut rt, &pod).await;
+    let init = info["initPid"].as_i64().expect("a pod init") as i32;
+    // The short-lived ones first: once the long-lived one is the init's
+    // child, every short one was forked, orphaned and given to it too.
+    let script = "i=0; while [ $i -lt 6 ]; do (sleep 0.1 &); i=$((i+1)); done; \
+                  (sleep 1000 &); sleep 1000";
+    let id = create(
+        &mut rt,
+        &pod,
+        container(
+            "forker",
+            &s.busybox,
+            &["sh", "-c", script],
+            NamespaceMode::Pod,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &id).await;
+    let long_lived = |c: i32| {
+        std::fs::read_to_string(format!("/proc/{c}/cmdline"))
+            .is_ok_and(|cmd| cmd.starts_with("sleep\x001000\x00"))
+    };
+    wait_for(
+        "the long-lived orphan under the pod init",
+        Duration::from_secs(10),
+        || children(init).into_iter().any(long_lived),
+    )
+    .await;
+    // The short ones end after 0.1 s: the init reaps them, and only the
+    // long-lived one stays its child.
+    let settled = Instant::now();
+    wait_for(
+        "no zombie under the pod init",
+        Duration::from_secs(10),
+        || {
+            let c = children(init);
+            c.len() == 1 && long_lived(c[0]) && proc_state(c[0]) != Some('Z')
+        },
+    )
+    .await;
+    eprintln!("orphans reaped {:?} after the last one", settled.elapsed());
+    pod::stop_remove(&mut rt, &pod).await;
     pod::assert_no_trace(&s.d);
 }
 
