@@ -18,7 +18,7 @@ use crate::cgroup;
 use crate::container::{
     Setup, container, create, exec, pod_config, setup_with_env, start, status, wait_state,
 };
-use crate::pod::{self, wait_for};
+use crate::pod::{self, Client, wait_for};
 use crate::require_registry_tools;
 
 fn fd_count(pid: i32) -> usize {
@@ -645,6 +645,26 @@ async fn a_quiet_pod_has_no_log_writer_and_its_later_output_lands_in_order() {
     pod::assert_no_trace(&s.d);
 }
 
+/// A pod `name` with its CRI logs in the daemon's `logs` dir, running one
+/// started busybox container `name` with `args`, both in PID mode `mode`:
+/// the pod's id, its info (monitorPid, initPid) and the container's id.
+async fn pod_running(
+    s: &Setup,
+    rt: &mut Client,
+    name: &str,
+    mode: NamespaceMode,
+    args: &[&str],
+) -> (String, serde_json::Value, String) {
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(rt, pod_config(name, mode, &logs)).await.unwrap();
+    let (_, info) = pod::status(rt, &pod).await;
+    let id = create(rt, &pod, container(name, &s.busybox, args, mode))
+        .await
+        .unwrap();
+    start(rt, &id).await;
+    (pod, info, id)
+}
+
 /// The CRI log's records as numbers (a container that prints a counter).
 fn log_numbers(path: &Path) -> Vec<u64> {
     log_contents(path)
@@ -662,30 +682,17 @@ async fn a_killed_log_writer_is_replaced_and_later_output_lands_in_order() {
     require_registry_tools!();
     let s = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(
-        &mut rt,
-        pod_config("killwriter", NamespaceMode::Container, &logs),
-    )
-    .await
-    .unwrap();
-    let (_, info) = pod::status(&mut rt, &pod).await;
-    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
     let script = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.02; done";
-    let id = create(
+    let (pod, info, _) = pod_running(
+        &s,
         &mut rt,
-        &pod,
-        container(
-            "counter",
-            &s.busybox,
-            &["sh", "-c", script],
-            NamespaceMode::Container,
-        ),
+        "counter",
+        NamespaceMode::Container,
+        &["sh", "-c", script],
     )
-    .await
-    .unwrap();
-    start(&mut rt, &id).await;
-    let log = logs.join("counter.log");
+    .await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let log = s.d.dir.path().join("logs").join("counter.log");
     wait_for("the first records", Duration::from_secs(10), || {
         log_numbers(&log).len() >= 10
     })
@@ -769,20 +776,9 @@ async fn an_idle_monitor_hands_back_the_pages_its_work_touched() {
     require_registry_tools!();
     let s = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(&mut rt, pod_config("idle", NamespaceMode::Pod, &logs))
-        .await
-        .unwrap();
-    let (_, info) = pod::status(&mut rt, &pod).await;
+    let (pod, info, id) =
+        pod_running(&s, &mut rt, "idle", NamespaceMode::Pod, &["sleep", "1000"]).await;
     let monitor = info["monitorPid"].as_i64().unwrap() as i32;
-    let id = create(
-        &mut rt,
-        &pod,
-        container("idle", &s.busybox, &["sleep", "1000"], NamespaceMode::Pod),
-    )
-    .await
-    .unwrap();
-    start(&mut rt, &id).await;
     let out = exec(&mut rt, &id, &["echo", "ok"], 5).await.unwrap();
     assert_eq!(out.stdout, b"ok\n");
     let released = || {
@@ -852,29 +848,19 @@ async fn the_pod_init_reaps_orphans_of_the_pods_containers() {
     require_registry_tools!();
     let s = setup_with_env(&[]).await;
     let mut rt = s.d.runtime().await;
-    let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(&mut rt, pod_config("orphans", NamespaceMode::Pod, &logs))
-        .await
-        .unwrap();
-    let (_, info) = pod::status(&mut rt, &pod).await;
-    let init = info["initPid"].as_i64().expect("a pod init") as i32;
     // The short-lived ones first: once the long-lived one is the init's
     // child, every short one was forked, orphaned and given to it too.
     let script = "i=0; while [ $i -lt 6 ]; do (sleep 0.1 &); i=$((i+1)); done; \
                   (sleep 1000 &); sleep 1000";
-    let id = create(
+    let (pod, info, _) = pod_running(
+        &s,
         &mut rt,
-        &pod,
-        container(
-            "forker",
-            &s.busybox,
-            &["sh", "-c", script],
-            NamespaceMode::Pod,
-        ),
+        "orphans",
+        NamespaceMode::Pod,
+        &["sh", "-c", script],
     )
-    .await
-    .unwrap();
-    start(&mut rt, &id).await;
+    .await;
+    let init = info["initPid"].as_i64().expect("a pod init") as i32;
     let long_lived = |c: i32| {
         std::fs::read_to_string(format!("/proc/{c}/cmdline"))
             .is_ok_and(|cmd| cmd.starts_with("sleep\x001000\x00"))
