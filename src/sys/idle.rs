@@ -15,7 +15,9 @@
 //!   What stays mapped is what the process runs afterwards, instead of
 //!   every page its start and setup touched (the kernel maps up to 64 KiB
 //!   around each fault). The writable segments (data, the relocated
-//!   RELRO data) are never touched here.
+//!   RELRO data) are never touched here. A breakpoint that a debugger or
+//!   a uprobe wrote into those pages (a private copy of the page) goes
+//!   with them: the page comes back from the file without it.
 //! - [`super::malloc::trim`]: the free pages inside malloc's heap.
 
 use std::mem::size_of;
