@@ -18,8 +18,21 @@ pub const POD: i32 = 0;
 pub const CONTAINER: i32 = 1;
 pub const NODE: i32 = 2;
 
-/// A container that stops at SIGTERM at once, whatever its PID.
-pub const WORKLOAD: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
+/// A container that stops at SIGTERM at once, whatever its PID, once it
+/// has written [`READY`] to its log: as PID 1 of its PID namespace (mode
+/// CONTAINER) a SIGTERM before the trap is set is ignored (PID 1's default
+/// disposition), and StopContainer would wait out its whole timeout.
+pub const WORKLOAD: &[&str] = &[
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; echo ready; sleep 3600 & wait",
+];
+
+/// The workload's line once its trap is set.
+const READY: &str = "ready";
+
+/// How long a workload may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every call of one run shares.
 #[derive(Clone)]
@@ -170,6 +183,11 @@ impl Bench {
         r.time(&format!("{tag}CreateContainer"), created);
         r.time(&format!("{tag}StartContainer"), t2.elapsed());
         r.time(&format!("{tag}CreateContainer+StartContainer"), t.elapsed());
+        // Outside the timed calls, for every runtime alike.
+        let log = PathBuf::from(&pod.config.log_directory).join("c.log");
+        tokio::task::spawn_blocking(move || wait_ready(&log))
+            .await
+            .context("wait for the workload's ready line")??;
         Ok(id)
     }
 
@@ -299,6 +317,42 @@ impl Bench {
             let mut r = Results::default();
             let _ = self.stop_pod(&pod, &mut r, "").await;
             let _ = self.remove_pod(&pod, &mut r, "").await;
+        }
+    }
+}
+
+/// Waits until the CRI log `log` has the workload's [`READY`] line
+/// (`<time> stdout F ready`), woken by inotify on its directory (the
+/// runtime creates the file, then appends to it), for at most
+/// [`READY_TIMEOUT`].
+fn wait_ready(log: &std::path::Path) -> anyhow::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let dir = log.parent().context("log file without a directory")?;
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    ino.add_watch(
+        dir,
+        AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_MOVED_TO,
+    )
+    .with_context(|| format!("inotify watch {}", dir.display()))?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l.ends_with(&format!(" {READY}"))) {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(
+            !left.is_zero(),
+            "no {READY:?} line in {} after {READY_TIMEOUT:?}: {text:?}",
+            log.display()
+        );
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(ms))? > 0 {
+            // Drained: the next event wakes the next poll.
+            while ino.read_events().is_ok_and(|e| !e.is_empty()) {}
         }
     }
 }

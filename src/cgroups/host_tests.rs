@@ -654,6 +654,70 @@ fn host_timing() {
     );
 }
 
+/// Warming is a move of this process to where it is: on this host it
+/// writes (unless a mount has `favordynmods`) and leaves every hierarchy's
+/// cgroup of this process as it was.
+#[test]
+fn host_warming_moves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let g = Guard::cgroupfs();
+    let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let warmed = g.cg.warm_migrations().unwrap();
+    assert_eq!(warmed, !g.cg.layout().favor_dynmods);
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+        before
+    );
+}
+
+/// Timing of a process joining a made leaf, cold and with a warming
+/// started `lead` before it (not a check: run by hand with
+/// `cargo test --lib cgroups::host_tests::host_warm_timing -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn host_warm_timing() {
+    if !is_root() {
+        return;
+    }
+    let mut g = Guard::cgroupfs();
+    let n = 20u32;
+    for lead in [None, Some(0u64), Some(5), Some(20)] {
+        let mut joins = Vec::new();
+        for i in 0..n {
+            let pod = g.cg.pod_path("", &format!("w{i}")).unwrap();
+            g.cg.create(&pod, &Resources::default()).unwrap();
+            let leaf = g.cg.container_path(&pod, "c").unwrap();
+            g.cg.create(&leaf, &Resources::default()).unwrap();
+            let pid = g.spawn("sleep 100");
+            // Long enough for the kernel's state to fall back to idle.
+            std::thread::sleep(Duration::from_millis(300));
+            let warming = lead.map(|ms| {
+                let cg = Cgroups::from_config(&CgroupConfig::default()).unwrap();
+                let t = std::thread::spawn(move || cg.warm_migrations().unwrap());
+                std::thread::sleep(Duration::from_millis(ms));
+                t
+            });
+            let t = Instant::now();
+            g.cg.add_process(&leaf, pid).unwrap();
+            joins.push(t.elapsed());
+            if let Some(w) = warming {
+                w.join().unwrap();
+            }
+            g.cg.kill_all(&pod).unwrap();
+            assert_eq!(g.wait_signal(pid), Some(9));
+            g.cg.remove(&pod).unwrap();
+        }
+        joins.sort();
+        eprintln!(
+            "warming {lead:?} ms before: join p50 {:?}, max {:?}",
+            joins[joins.len() / 2],
+            joins[joins.len() - 1]
+        );
+    }
+}
+
 /// Runs `sh` in a new leaf with the container device rules (plus
 /// `extra`) and reports which of /dev/kmsg (c 1:11, the attack: a root
 /// container could read the host's kernel log) and /dev/null it could

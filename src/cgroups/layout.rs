@@ -77,6 +77,9 @@ pub struct Layout {
     /// then the unified hierarchy (if any) last.
     pub hierarchies: Vec<Hierarchy>,
     pub mode: Mode,
+    /// A cgroup mount has the `favordynmods` option: the kernel keeps
+    /// migrations in their writer mode (see [`super::warm`]).
+    pub favor_dynmods: bool,
 }
 
 impl Layout {
@@ -109,12 +112,16 @@ impl Layout {
         let mut v1: Vec<Hierarchy> = Vec::new();
         let mut unified: Option<Hierarchy> = None;
         let mut seen = BTreeSet::new();
+        let mut favor_dynmods = false;
         for line in mountinfo.lines() {
             let Some(m) = MountLine::parse(line) else {
                 continue;
             };
             if !m.mount.starts_with(cgroup_root) {
                 continue;
+            }
+            if matches!(m.fstype, "cgroup" | "cgroup2") {
+                favor_dynmods |= m.super_opts.split(',').any(|o| o == "favordynmods");
             }
             match m.fstype {
                 "cgroup" => {
@@ -167,7 +174,11 @@ impl Layout {
         }
         let mut hierarchies = v1;
         hierarchies.extend(unified);
-        Ok(Layout { hierarchies, mode })
+        Ok(Layout {
+            hierarchies,
+            mode,
+            favor_dynmods,
+        })
     }
 
     /// The hierarchy that holds `controller`, if any.

@@ -29,6 +29,7 @@
 //! let kills = cg.oom_finish(&id, &leaf, sigkilled); // at its exit, even if systemd removed the scope
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
 //! cg.join_monitors(monitor_pid)? ; cg.monitors_path()?        // the monitors' own cgroup
+//! cg.warm_migrations()?                             // before a join that follows soon (see [`warm`])
 //! cg.children(&cg.default_parent_path()?)?          // reconcile
 //! ```
 //!
@@ -82,6 +83,7 @@ pub mod stats;
 pub mod systemd;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod warm;
 
 use std::path::{Path, PathBuf};
 
@@ -508,6 +510,31 @@ impl Cgroups {
         let dir = self.tree.layout.reference().dir(&path.path);
         let joined = delegate::exec_cgroup(&path.path, &dir, &init);
         self.tree.procs_files(&joined)
+    }
+
+    /// Puts the kernel's cgroup migration lock into its writer mode ahead
+    /// of a migration that follows soon (a container's init joining its
+    /// leaf), by a no-op move of this process into its own cgroup: see
+    /// [`warm`]. Blocking, and it may wait for an RCU grace period with
+    /// the kernel's cgroup_mutex held: run it on a thread of its own,
+    /// without waiting for it. `false`: nothing to warm (`favordynmods`).
+    pub fn warm_migrations(&self) -> Result<bool, Error> {
+        let file = Path::new("/proc/self/cgroup");
+        let own = std::fs::read_to_string(file).map_err(|source| Error::Io {
+            op: "read",
+            path: file.into(),
+            source,
+        })?;
+        self.warm_from(&own)
+    }
+
+    /// [`Self::warm_migrations`] for the process whose /proc/PID/cgroup
+    /// is `proc_cgroup` (the caller's own: it writes `0`).
+    fn warm_from(&self, proc_cgroup: &str) -> Result<bool, Error> {
+        match warm::target(&self.tree.layout, proc_cgroup) {
+            Some(file) => warm::write_self(&file).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Moves `pid` into `path` in every hierarchy.

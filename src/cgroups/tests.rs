@@ -725,3 +725,49 @@ pub(crate) fn fake_v1() -> (tempfile::TempDir, PathBuf, Cgroups) {
     let f = fixture(Kind::V1);
     (f._dir, f.root, f.cg)
 }
+
+#[test]
+fn warming_moves_the_caller_to_its_own_cgroup_in_the_first_listed_hierarchy() {
+    // Hybrid: cpu is the layout's first hierarchy; the named systemd
+    // hierarchy is no hierarchy of the layout.
+    let f = fixture(Kind::Hybrid);
+    std::fs::create_dir_all(f.root.join("cpu/svc")).unwrap();
+    std::fs::write(f.root.join("cpu/svc/cgroup.procs"), "").unwrap();
+    let own = "9:name=systemd:/x\n4:memory:/mem\n1:cpu:/svc\n0::/\n";
+    assert_eq!(
+        warm::target(f.cg.layout(), own),
+        Some(f.root.join("cpu/svc/cgroup.procs"))
+    );
+    assert!(f.cg.warm_from(own).unwrap());
+    let procs = |p: &str| std::fs::read_to_string(f.root.join(p)).unwrap();
+    assert_eq!(procs("cpu/svc/cgroup.procs"), "0");
+    assert_eq!(procs("memory/cgroup.procs"), "", "one hierarchy only");
+    // Co-mounted controllers in another order than the mount's.
+    let v1 = fixture(Kind::V1);
+    assert_eq!(
+        warm::target(v1.cg.layout(), "3:cpuacct,cpu:/a/b\n"),
+        Some(v1.root.join("cpu,cpuacct/a/b/cgroup.procs"))
+    );
+    // cgroup v2: the line with no controllers.
+    let v2 = fixture(Kind::V2);
+    assert_eq!(
+        warm::target(v2.cg.layout(), "0::/system.slice/crius.service\n"),
+        Some(v2.root.join("system.slice/crius.service/cgroup.procs"))
+    );
+    assert_eq!(warm::target(v2.cg.layout(), "1:name=systemd:/\n"), None);
+}
+
+#[test]
+fn warming_never_creates_the_file_and_is_skipped_with_favordynmods() {
+    let f = fixture(Kind::V2);
+    let e = f.cg.warm_from("0::/gone\n").unwrap_err();
+    assert!(e.to_string().contains("gone/cgroup.procs"), "{e}");
+    assert!(!f.root.join("gone").exists());
+    let root = Path::new("/sys/fs/cgroup");
+    let favor = unified_mountinfo(root).replace("rw,nsdelegate", "rw,nsdelegate,favordynmods");
+    let layout = Layout::parse(&favor, root, |_| Ok("memory pids".into())).unwrap();
+    assert!(layout.favor_dynmods);
+    assert_eq!(warm::target(&layout, "0::/\n"), None);
+    let plain = Layout::parse(&unified_mountinfo(root), root, |_| Ok(String::new())).unwrap();
+    assert!(!plain.favor_dynmods);
+}
