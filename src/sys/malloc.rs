@@ -71,7 +71,7 @@ fn unused_resident() -> Option<usize> {
 
 /// Returns every free page inside glibc's heaps to the kernel; true when
 /// any was released.
-fn trim() -> bool {
+pub fn trim() -> bool {
     // SAFETY: malloc_trim takes a size (padding kept at the top) and no
     // pointers; glibc locks each arena while it trims.
     unsafe { libc::malloc_trim(0) == 1 }

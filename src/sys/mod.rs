@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod caps;
 pub mod exe;
 pub mod fds;
+pub mod idle;
 pub mod idmap;
 pub mod malloc;
 pub mod mount;

@@ -15,6 +15,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -75,6 +76,17 @@ enum Error {
 }
 
 fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), Error> {
+    let (mut m, listener, sigfd) = start(one, pod)?;
+    m.serve(&listener, &sigfd);
+    let _ = std::fs::remove_file(pod.socket());
+    Ok(())
+}
+
+/// The monitor's start and the pod's setup, up to the `Ready` report. Not
+/// inlined into [`run`]: its frame (the spec, the setup's state) is gone
+/// once the loop runs, so the loop's idle release drops those stack pages.
+#[inline(never)]
+fn start(one: SingleThreaded, pod: &PodDir) -> Result<(Monitor, UnixListener, SignalFd), Error> {
     use crate::sys::{io, sys};
     // 1. Detach from the daemon: own session, immune to the terminal's
     //    SIGINT/SIGHUP, the reaper of every orphan below us.
@@ -160,6 +172,8 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), Error> {
         next_slot: 0,
         endings: Default::default(),
         shutting_down: false,
+        // The setup's pages go back once the loop is first idle.
+        release_at: Some(Instant::now() + IDLE_RELEASE),
     };
     if let Some(init) = sandbox.init {
         m.children.insert(init.pid, Child::Init);
@@ -168,9 +182,7 @@ fn run(one: SingleThreaded, pod: &PodDir) -> Result<(), Error> {
         monitor: me,
         init: sandbox.init,
     });
-    m.serve(&listener, &sigfd);
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
+    Ok((m, listener, sigfd))
 }
 
 /// Prints the setup reply on stdout for the daemon, then points stdout at
@@ -257,7 +269,14 @@ struct Monitor {
     /// Removals and a shutdown whose kills await their reap.
     endings: ending::Endings,
     shutting_down: bool,
+    /// When the loop, quiet since the last event, releases what its work
+    /// left resident ([`Monitor::release_idle`]); `None`: released.
+    release_at: Option<Instant>,
 }
+
+/// How long the loop waits without an event before it releases the pages
+/// its last work left behind.
+const IDLE_RELEASE: Duration = Duration::from_millis(500);
 
 fn failed(f: Failure) -> Reply {
     Reply::Failed {
@@ -278,6 +297,7 @@ fn unknown(what: Subject, id: &str) -> Reply {
 }
 
 impl Monitor {
+    #[inline(never)]
     fn serve(&mut self, listener: &UnixListener, sigfd: &SignalFd) {
         // Children may have died during setup, before the loop.
         self.reap();
@@ -340,6 +360,7 @@ impl Monitor {
                 self.setups.next_deadline(),
                 self.logs_deadline(),
                 self.endings.next_deadline(),
+                self.release_at,
             ];
             let timeout = match next.into_iter().flatten().min() {
                 Some(at) => {
@@ -364,6 +385,11 @@ impl Monitor {
                 .map(|(_, s)| s)
                 .collect();
             drop(fds);
+            if !ready.is_empty() {
+                self.release_at = Some(Instant::now() + IDLE_RELEASE);
+            } else if self.release_at.is_some_and(|at| at <= Instant::now()) {
+                self.release_idle();
+            }
             // Output first, so a container's last words precede its exit.
             for slot in &ready {
                 if let Slot::Output(id, stream) = slot
@@ -426,6 +452,24 @@ impl Monitor {
                 self.accept(listener);
             }
         }
+    }
+
+    /// Quiet since [`IDLE_RELEASE`]: hands back what the work since the
+    /// last release left resident and nothing uses now: the connections'
+    /// spare buffer space, the stack below the loop (deep frames of
+    /// requests, setups, forks), the program's code and read-only data
+    /// pages (mapped again as they run; `sys::idle`), then malloc's free
+    /// pages. Called from the loop's own frame, never inlined (the stack
+    /// release keeps everything above its caller).
+    #[inline(never)]
+    fn release_idle(&mut self) {
+        self.release_at = None;
+        for c in &mut self.conns {
+            c.buf.shrink_to_fit();
+        }
+        crate::sys::idle::release_stack_below_here();
+        crate::sys::idle::release_image_pages();
+        crate::sys::malloc::trim();
     }
 
     /// Sends the deferred replies whose connection is still there; a
@@ -499,7 +543,9 @@ impl Monitor {
     }
 
     /// Reads what connection `i` sent and answers complete lines; `false`
-    /// when it is closed or misbehaved.
+    /// when it is closed or misbehaved. Not inlined: its read buffer is on
+    /// the stack only while it runs, not in the loop's frame.
+    #[inline(never)]
     fn read_conn(&mut self, i: usize) -> bool {
         let mut chunk = [0u8; 4096];
         loop {
