@@ -672,8 +672,12 @@ fn host_warming_moves_nothing() {
     );
 }
 
-/// Timing of a process joining a made leaf, cold and with a warming
-/// started `lead` before it (not a check: run by hand with
+/// Timing of what CreateContainer does with cgroups: the leaf's mkdirs in
+/// every hierarchy, then a process joining it; cold, and with a warming
+/// started `lead` ms before the mkdirs (it holds the kernel's cgroup_mutex
+/// through its grace period, so the mkdirs wait for it). The variants are
+/// interleaved, so the rest of the machine's cgroup moves touch them alike
+/// (not a check: run by hand with
 /// `cargo test --lib cgroups::host_tests::host_warm_timing -- --ignored --nocapture`).
 #[test]
 #[ignore]
@@ -683,25 +687,30 @@ fn host_warm_timing() {
     }
     let mut g = Guard::cgroupfs();
     let n = 20u32;
-    for lead in [None, Some(0u64), Some(5), Some(20)] {
-        let mut joins = Vec::new();
-        for i in 0..n {
-            let pod = g.cg.pod_path("", &format!("w{i}")).unwrap();
+    let leads = [None, Some(0u64), Some(2), Some(5), Some(20)];
+    let mut times = vec![(Vec::new(), Vec::new()); leads.len()];
+    for i in 0..n {
+        for (v, lead) in leads.iter().enumerate() {
+            let pod = g.cg.pod_path("", &format!("w{i}_{v}")).unwrap();
             g.cg.create(&pod, &Resources::default()).unwrap();
             let leaf = g.cg.container_path(&pod, "c").unwrap();
-            g.cg.create(&leaf, &Resources::default()).unwrap();
             let pid = g.spawn("sleep 100");
-            // Long enough for the kernel's state to fall back to idle.
+            // Long enough for the kernel's state to fall back to idle
+            // (unless another process moved meanwhile).
             std::thread::sleep(Duration::from_millis(300));
+            let t = Instant::now();
             let warming = lead.map(|ms| {
                 let cg = Cgroups::from_config(&CgroupConfig::default()).unwrap();
-                let t = std::thread::spawn(move || cg.warm_migrations().unwrap());
+                let w = std::thread::spawn(move || cg.warm_migrations().unwrap());
                 std::thread::sleep(Duration::from_millis(ms));
-                t
+                w
             });
-            let t = Instant::now();
+            g.cg.create(&leaf, &limits()).unwrap();
+            let joined = Instant::now();
             g.cg.add_process(&leaf, pid).unwrap();
-            joins.push(t.elapsed());
+            let end = Instant::now();
+            times[v].0.push(end - t);
+            times[v].1.push(end - joined);
             if let Some(w) = warming {
                 w.join().unwrap();
             }
@@ -709,11 +718,15 @@ fn host_warm_timing() {
             assert_eq!(g.wait_signal(pid), Some(9));
             g.cg.remove(&pod).unwrap();
         }
-        joins.sort();
+    }
+    for (lead, (total, join)) in leads.iter().zip(&mut times) {
+        total.sort();
+        join.sort();
         eprintln!(
-            "warming {lead:?} ms before: join p50 {:?}, max {:?}",
-            joins[joins.len() / 2],
-            joins[joins.len() - 1]
+            "warming {lead:?} ms before: lead + mkdirs + join p50 {:?} (max {:?}), join alone p50 {:?}",
+            total[total.len() / 2],
+            total[total.len() - 1],
+            join[join.len() / 2],
         );
     }
 }
