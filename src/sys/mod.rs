@@ -12,6 +12,7 @@ pub mod exe;
 pub mod fds;
 pub mod idle;
 pub mod idmap;
+pub mod libm;
 pub mod malloc;
 pub mod mount;
 pub mod ns;
