@@ -22,6 +22,8 @@
 
 use std::mem::size_of;
 
+use super::pages::page_size;
+
 /// `madvise(addr, len, MADV_DONTNEED)` over whole pages; true on success.
 fn dont_need(start: usize, end: usize) -> bool {
     if end <= start {
@@ -31,14 +33,6 @@ fn dont_need(start: usize, end: usize) -> bool {
     // the caller's frame, or clean private file pages that are refilled
     // from the same file. No reference into them exists or survives.
     unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) == 0 }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf takes no pointers.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-        .ok()
-        .filter(|p| p.is_power_of_two())
-        .unwrap_or(4096)
 }
 
 /// The mapping of /proc/self/maps that holds `addr`: (start, end).

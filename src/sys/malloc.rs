@@ -56,8 +56,7 @@ fn unused_resident() -> Option<usize> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let mut fields = statm.split_whitespace().skip(1).map(str::parse::<usize>);
     let (resident, shared) = (fields.next()?.ok()?, fields.next()?.ok()?);
-    // SAFETY: sysconf takes no pointers.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let page = super::pages::page_size();
     // SAFETY: mallinfo2 takes no arguments and returns a plain struct; it
     // locks each arena while it counts.
     let info = unsafe { libc::mallinfo2() };

@@ -8,6 +8,15 @@ use std::ptr::NonNull;
 
 use super::{Error, Result};
 
+/// The size of a memory page (4096 if the kernel's answer is unusable).
+pub fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096)
+}
+
 /// `len` bytes of private anonymous memory, zero until written, unmapped
 /// on drop.
 pub struct ZeroPages {
