@@ -281,13 +281,10 @@ impl Containers {
 
     /// ContainerStatus: the record with its effective state.
     pub fn status(&self, id: &str) -> Result<ContainerRecord, Error> {
-        let id = self
-            .resolve(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let rec = self
-            .store
-            .get(record::CONTAINERS, &id)?
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+            .records
+            .resolve_record(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(rec.effective())
     }
 
