@@ -637,6 +637,15 @@ async fn containers_survive_a_daemon_kill() {
     pod::assert_no_trace(&s.d);
 }
 
+/// Every container ListContainers shows.
+async fn list_all(rt: &mut Client) -> Vec<Container> {
+    rt.list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+}
+
 /// RemoveContainer replies once the record is deleted; the monitor's
 /// forgetting, the cgroup and the directory follow (container::removal).
 /// A daemon killed in between (the test hook pauses there) leaves them,
@@ -686,12 +695,7 @@ async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
     })
     .await
     .unwrap();
-    let listed = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = list_all(&mut rt).await;
     assert!(listed.is_empty(), "{listed:?}");
     let log = || s.d.log();
     pod::wait_for("the cleanup to pause", Duration::from_secs(20), || {
@@ -710,12 +714,7 @@ async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
     s.d.spawn();
     s.d.wait_ready().await;
     let mut rt = s.d.runtime().await;
-    let listed = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = list_all(&mut rt).await;
     assert!(
         listed.is_empty(),
         "the removed container is back: {listed:?}"
