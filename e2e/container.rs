@@ -427,10 +427,16 @@ async fn container_lifecycle_logs_exec_stop_remove() {
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
     }
-    let left: Vec<_> = std::fs::read_dir(s.d.root.join("containers"))
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "container dirs left: {left:?}");
+    // The directories go into the trash after the reply (container::removal).
+    let left = || -> Vec<_> {
+        std::fs::read_dir(s.d.root.join("containers"))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    pod::wait_for("the container dirs to go", Duration::from_secs(10), || {
+        left().is_empty()
+    })
+    .await;
     pod::stop_remove(&mut rt, &pod).await;
     pod::assert_no_trace(&s.d);
 }
@@ -626,6 +632,107 @@ async fn containers_survive_a_daemon_kill() {
     assert_eq!(
         (st.state, st.exit_code),
         (ContainerState::ContainerExited as i32, 137)
+    );
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}
+
+/// Every container ListContainers shows.
+async fn list_all(rt: &mut Client) -> Vec<Container> {
+    rt.list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+}
+
+/// RemoveContainer replies once the record is deleted; the monitor's
+/// forgetting, the cgroup and the directory follow (container::removal).
+/// A daemon killed in between (the test hook pauses there) leaves them,
+/// and the next start releases them: nothing leaks, and the removed
+/// container never comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
+    require_registry_tools!();
+    let mut s = setup_with_env(&[("CRIUS_TEST_PAUSE_AT", "release removed container")]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("cut", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let (_, info) = pod::status(&mut rt, &pod).await;
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{monitor}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let id = create(
+        &mut rt,
+        &pod,
+        container(
+            "gone",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut rt, &id).await;
+    let (_, info) = status(&mut rt, &id).await;
+    let leaf = info["cgroupPath"].as_str().unwrap().to_string();
+    let dir = s.d.root.join("containers").join(&id);
+    let exit_file = s.d.state.join("pods").join(&pod).join("exits").join(&id);
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let listed = list_all(&mut rt).await;
+    assert!(listed.is_empty(), "{listed:?}");
+    let log = || s.d.log();
+    pod::wait_for("the cleanup to pause", Duration::from_secs(20), || {
+        log().contains("test hook: pausing")
+    })
+    .await;
+    assert!(cgroup::dir(&leaf, "memory").is_dir(), "{leaf}");
+    assert!(dir.is_dir() && exit_file.is_file());
+    // What the monitor holds for the container it has not forgotten.
+    let held = fds();
+
+    drop(rt);
+    s.d.signal_and_wait(9, Duration::from_secs(10))
+        .expect("crius died");
+    s.d.env.clear();
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt = s.d.runtime().await;
+    let listed = list_all(&mut rt).await;
+    assert!(
+        listed.is_empty(),
+        "the removed container is back: {listed:?}"
+    );
+    assert!(!cgroup::dir(&leaf, "memory").exists(), "{leaf} left");
+    assert!(!exit_file.exists(), "exit file left");
+    pod::wait_for("the directory to go", Duration::from_secs(10), || {
+        !dir.exists()
+    })
+    .await;
+    // The monitor was told to forget it: it let go of its fds.
+    pod::wait_for("the monitor to forget it", Duration::from_secs(10), || {
+        fds() < held
+    })
+    .await;
+    assert!(
+        s.d.log()
+            .contains("releasing a removed container: its monitor forgets it")
     );
     pod::stop_remove(&mut rt, &pod).await;
     pod::assert_no_trace(&s.d);

@@ -217,7 +217,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Free pages inside the heaps back to the kernel (sys::malloc).
         tokio::spawn(crius::sys::malloc::Trimmer::default().run());
         tracing::info!(socket = %listen.display(), version = env!("CARGO_PKG_VERSION"), "crius serving");
+        let containers = daemon.containers.clone();
         server::serve(Cri::new(daemon), listener, &listen, shutdown_signal()?).await;
+        // What removals release after their reply (the next start would).
+        let settled = containers.settle_removals(None);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), settled).await;
         tracing::info!("crius stopped");
         Ok(())
     })

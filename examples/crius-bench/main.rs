@@ -10,6 +10,7 @@
 
 mod cni;
 mod mem;
+mod rtt;
 mod stats;
 mod workload;
 
@@ -53,6 +54,22 @@ enum Cmd {
         rounds: usize,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// The round trip of Version and PodSandboxStatus, repeated.
+    Rtt {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        n: usize,
+        /// Also PodSandboxStatus of a host-network pod made for it.
+        #[arg(long)]
+        pod: bool,
+        #[arg(long, default_value = "/crius-bench-rtt")]
+        cgroup_parent: String,
+        /// Pod lifecycles with PodSandboxStatus timed right after
+        /// RunPodSandbox (needs --pod).
+        #[arg(long, default_value_t = 0)]
+        cycles: usize,
     },
     Compare {
         a: PathBuf,
@@ -244,6 +261,9 @@ async fn workload(
 
     eprintln!("{}: {} parallel clients", a.label, a.par);
     let tag = format!("{}-way parallel: ", a.par);
+    let (busy0, total0) = mem::cpu_ticks()?;
+    let (own0, children0) = mem::proc_cpu_ticks(pid)?;
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.par {
         let mut b = b.clone();
@@ -259,6 +279,32 @@ async fn workload(
     for t in tasks {
         r.merge(t.await??);
     }
+    // Whether the phase was bound by the machine's CPUs (every process on
+    // it counts: the runtime, its plugins and pods, anything else running).
+    let (busy1, total1) = mem::cpu_ticks()?;
+    let (own1, children1) = mem::proc_cpu_ticks(pid)?;
+    r.time(&format!("{tag}the whole phase"), started.elapsed());
+    // The daemon's CPU time per container lifecycle of the phase: its own
+    // threads, and the children it waited for (CNI plugins and what they
+    // ran; containerd's shims are not its children).
+    let per_cycle = |ticks: u64| {
+        ticks as f64 * 1000.0 / mem::ticks_per_second() / (a.par * a.rounds).max(1) as f64
+    };
+    r.add(
+        &format!("{tag}daemon CPU per lifecycle, own threads"),
+        "ms",
+        per_cycle(own1 - own0),
+    );
+    r.add(
+        &format!("{tag}daemon CPU per lifecycle, waited-for children"),
+        "ms",
+        per_cycle(children1 - children0),
+    );
+    r.add(
+        &format!("{tag}CPU busy, whole machine"),
+        "%",
+        100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
+    );
 
     eprintln!("{}: footprint of {} pods", a.label, a.footprint_pods);
     let before = mem::pids();
@@ -348,6 +394,22 @@ async fn main() -> anyhow::Result<()> {
             let res = c.measure(n, par, rounds, &mut r);
             r.write(&out)?;
             res
+        }
+        Cmd::Rtt {
+            socket,
+            n,
+            pod,
+            cgroup_parent,
+            cycles,
+        } => {
+            rtt::run(rtt::Args {
+                socket,
+                n,
+                pod,
+                cgroup_parent,
+                cycles,
+            })
+            .await
         }
         Cmd::Compare {
             a,

@@ -628,45 +628,10 @@ impl Kind for Containers {
 }
 
 impl Containers {
-    /// Undoes whatever exists of a container, from any state: the engine's
-    /// process, leftover processes in its cgroup, the cgroup, the
-    /// directory, the exit file, the record. Idempotent.
+    /// Undoes whatever exists of a container, from any state: what it
+    /// holds ([`Self::release`]), then the record. Idempotent.
     pub(super) async fn discard(&self, rec: &ContainerRecord) {
-        if rec.init.is_some() || rec.state == State::Creating {
-            if let Err(e) = self.engine.remove(&rec.pod_dir, &rec.id).await {
-                tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "engine remove");
-            }
-            if let Some(init) = rec.init
-                && init.alive()
-            {
-                init.signal(nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-        if let Some(leaf) = rec.cgroup.clone() {
-            let cg = self.cgroups.clone();
-            let removed = blocking(move || {
-                if cg.exists(&leaf) {
-                    cg.kill_all(&leaf)?;
-                    cg.remove(&leaf)?;
-                }
-                Ok::<_, crate::cgroups::Error>(())
-            })
-            .await;
-            if let Err(e) = removed {
-                tracing::warn!(container_id = %rec.id, error = %crate::error::chain(&e), "remove container cgroup");
-            }
-        }
-        // Into the trash (one rename; deleted in the background), so the
-        // record is deleted only once its directory is out of the way.
-        let (dir, trash) = (rec.dir.clone(), self.trash.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &rootfs_dir(&dir));
-            if let Err(e) = trash.put(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %crate::error::chain(&e), "remove container directory");
-            }
-        })
-        .await;
-        let _ = std::fs::remove_file(rec.exit_file());
+        self.release(rec).await;
         if let Err(e) = self.store.delete(CONTAINERS, &rec.id) {
             tracing::error!(container_id = %rec.id, error = %crate::error::chain(&e), "delete container record");
         }

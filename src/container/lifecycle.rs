@@ -283,7 +283,11 @@ impl Containers {
         self.stop_locked(&id, timeout).await
     }
 
-    async fn stop_locked(self: &Arc<Self>, id: &str, timeout: Duration) -> Result<(), Error> {
+    pub(super) async fn stop_locked(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         let Some(rec) = self.store.get(CONTAINERS, id)? else {
             return Ok(());
         };
@@ -342,7 +346,8 @@ impl Containers {
     }
 
     /// RemoveContainer: kills a running container first, then deletes
-    /// everything. An unknown id succeeds.
+    /// its record; the rest is released after the reply (`removal`). An
+    /// unknown id succeeds.
     pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), Error> {
         let Some(id) = self.resolve(id)? else {
             return Ok(());
@@ -353,20 +358,16 @@ impl Containers {
     async fn remove_id(self: &Arc<Self>, id: &str) -> Result<(), Error> {
         let lock = self.lock_of(id);
         let guard = lock.lock().await;
-        self.stop_locked(id, Duration::ZERO).await?;
-        if let Some(rec) = self.store.get(CONTAINERS, id)? {
-            self.discard(&rec).await;
-            if rec.visible() {
-                self.events.container(Type::Deleted, &rec);
-            }
-        }
+        self.remove_locked(id).await?;
         drop(guard);
         self.forget_lock(id);
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }
 
-    /// StopPodSandbox: stops every container of the pod, at once.
+    /// StopPodSandbox: stops every container of the pod, at once; then
+    /// waits for the cleanups of its removed containers (the pod's
+    /// monitor is shut down next).
     pub async fn stop_pod(self: &Arc<Self>, pod_id: &str) -> Result<(), Error> {
         let mut first_err = None;
         for rec in self.of_pod(pod_id)? {
@@ -374,10 +375,12 @@ impl Containers {
                 first_err.get_or_insert(e);
             }
         }
+        self.settle_removals(Some(pod_id)).await;
         first_err.map_or(Ok(()), Err)
     }
 
-    /// RemovePodSandbox: removes every container of the pod.
+    /// RemovePodSandbox: removes every container of the pod, and waits
+    /// for their cleanups (the pod cgroup is removed next).
     pub async fn remove_pod(self: &Arc<Self>, pod_id: &str) -> Result<(), Error> {
         let mut first_err = None;
         for rec in self.of_pod(pod_id)? {
@@ -385,6 +388,7 @@ impl Containers {
                 first_err.get_or_insert(e);
             }
         }
+        self.settle_removals(Some(pod_id)).await;
         first_err.map_or(Ok(()), Err)
     }
 

@@ -13,7 +13,9 @@
 //! the host, undoes finished steps when a later one fails and survives a
 //! client that gives up ([`create`]); [`lifecycle`] starts, stops and
 //! removes, and watches every running container's exit through its
-//! engine, at once; [`reconcile`] repairs after a crash or restart. List
+//! engine, at once; [`removal`] removes in two halves, the record before
+//! the reply and the rest after it; [`reconcile`] repairs after a crash
+//! or restart. List
 //! and Status read the store only and never wait behind a container's lock.
 //! Processes come from an [`engine::Engine`] (the pod's monitor).
 
@@ -26,6 +28,7 @@ pub mod lsm;
 pub mod monitor_engine;
 pub mod reconcile;
 pub mod record;
+pub mod removal;
 pub mod spec;
 #[cfg(test)]
 mod test_engine;
@@ -233,6 +236,8 @@ pub struct Containers {
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// Where removed containers' directories go to be deleted.
     trash: Arc<crate::record::trash::Trash>,
+    /// Removals whose cleanup runs after their reply ([`removal`]).
+    removals: removal::Pending,
 }
 
 /// ListContainers' filter.
@@ -263,6 +268,7 @@ impl Containers {
             events,
             settings,
             exits: Mutex::new(HashMap::new()),
+            removals: removal::Pending::default(),
         }
     }
 
@@ -281,13 +287,10 @@ impl Containers {
 
     /// ContainerStatus: the record with its effective state.
     pub fn status(&self, id: &str) -> Result<ContainerRecord, Error> {
-        let id = self
-            .resolve(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let rec = self
-            .store
-            .get(record::CONTAINERS, &id)?
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+            .records
+            .resolve_record(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(rec.effective())
     }
 

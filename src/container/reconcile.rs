@@ -8,7 +8,12 @@
 //! when its monitor died too; container directories without a record are
 //! removed — only names crius itself makes, only under its own root — and
 //! so is whatever the trash still holds (removals deleting in the
-//! background when crius stopped: [`crate::record::trash`]).
+//! background when crius stopped: [`crate::record::trash`]); what a
+//! RemoveContainer that replied had not yet released when crius stopped
+//! ([`super::removal`]) is released: the exit files of recorded pods
+//! naming no recorded container (their monitors are told to forget those
+//! containers first) and the `crius-<id>` cgroups below recorded pods'
+//! cgroups whose container has no record.
 //!
 //! In the background: containers whose CreateContainer caller gave up and
 //! that no retry claimed within the bound are removed ([`crate::record`]'s
@@ -16,8 +21,11 @@
 
 use std::sync::Arc;
 
+use std::collections::HashSet;
+
 use super::record::{CONTAINERS, State};
-use super::{Containers, Error};
+use super::{Containers, Error, blocking};
+use crate::pod::record::PODS;
 
 /// Reconciles the records with the host, then starts the reaper.
 pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
@@ -48,13 +56,14 @@ pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
     // What removals left in the trash when crius stopped.
     containers.trash.reap();
     sweep_orphans(containers).await?;
+    sweep_released(containers).await?;
     crate::record::start_reaper(containers);
     Ok(())
 }
 
 /// Removes container directories that no record owns.
 async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
-    let known: std::collections::HashSet<String> = containers
+    let known: HashSet<String> = containers
         .store
         .list(CONTAINERS)?
         .into_iter()
@@ -65,8 +74,7 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        if !ours || known.contains(&name) {
+        if !is_id(&name) || known.contains(&name) {
             continue;
         }
         tracing::warn!(container_id = %name, "removing the directory of a container without a record");
@@ -74,6 +82,65 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
         let _ = crate::sys::mount::detach_all(&crate::sys::mount::Host, &super::rootfs_dir(&dir));
         if let Err(e) = containers.trash.put(&dir) {
             tracing::warn!(dir = %dir.display(), error = %crate::error::chain(&e), "remove orphan container directory");
+        }
+    }
+    Ok(())
+}
+
+/// A name crius gives a container: 64 hex digits.
+fn is_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Releases what removals that had replied left when crius stopped
+/// ([`super::removal`]): for each recorded pod, its monitor's memory and
+/// the exit file of each container it reaped that has no record, and the
+/// leaf cgroups of such containers (processes killed first).
+async fn sweep_released(containers: &Arc<Containers>) -> Result<(), Error> {
+    let known: Arc<HashSet<String>> = Arc::new(
+        containers
+            .store
+            .list(CONTAINERS)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect(),
+    );
+    for (_, pod) in containers.store.list(PODS)? {
+        let exits = std::fs::read_dir(pod.dir.exits()).into_iter().flatten();
+        for entry in exits.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_id(&name) || known.contains(&name) {
+                continue;
+            }
+            tracing::warn!(pod_id = %pod.id, container_id = %name, "releasing a removed container: its monitor forgets it");
+            if let Err(e) = containers.engine.remove(&pod.dir, &name).await {
+                tracing::debug!(container_id = %name, error = %crate::error::chain(&e), "engine remove");
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let Some(pod_cg) = pod.cgroup.clone() else {
+            continue;
+        };
+        let (cg, known, pod_id) = (containers.cgroups.clone(), known.clone(), pod.id.clone());
+        let swept = blocking(move || {
+            for leaf in cg.children(&pod_cg)? {
+                let name = leaf.path.rsplit('/').next().unwrap_or_default();
+                let id = name.strip_prefix("crius-").unwrap_or_default();
+                let id = id.strip_suffix(".scope").unwrap_or(id);
+                // Exactly the leaf crius makes for that id, and no other.
+                if !is_id(id) || known.contains(id) || cg.container_path(&pod_cg, id)? != leaf {
+                    continue;
+                }
+                tracing::warn!(pod_id = %pod_id, container_id = %id, "removing the cgroup of a container without a record");
+                if let Err(e) = cg.kill_all(&leaf).and_then(|()| cg.remove(&leaf)) {
+                    tracing::warn!(container_id = %id, error = %crate::error::chain(&e), "remove container cgroup");
+                }
+            }
+            Ok::<_, crate::cgroups::Error>(())
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::warn!(pod_id = %pod.id, error = %crate::error::chain(&e), "list the pod's cgroups");
         }
     }
     Ok(())

@@ -34,6 +34,9 @@ pub(super) struct Fake {
     pub(super) pgids: Mutex<HashMap<String, i32>>,
     /// When set, create waits for it (a slow mount, a client that gives up).
     pub(super) create_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// When set, remove waits for it (a cleanup still running, or cut
+    /// short by a crash).
+    pub(super) remove_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// When set, wait answers that the monitor is gone.
     pub(super) monitor_gone: Mutex<bool>,
     /// How many more waits fail with an error other than a lost monitor
@@ -144,6 +147,10 @@ impl Engine for Fake {
     }
     async fn remove(&self, _: &PodDir, id: &str) -> engine::Result<()> {
         self.call(format!("remove {id}"));
+        let gate = self.remove_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
         self.exits.lock().unwrap().remove(id);
         Ok(())
     }

@@ -71,6 +71,7 @@ async fn create_start_stop_remove() {
     e.svc.stop(&id, Duration::from_secs(5)).await.unwrap();
     e.svc.remove(&id).await.unwrap();
     assert_eq!(code(e.svc.status(&id)), crate::error::Kind::NotFound);
+    e.svc.settle_removals(None).await;
     assert!(!s.dir.exists(), "container directory removed");
     assert!(!e.cgroup_dir(&id).exists(), "leaf cgroup removed");
     e.svc.remove(&id).await.unwrap();
@@ -183,6 +184,7 @@ async fn exit_is_noticed_at_once_and_remove_kills_first() {
     }
     let id = e.running("web").await;
     e.svc.remove(&id).await.unwrap();
+    e.svc.settle_removals(None).await;
     let calls = e.fake.calls();
     let kill = calls.iter().position(|c| *c == format!("signal {id} 9"));
     let remove = calls.iter().position(|c| *c == format!("remove {id}"));

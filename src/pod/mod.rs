@@ -224,13 +224,10 @@ impl Pods {
 
     /// PodSandboxStatus: the record with its effective state.
     pub fn status(&self, id: &str) -> Result<PodRecord, Error> {
-        let id = self
-            .resolve(id)?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let mut rec = self
             .records
-            .get(&id)?
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+            .resolve_record(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         rec.state = rec.effective_state();
         Ok(rec)
     }

@@ -178,12 +178,28 @@ impl<R: Record, E: RecordError> Records<R, E> {
 
     /// Resolves a full id or unique prefix among visible records.
     pub fn resolve(&self, prefix: &str) -> Result<Option<String>, E> {
+        Ok(self.resolve_record(prefix)?.map(|r| r.id().to_string()))
+    }
+
+    /// The visible record whose id is `prefix`, or else the only visible
+    /// one whose id starts with it ([`crate::ids::resolve`]). A full id
+    /// (what kubelet sends) is one lookup; only a prefix scans the table.
+    pub fn resolve_record(&self, prefix: &str) -> Result<Option<R>, E> {
+        if !prefix.is_empty()
+            && let Some(rec) = self.get(prefix)?
+            && rec.visible()
+        {
+            return Ok(Some(rec));
+        }
         let all = self.store.list(R::TABLE)?;
         let ids = all
             .iter()
             .filter(|(_, r)| r.visible())
             .map(|(k, _)| k.as_str());
-        Ok(crate::ids::resolve(prefix, ids)?.map(str::to_string))
+        let Some(id) = crate::ids::resolve(prefix, ids)?.map(str::to_string) else {
+            return Ok(None);
+        };
+        Ok(all.into_iter().find(|(k, _)| *k == id).map(|(_, r)| r))
     }
 
     /// The finished record holding `key`, if any.

@@ -227,3 +227,18 @@ async fn unclaimed_records_are_invisible_then_claimed_reaped_or_rolled_back_at_s
     assert_eq!(kept[0].name, "claimed-later");
     assert_eq!(t.records.list().unwrap().len(), 1);
 }
+
+/// A full id resolves with one lookup, a prefix by a scan; both give the
+/// visible record itself, and an empty prefix is refused.
+#[tokio::test]
+async fn resolve_record_by_full_id_or_prefix() {
+    let (_d, t) = toys();
+    let id = make(&t, "a").await.unwrap();
+    let other = make(&t, "b").await.unwrap();
+    let full = t.records.resolve_record(&id).unwrap().unwrap();
+    assert_eq!((full.id.as_str(), full.name.as_str()), (id.as_str(), "a"));
+    let by_prefix = t.records.resolve_record(&other[..12]).unwrap().unwrap();
+    assert_eq!(by_prefix.name, "b");
+    assert!(t.records.resolve_record("").is_err(), "empty prefix");
+    assert!(t.records.resolve_record("zz").unwrap().is_none());
+}
