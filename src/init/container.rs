@@ -4,8 +4,9 @@
 //! Stage 1 (a child of the monitor, in the host's namespaces): stdio and
 //! the sync socket in place, every other fd closed, non-dumpable, the
 //! container's cgroup joined when it gets a cgroup namespace of its own
-//! (else the monitor moves the init there at start:
-//! [`ContainerLaunch::joins_cgroup_in_setup`]), the pod's net/IPC/UTS namespaces joined by
+//! and was not born in it (cgroup v2: the monitor clones it into the
+//! cgroup when the kernel can), else the monitor moves the init there at
+//! start ([`ContainerLaunch::joins_cgroup_in_setup`]), the pod's net/IPC/UTS namespaces joined by
 //! their pinned paths (and the PID namespace in POD and TARGET mode), then
 //! a clone into a new mount namespace (and a new PID namespace in CONTAINER
 //! mode: entering one needs a new process) with CLONE_PARENT, so the
@@ -32,12 +33,21 @@ use crate::sys::ns;
 use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
 /// Stage 1; never returns.
-pub fn run(one: SingleThreaded, init: &ContainerLaunch, stdio: Stdio, sync: OwnedFd) -> ! {
+/// `in_cgroup`: the monitor forked this process into the container's
+/// cgroup already (CLONE_INTO_CGROUP).
+pub fn run(
+    one: SingleThreaded,
+    init: &ContainerLaunch,
+    in_cgroup: bool,
+    stdio: Stdio,
+    sync: OwnedFd,
+) -> ! {
     let tty = stdio.tty;
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
     // Otherwise the monitor moves the init there when it releases it.
     if init.joins_cgroup_in_setup()
+        && !in_cgroup
         && let Err(e) = setup::join_cgroup(&init.cgroup_procs)
     {
         sync.failed(Step::JoinCgroup, &e);

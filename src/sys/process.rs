@@ -243,6 +243,62 @@ pub fn fork_into(_: SingleThreaded, flags: CloneFlags) -> Result<Forked> {
     }
 }
 
+/// clone3(2)'s argument (`struct clone_args`, its size 88 of Linux 5.7,
+/// which added `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// CLONE_INTO_CGROUP (Linux 5.7; not in libc's Linux constants for glibc).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`fork_into`], the child born in the cgroup v2 directory `cgroup`
+/// (clone3 with CLONE_INTO_CGROUP): it never migrates there, so it waits
+/// for none of the grace periods a migration can cost. An error leaves no
+/// child: a kernel before 5.7 (ENOSYS, E2BIG), a directory that is not a
+/// cgroup2 one (EBADF), or the cgroup refusing a process; the caller may
+/// fork and join instead.
+pub fn fork_into_cgroup(
+    _: SingleThreaded,
+    flags: CloneFlags,
+    cgroup: BorrowedFd<'_>,
+) -> Result<Forked> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with no stack (0, size 0) and without CLONE_VM
+    // duplicates the calling process like fork(2); `args` is a valid
+    // clone_args of the size passed, read by the kernel during the call
+    // only. The caller is single-threaded (the token), as for `fork_into`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        -1 => Err(sys("clone3 into a cgroup")(nix::Error::last())),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
 /// Puts `fds` at 0, 1, …, n-1 (a forked setup process's stdio and its
 /// hand-off fds; dup2 clears close-on-exec, so they survive execve), then
 /// closes every other fd, and returns them, owned. Single-threaded only
@@ -363,6 +419,68 @@ pub fn is_gone(err: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cgroup2 directory of the test's own under the first cgroup2
+    /// mount, and a child of the test in it: both gone on drop.
+    struct Leaf(std::path::PathBuf, Option<i32>);
+
+    impl Drop for Leaf {
+        fn drop(&mut self) {
+            if let Some(pid) = self.1 {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_child_is_born_in_a_cgroup2_directory() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: making a cgroup needs root");
+            return;
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(mount) = mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| left.split(' ').nth(4))?
+        }) else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let name = format!("crius-test-born-{}", std::process::id());
+        let mut leaf = Leaf(std::path::Path::new(mount).join(&name), None);
+        std::fs::create_dir(&leaf.0).unwrap();
+        let dir = std::fs::File::open(&leaf.0).unwrap();
+        // SAFETY (test): the child only calls pause(2) until it is killed,
+        // touching no lock another thread of the test could hold.
+        let one = unsafe { SingleThreaded::new() };
+        match fork_into_cgroup(one, CloneFlags::empty(), dir.as_fd()) {
+            Ok(Forked::Child) => loop {
+                // SAFETY: pause(2) has no arguments.
+                unsafe { libc::pause() };
+            },
+            Ok(Forked::Parent(pid)) => leaf.1 = Some(pid.as_raw()),
+            Err(e) => panic!("{e}"),
+        }
+        let pid = leaf.1.unwrap();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let v2 = cgroup.lines().find(|l| l.starts_with("0::")).unwrap();
+        assert!(v2.ends_with(&format!("/{name}")), "{cgroup}");
+        let procs = std::fs::read_to_string(leaf.0.join("cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), pid.to_string());
+        // Not a cgroup2 directory: refused, no child.
+        let tmp = tempfile::tempdir().unwrap();
+        let not = std::fs::File::open(tmp.path()).unwrap();
+        match fork_into_cgroup(one, CloneFlags::empty(), not.as_fd()) {
+            Err(_) => {}
+            Ok(Forked::Child) => exit_immediately(0),
+            Ok(Forked::Parent(p)) => {
+                let _ = nix::sys::wait::waitpid(p, None);
+                panic!("cloned into a directory that is not a cgroup")
+            }
+        }
+    }
 
     #[test]
     fn current_process_is_alive_and_stable() {

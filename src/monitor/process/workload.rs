@@ -280,6 +280,32 @@ fn pipes(tty: bool, stdin: bool) -> Result<Pipes, StdioError> {
     })
 }
 
+/// Forks a container's stage 1: born in the container's cgroup when the
+/// init would join it in its setup and that cgroup is a single cgroup2
+/// directory the kernel can clone into (`true`), else a plain fork that
+/// joins it as [`ContainerLaunch::joins_cgroup_in_setup`] says.
+fn fork_init(one: SingleThreaded, launch: &ContainerLaunch) -> (crate::sys::Result<Forked>, bool) {
+    let none = nix::sched::CloneFlags::empty();
+    let dir = match launch.cgroup_procs.as_slice() {
+        [procs] if launch.joins_cgroup_in_setup() => procs.parent(),
+        _ => None,
+    };
+    let fd = dir.and_then(|d| {
+        rustix::fs::open(
+            d,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    });
+    if let Some(fd) = fd
+        && let Ok(forked) = crate::sys::process::fork_into_cgroup(one, none, fd.as_fd())
+    {
+        return (Ok(forked), true);
+    }
+    (fork_into(one, none), false)
+}
+
 impl Container {
     /// Forks the container's init; the monitor follows its setup on the
     /// returned sync socket ([`super::pending`]) and, once it reports
@@ -299,10 +325,11 @@ impl Container {
             .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
         let (parent, child) = UnixStream::pair()
             .map_err(|e| failure(Step::Create, format!("sync socketpair: {e}")))?;
-        let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
+        let (forked, born_in_cgroup) = fork_init(one, &launch);
+        let stage1 = match forked {
             Ok(Forked::Child) => {
                 drop(parent);
-                crate::init::container::run(one, &launch, p.child, child.into())
+                crate::init::container::run(one, &launch, born_in_cgroup, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure(Step::Create, crate::error::chain(&e))),
