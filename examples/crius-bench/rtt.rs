@@ -65,14 +65,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             })
             .await;
         after_run.push(t.elapsed().as_secs_f64() * 1e6);
-        let _ = rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await;
-        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-            .context("RemovePodSandbox")?;
+        remove_pod(&mut rt, id).await?;
         status.context("PodSandboxStatus")?;
     }
     if a.cycles > 0 {
@@ -102,6 +95,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     report("Version", &version);
     report("PodSandboxStatus", &us);
+    remove_pod(&mut rt, id).await?;
+    result
+}
+
+/// StopPodSandbox (its error ignored) and RemovePodSandbox.
+async fn remove_pod(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    id: String,
+) -> anyhow::Result<()> {
     let _ = rt
         .stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: id.clone(),
@@ -110,7 +112,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .context("RemovePodSandbox")?;
-    result
+    Ok(())
 }
 
 /// A host-network pod (no CNI): its id.
