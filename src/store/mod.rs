@@ -736,6 +736,15 @@ mod tests {
         );
     }
 
+    /// Waits (bounded: 60 s) until `cond` holds.
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Where the crash test's writer process writes its database.
     const CRASH_DB_ENV: &str = "CRIUS_TEST_STORE_CRASH_DB";
 
@@ -803,6 +812,8 @@ mod tests {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
         let reader = std::thread::spawn(move || {
             let mut acked = Vec::new();
             for line in std::io::BufReader::new(stdout).lines() {
@@ -811,26 +822,20 @@ mod tests {
                     && (kind == "durable" || kind == "lazy")
                 {
                     acked.push((kind == "durable", key.to_string()));
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             acked
         });
-        // Kill it once it has written for a while (bounded).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let mut size = 0;
-        while size < 64 << 10 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Killed amid its writes, once it has made 200 (bounded wait).
+        wait_until("the writer's first 200 writes", || {
+            seen.load(std::sync::atomic::Ordering::SeqCst) >= 200
+        });
         child.kill().unwrap();
         child.wait().unwrap();
         let acked = reader.join().unwrap();
         let durable = acked.iter().filter(|(d, _)| *d).count();
-        assert!(
-            durable > 10,
-            "the writer wrote too little: {durable} durable writes"
-        );
+        assert!(durable >= 50, "{durable} durable writes acknowledged");
         let s = Store::open(&path).unwrap();
         let recs: BTreeMap<String, Rec> = s.list(RECS).unwrap().into_iter().collect();
         let other: BTreeMap<String, Rec> = s.list(OTHER).unwrap().into_iter().collect();
