@@ -22,6 +22,8 @@ pub struct Args {
     /// Pod lifecycles whose PodSandboxStatus right after RunPodSandbox is
     /// timed (as in `run`).
     pub cycles: usize,
+    /// Other pods that exist while the loop runs (a node's pods).
+    pub others: usize,
 }
 
 fn report(name: &str, us: &[f64]) {
@@ -71,6 +73,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.cycles > 0 {
         report("PodSandboxStatus right after RunPodSandbox", &after_run);
     }
+    let mut others = Vec::with_capacity(a.others);
+    for i in 0..a.others {
+        others.push(run_pod(&mut rt, &a.cgroup_parent, &format!("o{i}")).await?);
+    }
     let id = run_pod(&mut rt, &a.cgroup_parent, "loop").await?;
     // Interleaved with Version, so that both see the same machine.
     let mut us = Vec::with_capacity(a.n);
@@ -94,8 +100,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
     report("Version", &version);
-    report("PodSandboxStatus", &us);
+    report(&format!("PodSandboxStatus ({} other pods)", a.others), &us);
     remove_pod(&mut rt, id).await?;
+    for id in others {
+        remove_pod(&mut rt, id).await?;
+    }
     result
 }
 
