@@ -737,3 +737,68 @@ async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
     pod::stop_remove(&mut rt, &pod).await;
     pod::assert_no_trace(&s.d);
 }
+
+/// A created init is in its cgroup before anything of the workload runs:
+/// without a cgroup namespace of its own (cgroup v1) the monitor moves it
+/// there when StartContainer releases it, not before; when that move
+/// fails (the container's cgroup is gone) the container cannot run, and
+/// its init is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_created_init_is_moved_into_its_cgroup_at_start() {
+    require_registry_tools!();
+    let s = setup().await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("move", NamespaceMode::Pod, &logs))
+        .await
+        .unwrap();
+    let early = cgroup::unified();
+    let made = |name: &str| {
+        container(
+            name,
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        )
+    };
+    let id = create(&mut rt, &pod, made("a")).await.unwrap();
+    let (_, info) = status(&mut rt, &id).await;
+    let (leaf, pid) = (
+        info["cgroupPath"].as_str().unwrap().to_string(),
+        info["pid"].as_i64().unwrap() as i32,
+    );
+    let in_leaf = |pid: i32| cgroup::of_pid(pid, "pids").as_deref() == Some(leaf.as_str());
+    assert_eq!(in_leaf(pid), early, "created init in {leaf}");
+    start(&mut rt, &id).await;
+    assert!(in_leaf(pid), "started init (the entrypoint) in {leaf}");
+    let out = exec(&mut rt, &id, &["cat", "/proc/1/cgroup"], 5)
+        .await
+        .unwrap();
+    assert!(!out.stdout.is_empty());
+
+    if !early {
+        // Its cgroup removed behind crius's back (empty until the start).
+        let b = create(&mut rt, &pod, made("b")).await.unwrap();
+        let (_, info) = status(&mut rt, &b).await;
+        let leaf_b = info["cgroupPath"].as_str().unwrap().to_string();
+        let pid_b = info["pid"].as_i64().unwrap() as i32;
+        std::fs::remove_dir(cgroup::dir(&leaf_b, "pids")).unwrap();
+        assert!(
+            rt.start_container(StartContainerRequest {
+                container_id: b.clone(),
+            })
+            .await
+            .is_err()
+        );
+        let (st, _) = status(&mut rt, &b).await;
+        assert_eq!(st.state, ContainerState::ContainerExited as i32);
+        assert_eq!(st.reason, "ContainerCannotRun");
+        assert!(st.message.contains("cgroup"), "{}", st.message);
+        pod::wait_for("the unmoved init's end", Duration::from_secs(10), || {
+            !std::path::Path::new(&format!("/proc/{pid_b}")).exists()
+        })
+        .await;
+    }
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}

@@ -911,6 +911,11 @@ async fn a_hundred_containers_leave_no_trace() {
     rt.remove_container(RemoveContainerRequest { container_id: warm })
         .await
         .unwrap();
+    // Its cleanup, after the reply, ends with the move into the trash.
+    pod::wait_for("the warm-up's cleanup", Duration::from_secs(10), || {
+        container_dirs(&s).is_empty()
+    })
+    .await;
     pod::wait_trash_drained(&s.d);
     let (daemon_fds, monitor_fds) = (fd_count(s.d.pid()), fd_count(monitor));
     let mounts = crius::sys::mount::mounts_under(s.d.dir.path()).len();
@@ -940,14 +945,19 @@ async fn a_hundred_containers_leave_no_trace() {
     }
     let took = t.elapsed();
     eprintln!("100 containers created, started and removed in {took:?}");
-    // Each removal's cleanup runs after its reply (container::removal).
+    // Each removal's cleanup runs after its reply (container::removal):
+    // waited for here, then what is left is named by the asserts below.
     let leaves = || cgroup::children(&pod_cg, "memory");
-    pod::wait_for("the removals' cleanups", Duration::from_secs(20), || {
-        container_dirs(&s).is_empty()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && !(container_dirs(&s).is_empty()
             && leaves().iter().all(|l| l.contains("init"))
             && fd_count(monitor) == monitor_fds
-    })
-    .await;
+            && fd_count(s.d.pid()) == daemon_fds)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
     // Their directories are deleted in the background: the deleting
     // thread's fds are counted only once it is done.
     pod::wait_trash_drained(&s.d);

@@ -282,11 +282,20 @@ async fn engine_namespaces_in_pod_and_container_modes() {
         assert!(!stat.contains("(sleep)"), "{stat}");
     }
     assert_ne!(ns_inode(ra.pid, "mnt"), ns_inode(rb.pid, "mnt"));
-    // Both in the cgroup before they run.
-    let procs = std::fs::read_to_string(p.cgroups[0].join("cgroup.procs")).unwrap();
-    assert!(procs.contains(&ra.pid.to_string()) && procs.contains(&rb.pid.to_string()));
+    // In the cgroup before they run: joined in their setup when they get a
+    // cgroup namespace, else moved there by the start (not before it).
+    let in_cgroup = |pid: i32| {
+        p.cgroups.iter().all(|c| {
+            let procs = std::fs::read_to_string(c.join("cgroup.procs")).unwrap();
+            procs.lines().any(|l| l == pid.to_string())
+        })
+    };
+    // (the launches ask for a cgroup namespace on cgroup v2 alone)
+    let early = crate::cgroup::unified();
+    assert_eq!((in_cgroup(ra.pid), in_cgroup(rb.pid)), (early, early));
     p.monitor.start_container("a").await.unwrap();
     p.monitor.start_container("b").await.unwrap();
+    assert!(in_cgroup(ra.pid) && in_cgroup(rb.pid), "moved at start");
     // In POD mode the pod init is PID 1; in CONTAINER mode the entrypoint.
     let (code, log) = p.run("c", &sh("cat /proc/1/comm"), p.pod_pid_ns()).await;
     assert_eq!(code, 0, "{log}");

@@ -82,7 +82,6 @@ pub struct Plan {
 impl Containers {
     /// CreateContainer: the container id.
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<String, Error> {
-        self.warm_cgroup_migrations();
         let pod = self.pod(&req.pod_id)?;
         let key = Key {
             pod_id: pod.id.clone(),
@@ -92,13 +91,17 @@ impl Containers {
         crate::record::create(self, key, || self.plan(&pod, req)).await
     }
 
-    /// The container's init joins its leaf a few ms from now; a cgroup
-    /// migration entering the kernel's writer mode waits for an RCU grace
-    /// period first (7 to 29 ms here on cgroup v1). This starts that wait
-    /// now, beside the record, the directories and the cgroup, with a
-    /// move of the daemon to where it is ([`crate::cgroups::warm`]); it is
-    /// not awaited, and its failure only costs the wait it would have
-    /// saved.
+    /// The container's init is moved into its cgroup soon: by its own
+    /// setup in a few ms (a container with a cgroup namespace, or the
+    /// systemd scope made with its pid), else by the monitor at
+    /// StartContainer. A cgroup migration entering the kernel's writer
+    /// mode waits for an RCU grace period first (7 to 29 ms here on
+    /// cgroup v1). This starts that wait now, beside the init's setup,
+    /// with a move of the daemon to where it is
+    /// ([`crate::cgroups::warm`]); it is not awaited, and its failure only
+    /// costs the wait it would have saved. It runs after the container's
+    /// cgroup is made: the move holds `cgroup_mutex` through its grace
+    /// period, which a mkdir in a cgroup hierarchy needs too.
     fn warm_cgroup_migrations(&self) {
         let cg = self.cgroups.clone();
         tokio::task::spawn_blocking(move || {
@@ -469,6 +472,7 @@ impl Containers {
                 .map_err(step_err("create container cgroup"))?;
         }
         dirs?;
+        self.warm_cgroup_migrations();
         if !cgroup_after_init {
             launch.cgroup_procs = self.cgroups.procs_files(&leaf);
         }

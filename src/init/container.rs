@@ -3,7 +3,9 @@
 //!
 //! Stage 1 (a child of the monitor, in the host's namespaces): stdio and
 //! the sync socket in place, every other fd closed, non-dumpable, the
-//! container's cgroup joined, the pod's net/IPC/UTS namespaces joined by
+//! container's cgroup joined when it gets a cgroup namespace of its own
+//! (else the monitor moves the init there at start:
+//! [`ContainerLaunch::joins_cgroup_in_setup`]), the pod's net/IPC/UTS namespaces joined by
 //! their pinned paths (and the PID namespace in POD and TARGET mode), then
 //! a clone into a new mount namespace (and a new PID namespace in CONTAINER
 //! mode: entering one needs a new process) with CLONE_PARENT, so the
@@ -34,7 +36,10 @@ pub fn run(one: SingleThreaded, init: &ContainerLaunch, stdio: Stdio, sync: Owne
     let tty = stdio.tty;
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
-    if let Err(e) = setup::join_cgroup(&init.cgroup_procs) {
+    // Otherwise the monitor moves the init there when it releases it.
+    if init.joins_cgroup_in_setup()
+        && let Err(e) = setup::join_cgroup(&init.cgroup_procs)
+    {
         sync.failed(Step::JoinCgroup, &e);
     }
     // The mount namespace is always the container's own.

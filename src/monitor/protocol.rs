@@ -235,6 +235,18 @@ impl ContainerLaunch {
     pub fn log_file(&self) -> Option<LogPath> {
         log_file(self.log_path.as_deref(), self.log_dir.as_deref())
     }
+
+    /// Whether the init joins `cgroup_procs` itself in its setup (stage
+    /// 1, before any namespace) rather than being moved there by the
+    /// monitor when it is released. Only a container with a cgroup
+    /// namespace of its own needs the early join: the namespace's root is
+    /// the cgroup its creator is in at that moment. Without one (cgroup
+    /// v1), the move waits until StartContainer, so CreateContainer does
+    /// not wait out the grace period a cgroup migration can take
+    /// ([`crate::cgroups::warm`]); nothing of the workload runs before it.
+    pub fn joins_cgroup_in_setup(&self) -> bool {
+        self.create.contains(&Kind::Cgroup)
+    }
 }
 
 /// The CRI log file `log_path` as a path beneath `log_dir` (absent: the

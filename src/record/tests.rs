@@ -164,6 +164,23 @@ async fn create_claim_resolve_and_duplicates() {
 }
 
 #[tokio::test]
+async fn a_full_id_resolves_by_one_read_a_prefix_by_a_listing() {
+    let (_d, t) = toys();
+    let id = make(&t, "a").await.unwrap();
+    // A record no listing can decode: only a full id gets past it.
+    const RAW: Table<String> = Table::new("toys");
+    t.records
+        .store
+        .put(RAW, &"f".repeat(64), &"not a toy".to_string())
+        .unwrap();
+    assert_eq!(t.records.resolve(&id).unwrap(), Some(id.clone()));
+    assert!(
+        t.records.resolve(&id[..5]).is_err(),
+        "a prefix lists them all"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_creation_is_rolled_back_and_shared_with_waiting_retries() {
     let (_d, t) = toys();
     t.slow.store(true, Ordering::SeqCst);

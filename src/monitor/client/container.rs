@@ -27,8 +27,11 @@
 //!
 //! The monitor copies a container's stdout/stderr into `log_path` in the CRI
 //! format (a container without a log path has its output read and dropped).
-//! The init joins `cgroup_procs` before any namespace, so all its setup is
-//! accounted to the container. The daemon owns the upper/work dirs, the
+//! The init joins `cgroup_procs` before any namespace when the container
+//! gets a cgroup namespace of its own; otherwise the monitor moves it there
+//! when it releases it ([`ContainerLaunch::joins_cgroup_in_setup`]), and
+//! its setup (mounts, the rootfs' files) is accounted to the monitor's
+//! cgroup. The daemon owns the upper/work dirs, the
 //! cgroup and the rootfs directory.
 
 use std::borrow::Cow;

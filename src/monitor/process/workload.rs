@@ -332,11 +332,27 @@ impl Container {
         if self.state != State::Created {
             return Err(already());
         }
+        if !self.launch.joins_cgroup_in_setup() {
+            self.move_into_cgroup()?;
+        }
         let sync = self.sync.take().ok_or_else(already)?;
         if sync.send_start().is_err() {
             return Err(failure(Step::NotRunning, "the container's init has exited"));
         }
         Ok(sync)
+    }
+
+    /// Moves the created init into the container's cgroup (every
+    /// hierarchy), before anything of the workload runs. The init is this
+    /// monitor's child and not reaped yet (it is `Created`), so its pid
+    /// names it and no other process.
+    fn move_into_cgroup(&self) -> Result<(), Failure> {
+        let pid = self.init.pid.to_string();
+        for p in &self.launch.cgroup_procs {
+            std::fs::write(p, &pid)
+                .map_err(|e| failure(Step::JoinCgroup, format!("write {}: {e}", p.display())))?;
+        }
+        Ok(())
     }
 
     /// The released init exec'ed its entrypoint (unless it already ended).
