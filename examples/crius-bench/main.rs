@@ -70,6 +70,9 @@ enum Cmd {
         /// RunPodSandbox (needs --pod).
         #[arg(long, default_value_t = 0)]
         cycles: usize,
+        /// Other pods that exist during the PodSandboxStatus loop.
+        #[arg(long, default_value_t = 0)]
+        others: usize,
     },
     Compare {
         a: PathBuf,
@@ -401,6 +404,7 @@ async fn main() -> anyhow::Result<()> {
             pod,
             cgroup_parent,
             cycles,
+            others,
         } => {
             rtt::run(rtt::Args {
                 socket,
@@ -408,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
                 pod,
                 cgroup_parent,
                 cycles,
+                others,
             })
             .await
         }

@@ -22,6 +22,8 @@ pub struct Args {
     /// Pod lifecycles whose PodSandboxStatus right after RunPodSandbox is
     /// timed (as in `run`).
     pub cycles: usize,
+    /// Other pods that exist while the loop runs (a node's pods).
+    pub others: usize,
 }
 
 fn report(name: &str, us: &[f64]) {
@@ -65,18 +67,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             })
             .await;
         after_run.push(t.elapsed().as_secs_f64() * 1e6);
-        let _ = rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await;
-        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-            .context("RemovePodSandbox")?;
+        remove_pod(&mut rt, id).await?;
         status.context("PodSandboxStatus")?;
     }
     if a.cycles > 0 {
         report("PodSandboxStatus right after RunPodSandbox", &after_run);
+    }
+    let mut others = Vec::with_capacity(a.others);
+    for i in 0..a.others {
+        others.push(run_pod(&mut rt, &a.cgroup_parent, &format!("o{i}")).await?);
     }
     let id = run_pod(&mut rt, &a.cgroup_parent, "loop").await?;
     // Interleaved with Version, so that both see the same machine.
@@ -101,7 +100,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
     report("Version", &version);
-    report("PodSandboxStatus", &us);
+    report(&format!("PodSandboxStatus ({} other pods)", a.others), &us);
+    remove_pod(&mut rt, id).await?;
+    for id in others {
+        remove_pod(&mut rt, id).await?;
+    }
+    result
+}
+
+/// StopPodSandbox (its error ignored) and RemovePodSandbox.
+async fn remove_pod(
+    rt: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    id: String,
+) -> anyhow::Result<()> {
     let _ = rt
         .stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: id.clone(),
@@ -110,7 +121,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .context("RemovePodSandbox")?;
-    result
+    Ok(())
 }
 
 /// A host-network pod (no CNI): its id.

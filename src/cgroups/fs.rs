@@ -349,6 +349,11 @@ impl Tree {
                     reason: "the root cgroup cannot be removed".into(),
                 });
             }
+            // A leaf whose processes are gone (a removed container's, the
+            // usual case) goes with one rmdir: no listing of its subtree.
+            if self.rmdir(&top).is_ok() {
+                continue;
+            }
             let mut dirs = Vec::new();
             collect_subtree(&top, &mut dirs)?;
             // Deepest first.

@@ -365,9 +365,10 @@ impl Containers {
         Ok(())
     }
 
-    /// StopPodSandbox: stops every container of the pod, at once; then
-    /// waits for the cleanups of its removed containers (the pod's
-    /// monitor is shut down next).
+    /// StopPodSandbox: stops every container of the pod, at once. The
+    /// cleanups of its removed containers may still run (RemovePodSandbox
+    /// waits for them): one whose monitor is shut down meanwhile only
+    /// finds it gone.
     pub async fn stop_pod(self: &Arc<Self>, pod_id: &str) -> Result<(), Error> {
         let mut first_err = None;
         for rec in self.of_pod(pod_id)? {
@@ -375,7 +376,6 @@ impl Containers {
                 first_err.get_or_insert(e);
             }
         }
-        self.settle_removals(Some(pod_id)).await;
         first_err.map_or(Ok(()), Err)
     }
 

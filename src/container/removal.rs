@@ -20,10 +20,12 @@
 //! ([`super::reconcile`]: exit files of recorded pods, whose monitors are
 //! asked to forget those containers; `crius-<id>` cgroups under recorded
 //! pods' cgroups; container directories; the trash). And nothing waits on
-//! it where it matters: StopPodSandbox and RemovePodSandbox wait for their
-//! pod's pending cleanups first (the monitor is shut down, and the pod
-//! cgroup removed, after its containers' are), and the daemon's shutdown
-//! waits for every one ([`Containers::settle_removals`]).
+//! it where it matters: RemovePodSandbox waits for its pod's pending
+//! cleanups first (the pod cgroup and directory are removed after its
+//! containers' are), and the daemon's shutdown waits for every one
+//! ([`Containers::settle_removals`]). StopPodSandbox does not: a cleanup
+//! whose monitor it shuts down meanwhile finds the monitor gone (and with
+//! it the monitor's memory of the container) and does the rest.
 //!
 //! A record still being created (CREATING: RemovePodSandbox racing a
 //! CreateContainer's rollback) is discarded the old way, everything

@@ -735,4 +735,121 @@ mod tests {
             "every successful write is durable"
         );
     }
+
+    /// Waits (bounded: 60 s) until `cond` holds.
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Where the crash test's writer process writes its database.
+    const CRASH_DB_ENV: &str = "CRIUS_TEST_STORE_CRASH_DB";
+
+    /// The writer of `a_killed_writer_loses_no_acknowledged_write`, run as
+    /// a process of its own (ignored unless that test starts it): threads
+    /// write pairs of records in one transaction each, durably or lazily,
+    /// and print `durable KEY` or `lazy KEY` once each write has returned.
+    #[test]
+    #[ignore]
+    fn crash_writer() {
+        let Some(path) = std::env::var_os(CRASH_DB_ENV) else {
+            return;
+        };
+        let s = Arc::new(Store::open(Path::new(&path)).unwrap());
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0.. {
+                        let key = format!("{t}-{i}");
+                        let durable = i % 3 != 0;
+                        let pair = |txn: &mut Txn<'_>| -> Result<()> {
+                            txn.put(RECS, &key, &Rec { n: i })?;
+                            txn.put(OTHER, &key, &Rec { n: i })
+                        };
+                        if durable {
+                            s.write(pair).unwrap();
+                        } else {
+                            s.write_lazy(pair).unwrap();
+                        }
+                        let kind = if durable { "durable" } else { "lazy" };
+                        let mut out = std::io::stdout().lock();
+                        std::io::Write::write_all(&mut out, format!("{kind} {key}\n").as_bytes())
+                            .unwrap();
+                        std::io::Write::flush(&mut out).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// A writer process killed (SIGKILL) amid concurrent group commits:
+    /// every durable write it reported as returned is in the reopened
+    /// database, and every transaction is there whole or not at all (both
+    /// records of a pair, or neither), lazy ones included.
+    #[test]
+    fn a_killed_writer_loses_no_acknowledged_write() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::crash_writer",
+                "--ignored",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .env(CRASH_DB_ENV, &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
+        let reader = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some((kind, key)) = line.split_once(' ')
+                    && (kind == "durable" || kind == "lazy")
+                {
+                    acked.push((kind == "durable", key.to_string()));
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            acked
+        });
+        // Killed amid its writes, once it has made 200 (bounded wait).
+        wait_until("the writer's first 200 writes", || {
+            seen.load(std::sync::atomic::Ordering::SeqCst) >= 200
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let acked = reader.join().unwrap();
+        let durable = acked.iter().filter(|(d, _)| *d).count();
+        assert!(durable >= 50, "{durable} durable writes acknowledged");
+        let s = Store::open(&path).unwrap();
+        let recs: BTreeMap<String, Rec> = s.list(RECS).unwrap().into_iter().collect();
+        let other: BTreeMap<String, Rec> = s.list(OTHER).unwrap().into_iter().collect();
+        assert_eq!(
+            recs, other,
+            "every transaction is whole: both records of each pair or neither"
+        );
+        for (is_durable, key) in &acked {
+            if *is_durable {
+                assert!(
+                    recs.contains_key(key),
+                    "acknowledged durable write {key} lost"
+                );
+            }
+        }
+    }
 }

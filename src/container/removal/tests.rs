@@ -1,5 +1,5 @@
-//! RemoveContainer's reply before its cleanup, the pod's wait for that
-//! cleanup, and the start's release of a cleanup a crash cut short.
+//! RemoveContainer's reply before its cleanup, RemovePodSandbox's wait
+//! for that cleanup, and the start's release of a cleanup a crash cut short.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,16 +40,15 @@ async fn the_reply_comes_before_the_cleanup_and_the_pod_waits_for_it() {
     assert!(e.cgroup_dir(&id).is_dir(), "released after the reply");
     assert!(dir.is_dir(), "released after the reply");
 
-    // StopPodSandbox and RemovePodSandbox wait for their pod's cleanups.
-    let (svc, pod) = (e.svc.clone(), e.pod.id.clone());
-    let stopping = tokio::spawn(async move { svc.stop_pod(&pod).await });
+    // StopPodSandbox does not wait for the pod's cleanups; RemovePodSandbox
+    // (which removes the pod cgroup next) does.
+    tokio::time::timeout(Duration::from_secs(5), e.svc.stop_pod(&e.pod.id))
+        .await
+        .expect("StopPodSandbox does not wait for the cleanup")
+        .unwrap();
     let (svc, pod) = (e.svc.clone(), e.pod.id.clone());
     let removing = tokio::spawn(async move { svc.remove_pod(&pod).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !stopping.is_finished(),
-        "StopPodSandbox waits for the cleanup"
-    );
     assert!(
         !removing.is_finished(),
         "RemovePodSandbox waits for the cleanup"
@@ -60,13 +59,11 @@ async fn the_reply_comes_before_the_cleanup_and_the_pod_waits_for_it() {
         .expect("no cleanup of that pod");
 
     gate.notify_one();
-    for task in [stopping, removing] {
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the pod's wait ends with the cleanup")
-            .unwrap()
-            .unwrap();
-    }
+    tokio::time::timeout(Duration::from_secs(5), removing)
+        .await
+        .expect("the pod's wait ends with the cleanup")
+        .unwrap()
+        .unwrap();
     assert!(!e.cgroup_dir(&id).exists(), "leaf cgroup removed");
     assert!(!dir.exists(), "directory moved into the trash");
     assert!(e.fake.calls().contains(&format!("remove {id}")));
