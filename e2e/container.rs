@@ -702,7 +702,11 @@ async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
         log().contains("test hook: pausing")
     })
     .await;
-    assert!(cgroup::dir(&leaf, "memory").is_dir(), "{leaf}");
+    // With the systemd driver the scope goes as soon as it is empty
+    // (systemd's own doing); the cgroupfs leaf waits for the cleanup.
+    if !leaf.ends_with(".scope") {
+        assert!(cgroup::dir(&leaf, "memory").is_dir(), "{leaf}");
+    }
     assert!(dir.is_dir() && exit_file.is_file());
     // What the monitor holds for the container it has not forgotten.
     let held = fds();
