@@ -87,7 +87,25 @@ pub(crate) async fn spdy_attach(url: &str, stdin: bool, tty: bool) -> (Spdy, [Op
 
 /// Reads frames until stream `id` has carried `want` (or ended).
 pub(crate) async fn read_until(s: &mut Spdy, id: u32, want: &str, seen: &mut Vec<u8>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    if !read_within(s, id, want, seen, Duration::from_secs(60)).await {
+        panic!(
+            "no {want:?} within 60s: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+    }
+}
+
+/// Reads frames until stream `id` has carried `want`; false if `within`
+/// passes first. Frames read are kept in `seen`, so a later call goes on
+/// where this one stopped.
+async fn read_within(
+    s: &mut Spdy,
+    id: u32,
+    want: &str,
+    seen: &mut Vec<u8>,
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
     while !String::from_utf8_lossy(seen).contains(want) {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, s.next()).await {
@@ -99,12 +117,10 @@ pub(crate) async fn read_until(s: &mut Spdy, id: u32, want: &str, seen: &mut Vec
                 "session ended before {want:?}: {:?}",
                 String::from_utf8_lossy(seen)
             ),
-            Err(_) => panic!(
-                "no {want:?} within 60s: {:?}",
-                String::from_utf8_lossy(seen)
-            ),
+            Err(_) => return false,
         }
     }
+    true
 }
 
 async fn exit_code_of(rt: &mut Client, id: &str) -> i32 {
@@ -154,14 +170,28 @@ async fn streaming_attach_readers_and_stdin_once() {
     let (mut reader, [r_err, _, r_out, ..]) = spdy_attach(&url, false, false).await;
     let url = attach_url(&mut rt, &id, true, false).await;
     let (mut writer, [w_err, w_in, w_out, w_stderr, _]) = spdy_attach(&url, true, false).await;
-    let (w_in, w_out) = (w_in.unwrap(), w_out.unwrap());
+    let (w_in, w_out, r_out) = (w_in.unwrap(), w_out.unwrap(), r_out.unwrap());
     // The attach is served once its streams are open; input sent right
-    // away is not lost (the monitor holds the container's stdin).
-    writer.data(w_in, b"one\n", false).await;
-    let mut seen = Vec::new();
-    read_until(&mut writer, w_out, "got one\n", &mut seen).await;
-    let mut seen_r = Vec::new();
-    read_until(&mut reader, r_out.unwrap(), "got one\n", &mut seen_r).await;
+    // away is not lost (the monitor holds the container's stdin). The
+    // reader's subscription to the output is made by the server on its
+    // own time after its streams are open: nothing in the protocol tells
+    // the client when (containerd's attach is the same), and output from
+    // before it is not replayed. So the writer sends numbered lines until
+    // the reader has seen one answered.
+    let (mut seen, mut seen_r) = (Vec::new(), Vec::new());
+    let mut lines = 0;
+    loop {
+        lines += 1;
+        let line = format!("sync{lines}\n");
+        writer.data(w_in, line.as_bytes(), false).await;
+        let answer = format!("got {line}");
+        read_until(&mut writer, w_out, &answer, &mut seen).await;
+        let wait = Duration::from_secs(2);
+        if read_within(&mut reader, r_out, &answer, &mut seen_r, wait).await {
+            break;
+        }
+        assert!(lines < 30, "the reader saw none of {lines} answers");
+    }
 
     // stdin_once: the first client with stdin to leave closes the
     // container's stdin; the loop ends and the container exits.
@@ -174,18 +204,22 @@ async fn streaming_attach_readers_and_stdin_once() {
         stderr: Vec::new(),
         error: data.get(&w_err.unwrap()).cloned().unwrap_or_default(),
     };
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "got one\ngot two\nbye\n"
-    );
+    let answers: String = (1..=lines).map(|n| format!("got sync{n}\n")).collect();
+    let all = format!("{answers}got two\nbye\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), all);
     assert_eq!(out.status()["status"], "Success", "{}", out.status());
-    let rest = reader.collect(&[r_err.unwrap(), r_out.unwrap()]).await;
-    seen_r.extend_from_slice(
-        rest.get(&r_out.unwrap())
-            .map(|v| v.as_slice())
-            .unwrap_or(b""),
+    // The reader saw everything from its subscription on, whole lines.
+    let rest = reader.collect(&[r_err.unwrap(), r_out]).await;
+    seen_r.extend_from_slice(rest.get(&r_out).map(|v| v.as_slice()).unwrap_or(b""));
+    let seen_r = String::from_utf8_lossy(&seen_r);
+    assert!(
+        seen_r.starts_with("got sync") && all.ends_with(&*seen_r),
+        "the reader saw {seen_r:?} of {all:?}"
     );
-    assert_eq!(String::from_utf8_lossy(&seen_r), "got one\ngot two\nbye\n");
+    assert!(
+        seen_r.contains(&format!("got sync{lines}\ngot two\n")),
+        "{seen_r:?}"
+    );
     assert_eq!(exit_code_of(&mut rt, &id).await, 0);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(" stdout F got two"), "{text}");
