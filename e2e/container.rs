@@ -773,12 +773,28 @@ async fn a_created_init_is_moved_into_its_cgroup_at_start() {
     );
     let in_leaf = |pid: i32| cgroup::of_pid(pid, "pids").as_deref() == Some(leaf.as_str());
     assert_eq!(in_leaf(pid), early, "created init in {leaf}");
+    // Nothing else is: with systemd the scope was made with a holder
+    // process, gone once the init was in.
+    let alone = match early {
+        true => vec![pid],
+        false => vec![],
+    };
+    assert_eq!(cgroup::procs(&leaf), alone, "processes in {leaf}");
     start(&mut rt, &id).await;
     assert!(in_leaf(pid), "started init (the entrypoint) in {leaf}");
+    // What the container sees: on cgroup v2 its own cgroup namespace,
+    // rooted at its leaf (made while the init was there); on v1 the
+    // host's paths, its leaf among them.
     let out = exec(&mut rt, &id, &["cat", "/proc/1/cgroup"], 5)
         .await
         .unwrap();
-    assert!(!out.stdout.is_empty());
+    let seen = String::from_utf8_lossy(&out.stdout);
+    if early {
+        assert_eq!(seen.trim(), "0::/", "the container's cgroup namespace");
+    } else {
+        let pids = format!(":pids:{leaf}");
+        assert!(seen.lines().any(|l| l.ends_with(&pids)), "{seen}");
+    }
 
     if !early {
         // Its cgroup removed behind crius's back (empty until the start).

@@ -150,7 +150,11 @@ impl Daemon {
             store.clone(),
             Arc::new(images.clone()),
             cgroups.clone(),
-            Arc::new(container::monitor_engine::Monitors),
+            Arc::new(container::monitor_engine::Monitors {
+                pod_init: config
+                    .monitor_path()
+                    .with_file_name(crate::monitor::POD_INIT_BIN),
+            }),
             events.clone(),
             container::Settings::from_config(&config),
         ));

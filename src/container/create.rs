@@ -64,6 +64,15 @@ where
     move |e| Error::Step(f(e))
 }
 
+/// A cgroup error of a blocking step, as the step `name`.
+fn cgroup_step(name: &str) -> impl FnOnce(Error) -> Error {
+    let f = step_err(name);
+    move |e| match e {
+        Error::Cgroups(e) => f(e),
+        e => e,
+    }
+}
+
 fn io_step(name: &str, path: &std::path::Path, e: std::io::Error) -> Error {
     Error::Step(StepFailed::io(OP, name, path, e))
 }
@@ -72,11 +81,26 @@ fn io_step(name: &str, path: &std::path::Path, e: std::io::Error) -> Error {
 /// intent record).
 pub struct Plan {
     launch: Launch,
-    /// A systemd scope needs its first process: made after the init.
-    cgroup_after_init: bool,
+    cgroup: CgroupOrder,
     /// The container's cgroup is delegated to its user once the init
     /// has taken that user.
     delegate_cgroup: bool,
+}
+
+/// When the container's cgroup is made, against its init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgroupOrder {
+    /// Made first (cgroupfs): the init is born in it, joins it in its
+    /// setup or is moved there at start.
+    First,
+    /// A systemd scope, which needs its first process: made with the
+    /// created init's pid.
+    AfterInit,
+    /// A systemd scope for an init that gets a cgroup namespace, which is
+    /// rooted where the init is when it is made: the scope is made first
+    /// with a [`Holder`](super::engine::Holder), and the init is born in
+    /// it.
+    Held,
 }
 
 impl Containers {
@@ -306,7 +330,11 @@ impl Containers {
         Ok((
             rec,
             Plan {
-                cgroup_after_init: leaf.unit.as_ref().is_some_and(|u| u.is_scope()),
+                cgroup: match leaf.unit.as_ref().is_some_and(|u| u.is_scope()) {
+                    false => CgroupOrder::First,
+                    true if launch.creates_cgroup_namespace() => CgroupOrder::Held,
+                    true => CgroupOrder::AfterInit,
+                },
                 delegate_cgroup: cgroup_writable,
                 launch,
             },
@@ -442,7 +470,7 @@ impl Containers {
         &self,
         rec: &mut ContainerRecord,
         mut launch: Launch,
-        cgroup_after_init: bool,
+        order: CgroupOrder,
         delegate_cgroup: bool,
     ) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
@@ -454,7 +482,7 @@ impl Containers {
         // 2 and 3 are independent: the cgroup is made on a blocking thread
         //    (started here) while this one makes the directories.
         let leaf: CgroupPath = rec.cgroup.clone().expect("set by plan");
-        let cgroup = (!cgroup_after_init).then(|| {
+        let cgroup = (order == CgroupOrder::First).then(|| {
             let cg = self.cgroups.clone();
             let (l, res) = (leaf.clone(), rec.resources.clone());
             tokio::task::spawn_blocking(move || {
@@ -472,10 +500,6 @@ impl Containers {
                 .map_err(step_err("create container cgroup"))?;
         }
         dirs?;
-        self.warm_cgroup_migrations();
-        if !cgroup_after_init {
-            launch.cgroup_procs = self.cgroups.procs_files(&leaf);
-        }
 
         // 4. The log file's directory (kubelet usually made it), beneath
         //    the pod's log directory.
@@ -484,19 +508,44 @@ impl Containers {
                 .map_err(|e| io_step("create log directory", &e.path, e.source))?;
         }
 
+        // 4b. A systemd scope the init is born in, made with a holder
+        //     process; released (killed and reaped) once the init is made
+        //     or failed, killed if this future is dropped.
+        let mut holder = None;
+        if order == CgroupOrder::Held {
+            let h = self
+                .engine
+                .holder()
+                .await
+                .map_err(step_err("start the container cgroup's holder"))?;
+            let cg = self.cgroups.clone();
+            let (l, res, pid) = (leaf.clone(), rec.resources.clone(), h.pid);
+            match blocking(move || cg.create_with_pid(&l, &res, pid)).await {
+                Ok(()) => holder = Some(h),
+                Err(e) => {
+                    h.release().await;
+                    return Err(cgroup_step("create container cgroup")(e));
+                }
+            }
+        }
+        self.warm_cgroup_migrations();
+        if order != CgroupOrder::AfterInit {
+            launch.cgroup_procs = self.cgroups.procs_files(&leaf);
+        }
+
         // 5. The init: mounts done, blocked before execve.
         pause_point("create container init").await;
-        let init = self
-            .engine
-            .create(&rec.pod_dir, &launch)
-            .await
-            .map_err(|e| {
-                let step = match &e {
-                    super::engine::Error::Step { step, .. } => step.to_string(),
-                    _ => "create container init".into(),
-                };
-                step_err(&step)(e)
-            })?;
+        let created = self.engine.create(&rec.pod_dir, &launch).await;
+        if let Some(h) = holder {
+            h.release().await;
+        }
+        let init = created.map_err(|e| {
+            let step = match &e {
+                super::engine::Error::Step { step, .. } => step.to_string(),
+                _ => "create container init".into(),
+            };
+            step_err(&step)(e)
+        })?;
         rec.init = Some(init);
         rec.user = ProcessUser::of(init.pid);
         // Lazy: a rollback from the intent reaches the init through the
@@ -504,15 +553,12 @@ impl Containers {
         self.records
             .put_lazy(rec)
             .map_err(step_err("record container init"))?;
-        if cgroup_after_init {
+        if order == CgroupOrder::AfterInit {
             let cg = self.cgroups.clone();
             let (l, res) = (leaf.clone(), rec.resources.clone());
             blocking(move || cg.create_with_pid(&l, &res, init.pid))
                 .await
-                .map_err(|e| match e {
-                    Error::Cgroups(e) => step_err("create container cgroup")(e),
-                    e => e,
-                })?;
+                .map_err(cgroup_step("create container cgroup"))?;
         }
 
         // 5b. The cgroup delegated to the container's user (its host uid,
@@ -524,10 +570,7 @@ impl Containers {
             let cg = self.cgroups.clone();
             blocking(move || cg.delegate(&leaf, uid))
                 .await
-                .map_err(|e| match e {
-                    Error::Cgroups(e) => step_err("delegate container cgroup")(e),
-                    e => e,
-                })?;
+                .map_err(cgroup_step("delegate container cgroup"))?;
         }
 
         // 6. Created, but unclaimed until the caller (or a retry) takes it.
@@ -607,13 +650,8 @@ impl Kind for Containers {
         rec: &mut ContainerRecord,
         plan: Plan,
     ) -> Result<(), Error> {
-        self.steps(
-            rec,
-            plan.launch,
-            plan.cgroup_after_init,
-            plan.delegate_cgroup,
-        )
-        .await?;
+        self.steps(rec, plan.launch, plan.cgroup, plan.delegate_cgroup)
+            .await?;
         tracing::info!(container_id = %rec.id, name = %rec.name, pod_id = %rec.pod_id, "container created");
         Ok(())
     }

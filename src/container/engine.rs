@@ -16,6 +16,7 @@ pub use crate::monitor::protocol::Exit;
 pub use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
+pub use crate::monitor::client::Holder;
 /// What an engine needs to create a container's init (blocked before
 /// execve) and to run a process in a running container: the monitor
 /// protocol's own types, so nothing is copied between layers.
@@ -98,6 +99,11 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Sets a tty container's terminal size.
     async fn resize(&self, _pod: &PodDir, _id: &str, _width: u16, _height: u16) -> Result<()> {
+        Err(missing())
+    }
+    /// A process to make a systemd scope with before the init exists
+    /// ([`Holder`]).
+    async fn holder(&self) -> Result<Holder> {
         Err(missing())
     }
 }

@@ -10,7 +10,10 @@ use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
 /// Drives containers through each pod's monitor.
-pub struct Monitors;
+pub struct Monitors {
+    /// `crius-pod-init`, run as a scope's [`engine::Holder`].
+    pub pod_init: std::path::PathBuf,
+}
 
 fn convert(e: mc::Error) -> engine::Error {
     match e {
@@ -49,6 +52,9 @@ fn monitor(pod: &PodDir) -> PodMonitor {
 impl Engine for Monitors {
     async fn create(&self, pod: &PodDir, l: &Launch) -> engine::Result<ProcRef> {
         monitor(pod).create_container(l).await.map_err(convert)
+    }
+    async fn holder(&self) -> engine::Result<engine::Holder> {
+        engine::Holder::spawn(&self.pod_init).map_err(|e| convert(mc::Error::Monitor(e)))
     }
     async fn start(&self, pod: &PodDir, id: &str) -> engine::Result<()> {
         monitor(pod).start_container(id).await.map_err(convert)

@@ -60,6 +60,12 @@ pub struct Refused {
 }
 
 impl Launch {
+    /// Whether the init gets a cgroup namespace of its own (rooted in the
+    /// cgroup the init is in when it is made).
+    pub fn creates_cgroup_namespace(&self) -> bool {
+        namespaces(&self.spec).1.contains(&Kind::Cgroup)
+    }
+
     /// Whether a monitor older than protocol 4 would get this launch
     /// wrong: it has image volumes or a recursive read-only bind.
     pub fn needs_mounts_version(&self) -> bool {

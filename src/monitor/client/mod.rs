@@ -133,6 +133,53 @@ pub fn probe_userns(exe: &Path, dir: &Path) -> super::protocol::UsernsProbe {
         .unwrap_or_else(|e| super::protocol::UsernsProbe::default().failed(crate::error::chain(&e)))
 }
 
+/// A process that holds a cgroup until a container's init is in it. A
+/// systemd scope cannot be made empty, and a container with a cgroup
+/// namespace of its own must be born in its scope (the namespace is rooted
+/// where its creator is, and so is its /sys/fs/cgroup), so the scope is
+/// made with this process and the init is then cloned into it, as runc
+/// makes it with its blocked `runc init`. It is `crius-pod-init` run as a
+/// plain child of the daemon: a few pages, every privilege given up, it
+/// only waits. [`Holder::release`] kills and reaps it; dropped, it is
+/// killed.
+#[derive(Debug)]
+pub struct Holder {
+    child: tokio::process::Child,
+    pub pid: i32,
+}
+
+impl Holder {
+    /// Runs `pod_init` (from a sealed copy, as the monitors are run).
+    pub fn spawn(pod_init: &Path) -> Result<Holder, Error> {
+        let sealed = sealed(pod_init)?;
+        let mut cmd = tokio::process::Command::new(sealed.exec_path());
+        cmd.arg0(super::POD_INIT_BIN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .kill_on_drop(true);
+        let spawn = |source| Error::Spawn {
+            exe: pod_init.into(),
+            source,
+        };
+        let child = cmd.spawn().map_err(spawn)?;
+        let pid = child
+            .id()
+            .ok_or_else(|| spawn(std::io::Error::other("the holder exited at once")))?;
+        Ok(Holder {
+            child,
+            pid: pid as i32,
+        })
+    }
+
+    /// Kills the holder and reaps it.
+    pub async fn release(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
 /// Starts the monitor of `pod` (`crius-monitor <pod dir>`) and waits for its
 /// setup reply. On failure the monitor has exited (or is killed) and reaped.
 pub async fn start(
