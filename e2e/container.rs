@@ -150,6 +150,15 @@ pub async fn start(rt: &mut Client, id: &str) {
     .unwrap();
 }
 
+/// Creates and starts a container `name` of `image` that sleeps (in its
+/// own PID namespace); its id.
+pub async fn sleeping(rt: &mut Client, pod: &str, image: &str, name: &str) -> String {
+    let c = container(name, image, &["sleep", "1000"], NamespaceMode::Container);
+    let id = create(rt, pod, c).await.unwrap();
+    start(rt, &id).await;
+    id
+}
+
 pub async fn status(rt: &mut Client, id: &str) -> (ContainerStatus, serde_json::Value) {
     let r = rt
         .container_status(ContainerStatusRequest {
@@ -667,19 +676,7 @@ async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    let id = create(
-        &mut rt,
-        &pod,
-        container(
-            "gone",
-            &s.busybox,
-            &["sleep", "1000"],
-            NamespaceMode::Container,
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut rt, &id).await;
+    let id = sleeping(&mut rt, &pod, &s.busybox, "gone").await;
     let (_, info) = status(&mut rt, &id).await;
     let leaf = info["cgroupPath"].as_str().unwrap().to_string();
     let dir = s.d.root.join("containers").join(&id);

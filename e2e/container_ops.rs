@@ -16,7 +16,7 @@ use tonic::Code;
 
 use crate::cgroup;
 use crate::container::{
-    Setup, container, create, exec, pod_config, setup_with_env, start, status, wait_state,
+    Setup, container, create, exec, pod_config, setup_with_env, sleeping, start, status, wait_state,
 };
 use crate::pod::{self, Client, wait_for};
 use crate::require_registry_tools;
@@ -313,19 +313,7 @@ async fn a_lost_monitor_ends_its_containers_with_255() {
     let pod = pod::run(&mut rt, pod_config("lost", NamespaceMode::Container, &logs))
         .await
         .unwrap();
-    let id = create(
-        &mut rt,
-        &pod,
-        container(
-            "c",
-            &s.busybox,
-            &["sleep", "1000"],
-            NamespaceMode::Container,
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut rt, &id).await;
+    let id = sleeping(&mut rt, &pod, &s.busybox, "c").await;
     let (_, info) = pod::status(&mut rt, &pod).await;
     let monitor = info["monitorPid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(
@@ -471,19 +459,7 @@ async fn a_stuck_log_disk_never_stalls_the_monitor() {
     )
     .await
     .unwrap();
-    let b = create(
-        &mut rt,
-        &pod,
-        container(
-            "b",
-            &s.busybox,
-            &["sleep", "1000"],
-            NamespaceMode::Container,
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut rt, &b).await;
+    let b = sleeping(&mut rt, &pod, &s.busybox, "b").await;
     let script = "yes 0123456789012345678901234567890123456789 | head -c 20000000; exit 4";
     let chatty = create(
         &mut rt,
@@ -922,19 +898,7 @@ async fn a_hundred_containers_leave_no_trace() {
     let t = Instant::now();
     for i in 0..100 {
         let name = format!("c{i}");
-        let id = create(
-            &mut rt,
-            &pod,
-            container(
-                &name,
-                &s.busybox,
-                &["sleep", "1000"],
-                NamespaceMode::Container,
-            ),
-        )
-        .await
-        .unwrap();
-        start(&mut rt, &id).await;
+        let id = sleeping(&mut rt, &pod, &s.busybox, &name).await;
         if i % 10 == 0 {
             let out = exec(&mut rt, &id, &["echo", "ok"], 5).await.unwrap();
             assert_eq!(out.stdout, b"ok\n");

@@ -150,7 +150,13 @@ pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), Error> {
 /// Writes our pid into each cgroup.procs file (before joining namespaces:
 /// the files are host paths).
 pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), Error> {
-    let pid = std::process::id().to_string();
+    move_to_cgroup(procs, std::process::id())
+}
+
+/// Writes `pid` into each cgroup.procs file: moves that process into the
+/// cgroup, one hierarchy after the other.
+pub fn move_to_cgroup(procs: &[PathBuf], pid: u32) -> Result<(), Error> {
+    let pid = pid.to_string();
     for p in procs {
         std::fs::write(p, &pid).map_err(io(format!("write {}", p.display())))?;
     }

@@ -374,12 +374,8 @@ impl Container {
     /// monitor's child and not reaped yet (it is `Created`), so its pid
     /// names it and no other process.
     fn move_into_cgroup(&self) -> Result<(), Failure> {
-        let pid = self.init.pid.to_string();
-        for p in &self.launch.cgroup_procs {
-            std::fs::write(p, &pid)
-                .map_err(|e| failure(Step::JoinCgroup, format!("write {}: {e}", p.display())))?;
-        }
-        Ok(())
+        crate::init::setup::move_to_cgroup(&self.launch.cgroup_procs, self.init.pid as u32)
+            .map_err(|e| failure(Step::JoinCgroup, crate::error::chain(&e)))
     }
 
     /// The released init exec'ed its entrypoint (unless it already ended).
