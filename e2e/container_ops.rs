@@ -304,6 +304,78 @@ async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
     pod::assert_no_trace(&s.d);
 }
 
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
+    require_registry_tools!();
+    // Paused once the container's cgroup exists, before its init: with
+    // systemd on cgroup v2 the scope holds its holder process then.
+    let mut s = setup_with_env(&[("CRIUS_TEST_PAUSE_AT", "create container init")]).await;
+    let rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(
+        &mut rt.clone(),
+        pod_config("held", NamespaceMode::Container, &logs),
+    )
+    .await
+    .unwrap();
+    let (_, info) = pod::status(&mut rt.clone(), &pod).await;
+    let pod_cg = info["cgroupPath"].as_str().unwrap().to_string();
+    let pending = {
+        let (mut rt, pod) = (rt.clone(), pod.clone());
+        let c = container(
+            "c",
+            &s.busybox,
+            &["sleep", "1000"],
+            NamespaceMode::Container,
+        );
+        tokio::spawn(async move { create(&mut rt, &pod, c).await })
+    };
+    let log = || s.d.log();
+    wait_for("the creation to pause", Duration::from_secs(20), || {
+        log().contains("test hook: pausing")
+    })
+    .await;
+    let leaves = cgroup::children(&pod_cg, "pids");
+    assert_eq!(leaves.len(), 1, "{leaves:?}");
+    let leaf = format!("{pod_cg}/{}", leaves[0]);
+    let held = cgroup::procs(&leaf);
+    if cgroup::unified() && leaf.ends_with(".scope") {
+        assert_eq!(held.len(), 1, "the scope's holder: {held:?}");
+    } else {
+        assert!(held.is_empty(), "{held:?}");
+    }
+    s.d.signal_and_wait(9, Duration::from_secs(10))
+        .expect("daemon dies");
+    assert!(pending.await.unwrap().is_err());
+    drop(rt);
+
+    // The restart rolls the creation back: no cgroup, no holder.
+    s.d.env.clear();
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt = s.d.runtime().await;
+    assert!(
+        s.d.log()
+            .contains("rolling back a container whose creation was interrupted")
+    );
+    assert!(!cgroup::dir(&leaf, "pids").exists(), "{leaf} left");
+    wait_for("the holder's end", Duration::from_secs(10), || {
+        !held.iter().any(|&p| alive(p))
+    })
+    .await;
+    assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
+    pod::stop_remove(&mut rt, &pod).await;
+    pod::assert_no_trace(&s.d);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_monitor_ends_its_containers_with_255() {
     require_registry_tools!();
