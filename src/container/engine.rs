@@ -16,7 +16,6 @@ pub use crate::monitor::protocol::Exit;
 pub use crate::monitor::sync::Step;
 use crate::sys::process::ProcRef;
 
-pub use crate::monitor::client::Holder;
 /// What an engine needs to create a container's init (blocked before
 /// execve) and to run a process in a running container: the monitor
 /// protocol's own types, so nothing is copied between layers.
@@ -25,6 +24,9 @@ pub use crate::monitor::protocol::ExecLaunch;
 
 /// A client attached to a container's own stdio (the monitor's pipes).
 pub use crate::monitor::client::container::{AttachEnd, AttachHandle};
+
+/// A process a systemd scope is made with before the init exists.
+pub use crate::monitor::client::Holder;
 
 /// A running exec process and its stdio, handed to the daemon.
 #[derive(Debug)]
