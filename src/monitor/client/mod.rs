@@ -30,7 +30,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("start monitor {exe}")]
+    /// A binary could not be run: the monitor, or `crius-pod-init` as a
+    /// scope's [`Holder`].
+    #[error("start {exe}")]
     Spawn {
         exe: PathBuf,
         #[source]
@@ -479,5 +481,21 @@ pub async fn shutdown(pod: &PodDir) -> Result<(), Error> {
     match conn.call(&Request::Shutdown).await? {
         Reply::Ok => Ok(()),
         other => Err(conn.protocol(format!("shutdown refused: {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_holder_whose_binary_is_missing_names_it() {
+        let err = Holder::spawn(Path::new("/nonexistent/crius-pod-init")).unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(
+            text.starts_with("start /nonexistent/crius-pod-init"),
+            "{text}"
+        );
+        assert_eq!(err.kind(), Kind::Internal);
     }
 }
