@@ -285,14 +285,7 @@ async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
     s.d.signal_and_wait(9, Duration::from_secs(10))
         .expect("daemon dies");
     assert!(pending.await.unwrap().is_err());
-    s.d.env.clear();
-    s.d.spawn();
-    s.d.wait_ready().await;
-    let mut rt2 = s.d.runtime().await;
-    assert!(
-        s.d.log()
-            .contains("rolling back a container whose creation was interrupted")
-    );
+    let mut rt2 = restart_rolling_back(&mut s).await;
     assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
     // The name is free again.
     let id = create(&mut rt2, &pod, c).await.unwrap();
@@ -302,6 +295,20 @@ async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
     drop(rt);
     pod::stop_remove(&mut rt2, &pod).await;
     pod::assert_no_trace(&s.d);
+}
+
+/// Starts the daemon again, without test hooks, after it was killed amid
+/// a creation, and checks that it rolled the creation back; its client.
+async fn restart_rolling_back(s: &mut Setup) -> Client {
+    s.d.env.clear();
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let rt = s.d.runtime().await;
+    assert!(
+        s.d.log()
+            .contains("rolling back a container whose creation was interrupted")
+    );
+    rt
 }
 
 /// Whether `pid` is a live process (a zombie is not).
@@ -358,14 +365,7 @@ async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
     drop(rt);
 
     // The restart rolls the creation back: no cgroup, no holder.
-    s.d.env.clear();
-    s.d.spawn();
-    s.d.wait_ready().await;
-    let mut rt = s.d.runtime().await;
-    assert!(
-        s.d.log()
-            .contains("rolling back a container whose creation was interrupted")
-    );
+    let mut rt = restart_rolling_back(&mut s).await;
     assert!(!cgroup::dir(&leaf, "pids").exists(), "{leaf} left");
     wait_for("the holder's end", Duration::from_secs(10), || {
         !held.iter().any(|&p| alive(p))
