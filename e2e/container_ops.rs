@@ -311,14 +311,6 @@ async fn restart_rolling_back(s: &mut Setup) -> Client {
     rt
 }
 
-/// Whether `pid` is a live process (a zombie is not).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
     require_registry_tools!();
@@ -359,6 +351,10 @@ async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
     } else {
         assert!(held.is_empty(), "{held:?}");
     }
+    let held: Vec<_> = held
+        .into_iter()
+        .filter_map(crius::sys::process::ProcRef::of)
+        .collect();
     s.d.signal_and_wait(9, Duration::from_secs(10))
         .expect("daemon dies");
     assert!(pending.await.unwrap().is_err());
@@ -368,7 +364,7 @@ async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
     let mut rt = restart_rolling_back(&mut s).await;
     assert!(!cgroup::dir(&leaf, "pids").exists(), "{leaf} left");
     wait_for("the holder's end", Duration::from_secs(10), || {
-        !held.iter().any(|&p| alive(p))
+        !held.iter().any(|p| p.alive())
     })
     .await;
     assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
