@@ -191,11 +191,20 @@ pub fn assert_no_trace(d: &TestDaemon) {
     let ns_root = d.state.join("ns");
     let leftover: Vec<_> = mounts.iter().filter(|m| **m != ns_root).collect();
     assert!(leftover.is_empty(), "mounts left: {leftover:?}");
-    for sub in ["pods", "ns"] {
-        let entries: Vec<_> = std::fs::read_dir(d.state.join(sub))
+    // Pod state, namespace pins and the intents of unclaimed creations.
+    for dir in [
+        d.state.join("pods"),
+        d.state.join("ns"),
+        d.root.join("intents"),
+    ] {
+        let entries: Vec<_> = std::fs::read_dir(&dir)
             .map(|r| r.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(entries.is_empty(), "{sub} entries left: {entries:?}");
+        assert!(
+            entries.is_empty(),
+            "{} entries left: {entries:?}",
+            dir.display()
+        );
     }
     let procs = processes_mentioning(d.dir.path());
     assert!(procs.is_empty(), "processes left: {procs:?}");

@@ -29,6 +29,11 @@ pub fn new_id() -> String {
     hex(&bytes)
 }
 
+/// A name [`new_id`] makes: 64 hex digits.
+pub fn is_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes

@@ -475,8 +475,8 @@ impl Containers {
     ) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
         pause_point("record container intent").await;
-        self.store
-            .put(CONTAINERS, &rec.id, rec)
+        self.records
+            .put_intent(rec)
             .map_err(step_err("record intent"))?;
 
         // 2 and 3 are independent: the cgroup is made on a blocking thread
@@ -670,7 +670,7 @@ impl Containers {
     /// holds ([`Self::release`]), then the record. Idempotent.
     pub(super) async fn discard(&self, rec: &ContainerRecord) {
         self.release(rec).await;
-        if let Err(e) = self.store.delete(CONTAINERS, &rec.id) {
+        if let Err(e) = self.records.delete(&rec.id) {
             tracing::error!(container_id = %rec.id, error = %crate::error::chain(&e), "delete container record");
         }
         self.exits.lock().expect("lock poisoned").remove(&rec.id);

@@ -74,7 +74,7 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !is_id(&name) || known.contains(&name) {
+        if !crate::ids::is_id(&name) || known.contains(&name) {
             continue;
         }
         tracing::warn!(container_id = %name, "removing the directory of a container without a record");
@@ -85,11 +85,6 @@ async fn sweep_orphans(containers: &Arc<Containers>) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// A name crius gives a container: 64 hex digits.
-fn is_id(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Releases what removals that had replied left when crius stopped
@@ -109,7 +104,7 @@ async fn sweep_released(containers: &Arc<Containers>) -> Result<(), Error> {
         let exits = std::fs::read_dir(pod.dir.exits()).into_iter().flatten();
         for entry in exits.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_id(&name) || known.contains(&name) {
+            if !crate::ids::is_id(&name) || known.contains(&name) {
                 continue;
             }
             tracing::warn!(pod_id = %pod.id, container_id = %name, "releasing a removed container: its monitor forgets it");
@@ -128,7 +123,7 @@ async fn sweep_released(containers: &Arc<Containers>) -> Result<(), Error> {
                 let id = name.strip_prefix("crius-").unwrap_or_default();
                 let id = id.strip_suffix(".scope").unwrap_or(id);
                 // Exactly the leaf crius makes for that id, and no other.
-                if !is_id(id) || known.contains(id) || cg.container_path(&pod_cg, id)? != leaf {
+                if !crate::ids::is_id(id) || known.contains(id) || cg.container_path(&pod_cg, id)? != leaf {
                     continue;
                 }
                 tracing::warn!(pod_id = %pod_id, container_id = %id, "removing the cgroup of a container without a record");

@@ -85,7 +85,7 @@ impl Containers {
             return Ok(());
         };
         if rec.state == State::Exited {
-            self.store.delete(CONTAINERS, id)?;
+            self.records.delete(id)?;
             self.exits.lock().expect("lock poisoned").remove(id);
             self.release_later(rec.clone());
         } else {

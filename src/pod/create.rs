@@ -155,7 +155,9 @@ impl Pods {
     async fn steps(self: &Arc<Self>, rec: &mut PodRecord, pod_cidr: &str) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
         pause_point("record intent").await;
-        self.records.put(rec).map_err(step("record intent"))?;
+        self.records
+            .put_intent(rec)
+            .map_err(step("record intent"))?;
 
         // 2. The pod's directory under the state dir.
         pause_point("create pod directory").await;
@@ -173,7 +175,9 @@ impl Pods {
         // The intent assumed the cgroup is crius's when it did not exist.
         if created != rec.cgroup_created {
             rec.cgroup_created = created;
-            self.records.put(rec).map_err(step("create pod cgroup"))?;
+            self.records
+                .put_intent(rec)
+                .map_err(step("create pod cgroup"))?;
         }
 
         // 4. The monitor: namespaces, sysctls, pod init, /dev/shm.

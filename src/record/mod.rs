@@ -14,12 +14,14 @@
 //! caller can still be waiting, so intents and unclaimed records are both
 //! rolled back.
 //!
-//! Durability: the intent and the claim are durable writes (an fsync
-//! each); the steps between them record their progress with lazy writes
-//! ([`Records::put_lazy`]), which the claim's commit makes durable. After
-//! a crash before the claim, the record is an intent or unclaimed, so
-//! [`reconcile`] rolls it back from whatever was durable: the intent
-//! alone names everything a rollback must undo.
+//! Durability: the claim is the one durable write (an fsync) of a
+//! creation. The intent is a file written without an fsync
+//! ([`intents`]: it survives what the creation's side effects survive)
+//! beside a lazy write of the record; the steps record their progress
+//! with lazy writes too ([`Records::put_lazy`]), which the claim's commit
+//! makes durable. After a crash before the claim, the record is an intent
+//! file or an unclaimed record, so [`reconcile`] rolls it back from what
+//! survived: the intent alone names everything a rollback must undo.
 //!
 //! Removal: a removed record's directory goes into a [`trash::Trash`] (one
 //! rename) before the record is deleted, and is deleted in the background.
@@ -27,6 +29,7 @@
 //! Crash points for the e2e tests ([`pause_point`]) and the error of a
 //! named creation step ([`StepFailed`]) live here too.
 
+pub mod intents;
 pub mod step;
 pub mod trash;
 
@@ -124,11 +127,34 @@ pub struct Records<R: Record, E> {
     locks: IdLocks,
     /// How long a finished, unclaimed record waits for a retry.
     pub unclaimed_ttl: Duration,
+    /// The intents of creations not claimed yet, beside the database.
+    intents: intents::Intents,
+}
+
+/// A write-ahead intent that could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum IntentError {
+    #[error(transparent)]
+    File(#[from] intents::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl crate::error::Classify for IntentError {
+    fn kind(&self) -> crate::error::Kind {
+        match self {
+            IntentError::File(e) => e.kind(),
+            IntentError::Store(e) => e.kind(),
+        }
+    }
 }
 
 impl<R: Record, E: RecordError> Records<R, E> {
+    /// The intents live in `intents/` beside the database file.
     pub fn new(store: Arc<Store>, unclaimed_ttl: Duration) -> Records<R, E> {
+        let dir = store.path().with_file_name("intents");
         Records {
+            intents: intents::Intents::new(dir),
             store,
             creating: Mutex::new(HashMap::new()),
             locks: IdLocks::default(),
@@ -156,15 +182,27 @@ impl<R: Record, E: RecordError> Records<R, E> {
         self.store.put(R::TABLE, rec.id(), rec)
     }
 
-    /// Writes a creation's progress between its durable intent and its
-    /// durable claim without an fsync of its own ([`Store::write_lazy`]):
-    /// a crash in between rolls the creation back from the intent anyway.
+    /// Records a creation's write-ahead intent, before its first side
+    /// effect on the host (or replaces it with what a step learned that
+    /// a rollback needs): the intent file ([`intents`]) and a lazy write
+    /// of the record, visible at once, durable with the claim.
+    pub fn put_intent(&self, rec: &R) -> Result<(), IntentError> {
+        self.intents.write(R::KIND, rec.id(), rec)?;
+        Ok(self.put_lazy(rec)?)
+    }
+
+    /// Writes a creation's progress between its intent and its durable
+    /// claim without an fsync of its own ([`Store::write_lazy`]): a crash
+    /// in between rolls the creation back from the intent anyway.
     pub fn put_lazy(&self, rec: &R) -> store::Result<()> {
         self.store.put_lazy(R::TABLE, rec.id(), rec)
     }
 
+    /// Deletes the record and its intent, if any.
     pub fn delete(&self, id: &str) -> store::Result<bool> {
-        self.store.delete(R::TABLE, id)
+        let existed = self.store.delete(R::TABLE, id)?;
+        self.intents.remove(R::KIND, id);
+        Ok(existed)
     }
 
     pub fn list(&self) -> store::Result<Vec<R>> {
@@ -212,8 +250,10 @@ impl<R: Record, E: RecordError> Records<R, E> {
 
     /// Hands a finished record to its caller: from now on List/Status
     /// show it. The record, when this call is the one that claimed it.
+    /// The claim's commit makes the record durable, and its intent file
+    /// is no longer needed.
     pub fn claim(&self, id: &str) -> Result<Option<R>, E> {
-        self.store.write(|txn| {
+        let claimed = self.store.write(|txn| {
             let Some(mut rec) = txn.get(R::TABLE, id)? else {
                 return Err(E::not_found(id));
             };
@@ -223,7 +263,11 @@ impl<R: Record, E: RecordError> Records<R, E> {
             rec.set_claimed();
             txn.put(R::TABLE, id, &rec)?;
             Ok(Some(rec))
-        })
+        })?;
+        if claimed.is_some() {
+            self.intents.remove(R::KIND, id);
+        }
+        Ok(claimed)
     }
 
     /// Takes an unclaimed record away from retries, in one transaction:
@@ -338,8 +382,27 @@ async fn run<K: Kind>(
 /// a crash interrupted) and finished records nobody claimed are rolled
 /// back. The records left are the ones to reattach.
 pub async fn reconcile<K: Kind>(kind: &Arc<K>) -> Result<Vec<K::Record>, K::Error> {
+    let records = kind.records();
+    let mut all = records.list()?;
+    // Intents the crash left only in their files (their lazy records
+    // died with the process): rolled back like the stored ones. A stored
+    // record is newer than its intent file.
+    let mut files = std::collections::HashSet::new();
+    for found in records.intents.list::<K::Record>(K::Record::KIND) {
+        if all.iter().any(|r| r.id() == found.id) {
+            files.insert(found.id);
+            continue;
+        }
+        match found.record {
+            Some(rec) if rec.id() == found.id => all.push(rec),
+            _ => {
+                tracing::warn!(id = %found.id, "removing a {} intent that is not one: a crash of the machine, whose kernel objects went with it", K::Record::KIND);
+                records.intents.remove(K::Record::KIND, &found.id);
+            }
+        }
+    }
     let mut kept = Vec::new();
-    for rec in kind.records().list()? {
+    for rec in all {
         if rec.is_intent() {
             tracing::warn!(id = %rec.id(), "rolling back a {} whose creation was interrupted", K::Record::KIND);
             kind.rollback(&rec).await;
@@ -347,6 +410,9 @@ pub async fn reconcile<K: Kind>(kind: &Arc<K>) -> Result<Vec<K::Record>, K::Erro
             tracing::warn!(id = %rec.id(), "rolling back a {} whose creation finished after its caller gave up: no caller can claim it any more", K::Record::KIND);
             kind.rollback(&rec).await;
         } else {
+            if files.contains(rec.id()) {
+                records.intents.remove(K::Record::KIND, rec.id());
+            }
             kept.push(rec);
         }
     }

@@ -62,6 +62,8 @@ enum ToyError {
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
+    Intent(#[from] IntentError),
+    #[error(transparent)]
     Id(#[from] crate::ids::Error),
     #[error("abandoned")]
     Abandoned,
@@ -101,7 +103,7 @@ impl Kind for Toys {
     }
     async fn create_steps(self: &Arc<Self>, rec: &mut Toy, _: ()) -> Result<(), ToyError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
-        self.records.put(rec)?;
+        self.records.put_intent(rec)?;
         if self.slow.load(Ordering::SeqCst) {
             self.gate.notified().await;
         }
@@ -121,31 +123,48 @@ impl Kind for Toys {
 
 fn toys() -> (tempfile::TempDir, Arc<Toys>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-    let toys = Arc::new(Toys {
+    let toys = toys_in(dir.path());
+    (dir, toys)
+}
+
+/// The toys whose database (and intents) are in `dir`.
+fn toys_in(dir: &std::path::Path) -> Arc<Toys> {
+    let store = Arc::new(Store::open(&dir.join("db")).unwrap());
+    Arc::new(Toys {
         records: Records::new(store, Duration::ZERO),
         gate: tokio::sync::Notify::new(),
         slow: false.into(),
         fail: false.into(),
         runs: AtomicUsize::new(0),
         rollbacks: AtomicUsize::new(0),
-    });
-    (dir, toys)
+    })
+}
+
+fn intent_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("intents"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn toy(name: &str) -> Toy {
+    Toy {
+        id: crate::ids::new_id(),
+        name: name.into(),
+        done: false,
+        claimed: false,
+        abandoned: false,
+        finished_at: 0,
+    }
 }
 
 async fn make(t: &Arc<Toys>, name: &str) -> Result<String, ToyError> {
-    create(t, name.to_string(), || {
-        let rec = Toy {
-            id: crate::ids::new_id(),
-            name: name.into(),
-            done: false,
-            claimed: false,
-            abandoned: false,
-            finished_at: 0,
-        };
-        Ok((rec, ()))
-    })
-    .await
+    create(t, name.to_string(), || Ok((toy(name), ()))).await
 }
 
 impl Classify for ToyError {
@@ -258,4 +277,118 @@ async fn resolve_record_by_full_id_or_prefix() {
     assert_eq!(by_prefix.name, "b");
     assert!(t.records.resolve_record("").is_err(), "empty prefix");
     assert!(t.records.resolve_record("zz").unwrap().is_none());
+}
+
+/// Where the crash test's writer process keeps its database.
+const CRASH_DIR_ENV: &str = "CRIUS_TEST_INTENT_CRASH_DIR";
+
+/// The writer of `an_intent_outlives_a_crash_in_its_file`, run as a
+/// process of its own (ignored unless that test starts it): records one
+/// intent, says so, and waits to be killed.
+#[test]
+#[ignore]
+fn intent_writer() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let t = toys_in(std::path::Path::new(&dir));
+    let rec = toy("crashed");
+    t.records.put_intent(&rec).unwrap();
+    assert_eq!(
+        t.records.get(&rec.id).unwrap(),
+        Some(rec.clone()),
+        "visible"
+    );
+    // Past the test harness's capture of print!.
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, format!("intent {}\n", rec.id).as_bytes()).unwrap();
+    std::io::Write::flush(&mut out).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// The intent is a file and a lazy record: a crash of the process (a
+/// SIGKILL) loses the record, redb's non-durable commit, and the next
+/// start rolls the creation back from the file.
+#[test]
+fn an_intent_outlives_a_crash_in_its_file() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "record::tests::intent_writer", "--ignored"])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env(CRASH_DIR_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        // libtest's "test ... " comes first on the line.
+        if let Some((_, i)) = line.rsplit_once("intent ") {
+            id = Some(i.to_string());
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id = id.expect("the writer recorded its intent");
+    assert_eq!(intent_files(dir.path()), [format!("toy-{id}.json")]);
+
+    let t = toys_in(dir.path());
+    assert!(
+        t.records.list().unwrap().is_empty(),
+        "the lazy record died with the process"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(reconcile(&t)).unwrap().is_empty());
+    assert_eq!(t.rollbacks.load(Ordering::SeqCst), 1, "rolled back");
+    assert!(intent_files(dir.path()).is_empty());
+}
+
+/// The file lives from the intent to the claim or the rollback.
+#[tokio::test]
+async fn the_claim_and_a_rollback_remove_the_intent_file() {
+    let (d, t) = toys();
+    make(&t, "claimed").await.unwrap();
+    t.fail.store(true, Ordering::SeqCst);
+    assert!(make(&t, "failed").await.is_err());
+    assert_eq!(t.rollbacks.load(Ordering::SeqCst), 1);
+    assert!(intent_files(d.path()).is_empty());
+}
+
+/// At start: a file beside a stored record (a crash between the claim and
+/// the file's removal) is removed and the record kept; a file that is not
+/// a record (a crash of the machine can leave it empty) is removed
+/// without a rollback; names that are not an intent's are left alone.
+#[tokio::test]
+async fn reconcile_reads_only_intent_files_and_trusts_stored_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = toys_in(dir.path());
+    let id = make(&t, "claimed").await.unwrap();
+    let claimed = t.records.get(&id).unwrap().unwrap();
+    t.records
+        .intents
+        .write(Toy::KIND, &id, &toy("claimed"))
+        .unwrap();
+    let empty = crate::ids::new_id();
+    let intents = dir.path().join("intents");
+    std::fs::write(intents.join(format!("toy-{empty}.json")), "").unwrap();
+    std::fs::write(intents.join("toy-notanid.json"), "{}").unwrap();
+    let stranger = crate::ids::new_id();
+    std::fs::write(intents.join(format!("pod-{stranger}.json")), "{}").unwrap();
+    drop(t);
+
+    let t = toys_in(dir.path());
+    assert_eq!(reconcile(&t).await.unwrap(), [claimed]);
+    assert_eq!(t.rollbacks.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        intent_files(dir.path()),
+        [
+            format!("pod-{stranger}.json"),
+            "toy-notanid.json".to_string()
+        ]
+    );
 }

@@ -19,10 +19,10 @@
 //! their own; they become durable with the next durable commit (redb's
 //! `Durability::None`: a non-durable commit exists only in this process
 //! until then, so a crash, of the process or of the machine, rolls the
-//! database back to the last durable commit). For the steps between a
-//! durable write-ahead intent and the durable claim of a creation: a crash
-//! between the two rolls the creation back from its intent, whatever the
-//! lazy steps recorded. A batch with any durable writer commits durably.
+//! database back to the last durable commit). For a creation's intent
+//! and steps before its durable claim: a crash between the two rolls the
+//! creation back from its intent file ([`crate::record::intents`]),
+//! whatever the lazy writes recorded. A batch with any durable writer commits durably.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -116,6 +116,7 @@ impl<T> Table<T> {
 
 pub struct Store {
     db: redb::Database,
+    path: PathBuf,
     batch: Mutex<Batch>,
     committed: Condvar,
 }
@@ -177,6 +178,7 @@ impl Store {
         match opened {
             Ok(Ok(db)) => Ok(Store {
                 db,
+                path: path.into(),
                 batch: Mutex::default(),
                 committed: Condvar::new(),
             }),
@@ -201,6 +203,11 @@ impl Store {
                 Err(damaged(why))
             }
         }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// `crius store check`: opens the file (checking every page) and
