@@ -93,9 +93,13 @@ impl Trimmer {
         unused - mark >= TRIM_SLACK
     }
 
-    /// After a trim: `unused` is the new mark.
-    pub fn trimmed(&mut self, unused: usize) {
-        self.mark = Some(unused);
+    /// After a trim that began at `before` and left `after` unused: the
+    /// new mark. A trim cannot add unused memory, so an `after` above
+    /// `before` means memory was freed while it ran (the two readings are
+    /// not atomic with the daemon's other threads); that memory is still
+    /// resident, and marking it would hide it from every later look.
+    pub fn trimmed(&mut self, before: usize, after: usize) {
+        self.mark = Some(after.min(before));
     }
 
     /// Looks every [`TRIM_INTERVAL`] for the life of the runtime; trims
@@ -121,7 +125,7 @@ impl Trimmer {
                         took_us = started.elapsed().as_micros() as u64,
                         "malloc_trim"
                     );
-                    self.trimmed(after.unwrap_or(unused));
+                    self.trimmed(unused, after.unwrap_or(unused));
                 }
                 Err(err) => tracing::warn!(?err, "malloc_trim task failed"),
             }
@@ -140,11 +144,25 @@ mod tests {
         assert!(!t.due(13 << 20));
         assert!(t.due(14 << 20));
         // What the trim could not release is the new mark.
-        t.trimmed(9 << 20);
+        t.trimmed(14 << 20, 9 << 20);
         assert!(!t.due(12 << 20));
         // In use again (below the mark), then freed: trimmed again.
         assert!(!t.due(1 << 20));
         assert!(!t.due(4 << 20));
         assert!(t.due(5 << 20));
+    }
+
+    #[test]
+    fn memory_freed_during_a_trim_is_trimmed_at_the_next_look() {
+        // A 14 MiB request freed between the trim and its second reading:
+        // 20 MiB unused before, 36 MiB after. The mark stays at 20 MiB,
+        // so the freed memory still counts as growth.
+        let mut t = Trimmer::default();
+        assert!(!t.due(16 << 20));
+        assert!(t.due(20 << 20));
+        t.trimmed(20 << 20, 36 << 20);
+        assert!(t.due(33 << 20), "33 MiB is 13 MiB over the mark");
+        t.trimmed(33 << 20, 3 << 20);
+        assert!(!t.due(4 << 20));
     }
 }
