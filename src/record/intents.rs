@@ -106,8 +106,11 @@ impl Intents {
         }
     }
 
-    /// The intents of `kind` left in the directory. Names that are not
-    /// `<kind>-<64 hex digits>.json` are not crius's and are left alone.
+    /// The intents of `kind` left in the directory. A temporary file of
+    /// a write that a crash interrupted (`.<kind>-<id>.tmp`) is removed:
+    /// the intent it was to replace, or none, is the one to go by. Other
+    /// names that are not `<kind>-<64 hex digits>.json` are not crius's
+    /// and are left alone.
     pub fn list<R: DeserializeOwned>(&self, kind: &str) -> Vec<Found<R>> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -115,6 +118,18 @@ impl Intents {
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
+            let tmp = name.to_str().and_then(|n| {
+                n.strip_prefix('.')?
+                    .strip_prefix(kind)?
+                    .strip_prefix('-')?
+                    .strip_suffix(".tmp")
+            });
+            if tmp.is_some_and(crate::ids::is_id) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "remove an interrupted intent write");
+                }
+                continue;
+            }
             let Some(id) = name
                 .to_str()
                 .and_then(|n| {

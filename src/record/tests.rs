@@ -362,7 +362,8 @@ async fn the_claim_and_a_rollback_remove_the_intent_file() {
 /// At start: a file beside a stored record (a crash between the claim and
 /// the file's removal) is removed and the record kept; a file that is not
 /// a record (a crash of the machine can leave it empty) is removed
-/// without a rollback; names that are not an intent's are left alone.
+/// without a rollback, and so is the temporary file of an interrupted
+/// write; names that are not an intent's are left alone.
 #[tokio::test]
 async fn reconcile_reads_only_intent_files_and_trusts_stored_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +380,10 @@ async fn reconcile_reads_only_intent_files_and_trusts_stored_records() {
     std::fs::write(intents.join("toy-notanid.json"), "{}").unwrap();
     let stranger = crate::ids::new_id();
     std::fs::write(intents.join(format!("pod-{stranger}.json")), "{}").unwrap();
+    // A write a crash interrupted before its rename: removed; another
+    // kind's is that kind's to remove.
+    std::fs::write(intents.join(format!(".toy-{empty}.tmp")), "{").unwrap();
+    std::fs::write(intents.join(format!(".pod-{stranger}.tmp")), "{").unwrap();
     drop(t);
 
     let t = toys_in(dir.path());
@@ -387,6 +392,7 @@ async fn reconcile_reads_only_intent_files_and_trusts_stored_records() {
     assert_eq!(
         intent_files(dir.path()),
         [
+            format!(".pod-{stranger}.tmp"),
             format!("pod-{stranger}.json"),
             "toy-notanid.json".to_string()
         ]
