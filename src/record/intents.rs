@@ -60,11 +60,16 @@ impl Intents {
         self.dir.join(format!("{kind}-{id}.json"))
     }
 
+    /// Where `write` puts the new intent before renaming it over `path`.
+    fn tmp_path(&self, kind: &str, id: &str) -> PathBuf {
+        self.dir.join(format!(".{kind}-{id}.tmp"))
+    }
+
     /// Writes (or replaces) the intent of record `id`: a temporary file
     /// renamed over it, so a crash leaves the old intent or the new one.
     pub fn write<R: Serialize>(&self, kind: &str, id: &str, rec: &R) -> Result<(), Error> {
         let path = self.path(kind, id);
-        let tmp = self.dir.join(format!(".{kind}-{id}.tmp"));
+        let tmp = self.tmp_path(kind, id);
         let err = |source| Error {
             path: path.clone(),
             source,
@@ -117,28 +122,20 @@ impl Intents {
         };
         let mut found = Vec::new();
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let tmp = name.to_str().and_then(|n| {
-                n.strip_prefix('.')?
-                    .strip_prefix(kind)?
-                    .strip_prefix('-')?
-                    .strip_suffix(".tmp")
-            });
-            if tmp.is_some_and(crate::ids::is_id) {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name
+                .strip_prefix('.')
+                .and_then(|n| id_in(n, kind, ".tmp"))
+                .is_some()
+            {
                 if let Err(e) = std::fs::remove_file(entry.path()) {
                     tracing::warn!(path = %entry.path().display(), error = %e, "remove an interrupted intent write");
                 }
                 continue;
             }
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| {
-                    n.strip_prefix(kind)?
-                        .strip_prefix('-')?
-                        .strip_suffix(".json")
-                })
-                .filter(|id| crate::ids::is_id(id))
-            else {
+            let Some(id) = id_in(&name, kind, ".json") else {
                 continue;
             };
             found.push(Found {
@@ -148,6 +145,14 @@ impl Intents {
         }
         found
     }
+}
+
+/// The id in a name `<kind>-<id><suffix>`, if it is one crius gives.
+fn id_in<'a>(name: &'a str, kind: &str, suffix: &str) -> Option<&'a str> {
+    name.strip_prefix(kind)?
+        .strip_prefix('-')?
+        .strip_suffix(suffix)
+        .filter(|id| crate::ids::is_id(id))
 }
 
 fn read<R: DeserializeOwned>(path: &Path) -> Option<R> {
