@@ -468,10 +468,16 @@ pub fn plan(
 
     // 1-4: propagation, private parent, overlay (over idmapped layers in
     // a user namespace), self bind.
-    let mut steps = vec![
-        Step::RootPropagation(root_flags | MsFlags::MS_REC),
-        Step::PrivateParent(root.parent().unwrap_or(Path::new("/")).to_path_buf()),
-    ];
+    // Only an rshared root leaves the rootfs' parent shared: a private or
+    // slave one (the default rprivate) makes every mount of the new
+    // namespace private or a slave already, so the executor's look at
+    // mountinfo for it would find nothing to do.
+    let mut steps = vec![Step::RootPropagation(root_flags | MsFlags::MS_REC)];
+    if root_flags.contains(MsFlags::MS_SHARED) {
+        steps.push(Step::PrivateParent(
+            root.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        ));
+    }
     let data = if in_user_namespace(spec).is_some() {
         let at = idmapped_layers_dir(&root);
         let data = overlay.idmapped(&at).data()?;
@@ -853,6 +859,25 @@ mod tests {
         assert!(matches!(steps[pivot + 1], Step::Mask(_)));
         assert!(matches!(steps[pivot + 2], Step::ReadOnly(_)));
         assert!(!steps.contains(&Step::ReadOnlyRoot));
+
+        // An rprivate or rslave root leaves no mount shared: no look for
+        // a shared parent.
+        for (name, flags) in [
+            ("rprivate", MsFlags::MS_PRIVATE),
+            ("rslave", MsFlags::MS_SLAVE),
+        ] {
+            let mut other = spec.clone();
+            if let Some(linux) = other.linux_mut() {
+                linux.set_rootfs_propagation(Some(name.into()));
+            }
+            let steps = plan(&other, &overlay, &volumes, &is_dir).unwrap();
+            assert_eq!(steps[0], Step::RootPropagation(flags | MsFlags::MS_REC));
+            assert!(
+                matches!(&steps[1], Step::Overlay { target, .. } if target == Path::new("/run/c/rootfs")),
+                "{name}: {:?}",
+                steps[1]
+            );
+        }
     }
 
     #[test]
@@ -901,14 +926,14 @@ mod tests {
         };
         let steps = plan(&built.spec, &overlay, &[], &|_| true).unwrap();
         assert_eq!(
-            steps[2],
+            steps[1],
             Step::IdmapLayers {
                 layers: overlay.layers.clone(),
                 at: "/c/1/l".into()
             }
         );
         assert_eq!(
-            steps[3],
+            steps[2],
             Step::Overlay {
                 target: "/c/1/r".into(),
                 data: "lowerdir=/c/1/l/1:/c/1/l/0,upperdir=/c/1/u,workdir=/c/1/w".into()
