@@ -122,7 +122,8 @@ impl Intents {
         };
         let mut found = Vec::new();
         for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
                 continue;
             };
             if name
@@ -135,7 +136,7 @@ impl Intents {
                 }
                 continue;
             }
-            let Some(id) = id_in(&name, kind, ".json") else {
+            let Some(id) = id_in(name, kind, ".json") else {
                 continue;
             };
             found.push(Found {
