@@ -343,9 +343,16 @@ async fn pod_lifecycle_with_its_own_namespaces() {
     assert_eq!(nsenter(&[uts], &["hostname"]), "host-own");
     let netarg = format!("--net={}", net.display());
     assert_eq!(
-        nsenter(&[netarg], &["cat", "/proc/sys/net/ipv4/ip_forward"]),
+        nsenter(
+            std::slice::from_ref(&netarg),
+            &["cat", "/proc/sys/net/ipv4/ip_forward"]
+        ),
         "1"
     );
+    // lo is up in the new network namespace, with 127.0.0.1 (the monitor
+    // brings it up; no CNI loopback plugin runs).
+    let lo = nsenter(&[netarg], &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains("inet 127.0.0.1/8"), "{lo}");
     let ipc = format!("--ipc={}", path(&ns["ipc"]).unwrap().display());
     assert_eq!(
         nsenter(

@@ -116,8 +116,9 @@ fn read(path: &Path) -> anyhow::Result<Vec<(String, Row)>> {
     Ok(rows)
 }
 
-/// The sequential RunPodSandbox and StopPodSandbox p50s less the plugins'
-/// own ADD and DEL p50s: what the runtime adds around CNI.
+/// The sequential RunPodSandbox and StopPodSandbox p50s less the
+/// conflist's plugins' own ADD and DEL p50s: what the runtime adds around
+/// the configured network (for containerd, its loopback plugin call too).
 fn cni_overhead(rows: &mut Vec<(String, Row)>, cni: &[(String, Row)]) {
     let p50 = |rows: &[(String, Row)], prefix: &str| {
         rows.iter()
@@ -127,12 +128,12 @@ fn cni_overhead(rows: &mut Vec<(String, Row)>, cni: &[(String, Row)]) {
     let pairs = [
         (
             "RunPodSandbox",
-            "CNI plugins ADD",
+            "CNI plugins ADD (conflist)",
             "RunPodSandbox minus the plugins' ADD",
         ),
         (
             "StopPodSandbox (empty pod)",
-            "CNI plugins DEL",
+            "CNI plugins DEL (conflist)",
             "StopPodSandbox (empty pod) minus the plugins' DEL",
         ),
     ];

@@ -9,7 +9,8 @@
 //! child subreaper, so it outlives `crius serve` (restarts, Ctrl-C, a kill
 //! of the daemon). It creates the pod's namespaces in a forked child
 //! (fork is safe: the monitor has one thread), pins them, applies the
-//! sysctls inside them, mounts the pod's /dev/shm, and in PID mode POD
+//! sysctls inside them, brings the new network namespace's lo up, mounts
+//! the pod's /dev/shm, and in PID mode POD
 //! keeps that child as PID 1 of the pod's PID namespace, where it executes
 //! the pod init ([`POD_INIT_BIN`], [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives and writes
 //! how it ended to `<pod dir>/exits/<name>` before anything else, since only

@@ -36,6 +36,7 @@ pub enum Step {
     MapUserIds,
     SetHostname,
     ApplySysctls,
+    LoopbackUp,
     // A container's init or an exec process, before its rootfs.
     OpenLog,
     ReopenLog,
@@ -103,6 +104,7 @@ const FIXED: &[(Step, &str)] = &[
     (Step::MapUserIds, "map user namespace ids"),
     (Step::SetHostname, "set hostname"),
     (Step::ApplySysctls, "apply sysctls"),
+    (Step::LoopbackUp, "bring lo up"),
     (Step::OpenLog, "open log"),
     (Step::ReopenLog, "reopen log"),
     (Step::Stdio, "stdio"),

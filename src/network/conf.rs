@@ -18,13 +18,10 @@ use super::Error;
 /// File name extensions of CNI configuration files.
 pub const EXTENSIONS: &[&str] = &["conflist", "conf", "json"];
 
-/// The loopback plugin, run for every pod to bring up `lo` in its netns.
-pub const LOOPBACK: &str = "loopback";
-
 /// Name of the built-in network (also host-local's per-network lease dir).
 pub const BUILTIN_NAME: &str = "crius";
 
-/// CNI version of the built-in network and of the loopback call: the newest
+/// CNI version of the built-in network: the newest
 /// one Debian 12's containernetworking-plugins (1.1.1) speak.
 pub const BUILTIN_CNI_VERSION: &str = "1.0.0";
 
@@ -53,7 +50,7 @@ pub struct Builtin<'a> {
 
 /// The built-in network: a bridge with host-local IPAM, masquerading and
 /// hairpin mode, followed by portmap for hostPort mappings. Loopback is not
-/// in the list: crius runs it separately for every pod.
+/// in the list: the pod monitor brings lo up when it creates the netns.
 pub fn builtin(b: &Builtin) -> NetworkList {
     // kubelet sends a dual-stack pod CIDR as "v4cidr,v6cidr": one range set
     // (and one default route) per family.

@@ -5,10 +5,11 @@
 //!
 //! API (used by the pod service):
 //! - [`Network::new`]`(&NetworkConfig, state_dir)`: no I/O.
-//! - [`Network::setup`]`(&PodNetwork) -> NetworkStatus`: loopback, then ADD of
-//!   every plugin of the list, chained through `prevResult`; the pod's netns is
-//!   a pinned file the caller owns. A failure part-way runs DEL before the
-//!   error (which names the plugin) is returned.
+//! - [`Network::setup`]`(&PodNetwork) -> NetworkStatus`: ADD of every plugin
+//!   of the list, chained through `prevResult`; the pod's netns is a pinned
+//!   file the caller owns, its lo already up (the pod monitor brings it up
+//!   when it creates the namespace: no CNI loopback plugin runs). A failure
+//!   part-way runs DEL before the error (which names the plugin) is returned.
 //! - [`Network::teardown`]`(pod_id, netns)`: DEL in reverse order with the
 //!   cached configuration and result; idempotent (no cache entry = nothing to
 //!   do), works after a daemon restart and when the netns is already gone (DEL
@@ -47,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::NetworkConfig;
 use crate::error::{Classify, Kind};
@@ -244,12 +245,11 @@ impl Network {
         })
     }
 
-    /// Checks that every binary the list needs (and loopback) exists.
+    /// Checks that every binary the list needs exists.
     fn check_binaries(&self, list: &NetworkList) -> Result<()> {
         for name in list.binaries().iter().map(String::as_str) {
             self.binary(list, name)?;
         }
-        self.binary(list, conf::LOOPBACK)?;
         Ok(())
     }
 
@@ -321,11 +321,8 @@ impl Network {
         };
         // 2. Write-ahead: DEL must be possible whatever happens next.
         self.cache.write(&entry, true)?;
-        // 3. lo up, then the network's plugins in order.
-        let added = match self.loopback(&list, &entry).await {
-            Ok(()) => self.add_list(&list, &entry).await,
-            Err(e) => Err((e, None)),
-        };
+        // 3. The network's plugins in order.
+        let added = self.add_list(&list, &entry).await;
         let (err, partial) = match added {
             Ok(result) => match NetworkStatus::from_result(result.clone()) {
                 Ok(status) => {
@@ -432,41 +429,6 @@ impl Network {
     /// if their pod has no record.
     pub fn cached_pods(&self) -> Result<Vec<String>> {
         self.cache.pod_ids()
-    }
-
-    /// `lo` up inside the pod's netns.
-    async fn loopback(&self, list: &NetworkList, entry: &Entry) -> Result<()> {
-        let binary = self.binary(list, conf::LOOPBACK)?;
-        let config = json!({
-            "cniVersion": conf::BUILTIN_CNI_VERSION,
-            "name": "cni-loopback",
-            "type": conf::LOOPBACK,
-        });
-        let netns = entry.netns.display().to_string();
-        let path = self.cni_path();
-        let call = Call {
-            command: "ADD",
-            container_id: &entry.pod_id,
-            netns: &netns,
-            if_name: "lo",
-            args: &entry.cni_args,
-            path: &path,
-        };
-        plugin::exec(
-            &binary,
-            &call,
-            config.to_string().as_bytes(),
-            self.timeout(),
-        )
-        .await
-        .map_err(|source| Error::Plugin {
-            command: "ADD",
-            plugin: conf::LOOPBACK.into(),
-            network: "cni-loopback".into(),
-            pod_id: entry.pod_id.clone(),
-            source,
-        })?;
-        Ok(())
     }
 
     /// ADD through the list; on error also returns the last good result.

@@ -21,7 +21,7 @@ fn skip_reason() -> Option<String> {
         return Some("not root".into());
     }
     let dirs: Vec<PathBuf> = REAL_BIN_DIRS.iter().map(PathBuf::from).collect();
-    for p in ["bridge", "host-local", "portmap", "loopback"] {
+    for p in ["bridge", "host-local", "portmap"] {
         if plugin::find(&dirs, p).is_none() {
             return Some(format!(
                 "CNI plugin {p} missing (apt-get install containernetworking-plugins)"
@@ -226,10 +226,11 @@ async fn real_plugins_add_reach_portmap_and_del() {
     let host_port = 20000 + u16::from(env.octet) * 10;
     let pod = env.pod(&netns, host_port);
 
-    // ADD: the pod gets an address of the test subnet on eth0, lo is up.
+    // ADD: the pod gets an address of the test subnet on eth0 (lo is the
+    // pod monitor's, not the network's: here it stays down).
     let started = std::time::Instant::now();
     let status = net.setup(&pod).await.unwrap();
-    eprintln!("loopback + bridge + portmap ADD: {:?}", started.elapsed());
+    eprintln!("bridge + portmap ADD: {:?}", started.elapsed());
     let ip = status.ip.expect("pod IP");
     assert!(
         ip.to_string()
@@ -240,8 +241,6 @@ async fn real_plugins_add_reach_portmap_and_del() {
     let ns_name = netns.file_name().unwrap().to_str().unwrap().to_string();
     let addrs = ok("ip", &["-n", &ns_name, "-4", "addr", "show", "eth0"]);
     assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
-    let lo = ok("ip", &["-n", &ns_name, "link", "show", "lo"]);
-    assert!(lo.contains("UP"), "{lo}");
     assert!(env.lease(ip).exists());
     assert_eq!(net.cached_status(&pod.pod_id), Some(status.clone()));
     let rules = nat_rules();

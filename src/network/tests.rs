@@ -17,8 +17,8 @@ struct Fixture {
 const NETNS: &str = "/proc/self/ns/net";
 
 impl Fixture {
-    /// Fake plugins `names` (plus loopback) and a network config of `conf`
-    /// (a conflist) unless `None`.
+    /// Fake plugins `names` (no loopback: crius runs none) and a network
+    /// config of `conf` (a conflist) unless `None`.
     fn new(names: &[&str], conf: Option<Value>, default_network: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
@@ -27,7 +27,7 @@ impl Fixture {
         for d in [&bin, &confd, &log] {
             std::fs::create_dir(d).unwrap();
         }
-        for name in names.iter().chain(&["loopback"]) {
+        for name in names {
             fake_plugin(&bin, name, &log);
         }
         if let Some(conf) = conf {
@@ -187,12 +187,7 @@ async fn setup_chains_plugins_and_teardown_reverses_them() {
     let status = f.net.setup(&pod("pod1")).await.unwrap();
     assert_eq!(
         f.calls(),
-        [
-            "loopback ADD lo",
-            "addr ADD eth0",
-            "pm ADD eth0",
-            "plain ADD eth0"
-        ]
+        ["addr ADD eth0", "pm ADD eth0", "plain ADD eth0"]
     );
     assert_eq!(status.ip, Some("10.5.0.7".parse().unwrap()));
     assert_eq!(
@@ -234,9 +229,6 @@ async fn setup_chains_plugins_and_teardown_reverses_them() {
     let plain = f.stdin("plain", "ADD");
     assert_eq!(plain["prevResult"], pm_result);
     assert!(plain.get("runtimeConfig").is_none());
-    let lo = f.stdin("loopback", "ADD");
-    assert_eq!(lo["type"], "loopback");
-    assert_eq!(lo["cniVersion"], "1.0.0");
 
     // Cache: config and result, readable by a new instance (daemon restart).
     assert!(f.cache_file("pod1").exists());
@@ -306,7 +298,6 @@ async fn failed_add_is_rolled_back_and_names_the_plugin() {
     assert_eq!(
         f.calls(),
         [
-            "loopback ADD lo",
             "addr ADD eth0",
             "pm ADD eth0",
             "plain DEL eth0",
@@ -459,7 +450,7 @@ async fn single_conf_file_is_run_as_a_one_plugin_list() {
     f.set_result("addr", &addr_result());
     let status = f.net.setup(&pod("pod12")).await.unwrap();
     assert_eq!(status.ip, Some("10.5.0.7".parse().unwrap()));
-    assert_eq!(f.calls(), ["loopback ADD lo", "addr ADD eth0"]);
+    assert_eq!(f.calls(), ["addr ADD eth0"]);
     let stdin = f.stdin("addr", "ADD");
     assert_eq!(stdin["name"], "single");
     assert_eq!(stdin["cniVersion"], "0.4.0");
@@ -478,7 +469,6 @@ async fn setup_again_deletes_the_earlier_attachment_first() {
             "plain DEL eth0",
             "pm DEL eth0",
             "addr DEL eth0",
-            "loopback ADD lo",
             "addr ADD eth0",
             "pm ADD eth0",
             "plain ADD eth0"

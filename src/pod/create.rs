@@ -12,8 +12,8 @@
 //! ([`crate::record`]); this file holds the pod's steps:
 //! 1. record intent   2. create pod directory   3. create pod cgroup
 //! 4. start pod monitor (its sub-steps: prepare namespace directory, create
-//!    namespaces, set hostname, apply sysctls, pin namespaces, start pod
-//!    init, mount /dev/shm)   5. create pod init cgroup
+//!    namespaces, set hostname, apply sysctls, bring lo up, pin namespaces,
+//!    start pod init, mount /dev/shm)   5. create pod init cgroup
 //! 6. set up pod network   7. write resolv.conf and hostname   8. record pod
 
 use std::sync::Arc;

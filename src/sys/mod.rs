@@ -15,6 +15,7 @@ pub mod idmap;
 pub mod libm;
 pub mod malloc;
 pub mod mount;
+pub mod net;
 pub mod ns;
 pub mod pages;
 pub mod process;
