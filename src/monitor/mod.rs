@@ -7,15 +7,16 @@
 //!
 //! It starts a new session (setsid), ignores SIGINT and SIGHUP and is a
 //! child subreaper, so it outlives `crius serve` (restarts, Ctrl-C, a kill
-//! of the daemon). It creates the pod's namespaces in a forked child
-//! (fork is safe: the monitor has one thread), pins them, applies the
-//! sysctls inside them, brings the new network namespace's lo up, mounts
-//! the pod's /dev/shm, and in PID mode POD
-//! keeps that child as PID 1 of the pod's PID namespace, where it executes
-//! the pod init ([`POD_INIT_BIN`], [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives and writes
-//! how it ended to `<pod dir>/exits/<name>` before anything else, since only
-//! a parent can collect an exit status. The daemon talks to it over
-//! `<pod dir>/monitor.sock` ([`protocol`]) and watches it with a pidfd.
+//! of the daemon). It creates the pod's namespaces in a forked child (fork
+//! is safe: the monitor has one thread), pins them, applies the sysctls
+//! inside them, brings the new network namespace's lo up, mounts the pod's
+//! /dev/shm, and in PID mode POD keeps that child as PID 1 of the pod's PID
+//! namespace, where it executes the pod init ([`POD_INIT_BIN`],
+//! [`crate::init::pod`]). It reaps every child the moment SIGCHLD arrives
+//! and writes how it ended to `<pod dir>/exits/<name>` before anything
+//! else, since only a parent can collect an exit status. The daemon talks
+//! to it over `<pod dir>/monitor.sock` ([`protocol`]) and watches it with a
+//! pidfd.
 
 pub mod client;
 pub mod process;

@@ -1,7 +1,7 @@
 //! The monitor's setup of a pod: new namespaces in a forked child, pinned
 //! from the parent, sysctls written and lo brought up by the child from
-//! inside them, the pod's /dev/shm. Each step is named, so a failure says which one broke,
-//! and [`undo`] removes whatever was done.
+//! inside them, the pod's /dev/shm. Each step is named, so a failure says
+//! which one broke, and [`undo`] removes whatever was done.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -135,8 +135,8 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The forked child, inside the new namespaces: hostname, sysctls, lo up, report,
-/// then wait to be pinned and either exit or become the pod init.
+/// The forked child, inside the new namespaces: hostname, sysctls, lo up,
+/// report, then wait to be pinned and either exit or become the pod init.
 fn namespace_child(mut sock: UnixStream, spec: &Spec, pod_init: Option<&Sealed>) -> ! {
     if spec.user.is_some() {
         let mut mapped = [0u8; 1];
