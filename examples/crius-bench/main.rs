@@ -199,6 +199,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         cgroup_root: a.cgroup_root.clone(),
         logs: a.logs.clone(),
         label: a.label.clone(),
+        lockstep: None,
     };
     let mut r = Results::default();
     let result = workload(&a, &mut b, &mut img, &mut r).await;
@@ -207,6 +208,67 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     r.write(&a.out)?;
     result
+}
+
+/// `a.par` clients each running `a.rounds` container lifecycles at once
+/// (in lockstep when `lockstep` is given), their calls timed under `tag`,
+/// with the machine's and the daemon's CPU use over the phase.
+async fn parallel(
+    a: &RunArgs,
+    b: &Bench,
+    r: &mut Results,
+    tag: &str,
+    lockstep: Option<std::sync::Arc<tokio::sync::Barrier>>,
+) -> anyhow::Result<()> {
+    let pid = a.daemon_pid;
+    let (busy0, total0) = mem::cpu_ticks()?;
+    let (own0, children0) = mem::proc_cpu_ticks(pid)?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.par {
+        let mut b = Bench {
+            lockstep: lockstep.clone(),
+            ..b.clone()
+        };
+        let (tag, rounds) = (tag.to_string(), a.rounds);
+        tasks.push(tokio::spawn(async move {
+            let mut r = Results::default();
+            for _ in 0..rounds {
+                b.container_cycle(&mut r, &tag).await?;
+            }
+            anyhow::Ok(r)
+        }));
+    }
+    for t in tasks {
+        r.merge(t.await??);
+    }
+    // Whether the phase was bound by the machine's CPUs (every process on
+    // it counts: the runtime, its plugins and pods, anything else running).
+    let (busy1, total1) = mem::cpu_ticks()?;
+    let (own1, children1) = mem::proc_cpu_ticks(pid)?;
+    r.time(&format!("{tag}the whole phase"), started.elapsed());
+    // The daemon's CPU time per container lifecycle of the phase: its own
+    // threads, and the children it waited for (CNI plugins and what they
+    // ran; containerd's shims are not its children).
+    let per_cycle = |ticks: u64| {
+        ticks as f64 * 1000.0 / mem::ticks_per_second() / (a.par * a.rounds).max(1) as f64
+    };
+    r.add(
+        &format!("{tag}daemon CPU per lifecycle, own threads"),
+        "ms",
+        per_cycle(own1 - own0),
+    );
+    r.add(
+        &format!("{tag}daemon CPU per lifecycle, waited-for children"),
+        "ms",
+        per_cycle(children1 - children0),
+    );
+    r.add(
+        &format!("{tag}CPU busy, whole machine"),
+        "%",
+        100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
+    );
+    Ok(())
 }
 
 async fn workload(
@@ -263,51 +325,13 @@ async fn workload(
     }
 
     eprintln!("{}: {} parallel clients", a.label, a.par);
-    let tag = format!("{}-way parallel: ", a.par);
-    let (busy0, total0) = mem::cpu_ticks()?;
-    let (own0, children0) = mem::proc_cpu_ticks(pid)?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..a.par {
-        let mut b = b.clone();
-        let (tag, rounds) = (tag.clone(), a.rounds);
-        tasks.push(tokio::spawn(async move {
-            let mut r = Results::default();
-            for _ in 0..rounds {
-                b.container_cycle(&mut r, &tag).await?;
-            }
-            anyhow::Ok(r)
-        }));
-    }
-    for t in tasks {
-        r.merge(t.await??);
-    }
-    // Whether the phase was bound by the machine's CPUs (every process on
-    // it counts: the runtime, its plugins and pods, anything else running).
-    let (busy1, total1) = mem::cpu_ticks()?;
-    let (own1, children1) = mem::proc_cpu_ticks(pid)?;
-    r.time(&format!("{tag}the whole phase"), started.elapsed());
-    // The daemon's CPU time per container lifecycle of the phase: its own
-    // threads, and the children it waited for (CNI plugins and what they
-    // ran; containerd's shims are not its children).
-    let per_cycle = |ticks: u64| {
-        ticks as f64 * 1000.0 / mem::ticks_per_second() / (a.par * a.rounds).max(1) as f64
-    };
-    r.add(
-        &format!("{tag}daemon CPU per lifecycle, own threads"),
-        "ms",
-        per_cycle(own1 - own0),
-    );
-    r.add(
-        &format!("{tag}daemon CPU per lifecycle, waited-for children"),
-        "ms",
-        per_cycle(children1 - children0),
-    );
-    r.add(
-        &format!("{tag}CPU busy, whole machine"),
-        "%",
-        100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
-    );
+    parallel(a, b, r, &format!("{}-way parallel: ", a.par), None).await?;
+    // The same lifecycles with every client making the same call at once:
+    // each RPC's own concurrency, apart from the CNI plugins that the
+    // phase above runs beside every other call.
+    eprintln!("{}: {} parallel clients in lockstep", a.label, a.par);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(a.par.max(1)));
+    parallel(a, b, r, &format!("{}-way lockstep: ", a.par), Some(barrier)).await?;
 
     eprintln!("{}: footprint of {} pods", a.label, a.footprint_pods);
     let before = mem::pids();

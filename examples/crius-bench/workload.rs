@@ -3,12 +3,14 @@
 //! made) and each lifecycle step timed in this process.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crius::cri::proto::runtime_service_client::RuntimeServiceClient;
 use crius::cri::proto::*;
+use tokio::sync::Barrier;
 use tonic::transport::Channel;
 
 use crate::stats::Results;
@@ -34,6 +36,10 @@ const READY: &str = "ready";
 /// How long a workload may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a lockstep client waits for the others at a step: longer
+/// than any call takes, so only a client that failed makes it run out.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What every call of one run shares.
 #[derive(Clone)]
 pub struct Bench {
@@ -43,6 +49,9 @@ pub struct Bench {
     pub cgroup_root: String,
     pub logs: PathBuf,
     pub label: String,
+    /// Parallel clients in lockstep: each timed call starts when every
+    /// client has reached it, so all of them make the same RPC at once.
+    pub lockstep: Option<Arc<Barrier>>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -54,6 +63,17 @@ pub struct Pod {
 }
 
 impl Bench {
+    /// Waits for the other lockstep clients before a timed call (nothing
+    /// without lockstep).
+    async fn step(&self, rpc: &str) -> anyhow::Result<()> {
+        if let Some(b) = &self.lockstep {
+            tokio::time::timeout(STEP_TIMEOUT, b.wait())
+                .await
+                .with_context(|| format!("the other clients never reached {rpc}"))?;
+        }
+        Ok(())
+    }
+
     fn pod_config(&self, pid: i32) -> anyhow::Result<PodSandboxConfig> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let uid = format!("{}-{}-{n}", self.label, std::process::id());
@@ -85,6 +105,7 @@ impl Bench {
 
     pub async fn run_pod(&mut self, pid: i32, r: &mut Results, tag: &str) -> anyhow::Result<Pod> {
         let config = self.pod_config(pid)?;
+        self.step("RunPodSandbox").await?;
         let t = Instant::now();
         let id = self
             .rt
@@ -101,6 +122,7 @@ impl Bench {
     }
 
     pub async fn stop_pod(&mut self, pod: &Pod, r: &mut Results, name: &str) -> anyhow::Result<()> {
+        self.step("StopPodSandbox").await?;
         let t = Instant::now();
         self.rt
             .stop_pod_sandbox(StopPodSandboxRequest {
@@ -118,6 +140,7 @@ impl Bench {
         r: &mut Results,
         tag: &str,
     ) -> anyhow::Result<()> {
+        self.step("RemovePodSandbox").await?;
         let t = Instant::now();
         self.rt
             .remove_pod_sandbox(RemovePodSandboxRequest {
@@ -160,6 +183,7 @@ impl Bench {
             }),
             ..Default::default()
         };
+        self.step("CreateContainer").await?;
         let t = Instant::now();
         let id = self
             .rt
@@ -173,16 +197,22 @@ impl Bench {
             .into_inner()
             .container_id;
         let created = t.elapsed();
-        let t2 = Instant::now();
+        self.step("StartContainer").await?;
+        let t = Instant::now();
         self.rt
             .start_container(StartContainerRequest {
                 container_id: id.clone(),
             })
             .await
             .context("StartContainer")?;
+        let started = t.elapsed();
         r.time(&format!("{tag}CreateContainer"), created);
-        r.time(&format!("{tag}StartContainer"), t2.elapsed());
-        r.time(&format!("{tag}CreateContainer+StartContainer"), t.elapsed());
+        r.time(&format!("{tag}StartContainer"), started);
+        // The two calls' own times (in lockstep, not the wait between).
+        r.time(
+            &format!("{tag}CreateContainer+StartContainer"),
+            created + started,
+        );
         // Outside the timed calls, for every runtime alike.
         let log = PathBuf::from(&pod.config.log_directory).join("c.log");
         tokio::task::spawn_blocking(move || wait_ready(&log))
@@ -218,6 +248,7 @@ impl Bench {
         r: &mut Results,
         tag: &str,
     ) -> anyhow::Result<()> {
+        self.step("StopContainer").await?;
         let t = Instant::now();
         self.rt
             .stop_container(StopContainerRequest {
@@ -227,6 +258,7 @@ impl Bench {
             .await
             .context("StopContainer")?;
         r.time(&format!("{tag}StopContainer"), t.elapsed());
+        self.step("RemoveContainer").await?;
         let t = Instant::now();
         self.rt
             .remove_container(RemoveContainerRequest {
