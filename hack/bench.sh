@@ -2,7 +2,8 @@
 # Side-by-side benchmark of crius and containerd (Debian's package, runc,
 # cgroupfs), the same workload against each, driven by the Rust client
 # examples/crius-bench (each CRI call timed in that process):
-#   pod and container lifecycles, sequential and PAR-way parallel; ExecSync
+#   pod and container lifecycles, sequential, PAR-way parallel and PAR-way
+#   in lockstep (every client making the same call at once); ExecSync
 #   of `true`; StopPodSandbox with a running container in the POD, CONTAINER
 #   and NODE PID modes; a cold pull of a multi-layer image from a local
 #   registry; the daemon's RSS idle and after CHURN pod cycles; the per-pod

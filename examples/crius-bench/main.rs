@@ -1,10 +1,11 @@
 //! `crius-bench`: the CRI benchmark client that `hack/bench.sh` runs against
 //! crius and against containerd with the same workload.
 //!
-//! - `run`: pod and container lifecycles sequentially and N-way parallel,
-//!   ExecSync of `true`, StopPodSandbox with a running container in each PID
-//!   mode, a cold pull, the daemon's RSS (idle, after churn) and the per-pod
-//!   footprint; each CRI call timed in this process.
+//! - `run`: pod and container lifecycles sequentially, N-way parallel and
+//!   N-way in lockstep (a barrier before each call), ExecSync of `true`,
+//!   StopPodSandbox with a running container in each PID mode, a cold
+//!   pull, the daemon's RSS (idle, after churn) and the per-pod footprint;
+//!   each CRI call timed in this process.
 //! - `cni`: the CNI plugins' own ADD/DEL time with the same configuration.
 //! - `compare`: the side-by-side table of two result files.
 
