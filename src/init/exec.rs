@@ -77,9 +77,11 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     // The files opened are the container's only if its init is still the
     // same live process after they were opened: once the monitor reaped
     // it, its pid may name another process, whose namespaces are never
-    // joined. A container that exited meanwhile is not running.
+    // joined. A container that exited meanwhile is not running, nor is
+    // one whose init is exiting: it releases its namespaces before it
+    // becomes a zombie, and their files are gone (ENOENT) in between.
     let opened = ns::open(&list);
-    if !exec.init.alive() {
+    if !exec.init.running() {
         sync.fail(Step::NotRunning, "the container's process has exited");
     }
     if let Err(e) = opened.and_then(ns::enter) {

@@ -34,10 +34,17 @@ impl ProcRef {
 
     /// Whether this very process still exists (a zombie counts as gone).
     pub fn alive(&self) -> bool {
-        match stat_fields(self.pid) {
-            Some((state, _, start)) => start == self.start_time && runs(state),
-            None => false,
-        }
+        stat(self.pid).is_some_and(|s| s.start == self.start_time && runs(s.state))
+    }
+
+    /// Whether this very process still exists and is not exiting. A
+    /// process in exit(2) releases its namespaces before it becomes a
+    /// zombie: in between, [`Self::alive`] is still true, but its
+    /// /proc/PID/ns files are gone (ENOENT).
+    pub fn running(&self) -> bool {
+        stat(self.pid).is_some_and(|s| {
+            s.start == self.start_time && runs(s.state) && s.flags & PF_EXITING == 0
+        })
     }
 
     /// A pidfd for this process, checked to be the same process (not a
@@ -58,18 +65,18 @@ impl ProcRef {
 
 /// The start time of `pid` (clock ticks since boot), `None` if it is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
-    stat_fields(pid).map(|(_, _, start)| start)
+    stat(pid).map(|s| s.start)
 }
 
 /// The parent of `pid`, `None` if it is gone.
 pub fn parent_of(pid: i32) -> Option<i32> {
-    stat_fields(pid).map(|(_, parent, _)| parent)
+    stat(pid).map(|s| s.parent)
 }
 
 /// Whether `pid` has exited: no such process, or a zombie waiting for its
 /// parent (it runs no more code).
 pub fn has_exited(pid: i32) -> bool {
-    !stat_fields(pid).is_some_and(|(state, _, _)| runs(state))
+    !stat(pid).is_some_and(|s| runs(s.state))
 }
 
 /// A /proc/PID/stat state of a process that has not exited (not Z or X).
@@ -77,18 +84,39 @@ fn runs(state: char) -> bool {
     state != 'Z' && state != 'X'
 }
 
-/// (state, parent, start time) from /proc/PID/stat.
-fn stat_fields(pid: i32) -> Option<(char, i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The kernel's PF_EXITING in the flags of /proc/PID/stat: set when the
+/// process enters exit(2), before it releases its namespaces.
+const PF_EXITING: u32 = 0x4;
+
+/// The fields of /proc/PID/stat that crius reads.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    state: char,
+    parent: i32,
+    flags: u32,
+    start: u64,
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
     // comm may hold spaces and parentheses: fields resume after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
+    let rest = text.get(text.rfind(')')? + 2..)?;
     let mut fields = rest.split(' ');
+    // After comm: state is field 3, ppid 4, flags 9 (5 more), starttime 22
+    // (13 more).
     let state = fields.next()?.chars().next()?;
-    // After comm, state is field 3, ppid field 4; starttime is field 22,
-    // i.e. 18 more.
     let parent = fields.next()?.parse().ok()?;
-    let start = fields.nth(17)?.parse().ok()?;
-    Some((state, parent, start))
+    let flags = fields.nth(4)?.parse().ok()?;
+    let start = fields.nth(12)?.parse().ok()?;
+    Some(Stat {
+        state,
+        parent,
+        flags,
+        start,
+    })
 }
 
 /// A pidfd: readable once the process has exited.
@@ -492,6 +520,41 @@ mod tests {
             ..me
         };
         assert!(!other.alive(), "a different start time is another process");
+    }
+
+    #[test]
+    fn stat_fields_and_an_exiting_process() {
+        // A process named "a) b" in exit(2): flags 0x40404c has PF_EXITING.
+        let line = "4242 (a) b) R 1 4242 4242 0 -1 4210764 175 0 0 0 0 0 0 0 20 0 1 0 \
+                    987654 2723840 219 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(
+            s,
+            Stat {
+                state: 'R',
+                parent: 1,
+                flags: 4210764,
+                start: 987654
+            }
+        );
+        assert_ne!(s.flags & PF_EXITING, 0);
+        assert_eq!(parse_stat("4242 (x"), None);
+        assert_eq!(parse_stat("4242 (x) R 1"), None);
+        // This process is neither exiting nor gone, and its start time
+        // is the one ProcRef::of reads.
+        let me = ProcRef::current();
+        let own = stat(me.pid).unwrap();
+        assert_eq!(own.flags & PF_EXITING, 0);
+        assert_eq!(own.start, me.start_time);
+        assert!(me.running());
+        let other = ProcRef {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(
+            !other.running(),
+            "a different start time is another process"
+        );
     }
 
     #[test]
