@@ -240,8 +240,22 @@ async fn parallel(
             anyhow::Ok(r)
         }));
     }
+    // The first failure that is not a client given up at a barrier: that
+    // one only says another client failed.
+    let mut failed: Option<anyhow::Error> = None;
     for t in tasks {
-        r.merge(t.await??);
+        match t.await? {
+            Ok(done) => r.merge(done),
+            Err(e) => {
+                let waited = |e: &anyhow::Error| e.is::<tokio::time::error::Elapsed>();
+                if failed.as_ref().is_none_or(|f| waited(f) && !waited(&e)) {
+                    failed = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     // Whether the phase was bound by the machine's CPUs (every process on
     // it counts: the runtime, its plugins and pods, anything else running).
