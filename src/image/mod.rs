@@ -410,6 +410,10 @@ impl Images {
                 let _ = tokio::task::spawn_blocking(move || inner.collect_garbage()).await;
             }
             *inner.usage.lock().expect("lock poisoned") = None;
+            // The pull's receive buffers came from malloc's heap
+            // (sys::malloc, MMAP_THRESHOLD) and are free now: hand them
+            // back at once, not at the trimmer's next look.
+            drop(tokio::task::spawn_blocking(crate::sys::malloc::trim));
             result
         });
         task.await
