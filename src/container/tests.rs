@@ -605,23 +605,12 @@ fn signals_by_name_and_number() {
 /// Processes of group `pgid` that are not zombies (an orphan's zombie
 /// waits for whoever adopts it).
 fn live_in_group(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 3 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X" {
-            out.push(pid);
-        }
-    }
-    out
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&pid| crate::sys::process::live_group(pid) == Some(pgid))
+        .collect()
 }
 
 /// The next event of `sub` (bounded wait: an event that never comes fails).

@@ -300,8 +300,7 @@ mod tests {
             // Killed and reaped: the pid no longer exists (the orphaned child
             // is reaped by init; give it a moment).
             let gone = (0..50).any(|_| {
-                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| !s.contains(") Z "));
+                let alive = !crate::sys::process::has_exited(pid);
                 if alive {
                     std::thread::sleep(Duration::from_millis(100));
                 }

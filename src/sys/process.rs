@@ -73,6 +73,11 @@ pub fn parent_of(pid: i32) -> Option<i32> {
     stat(pid).map(|s| s.parent)
 }
 
+/// The process group of `pid` while it runs, `None` once it has exited.
+pub fn live_group(pid: i32) -> Option<i32> {
+    stat(pid).filter(|s| runs(s.state)).map(|s| s.group)
+}
+
 /// Whether `pid` has exited: no such process, or a zombie waiting for its
 /// parent (it runs no more code).
 pub fn has_exited(pid: i32) -> bool {
@@ -93,6 +98,7 @@ const PF_EXITING: u32 = 0x4;
 struct Stat {
     state: char,
     parent: i32,
+    group: i32,
     flags: u32,
     start: u64,
 }
@@ -105,15 +111,17 @@ fn parse_stat(text: &str) -> Option<Stat> {
     // comm may hold spaces and parentheses: fields resume after the last ')'.
     let rest = text.get(text.rfind(')')? + 2..)?;
     let mut fields = rest.split(' ');
-    // After comm: state is field 3, ppid 4, flags 9 (5 more), starttime 22
-    // (13 more).
+    // After comm: state is field 3, ppid 4, pgrp 5, flags 9 (4 more),
+    // starttime 22 (13 more).
     let state = fields.next()?.chars().next()?;
     let parent = fields.next()?.parse().ok()?;
-    let flags = fields.nth(4)?.parse().ok()?;
+    let group = fields.next()?.parse().ok()?;
+    let flags = fields.nth(3)?.parse().ok()?;
     let start = fields.nth(12)?.parse().ok()?;
     Some(Stat {
         state,
         parent,
+        group,
         flags,
         start,
     })
@@ -533,6 +541,7 @@ mod tests {
             Stat {
                 state: 'R',
                 parent: 1,
+                group: 4242,
                 flags: 4210764,
                 start: 987654
             }
