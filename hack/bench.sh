@@ -25,7 +25,11 @@
 #   CRIUS=BIN CLIENT=BIN hack/bench.sh # prebuilt crius and crius-bench, no build
 #   BASELINE=/path/to/old/crius RUNTIMES="crius crius-base containerd" hack/bench.sh
 #                                      # also an older crius binary, for
-#                                      # before/after in the same run
+#                                      # before/after in the same run; the
+#                                      # runtimes run in the order RUNTIMES
+#                                      # names them (the second of two
+#                                      # builds often measures differently:
+#                                      # run a pair in both orders)
 #   STRACE=1 KEEP=1 hack/bench.sh      # each crius daemon under strace -f -tt
 #                                      # -T (its monitors and inits too), to
 #                                      # WORK/<name>/strace (slow: for where
@@ -56,6 +60,13 @@ flock -n 9 || { echo "waiting for another hack/bench.sh run to finish..." >&2; f
 images_require_tools gcc docker-registry
 for tool in unshare ip iptables; do
   command -v "$tool" >/dev/null || { echo "$tool not installed (hack/install-deps.sh bench)" >&2; exit 1; }
+done
+for rt in $RUNTIMES; do
+  case $rt in
+    crius | containerd) ;;
+    crius-base) [[ -x ${BASELINE:-} ]] || { echo "crius-base needs BASELINE=/path/to/crius" >&2; exit 1; } ;;
+    *) echo "RUNTIMES: unknown runtime $rt (crius, crius-base, containerd)" >&2; exit 2 ;;
+  esac
 done
 if [[ " $RUNTIMES " == *" containerd "* ]]; then
   for tool in containerd runc; do
@@ -252,17 +263,10 @@ EOF
   kill_bench_cgroups
 }
 
-# 3. crius (this tree's release build) and, when asked, an older binary.
-[[ " $RUNTIMES " != *" crius "* ]] || run_crius crius "$crius"
-if [[ " $RUNTIMES " == *" crius-base "* ]]; then
-  [[ -x ${BASELINE:-} ]] || { echo "crius-base needs BASELINE=/path/to/crius" >&2; exit 1; }
-  run_crius crius-base "$BASELINE"
-fi
-
-# 4. containerd: Debian's package with runc and cgroupfs, the pause image
+# 3. containerd: Debian's package with runc and cgroupfs, the pause image
 # from the local registry.
-if [[ " $RUNTIMES " == *" containerd "* ]]; then
-  d="$work/containerd"
+run_containerd() {
+  local d="$work/containerd"
   mkdir -p "$d"
   containerd_config "$d" "$addr/bench/pause:3.9" "$work/cni" "$work/certs.d" "$cni_bin" >"$d/config.toml"
   settle
@@ -271,7 +275,17 @@ if [[ " $RUNTIMES " == *" containerd "* ]]; then
   bench containerd "$d/containerd.sock" --pause-image "$addr/bench/pause:3.9"
   stop_pid "$daemon_pid"
   kill_bench_cgroups
-fi
+}
+
+# 4. The runtimes, in the order RUNTIMES names them: crius (this tree's
+# release build, or CRIUS), crius-base (BASELINE), containerd.
+for rt in $RUNTIMES; do
+  case $rt in
+    crius) run_crius crius "$crius" ;;
+    crius-base) run_crius crius-base "$BASELINE" ;;
+    containerd) run_containerd ;;
+  esac
+done
 
 # 5. The CNI plugins alone, with the same configuration.
 "$client" cni --conflist "$work/cni/10-bench.conflist" --bin-dir "$cni_bin" --work "$work" \
