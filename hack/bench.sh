@@ -61,12 +61,16 @@ images_require_tools gcc docker-registry
 for tool in unshare ip iptables; do
   command -v "$tool" >/dev/null || { echo "$tool not installed (hack/install-deps.sh bench)" >&2; exit 1; }
 done
+seen=" "
 for rt in $RUNTIMES; do
   case $rt in
     crius | containerd) ;;
     crius-base) [[ -x ${BASELINE:-} ]] || { echo "crius-base needs BASELINE=/path/to/crius" >&2; exit 1; } ;;
     *) echo "RUNTIMES: unknown runtime $rt (crius, crius-base, containerd)" >&2; exit 2 ;;
   esac
+  # A second run of one name would reuse the first one's root and state.
+  [[ $seen != *" $rt "* ]] || { echo "RUNTIMES: $rt named twice" >&2; exit 2; }
+  seen+="$rt "
 done
 if [[ " $RUNTIMES " == *" containerd "* ]]; then
   for tool in containerd runc; do
