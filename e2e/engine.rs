@@ -145,10 +145,15 @@ impl TestPod {
                 work: dir.join("work"),
             },
             volumes: Vec::new(),
+            // The files the daemon sends (Cgroups::join_files): cgroup v2's
+            // cgroup.procs, v1's tasks.
             cgroup_procs: self
                 .cgroups
                 .iter()
-                .map(|c| c.join("cgroup.procs"))
+                .map(|c| match crate::cgroup::unified() {
+                    true => c.join("cgroup.procs"),
+                    false => c.join("tasks"),
+                })
                 .collect(),
             log_path: Some(dir.join("log")),
             log_dir: Some(dir.clone()),
@@ -282,8 +287,9 @@ async fn engine_namespaces_in_pod_and_container_modes() {
         assert!(!stat.contains("(sleep)"), "{stat}");
     }
     assert_ne!(ns_inode(ra.pid, "mnt"), ns_inode(rb.pid, "mnt"));
-    // In the cgroup before they run: joined in their setup when they get a
-    // cgroup namespace, else moved there by the start (not before it).
+    // In the cgroup before they run: born in it (cgroup v2) or joined in
+    // their setup when they get a cgroup namespace, else joined between
+    // the start and their execve (not before the start).
     let in_cgroup = |pid: i32| {
         p.cgroups.iter().all(|c| {
             let procs = std::fs::read_to_string(c.join("cgroup.procs")).unwrap();
@@ -295,7 +301,7 @@ async fn engine_namespaces_in_pod_and_container_modes() {
     assert_eq!((in_cgroup(ra.pid), in_cgroup(rb.pid)), (early, early));
     p.monitor.start_container("a").await.unwrap();
     p.monitor.start_container("b").await.unwrap();
-    assert!(in_cgroup(ra.pid) && in_cgroup(rb.pid), "moved at start");
+    assert!(in_cgroup(ra.pid) && in_cgroup(rb.pid), "joined at start");
     // In POD mode the pod init is PID 1; in CONTAINER mode the entrypoint.
     let (code, log) = p.run("c", &sh("cat /proc/1/comm"), p.pod_pid_ns()).await;
     assert_eq!(code, 0, "{log}");

@@ -17,6 +17,8 @@ pub fn populate(dir: &Path, h: &Hierarchy) {
             ("cgroup.kill", ""),
             ("cgroup.events", "populated 0\nfrozen 0"),
         ]);
+    } else {
+        files.push(("tasks", ""));
     }
     for c in &h.controllers {
         let v1 = !h.unified;

@@ -197,6 +197,22 @@ impl Tree {
             .collect()
     }
 
+    /// The files through which a process joins `path` itself, one per
+    /// hierarchy: cgroup v1's `tasks` (a thread writing `0` there moves
+    /// only itself, which the kernel does without the lock that makes a
+    /// whole-process move wait for an RCU grace period), cgroup v2's
+    /// `cgroup.procs` (a process is better born there: CLONE_INTO_CGROUP).
+    pub fn join_files(&self, path: &str) -> Vec<PathBuf> {
+        self.layout
+            .hierarchies
+            .iter()
+            .map(|h| {
+                let file = if h.unified { "cgroup.procs" } else { "tasks" };
+                h.dir(path).join(file)
+            })
+            .collect()
+    }
+
     pub fn add_process(&self, path: &str, pid: i32) -> Result<(), Error> {
         for file in self.procs_files(path) {
             std::fs::write(&file, pid.to_string()).map_err(|source| Error::Write {

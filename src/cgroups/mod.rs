@@ -24,7 +24,7 @@
 //!                                                     //  needs its first process)
 //! cg.update(&leaf, &resources)?;                      // all or nothing
 //! cg.delegate(&leaf, host_uid)?;                      // v2: the leaf to a userns container
-//! cg.procs_files(&leaf)                               // cgroup.procs per hierarchy (exec joins)
+//! cg.join_files(&leaf)                                // tasks (v1) / cgroup.procs (v2) per hierarchy
 //! let wake = cg.oom_follow(&id, &leaf)?;            // before it starts; wake readable: cg.oom_refresh(&id)
 //! let kills = cg.oom_finish(&id, &leaf, sigkilled); // at its exit, even if systemd removed the scope
 //! cg.oom_kills(&leaf)? ; cg.kill_all(&leaf)? ; cg.remove(&leaf)?
@@ -505,17 +505,17 @@ impl Cgroups {
         delegate::delegate_dir(&dir, &names, uid)
     }
 
-    /// The cgroup.procs files an exec process in the leaf `path` joins:
-    /// [`Self::procs_files`], but on cgroup v2 below a leaf the container
+    /// The files an exec process in the leaf `path` joins through:
+    /// [`Self::join_files`], but on cgroup v2 below a leaf the container
     /// turned into an inner node, its init's cgroup ([`delegate::exec_cgroup`]).
-    pub fn exec_procs_files(&self, path: &CgroupPath, init_pid: Option<i32>) -> Vec<PathBuf> {
+    pub fn exec_join_files(&self, path: &CgroupPath, init_pid: Option<i32>) -> Vec<PathBuf> {
         let (Some(pid), true) = (init_pid, self.is_unified()) else {
-            return self.procs_files(path);
+            return self.join_files(path);
         };
         let init = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let dir = self.tree.layout.reference().dir(&path.path);
         let joined = delegate::exec_cgroup(&path.path, &dir, &init);
-        self.tree.procs_files(&joined)
+        self.tree.join_files(&joined)
     }
 
     /// Puts the kernel's cgroup migration lock into its writer mode ahead
@@ -548,10 +548,18 @@ impl Cgroups {
         self.tree.add_process(&path.path, pid)
     }
 
-    /// The `cgroup.procs` file of `path` in each hierarchy: a process that
-    /// must be inside before it execs (ExecSync) writes its pid to each.
+    /// The `cgroup.procs` file of `path` in each hierarchy: writing a pid
+    /// to each moves that whole process there.
     pub fn procs_files(&self, path: &CgroupPath) -> Vec<PathBuf> {
         self.tree.procs_files(&path.path)
+    }
+
+    /// The file of `path` in each hierarchy through which a process about
+    /// to exec a container's workload joins it itself: v1 `tasks`, v2
+    /// `cgroup.procs` (see [`fs`]'s `join_files`). A cgroup v2 entry is
+    /// best used as the directory to clone the process into instead.
+    pub fn join_files(&self, path: &CgroupPath) -> Vec<PathBuf> {
+        self.tree.join_files(&path.path)
     }
 
     /// Every process in `path` and below, sorted.

@@ -185,6 +185,37 @@ fn hybrid_host_writes_hugetlb_to_the_unified_mount() {
 }
 
 #[test]
+fn a_process_joins_v1_through_tasks_and_v2_through_cgroup_procs() {
+    for (kind, v1, v2) in [(Kind::V1, 7, 0), (Kind::Hybrid, 8, 1), (Kind::V2, 0, 1)] {
+        let f = fixture(kind);
+        let pod = f.cg.pod_path("", "j").unwrap();
+        f.cg.create(&pod, &Resources::default()).unwrap();
+        let c = f.cg.container_path(&pod, "c").unwrap();
+        f.cg.create(&c, &Resources::default()).unwrap();
+        let files = f.cg.join_files(&c);
+        assert_eq!(files.len(), f.cg.procs_files(&c).len());
+        let named = |n: &str| files.iter().filter(|p| p.file_name().unwrap() == n).count();
+        assert_eq!((named("tasks"), named("cgroup.procs")), (v1, v2));
+        // Each is an interface file of the container's own directory.
+        for file in &files {
+            assert!(file.is_file(), "{}", file.display());
+            assert!(
+                file.parent().unwrap().ends_with("crius-c"),
+                "{}",
+                file.display()
+            );
+        }
+        // The unified one is the last (it is the one a process is cloned into).
+        if v2 == 1 {
+            assert!(files.last().unwrap().starts_with(f.root.join(match kind {
+                Kind::Hybrid => "unified",
+                _ => "",
+            })));
+        }
+    }
+}
+
+#[test]
 fn update_is_all_or_nothing() {
     let f = fixture(Kind::V2);
     let pod = f.cg.pod_path("", "u").unwrap();

@@ -90,8 +90,9 @@ pub struct Plan {
 /// When the container's cgroup is made, against its init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CgroupOrder {
-    /// Made first (cgroupfs): the init is born in it, joins it in its
-    /// setup or is moved there at start.
+    /// Made first (cgroupfs): the init is born in its cgroup v2 directory
+    /// and joins the v1 ones itself (`tasks`), in its setup when it gets a
+    /// cgroup namespace, else just before it execs the workload.
     First,
     /// A systemd scope, which needs its first process: made with the
     /// created init's pid.
@@ -115,17 +116,17 @@ impl Containers {
         crate::record::create(self, key, || self.plan(&pod, req)).await
     }
 
-    /// The container's init is moved into its cgroup soon: by its own
-    /// setup in a few ms (a container with a cgroup namespace, or the
-    /// systemd scope made with its pid), else by the monitor at
-    /// StartContainer. A cgroup migration entering the kernel's writer
-    /// mode waits for an RCU grace period first (7 to 29 ms here on
-    /// cgroup v1). This starts that wait now, beside the init's setup,
-    /// with a move of the daemon to where it is
+    /// The container's init is moved into its systemd scope in a few ms
+    /// (the scope is made with its pid: [`CgroupOrder::AfterInit`]). A
+    /// whole-process cgroup migration waits for an RCU grace period
+    /// first (7 to 29 ms here on cgroup v1). This starts that wait now,
+    /// beside the init's setup, with a move of the daemon to where it is
     /// ([`crate::cgroups::warm`]); it is not awaited, and its failure only
     /// costs the wait it would have saved. It runs after the container's
     /// cgroup is made: the move holds `cgroup_mutex` through its grace
-    /// period, which a mkdir in a cgroup hierarchy needs too.
+    /// period, which a mkdir in a cgroup hierarchy needs too. The other
+    /// orders need no warming: their init is born in its cgroup v2
+    /// directory and joins v1 ones by moving only itself.
     fn warm_cgroup_migrations(&self) {
         let cg = self.cgroups.clone();
         tokio::task::spawn_blocking(move || {
@@ -528,9 +529,10 @@ impl Containers {
                 }
             }
         }
-        self.warm_cgroup_migrations();
-        if order != CgroupOrder::AfterInit {
-            launch.cgroup_procs = self.cgroups.procs_files(&leaf);
+        if order == CgroupOrder::AfterInit {
+            self.warm_cgroup_migrations();
+        } else {
+            launch.cgroup_procs = self.cgroups.join_files(&leaf);
         }
 
         // 5. The init: mounts done, blocked before execve.

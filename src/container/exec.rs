@@ -76,15 +76,16 @@ impl Capture {
 }
 
 impl Containers {
-    /// The container's cgroup.procs files, which an exec process joins
-    /// before execve (with systemd its init joined none itself); in a
-    /// delegated cgroup the container made an inner node, its init's.
+    /// The files through which an exec process joins the container's
+    /// cgroup before execve ([`crate::cgroups::Cgroups::join_files`]: it
+    /// is born in the cgroup v2 one); in a delegated cgroup the container
+    /// made an inner node, its init's.
     fn exec_cgroup_procs(&self, rec: &super::record::ContainerRecord) -> Vec<std::path::PathBuf> {
         rec.cgroup
             .as_ref()
             .map(|c| {
                 self.cgroups
-                    .exec_procs_files(c, rec.init.as_ref().map(|i| i.pid))
+                    .exec_join_files(c, rec.init.as_ref().map(|i| i.pid))
             })
             .unwrap_or_default()
     }

@@ -1,12 +1,13 @@
 //! A container's init, forked by the monitor and blocked before execve
 //! until StartContainer (runc create / start).
 //!
-//! Stage 1 (a child of the monitor, in the host's namespaces): stdio and
-//! the sync socket in place, every other fd closed, non-dumpable, the
-//! container's cgroup joined when it gets a cgroup namespace of its own
-//! and was not born in it (cgroup v2: the monitor clones it into the
-//! cgroup when the kernel can), else the monitor moves the init there at
-//! start ([`ContainerLaunch::joins_cgroup_in_setup`]), the pod's net/IPC/UTS namespaces joined by
+//! Stage 1 (a child of the monitor, in the host's namespaces, and born in
+//! the container's cgroup v2 directory when the kernel can clone into
+//! one): stdio and the sync socket in place, every other fd closed,
+//! non-dumpable, the container's other cgroup files opened (cgroup v1
+//! `tasks`) and joined when it gets a cgroup namespace of its own, else
+//! by stage 2 between `start` and execve
+//! ([`ContainerLaunch::joins_cgroup_in_setup`]), the pod's net/IPC/UTS namespaces joined by
 //! their pinned paths (and the PID namespace in POD and TARGET mode), then
 //! a clone into a new mount namespace (and a new PID namespace in CONTAINER
 //! mode: entering one needs a new process) with CLONE_PARENT, so the
@@ -18,40 +19,48 @@
 //! last: the mounts, idmapped ones included, are made from the host's, so
 //! the container's mount namespace, and a PID or cgroup namespace of its
 //! own, belong to the host's user namespace), the working directory, the process settings
-//! ([`super::setup::finalize`]), `ready`, then it blocks until `start` and
-//! execs the entrypoint. Any failure is reported as a failed [`Step`]
+//! ([`super::setup::finalize`]), `ready`, then it blocks until `start`,
+//! joins the cgroups stage 1 left to it and execs the entrypoint. Any failure is reported as a failed [`Step`]
 //! and ends the process, whose mount namespace takes every mount with it.
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 
-use super::setup::{self, Stdio, Sync};
+use super::setup::{self, CgroupJoin, Stdio, Sync};
 use crate::monitor::protocol::ContainerLaunch;
 use crate::monitor::sync::{Message, Step};
 use crate::sys::ns;
 use crate::sys::process::{Forked, SingleThreaded, exit_immediately, fork_into};
 
-/// Stage 1; never returns.
-/// `in_cgroup`: the monitor forked this process into the container's
-/// cgroup already (CLONE_INTO_CGROUP).
+/// Stage 1; never returns. `join`: the container's cgroup files this
+/// process joins through (those of `init.cgroup_procs` it was not born
+/// in: the monitor clones it into a cgroup v2 directory when it can).
 pub fn run(
     one: SingleThreaded,
     init: &ContainerLaunch,
-    in_cgroup: bool,
+    join: &[PathBuf],
     stdio: Stdio,
     sync: OwnedFd,
 ) -> ! {
     let tty = stdio.tty;
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
-    // Otherwise the monitor moves the init there when it releases it.
-    if init.joins_cgroup_in_setup()
-        && !in_cgroup
-        && let Err(e) = setup::join_cgroup(&init.cgroup_procs)
-    {
-        sync.failed(Step::JoinCgroup, &e);
-    }
+    // Opened now: they are host paths. Joined now when the cgroup
+    // namespace made below must be rooted there, else just before the
+    // workload execs, so that CreateContainer waits for no migration.
+    let join = match CgroupJoin::open(join) {
+        Ok(j) => j,
+        Err(e) => sync.failed(Step::JoinCgroup, &e),
+    };
+    let join = match init.joins_cgroup_in_setup() {
+        true => match join.join() {
+            Ok(()) => None,
+            Err(e) => sync.failed(Step::JoinCgroup, &e),
+        },
+        false => Some(join),
+    };
     // The mount namespace is always the container's own.
     let new = init
         .create
@@ -63,7 +72,7 @@ pub fn run(
         sync.fail(Step::JoinNamespaces, &crate::error::chain(&e));
     }
     match fork_into(one, new | CloneFlags::CLONE_PARENT) {
-        Ok(Forked::Child) => stage2(init, tty, sync),
+        Ok(Forked::Child) => stage2(init, join, tty, sync),
         Ok(Forked::Parent(pid)) => {
             sync.send(&Message::Pid(pid.as_raw()));
             exit_immediately(0)
@@ -72,7 +81,7 @@ pub fn run(
     }
 }
 
-fn stage2(init: &ContainerLaunch, tty: bool, mut sync: Sync) -> ! {
+fn stage2(init: &ContainerLaunch, join: Option<CgroupJoin>, tty: bool, mut sync: Sync) -> ! {
     let _ = nix::unistd::setsid();
     // Device nodes get exactly the modes asked for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -124,6 +133,11 @@ fn stage2(init: &ContainerLaunch, tty: bool, mut sync: Sync) -> ! {
     setup::test_pause(&init.env);
     sync.send(&Message::Ready);
     sync.wait_start();
+    if let Some(join) = join
+        && let Err(e) = join.join()
+    {
+        sync.failed(Step::JoinCgroup, &e);
+    }
     let err = setup::exec(&exec);
     sync.send(&Message::Failed {
         step: Step::Exec,

@@ -32,7 +32,9 @@ pub struct Exec<'a> {
     pub groups: crate::init::user::GroupsPolicy,
     /// The container's seccomp filter.
     pub seccomp: Option<&'a crate::monitor::protocol::SeccompFilter>,
-    pub cgroup_procs: &'a [PathBuf],
+    /// The container's cgroup files it joins through
+    /// ([`setup::CgroupJoin`]), less any it was born in.
+    pub cgroup_join: &'a [PathBuf],
     /// The host uid and gid of the pod's user namespace's root, if the
     /// container is in one: its stdio is given to them before joining.
     pub userns_root: Option<(u32, u32)>,
@@ -54,7 +56,7 @@ pub fn run(one: SingleThreaded, exec: &Exec, stdio: Stdio, sync: OwnedFd) -> ! {
     let tty = stdio.tty;
     let mut sync = setup::hand_off_fds(one, stdio, sync);
     setup::non_dumpable();
-    if let Err(e) = setup::join_cgroup(exec.cgroup_procs) {
+    if let Err(e) = setup::CgroupJoin::open(exec.cgroup_join).and_then(setup::CgroupJoin::join) {
         sync.failed(Step::JoinCgroup, &e);
     }
     let mut list: Vec<(PathBuf, Kind)> = JOINED

@@ -147,20 +147,39 @@ pub fn join_user_namespace(fd: &OwnedFd) -> Result<(), Error> {
         .map_err(io("take ids 0 in the user namespace"))
 }
 
-/// Writes our pid into each cgroup.procs file (before joining namespaces:
-/// the files are host paths).
-pub fn join_cgroup(procs: &[PathBuf]) -> Result<(), Error> {
-    move_to_cgroup(procs, std::process::id())
-}
+/// The cgroup files a process joins through, opened (host paths: before
+/// any namespace or pivot_root) and written later, when it should move.
+pub struct CgroupJoin(Vec<(PathBuf, std::fs::File)>);
 
-/// Writes `pid` into each cgroup.procs file: moves that process into the
-/// cgroup, one hierarchy after the other.
-pub fn move_to_cgroup(procs: &[PathBuf], pid: u32) -> Result<(), Error> {
-    let pid = pid.to_string();
-    for p in procs {
-        std::fs::write(p, &pid).map_err(io(format!("write {}", p.display())))?;
+impl CgroupJoin {
+    /// Opens each file for writing, never creating one (a missing file is
+    /// a missing cgroup) and never leaking one into the workload.
+    pub fn open(files: &[PathBuf]) -> Result<Self, Error> {
+        files
+            .iter()
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map(|f| (p.clone(), f))
+                    .map_err(io(format!("open {}", p.display())))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
-    Ok(())
+
+    /// Moves the calling process into the cgroups, one hierarchy after the
+    /// other: `0` names the writer itself, and in a v1 `tasks` file only
+    /// the writing thread (all there is of this process), which the
+    /// kernel moves without entering the writer mode of its thread-group
+    /// lock (and so without waiting for an RCU grace period).
+    pub fn join(self) -> Result<(), Error> {
+        for (path, mut file) in self.0 {
+            file.write_all(b"0")
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        Ok(())
+    }
 }
 
 /// The working directory: created when missing (`create`), entered, and

@@ -218,7 +218,10 @@ pub struct ContainerLaunch {
     /// The compiled seccomp filter, loaded by the init and every exec
     /// process; `None`: unconfined.
     pub seccomp: Option<SeccompFilter>,
-    /// cgroup.procs files of the container's leaf, one per hierarchy.
+    /// The files of the container's leaf the init joins through, one per
+    /// hierarchy ([`crate::cgroups::Cgroups::join_files`]: v1 `tasks`, v2
+    /// `cgroup.procs`; the wire name is older). An older monitor writes
+    /// the init's pid to each: a v1 `tasks` file then moves its one thread.
     pub cgroup_procs: Vec<PathBuf>,
     /// The CRI log file; `None`: output is read and dropped.
     pub log_path: Option<PathBuf>,
@@ -236,14 +239,13 @@ impl ContainerLaunch {
         log_file(self.log_path.as_deref(), self.log_dir.as_deref())
     }
 
-    /// Whether the init joins `cgroup_procs` itself in its setup (stage
-    /// 1, before any namespace) rather than being moved there by the
-    /// monitor when it is released. Only a container with a cgroup
-    /// namespace of its own needs the early join: the namespace's root is
-    /// the cgroup its creator is in at that moment. Without one (cgroup
-    /// v1), the move waits until StartContainer, so CreateContainer does
-    /// not wait out the grace period a cgroup migration can take
-    /// ([`crate::cgroups::warm`]); nothing of the workload runs before it.
+    /// Whether the init joins `cgroup_procs` in its setup (stage 1,
+    /// before any namespace) rather than just before it execs the
+    /// workload. Only a container with a cgroup namespace of its own needs
+    /// the early join: the namespace's root is the cgroup its creator is
+    /// in at that moment. Either way it is born in its cgroup v2
+    /// directory when the kernel can, and nothing of the workload runs
+    /// outside the cgroups.
     pub fn joins_cgroup_in_setup(&self) -> bool {
         self.create.contains(&Kind::Cgroup)
     }
@@ -305,10 +307,12 @@ pub struct ExecLaunch {
     pub tty: bool,
     /// Hand the daemon a pipe to the process's stdin (else /dev/null).
     pub stdin: bool,
-    /// cgroup.procs files of the container's cgroup, joined before execve.
-    /// The daemon sends them because with systemd the container's init
-    /// joined no cgroup itself (the scope was made around it); empty (an
-    /// older daemon): those the container's init joined.
+    /// The files of the container's cgroup the exec process joins through
+    /// before execve ([`crate::cgroups::Cgroups::join_files`]; the wire
+    /// name is older). The daemon sends them because with systemd the
+    /// container's init joined no cgroup itself (the scope was made
+    /// around it); empty (an older daemon): those the container's init
+    /// joined.
     #[serde(default)]
     pub cgroup_procs: Vec<PathBuf>,
 }

@@ -27,11 +27,12 @@
 //!
 //! The monitor copies a container's stdout/stderr into `log_path` in the CRI
 //! format (a container without a log path has its output read and dropped).
-//! The init is in `cgroup_procs`' cgroup before any namespace when the
-//! container gets a cgroup namespace of its own (cloned into it, or
-//! joining it); otherwise the monitor moves it there when it releases it
-//! ([`ContainerLaunch::joins_cgroup_in_setup`]), and its setup (mounts,
-//! the rootfs' files) is accounted to the monitor's cgroup. The daemon owns the upper/work dirs, the
+//! The init is born in `cgroup_procs`' cgroup v2 directory when the kernel
+//! can, and joins the others (cgroup v1 `tasks`) before any namespace when
+//! the container gets a cgroup namespace of its own, otherwise just before
+//! it execs the workload ([`ContainerLaunch::joins_cgroup_in_setup`]):
+//! its setup (mounts, the rootfs' files) is then accounted to the
+//! monitor's v1 cgroups. The daemon owns the upper/work dirs, the
 //! cgroup and the rootfs directory.
 
 use std::borrow::Cow;

@@ -12,6 +12,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
@@ -280,17 +281,20 @@ fn pipes(tty: bool, stdin: bool) -> Result<Pipes, StdioError> {
     })
 }
 
-/// Forks a container's stage 1: born in the container's cgroup when the
-/// init would join it in its setup and that cgroup is a single cgroup2
-/// directory the kernel can clone into (`true`), else a plain fork that
-/// joins it as [`ContainerLaunch::joins_cgroup_in_setup`] says.
-fn fork_init(one: SingleThreaded, launch: &ContainerLaunch) -> (crate::sys::Result<Forked>, bool) {
+/// Forks a stage 1 that joins the cgroup files `join` (v1 `tasks`, v2
+/// `cgroup.procs`: [`crate::cgroups::Cgroups::join_files`]): born in the
+/// cgroup v2 directory when there is one and the kernel can clone into it
+/// (CLONE_INTO_CGROUP), else a plain fork. The files it is left to join
+/// itself come back with it.
+fn fork_joining(
+    one: SingleThreaded,
+    join: &[PathBuf],
+) -> (crate::sys::Result<Forked>, Vec<PathBuf>) {
     let none = nix::sched::CloneFlags::empty();
-    let dir = match launch.cgroup_procs.as_slice() {
-        [procs] if launch.joins_cgroup_in_setup() => procs.parent(),
-        _ => None,
-    };
-    let fd = dir.and_then(|d| {
+    let v2 = join
+        .iter()
+        .position(|f| f.file_name().is_some_and(|n| n == "cgroup.procs"));
+    let fd = v2.and_then(|i| join[i].parent()).and_then(|d| {
         rustix::fs::open(
             d,
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -298,12 +302,14 @@ fn fork_init(one: SingleThreaded, launch: &ContainerLaunch) -> (crate::sys::Resu
         )
         .ok()
     });
-    if let Some(fd) = fd
+    if let (Some(i), Some(fd)) = (v2, fd)
         && let Ok(forked) = crate::sys::process::fork_into_cgroup(one, none, fd.as_fd())
     {
-        return (Ok(forked), true);
+        let mut rest = join.to_vec();
+        rest.remove(i);
+        return (Ok(forked), rest);
     }
-    (fork_into(one, none), false)
+    (fork_into(one, none), join.to_vec())
 }
 
 impl Container {
@@ -325,11 +331,11 @@ impl Container {
             .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
         let (parent, child) = UnixStream::pair()
             .map_err(|e| failure(Step::Create, format!("sync socketpair: {e}")))?;
-        let (forked, born_in_cgroup) = fork_init(one, &launch);
+        let (forked, join) = fork_joining(one, &launch.cgroup_procs);
         let stage1 = match forked {
             Ok(Forked::Child) => {
                 drop(parent);
-                crate::init::container::run(one, &launch, born_in_cgroup, p.child, child.into())
+                crate::init::container::run(one, &launch, &join, p.child, child.into())
             }
             Ok(Forked::Parent(pid)) => pid,
             Err(e) => return Err(failure(Step::Create, crate::error::chain(&e))),
@@ -359,23 +365,11 @@ impl Container {
         if self.state != State::Created {
             return Err(already());
         }
-        if !self.launch.joins_cgroup_in_setup() {
-            self.move_into_cgroup()?;
-        }
         let sync = self.sync.take().ok_or_else(already)?;
         if sync.send_start().is_err() {
             return Err(failure(Step::NotRunning, "the container's init has exited"));
         }
         Ok(sync)
-    }
-
-    /// Moves the created init into the container's cgroup (every
-    /// hierarchy), before anything of the workload runs. The init is this
-    /// monitor's child and not reaped yet (it is `Created`), so its pid
-    /// names it and no other process.
-    fn move_into_cgroup(&self) -> Result<(), Failure> {
-        crate::init::setup::move_to_cgroup(&self.launch.cgroup_procs, self.init.pid as u32)
-            .map_err(|e| failure(Step::JoinCgroup, crate::error::chain(&e)))
     }
 
     /// The released init exec'ed its entrypoint (unless it already ended).
@@ -600,7 +594,12 @@ impl Container {
             .map_err(|e| failure(Step::Stdio, crate::error::chain(&e)))?;
         let (parent, child) =
             UnixStream::pair().map_err(|e| failure(Step::Exec, format!("sync socketpair: {e}")))?;
-        let stage1 = match fork_into(one, nix::sched::CloneFlags::empty()) {
+        let files = match launch.cgroup_procs.is_empty() {
+            true => &self.launch.cgroup_procs,
+            false => &launch.cgroup_procs,
+        };
+        let (forked, join) = fork_joining(one, files);
+        let stage1 = match forked {
             Ok(Forked::Child) => {
                 drop(parent);
                 let exec = crate::init::exec::Exec {
@@ -611,11 +610,7 @@ impl Container {
                     user: &self.launch.user,
                     groups: self.launch.groups,
                     seccomp: self.launch.seccomp.as_ref(),
-                    cgroup_procs: if launch.cgroup_procs.is_empty() {
-                        &self.launch.cgroup_procs
-                    } else {
-                        &launch.cgroup_procs
-                    },
+                    cgroup_join: &join,
                     userns_root: self.launch.userns_root,
                 };
                 crate::init::exec::run(one, &exec, p.child, child.into())
