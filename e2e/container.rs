@@ -740,12 +740,13 @@ async fn a_removal_cut_short_after_its_reply_is_finished_by_the_next_start() {
 }
 
 /// A created init is in its cgroup before anything of the workload runs:
-/// without a cgroup namespace of its own (cgroup v1) the monitor moves it
-/// there when StartContainer releases it, not before; when that move
-/// fails (the container's cgroup is gone) the container cannot run, and
-/// its init is gone.
+/// without a cgroup namespace of its own (cgroup v1) it joins there itself
+/// (through the `tasks` files it opened at create) between the start and
+/// its execve, not before; when that join fails (the container's cgroup is
+/// gone) the workload never runs: the container cannot run, and its init
+/// is gone.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_created_init_is_moved_into_its_cgroup_at_start() {
+async fn a_created_init_joins_its_cgroup_before_the_workload_runs() {
     require_registry_tools!();
     let s = setup().await;
     let mut rt = s.d.runtime().await;
@@ -811,7 +812,7 @@ async fn a_created_init_is_moved_into_its_cgroup_at_start() {
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
         assert_eq!(st.reason, "ContainerCannotRun");
         assert!(st.message.contains("cgroup"), "{}", st.message);
-        pod::wait_for("the unmoved init's end", Duration::from_secs(10), || {
+        pod::wait_for("the unjoined init's end", Duration::from_secs(10), || {
             !std::path::Path::new(&format!("/proc/{pid_b}")).exists()
         })
         .await;

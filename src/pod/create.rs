@@ -14,7 +14,8 @@
 //! 4. start pod monitor (its sub-steps: prepare namespace directory, create
 //!    namespaces, set hostname, apply sysctls, bring lo up, pin namespaces,
 //!    start pod init, mount /dev/shm)   5. create pod init cgroup
-//! 6. set up pod network   7. write resolv.conf and hostname   8. record pod
+//! 6. set up pod network (5 and 6 at once, beside the monitor's move into
+//!    its cgroup)   7. write resolv.conf and hostname   8. record pod
 
 use std::sync::Arc;
 
@@ -223,17 +224,30 @@ impl Pods {
         Ok(())
     }
 
-    /// Steps 5 and 6: the pod init's cgroup and CNI ADD.
+    /// Steps 5 and 6, at once (moving the pod init into its cgroup waits
+    /// for an RCU grace period on cgroup v1, which the plugins hide); both
+    /// end here, also on failure, so a rollback never races either.
     async fn attach(&self, rec: &mut PodRecord, pod_cidr: &str) -> Result<(), Error> {
-        // 5. The pod init's own leaf cgroup under the pod cgroup.
-        if let (Some(leaf), Some(init)) = (rec.init_cgroup.clone(), rec.init) {
-            let cg = self.cgroups.clone();
-            blocking(move || cg.create_with_pid(&leaf, &Resources::default(), init.pid))
-                .await
-                .map_err(step("create pod init cgroup"))?;
-        }
+        let init = rec.init_cgroup.clone().zip(rec.init);
+        let (cgroup, network) =
+            tokio::join!(self.init_cgroup(init), self.add_network(rec, pod_cidr));
+        cgroup.and(network)
+    }
 
-        // 6. CNI ADD, unless the pod uses the host network.
+    /// Step 5: the pod init's own leaf cgroup under the pod cgroup.
+    async fn init_cgroup(&self, init: Option<(CgroupPath, ProcRef)>) -> Result<(), Error> {
+        let Some((leaf, init)) = init else {
+            return Ok(());
+        };
+        let cg = self.cgroups.clone();
+        blocking(move || cg.create_with_pid(&leaf, &Resources::default(), init.pid))
+            .await
+            .map_err(step("create pod init cgroup"))?;
+        Ok(())
+    }
+
+    /// Step 6: CNI ADD, unless the pod uses the host network.
+    async fn add_network(&self, rec: &mut PodRecord, pod_cidr: &str) -> Result<(), Error> {
         pause_point("set up pod network").await;
         let Some(netns) = &rec.netns else {
             return Ok(());
