@@ -1,7 +1,10 @@
 //! Warming cgroup migrations: putting the kernel's migration lock into its
 //! writer mode ahead of a migration that follows soon (a container's init
-//! joining its leaf), so that migration does not wait for an RCU grace
-//! period on the critical path.
+//! moved into the systemd scope made around it), so that migration does
+//! not wait for an RCU grace period on the critical path. Other inits and
+//! exec processes need none: they are born in their cgroup v2 directory
+//! and move only their one thread into v1 ones, which the kernel does
+//! without that lock ([`super::Cgroups::join_files`]).
 //!
 //! # Why a migration waits (kernel/cgroup/cgroup.c, kernel/rcu/sync.c)
 //!
