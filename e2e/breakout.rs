@@ -8,7 +8,7 @@ use std::path::Path;
 use crius::cri::proto::*;
 
 use crate::container::{
-    add_capabilities, container, create, exec, pod_config, setup_with_env, start,
+    add_capabilities, container, create, exec, pod_config, refused, setup_with_env, start,
 };
 use crate::pod;
 use crate::require_registry_tools;
@@ -95,7 +95,7 @@ async fn mounts_onto_procfs_and_dev_are_refused_and_caps_stay_bounded() {
             NamespaceMode::Container,
         );
         c.mounts = mounts;
-        let err = create(&mut rt, &pod, c).await.unwrap_err();
+        let err = refused(&mut rt, &pod, c).await;
         assert!(
             err.message().contains("resolves onto procfs")
                 || err.message().contains("resolves onto sysfs"),
@@ -115,7 +115,7 @@ async fn mounts_onto_procfs_and_dev_are_refused_and_caps_stay_bounded() {
             NamespaceMode::Container,
         );
         c.mounts = vec![bind(&dev, path, false)];
-        let err = create(&mut rt, &pod, c).await.unwrap_err();
+        let err = refused(&mut rt, &pod, c).await;
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{path}: {err:?}");
     }
     // A file planted at /dev/null itself is no 1:3 device: masking refuses it.
@@ -126,20 +126,26 @@ async fn mounts_onto_procfs_and_dev_are_refused_and_caps_stay_bounded() {
         NamespaceMode::Container,
     );
     c.mounts = vec![bind(&host.join("zero"), "/dev/null", false)];
-    let err = create(&mut rt, &pod, c).await.unwrap_err();
+    let err = refused(&mut rt, &pod, c).await;
     assert!(err.message().contains("/dev/null"), "{err:?}");
     assert_eq!(
         std::fs::read_to_string(host.join("zero")).unwrap(),
         "0\n",
         "the host file is untouched"
     );
-    let containers_after = std::fs::read_dir(s.d.root.join("containers"))
-        .map(|r| r.count())
-        .unwrap_or(0);
-    assert_eq!(
-        containers_before, containers_after,
-        "refusals leave no container dir"
-    );
+    // Refusals leave no container dir (a removal's release ends after
+    // its reply).
+    let count = || {
+        std::fs::read_dir(s.d.root.join("containers"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    pod::wait_for(
+        "refusals to leave no container dir",
+        std::time::Duration::from_secs(10),
+        || count() == containers_before,
+    )
+    .await;
 
     // The allowed ones still work, and the bounding set is the default one.
     let mut c = container(

@@ -142,6 +142,46 @@ pub async fn create(
     .map(|r| r.into_inner().container_id)
 }
 
+/// The verbose status of created container `id` once its init is made
+/// (after CreateContainer answered): it then shows the init's pid.
+pub async fn made(rt: &mut Client, id: &str) -> (ContainerStatus, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, info) = status(rt, id).await;
+        if info["pid"].is_i64() {
+            return (st, info);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no init made for {id}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The refusal of container `c`: CreateContainer's error, or, for what
+/// only making its init finds (that runs after CreateContainer answered),
+/// StartContainer's, after which the container, ended with
+/// ContainerCannotRun, is removed. Panics if the container starts.
+pub async fn refused(rt: &mut Client, pod: &str, c: ContainerConfig) -> tonic::Status {
+    let id = match create(rt, pod, c).await {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let e = rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("the container started");
+    let (st, _) = status(rt, &id).await;
+    assert_eq!(st.reason, "ContainerCannotRun", "{st:?}");
+    rt.remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    e
+}
+
 pub async fn start(rt: &mut Client, id: &str) {
     rt.start_container(StartContainerRequest {
         container_id: id.into(),
@@ -755,7 +795,7 @@ async fn a_created_init_joins_its_cgroup_before_the_workload_runs() {
         .await
         .unwrap();
     let early = cgroup::unified();
-    let made = |name: &str| {
+    let sleeper = |name: &str| {
         container(
             name,
             &s.busybox,
@@ -763,8 +803,8 @@ async fn a_created_init_joins_its_cgroup_before_the_workload_runs() {
             NamespaceMode::Container,
         )
     };
-    let id = create(&mut rt, &pod, made("a")).await.unwrap();
-    let (_, info) = status(&mut rt, &id).await;
+    let id = create(&mut rt, &pod, sleeper("a")).await.unwrap();
+    let (_, info) = made(&mut rt, &id).await;
     let (leaf, pid) = (
         info["cgroupPath"].as_str().unwrap().to_string(),
         info["pid"].as_i64().unwrap() as i32,
@@ -796,8 +836,8 @@ async fn a_created_init_joins_its_cgroup_before_the_workload_runs() {
 
     if !early {
         // Its cgroup removed behind crius's back (empty until the start).
-        let b = create(&mut rt, &pod, made("b")).await.unwrap();
-        let (_, info) = status(&mut rt, &b).await;
+        let b = create(&mut rt, &pod, sleeper("b")).await.unwrap();
+        let (_, info) = made(&mut rt, &b).await;
         let leaf_b = info["cgroupPath"].as_str().unwrap().to_string();
         let pid_b = info["pid"].as_i64().unwrap() as i32;
         std::fs::remove_dir(cgroup::dir(&leaf_b, "pids")).unwrap();

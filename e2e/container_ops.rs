@@ -16,7 +16,8 @@ use tonic::Code;
 
 use crate::cgroup;
 use crate::container::{
-    Setup, container, create, exec, pod_config, setup_with_env, sleeping, start, status, wait_state,
+    Setup, container, create, exec, pod_config, refused, setup_with_env, sleeping, start, status,
+    wait_state,
 };
 use crate::pod::{self, Client, wait_for};
 use crate::require_registry_tools;
@@ -265,7 +266,8 @@ async fn create_container_survives_a_client_deadline_and_a_daemon_kill() {
     .await
     .unwrap();
 
-    // Killed while paused after the init exists: the restart rolls back.
+    // Killed while paused before the container is recorded as created:
+    // the restart rolls back.
     s.d.env = vec![("CRIUS_TEST_PAUSE_AT".into(), "record container".into())];
     s.d.signal_and_wait(15, Duration::from_secs(10));
     s.d.spawn();
@@ -311,32 +313,33 @@ async fn restart_rolling_back(s: &mut Setup) -> Client {
     rt
 }
 
+/// CreateContainer answers before the init is made. A daemon killed
+/// while it makes the init (paused once the container's cgroup exists:
+/// with systemd on cgroup v2 the scope holds its holder process then)
+/// leaves a created container without an init: the restart ends what was
+/// made of it, StartContainer says why it cannot run, and RemoveContainer
+/// leaves no cgroup, holder or directory.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
+async fn a_daemon_killed_while_it_makes_the_init_leaves_no_cgroup_or_holder() {
     require_registry_tools!();
-    // Paused once the container's cgroup exists, before its init: with
-    // systemd on cgroup v2 the scope holds its holder process then.
     let mut s = setup_with_env(&[("CRIUS_TEST_PAUSE_AT", "create container init")]).await;
-    let rt = s.d.runtime().await;
+    let mut rt = s.d.runtime().await;
     let logs = s.d.dir.path().join("logs");
-    let pod = pod::run(
-        &mut rt.clone(),
-        pod_config("held", NamespaceMode::Container, &logs),
-    )
-    .await
-    .unwrap();
-    let (_, info) = pod::status(&mut rt.clone(), &pod).await;
+    let pod = pod::run(&mut rt, pod_config("held", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let (_, info) = pod::status(&mut rt, &pod).await;
     let pod_cg = info["cgroupPath"].as_str().unwrap().to_string();
-    let pending = {
-        let (mut rt, pod) = (rt.clone(), pod.clone());
-        let c = container(
-            "c",
-            &s.busybox,
-            &["sleep", "1000"],
-            NamespaceMode::Container,
-        );
-        tokio::spawn(async move { create(&mut rt, &pod, c).await })
-    };
+    let c = container(
+        "c",
+        &s.busybox,
+        &["sleep", "1000"],
+        NamespaceMode::Container,
+    );
+    let id = tokio::time::timeout(Duration::from_secs(20), create(&mut rt, &pod, c))
+        .await
+        .expect("CreateContainer answers before the init is made")
+        .unwrap();
     let log = || s.d.log();
     wait_for("the creation to pause", Duration::from_secs(20), || {
         log().contains("test hook: pausing")
@@ -357,15 +360,51 @@ async fn a_daemon_killed_before_the_init_exists_leaves_no_cgroup_or_holder() {
         .collect();
     s.d.signal_and_wait(9, Duration::from_secs(10))
         .expect("daemon dies");
-    assert!(pending.await.unwrap().is_err());
     drop(rt);
 
-    // The restart rolls the creation back: no cgroup, no holder.
-    let mut rt = restart_rolling_back(&mut s).await;
-    assert!(!cgroup::dir(&leaf, "pids").exists(), "{leaf} left");
+    s.d.env.clear();
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt = s.d.runtime().await;
+    assert!(
+        s.d.log()
+            .contains("crius stopped while it made this container's init"),
+        "{}",
+        s.d.log()
+    );
     wait_for("the holder's end", Duration::from_secs(10), || {
         !held.iter().any(|p| p.alive())
     })
+    .await;
+    let err = rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("crius stopped"), "{err:?}");
+    let st = wait_state(
+        &mut rt,
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (128, "ContainerCannotRun")
+    );
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "the container's cgroup to go",
+        Duration::from_secs(10),
+        || !cgroup::dir(&leaf, "pids").exists(),
+    )
     .await;
     assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
     pod::stop_remove(&mut rt, &pod).await;
@@ -406,8 +445,9 @@ async fn a_lost_monitor_ends_its_containers_with_255() {
 /// One container's setup hangs (the test hook pauses its init right
 /// before it reports ready): its pod's monitor still answers an ExecSync
 /// into a second container at once and reports a third container's exit
-/// at once, while the hung CreateContainer is still pending; that create
-/// then finishes, and the pod leaves nothing behind.
+/// at once, while the StartContainer that waits for the hung setup is
+/// still pending; that start then finishes, and the pod leaves nothing
+/// behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_setup_never_delays_the_pods_other_containers() {
     require_registry_tools!();
@@ -440,9 +480,15 @@ async fn a_hung_setup_never_delays_the_pods_other_containers() {
         value: "container setup".into(),
     });
     let began = Instant::now();
+    // CreateContainer answers at once; the StartContainer that follows
+    // waits for the init's setup.
+    let a = create(&mut rt, &pod, hung).await.unwrap();
     let pending = {
-        let (mut rt, pod) = (rt.clone(), pod.clone());
-        tokio::spawn(async move { create(&mut rt, &pod, hung).await })
+        let (mut rt, a) = (rt.clone(), a.clone());
+        tokio::spawn(async move {
+            rt.start_container(StartContainerRequest { container_id: a })
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!pending.is_finished(), "the hook did not hang the setup");
@@ -486,14 +532,13 @@ async fn a_hung_setup_never_delays_the_pods_other_containers() {
     assert_eq!(st.exit_code, 3, "{st:?}");
     assert!(
         !pending.is_finished(),
-        "the hung create ended before the others were served: nothing was shown"
+        "the hung setup ended before the others were served: nothing was shown"
     );
     eprintln!("while a setup hung: ExecSync {exec_took:?}, create+start+exit {third_took:?}");
 
-    // The hook lets go: the create finishes and the container runs.
-    let a = pending.await.unwrap().unwrap();
+    // The hook lets go: the init is made and the start runs it.
+    pending.await.unwrap().unwrap();
     assert!(began.elapsed() >= HANG, "{:?}", began.elapsed());
-    start(&mut rt, &a).await;
     let out = exec(&mut rt, &a, &["true"], 10).await.unwrap();
     assert_eq!(out.exit_code, 0);
     pod::stop_remove(&mut rt, &pod).await;
@@ -1059,11 +1104,11 @@ async fn container_mounts_readonly_missing_source_and_refused_propagation() {
         permissions: "rwm".into(),
     }];
     let id = create(&mut rt, &pod, c).await.unwrap();
+    start(&mut rt, &id).await;
     assert!(missing.is_dir(), "a missing host path is created");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&missing).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o755, "created 0755, not 0777");
-    start(&mut rt, &id).await;
     let out = exec(&mut rt, &id, &["cat", "/ro/f"], 5).await.unwrap();
     assert_eq!(out.stdout, b"data\n");
     let out = exec(&mut rt, &id, &["touch", "/ro/x"], 5).await.unwrap();
@@ -1107,13 +1152,18 @@ async fn container_mounts_readonly_missing_source_and_refused_propagation() {
             false,
             MountPropagation::PropagationHostToContainer,
         )];
-        let err = create(&mut rt, &pod, c).await.unwrap_err();
+        let err = refused(&mut rt, &pod, c).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(
             err.message().contains("not a shared or slave mount"),
             "{err:?}"
         );
-        assert_eq!(container_dirs(&s).len(), before);
+        wait_for(
+            "the refused container's removal",
+            Duration::from_secs(10),
+            || container_dirs(&s).len() == before,
+        )
+        .await;
         let names: Vec<_> = rt
             .list_containers(ListContainersRequest { filter: None })
             .await

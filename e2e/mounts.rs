@@ -12,8 +12,10 @@ use std::time::Duration;
 use crius::cri::proto::*;
 use tonic::Code;
 
-use crate::container::{Setup, container, create, exec, pod_config, setup_with_env, start, status};
-use crate::pod;
+use crate::container::{
+    Setup, container, create, exec, pod_config, refused, setup_with_env, start, status,
+};
+use crate::pod::{self, wait_for};
 use crate::registry::Tar;
 use crate::require_registry_tools;
 
@@ -298,10 +300,15 @@ async fn image_volume_and_rro_refusals_leave_nothing() {
             NamespaceMode::Container,
         );
         c.mounts = vec![mount];
-        let err = create(&mut rt, &pod, c).await.unwrap_err();
+        let err = refused(&mut rt, &pod, c).await;
         assert_eq!(err.code(), code, "case {i}: {err:?}");
         assert!(err.message().contains(message), "case {i}: {err:?}");
-        assert_eq!(container_dirs(&s), 0, "case {i} left a container dir");
+        wait_for(
+            "the refused container's removal",
+            Duration::from_secs(10),
+            || container_dirs(&s) == 0,
+        )
+        .await;
     }
     let left = mount_lines_naming(&s.d.root);
     assert!(left.is_empty(), "mounts left: {left:#?}");

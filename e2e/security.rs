@@ -6,7 +6,9 @@
 use crius::cri::proto::*;
 use tonic::Code;
 
-use crate::container::{Setup, container, create, exec, pod_config, setup_with_env, start};
+use crate::container::{
+    Setup, container, create, exec, pod_config, refused, setup_with_env, start,
+};
 use crate::pod::{self, Client};
 use crate::require_registry_tools;
 
@@ -419,13 +421,14 @@ async fn users_groups_and_container_status_user() {
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = create(
+    // The name is looked up in the image as the init is made: after
+    // CreateContainer answered, so StartContainer reports it.
+    let err = refused(
         &mut rt,
         &pod,
         sleeper("ghost", &probe, |sc| sc.run_as_username = "ghost".into()),
     )
-    .await
-    .unwrap_err();
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("ghost"), "{err:?}");
 

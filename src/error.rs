@@ -5,7 +5,7 @@
 //! those kinds to `tonic::Status`.
 
 /// What a caller can do about an error: the gRPC code families the CRI uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     InvalidArgument,
     NotFound,

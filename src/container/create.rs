@@ -9,22 +9,27 @@
 //! claims it or the reaper removes it; a retry that arrives while the
 //! first call still runs waits for its outcome.
 //!
-//! The steps, each named in the error when it fails; a failure undoes
-//! every step before it ([`Containers::discard`]):
+//! The steps the caller waits for, each named in the error when it fails;
+//! a failure undoes every step before it ([`Containers::discard`]):
 //! 1. record intent   2. create container directory (upper, work, rootfs
 //!    mount point, a staging dir per image volume)
-//! 3. create container cgroup   4. create log directory
-//! 5. create container init (the engine: mounts, namespaces, blocked
-//!    before execve)   5b. delegate container cgroup (a pod that asks for
-//!    it: [`crate::pod::spec::CGROUP_WRITABLE_ANNOTATIONS`])
-//! 6. record container
+//! 3. create log directory   4. record container (CREATED), claimed.
+//!
+//! Then, after the answer and under the container's lock, so that Start,
+//! Stop, Remove and Update wait for it ([`Containers::finish_creation`]):
+//! create container cgroup, create container init (the engine: mounts,
+//! namespaces, blocked before execve), delegate container cgroup (a pod
+//! that asks for it: [`crate::pod::spec::CGROUP_WRITABLE_ANNOTATIONS`]).
+//! Their outcome is recorded durably: the init, or the failed step
+//! ([`super::record::Unmade`]), which StartContainer reports. The init's
+//! setup (about 3 ms of mounts) thus overlaps the client's next call.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::engine::Launch;
 use super::record::{
-    CONTAINERS, ContainerRecord, Key, MountInfo, MountedImage, PidMode, ProcessUser, State,
+    CONTAINERS, ContainerRecord, Key, MountInfo, MountedImage, PidMode, ProcessUser, State, Unmade,
 };
 use super::spec::{self, ContainerConfig, PidNamespace, PodContext, Propagation};
 use super::{Containers, Error, blocking, rootfs_dir, upper_dir, volume_dir, work_dir};
@@ -305,6 +310,7 @@ impl Containers {
             cgroup: Some(leaf.clone()),
             pid_mode,
             init: None,
+            unmade: None,
             user: None,
             stop_signal,
             spec: serde_json::to_value(&built.spec).unwrap_or_default(),
@@ -467,51 +473,111 @@ impl Containers {
         })
     }
 
-    async fn steps(
-        &self,
-        rec: &mut ContainerRecord,
-        mut launch: Launch,
-        order: CgroupOrder,
-        delegate_cgroup: bool,
-    ) -> Result<(), Error> {
+    /// The steps CreateContainer's caller waits for: intent, directories,
+    /// log directory, the CREATED record.
+    async fn steps(&self, rec: &mut ContainerRecord, launch: &Launch) -> Result<(), Error> {
         // 1. The intent, before any side effect on the host.
         pause_point("record container intent").await;
         self.records
             .put_intent(rec)
             .map_err(step_err("record intent"))?;
 
-        // 2 and 3 are independent: the cgroup is made on a blocking thread
-        //    (started here) while this one makes the directories.
-        let leaf: CgroupPath = rec.cgroup.clone().expect("set by plan");
-        let cgroup = (order == CgroupOrder::First).then(|| {
-            let cg = self.cgroups.clone();
-            let (l, res) = (leaf.clone(), rec.resources.clone());
-            tokio::task::spawn_blocking(move || {
-                if cg.exists(&l) {
-                    return Err(crate::cgroups::Error::Exists(l.path.clone()));
-                }
-                cg.create(&l, &res)
-            })
-        });
-        let dirs = self.create_dirs(rec, &launch);
-        if let Some(created) = cgroup {
-            created
-                .await
-                .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-                .map_err(step_err("create container cgroup"))?;
-        }
-        dirs?;
+        // 2. The container's directories.
+        self.create_dirs(rec, launch)?;
 
-        // 4. The log file's directory (kubelet usually made it), beneath
+        // 3. The log file's directory (kubelet usually made it), beneath
         //    the pod's log directory.
         if let Some(log) = launch.log_file() {
             log.create_parent()
                 .map_err(|e| io_step("create log directory", &e.path, e.source))?;
         }
 
-        // 4b. A systemd scope the init is born in, made with a holder
-        //     process; released (killed and reaped) once the init is made
-        //     or failed, killed if this future is dropped.
+        // 4. Created, but unclaimed until the caller (or a retry) takes
+        //    it; its init is made next ([`Self::make_init`]).
+        pause_point("record container").await;
+        rec.state = State::Created;
+        // Durable with the claim's commit; unclaimed, it is rolled back
+        // after a crash.
+        self.records
+            .put_lazy(rec)
+            .map_err(step_err("record container"))?;
+        Ok(())
+    }
+
+    /// What CreateContainer makes after its caller has the container
+    /// (under the container's lock, which StartContainer, StopContainer,
+    /// RemoveContainer and UpdateContainerResources take, so they wait for
+    /// it): the cgroup and the init, whose setup thus overlaps the client's
+    /// next call. Its outcome is recorded durably: the init, or why there
+    /// is none ([`Unmade`]), which StartContainer then reports.
+    async fn finish_creation(&self, mut rec: ContainerRecord, plan: Plan) {
+        let made = self
+            .make_init(&mut rec, plan.launch, plan.cgroup, plan.delegate_cgroup)
+            .await;
+        let unmade = match made {
+            Ok(()) => None,
+            Err(e) => {
+                let unmade = match &e {
+                    Error::Step(f) => Unmade {
+                        step: f.step.clone(),
+                        kind: f.kind,
+                        message: crate::error::chain(&*f.source),
+                    },
+                    e => Unmade {
+                        step: "create container init".into(),
+                        kind: crate::error::Classify::kind(e),
+                        message: crate::error::chain(e),
+                    },
+                };
+                tracing::warn!(container_id = %rec.id, step = %unmade.step, error = %unmade.message, "the container's init could not be made; StartContainer reports it");
+                // Nothing of the init stays behind: the monitor forgets it
+                // (killing it if it was made) and its cgroup is emptied.
+                let _ = self.engine.remove(&rec.pod_dir, &rec.id).await;
+                self.kill_leftovers(&rec, true).await;
+                rec.init = None;
+                Some(unmade)
+            }
+        };
+        let (init, user) = (rec.init, rec.user.clone());
+        let written = self.store.write(|txn| {
+            let Some(mut r) = txn.get(CONTAINERS, &rec.id)? else {
+                return Ok(());
+            };
+            r.init = init;
+            r.user = user;
+            r.unmade = unmade;
+            txn.put(CONTAINERS, &rec.id, &r)
+        });
+        if let Err(e) = written {
+            tracing::error!(container_id = %rec.id, error = %crate::error::chain(&e), "record the container's init");
+        }
+    }
+
+    /// The container's cgroup and its init, blocked before execve.
+    async fn make_init(
+        &self,
+        rec: &mut ContainerRecord,
+        mut launch: Launch,
+        order: CgroupOrder,
+        delegate_cgroup: bool,
+    ) -> Result<(), Error> {
+        let leaf: CgroupPath = rec.cgroup.clone().expect("set by plan");
+        if order == CgroupOrder::First {
+            let cg = self.cgroups.clone();
+            let (l, res) = (leaf.clone(), rec.resources.clone());
+            blocking(move || {
+                if cg.exists(&l) {
+                    return Err(crate::cgroups::Error::Exists(l.path.clone()));
+                }
+                cg.create(&l, &res)
+            })
+            .await
+            .map_err(cgroup_step("create container cgroup"))?;
+        }
+
+        // A systemd scope the init is born in, made with a holder process;
+        // released (killed and reaped) once the init is made or failed,
+        // killed if this future is dropped.
         let mut holder = None;
         if order == CgroupOrder::Held {
             let h = self
@@ -535,7 +601,7 @@ impl Containers {
             launch.cgroup_procs = self.cgroups.join_files(&leaf);
         }
 
-        // 5. The init: mounts done, blocked before execve.
+        // The init: mounts done, blocked before execve.
         pause_point("create container init").await;
         let created = self.engine.create(&rec.pod_dir, &launch).await;
         if let Some(h) = holder {
@@ -550,11 +616,6 @@ impl Containers {
         })?;
         rec.init = Some(init);
         rec.user = ProcessUser::of(init.pid);
-        // Lazy: a rollback from the intent reaches the init through the
-        // monitor (by container id) and the container cgroup.
-        self.records
-            .put_lazy(rec)
-            .map_err(step_err("record container init"))?;
         if order == CgroupOrder::AfterInit {
             let cg = self.cgroups.clone();
             let (l, res) = (leaf.clone(), rec.resources.clone());
@@ -563,8 +624,8 @@ impl Containers {
                 .map_err(cgroup_step("create container cgroup"))?;
         }
 
-        // 5b. The cgroup delegated to the container's user (its host uid,
-        //     now that the blocked init has taken it), as runc does.
+        // The cgroup delegated to the container's user (its host uid, now
+        // that the blocked init has taken it), as runc does.
         if delegate_cgroup {
             let uid = rec.user.as_ref().map(|u| u.uid).ok_or_else(|| {
                 Error::Internal(format!("the init of container {} has no user", rec.id))
@@ -574,15 +635,6 @@ impl Containers {
                 .await
                 .map_err(cgroup_step("delegate container cgroup"))?;
         }
-
-        // 6. Created, but unclaimed until the caller (or a retry) takes it.
-        pause_point("record container").await;
-        rec.state = State::Created;
-        // Durable with the claim's commit; unclaimed, it is rolled back
-        // after a crash.
-        self.records
-            .put_lazy(rec)
-            .map_err(step_err("record container"))?;
         Ok(())
     }
     /// Step 2: the container's directory (0700: its upper dir holds what
@@ -633,6 +685,7 @@ impl Kind for Containers {
     type Record = ContainerRecord;
     type Error = Error;
     type Plan = Plan;
+    type Rest = Plan;
 
     fn records(&self) -> &Records<ContainerRecord, Error> {
         &self.records
@@ -651,11 +704,14 @@ impl Kind for Containers {
         self: &Arc<Self>,
         rec: &mut ContainerRecord,
         plan: Plan,
-    ) -> Result<(), Error> {
-        self.steps(rec, plan.launch, plan.cgroup, plan.delegate_cgroup)
-            .await?;
+    ) -> Result<Plan, Error> {
+        self.steps(rec, &plan.launch).await?;
         tracing::info!(container_id = %rec.id, name = %rec.name, pod_id = %rec.pod_id, "container created");
-        Ok(())
+        Ok(plan)
+    }
+
+    async fn finish(self: &Arc<Self>, rec: ContainerRecord, plan: Plan) {
+        self.finish_creation(rec, plan).await;
     }
 
     async fn rollback(&self, rec: &ContainerRecord) {

@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use super::engine::Exit;
-use super::record::{CONTAINERS, ContainerRecord, State, exit_reason};
+use super::record::{CONTAINERS, ContainerRecord, State, Unmade, exit_reason};
 use super::{Containers, Error, blocking, state_name};
 use crate::cgroups::{OomWake, Resources};
 use crate::events::Type;
@@ -43,6 +43,17 @@ impl Containers {
                 "container {id} is {}: only a created container can be started",
                 state_name(rec.effective().state)
             )));
+        }
+        // Its init could not be made after CreateContainer answered.
+        if rec.init.is_none() {
+            let unmade = self.end_unmade(&mut rec)?;
+            return Err(crate::record::StepFailed {
+                op: "start container",
+                step: unmade.step,
+                kind: unmade.kind,
+                source: unmade.message.into(),
+            }
+            .into());
         }
         // Followed before the entrypoint runs: it may be OOM-killed at once.
         let oom = self.follow_oom(&rec).await;
@@ -72,6 +83,24 @@ impl Containers {
         self.watch_exit_with(&rec, oom);
         tracing::info!(container_id = %id, "container started");
         Ok(())
+    }
+
+    /// Ends a CREATED container whose init could not be made
+    /// (ContainerCannotRun, as a failed start); why, for the caller.
+    fn end_unmade(&self, rec: &mut ContainerRecord) -> Result<Unmade, Error> {
+        let unmade = rec.unmade.clone().unwrap_or_else(|| Unmade {
+            step: "create container init".into(),
+            kind: crate::error::Kind::Internal,
+            message: "the container has no init".into(),
+        });
+        rec.state = State::Exited;
+        rec.finished_at = now_ns();
+        rec.exit_code = 128;
+        rec.reason = "ContainerCannotRun".into();
+        rec.message = format!("{}: {}", unmade.step, unmade.message);
+        self.store.put(CONTAINERS, &rec.id, rec)?;
+        self.events.container(Type::Stopped, rec);
+        Ok(unmade)
     }
 
     /// Starts the exit watcher of a running container (once).
@@ -252,7 +281,7 @@ impl Containers {
 
     /// Kills what is left in the container's cgroup: always with `all`,
     /// else only when the entrypoint was not PID 1 of its namespace.
-    async fn kill_leftovers(&self, rec: &ContainerRecord, all: bool) {
+    pub(super) async fn kill_leftovers(&self, rec: &ContainerRecord, all: bool) {
         if !all && !rec.pid_mode.leaves_orphans() {
             return;
         }
@@ -295,6 +324,10 @@ impl Containers {
             State::Creating => return Ok(()),
             State::Exited => {
                 self.kill_leftovers(&rec, false).await;
+                return Ok(());
+            }
+            State::Created if rec.init.is_none() => {
+                self.end_unmade(&mut rec.clone())?;
                 return Ok(());
             }
             // Never started: the blocked init only needs killing.

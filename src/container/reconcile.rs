@@ -2,7 +2,10 @@
 //!
 //! At start (after the pods are reconciled): intents (CREATING records)
 //! left by a crash, and containers whose creation finished after their
-//! caller gave up, are rolled back ([`crate::record::reconcile`]); a RUNNING container whose init still
+//! caller gave up, are rolled back ([`crate::record::reconcile`]); a
+//! CREATED container whose init crius was making when it stopped is
+//! ended (its monitor forgets it, its cgroup is emptied) and records why,
+//! for StartContainer to report; a RUNNING container whose init still
 //! lives gets its exit watcher back; one that exited while crius was down
 //! shows the exit code its monitor wrote (`<pod dir>/exits/<id>`), or 255
 //! when its monitor died too; container directories without a record are
@@ -23,7 +26,7 @@ use std::sync::Arc;
 
 use std::collections::HashSet;
 
-use super::record::{CONTAINERS, State};
+use super::record::{CONTAINERS, ContainerRecord, State, Unmade};
 use super::{Containers, Error, blocking};
 use crate::pod::record::PODS;
 
@@ -35,6 +38,14 @@ pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
         let id = rec.id.clone();
         match rec.state {
             State::Creating => {}
+            // crius stopped while it made the init, after the caller had
+            // the container: what was made of it ends, and StartContainer
+            // reports why there is none.
+            State::Created if rec.init.is_none() => {
+                if rec.unmade.is_none() {
+                    containers.end_interrupted_init(rec).await?;
+                }
+            }
             State::Running | State::Created => {
                 let exited = crate::monitor::read_exit(&rec.exit_file());
                 let alive = rec.init.is_some_and(|i| i.alive());
@@ -59,6 +70,26 @@ pub async fn start(containers: &Arc<Containers>) -> Result<(), Error> {
     sweep_released(containers).await?;
     crate::record::start_reaper(containers);
     Ok(())
+}
+
+impl Containers {
+    /// A CREATED container whose init crius was making when it stopped:
+    /// the monitor forgets the init (killing it if it was made), its
+    /// cgroup is emptied, and the record says why it has no init.
+    async fn end_interrupted_init(&self, mut rec: ContainerRecord) -> Result<(), Error> {
+        tracing::warn!(container_id = %rec.id, "crius stopped while it made this container's init");
+        if let Err(e) = self.engine.remove(&rec.pod_dir, &rec.id).await {
+            tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "engine remove");
+        }
+        self.kill_leftovers(&rec, true).await;
+        rec.unmade = Some(Unmade {
+            step: "create container init".into(),
+            kind: crate::error::Kind::FailedPrecondition,
+            message: "crius stopped while it made the container's init; remove the container and create it again".into(),
+        });
+        self.store.put(CONTAINERS, &rec.id, &rec)?;
+        Ok(())
+    }
 }
 
 /// Removes container directories that no record owns.

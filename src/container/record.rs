@@ -19,7 +19,9 @@ pub const CONTAINERS: Table<ContainerRecord> = Table::new("containers");
 pub enum State {
     /// CreateContainer is under way (or was, when crius died): an intent.
     Creating,
-    /// The init exists, blocked before execve.
+    /// Handed to CreateContainer's caller. Its init is made right after
+    /// (blocked before execve: `init`), or failed to be (`unmade`); a
+    /// call that takes the container's lock waits for that.
     Created,
     Running,
     Exited,
@@ -104,6 +106,11 @@ pub struct ContainerRecord {
     pub pid_mode: PidMode,
     /// The init, once the engine created it.
     pub init: Option<ProcRef>,
+    /// Why a CREATED container has no init: its making failed after
+    /// CreateContainer answered, or crius stopped while making it.
+    /// StartContainer reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmade: Option<Unmade>,
     /// The credentials the init really got (ContainerStatus.user).
     #[serde(default)]
     pub user: Option<ProcessUser>,
@@ -114,6 +121,15 @@ pub struct ContainerRecord {
     pub tty: bool,
     pub stdin: bool,
     pub stdin_once: bool,
+}
+
+/// A step of making a container's init that failed, as StartContainer
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmade {
+    pub step: String,
+    pub kind: crate::error::Kind,
+    pub message: String,
 }
 
 /// The uid, gid and supplemental groups of a container's process.

@@ -137,7 +137,7 @@ impl Containers {
     /// leftover processes in its cgroup, the cgroup, the directory (into
     /// the trash), the exit file. Idempotent.
     pub(super) async fn release(&self, rec: &ContainerRecord) {
-        if rec.init.is_some() || rec.state == State::Creating {
+        if rec.init.is_some() || matches!(rec.state, State::Creating | State::Created) {
             if let Err(e) = self.engine.remove(&rec.pod_dir, &rec.id).await {
                 tracing::debug!(container_id = %rec.id, error = %crate::error::chain(&e), "engine remove");
             }

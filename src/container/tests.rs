@@ -22,6 +22,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> crate::error::Kind {
 async fn create_start_stop_remove() {
     let e = env();
     let id = e.svc.create(e.req("web", 0)).await.unwrap();
+    made(&e, &id).await;
     let s = e.svc.status(&id[..8]).unwrap();
     assert_eq!(s.state, State::Created);
     assert_eq!(s.image_id, IMAGE_ID, "image_id is the image's id strictly");
@@ -114,9 +115,12 @@ async fn bad_input_leaves_nothing() {
     e.store
         .put(crate::pod::record::PODS, &pod.id, &e.pod)
         .unwrap();
-    // A failing engine step: named, and everything undone.
+    // A failing engine step (made after CreateContainer answered):
+    // StartContainer names it, keeps its kind, and the container ends
+    // with ContainerCannotRun; its removal leaves nothing.
     *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/data".into()));
-    let err = e.svc.create(e.req("web", 0)).await.unwrap_err();
+    let id = e.svc.create(e.req("web", 0)).await.unwrap();
+    let err = e.svc.start(&id).await.unwrap_err();
     assert!(
         crate::error::chain(&err).contains("mount /data"),
         "{}",
@@ -126,6 +130,13 @@ async fn bad_input_leaves_nothing() {
         crate::error::Classify::kind(&err),
         crate::error::Kind::InvalidArgument
     );
+    let s = e.svc.status(&id).unwrap();
+    assert_eq!((s.state, s.exit_code), (State::Exited, 128));
+    assert_eq!(s.reason, "ContainerCannotRun");
+    assert!(s.message.contains("mount /data"), "{}", s.message);
+    assert!(e.fake.calls().contains(&format!("remove {id}")));
+    e.svc.remove(&id).await.unwrap();
+    e.svc.settle_removals(None).await;
     assert!(e.store.list(record::CONTAINERS).unwrap().is_empty());
     let leftovers: Vec<_> = std::fs::read_dir(&e.svc.settings.dir)
         .map(|d| d.flatten().collect())
@@ -266,43 +277,42 @@ async fn concurrent_creates_of_one_key_share_the_outcome() {
     assert_eq!(e.store.list(record::CONTAINERS).unwrap().len(), 1);
 }
 
+/// Waits until the creation of `id` is done (its init made or failed):
+/// it holds the container's lock until then.
+async fn made(e: &Env, id: &str) {
+    let lock = e.svc.lock_of(id);
+    let _made = lock.lock().await;
+}
+
 #[tokio::test]
-async fn a_creation_whose_caller_gave_up_is_claimed_by_the_retry() {
+async fn create_answers_before_the_init_is_made_and_start_waits_for_it() {
     let e = env();
     let gate = Arc::new(tokio::sync::Notify::new());
     *e.fake.create_gate.lock().unwrap() = Some(gate.clone());
-    // The first caller's deadline passes while the init is being made.
-    let first =
-        tokio::time::timeout(Duration::from_millis(100), e.svc.create(e.req("web", 0))).await;
-    assert!(first.is_err(), "the first call gave up");
-    assert!(
-        e.svc.list(&Filter::default()).unwrap().is_empty(),
-        "unclaimed: invisible"
-    );
-    // The retry waits for the creation under way and gets its result.
+    // The init is being made (held at the gate): CreateContainer has
+    // answered, the container is listed as created.
+    let id = tokio::time::timeout(Duration::from_secs(5), e.svc.create(e.req("web", 0)))
+        .await
+        .expect("CreateContainer waits for no init")
+        .unwrap();
+    let listed: Vec<_> = e.svc.list(&Filter::default()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, State::Created);
+    // StartContainer (and every call that takes the lock) waits for it.
     let svc = e.svc.clone();
-    let req = e.req("web", 0);
-    let retry = tokio::spawn(async move { svc.create(req).await });
+    let started = {
+        let id = id.clone();
+        tokio::spawn(async move { svc.start(&id).await })
+    };
     tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!started.is_finished(), "StartContainer waited for the init");
     gate.notify_one();
-    let id = retry.await.unwrap().unwrap();
-    assert_eq!(
-        e.fake
-            .calls()
-            .iter()
-            .filter(|c| c.starts_with("create"))
-            .count(),
-        1,
-        "created once"
-    );
-    let listed: Vec<_> = e
-        .svc
-        .list(&Filter::default())
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(listed, vec![id]);
+    started.await.unwrap().unwrap();
+    assert_eq!(e.svc.status(&id).unwrap().state, State::Running);
+    let calls = e.fake.calls();
+    let created = calls.iter().position(|c| c.starts_with("create"));
+    let start = calls.iter().position(|c| c.starts_with("start"));
+    assert!(created.unwrap() < start.unwrap(), "{calls:?}");
 }
 
 #[tokio::test]
@@ -546,15 +556,39 @@ async fn reconcile_records_exits_and_rolls_back_intents() {
         .unwrap();
     let orphan = e.svc.settings.dir.join("a".repeat(64));
     std::fs::create_dir_all(&orphan).unwrap();
+    // A claimed container whose init crius was making when it stopped.
+    let mut unmade = e.svc.status(&id).unwrap();
+    unmade.id = crate::ids::new_id();
+    unmade.name = "unmade".into();
+    (unmade.state, unmade.init, unmade.claimed) = (State::Created, None, true);
+    unmade.dir = e.svc.settings.dir.join(&unmade.id);
+    std::fs::create_dir_all(unmade.dir.join("u")).unwrap();
+    e.store
+        .put(record::CONTAINERS, &unmade.id, &unmade)
+        .unwrap();
+    let engine2 = Arc::new(Fake::default());
     let svc2 = Arc::new(Containers::new(
         e.store.clone(),
         e.svc.images.clone(),
         e.svc.cgroups.clone(),
-        Arc::new(Fake::default()),
+        engine2.clone(),
         e.svc.events.clone(),
         e.svc.settings.clone(),
     ));
     reconcile::start(&svc2).await.unwrap();
+    // The monitor forgot whatever init it made; StartContainer says why
+    // there is none, and the container ends.
+    assert!(
+        engine2.calls().contains(&format!("remove {}", unmade.id)),
+        "{:?}",
+        engine2.calls()
+    );
+    let err = svc2.start(&unmade.id).await.unwrap_err();
+    assert_eq!(code::<()>(Err(err)), crate::error::Kind::FailedPrecondition);
+    let r = svc2.status(&unmade.id).unwrap();
+    assert_eq!((r.state, r.exit_code), (State::Exited, 128));
+    assert!(r.message.contains("crius stopped"), "{}", r.message);
+    assert!(unmade.dir.exists(), "kept until RemoveContainer");
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let r = e.store.get(record::CONTAINERS, &id).unwrap().unwrap();
@@ -668,10 +702,10 @@ async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() 
     use crate::events::Type;
     let e = env();
     let mut sub = e.svc.events.subscribe();
-    // A creation that fails at a step is never visible: no event.
-    *e.fake.fail_create.lock().unwrap() = Some(Step::Mount("/boom".into()));
-    assert!(e.svc.create(e.req("bad", 0)).await.is_err());
-    *e.fake.fail_create.lock().unwrap() = None;
+    // A creation that fails before it answers is never visible: no event.
+    let mut bad = e.req("bad", 0);
+    bad.image = "nothere".into();
+    assert!(e.svc.create(bad).await.is_err());
     // A start the engine refuses: created, then stopped (never started).
     let id = e.svc.create(e.req("web", 0)).await.unwrap();
     *e.fake.fail_start.lock().unwrap() = true;
@@ -709,6 +743,7 @@ async fn an_image_volume_uses_the_images_own_layer_dirs_and_keeps_it_in_use() {
     let mut r = e.req("web", 0);
     r.config.mounts = vec![volume(IMAGE_ID)];
     let id = e.svc.create(r).await.unwrap();
+    made(&e, &id).await;
     let launch = e.fake.launches.lock().unwrap()[0].clone();
     let s = e.svc.status(&id).unwrap();
     assert_eq!(launch.volumes.len(), 1);

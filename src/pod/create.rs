@@ -116,6 +116,7 @@ impl Kind for Pods {
     type Record = PodRecord;
     type Error = Error;
     type Plan = Plan;
+    type Rest = ();
 
     fn records(&self) -> &Records<PodRecord, Error> {
         &self.records

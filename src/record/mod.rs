@@ -10,7 +10,9 @@
 //! locks, the creations under way (a retry with the same key waits for the
 //! first call's outcome instead of starting a second creation), id-prefix
 //! resolution among visible records, claim, and the reaper of records
-//! nobody claimed. [`reconcile`] is the start-up half: after a restart no
+//! nobody claimed. A kind may leave part of a creation for after the
+//! answer ([`Kind::finish`]): it runs under the record's lock, so the
+//! kind's other calls on that record wait for it. [`reconcile`] is the start-up half: after a restart no
 //! caller can still be waiting, so intents and unclaimed records are both
 //! rolled back.
 //!
@@ -94,16 +96,26 @@ pub trait Kind: Send + Sync + Sized + 'static {
     type Error: RecordError;
     /// What creation decided before its first side effect.
     type Plan: Send + 'static;
+    /// What is left of a creation once its caller has its answer
+    /// ([`Kind::finish`]); `()` for a kind whose steps do everything.
+    type Rest: Send + 'static;
 
     fn records(&self) -> &Records<Self::Record, Self::Error>;
     /// AlreadyExists for `key`, naming the record that holds it.
     fn already_exists(&self, key: <Self::Record as Record>::Key, id: &str) -> Self::Error;
-    /// The steps of a creation; `rec` (the intent) is updated as they go.
+    /// The steps of a creation that its caller waits for; `rec` (the
+    /// intent) is updated as they go. A failure rolls them back.
     async fn create_steps(
         self: &Arc<Self>,
         rec: &mut Self::Record,
         plan: Self::Plan,
-    ) -> Result<(), Self::Error>;
+    ) -> Result<Self::Rest, Self::Error>;
+    /// The rest of a creation, run after its caller has the record (and
+    /// may have claimed it), still under the record's lock, so that every
+    /// call that takes the lock waits for it. It is never rolled back:
+    /// the kind records a failure in the record, for the next call on it
+    /// to report.
+    async fn finish(self: &Arc<Self>, _rec: Self::Record, _rest: Self::Rest) {}
     /// Undoes whatever the record holds on the host, from any state, and
     /// deletes the record. Idempotent; logs what it cannot undo.
     async fn rollback(&self, rec: &Self::Record);
@@ -319,13 +331,15 @@ pub async fn create<K: Kind>(
                 creating.insert(key.clone(), rx.clone());
                 let this = kind.clone();
                 tokio::spawn(async move {
-                    let outcome = run(&this, rec, plan).await.map_err(Arc::new);
-                    this.records()
-                        .creating
-                        .lock()
-                        .expect("lock poisoned")
-                        .remove(&key);
-                    let _ = tx.send(Some(outcome));
+                    let announce = |outcome: Result<String, K::Error>| {
+                        this.records()
+                            .creating
+                            .lock()
+                            .expect("lock poisoned")
+                            .remove(&key);
+                        let _ = tx.send(Some(outcome.map_err(Arc::new)));
+                    };
+                    run(&this, rec, plan, announce).await;
                 });
                 rx
             }
@@ -353,26 +367,30 @@ fn claim<K: Kind>(kind: &Arc<K>, id: &str) -> Result<String, K::Error> {
 }
 
 /// Runs the steps under the record's lock; a failure rolls back all of
-/// them.
+/// them. `announce` gets the outcome as soon as the steps end; the rest
+/// of the creation ([`Kind::finish`]) runs after it, under the lock.
 async fn run<K: Kind>(
     kind: &Arc<K>,
     mut rec: K::Record,
     plan: K::Plan,
-) -> Result<String, K::Error> {
+    announce: impl FnOnce(Result<String, K::Error>),
+) {
     let id = rec.id().to_string();
     let lock = kind.records().lock_of(&id);
     let guard = lock.lock().await;
     match kind.create_steps(&mut rec, plan).await {
-        Ok(()) => {
+        Ok(rest) => {
             tracing::info!(kind = K::Record::KIND, %id, "{} created", K::Record::KIND);
-            Ok(id)
+            announce(Ok(id));
+            kind.finish(rec, rest).await;
+            drop(guard);
         }
         Err(err) => {
             tracing::warn!(kind = K::Record::KIND, %id, error = %crate::error::chain(&err), "creation failed; rolling back");
             kind.rollback(&rec).await;
             drop(guard);
             kind.records().forget_lock(&id);
-            Err(err)
+            announce(Err(err));
         }
     }
 }

@@ -95,6 +95,7 @@ impl Kind for Toys {
     type Record = Toy;
     type Error = ToyError;
     type Plan = ();
+    type Rest = ();
     fn records(&self) -> &Records<Toy, ToyError> {
         &self.records
     }
