@@ -190,11 +190,7 @@ impl Tree {
     /// The `cgroup.procs` files of `path`, one per hierarchy: writing a pid
     /// to each moves that process into the cgroup.
     pub fn procs_files(&self, path: &str) -> Vec<PathBuf> {
-        self.layout
-            .hierarchies
-            .iter()
-            .map(|h| h.dir(path).join("cgroup.procs"))
-            .collect()
+        self.files(path, "cgroup.procs", "cgroup.procs")
     }
 
     /// The files through which a process joins `path` itself, one per
@@ -203,13 +199,16 @@ impl Tree {
     /// whole-process move wait for an RCU grace period), cgroup v2's
     /// `cgroup.procs` (a process is better born there: CLONE_INTO_CGROUP).
     pub fn join_files(&self, path: &str) -> Vec<PathBuf> {
+        self.files(path, "tasks", "cgroup.procs")
+    }
+
+    /// File `v1` (in a cgroup v1 hierarchy) or `v2` (in the unified one)
+    /// of `path`, per hierarchy.
+    fn files(&self, path: &str, v1: &str, v2: &str) -> Vec<PathBuf> {
         self.layout
             .hierarchies
             .iter()
-            .map(|h| {
-                let file = if h.unified { "cgroup.procs" } else { "tasks" };
-                h.dir(path).join(file)
-            })
+            .map(|h| h.dir(path).join(if h.unified { v2 } else { v1 }))
             .collect()
     }
 

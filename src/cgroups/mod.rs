@@ -550,6 +550,7 @@ impl Cgroups {
 
     /// The `cgroup.procs` file of `path` in each hierarchy: writing a pid
     /// to each moves that whole process there.
+    #[cfg(test)]
     pub fn procs_files(&self, path: &CgroupPath) -> Vec<PathBuf> {
         self.tree.procs_files(&path.path)
     }
