@@ -406,8 +406,10 @@ async fn a_daemon_killed_while_it_makes_the_init_leaves_no_cgroup_or_holder() {
         || !cgroup::dir(&leaf, "pids").exists(),
     )
     .await;
-    assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
+    // The directory goes after the cgroup, in the removal's background
+    // half, which RemovePodSandbox waits for.
     pod::stop_remove(&mut rt, &pod).await;
+    assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
     pod::assert_no_trace(&s.d);
 }
 
