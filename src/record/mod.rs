@@ -134,6 +134,9 @@ pub struct Records<R: Record, E> {
     /// Creations under way, by key: a retry waits on the receiver.
     #[allow(clippy::type_complexity)]
     creating: Mutex<HashMap<R::Key, watch::Receiver<Option<Outcome<E>>>>>,
+    /// Which record holds each key ([`KeyIndex`]); `None` when the table
+    /// could not be read at start (every lookup then reads the table).
+    keys: Mutex<Option<KeyIndex<R::Key>>>,
     /// One lock per id for create/stop/remove/update (never taken by
     /// List/Status).
     locks: IdLocks,
@@ -141,6 +144,38 @@ pub struct Records<R: Record, E> {
     pub unclaimed_ttl: Duration,
     /// The intents of creations not claimed yet, beside the database.
     intents: intents::Intents,
+}
+
+/// The id of the newest record written with each key, and the key of
+/// each id: a creation's check for a record already holding its key
+/// reads that one record instead of decoding the whole table (every
+/// record of it, with its OCI spec, for each CreateContainer).
+/// Loaded from the table at start; every record is first written by
+/// [`Records::put_intent`], which adds it, and deleted by
+/// [`Records::delete`], which drops it; keys never change. The record an
+/// entry names is read and checked, so an entry can only be stale, never
+/// wrong.
+struct KeyIndex<K> {
+    by_key: HashMap<K, String>,
+    by_id: HashMap<String, K>,
+}
+
+impl<K: Clone + Eq + Hash> KeyIndex<K> {
+    fn insert(&mut self, key: K, id: &str) {
+        if self.by_id.contains_key(id) {
+            return;
+        }
+        self.by_key.insert(key.clone(), id.to_string());
+        self.by_id.insert(id.to_string(), key);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(key) = self.by_id.remove(id)
+            && self.by_key.get(&key).is_some_and(|held| held == id)
+        {
+            self.by_key.remove(&key);
+        }
+    }
 }
 
 /// A write-ahead intent that could not be recorded.
@@ -165,10 +200,27 @@ impl<R: Record, E: RecordError> Records<R, E> {
     /// The intents live in `intents/` beside the database file.
     pub fn new(store: Arc<Store>, unclaimed_ttl: Duration) -> Records<R, E> {
         let dir = store.path().with_file_name("intents");
+        let keys = match store.list::<R>(R::TABLE) {
+            Ok(all) => {
+                let mut index = KeyIndex {
+                    by_key: HashMap::new(),
+                    by_id: HashMap::new(),
+                };
+                for (id, rec) in all {
+                    index.insert(rec.key(), &id);
+                }
+                Some(index)
+            }
+            Err(e) => {
+                tracing::warn!(kind = R::KIND, error = %crate::error::chain(&e), "cannot index the records by key: every creation reads the whole table");
+                None
+            }
+        };
         Records {
             intents: intents::Intents::new(dir),
             store,
             creating: Mutex::new(HashMap::new()),
+            keys: Mutex::new(keys),
             locks: IdLocks::default(),
             unclaimed_ttl,
         }
@@ -199,6 +251,9 @@ impl<R: Record, E: RecordError> Records<R, E> {
     /// a rollback needs): the intent file ([`intents`]) and a lazy write
     /// of the record, visible at once, durable with the claim.
     pub fn put_intent(&self, rec: &R) -> Result<(), IntentError> {
+        if let Some(index) = self.keys.lock().expect("lock poisoned").as_mut() {
+            index.insert(rec.key(), rec.id());
+        }
         self.intents.write(R::KIND, rec.id(), rec)?;
         Ok(self.put_lazy(rec)?)
     }
@@ -214,6 +269,9 @@ impl<R: Record, E: RecordError> Records<R, E> {
     pub fn delete(&self, id: &str) -> store::Result<bool> {
         let existed = self.store.delete(R::TABLE, id)?;
         self.intents.remove(R::KIND, id);
+        if let Some(index) = self.keys.lock().expect("lock poisoned").as_mut() {
+            index.remove(id);
+        }
         Ok(existed)
     }
 
@@ -254,10 +312,19 @@ impl<R: Record, E: RecordError> Records<R, E> {
 
     /// The finished record holding `key`, if any.
     fn find_by_key(&self, key: &R::Key) -> store::Result<Option<R>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .find(|r| !r.is_intent() && &r.key() == key))
+        let held = match self.keys.lock().expect("lock poisoned").as_ref() {
+            Some(index) => index.by_key.get(key).cloned(),
+            None => {
+                return Ok(self
+                    .list()?
+                    .into_iter()
+                    .find(|r| !r.is_intent() && &r.key() == key));
+            }
+        };
+        let Some(id) = held else {
+            return Ok(None);
+        };
+        Ok(self.get(&id)?.filter(|r| !r.is_intent() && &r.key() == key))
     }
 
     /// Hands a finished record to its caller: from now on List/Status
@@ -311,39 +378,45 @@ pub async fn create<K: Kind>(
     plan: impl FnOnce() -> Result<(K::Record, K::Plan), K::Error>,
 ) -> Result<String, K::Error> {
     let records = kind.records();
-    let mut rx: watch::Receiver<Option<Outcome<K::Error>>> = {
+    // The plan (the OCI spec, a seccomp filter, ...) is made outside the
+    // lock of the creations under way, so that creations of other keys
+    // do not wait for it; what the lock decides is decided again after.
+    let mut plan = Some(plan);
+    let mut planned = None;
+    let mut rx: watch::Receiver<Option<Outcome<K::Error>>> = loop {
         let mut creating = records.creating.lock().expect("lock poisoned");
-        match creating.get(&key) {
-            Some(rx) => {
-                tracing::info!(kind = K::Record::KIND, key = ?key, "a retry waits for the creation under way");
-                rx.clone()
-            }
-            None => {
-                if let Some(existing) = records.find_by_key(&key)? {
-                    if !existing.claimed() && existing.is_finished() {
-                        tracing::info!(kind = K::Record::KIND, id = %existing.id(), "a retry claims what its first call created");
-                        return claim(kind, existing.id());
-                    }
-                    return Err(kind.already_exists(key, existing.id()));
-                }
-                let (rec, plan) = plan()?;
-                let (tx, rx) = watch::channel(None);
-                creating.insert(key.clone(), rx.clone());
-                let this = kind.clone();
-                tokio::spawn(async move {
-                    let announce = |outcome: Result<String, K::Error>| {
-                        this.records()
-                            .creating
-                            .lock()
-                            .expect("lock poisoned")
-                            .remove(&key);
-                        let _ = tx.send(Some(outcome.map_err(Arc::new)));
-                    };
-                    run(&this, rec, plan, announce).await;
-                });
-                rx
-            }
+        if let Some(rx) = creating.get(&key) {
+            tracing::info!(kind = K::Record::KIND, key = ?key, "a retry waits for the creation under way");
+            break rx.clone();
         }
+        if let Some(existing) = records.find_by_key(&key)? {
+            if !existing.claimed() && existing.is_finished() {
+                tracing::info!(kind = K::Record::KIND, id = %existing.id(), "a retry claims what its first call created");
+                return claim(kind, existing.id());
+            }
+            return Err(kind.already_exists(key, existing.id()));
+        }
+        let Some(made) = planned.take() else {
+            drop(creating);
+            planned = plan.take().map(|plan| plan());
+            continue;
+        };
+        let (rec, plan) = made?;
+        let (tx, rx) = watch::channel(None);
+        creating.insert(key.clone(), rx.clone());
+        let this = kind.clone();
+        tokio::spawn(async move {
+            let announce = |outcome: Result<String, K::Error>| {
+                this.records()
+                    .creating
+                    .lock()
+                    .expect("lock poisoned")
+                    .remove(&key);
+                let _ = tx.send(Some(outcome.map_err(Arc::new)));
+            };
+            run(&this, rec, plan, announce).await;
+        });
+        break rx;
     };
     let outcome = rx
         .wait_for(Option::is_some)

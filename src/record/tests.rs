@@ -201,6 +201,102 @@ async fn a_full_id_resolves_by_one_read_a_prefix_by_a_listing() {
 }
 
 #[tokio::test]
+async fn a_key_is_checked_by_one_read_also_after_a_restart_and_freed_by_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let t = toys_in(dir.path());
+        make(&t, "a").await.unwrap()
+    };
+    // A new daemon: its index comes from the table.
+    let t = toys_in(dir.path());
+    // A record no listing can decode: a creation that read the whole
+    // table would fail on it.
+    const RAW: Table<String> = Table::new("toys");
+    t.records
+        .store
+        .put(RAW, &"f".repeat(64), &"not a toy".to_string())
+        .unwrap();
+    assert!(matches!(make(&t, "a").await, Err(ToyError::Exists(e)) if e == id));
+    let b = make(&t, "b").await.unwrap();
+    assert!(matches!(make(&t, "b").await, Err(ToyError::Exists(e)) if e == b));
+    t.records.delete(&id).unwrap();
+    let again = make(&t, "a").await.unwrap();
+    assert_ne!(again, id);
+}
+
+/// Blocks the calling thread until `go` receives (or 10 s pass).
+fn plan_waiting(
+    name: &str,
+    started: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+) -> impl FnOnce() -> Result<(Toy, ()), ToyError> {
+    let rec = toy(name);
+    move || {
+        started.send(()).unwrap();
+        let _ = go.recv_timeout(Duration::from_secs(10));
+        Ok((rec, ()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_does_not_hold_up_creations_of_other_keys() {
+    let (_d, t) = toys();
+    let (started, planning) = std::sync::mpsc::channel();
+    let (go, wait) = std::sync::mpsc::channel();
+    let slow = {
+        let t = t.clone();
+        tokio::spawn(
+            async move { create(&t, "a".to_string(), plan_waiting("a", started, wait)).await },
+        )
+    };
+    planning.recv().unwrap();
+    // Under a lock held through a's plan, b would wait for its 10 s.
+    let t0 = std::time::Instant::now();
+    let other = make(&t, "b").await;
+    let waited = t0.elapsed();
+    let _ = go.send(());
+    assert!(other.is_ok());
+    assert!(
+        waited < Duration::from_secs(5),
+        "b waited {waited:?} for a's plan"
+    );
+    assert!(slow.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_calls_that_plan_the_same_key_at_once_make_one_record() {
+    let (_d, t) = toys();
+    let (started, planning) = std::sync::mpsc::channel();
+    let (go_1, wait_1) = std::sync::mpsc::channel();
+    let (go_2, wait_2) = std::sync::mpsc::channel();
+    let call = |started, wait| {
+        let t = t.clone();
+        tokio::spawn(
+            async move { create(&t, "a".to_string(), plan_waiting("a", started, wait)).await },
+        )
+    };
+    let first = call(started.clone(), wait_1);
+    let second = call(started, wait_2);
+    // Both are planning, neither holds the key yet.
+    planning.recv().unwrap();
+    planning.recv().unwrap();
+    go_1.send(()).unwrap();
+    go_2.send(()).unwrap();
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(t.runs.load(Ordering::SeqCst), 1, "one creation ran");
+    // The second either waited for the first's creation (same id) or
+    // found its record claimed (AlreadyExists naming it).
+    let ids: Vec<String> = [a, b]
+        .into_iter()
+        .map(|r| match r {
+            Ok(id) | Err(ToyError::Exists(id)) => id,
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[tokio::test]
 async fn a_failed_creation_is_rolled_back_and_shared_with_waiting_retries() {
     let (_d, t) = toys();
     t.slow.store(true, Ordering::SeqCst);
