@@ -4,7 +4,8 @@
 # examples/crius-bench (each CRI call timed in that process):
 #   pod and container lifecycles, sequential, PAR-way parallel and PAR-way
 #   in lockstep (every client making the same call at once); ExecSync
-#   of `true`; StopPodSandbox with a running container in the POD, CONTAINER
+#   of `true`; CreateContainer beside CROWD created containers;
+#   StopPodSandbox with a running container in the POD, CONTAINER
 #   and NODE PID modes; a cold pull of a multi-layer image from a local
 #   registry; the daemon's RSS idle and after CHURN pod cycles; the per-pod
 #   footprint (PSS of every process that appeared for the pods);
@@ -45,6 +46,7 @@ PAR=${PAR:-10}         # parallel clients
 ROUNDS=${ROUNDS:-2}    # lifecycles per parallel client
 EXECS=${EXECS:-50}     # ExecSync calls
 PODS=${PODS:-10}       # pods with a running container for the footprint
+CROWD=${CROWD:-100}    # other containers in the pod of the crowded CreateContainer
 CHURN=${CHURN:-1000}   # pod create/remove cycles before the last RSS reading
 LAYERS=${LAYERS:-4}    # data layers of the pulled image (plus busybox)
 LAYER_MB=${LAYER_MB:-40}
@@ -231,7 +233,7 @@ bench() {
     --big-image "$addr/bench/big:latest" --cgroup-root "/crius-bench-$name" \
     --cgroup-prefix /crius-bench --logs "$work/logs-$name" --daemon-pid "$daemon_pid" \
     --out "$work/$name.tsv" --n "$N" --par "$PAR" --rounds "$ROUNDS" --execs "$EXECS" \
-    --footprint-pods "$PODS" --churn "$CHURN" "$@"
+    --footprint-pods "$PODS" --crowd "$CROWD" --churn "$CHURN" "$@"
 }
 
 # settle: dirty pages written back before a runtime starts, so that none

@@ -153,16 +153,10 @@ impl Bench {
     }
 
     /// CreateContainer and StartContainer, each timed and their sum.
-    pub async fn start_container(
-        &mut self,
-        pod: &Pod,
-        pid: i32,
-        r: &mut Results,
-        tag: &str,
-    ) -> anyhow::Result<String> {
-        let config = ContainerConfig {
+    fn container_config(&self, name: &str, pid: i32) -> ContainerConfig {
+        ContainerConfig {
             metadata: Some(ContainerMetadata {
-                name: "c".into(),
+                name: name.into(),
                 attempt: 0,
             }),
             image: Some(ImageSpec {
@@ -170,7 +164,7 @@ impl Bench {
                 ..Default::default()
             }),
             command: WORKLOAD.iter().map(|s| s.to_string()).collect(),
-            log_path: "c.log".into(),
+            log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: Some(NamespaceOption {
@@ -182,7 +176,18 @@ impl Bench {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    /// CreateContainer of container `name` in `pod`: its id and the call's
+    /// time.
+    async fn create_container(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        pid: i32,
+    ) -> anyhow::Result<(String, Duration)> {
+        let config = self.container_config(name, pid);
         self.step("CreateContainer").await?;
         let t = Instant::now();
         let id = self
@@ -196,7 +201,53 @@ impl Bench {
             .context("CreateContainer")?
             .into_inner()
             .container_id;
-        let created = t.elapsed();
+        Ok((id, t.elapsed()))
+    }
+
+    /// CreateContainer timed `n` times (each container removed after,
+    /// untimed) in a pod that holds `others` created containers: what a
+    /// creation costs on a node with many containers.
+    pub async fn crowded_creates(
+        &mut self,
+        others: usize,
+        n: usize,
+        r: &mut Results,
+    ) -> anyhow::Result<()> {
+        let pod = self.run_pod(CONTAINER, &mut Results::default(), "").await?;
+        let result = async {
+            for i in 0..others {
+                self.create_container(&pod, &format!("other-{i}"), CONTAINER)
+                    .await?;
+            }
+            for i in 0..n {
+                let (id, took) = self
+                    .create_container(&pod, &format!("timed-{i}"), CONTAINER)
+                    .await?;
+                r.time(
+                    &format!("CreateContainer, {others} other containers in the pod"),
+                    took,
+                );
+                self.rt
+                    .remove_container(RemoveContainerRequest { container_id: id })
+                    .await
+                    .context("RemoveContainer")?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        self.stop_pod(&pod, &mut Results::default(), "").await?;
+        self.remove_pod(&pod, &mut Results::default(), "").await?;
+        result
+    }
+
+    pub async fn start_container(
+        &mut self,
+        pod: &Pod,
+        pid: i32,
+        r: &mut Results,
+        tag: &str,
+    ) -> anyhow::Result<String> {
+        let (id, created) = self.create_container(pod, "c", pid).await?;
         self.step("StartContainer").await?;
         let t = Instant::now();
         self.rt
