@@ -206,7 +206,11 @@ impl<R: Record, E: RecordError> Records<R, E> {
                     by_key: HashMap::new(),
                     by_id: HashMap::new(),
                 };
-                for (id, rec) in all {
+                // A finished record wins over an intent with its key (the
+                // intents are rolled back by reconcile before any creation).
+                let (intents, finished): (Vec<_>, Vec<_>) =
+                    all.into_iter().partition(|(_, rec)| rec.is_intent());
+                for (id, rec) in intents.into_iter().chain(finished) {
                     index.insert(rec.key(), &id);
                 }
                 Some(index)

@@ -224,6 +224,22 @@ async fn a_key_is_checked_by_one_read_also_after_a_restart_and_freed_by_delete()
     assert_ne!(again, id);
 }
 
+#[tokio::test]
+async fn at_start_a_finished_record_holds_its_key_over_an_intent_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let t = toys_in(dir.path());
+        let id = make(&t, "a").await.unwrap();
+        // An intent with the same key whose id sorts after the record's.
+        let mut intent = toy("a");
+        intent.id = "f".repeat(64);
+        t.records.put(&intent).unwrap();
+        id
+    };
+    let t = toys_in(dir.path());
+    assert!(matches!(make(&t, "a").await, Err(ToyError::Exists(e)) if e == id));
+}
+
 /// Blocks the calling thread until `go` receives (or 10 s pass).
 fn plan_waiting(
     name: &str,
