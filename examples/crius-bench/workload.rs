@@ -152,7 +152,7 @@ impl Bench {
         Ok(())
     }
 
-    /// CreateContainer and StartContainer, each timed and their sum.
+    /// The workload container `name`, in the PID namespace mode `pid`.
     fn container_config(&self, name: &str, pid: i32) -> ContainerConfig {
         ContainerConfig {
             metadata: Some(ContainerMetadata {
@@ -240,6 +240,7 @@ impl Bench {
         result
     }
 
+    /// CreateContainer and StartContainer, each timed and their sum.
     pub async fn start_container(
         &mut self,
         pod: &Pod,
