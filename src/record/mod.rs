@@ -134,8 +134,9 @@ pub struct Records<R: Record, E> {
     /// Creations under way, by key: a retry waits on the receiver.
     #[allow(clippy::type_complexity)]
     creating: Mutex<HashMap<R::Key, watch::Receiver<Option<Outcome<E>>>>>,
-    /// Which record holds each key ([`KeyIndex`]); `None` when the table
-    /// could not be read at start (every lookup then reads the table).
+    /// Which record holds each key ([`KeyIndex`]); `None` until
+    /// [`reconcile`] builds it from the records it keeps (every lookup
+    /// reads the table until then).
     keys: Mutex<Option<KeyIndex<R::Key>>>,
     /// One lock per id for create/stop/remove/update (never taken by
     /// List/Status).
@@ -150,7 +151,7 @@ pub struct Records<R: Record, E> {
 /// each id: a creation's check for a record already holding its key
 /// reads that one record instead of decoding the whole table (every
 /// record of it, with its OCI spec, for each CreateContainer).
-/// Loaded from the table at start; every record is first written by
+/// Built by [`reconcile`] from the records it keeps; every record is first written by
 /// [`Records::put_intent`], which adds it, and deleted by
 /// [`Records::delete`], which drops it; keys never change. The record an
 /// entry names is read and checked, so an entry can only be stale, never
@@ -200,31 +201,11 @@ impl<R: Record, E: RecordError> Records<R, E> {
     /// The intents live in `intents/` beside the database file.
     pub fn new(store: Arc<Store>, unclaimed_ttl: Duration) -> Records<R, E> {
         let dir = store.path().with_file_name("intents");
-        let keys = match store.list::<R>(R::TABLE) {
-            Ok(all) => {
-                let mut index = KeyIndex {
-                    by_key: HashMap::new(),
-                    by_id: HashMap::new(),
-                };
-                // A finished record wins over an intent with its key (the
-                // intents are rolled back by reconcile before any creation).
-                let (intents, finished): (Vec<_>, Vec<_>) =
-                    all.into_iter().partition(|(_, rec)| rec.is_intent());
-                for (id, rec) in intents.into_iter().chain(finished) {
-                    index.insert(rec.key(), &id);
-                }
-                Some(index)
-            }
-            Err(e) => {
-                tracing::warn!(kind = R::KIND, error = %crate::error::chain(&e), "cannot index the records by key: every creation reads the whole table");
-                None
-            }
-        };
         Records {
             intents: intents::Intents::new(dir),
             store,
             creating: Mutex::new(HashMap::new()),
-            keys: Mutex::new(keys),
+            keys: Mutex::new(None),
             locks: IdLocks::default(),
             unclaimed_ttl,
         }
@@ -511,6 +492,15 @@ pub async fn reconcile<K: Kind>(kind: &Arc<K>) -> Result<Vec<K::Record>, K::Erro
             kept.push(rec);
         }
     }
+    // What is left is claimed and finished: at most one record per key.
+    let mut index = KeyIndex {
+        by_key: HashMap::new(),
+        by_id: HashMap::new(),
+    };
+    for rec in &kept {
+        index.insert(rec.key(), rec.id());
+    }
+    *records.keys.lock().expect("lock poisoned") = Some(index);
     Ok(kept)
 }
 
