@@ -151,11 +151,18 @@ impl Pods {
     /// (rollback, reconcile) it is logged and the network's cache keeps
     /// the entry for the sweep at the next start.
     pub(super) async fn teardown(&self, rec: &PodRecord, strict: bool) -> Result<(), Error> {
-        self.kill_processes(rec).await;
+        // The processes are killed while the plugins run DEL: the network
+        // namespace is pinned, so neither waits for the other, and DEL
+        // (tens of ms of plugin runs) hides the kill's few ms.
+        let del = async {
+            match &rec.netns {
+                Some(netns) => self.network.teardown(&rec.id, netns).await,
+                None => Ok(()),
+            }
+        };
+        let ((), deleted) = tokio::join!(self.kill_processes(rec), del);
         let m = Host;
-        if let Some(netns) = &rec.netns
-            && let Err(e) = self.network.teardown(&rec.id, netns).await
-        {
+        if let Err(e) = deleted {
             tracing::warn!(pod_id = %rec.id, error = %crate::error::chain(&e), "CNI DEL failed");
             if strict {
                 return Err(
