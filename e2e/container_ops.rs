@@ -413,6 +413,83 @@ async fn a_daemon_killed_while_it_makes_the_init_leaves_no_cgroup_or_holder() {
     pod::assert_no_trace(&s.d);
 }
 
+/// The record of a made init is a lazy write, durable with the next
+/// durable commit (StartContainer's at the latest). A daemon killed once
+/// CreateContainer's init is made and recorded, with no durable commit
+/// since, restarts to find a created container without an init: the init
+/// it had made is killed, StartContainer says why, and nothing stays. (A
+/// durable commit in between, by the daemon's background work, would keep
+/// the init: then the container starts, and nothing stays either.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_after_the_init_is_made_leaves_no_process() {
+    require_registry_tools!();
+    let mut s = setup_with_env(&[]).await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let pod = pod::run(&mut rt, pod_config("made", NamespaceMode::Container, &logs))
+        .await
+        .unwrap();
+    let c = container(
+        "c",
+        &s.busybox,
+        &["sleep", "1000"],
+        NamespaceMode::Container,
+    );
+    let id = create(&mut rt, &pod, c).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let init = loop {
+        let (_, info) = status(&mut rt, &id).await;
+        if let Some(pid) = info["pid"].as_i64() {
+            break crius::sys::process::ProcRef::of(pid as i32).expect("the init lives");
+        }
+        assert!(Instant::now() < deadline, "no init recorded: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    s.d.signal_and_wait(9, Duration::from_secs(10))
+        .expect("daemon dies");
+    drop(rt);
+    assert!(init.alive(), "the init outlives the daemon");
+
+    s.d.spawn();
+    s.d.wait_ready().await;
+    let mut rt = s.d.runtime().await;
+    let started = rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await;
+    match started {
+        Err(err) => {
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains("crius stopped"), "{err:?}");
+            assert!(
+                s.d.log()
+                    .contains("crius stopped while it made this container's init"),
+                "{}",
+                s.d.log()
+            );
+            wait_for("the made init's end", Duration::from_secs(10), || {
+                !init.alive()
+            })
+            .await;
+        }
+        Ok(_) => {
+            let (st, info) = status(&mut rt, &id).await;
+            assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+            assert_eq!(info["pid"].as_i64(), Some(init.pid.into()));
+        }
+    }
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    pod::stop_remove(&mut rt, &pod).await;
+    assert!(!init.alive(), "the init outlives its container");
+    assert!(container_dirs(&s).is_empty(), "{:?}", container_dirs(&s));
+    pod::assert_no_trace(&s.d);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_monitor_ends_its_containers_with_255() {
     require_registry_tools!();

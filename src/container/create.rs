@@ -20,7 +20,8 @@
 //! create container cgroup, create container init (the engine: mounts,
 //! namespaces, blocked before execve), delegate container cgroup (a pod
 //! that asks for it: [`crate::pod::spec::CGROUP_WRITABLE_ANNOTATIONS`]).
-//! Their outcome is recorded durably: the init, or the failed step
+//! Their outcome is recorded (lazily: durable with the next durable
+//! commit, StartContainer's at the latest): the init, or the failed step
 //! ([`super::record::Unmade`]), which StartContainer reports. The init's
 //! setup (about 3 ms of mounts) thus overlaps the client's next call.
 
@@ -508,7 +509,7 @@ impl Containers {
     /// (under the container's lock, which StartContainer, StopContainer,
     /// RemoveContainer and UpdateContainerResources take, so they wait for
     /// it): the cgroup and the init, whose setup thus overlaps the client's
-    /// next call. Its outcome is recorded durably: the init, or why there
+    /// next call. Its outcome is recorded, lazily: the init, or why there
     /// is none ([`Unmade`]), which StartContainer then reports.
     async fn finish_creation(&self, mut rec: ContainerRecord, plan: Plan) {
         let made = self
@@ -539,7 +540,13 @@ impl Containers {
             }
         };
         let (init, user) = (rec.init, rec.user.clone());
-        let written = self.store.write(|txn| {
+        // Lazy: durable with the next durable commit (StartContainer's
+        // own, at the latest). A crash of crius before that finds the
+        // record as a crash while the init was made would: the init is
+        // ended and StartContainer says why (reconcile's
+        // `end_interrupted_init`). Each durable commit here was an fsync
+        // that every creation's writes waited behind.
+        let written = self.store.write_lazy(|txn| {
             let Some(mut r) = txn.get(CONTAINERS, &rec.id)? else {
                 return Ok(());
             };
