@@ -16,8 +16,8 @@ use tonic::Code;
 
 use crate::cgroup;
 use crate::container::{
-    Setup, container, create, exec, pod_config, refused, setup_with_env, sleeping, start, status,
-    wait_state,
+    Setup, container, create, exec, made, pod_config, refused, setup_with_env, sleeping, start,
+    status, wait_state,
 };
 use crate::pod::{self, Client, wait_for};
 use crate::require_registry_tools;
@@ -448,15 +448,9 @@ async fn stopped_after_the_init_is_made(signal: i32) {
         NamespaceMode::Container,
     );
     let id = create(&mut rt, &pod, c).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let init = loop {
-        let (_, info) = status(&mut rt, &id).await;
-        if let Some(pid) = info["pid"].as_i64() {
-            break crius::sys::process::ProcRef::of(pid as i32).expect("the init lives");
-        }
-        assert!(Instant::now() < deadline, "no init recorded: {info}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (_, info) = made(&mut rt, &id).await;
+    let pid = info["pid"].as_i64().expect("made") as i32;
+    let init = crius::sys::process::ProcRef::of(pid).expect("the init lives");
     drop(rt);
     s.d.signal_and_wait(signal, Duration::from_secs(10))
         .expect("daemon stops");
