@@ -151,11 +151,11 @@ pub struct Records<R: Record, E> {
 /// each id: a creation's check for a record already holding its key
 /// reads that one record instead of decoding the whole table (every
 /// record of it, with its OCI spec, for each CreateContainer).
-/// Built by [`reconcile`] from the records it keeps; every record is first written by
-/// [`Records::put_intent`], which adds it, and deleted by
-/// [`Records::delete`], which drops it; keys never change. The record an
-/// entry names is read and checked, so an entry can only be stale, never
-/// wrong.
+/// Built by [`reconcile`] from the records it keeps; every record is
+/// first written by [`Records::put_intent`], which adds it, and deleted
+/// by [`Records::delete`], which drops it; keys never change. The record
+/// an entry names is read and checked, so an entry can only be stale,
+/// never wrong.
 struct KeyIndex<K> {
     by_key: HashMap<K, String>,
     by_id: HashMap<String, K>,
