@@ -588,7 +588,8 @@ async fn container_over_its_memory_limit_is_oom_killed() {
         ..Default::default()
     });
     let id = create(&mut rt, &pod, c).await.unwrap();
-    let (_, info) = status(&mut rt, &id).await;
+    // The cgroup is made after CreateContainer answers, before the init.
+    let (_, info) = made(&mut rt, &id).await;
     let cgroup = info["cgroupPath"].as_str().unwrap().to_string();
     assert_eq!(cgroup::memory_limit(&cgroup), Some(32 << 20), "{cgroup}");
     start(&mut rt, &id).await;
