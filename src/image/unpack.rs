@@ -21,7 +21,8 @@
 //! the lower layers (those implicit parents and hardlinks) is left as
 //! [`Pending`] work that [`Pending::finish`] does once the lower layers are
 //! in place (`unpack_lowers.rs`), before one `syncfs` makes the layer
-//! durable.
+//! durable. Each file's writeback starts as soon as it is written
+//! (`sys::writeback`), so the disk works while the layer still unpacks.
 
 use std::fs::File;
 use std::io::{self, BufRead, Read};
@@ -413,6 +414,11 @@ impl Unpacker<'_> {
                         "the layer unpacks to more than {} bytes (registry.max_layer_bytes)",
                         self.limits.bytes
                     )));
+                }
+                // The disk writes the file while the rest of the layer
+                // downloads and unpacks: `finish`'s syncfs has less to wait for.
+                if written > 0 {
+                    crate::sys::writeback::start(&file);
                 }
                 set_meta_fd(&file, &meta, &path)?;
                 set_xattrs(&file, &xattrs, &path)?;

@@ -24,6 +24,7 @@ pub mod pty;
 pub mod raw;
 pub mod seccomp;
 pub mod sysctl;
+pub mod writeback;
 
 use std::path::PathBuf;
 
