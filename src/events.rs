@@ -11,7 +11,11 @@
 //! containerd's CRI plugin expect): CREATED and STARTED when RunPodSandbox's
 //! caller claims it, STOPPED when it is recorded NOTREADY (StopPodSandbox,
 //! a lost monitor, the start-up reconcile), DELETED when RemovePodSandbox
-//! deleted it. Records nobody ever saw (intents, unclaimed creations) emit
+//! deleted it. A container's exit is written and then announced by its
+//! exit watcher, which holds no lock: a stop or removal that reads the
+//! written exit waits for the watcher's end, so the events it causes (a
+//! pod's STOPPED, the container's DELETED) come after that STOPPED.
+//! Records nobody ever saw (intents, unclaimed creations) emit
 //! nothing. Nothing is replayed: a restart of crius sends no event for a
 //! state that did not change.
 //!

@@ -323,6 +323,7 @@ impl Containers {
         match rec.state {
             State::Creating => return Ok(()),
             State::Exited => {
+                self.exit_told(id).await;
                 self.kill_leftovers(&rec, false).await;
                 return Ok(());
             }
@@ -364,6 +365,15 @@ impl Containers {
             )));
         }
         Ok(())
+    }
+
+    /// Waits until the exit watcher of a container recorded EXITED has
+    /// also emitted its STOPPED (it writes, then emits): what the caller
+    /// does next (a pod's STOPPED, this container's DELETED) then follows
+    /// that event. Bounded: the watcher neither waits nor fails between
+    /// the two.
+    pub(super) async fn exit_told(&self, id: &str) {
+        self.wait_recorded(id, self.settings.kill_grace).await;
     }
 
     /// Waits (up to `limit`) for the exit watcher to record the exit.

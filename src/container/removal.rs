@@ -77,9 +77,13 @@ impl Containers {
     /// and after the reply. An absent record succeeds.
     pub(super) async fn remove_locked(self: &Arc<Self>, id: &str) -> Result<(), Error> {
         let mut rec = self.store.get(CONTAINERS, id)?;
-        if rec.as_ref().is_some_and(|r| r.state != State::Exited) {
-            self.stop_locked(id, std::time::Duration::ZERO).await?;
-            rec = self.store.get(CONTAINERS, id)?;
+        match rec.as_ref().map(|r| r.state) {
+            Some(State::Exited) => self.exit_told(id).await,
+            Some(_) => {
+                self.stop_locked(id, std::time::Duration::ZERO).await?;
+                rec = self.store.get(CONTAINERS, id)?;
+            }
+            None => {}
         }
         let Some(rec) = rec else {
             return Ok(());

@@ -697,6 +697,47 @@ async fn events_follow_the_recorded_states_in_order() {
     );
 }
 
+/// The exit watcher writes EXITED, then emits STOPPED: a stop that reads
+/// the written exit in between must not return before that event, or
+/// what its caller emits next (a pod's STOPPED, the DELETED of a remove)
+/// overtakes it (seen in CI: a pod's STOPPED before its container's).
+/// The test reads the store in a tight loop, so its stop often lands in
+/// that gap: without the wait, three runs failed in rounds 2, 3 and 11.
+/// (RemoveContainer waits the same way; its durable delete is slower
+/// than the gap, so no test here catches it there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_reads_a_just_written_exit_returns_after_its_event() {
+    use crate::events::Type;
+    use futures::FutureExt;
+    let e = env();
+    let mut sub = e.svc.events.subscribe();
+    for round in 0..40 {
+        let id = e.svc.create(e.req(&format!("c{round}"), 0)).await.unwrap();
+        made(&e, &id).await;
+        e.svc.start(&id).await.unwrap();
+        e.fake.exit(&id, 3);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while e.store.get(record::CONTAINERS, &id).unwrap().unwrap().state != State::Exited {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the exit was never written"
+            );
+        }
+        e.svc.stop(&id, Duration::ZERO).await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(ev) = sub.next().now_or_never() {
+            seen.push(ev.unwrap().kind);
+        }
+        assert_eq!(
+            seen,
+            [Type::Created, Type::Started, Type::Stopped],
+            "round {round}: the events out when StopContainer returned"
+        );
+        e.svc.remove(&id).await.unwrap();
+        assert_eq!(next_event(&mut sub).await.kind, Type::Deleted);
+    }
+}
+
 #[tokio::test]
 async fn a_failed_creation_and_a_start_failure_announce_only_what_was_visible() {
     use crate::events::Type;
